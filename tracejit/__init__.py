@@ -1,0 +1,71 @@
+"""tracejit: a PyTorch-style deep-learning library whose @compile traces a whole training step into fused
+Numba kernels. ``import tracejit as torch`` works for the supported subset.
+"""
+
+from . import autograd, nn, optim, utils  # noqa: F401
+from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
+from .dtypes import DType, bool_, float32, float64, int64
+from .dtypes import bool_ as bool  # noqa: A001
+from .errors import OpError, TraceError
+from .ops import OPS
+from .random import (
+    Generator,
+    bernoulli,
+    default_generator,
+    initial_seed,
+    manual_seed,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    randperm,
+    seed,
+)
+from .serialization import load, save
+from .tensor import (
+    Size,
+    Tensor,
+    arange,
+    as_tensor,
+    cat,
+    concat,
+    empty,
+    empty_like,
+    eye,
+    from_numpy,
+    full,
+    full_like,
+    linspace,
+    matmul,
+    ones,
+    ones_like,
+    stack,
+    tensor,
+    where,
+    zeros,
+    zeros_like,
+)
+from .functions import *  # noqa: F401,F403  (torch.exp, torch.sum, torch.max, ...)
+
+float = float32  # noqa: A001
+double = float64
+long = int64
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # the compiler is imported lazily: eager users never pay for Numba's import
+    if name in ("compile", "explain"):
+        from .compiler import api
+
+        return getattr(api, name)
+    if name == "compiler":
+        import importlib
+
+        return importlib.import_module(".compiler", __name__)
+    if name == "datasets":
+        import importlib
+
+        return importlib.import_module(".datasets", __name__)
+    raise AttributeError(f"module 'tracejit' has no attribute {name!r}")

@@ -1,0 +1,350 @@
+"""Tape-as-data autograd: grad mode, tape entries, backward(), grad(), gradcheck.
+
+A tape entry is data — (op, inputs, attrs, output) — never a closure, so the backward pass is inspectable
+and, because gradient rules are written with tensor ops, traceable by the compiler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+from .errors import shape_str
+
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Context manager / decorator that sets grad mode (``with tracejit.no_grad(): ...``)."""
+
+    def __init__(self, mode: bool):
+        self.mode = bool(mode)
+        self.prev = None
+
+    def __enter__(self):
+        global _grad_enabled
+        self.prev = _grad_enabled
+        _grad_enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self.prev
+        return False
+
+
+class no_grad(set_grad_enabled):
+    """Disable gradient recording. Use as ``with no_grad():`` or as ``@no_grad()``."""
+
+    def __init__(self, fn=None):
+        super().__init__(False)
+        if callable(fn):  # allow bare @no_grad
+            self._fn = fn
+            functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        if hasattr(self, "_fn"):
+            with set_grad_enabled(False):
+                return self._fn(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class enable_grad(set_grad_enabled):
+    def __init__(self):
+        super().__init__(True)
+
+
+class inference_mode(no_grad):
+    pass
+
+
+def _camel(name: str) -> str:
+    return "".join(p.capitalize() for p in name.split("_"))
+
+
+class TapeEntry:
+    """One recorded op: what backward needs to call `op.grad`. Exposed to users as ``tensor.grad_fn``."""
+
+    __slots__ = ("op", "inputs", "attrs", "in_types", "out_type", "versions", "out_box", "out_version",
+                 "next", "freed", "__weakref__")
+
+    def __init__(self, op, inputs, attrs, out):
+        self.op = op
+        self.inputs = inputs
+        self.attrs = attrs
+        self.in_types = [t._type for t in inputs]
+        self.out_type = out._type
+        self.versions = [t._box.version for t in inputs]
+        self.out_box = out._box
+        self.out_version = out._box.version
+        # where each input's gradient goes: its own tape entry (captured now, in-place ops may rebind it
+        # later) or, for a leaf that requires grad, the tensor itself
+        self.next = [(t.grad_fn if t.grad_fn is not None else t) if t.requires_grad else None
+                     for t in inputs]
+        self.freed = False
+
+    def name(self) -> str:
+        return f"{_camel(self.op.name)}Backward0"
+
+    def __repr__(self) -> str:
+        return f"<{self.name()}>"
+
+    @property
+    def next_functions(self):
+        return tuple((n if isinstance(n, TapeEntry) else None, 0) for n in self.next)
+
+
+class GradContext:
+    """What a gradient rule sees: attrs, input/output types, and version-checked saved tensors."""
+
+    __slots__ = ("entry", "attrs", "in_types", "out_type")
+
+    def __init__(self, entry: TapeEntry):
+        self.entry = entry
+        self.attrs = entry.attrs
+        self.in_types = entry.in_types
+        self.out_type = entry.out_type
+
+    def _modified(self, what, version, expected):
+        raise RuntimeError(
+            f"one of the variables needed for gradient computation has been modified by an inplace "
+            f"operation: {what} of {self.entry.name()} ({self.entry.op.name}) is at version {version}; "
+            f"expected version {expected} instead. Use out-of-place ops (x = x + y rather than x.add_(y)) "
+            f"or .clone() before modifying it.")
+
+    def input(self, i: int):
+        t = self.entry.inputs[i]
+        if t._box.version != self.entry.versions[i]:
+            self._modified(f"input {i} of shape {shape_str(t.shape)}", t._box.version,
+                           self.entry.versions[i])
+        return t
+
+    def output(self):
+        from .tensor import Tensor
+
+        box = self.entry.out_box
+        if box.version != self.entry.out_version:
+            self._modified(f"the output of shape {shape_str(self.out_type.shape)}", box.version,
+                           self.entry.out_version)
+        return Tensor._from_box(box)
+
+
+_FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved tensors after "
+              "they have already been freed). Saved intermediate values of the graph are freed when you "
+              "call .backward() or autograd.grad(). Specify retain_graph=True if you need to backward "
+              "through the graph a second time.")
+
+
+def _topo_entries(roots):
+    """Tape entries reachable from `roots`, in an order where each entry precedes its inputs' entries."""
+    order, seen = [], set()
+    for root in roots:
+        if root is None or id(root) in seen:
+            continue
+        stack = [(root, False)]
+        while stack:
+            e, done = stack.pop()
+            if done:
+                order.append(e)
+                continue
+            if id(e) in seen:
+                continue
+            seen.add(id(e))
+            if e.freed:
+                raise RuntimeError(_FREED_MSG)
+            stack.append((e, True))
+            for n in e.next:
+                if isinstance(n, TapeEntry) and id(n) not in seen:
+                    stack.append((n, False))
+    order.reverse()
+    return order
+
+
+def _run(outputs, grad_outputs, retain_graph, create_graph, capture=None):
+    """The engine. Accumulates into leaves' .grad, or (capture = tensors) returns their gradients."""
+    from .tensor import Tensor
+
+    grads: dict[int, Tensor] = {}
+    leaf_grads: dict[int, Tensor] = {}
+    leaves: dict[int, Tensor] = {}
+    roots = []
+    for out, g in zip(outputs, grad_outputs):
+        if out.grad_fn is not None:
+            _acc(grads, id(out.grad_fn), g)
+            roots.append(out.grad_fn)
+        elif out.requires_grad:
+            _acc(leaf_grads, id(out), g)
+            leaves[id(out)] = out
+        else:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn: "
+                               "call .requires_grad_() on the inputs you want gradients for")
+    order = _topo_entries(roots)
+    capture_entries = {}
+    if capture is not None:
+        capture_entries = {id(t.grad_fn): t for t in capture if t.grad_fn is not None}
+    with set_grad_enabled(create_graph):
+        for e in order:
+            g = grads.pop(id(e), None)
+            if id(e) in capture_entries:
+                leaf_grads[id(capture_entries[id(e)])] = g
+            if g is None:
+                continue
+            in_grads = e.op.grad(GradContext(e), g)
+            for nxt, gi in zip(e.next, in_grads):
+                if nxt is None or gi is None:
+                    continue
+                if isinstance(nxt, TapeEntry):
+                    _acc(grads, id(nxt), gi)
+                else:
+                    _acc(leaf_grads, id(nxt), gi)
+                    leaves[id(nxt)] = nxt
+            if not retain_graph:
+                e.freed = True
+                e.inputs = None
+    if capture is not None:
+        return [leaf_grads.get(id(t)) for t in capture]
+    for key, g in leaf_grads.items():
+        leaf = leaves[key]
+        if g.dtype is not leaf.dtype:
+            g = g.to(leaf.dtype)
+        if not create_graph:
+            g = g.detach()
+        if leaf.grad is None:
+            leaf.grad = g if create_graph else Tensor._from_box_value(g)
+        elif create_graph:
+            leaf.grad = leaf.grad + g
+        else:
+            with set_grad_enabled(False):
+                leaf.grad.add_(g)
+    return None
+
+
+def _acc(store, key, g):
+    prev = store.get(key)
+    store[key] = g if prev is None else prev + g
+
+
+def _default_grads(outputs, grad_outputs, who):
+    from .tensor import Tensor, ones_like
+
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    result = []
+    for out, g in zip(outputs, grad_outputs):
+        if g is None:
+            if out.numel() != 1:
+                raise RuntimeError(
+                    f"{who}: grad can be implicitly created only for scalar outputs, but the output has "
+                    f"shape {shape_str(out.shape)}; pass `gradient=` a tensor of that shape")
+            g = ones_like(out)
+        elif not isinstance(g, Tensor):
+            g = ones_like(out) * g
+        if tuple(g.shape) != tuple(out.shape):
+            raise RuntimeError(f"{who}: gradient has shape {shape_str(g.shape)} but the output has shape "
+                               f"{shape_str(out.shape)}")
+        result.append(g)
+    return result
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
+    """Accumulate d(tensors)/d(leaf) into every leaf's ``.grad`` (``tensors`` may be one tensor)."""
+    from .tensor import Tensor
+
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+        grad_tensors = None if grad_tensors is None else [grad_tensors]
+    retain = create_graph if retain_graph is None else retain_graph
+    _run(list(tensors), _default_grads(list(tensors), grad_tensors, "backward"), retain, create_graph)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """Return d(outputs)/d(inputs) without touching ``.grad``.
+
+    >>> x = tracejit.tensor([3.0], requires_grad=True)
+    >>> tracejit.autograd.grad((x * x).sum(), x)
+    (tensor([6.]),)
+    """
+    from .tensor import Tensor, zeros_like
+
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    if grad_outputs is not None and isinstance(grad_outputs, Tensor):
+        grad_outputs = [grad_outputs]
+    retain = create_graph if retain_graph is None else retain_graph
+    for t in inputs:
+        if not t.requires_grad:
+            raise RuntimeError("autograd.grad: one of the inputs does not require grad")
+    res = _run(outputs, _default_grads(outputs, grad_outputs, "autograd.grad"), retain, create_graph,
+               capture=inputs)
+    out = []
+    for t, g in zip(inputs, res):
+        if g is None:
+            if not allow_unused:
+                raise RuntimeError("autograd.grad: one of the inputs was not used to compute the outputs; "
+                                   "pass allow_unused=True to get None for it")
+        elif g.dtype is not t.dtype:
+            g = g.to(t.dtype)
+        out.append(g)
+    return tuple(out)
+
+
+class GradcheckError(RuntimeError):
+    pass
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) -> bool:
+    """Compare analytical gradients of `fn` with central finite differences (inputs should be float64).
+
+    Checks the full Jacobian: one backward pass per output element, two evaluations per input element.
+    """
+    from .tensor import Tensor, tensor
+
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+
+    def run(args):
+        out = fn(*args)
+        return out if isinstance(out, (tuple, list)) else (out,)
+
+    outs = run(inputs)
+    for i in diff:
+        x = inputs[i]
+        base = x.numpy().astype(np.float64)
+        num_cols = []
+        for k in range(base.size):
+            cols = []
+            for sign in (1, -1):
+                pert = base.copy().reshape(-1)
+                pert[k] += sign * eps
+                args = list(inputs)
+                args[i] = tensor(pert.reshape(base.shape), dtype=x.dtype)
+                with set_grad_enabled(False):
+                    cols.append([o.numpy().astype(np.float64).reshape(-1) for o in run(args)])
+            num_cols.append([(a - b) / (2 * eps) for a, b in zip(*cols)])
+        for oi, o in enumerate(outs):
+            if not o.dtype.is_floating_point:
+                continue
+            numerical = np.stack([c[oi] for c in num_cols], axis=1) if num_cols else np.zeros((o.numel(), 0))
+            analytical = np.zeros_like(numerical)
+            for r in range(o.numel()):
+                go = np.zeros(o.numel())
+                go[r] = 1.0
+                g = grad([o], [x], [tensor(go.reshape(o.shape), dtype=o.dtype)], retain_graph=True,
+                         allow_unused=True)[0]
+                if g is not None:
+                    analytical[r] = g.numpy().reshape(-1)
+            if not np.allclose(analytical, numerical, atol=atol, rtol=rtol):
+                if raise_exception:
+                    err = np.abs(analytical - numerical).max()
+                    raise GradcheckError(
+                        f"gradcheck: Jacobian mismatch for output {oi} with respect to input {i} "
+                        f"(max abs difference {err:.3g})\nnumerical:\n{numerical}\nanalytical:\n{analytical}")
+                return False
+    return True

@@ -1,0 +1,118 @@
+"""dtypes and PyTorch's type-promotion rules.
+
+A DType wraps a NumPy dtype with the short name the IR prints (`f32`, `i64`, ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DType:
+    """A tensor element type, e.g. ``tracejit.float32``."""
+
+    __slots__ = ("name", "short", "np", "category")
+
+    def __init__(self, name: str, short: str, np_dtype, category: int):
+        self.name = name
+        self.short = short
+        self.np = np.dtype(np_dtype)
+        self.category = category  # 0 bool, 1 integer, 2 floating
+
+    @property
+    def is_floating_point(self) -> bool:
+        return self.category == 2
+
+    @property
+    def itemsize(self) -> int:
+        return self.np.itemsize
+
+    def __repr__(self) -> str:
+        return f"tracejit.{self.name}"
+
+    def __reduce__(self):
+        return (from_name, (self.name,))
+
+
+bool_ = DType("bool", "bool", np.bool_, 0)
+int64 = DType("int64", "i64", np.int64, 1)
+float32 = DType("float32", "f32", np.float32, 2)
+float64 = DType("float64", "f64", np.float64, 2)
+
+ALL = (bool_, int64, float32, float64)
+_BY_NAME = {d.name: d for d in ALL} | {d.short: d for d in ALL}
+_BY_NAME.update({"float": float32, "double": float64, "long": int64})
+default_float = float32
+
+
+def from_name(name: str) -> DType:
+    return _BY_NAME[name]
+
+
+def from_numpy(np_dtype) -> DType:
+    """The DType holding values of `np_dtype`: other ints widen to int64, float16 to float32."""
+    dt = np.dtype(np_dtype)
+    if dt == np.bool_:
+        return bool_
+    if dt.kind in "iu":
+        return int64
+    if dt == np.float64:
+        return float64
+    if dt.kind == "f":
+        return float32
+    raise TypeError(f"tracejit has no dtype for NumPy dtype {dt}")
+
+
+def as_dtype(d) -> DType:
+    """Accept a DType, a NumPy dtype, a name, or the Python types float/int/bool."""
+    if isinstance(d, DType):
+        return d
+    if d is float:
+        return default_float
+    if d is int:
+        return int64
+    if d is bool:
+        return bool_
+    if isinstance(d, str):
+        return from_name(d)
+    return from_numpy(d)
+
+
+def promote(a: DType, b: DType) -> DType:
+    """The wider of two dtypes (bool < int64 < float32 < float64)."""
+    order = {bool_: 0, int64: 1, float32: 2, float64: 3}
+    return a if order[a] >= order[b] else b
+
+
+def scalar_dtype(x) -> DType:
+    if isinstance(x, (bool, np.bool_)):
+        return bool_
+    if isinstance(x, (int, np.integer)):
+        return int64
+    return default_float
+
+
+def result_type(*operands) -> DType:
+    """PyTorch's promotion: dimensioned tensors > zero-dim tensors > Python scalars, per category.
+
+    >>> result_type(tensor([1, 2]), 2.5)   # int tensor with float scalar
+    tracejit.float32
+    """
+    groups: list[list[DType]] = [[], [], []]
+    for x in operands:
+        if hasattr(x, "dtype") and hasattr(x, "ndim") and isinstance(x.dtype, DType):
+            groups[0 if x.ndim > 0 else 1].append(x.dtype)
+        else:
+            groups[2].append(scalar_dtype(x))
+    result = None
+    for group in groups:
+        if not group:
+            continue
+        g = group[0]
+        for d in group[1:]:
+            g = promote(g, d)
+        if result is None:
+            result = g
+        elif g.category > result.category:
+            result = g
+    return result

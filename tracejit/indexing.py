@@ -1,0 +1,161 @@
+"""`tensor[index]`: ints, slices, None, Ellipsis, integer tensors/lists and (eager only) bool masks.
+
+Basic indexing lowers to one `slice` plus a `reshape`; integer-tensor indexing lowers to `gather`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import dtypes as D
+from .errors import OpError, shape_str, user_location
+from .ops import OPS
+
+
+def _is_adv(i):
+    from .tensor import Tensor
+
+    return isinstance(i, (Tensor, list, np.ndarray))
+
+
+def getitem(x, index):
+    from .tensor import Tensor, _from_array, apply
+
+    if not isinstance(index, tuple):
+        index = (index,)
+    # bool masks: data-dependent shape, eager only
+    if len(index) == 1 and isinstance(index[0], Tensor) and index[0].dtype is D.bool_:
+        mask = index[0]._concrete("boolean-mask indexing (its result shape depends on values)")
+        return x.reshape(-1)[_from_array(np.flatnonzero(np.broadcast_to(mask, x.shape)).astype(np.int64))]
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if n_real > x.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {x.ndim} (shape {shape_str(x.shape)}) "
+                         f"at {user_location()}")
+    if any(i is Ellipsis for i in index):
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
+    else:
+        index = index + (slice(None),) * (x.ndim - n_real)
+
+    starts, stops, steps, out_shape, adv = [], [], [], [], []
+    dim = 0
+    for i in index:
+        if i is None:
+            out_shape.append(1)
+            continue
+        size = x.shape[dim]
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+            j = int(i)
+            if not -size <= j < size:
+                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size} "
+                                 f"(at {user_location()})")
+            j %= size
+            starts.append(j), stops.append(j + 1), steps.append(1)
+        elif isinstance(i, slice):
+            a, b, s = i.indices(size)
+            if s <= 0:
+                raise ValueError("step must be greater than zero")
+            b = max(b, a)
+            starts.append(a), stops.append(b), steps.append(s)
+            out_shape.append(len(range(a, b, s)))
+        elif _is_adv(i):
+            starts.append(0), stops.append(size), steps.append(1)
+            adv.append((dim, len(out_shape), i))
+            out_shape.append(None)  # placeholder
+        else:
+            raise IndexError(f"unsupported index of type {type(i).__name__}")
+        dim += 1
+
+    y = x
+    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * x.ndim, tuple(x.shape), (1,) * x.ndim):
+        y = apply(OPS["slice"], x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if not adv:
+        return y.reshape(tuple(out_shape))
+    # keep only the advanced dims and the real (non-int) dims of y, in order
+    keep_shape = [s if s is not None else y.shape[d] for s, d in zip(out_shape, _dims_of(index))]
+    y = y.reshape(tuple(keep_shape))
+    return _advanced(y, [(pos, idx) for _, pos, idx in adv])
+
+
+def _dims_of(index):
+    """For each output position (ints dropped, None kept), the source dim of y (None for inserted axes)."""
+    out, dim = [], 0
+    for i in index:
+        if i is None:
+            out.append(None)
+        elif isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+            dim += 1
+        else:
+            out.append(dim)
+            dim += 1
+    return out
+
+
+def _advanced(y, advs):
+    """Integer-array indexing at positions `advs` of y, with NumPy's placement rule."""
+    from .tensor import Tensor, tensor
+
+    idxs = []
+    for pos, i in advs:
+        t = i if isinstance(i, Tensor) else tensor(np.asarray(i))
+        if t.dtype is D.bool_:
+            raise IndexError("boolean masks can only be used as the sole index")
+        if t.dtype is not D.int64:
+            raise IndexError(f"tensors used as indices must be long or bool, got {t.dtype.name}")
+        idxs.append(t)
+    positions = [p for p, _ in advs]
+    from .ops import broadcast_shapes
+
+    try:
+        bshape = broadcast_shapes("index", *[tuple(t.shape) for t in idxs])
+    except OpError as e:
+        raise IndexError(f"shape mismatch: indexing tensors could not be broadcast together: {e}") from None
+    adjacent = positions == list(range(positions[0], positions[0] + len(positions)))
+    # move the indexed dims to the front (or keep them at their place if adjacent)
+    rest = [d for d in range(y.ndim) if d not in positions]
+    at = positions[0] if adjacent else 0
+    order = rest[:at] + positions + rest[at:]
+    y = y.permute(order)
+    sizes = [y.shape[at + k] for k in range(len(positions))]
+    lin = None
+    for t, size, k in zip(idxs, sizes, range(len(sizes))):
+        t = t.expand(bshape) if tuple(t.shape) != bshape else t
+        t = _wrap_negative(t, size)
+        stride = math.prod(sizes[k + 1:])
+        term = t * stride if stride != 1 else t
+        lin = term if lin is None else lin + term
+    merged = math.prod(sizes)
+    pre, post = tuple(y.shape[:at]), tuple(y.shape[at + len(positions):])
+    y = y.reshape(pre + (merged,) + post)
+    return take(y, lin, at)
+
+
+def _wrap_negative(t, size):
+    from .tensor import _concrete_or_none, where
+
+    a = _concrete_or_none(t)
+    if a is not None:
+        if a.size and (a.min() < -size or a.max() >= size):
+            bad = a[(a < -size) | (a >= size)].flat[0]
+            raise IndexError(f"index {bad} is out of bounds for dimension with size {size} "
+                             f"(at {user_location()})")
+        if a.size == 0 or a.min() >= 0:
+            return t
+    return where(t < 0, t + size, t)
+
+
+def take(y, idx, axis):
+    """y[:, ..., idx, ...] along `axis` with an index tensor of any shape, via gather."""
+    from .tensor import apply
+
+    s = tuple(idx.shape)
+    if not s:
+        return take(y, idx.reshape(1), axis).squeeze(axis)
+    pre, post = tuple(y.shape[:axis]), tuple(y.shape[axis + 1:])
+    full_shape = pre + s + post
+    yx = y.reshape(pre + (y.shape[axis],) + (1,) * (len(s) - 1) + post)
+    yx = yx.expand(pre + (y.shape[axis],) + s[1:] + post)
+    ix = idx.reshape((1,) * len(pre) + s + (1,) * len(post)).expand(full_shape)
+    return apply(OPS["gather"], yx, ix, axis=axis)

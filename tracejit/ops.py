@@ -1,0 +1,585 @@
+"""THE op table: one OpDef per primitive op, holding every fact about it.
+
+Each record has its kind (drives fusion), `infer` (shape/dtype rule and the user's error on misuse),
+`ref` (the NumPy reference: eager kernel, reference backend, test oracle), `grad` (written with tensor
+ops, so it traces) and, for elementwise ops, the scalar expression every backend renders.
+Nothing else defines an op; composites (softmax, linear, ...) are written with these.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import special
+
+from . import dtypes as D
+from . import ref_kernels as K
+from .errors import OpError, OpTypeError, shape_str
+
+
+class Kind(enum.Enum):
+    ELEMENTWISE = "elementwise"
+    REDUCE = "reduce"
+    MOVEMENT = "movement"
+    CONTRACTION = "contraction"
+    WINDOW = "window"
+    INDEX = "index"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Static type of a value: shape and dtype."""
+
+    shape: tuple
+    dtype: D.DType
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype.short}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One primitive op. `expr` is the scalar expression ({0}, {1}, ... are inputs) for ELEMENTWISE ops."""
+
+    name: str
+    kind: Kind
+    infer: Callable = field(repr=False)
+    ref: Callable = field(repr=False)
+    grad: Callable | None = field(default=None, repr=False)
+    expr: str | None = None
+    doc: str = ""
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def _op(name, kind, infer, ref, grad=None, expr=None, doc=""):
+    op = OpDef(name, kind, infer, ref, grad, expr, doc)
+    OPS[name] = op
+    return op
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def broadcast_shapes(opname: str, *shapes) -> tuple:
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(ndim):
+        dims = {s[len(s) - ndim + i] for s in shapes if len(s) - ndim + i >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            listed = " and ".join(shape_str(s) for s in shapes)
+            raise OpError(f"{opname}: shapes {listed} cannot be broadcast together "
+                          f"(dimension {i - ndim}: sizes {sorted(dims)})")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _same_dtype(opname, types):
+    d = types[0].dtype
+    for t in types[1:]:
+        if t.dtype is not d:
+            raise OpTypeError(f"{opname}: inputs have different dtypes {d.name} and {t.dtype.name}")
+    return d
+
+
+def _need_float(opname, t):
+    if not t.dtype.is_floating_point:
+        raise OpTypeError(f"{opname}: expected a floating-point tensor, got {t.dtype.name} of shape "
+                          f"{shape_str(t.shape)}")
+
+
+def unbroadcast(g, shape):
+    """Sum `g` down to `shape` (the gradient of a broadcast)."""
+    if tuple(g.shape) == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+    if axes:
+        g = g.sum(axes)
+    return g.reshape(shape) if tuple(g.shape) != tuple(shape) else g
+
+
+def _T():
+    from . import tensor
+
+    return tensor
+
+
+# ----------------------------------------------------------------------------------------------- elementwise
+
+
+def _unary_infer(name, float_only=True):
+    def infer(x):
+        if float_only:
+            _need_float(name, x)
+        return TensorType(x.shape, x.dtype)
+    return infer
+
+
+def _binary_infer(name, out_dtype=None, float_only=False):
+    def infer(a, b):
+        d = _same_dtype(name, (a, b))
+        if float_only:
+            _need_float(name, a)
+        return TensorType(broadcast_shapes(name, a.shape, b.shape), out_dtype or d)
+    return infer
+
+
+def _unary(name, fn, grad, expr, float_only=True, doc=""):
+    return _op(name, Kind.ELEMENTWISE, _unary_infer(name, float_only), fn, grad, expr, doc)
+
+
+def _g_ub(ctx, i, g):
+    return unbroadcast(g, ctx.in_types[i].shape)
+
+
+NEG = _unary("neg", np.negative, lambda c, g: [-g], "(-{0})", float_only=False)
+EXP = _unary("exp", np.exp, lambda c, g: [g * c.output()], "exp({0})")
+LOG = _unary("log", np.log, lambda c, g: [g / c.input(0)], "log({0})")
+SQRT = _unary("sqrt", np.sqrt, lambda c, g: [g / (c.output() * 2.0)], "sqrt({0})")
+ABS = _unary("abs", np.abs, lambda c, g: [g * c.input(0).sign()], "abs({0})", float_only=False)
+SIGN = _unary("sign", np.sign, None, "sign({0})", float_only=False)
+TANH = _unary("tanh", np.tanh, lambda c, g: [g * (1.0 - c.output() * c.output())], "tanh({0})")
+SIGMOID = _unary("sigmoid", lambda x: special.expit(x),
+                 lambda c, g: [g * c.output() * (1.0 - c.output())], "sigmoid({0})")
+RELU = _unary("relu", lambda x: np.maximum(x, x.dtype.type(0)),
+              lambda c, g: [g * (c.output() > 0).to(g.dtype)], "relu({0})", float_only=False)
+SIN = _unary("sin", np.sin, lambda c, g: [g * c.input(0).cos()], "sin({0})")
+COS = _unary("cos", np.cos, lambda c, g: [-(g * c.input(0).sin())], "cos({0})")
+ERF = _unary("erf", lambda x: special.erf(x),
+             lambda c, g: [g * (c.input(0) * c.input(0) * -1.0).exp() * (2.0 / math.sqrt(math.pi))],
+             "erf({0})")
+
+
+def _logical_not_infer(x):
+    if x.dtype is not D.bool_:
+        raise OpTypeError(f"logical_not: expected a bool tensor, got {x.dtype.name}")
+    return x
+
+
+LOGICAL_NOT = _op("logical_not", Kind.ELEMENTWISE, _logical_not_infer, np.logical_not, None, "lnot({0})")
+
+
+def _pow_grad(c, g):
+    a, b = c.input(0), c.input(1)
+    out = c.output()
+    ga = unbroadcast(g * b * a.pow(b - 1.0), c.in_types[0].shape)
+    # d/db a**b = a**b * log(a); define it as 0 where a == 0 (as PyTorch does for the common b > 0 case)
+    safe_log = _T().where(a > 0, a, _T().ones_like(a)).log()
+    gb = unbroadcast(g * out * safe_log, c.in_types[1].shape)
+    return [ga, gb]
+
+
+ADD = _op("add", Kind.ELEMENTWISE, _binary_infer("add"), np.add,
+          lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, g)], "({0} + {1})")
+SUB = _op("sub", Kind.ELEMENTWISE, _binary_infer("sub"), np.subtract,
+          lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, -g)], "({0} - {1})")
+MUL = _op("mul", Kind.ELEMENTWISE, _binary_infer("mul"), np.multiply,
+          lambda c, g: [_g_ub(c, 0, g * c.input(1)), _g_ub(c, 1, g * c.input(0))], "({0} * {1})")
+DIV = _op("div", Kind.ELEMENTWISE, _binary_infer("div", float_only=True), np.divide,
+          lambda c, g: [_g_ub(c, 0, g / c.input(1)),
+                        _g_ub(c, 1, -(g * c.output()) / c.input(1))], "({0} / {1})")
+POW = _op("pow", Kind.ELEMENTWISE, _binary_infer("pow", float_only=True), np.power, _pow_grad,
+          "pow({0}, {1})")
+
+
+def _minmax_grad(c, g, pick_first):
+    a, b = c.input(0), c.input(1)
+    first = (a >= b) if pick_first else (a <= b)
+    m = first.to(g.dtype)
+    return [_g_ub(c, 0, g * m), _g_ub(c, 1, g * (1.0 - m))]
+
+
+MAXIMUM = _op("maximum", Kind.ELEMENTWISE, _binary_infer("maximum"), np.maximum,
+              lambda c, g: _minmax_grad(c, g, True), "maximum({0}, {1})")
+MINIMUM = _op("minimum", Kind.ELEMENTWISE, _binary_infer("minimum"), np.minimum,
+              lambda c, g: _minmax_grad(c, g, False), "minimum({0}, {1})")
+
+_CMP = {"eq": (np.equal, "=="), "ne": (np.not_equal, "!="), "lt": (np.less, "<"),
+        "le": (np.less_equal, "<="), "gt": (np.greater, ">"), "ge": (np.greater_equal, ">=")}
+for _name, (_fn, _sym) in _CMP.items():
+    _op(_name, Kind.ELEMENTWISE, _binary_infer(_name, out_dtype=D.bool_), _fn, None,
+        "({0} " + _sym + " {1})")
+EQ, NE, LT, LE, GT, GE = (OPS[n] for n in _CMP)
+
+
+def _where_infer(c, a, b):
+    if c.dtype is not D.bool_:
+        raise OpTypeError(f"where: condition must be a bool tensor, got {c.dtype.name}")
+    d = _same_dtype("where", (a, b))
+    return TensorType(broadcast_shapes("where", c.shape, a.shape, b.shape), d)
+
+
+def _where_grad(c, g):
+    cond = c.input(0)
+    zero = _T().zeros_like(g)
+    return [None, _g_ub(c, 1, _T().where(cond, g, zero)), _g_ub(c, 2, _T().where(cond, zero, g))]
+
+
+WHERE = _op("where", Kind.ELEMENTWISE, _where_infer, np.where, _where_grad, "select({0}, {1}, {2})")
+
+
+def _cast_grad(c, g):
+    src = c.in_types[0].dtype
+    return [g.to(src) if src.is_floating_point else None]
+
+
+CAST = _op("cast", Kind.ELEMENTWISE, lambda x, dtype: TensorType(x.shape, dtype),
+           lambda x, dtype: x.astype(dtype.np), _cast_grad, "cast({0})")
+
+
+def _full_infer(shape, value, dtype):
+    return TensorType(tuple(shape), dtype)
+
+
+FULL = _op("full", Kind.ELEMENTWISE, _full_infer,
+           lambda shape, value, dtype: np.full(shape, value, dtype=dtype.np), None, "{value}",
+           doc="a constant broadcast to `shape`")
+
+# ----------------------------------------------------------------------------------------------- reductions
+
+
+def _norm_axes(opname, axes, ndim):
+    out = []
+    for a in axes:
+        if not -max(ndim, 1) <= a < max(ndim, 1):
+            raise OpError(f"{opname}: dimension {a} out of range for a tensor with {ndim} dimensions")
+        out.append(a % ndim if ndim else 0)
+    return tuple(sorted(set(out)))
+
+
+def _reduce_shape(shape, axes, keepdim):
+    if keepdim:
+        return tuple(1 if i in axes else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+def _sum_infer(x, axes, keepdim):
+    dtype = D.int64 if x.dtype.category < 2 else x.dtype
+    return TensorType(_reduce_shape(x.shape, axes, keepdim), dtype)
+
+
+def _kept(g, c):
+    """`g` reshaped to the input's rank with reduced axes of size 1 (so it broadcasts back)."""
+    shape = _reduce_shape(c.in_types[0].shape, c.attrs["axes"], True)
+    return g if tuple(g.shape) == shape else g.reshape(shape)
+
+
+def _sum_grad(c, g):
+    return [_kept(g, c).expand(c.in_types[0].shape)]
+
+
+SUM = _op("sum", Kind.REDUCE, _sum_infer,
+          lambda x, axes, keepdim: np.sum(x, axis=axes, keepdims=keepdim,
+                                          dtype=np.int64 if x.dtype.kind in "bi" else x.dtype),
+          _sum_grad)
+
+
+def _amax_grad(c, g):
+    x = c.input(0)
+    out = _kept(c.output(), c)
+    mask = (x == out).to(g.dtype)
+    count = mask.sum(c.attrs["axes"], keepdim=True)
+    return [_kept(g, c) * mask / count]
+
+
+def _amax_infer(x, axes, keepdim):
+    for a in axes:
+        if x.shape[a] == 0:
+            raise OpError(f"amax: cannot reduce over the empty dimension {a} of shape {shape_str(x.shape)}")
+    return TensorType(_reduce_shape(x.shape, axes, keepdim), x.dtype)
+
+
+AMAX = _op("amax", Kind.REDUCE, _amax_infer,
+           lambda x, axes, keepdim: np.max(x, axis=axes, keepdims=keepdim), _amax_grad)
+ARGMAX = _op("argmax", Kind.REDUCE,
+             lambda x, axis, keepdim: TensorType(_reduce_shape(x.shape, (axis,), keepdim), D.int64),
+             lambda x, axis, keepdim: np.argmax(x, axis=axis, keepdims=keepdim))
+
+# ----------------------------------------------------------------------------------------------- movement
+
+
+def _reshape_infer(x, shape):
+    if math.prod(shape) != x.numel:
+        raise OpError(f"reshape: shape {shape_str(shape)} is invalid for input of shape "
+                      f"{shape_str(x.shape)} ({x.numel} elements)")
+    return TensorType(tuple(shape), x.dtype)
+
+
+RESHAPE = _op("reshape", Kind.MOVEMENT, _reshape_infer, lambda x, shape: np.reshape(x, shape),
+              lambda c, g: [g.reshape(c.in_types[0].shape)])
+
+
+def _permute_infer(x, dims):
+    if sorted(dims) != list(range(x.ndim)):
+        raise OpError(f"permute: dims {tuple(dims)} are not a permutation of the {x.ndim} dimensions "
+                      f"of shape {shape_str(x.shape)}")
+    return TensorType(tuple(x.shape[d] for d in dims), x.dtype)
+
+
+PERMUTE = _op("permute", Kind.MOVEMENT, _permute_infer, lambda x, dims: np.transpose(x, dims),
+              lambda c, g: [g.permute(tuple(np.argsort(c.attrs["dims"]).tolist()))])
+
+
+def _expand_infer(x, shape):
+    if len(shape) != x.ndim or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
+        raise OpError(f"expand: cannot expand shape {shape_str(x.shape)} to {shape_str(shape)}")
+    return TensorType(tuple(shape), x.dtype)
+
+
+EXPAND = _op("expand", Kind.MOVEMENT, _expand_infer, lambda x, shape: np.broadcast_to(x, shape),
+             lambda c, g: [unbroadcast(g, c.in_types[0].shape)])
+
+
+def _slice_infer(x, starts, stops, steps):
+    if not (len(starts) == len(stops) == len(steps) == x.ndim):
+        raise OpError(f"slice: expected {x.ndim} start/stop/step entries for shape {shape_str(x.shape)}")
+    shape = []
+    for size, a, b, s in zip(x.shape, starts, stops, steps):
+        if s <= 0 or not (0 <= a <= size) or not (0 <= b <= size):
+            raise OpError(f"slice: invalid range {a}:{b}:{s} for a dimension of size {size}")
+        shape.append(max(0, (b - a + s - 1) // s))
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _slice_ref(x, starts, stops, steps):
+    return x[tuple(slice(a, b, s) for a, b, s in zip(starts, stops, steps))]
+
+
+def _slice_grad(c, g):
+    """Scatter `g` back: pad for unit steps, interleave zeros (reshape + pad) for larger ones."""
+    in_shape = c.in_types[0].shape
+    for axis, (step, size) in enumerate(zip(c.attrs["steps"], in_shape)):
+        if step > 1:
+            n = g.shape[axis]
+            gs = list(g.shape)
+            g = g.reshape(tuple(gs[:axis + 1] + [1] + gs[axis + 1:]))
+            pads = [(0, 0)] * g.ndim
+            pads[axis + 1] = (0, step - 1)
+            g = g.pad(tuple(pads)).reshape(tuple(gs[:axis] + [n * step] + gs[axis + 1:]))
+            # n*step may overshoot the region start..size: trim with a slice
+            keep = min(n * step, size - c.attrs["starts"][axis])
+            if keep != n * step:
+                starts = [0] * g.ndim
+                stops = list(g.shape)
+                stops[axis] = keep
+                g = g._slice(tuple(starts), tuple(stops), (1,) * g.ndim)
+    pads = tuple((a, size - a - n) for a, size, n in zip(c.attrs["starts"], in_shape, g.shape))
+    return [g.pad(pads)]
+
+
+SLICE = _op("slice", Kind.MOVEMENT, _slice_infer, _slice_ref, _slice_grad)
+
+
+def _pad_infer(x, pads, value=0.0):
+    if len(pads) != x.ndim or any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise OpError(f"pad: need one non-negative (before, after) pair per dimension of "
+                      f"{shape_str(x.shape)}, got {pads}")
+    return TensorType(tuple(s + lo + hi for s, (lo, hi) in zip(x.shape, pads)), x.dtype)
+
+
+def _pad_grad(c, g):
+    pads = c.attrs["pads"]
+    shape = c.in_types[0].shape
+    return [g._slice(tuple(lo for lo, _ in pads), tuple(lo + s for (lo, _), s in zip(pads, shape)),
+                     (1,) * len(shape))]
+
+
+PAD = _op("pad", Kind.MOVEMENT, _pad_infer,
+          lambda x, pads, value=0.0: np.pad(x, pads, constant_values=value), _pad_grad)
+
+
+def _cat_infer(*xs, axis):
+    if not xs:
+        raise OpError("cat: expected a non-empty list of tensors")
+    d = _same_dtype("cat", xs)
+    first = xs[0].shape
+    for x in xs[1:]:
+        if len(x.shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(first, x.shape))
+                                             if i != axis):
+            raise OpError(f"cat: shapes {shape_str(first)} and {shape_str(x.shape)} differ outside "
+                          f"dimension {axis}")
+    shape = list(first)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    return TensorType(tuple(shape), d)
+
+
+def _cat_grad(c, g):
+    axis = c.attrs["axis"]
+    out, start = [], 0
+    for t in c.in_types:
+        starts = [0] * g.ndim
+        stops = list(g.shape)
+        starts[axis], stops[axis] = start, start + t.shape[axis]
+        out.append(g._slice(tuple(starts), tuple(stops), (1,) * g.ndim))
+        start += t.shape[axis]
+    return out
+
+
+CAT = _op("cat", Kind.MOVEMENT, _cat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis), _cat_grad)
+
+# ----------------------------------------------------------------------------------------------- contraction
+
+
+def _matmul_infer(a, b):
+    d = _same_dtype("matmul", (a, b))
+    if a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
+                      f"({a.shape[-1] if a.ndim else '?'} != {b.shape[-2] if b.ndim > 1 else '?'})")
+    if d is D.bool_:
+        raise OpTypeError("matmul: bool tensors cannot be multiplied")
+    return TensorType(a.shape[:-1] + (b.shape[-1],), d)
+
+
+def _matmul_grad(c, g):
+    a, b = c.input(0), c.input(1)
+    return [g.matmul(b.transpose(-1, -2)), a.transpose(-1, -2).matmul(g)]
+
+
+MATMUL = _op("matmul", Kind.CONTRACTION, _matmul_infer, np.matmul, _matmul_grad)
+
+# ----------------------------------------------------------------------------------------------- window
+
+
+def _conv_out(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _conv2d_infer(x, w, stride, padding, dilation, groups):
+    _same_dtype("conv2d", (x, w))
+    _need_float("conv2d", x)
+    if x.ndim != 4 or w.ndim != 4:
+        raise OpError(f"conv2d: expected 4-D input [N, C, H, W] and weight [O, C/groups, kH, kW], got "
+                      f"input {shape_str(x.shape)} and weight {shape_str(w.shape)}")
+    n, cin, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    if cin != cg * groups or o % groups:
+        raise OpError(f"conv2d: input {shape_str(x.shape)} has {cin} channels but weight "
+                      f"{shape_str(w.shape)} with groups={groups} expects {cg * groups}")
+    oh = _conv_out(h, kh, stride[0], padding[0], dilation[0])
+    ow = _conv_out(wd, kw, stride[1], padding[1], dilation[1])
+    if oh <= 0 or ow <= 0:
+        raise OpError(f"conv2d: kernel {kh}x{kw} is larger than the padded input {shape_str(x.shape)}")
+    return TensorType((n, o, oh, ow), x.dtype)
+
+
+def _conv_attrs(c):
+    a = c.attrs
+    return dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
+
+
+def _conv2d_grad(c, g):
+    x, w = c.input(0), c.input(1)
+    T = _T()
+    gx = T.apply(CONV2D_GRAD_INPUT, g, w, input_shape=c.in_types[0].shape, **_conv_attrs(c))
+    gw = T.apply(CONV2D_GRAD_WEIGHT, x, g, weight_shape=c.in_types[1].shape, **_conv_attrs(c))
+    return [gx, gw]
+
+
+CONV2D = _op("conv2d", Kind.WINDOW, _conv2d_infer, K.conv2d, _conv2d_grad)
+CONV2D_GRAD_INPUT = _op(
+    "conv2d_grad_input", Kind.WINDOW,
+    lambda g, w, input_shape, **a: TensorType(tuple(input_shape), g.dtype), K.conv2d_grad_input,
+    lambda c, gg: [_T().apply(CONV2D, gg, c.input(1), **_conv_attrs(c)), None],
+    doc="gradient of conv2d with respect to its input")
+CONV2D_GRAD_WEIGHT = _op(
+    "conv2d_grad_weight", Kind.WINDOW,
+    lambda x, g, weight_shape, **a: TensorType(tuple(weight_shape), g.dtype), K.conv2d_grad_weight,
+    None, doc="gradient of conv2d with respect to its weight")
+
+
+def _pool_infer(name):
+    def infer(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False, count_include_pad=True):
+        if x.ndim != 4:
+            raise OpError(f"{name}: expected a 4-D input [N, C, H, W], got {shape_str(x.shape)}")
+        _need_float(name, x)
+        if any(2 * p > k for p, k in zip(padding, kernel)):
+            raise OpError(f"{name}: padding {padding} must be at most half of kernel size {kernel}")
+        oh, ow = K.pool_out_hw(x.shape[2:], kernel, stride, padding, dilation, ceil_mode)
+        if oh <= 0 or ow <= 0:
+            raise OpError(f"{name}: kernel {kernel} is larger than the input {shape_str(x.shape)}")
+        return TensorType(x.shape[:2] + (oh, ow), x.dtype)
+    return infer
+
+
+MAX_POOL2D = _op("max_pool2d", Kind.WINDOW, _pool_infer("max_pool2d"), K.max_pool2d,
+                 lambda c, g: [_T().apply(MAX_POOL2D_GRAD, c.input(0), g, **c.attrs)])
+MAX_POOL2D_GRAD = _op("max_pool2d_grad", Kind.WINDOW, lambda x, g, **a: TensorType(x.shape, x.dtype),
+                      K.max_pool2d_grad, None,
+                      doc="routes g to the first maximum of each window of x")
+AVG_POOL2D = _op("avg_pool2d", Kind.WINDOW, _pool_infer("avg_pool2d"), K.avg_pool2d,
+                 lambda c, g: [_T().apply(AVG_POOL2D_GRAD, g, input_shape=c.in_types[0].shape,
+                                          **c.attrs)])
+AVG_POOL2D_GRAD = _op("avg_pool2d_grad", Kind.WINDOW,
+                      lambda g, input_shape, **a: TensorType(tuple(input_shape), g.dtype),
+                      K.avg_pool2d_grad, None)
+
+# ----------------------------------------------------------------------------------------------- index
+
+
+def _gather_infer(x, idx, axis):
+    if idx.dtype is not D.int64:
+        raise OpTypeError(f"gather: index must be int64, got {idx.dtype.name}")
+    if idx.ndim != x.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, idx.shape)) if i != axis):
+        raise OpError(f"gather: index shape {shape_str(idx.shape)} must match input shape "
+                      f"{shape_str(x.shape)} outside dimension {axis}")
+    return TensorType(idx.shape, x.dtype)
+
+
+def _gather_ref(x, idx, axis):
+    n = x.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        bad = idx[(idx < -n) | (idx >= n)].flat[0]
+        raise OpError(f"gather: index {bad} is out of bounds for dimension {axis} with size {n}")
+    return np.take_along_axis(x, idx, axis=axis)
+
+
+GATHER = _op("gather", Kind.INDEX, _gather_infer, _gather_ref,
+             lambda c, g: [_T().apply(SCATTER_ADD, c.input(1), g, axis=c.attrs["axis"],
+                                      shape=c.in_types[0].shape), None])
+
+
+def _scatter_add_infer(idx, src, axis, shape):
+    if idx.shape != src.shape:
+        raise OpError(f"scatter_add: index {shape_str(idx.shape)} and source {shape_str(src.shape)} differ")
+    return TensorType(tuple(shape), src.dtype)
+
+
+SCATTER_ADD = _op("scatter_add", Kind.INDEX, _scatter_add_infer, K.scatter_add,
+                  lambda c, g: [None, g.gather(c.attrs["axis"], c.input(0))],
+                  doc="zeros(shape) with src added at idx along axis")
+
+# ----------------------------------------------------------------------------------------------- random
+
+
+def _uniform_infer(state, shape, dtype):
+    if state.shape != (2,) or state.dtype is not D.int64:
+        raise OpTypeError("uniform: generator state must be an int64 tensor of shape [2]")
+    return TensorType(tuple(shape), dtype)
+
+
+UNIFORM = _op("uniform", Kind.RANDOM, _uniform_infer, K.uniform,
+              doc="counter-based uniform [0, 1) numbers from state = (seed, offset)")
+
+
+def primitive_names() -> list[str]:
+    return sorted(OPS)

@@ -1,0 +1,138 @@
+"""Random numbers from a counter-based generator whose state is a tensor.
+
+Value i of a draw is a pure function of (seed, offset + i) (see `ref_kernels.uniform`); a draw advances
+the offset with an ordinary in-place tensor op, so a traced step carries the state and draws fresh
+numbers on every call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import dtypes as D
+from .ops import OPS, TensorType
+from .tensor import Tensor, _from_array, _sizes, apply
+
+DEFAULT_SEED = 67280421310721
+
+
+class Generator:
+    """A random stream: ``g = tracejit.Generator().manual_seed(0); tracejit.rand(3, generator=g)``."""
+
+    def __init__(self, device="cpu", seed=DEFAULT_SEED):
+        self.state = Tensor._make(np.array([seed, 0], dtype=np.int64), TensorType((2,), D.int64))
+        self._seed = seed
+
+    def manual_seed(self, seed: int) -> Generator:
+        seed = int(seed)
+        self.state.data = Tensor._make(np.array([seed, 0], dtype=np.int64), TensorType((2,), D.int64))
+        self.state._box.version += 1
+        self._seed = seed
+        return self
+
+    def seed(self) -> int:
+        s = int(np.random.SeedSequence().entropy % (2**63))
+        self.manual_seed(s)
+        return s
+
+    def initial_seed(self) -> int:
+        return self._seed
+
+    def get_state(self) -> Tensor:
+        return self.state.clone()
+
+    def set_state(self, state: Tensor) -> None:
+        self.state.data = state.detach().to(D.int64)
+
+    def _draw(self, shape, dtype):
+        n = math.prod(shape)
+        from .autograd import no_grad
+
+        with no_grad():
+            u = apply(OPS["uniform"], self.state, shape=tuple(shape), dtype=dtype)
+            self.state.add_(_from_array(np.array([0, n], dtype=np.int64)))
+        return u
+
+
+default_generator = Generator()
+
+
+def manual_seed(seed: int) -> Generator:
+    """Seed the default generator (and return it), as ``torch.manual_seed``."""
+    return default_generator.manual_seed(seed)
+
+
+def seed() -> int:
+    return default_generator.seed()
+
+
+def initial_seed() -> int:
+    return default_generator.initial_seed()
+
+
+def _float(dtype):
+    dt = D.as_dtype(dtype) if dtype is not None else D.default_float
+    if not dt.is_floating_point:
+        raise TypeError(f"random floats need a floating-point dtype, got {dt.name}")
+    return dt
+
+
+def rand(*size, generator=None, dtype=None, requires_grad=False, device=None):
+    """Uniform numbers in [0, 1)."""
+    u = (generator or default_generator)._draw(_sizes(size), _float(dtype))
+    return u.requires_grad_(True) if requires_grad else u
+
+
+def randn(*size, generator=None, dtype=None, requires_grad=False, device=None):
+    """Standard normal numbers (Box-Muller over one uniform draw)."""
+    shape = _sizes(size)
+    dt = _float(dtype)
+    n = math.prod(shape)
+    half = (n + 1) // 2
+    from .autograd import no_grad
+
+    with no_grad():
+        u = (generator or default_generator)._draw((2, half), dt)
+        r = ((1.0 - u[0]).log() * -2.0).sqrt()
+        theta = u[1] * (2.0 * math.pi)
+        from .tensor import cat
+
+        z = cat([r * theta.cos(), r * theta.sin()])
+        if z.shape[0] != n:
+            z = z[:n]
+        z = z.reshape(shape)
+    return z.requires_grad_(True) if requires_grad else z
+
+
+def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
+    """Uniform integers in [low, high)."""
+    if high is None:
+        low, high = 0, low
+    u = (generator or default_generator)._draw(_sizes((size,)) if not isinstance(size, int) else (size,),
+                                               D.float64)
+    from .autograd import no_grad
+
+    with no_grad():
+        v = (u * float(high - low)).to(D.int64) + int(low)
+    return v if dtype is None else v.to(dtype)
+
+
+def randperm(n, generator=None, dtype=None):
+    """A random permutation of 0..n-1 (eager only: it sorts)."""
+    u = (generator or default_generator)._draw((n,), D.float64)
+    return _from_array(np.argsort(u.numpy(), kind="stable").astype(np.int64))
+
+
+def rand_like(t, generator=None, dtype=None):
+    return rand(tuple(t.shape), generator=generator, dtype=dtype or t.dtype)
+
+
+def randn_like(t, generator=None, dtype=None):
+    return randn(tuple(t.shape), generator=generator, dtype=dtype or t.dtype)
+
+
+def bernoulli(p, generator=None):
+    """1.0 with probability p (elementwise), else 0.0."""
+    return (rand(tuple(p.shape), generator=generator, dtype=p.dtype) < p).to(p.dtype)

@@ -1,0 +1,1050 @@
+"""Tensor and the one dispatch point, `apply`.
+
+A Tensor points at a Box: its value (a NumPy array when eager, an IR Value while tracing), its static
+type and a version counter. `.data`/`.detach()` share the box, so in-place updates through them are seen
+by the original. In-place ops never write into arrays: they compute a new value and rebind the box, which
+is what makes tracing (functionalization) and eager agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from . import autograd
+from . import dtypes as D
+from .errors import OpError, OpTypeError, TraceError, shape_str, user_location
+from .ops import OPS, TensorType
+
+# ----------------------------------------------------------------------------------------------- trace context
+
+_tracer = None  # the active compiler.trace.Tracer, or None (the only global besides grad mode)
+
+
+def current_tracer():
+    return _tracer
+
+
+def set_tracer(tracer):
+    """Install `tracer` (or None); returns the previous one."""
+    global _tracer
+    prev, _tracer = _tracer, tracer
+    return prev
+
+
+class Box:
+    """Storage shared by a tensor and its `.data` / `.detach()` aliases."""
+
+    __slots__ = ("value", "type", "version", "__weakref__")
+
+    def __init__(self, value, type_: TensorType):
+        self.value = value
+        self.type = type_
+        self.version = 0
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+
+
+def apply(op, *inputs, **attrs):
+    """Run primitive `op` on tensors: eagerly with `op.ref`, or by appending a node to the trace.
+
+    Records a tape entry when grad mode is on and an input requires grad.
+    """
+    try:
+        out_type = op.infer(*[t._box.type for t in inputs], **attrs)
+    except OpError as e:
+        raise type(e)(f"{e} (at {user_location()})") from None
+    if _tracer is not None:
+        value = _tracer.add_node(op, inputs, attrs, out_type)
+    else:
+        value = op.ref(*[t._box.value for t in inputs], **attrs)
+        if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
+            value = np.asarray(value, dtype=out_type.dtype.np)
+    out = Tensor._make(value, out_type)
+    if autograd._grad_enabled and op.grad is not None:
+        for t in inputs:
+            if t.requires_grad:
+                out.requires_grad = True
+                out.grad_fn = autograd.TapeEntry(op, list(inputs), attrs, out)
+                break
+    return out
+
+
+def _scalar(value, dtype):
+    return apply(OPS["full"], shape=(), value=_py(value, dtype), dtype=dtype)
+
+
+def _py(value, dtype):
+    if dtype is D.bool_:
+        return bool(value)
+    if dtype is D.int64:
+        return int(value)
+    return float(value)
+
+
+def _as_operand(x, dtype):
+    if isinstance(x, Tensor):
+        return x if x.dtype is dtype else x.to(dtype)
+    if isinstance(x, (int, float, bool, np.number, np.bool_)):
+        return _scalar(x, dtype)
+    raise OpTypeError(f"expected a Tensor or a number, got {type(x).__name__} (at {user_location()})")
+
+
+def _binary(name, a, b, float_result=False, dtype=None):
+    dt = dtype or D.result_type(a, b)
+    if float_result and not dt.is_floating_point:
+        dt = D.default_float
+    return apply(OPS[name], _as_operand(a, dt), _as_operand(b, dt))
+
+
+def _norm_dim(d, ndim):
+    n = max(ndim, 1)
+    if not -n <= d < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+    return d % n
+
+
+def _dims(dim, ndim):
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, int):
+        dim = (dim,)
+    return tuple(sorted({_norm_dim(d, ndim) for d in dim}))
+
+
+def _sizes(args):
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(int(s) for s in args[0])
+    return tuple(int(s) for s in args)
+
+
+MinMax = namedtuple("MinMax", ["values", "indices"])
+
+# ----------------------------------------------------------------------------------------------- Tensor
+
+
+class Tensor:
+    """An n-dimensional array with autograd, PyTorch-style.
+
+    >>> x = tracejit.tensor([[1.0, 2.0]], requires_grad=True)
+    >>> (x * x).sum().backward(); x.grad
+    tensor([[2., 4.]])
+    """
+
+    __array_priority__ = 1000  # numpy scalars defer to Tensor operators
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("create tensors with tracejit.tensor(data), tracejit.zeros(...), ... ")
+
+    @classmethod
+    def _make(cls, value, type_, requires_grad=False):
+        t = object.__new__(cls)
+        t._box = Box(value, type_)
+        t.requires_grad = requires_grad
+        t.grad_fn = None
+        t._grad = None
+        return t
+
+    @classmethod
+    def _from_box(cls, box):
+        t = object.__new__(Tensor)
+        t._box = box
+        t.requires_grad = False
+        t.grad_fn = None
+        t._grad = None
+        return t
+
+    @classmethod
+    def _from_box_value(cls, other):
+        return cls._make(other._box.value, other._box.type)
+
+    # ---- metadata
+    @property
+    def _type(self) -> TensorType:
+        return self._box.type
+
+    @property
+    def shape(self):
+        return Size(self._box.type.shape)
+
+    def size(self, dim=None):
+        s = self._box.type.shape
+        return Size(s) if dim is None else s[_norm_dim(dim, len(s))]
+
+    @property
+    def dtype(self) -> D.DType:
+        return self._box.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self._box.type.shape)
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return math.prod(self._box.type.shape)
+
+    nelement = numel
+
+    @property
+    def device(self):
+        return "cpu"
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def element_size(self) -> int:
+        return self.dtype.itemsize
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def __len__(self):
+        if not self.ndim:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __hash__(self):
+        return id(self)
+
+    # ---- grad and data
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None and tuple(value.shape) != tuple(self.shape):
+            raise RuntimeError(f"assigned grad has shape {shape_str(value.shape)} but the tensor has shape "
+                               f"{shape_str(self.shape)}")
+        if _tracer is not None:
+            _tracer.on_grad_set(self, value)
+        self._grad = value
+
+    @property
+    def data(self):
+        return Tensor._from_box(self._box)
+
+    @data.setter
+    def data(self, other):
+        if _tracer is not None:
+            _tracer.before_mutation(self)
+        self._box.value = other._box.value
+        self._box.type = other._box.type
+
+    def detach(self):
+        return Tensor._from_box(self._box)
+
+    def detach_(self):
+        self.grad_fn = None
+        self.requires_grad = False
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        if not self.is_leaf and not requires_grad:
+            raise RuntimeError("you can only change requires_grad flags of leaf variables")
+        if requires_grad and not self.dtype.is_floating_point:
+            raise RuntimeError(f"only Tensors of floating point dtype can require gradients, not "
+                               f"{self.dtype.name}")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self):
+        return None
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False):
+        autograd.backward(self, gradient, retain_graph, create_graph)
+
+    # ---- values out (not traceable)
+    def _concrete(self, what):
+        if _tracer is not None or not isinstance(self._box.value, np.ndarray):
+            raise TraceError(f"{what} needs the tensor's value, which is not known while tracing "
+                             f"(at {user_location()}); keep it outside the compiled function, return the "
+                             f"tensor instead, or use fallback='eager'")
+        return self._box.value
+
+    def numpy(self):
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy()")
+        return self._concrete("numpy()")
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._concrete("numpy conversion")
+        return a if dtype is None else a.astype(dtype)
+
+    def item(self):
+        a = self._concrete("item()")
+        if a.size != 1:
+            raise RuntimeError(f"item(): a Tensor with {a.size} elements cannot be converted to Scalar "
+                               f"(shape {shape_str(a.shape)})")
+        return a.reshape(()).item()
+
+    def tolist(self):
+        return self._concrete("tolist()").tolist()
+
+    def __bool__(self):
+        a = self._concrete("bool(tensor) (Python control flow on a tensor value)")
+        if a.size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {a.size} elements is ambiguous")
+        return bool(a.reshape(()))
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.category != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    def __repr__(self):
+        from ._printing import tensor_repr
+
+        return tensor_repr(self)
+
+    def __iter__(self):
+        if not self.ndim:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    # ---- conversion
+    def to(self, *args, **kwargs):
+        dtype = kwargs.get("dtype")
+        for a in args:
+            if isinstance(a, D.DType):
+                dtype = a
+            elif isinstance(a, Tensor):
+                dtype = a.dtype
+        if dtype is None or dtype is self.dtype:
+            return self
+        return apply(OPS["cast"], self, dtype=D.as_dtype(dtype))
+
+    def type(self, dtype=None):
+        return self.dtype.name if dtype is None else self.to(D.as_dtype(dtype))
+
+    def float(self):
+        return self.to(D.float32)
+
+    def double(self):
+        return self.to(D.float64)
+
+    def long(self):
+        return self.to(D.int64)
+
+    int = long
+
+    def bool(self):
+        return self.to(D.bool_)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    def cpu(self):
+        return self
+
+    def cuda(self, *a, **k):
+        return self
+
+    def clone(self):
+        return apply(OPS["reshape"], self, shape=tuple(self.shape))
+
+    def contiguous(self):
+        return self
+
+    # ---- arithmetic
+    def __add__(self, o):
+        return _binary("add", self, o)
+
+    def __radd__(self, o):
+        return _binary("add", o, self)
+
+    def __sub__(self, o):
+        return _binary("sub", self, o)
+
+    def __rsub__(self, o):
+        return _binary("sub", o, self)
+
+    def __mul__(self, o):
+        return _binary("mul", self, o)
+
+    def __rmul__(self, o):
+        return _binary("mul", o, self)
+
+    def __truediv__(self, o):
+        return _binary("div", self, o, float_result=True)
+
+    def __rtruediv__(self, o):
+        return _binary("div", o, self, float_result=True)
+
+    def __pow__(self, o):
+        if isinstance(o, (int, float)) and not isinstance(o, bool):
+            if o == 2:
+                return self * self
+            if o == 1:
+                return self.clone()
+            if o == 0.5 and self.dtype.is_floating_point:
+                return self.sqrt()
+        return _binary("pow", self, o, float_result=True)
+
+    def __rpow__(self, o):
+        return _binary("pow", o, self, float_result=True)
+
+    def __matmul__(self, o):
+        return self.matmul(o)
+
+    def __rmatmul__(self, o):
+        return tensor(o).matmul(self)
+
+    def __neg__(self):
+        return apply(OPS["neg"], self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self.abs()
+
+    def __eq__(self, o):
+        return _binary("eq", self, o)
+
+    def __ne__(self, o):
+        return _binary("ne", self, o)
+
+    def __lt__(self, o):
+        return _binary("lt", self, o)
+
+    def __le__(self, o):
+        return _binary("le", self, o)
+
+    def __gt__(self, o):
+        return _binary("gt", self, o)
+
+    def __ge__(self, o):
+        return _binary("ge", self, o)
+
+    def __invert__(self):
+        if self.dtype is not D.bool_:
+            raise OpTypeError("~ (bitwise not) is supported for bool tensors only")
+        return apply(OPS["logical_not"], self)
+
+    def __and__(self, o):
+        return where(self, _as_operand(o, D.bool_), False)
+
+    def __or__(self, o):
+        return where(self, True, _as_operand(o, D.bool_))
+
+    def add(self, o, alpha=1):
+        return self + (o * alpha if alpha != 1 else o)
+
+    def sub(self, o, alpha=1):
+        return self - (o * alpha if alpha != 1 else o)
+
+    def mul(self, o):
+        return self * o
+
+    def div(self, o):
+        return self / o
+
+    def pow(self, o):
+        return self ** o
+
+    def neg(self):
+        return -self
+
+    def eq(self, o):
+        return self == o
+
+    def ne(self, o):
+        return self != o
+
+    def lt(self, o):
+        return self < o
+
+    def le(self, o):
+        return self <= o
+
+    def gt(self, o):
+        return self > o
+
+    def ge(self, o):
+        return self >= o
+
+    def logical_not(self):
+        return apply(OPS["logical_not"], self.bool())
+
+    def maximum(self, o):
+        return _binary("maximum", self, o)
+
+    def minimum(self, o):
+        return _binary("minimum", self, o)
+
+    def _float_unary(self, name):
+        x = self if self.dtype.is_floating_point else self.to(D.default_float)
+        return apply(OPS[name], x)
+
+    def exp(self):
+        return self._float_unary("exp")
+
+    def log(self):
+        return self._float_unary("log")
+
+    def sqrt(self):
+        return self._float_unary("sqrt")
+
+    def rsqrt(self):
+        return 1.0 / self.sqrt()
+
+    def tanh(self):
+        return self._float_unary("tanh")
+
+    def sigmoid(self):
+        return self._float_unary("sigmoid")
+
+    def sin(self):
+        return self._float_unary("sin")
+
+    def cos(self):
+        return self._float_unary("cos")
+
+    def erf(self):
+        return self._float_unary("erf")
+
+    def abs(self):
+        return apply(OPS["abs"], self)
+
+    def sign(self):
+        return apply(OPS["sign"], self)
+
+    def relu(self):
+        return apply(OPS["relu"], self)
+
+    def square(self):
+        return self * self
+
+    def reciprocal(self):
+        return 1.0 / self
+
+    def log1p(self):
+        return (self + 1.0).log()
+
+    def clamp(self, min=None, max=None):
+        if min is None and max is None:
+            raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
+        out = self
+        if min is not None:
+            out = out.maximum(min) if isinstance(min, Tensor) else _binary("maximum", out, min, dtype=self.dtype)
+        if max is not None:
+            out = out.minimum(max) if isinstance(max, Tensor) else _binary("minimum", out, max, dtype=self.dtype)
+        return out
+
+    clip = clamp
+
+    def where(self, condition, other):
+        return where(condition, self, other)
+
+    def masked_fill(self, mask, value):
+        return where(mask, _as_operand(value, self.dtype), self)
+
+    # ---- reductions
+    def sum(self, dim=None, keepdim=False, dtype=None):
+        x = self if dtype is None else self.to(dtype)
+        return apply(OPS["sum"], x, axes=_dims(dim, self.ndim), keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim=False, dtype=None):
+        x = self if dtype is None else self.to(dtype)
+        if not x.dtype.is_floating_point:
+            raise OpTypeError(f"mean(): could not infer output dtype. Input dtype must be floating point, "
+                              f"got {x.dtype.name}")
+        axes = _dims(dim, self.ndim)
+        n = math.prod(self.shape[a] for a in axes)
+        return x.sum(axes, keepdim) / float(n)
+
+    def var(self, dim=None, unbiased=None, keepdim=False, correction=None):
+        if correction is None:
+            correction = 1 if unbiased is None or unbiased else 0
+        axes = _dims(dim, self.ndim)
+        n = math.prod(self.shape[a] for a in axes)
+        d = self - self.mean(axes, keepdim=True)
+        return (d * d).sum(axes, keepdim) / float(max(n - correction, 0))
+
+    def std(self, dim=None, unbiased=None, keepdim=False, correction=None):
+        return self.var(dim, unbiased, keepdim, correction).sqrt()
+
+    def amax(self, dim=None, keepdim=False):
+        return apply(OPS["amax"], self, axes=_dims(dim, self.ndim), keepdim=keepdim)
+
+    def amin(self, dim=None, keepdim=False):
+        return -((-self).amax(dim, keepdim))
+
+    def argmax(self, dim=None, keepdim=False):
+        if dim is None:
+            return apply(OPS["argmax"], self.reshape(-1), axis=0, keepdim=False)
+        return apply(OPS["argmax"], self, axis=_norm_dim(dim, self.ndim), keepdim=keepdim)
+
+    def argmin(self, dim=None, keepdim=False):
+        return (-self).argmax(dim, keepdim)
+
+    def max(self, dim=None, keepdim=False):
+        if isinstance(dim, Tensor):
+            return self.maximum(dim)
+        if dim is None:
+            return self.amax()
+        return MinMax(self.amax(dim, keepdim), self.argmax(dim, keepdim))
+
+    def min(self, dim=None, keepdim=False):
+        if isinstance(dim, Tensor):
+            return self.minimum(dim)
+        if dim is None:
+            return self.amin()
+        return MinMax(self.amin(dim, keepdim), self.argmin(dim, keepdim))
+
+    def all(self):
+        return self.bool().logical_not().sum() == 0
+
+    def any(self):
+        return self.bool().sum() > 0
+
+    def softmax(self, dim):
+        x = self if self.dtype.is_floating_point else self.float()
+        e = (x - x.amax(dim, keepdim=True).detach()).exp()
+        return e / e.sum(dim, keepdim=True)
+
+    def log_softmax(self, dim):
+        x = self if self.dtype.is_floating_point else self.float()
+        s = x - x.amax(dim, keepdim=True).detach()
+        return s - s.exp().sum(dim, keepdim=True).log()
+
+    # ---- contraction
+    def matmul(self, o):
+        return matmul(self, o)
+
+    def mm(self, o):
+        if self.ndim != 2 or o.ndim != 2:
+            raise OpError(f"mm: expected 2-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)}")
+        return matmul(self, o)
+
+    def bmm(self, o):
+        if self.ndim != 3 or o.ndim != 3:
+            raise OpError(f"bmm: expected 3-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)}")
+        return matmul(self, o)
+
+    # ---- movement
+    def reshape(self, *shape):
+        shape = list(_sizes(shape))
+        if shape.count(-1) > 1:
+            raise OpError("reshape: only one dimension can be inferred (-1)")
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            if known == 0 or self.numel() % known:
+                raise OpError(f"reshape: shape {shape_str(shape)} is invalid for input of shape "
+                              f"{shape_str(self.shape)} ({self.numel()} elements)")
+            shape[shape.index(-1)] = self.numel() // known
+        shape = tuple(shape)
+        if shape == tuple(self.shape):
+            return self
+        return apply(OPS["reshape"], self, shape=shape)
+
+    view = reshape
+
+    def view_as(self, other):
+        return self.reshape(other.shape)
+
+    reshape_as = view_as
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        s, e = _norm_dim(start_dim, self.ndim), _norm_dim(end_dim, self.ndim)
+        shape = self.shape[:s] + (math.prod(self.shape[s:e + 1]),) + self.shape[e + 1:]
+        return self.reshape(shape)
+
+    def unflatten(self, dim, sizes):
+        d = _norm_dim(dim, self.ndim)
+        return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1:])
+
+    def permute(self, *dims):
+        dims = tuple(_norm_dim(d, self.ndim) for d in _sizes(dims))
+        if dims == tuple(range(self.ndim)):
+            return self
+        return apply(OPS["permute"], self, dims=dims)
+
+    def transpose(self, d0, d1):
+        dims = list(range(self.ndim))
+        a, b = _norm_dim(d0, self.ndim), _norm_dim(d1, self.ndim)
+        dims[a], dims[b] = dims[b], dims[a]
+        return self.permute(dims)
+
+    swapaxes = transpose
+
+    def t(self):
+        if self.ndim > 2:
+            raise OpError(f"t() expects a tensor with <= 2 dimensions, but got {shape_str(self.shape)}")
+        return self.transpose(0, 1) if self.ndim == 2 else self
+
+    @property
+    def T(self):
+        return self.permute(tuple(reversed(range(self.ndim))))
+
+    @property
+    def mT(self):
+        return self.transpose(-2, -1)
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        dims = _dims(dim, self.ndim)
+        return self.reshape(tuple(s for i, s in enumerate(self.shape) if not (i in dims and s == 1)))
+
+    def unsqueeze(self, dim):
+        d = _norm_dim(dim, self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def expand(self, *sizes):
+        sizes = _sizes(sizes)
+        if len(sizes) < self.ndim:
+            raise OpError(f"expand: the number of sizes provided ({len(sizes)}) must be greater or equal to "
+                          f"the number of dimensions in the tensor ({self.ndim})")
+        x = self
+        lead = len(sizes) - self.ndim
+        if lead:
+            x = x.reshape((1,) * lead + tuple(self.shape))
+        shape = tuple(x.shape[i] if s == -1 else s for i, s in enumerate(sizes))
+        if shape == tuple(x.shape):
+            return x
+        return apply(OPS["expand"], x, shape=shape)
+
+    def expand_as(self, other):
+        return self.expand(other.shape)
+
+    def broadcast_to(self, shape):
+        return self.expand(shape)
+
+    def repeat(self, *sizes):
+        sizes = _sizes(sizes)
+        x = self.reshape((1,) * (len(sizes) - self.ndim) + tuple(self.shape))
+        inter, final = [], []
+        for s, r in zip(x.shape, sizes):
+            inter += [1, s]
+            final.append(s * r)
+        x = x.reshape(tuple(inter)).expand(tuple(v for s, r in zip(x.shape, sizes) for v in (r, s)))
+        return x.reshape(tuple(final))
+
+    def _slice(self, starts, stops, steps):
+        return apply(OPS["slice"], self, starts=starts, stops=stops, steps=steps)
+
+    def pad(self, pads, value=0.0):
+        return apply(OPS["pad"], self, pads=tuple(tuple(p) for p in pads), value=value)
+
+    def narrow(self, dim, start, length):
+        d = _norm_dim(dim, self.ndim)
+        starts = [0] * self.ndim
+        stops = list(self.shape)
+        starts[d], stops[d] = start, start + length
+        return self._slice(tuple(starts), tuple(stops), (1,) * self.ndim)
+
+    def chunk(self, chunks, dim=0):
+        size = -(-self.shape[_norm_dim(dim, self.ndim)] // chunks)
+        return self.split(size, dim)
+
+    def split(self, split_size, dim=0):
+        d = _norm_dim(dim, self.ndim)
+        n = self.shape[d]
+        sizes = split_size if isinstance(split_size, (list, tuple)) else \
+            [min(split_size, n - i) for i in range(0, n, split_size)]
+        out, start = [], 0
+        for s in sizes:
+            out.append(self.narrow(d, start, s))
+            start += s
+        return tuple(out)
+
+    def unbind(self, dim=0):
+        d = _norm_dim(dim, self.ndim)
+        return tuple(t.squeeze(d) for t in self.split(1, d))
+
+    def __getitem__(self, index):
+        from .indexing import getitem
+
+        return getitem(self, index)
+
+    def gather(self, dim, index):
+        return apply(OPS["gather"], self, index, axis=_norm_dim(dim, self.ndim))
+
+    def index_select(self, dim, index):
+        d = _norm_dim(dim, self.ndim)
+        return self[(slice(None),) * d + (index,)]
+
+    # ---- in-place (functionalized: compute, then rebind the box)
+    def _inplace(self, result, name):
+        if autograd._grad_enabled and self.requires_grad and self.is_leaf:
+            raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
+                               f"operation (shape {shape_str(self.shape)}); wrap it in tracejit.no_grad() "
+                               f"or use .data")
+        if tuple(result.shape) != tuple(self.shape):
+            raise OpError(f"{name}: output with shape {shape_str(self.shape)} doesn't match the broadcast "
+                          f"shape {shape_str(result.shape)} (at {user_location()})")
+        if result.dtype is not self.dtype:
+            result = result.to(self.dtype)
+        if _tracer is not None:
+            _tracer.before_mutation(self)
+        self._box.value = result._box.value
+        self._box.version += 1
+        if result.requires_grad:
+            self.requires_grad = True
+            self.grad_fn = result.grad_fn
+        return self
+
+    def add_(self, o, alpha=1):
+        return self._inplace(self.add(o, alpha=alpha), "add_")
+
+    def sub_(self, o, alpha=1):
+        return self._inplace(self.sub(o, alpha=alpha), "sub_")
+
+    def mul_(self, o):
+        return self._inplace(self * o, "mul_")
+
+    def div_(self, o):
+        return self._inplace(self / o, "div_")
+
+    def pow_(self, o):
+        return self._inplace(self ** o, "pow_")
+
+    def clamp_(self, min=None, max=None):
+        return self._inplace(self.clamp(min, max), "clamp_")
+
+    def addcmul_(self, a, b, value=1):
+        return self._inplace(self + a * b * value, "addcmul_")
+
+    def addcdiv_(self, a, b, value=1):
+        return self._inplace(self + a / b * value, "addcdiv_")
+
+    def lerp_(self, end, weight):
+        return self._inplace(self + (end - self) * weight, "lerp_")
+
+    def fill_(self, value):
+        v = value if isinstance(value, Tensor) else None
+        if v is not None:
+            if v.numel() != 1:
+                raise RuntimeError("fill_ only supports 0-dimension value tensor")
+            return self._inplace(v.reshape(()).to(self.dtype).expand(tuple(self.shape)), "fill_")
+        return self._inplace(full(tuple(self.shape), value, dtype=self.dtype), "fill_")
+
+    def zero_(self):
+        return self.fill_(0)
+
+    def copy_(self, src):
+        if not isinstance(src, Tensor):
+            src = tensor(src)
+        return self._inplace(src.to(self.dtype).expand(tuple(self.shape)), "copy_")
+
+    def uniform_(self, a=0.0, b=1.0, generator=None):
+        from .random import rand
+
+        return self._inplace(rand(tuple(self.shape), generator=generator, dtype=self.dtype) * (b - a) + a,
+                             "uniform_")
+
+    def normal_(self, mean=0.0, std=1.0, generator=None):
+        from .random import randn
+
+        return self._inplace(randn(tuple(self.shape), generator=generator, dtype=self.dtype) * std + mean,
+                             "normal_")
+
+    def __iadd__(self, o):
+        return self.add_(o)
+
+    def __isub__(self, o):
+        return self.sub_(o)
+
+    def __imul__(self, o):
+        return self.mul_(o)
+
+    def __itruediv__(self, o):
+        return self.div_(o)
+
+
+class Size(tuple):
+    """Tensor shape; a tuple, printed as PyTorch does."""
+
+    def __repr__(self):
+        return f"tracejit.Size([{', '.join(map(str, self))}])"
+
+    def numel(self):
+        return math.prod(self)
+
+
+# ----------------------------------------------------------------------------------------------- functions
+
+
+def where(condition, a, b):
+    """Elementwise select: `a` where `condition` is true, else `b`."""
+    cond = condition if isinstance(condition, Tensor) else tensor(condition)
+    if cond.dtype is not D.bool_:
+        cond = cond.bool()
+    dt = D.result_type(a, b)
+    return apply(OPS["where"], cond, _as_operand(a, dt), _as_operand(b, dt))
+
+
+def matmul(a, b):
+    """Matrix product with PyTorch's rules for 1-D operands and broadcast batch dimensions."""
+    if not isinstance(b, Tensor):
+        b = tensor(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise OpError(f"matmul: both arguments need at least 1 dimension, got {shape_str(a.shape)} and "
+                      f"{shape_str(b.shape)} (at {user_location()})")
+    dt = D.result_type(a, b)
+    a, b = a.to(dt), b.to(dt)
+    if a.ndim == 1 and b.ndim == 1:
+        return (a.unsqueeze(0).matmul(b.unsqueeze(1))).reshape(())
+    if a.ndim == 1:
+        return matmul(a.unsqueeze(0), b).squeeze(-2)
+    if b.ndim == 1:
+        return matmul(a, b.unsqueeze(1)).squeeze(-1)
+    if b.ndim == 2 and a.ndim > 2:
+        if a.shape[-1] != b.shape[0]:
+            raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
+                          f"({a.shape[-1]} != {b.shape[0]}) (at {user_location()})")
+        lead = tuple(a.shape[:-1])
+        return apply(OPS["matmul"], a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],))
+    from .ops import broadcast_shapes
+
+    try:
+        batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+    except OpError as e:
+        raise OpError(f"{e} (at {user_location()})") from None
+    a = a.expand(batch + tuple(a.shape[-2:]))
+    b = b.expand(batch + tuple(b.shape[-2:]))
+    return apply(OPS["matmul"], a, b)
+
+
+def _from_array(arr, requires_grad=False):
+    """Wrap a concrete array; while tracing it becomes a constant of the graph."""
+    dt = D.from_numpy(arr.dtype)
+    if arr.dtype != dt.np:
+        arr = arr.astype(dt.np)
+    if _tracer is not None:
+        t = Tensor._make(_tracer.constant(arr), TensorType(arr.shape, dt))
+    else:
+        t = Tensor._make(arr, TensorType(arr.shape, dt))
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def tensor(data, dtype=None, requires_grad=False, device=None):
+    """Build a tensor from a number, list or array (a copy). Floats default to float32."""
+    if isinstance(data, Tensor):
+        arr = data._concrete("tensor(tensor)")
+    else:
+        arr = np.array(data)
+        if arr.dtype == object:
+            try:
+                arr = np.array([np.asarray(x) for x in data])
+            except (TypeError, ValueError):
+                raise TypeError(f"tensor(): could not convert {type(data).__name__} to a tensor") from None
+    if dtype is not None:
+        arr = arr.astype(D.as_dtype(dtype).np)
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float32 if arr.dtype != np.float64 or not isinstance(data, np.ndarray)
+                         else np.float64)
+    return _from_array(np.array(arr), requires_grad)
+
+
+def as_tensor(data, dtype=None):
+    if isinstance(data, Tensor) and (dtype is None or data.dtype is D.as_dtype(dtype)):
+        return data
+    return tensor(data, dtype=dtype)
+
+
+def from_numpy(arr):
+    """Wrap a NumPy array (float64 stays float64, as in PyTorch)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"from_numpy expects an np.ndarray, got {type(arr).__name__}")
+    return _from_array(arr)
+
+
+def full(size, fill_value, dtype=None, requires_grad=False, device=None):
+    dt = D.as_dtype(dtype) if dtype is not None else D.scalar_dtype(fill_value)
+    with autograd.no_grad():
+        t = apply(OPS["full"], shape=tuple(_sizes((size,)) if not isinstance(size, int) else (size,)),
+                  value=_py(fill_value, dt), dtype=dt)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def zeros(*size, dtype=None, requires_grad=False, device=None):
+    return full(_sizes(size), 0.0, dtype=dtype or D.default_float, requires_grad=requires_grad)
+
+
+def ones(*size, dtype=None, requires_grad=False, device=None):
+    return full(_sizes(size), 1.0, dtype=dtype or D.default_float, requires_grad=requires_grad)
+
+
+empty = zeros
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return full(tuple(t.shape), 0, dtype=dtype or t.dtype, requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return full(tuple(t.shape), 1, dtype=dtype or t.dtype, requires_grad=requires_grad)
+
+
+empty_like = zeros_like
+
+
+def full_like(t, fill_value, dtype=None, requires_grad=False):
+    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad=False):
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        is_float = any(isinstance(v, float) for v in (start, end, step))
+        dtype = D.default_float if is_float else D.int64
+    return _from_array(np.arange(start, end, step).astype(D.as_dtype(dtype).np), requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, requires_grad=False):
+    return _from_array(np.linspace(start, end, steps).astype((dtype and D.as_dtype(dtype) or D.default_float).np),
+                       requires_grad)
+
+
+def eye(n, m=None, dtype=None):
+    return _from_array(np.eye(n, m, dtype=(dtype and D.as_dtype(dtype) or D.default_float).np))
+
+
+def cat(tensors, dim=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise OpError("cat: expected a non-empty list of Tensors")
+    dt = D.result_type(*tensors)
+    d = _norm_dim(dim, tensors[0].ndim)
+    return apply(OPS["cat"], *[t.to(dt) for t in tensors], axis=d)
+
+
+concat = cat
+
+
+def stack(tensors, dim=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise OpError("stack: expected a non-empty list of Tensors")
+    for t in tensors[1:]:
+        if tuple(t.shape) != tuple(tensors[0].shape):
+            raise OpError(f"stack: expects each tensor to be equal size, but got {shape_str(tensors[0].shape)} "
+                          f"and {shape_str(t.shape)} (at {user_location()})")
+    d = _norm_dim(dim, tensors[0].ndim + 1)
+    return cat([t.unsqueeze(d) for t in tensors], d)
+
+
+def _concrete_or_none(t):
+    """The array behind `t` when it is concrete (eager), else None (traced)."""
+    v = t._box.value
+    return v if _tracer is None and isinstance(v, np.ndarray) else None
