@@ -1,0 +1,363 @@
+"""`tracejit.compile` and `tracejit.explain`: guards, the variant cache, eager fallback, inspection.
+
+    @tracejit.compile
+    def train_step(x, y):
+        opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+        return loss
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import warnings
+
+import numpy as np
+
+from .. import autograd
+import sys
+
+import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
+
+T = sys.modules["tracejit.tensor"]
+from ..errors import TraceError
+from .backends import get_backend
+from .dump import Dumper, dump_root
+from .ir import count_by_kind, print_graph, verify
+from .passes import PIPELINE, run_pipeline
+from .state import StateIndex
+from .trace import describe_arg, trace, unflatten
+
+DEFAULT_BACKEND = "reference"
+
+
+class RecompileWarning(UserWarning):
+    pass
+
+
+class FallbackWarning(UserWarning):
+    pass
+
+
+class Variant:
+    """One compiled specialization of a function: its graphs, program, bindings and guards."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def guard_failure(self) -> str | None:
+        why = self.state_guard.check()
+        if why:
+            return why
+        for b, t in self.box_guards:
+            if b.kind == "box":
+                if b.ref.type != t:
+                    return f"{b.name} changed type from {t} to {b.ref.type}"
+            elif b.kind == "grad" and (b.ref._grad is None or b.ref._grad._box.type != t):
+                return f"{b.name} is missing or changed type"
+        return None
+
+
+def _arg_key(a):
+    if isinstance(a, T.Tensor):
+        return ("T", a._box.type, a.requires_grad)
+    if isinstance(a, np.ndarray):
+        return None
+    if a is None or isinstance(a, (bool, int, float, str)):
+        return ("V", type(a), a)
+    if isinstance(a, (tuple, list)):
+        if any(isinstance(x, T.Tensor) for x in a):
+            return None
+        return ("S", type(a), tuple(_arg_key(x) for x in a))
+    return ("O", id(a))
+
+
+class CompiledFunction:
+    """What `@tracejit.compile` returns. Call it like the function; inspect with `.ir()`, `explain()`."""
+
+    def __init__(self, fn, backend=None, dump=None, fallback=None, cache_limit=8, passes=None):
+        if fallback not in (None, "eager"):
+            raise ValueError("fallback must be None or 'eager'")
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "fn")
+        functools.update_wrapper(self, fn)
+        self.backend_name = backend or DEFAULT_BACKEND
+        self.backend = get_backend(self.backend_name)
+        self.dump = dump
+        self.fallback = fallback
+        self.cache_limit = cache_limit
+        self.passes = passes
+        self.variants: dict = {}
+        self.history: list[Variant] = []
+        self.eager_keys: set = set()
+        self.eager_calls = 0
+        self.log: list[str] = []
+        self._warned = set()
+        try:
+            self._sig = inspect.signature(fn)
+            self._names = [p for p in self._sig.parameters]
+        except (TypeError, ValueError):
+            self._sig, self._names = None, []
+
+    # ---- calling
+    def _bind(self, args, kwargs):
+        if kwargs and self._sig is not None:
+            ba = self._sig.bind(*args, **kwargs)
+            ba.apply_defaults()
+            return tuple(ba.args) + tuple(ba.kwargs.values())
+        return args
+
+    def _arg_name(self, i):
+        return self._names[i] if i < len(self._names) else f"arg{i}"
+
+    def _key(self, args):
+        keys = []
+        for i, a in enumerate(args):
+            k = _arg_key(a)
+            if k is None:
+                what = "a numpy.ndarray" if isinstance(a, np.ndarray) else "a list/tuple containing tensors"
+                raise TypeError(f"{self.__name__}: argument {i} ({self._arg_name(i)!r}) is {what}; compiled "
+                                f"functions take tracejit tensors (use tracejit.from_numpy / tracejit.tensor), "
+                                f"numbers and other hashable values")
+            keys.append(k)
+        return (autograd._grad_enabled, tuple(keys))
+
+    def __call__(self, *args, **kwargs):
+        args = self._bind(args, kwargs)
+        if T.current_tracer() is not None:
+            return self.fn(*args)  # nested inside another trace: inline
+        key = self._key(args)
+        if key in self.eager_keys:
+            return self.fn(*args)
+        for v in self.variants.get(key, ()):
+            if v.guard_failure() is None:
+                return self._run(v, args)
+        return self._compile_and_run(args, key)
+
+    def _run(self, v: Variant, args):
+        arrays = [b.read(args) for b in v.bindings]
+        outs = v.program.run(arrays)
+        # write state back only now that the whole call succeeded
+        for b, idx in v.writes:
+            box = b.ref if b.kind == "box" else (args[b.ref]._box if b.kind == "arg" else b.ref._grad._box)
+            box.value = outs[idx]
+            box.version += 1
+        for owner, idx, _ in v.grad_sets:
+            owner._grad = None if idx is None else T.Tensor._make(outs[idx], v.out_types[idx])
+        leaves = [T.Tensor._make(outs[i], v.out_types[i]) for i in range(v.n_returns)]
+        return unflatten(v.structure, leaves)
+
+    # ---- compiling
+    def _why_new(self, args, key) -> str:
+        if not self.history:
+            return "first call"
+        last = self.history[-1]
+        if last.key == key:
+            return last.guard_failure() or "guards changed"
+        if last.key[0] != key[0]:
+            return f"grad mode changed to {'enabled' if key[0] else 'disabled'}"
+        for i, (a, b) in enumerate(zip(last.key[1], key[1])):
+            if a != b:
+                return (f"argument {i} ({self._arg_name(i)!r}) changed from {last.arg_desc[i]} to "
+                        f"{describe_arg(args[i])}")
+        return "argument count changed"
+
+    def compile_variant(self, args, key=None) -> Variant | None:
+        """Trace and compile for `args` without running. None when the call must run eagerly."""
+        key = key or self._key(args)
+        reason = self._why_new(args, key)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        state = StateIndex(self.fn, args)
+        saved_opt_state = [(opt, {p: dict(st) for p, st in opt.state.items()}) for _, opt in state.optimizers]
+        names = [self._arg_name(i) for i in range(len(args))]
+        try:
+            tracer, structure, writes, grad_sets, new_state = trace(self.fn, args, names, state, self.__name__)
+        except TraceError as e:
+            _restore_opt_state(saved_opt_state)
+            if self.fallback == "eager":
+                if str(e) not in self._warned:
+                    self._warned.add(str(e))
+                    warnings.warn(f"{self.__name__} runs eagerly: {e}", FallbackWarning, stacklevel=3)
+                self.eager_keys.add(key)
+                return None
+            raise
+        except BaseException:
+            _restore_opt_state(saved_opt_state)
+            raise
+        if new_state:
+            # e.g. an optimizer's first step creates its state lazily: run this call eagerly and trace the
+            # steady state on the next call (tracing it now would bake "create" into every call)
+            _restore_opt_state(saved_opt_state)
+            self.log.append(f"call ran eagerly: it creates state ({', '.join(new_state[:3])}...)")
+            return None
+        timings["trace"] = time.perf_counter() - t0
+        graph = verify(tracer.builder.graph)
+        variant_no = len(self.history) + 1
+        root = dump_root(self.dump)
+        dumper = Dumper(root, self.__name__, variant_no) if root else None
+        if dumper:
+            dumper.stage("00_traced", graph)
+        stages = {"traced": print_graph(graph)}
+        t1 = time.perf_counter()
+        stage_graphs = [("traced", graph)]
+        g = graph
+        for i, p in enumerate(self.passes if self.passes is not None else PIPELINE, start=1):
+            g = run_pipeline(g, [p], None, timings)
+            stage_graphs.append((p.__name__, g))
+            stages[p.__name__] = print_graph(g)
+            if dumper:
+                dumper.stage(f"{i:02d}_{p.__name__}", g)
+        timings["passes"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        program = self.backend.compile_graph(g, dumper=dumper, timings=timings)
+        timings["backend"] = time.perf_counter() - t2
+        bind_of = {lf.value.id: lf.binding for lf in tracer.lifted.values()}
+        from .trace import Binding
+
+        for v, arr in tracer.consts:
+            bind_of[v.id] = Binding("const", arr, "const")
+        bindings = [bind_of[v.id] for v in g.inputs]
+        box_guards = [(b, lf.value.type) for lf in tracer.lifted.values()
+                      for b in [lf.binding] if b.kind in ("box", "grad")]
+        variant = Variant(
+            key=key, number=variant_no, reason=reason, graph=g, traced=graph, stages=stages,
+            stage_graphs=stage_graphs, program=program, bindings=bindings,
+            writes=[(b, i) for b, i in writes], grad_sets=grad_sets, structure=structure,
+            n_returns=len(g.returns()), out_types=[v.type for v in g.outputs],
+            state_guard=state.guard_snapshot(tracer.modules_called.values()), box_guards=box_guards,
+            arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
+            total_time=time.perf_counter() - t0)
+        if dumper:
+            dumper.text("explain.txt", explain_variant(self, variant) + "\n")
+            variant.dump_dir = dumper.dir
+        return variant
+
+    def _compile_and_run(self, args, key):
+        variant = self.compile_variant(args, key)
+        if variant is None:
+            self.eager_calls += 1
+            return self.fn(*args)
+        self._add(variant)
+        return self._run(variant, args)
+
+    def _add(self, variant):
+        self.history.append(variant)
+        self.variants.setdefault(variant.key, []).append(variant)
+        self.log.append(f"compiled variant {variant.number}: {variant.reason}")
+        live = [v for vs in self.variants.values() for v in vs]
+        if len(self.history) > self.cache_limit:
+            warnings.warn(f"{self.__name__} has been compiled {len(self.history)} times (cache_limit="
+                          f"{self.cache_limit}); last recompile because {variant.reason}. Keep shapes, "
+                          f"dtypes and Python arguments fixed between calls", RecompileWarning, stacklevel=3)
+            if len(live) > self.cache_limit:
+                oldest = min(live, key=lambda v: v.number)
+                self.variants[oldest.key].remove(oldest)
+
+    # ---- inspection
+    def latest(self) -> Variant:
+        if not self.history:
+            raise RuntimeError(f"{self.__name__} has not been compiled yet: call it (or tracejit.explain it) "
+                               f"with example arguments first")
+        return self.history[-1]
+
+    def ir(self, stage: str | None = None) -> str:
+        """IR text of the latest variant: stage 'traced', a pass name, or the final graph (default)."""
+        v = self.latest()
+        if stage is None or stage == "final":
+            return print_graph(v.graph)
+        if stage not in v.stages:
+            raise KeyError(f"no stage {stage!r}; stages are {list(v.stages)}")
+        return v.stages[stage]
+
+
+def _restore_opt_state(saved):
+    for opt, st in saved:
+        opt.state.clear()
+        opt.state.update(st)
+
+
+def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fallback: str | None = None,
+            cache_limit: int = 8, passes=None):
+    """Trace `fn` (forward, backward, optimizer step) into one graph and run it compiled.
+
+    backend: 'cpu' (Numba kernels), 'reference' (NumPy interpreter), 'cuda'; dump: a directory for IR
+    dumps (or TRACEJIT_DUMP); fallback='eager' runs untraceable functions eagerly with a warning.
+    """
+    if fn is None:
+        return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,
+                                 cache_limit=cache_limit, passes=passes)
+    return CompiledFunction(fn, backend=backend, dump=dump, fallback=fallback, cache_limit=cache_limit,
+                            passes=passes)
+
+
+class Explanation:
+    def __init__(self, text: str, variant: Variant | None):
+        self.text = text
+        self.variant = variant
+
+    def __str__(self):
+        return self.text
+
+    __repr__ = __str__
+
+
+def explain(fn, *args, **kwargs) -> Explanation:
+    """Compile `fn` for these arguments (if needed, without running it) and describe the result."""
+    cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
+    args = cf._bind(args, kwargs)
+    key = cf._key(args)
+    variant = next((v for v in cf.variants.get(key, ()) if v.guard_failure() is None), None)
+    if variant is None:
+        variant = cf.compile_variant(args, key)
+        if variant is None:
+            return Explanation(f"{cf.__name__}: this call runs eagerly ({cf.log[-1] if cf.log else 'fallback'})",
+                               None)
+        cf._add(variant)
+    return Explanation(explain_variant(cf, variant), variant)
+
+
+def _ms(s):
+    return f"{s * 1e3:.1f} ms"
+
+
+def explain_variant(cf: CompiledFunction, v: Variant) -> str:
+    g = v.graph
+    metas = [g.input_meta.get(x.id, {}) for x in g.inputs]
+    n_args = sum(1 for m in metas if "arg" in m)
+    n_const = sum(1 for m in metas if m.get("const"))
+    state_names = [m["state"] for m in metas if "state" in m]
+    writes = [m for m, _ in g.writes()] + [name for _, idx, name in v.grad_sets if idx is None]
+    lines = [f"{cf.__name__} — variant {v.number} (backend {v.backend}); compiled because: {v.reason}"]
+    lines.append("guards:")
+    for i, d in enumerate(v.arg_desc):
+        lines.append(f"  argument {cf._arg_name(i)}: {d}")
+    lines.append(f"  grad mode: {'enabled' if v.key[0] else 'disabled'}")
+    sg = v.state_guard
+    if sg.modules:
+        lines.append(f"  {len(sg.modules)} modules in " +
+                     ", ".join(sorted({'train' if t else 'eval' for t in sg.training})) + " mode")
+    if sg.params:
+        lines.append(f"  {len(sg.params)} parameters, {sum(sg.has_grad)} with a .grad")
+    if sg.optimizers:
+        lines.append("  optimizer settings of " + ", ".join(type(o).__name__ for o in sg.optimizers))
+    lines.append(f"  {len(v.box_guards)} captured tensors keep their shape and dtype")
+    lines.append(f"inputs: {n_args} arguments, {len(state_names)} captured state, {n_const} constants")
+    for s in state_names:
+        lines.append(f"  state {s}")
+    lines.append(f"outputs: {v.n_returns} returned, {len(writes)} state write-backs")
+    for w in writes:
+        lines.append(f"  writes {w}")
+    lines.append("nodes by stage:")
+    for name, sgph in v.stage_graphs:
+        counts = ", ".join(f"{k} {n}" for k, n in sorted(count_by_kind(sgph).items()))
+        lines.append(f"  {name:<18} {len(sgph.nodes):>5} nodes  ({counts})")
+    extra = getattr(v.program, "describe", None)
+    if extra:
+        lines.append(extra())
+    lines.append("time: " + ", ".join(f"{k} {_ms(t)}" for k, t in v.timings.items()) +
+                 f"; total {_ms(v.total_time)}")
+    if getattr(v, "dump_dir", None):
+        lines.append(f"dump: {v.dump_dir}")
+    return "\n".join(lines)

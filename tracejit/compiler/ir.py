@@ -1,0 +1,419 @@
+"""The IR: a flat SSA list of primitive ops, like a jaxpr, with a text form that parses back.
+
+`Graph(inputs, nodes, outputs)`; `Node(op, inputs, attrs, outputs)`; `Value(id, type)`. Nodes are
+immutable; passes build new graphs. A fused node carries its body (another Graph) and prints it indented.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import dataclass, field
+
+from .. import dtypes as D
+from ..ops import OPS, Kind, OpDef, TensorType
+
+
+class Value:
+    """One SSA value. `name` is what the text form prints after `%` (the id unless parsed/named)."""
+
+    __slots__ = ("id", "type", "name")
+    _next_id = 0
+
+    def __init__(self, type_: TensorType, name: str | None = None):
+        Value._next_id += 1
+        self.id = Value._next_id
+        self.type = type_
+        self.name = name
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> D.DType:
+        return self.type.dtype
+
+    def __repr__(self) -> str:
+        return f"%{self.name or self.id}: {self.type}"
+
+
+@dataclass(frozen=True)
+class Node:
+    op: OpDef
+    inputs: tuple
+    attrs: dict
+    outputs: tuple
+    body: Graph | None = None  # a fused node's sub-graph (its inputs/outputs correspond to ours)
+
+    @property
+    def output(self) -> Value:
+        return self.outputs[0]
+
+
+@dataclass
+class Graph:
+    """inputs carry meta ({'arg': 'x'}, {'state': 'fc.weight'}, {'const': True});
+    outputs are returned values (meta None) followed by state write-backs (meta = the state's name)."""
+
+    name: str
+    inputs: list
+    nodes: list
+    outputs: list
+    input_meta: dict = field(default_factory=dict)  # Value.id -> dict
+    output_meta: list = field(default_factory=list)  # per output: None (returned) or state name
+
+    def returns(self) -> list:
+        return [v for v, m in zip(self.outputs, self.output_meta) if m is None]
+
+    def writes(self) -> list:
+        return [(m, v) for v, m in zip(self.outputs, self.output_meta) if m is not None]
+
+    def replace(self, **kw) -> Graph:
+        d = dict(name=self.name, inputs=self.inputs, nodes=self.nodes, outputs=self.outputs,
+                 input_meta=self.input_meta, output_meta=self.output_meta)
+        d.update(kw)
+        return Graph(**d)
+
+    def __str__(self) -> str:
+        return print_graph(self)
+
+
+class GraphBuilder:
+    """Appends nodes in program order (what the tracer uses)."""
+
+    def __init__(self, name: str):
+        self.graph = Graph(name, [], [], [], {}, [])
+
+    def add_input(self, type_: TensorType, meta: dict) -> Value:
+        v = Value(type_)
+        self.graph.inputs.append(v)
+        self.graph.input_meta[v.id] = meta
+        return v
+
+    def add_node(self, op: OpDef, inputs, attrs: dict, out_type: TensorType) -> Value:
+        v = Value(out_type)
+        self.graph.nodes.append(Node(op, tuple(inputs), dict(attrs), (v,)))
+        return v
+
+    def add_output(self, v: Value, meta: str | None = None) -> None:
+        self.graph.outputs.append(v)
+        self.graph.output_meta.append(meta)
+
+
+# ----------------------------------------------------------------------------------------------- text form
+
+
+def format_attr(v) -> str:
+    if isinstance(v, D.DType):
+        return v.short
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, tuple):
+        inner = ", ".join(format_attr(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    if isinstance(v, str):
+        return repr(v)
+    return str(v)
+
+
+def _format_attrs(attrs: dict) -> str:
+    if not attrs:
+        return ""
+    return " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in attrs.items()) + "}"
+
+
+def _namer(g: Graph):
+    """Printed names: a value's own name, else its position in definition order (stable per graph)."""
+    values = g.inputs + [v for n in g.nodes for v in n.outputs]
+    taken = {v.name for v in values if v.name}
+    names: dict[int, str] = {}
+    counter = 0
+    for v in values:
+        if v.name:
+            names[v.id] = v.name
+            continue
+        while str(counter) in taken:
+            counter += 1
+        names[v.id] = str(counter)
+        counter += 1
+
+    def name(v: Value) -> str:
+        return "%" + names.get(v.id, v.name or f"?{v.id}")
+    return name
+
+
+def _meta_str(meta: dict) -> str:
+    if not meta:
+        return ""
+    parts = []
+    for k, v in meta.items():
+        parts.append(k if v is True else f"{k}: {v}")
+    return " {" + ", ".join(parts) + "}"
+
+
+def print_graph(g: Graph, indent: str = "", header: str = "graph") -> str:
+    _vname = _namer(g)
+    ins = ", ".join(f"{_vname(v)}: {v.type}{_meta_str(g.input_meta.get(v.id, {}))}" for v in g.inputs)
+    lines = [f"{indent}{header} {g.name}({ins}) {{"]
+    for n in g.nodes:
+        outs = ", ".join(f"{_vname(v)}: {v.type}" for v in n.outputs)
+        args = ", ".join(_vname(v) for v in n.inputs)
+        lines.append(f"{indent}  {outs} = {n.op.name}({args}){_format_attrs(n.attrs)}")
+        if n.body is not None:
+            lines.extend(print_graph(n.body, indent + "    ", header="body").splitlines())
+    rets = ", ".join(_vname(v) for v in g.returns())
+    writes = ", ".join(f"{m} <- {_vname(v)}" for m, v in g.writes())
+    lines.append(f"{indent}  return {rets}" + (f" ; {writes}" if writes else ""))
+    lines.append(f"{indent}}}")
+    return "\n".join(lines)
+
+
+_NAMES = {d.short: d for d in D.ALL}
+
+
+def _eval_attr(node):
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Tuple | ast.List):
+        return tuple(_eval_attr(e) for e in node.elts)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_eval_attr(node.operand)
+    if isinstance(node, ast.Name):
+        if node.id in _NAMES:
+            return _NAMES[node.id]
+        if node.id in ("inf", "nan"):
+            return float(node.id)
+    raise ValueError(f"cannot parse attribute value {ast.dump(node)}")
+
+
+def parse_attrs(text: str) -> dict:
+    text = text.strip()
+    if not text:
+        return {}
+    call = ast.parse(f"f({text})", mode="eval").body
+    return {kw.arg: _eval_attr(kw.value) for kw in call.keywords}
+
+
+_TYPE_RE = re.compile(r"^(\w+)\[([\d,\s]*)\]$")
+
+
+def parse_type(text: str) -> TensorType:
+    m = _TYPE_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"bad type {text!r}")
+    dims = tuple(int(s) for s in m.group(2).split(",") if s.strip())
+    return TensorType(dims, _NAMES[m.group(1)])
+
+
+def _split_top(text: str, sep: str = ",") -> list:
+    """Split on `sep` outside brackets/braces/parens."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == sep and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        out.append("".join(cur))
+    return [s.strip() for s in out]
+
+
+def _parse_meta(text: str) -> dict:
+    meta = {}
+    for part in _split_top(text):
+        if ":" in part:
+            k, v = part.split(":", 1)
+            meta[k.strip()] = v.strip()
+        else:
+            meta[part.strip()] = True
+    return meta
+
+
+_HEADER_RE = re.compile(r"^\s*(graph|body)\s+([\w.<>-]+)\((.*)\)\s*\{\s*$")
+_NODE_RE = re.compile(r"^\s*(.+?)\s*=\s*([\w.]+)\((.*?)\)\s*(\{.*\})?\s*$")
+
+
+def parse_graph(text: str, ops: dict | None = None) -> Graph:
+    """Parse the text form back into a Graph (fused-node bodies included)."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    g, end = _parse_block(lines, 0, {}, ops or OPS)
+    return g
+
+
+def _parse_block(lines, i, env, ops):
+    m = _HEADER_RE.match(lines[i])
+    if not m:
+        raise ValueError(f"line {i + 1}: expected 'graph name(...) {{', got {lines[i]!r}")
+    g = Graph(m.group(2), [], [], [], {}, [])
+    for part in _split_top(m.group(3)):
+        name, rest = part.split(":", 1)
+        rest = rest.strip()
+        meta = {}
+        if "{" in rest:
+            rest, meta_text = rest.split("{", 1)
+            meta = _parse_meta(meta_text.rstrip("} "))
+        v = Value(parse_type(rest), name.strip().lstrip("%"))
+        env[v.name] = v
+        g.inputs.append(v)
+        g.input_meta[v.id] = meta
+    i += 1
+    while i < len(lines):
+        line = lines[i].strip()
+        if line == "}":
+            return g, i + 1
+        if line.startswith("return"):
+            body = line[len("return"):]
+            rets, _, writes = body.partition(";")
+            for r in _split_top(rets):
+                g.outputs.append(_lookup(env, r, i))
+                g.output_meta.append(None)
+            for w in _split_top(writes):
+                name, _, v = w.partition("<-")
+                g.outputs.append(_lookup(env, v.strip(), i))
+                g.output_meta.append(name.strip())
+            i += 1
+            continue
+        nm = _NODE_RE.match(line)
+        if not nm:
+            raise ValueError(f"line {i + 1}: cannot parse {line!r}")
+        outs_text, opname, args_text, attrs_text = nm.groups()
+        if opname not in ops:
+            raise ValueError(f"line {i + 1}: unknown op {opname!r}")
+        inputs = tuple(_lookup(env, a, i) for a in _split_top(args_text))
+        attrs = parse_attrs(attrs_text[1:-1]) if attrs_text else {}
+        outs = []
+        for o in _split_top(outs_text):
+            name, t = o.split(":", 1)
+            v = Value(parse_type(t), name.strip().lstrip("%"))
+            env[v.name] = v
+            outs.append(v)
+        body = None
+        i += 1
+        if i < len(lines) and _HEADER_RE.match(lines[i]) and _HEADER_RE.match(lines[i]).group(1) == "body":
+            body, i = _parse_block(lines, i, {}, ops)
+        g.nodes.append(Node(ops[opname], inputs, attrs, tuple(outs), body))
+    raise ValueError("unterminated graph: missing '}'")
+
+
+def _lookup(env, token, i):
+    name = token.strip().lstrip("%")
+    if name not in env:
+        raise ValueError(f"line {i + 1}: %{name} is used before it is defined")
+    return env[name]
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+class VerifyError(ValueError):
+    pass
+
+
+def verify(g: Graph) -> Graph:
+    """Check SSA, definition before use, and that every node's types agree with its op's `infer`."""
+    defined = set()
+    for v in g.inputs:
+        if v.id in defined:
+            raise VerifyError(f"{g.name}: input %{v.name or v.id} defined twice")
+        defined.add(v.id)
+    for k, n in enumerate(g.nodes):
+        for v in n.inputs:
+            if v.id not in defined:
+                raise VerifyError(f"{g.name}: node {k} ({n.op.name}) uses %{v.name or v.id} before its definition")
+        if n.body is not None:
+            verify(n.body)
+            if [v.type for v in n.body.inputs] != [v.type for v in n.inputs]:
+                raise VerifyError(f"{g.name}: node {k} ({n.op.name}) body inputs do not match its inputs")
+            if [v.type for v in n.body.outputs] != [v.type for v in n.outputs]:
+                raise VerifyError(f"{g.name}: node {k} ({n.op.name}) body outputs do not match its outputs")
+        elif n.op.name in OPS and OPS[n.op.name] is n.op:
+            expect = n.op.infer(*[v.type for v in n.inputs], **n.attrs)
+            if expect != n.outputs[0].type or len(n.outputs) != 1:
+                raise VerifyError(f"{g.name}: node {k} ({n.op.name}) has type {n.outputs[0].type}, "
+                                  f"its op infers {expect}")
+        for v in n.outputs:
+            if v.id in defined:
+                raise VerifyError(f"{g.name}: %{v.name or v.id} defined twice (node {k}, {n.op.name})")
+            defined.add(v.id)
+    for v in g.outputs:
+        if v.id not in defined:
+            raise VerifyError(f"{g.name}: output %{v.name or v.id} is never defined")
+    if len(g.output_meta) != len(g.outputs):
+        raise VerifyError(f"{g.name}: {len(g.outputs)} outputs but {len(g.output_meta)} output metas")
+    return g
+
+
+# ----------------------------------------------------------------------------------------------- queries
+
+
+def count_by_kind(g: Graph) -> dict:
+    counts: dict[str, int] = {}
+    for n in g.nodes:
+        k = n.op.kind.value if isinstance(n.op.kind, Kind) else str(n.op.kind)
+        counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def users(g: Graph) -> dict:
+    """Value id -> list of node indices that read it (graph outputs count as index len(nodes))."""
+    out: dict[int, list] = {}
+    for k, n in enumerate(g.nodes):
+        for v in n.inputs:
+            out.setdefault(v.id, []).append(k)
+    for v in g.outputs:
+        out.setdefault(v.id, []).append(len(g.nodes))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- graphviz
+
+
+def to_dot(g: Graph) -> str:
+    """Graphviz source; fused nodes are drawn as clusters holding their bodies."""
+    lines = [f'digraph "{g.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="monospace", fontsize=10];']
+    producer = {}
+    for v in g.inputs:
+        meta = g.input_meta.get(v.id, {})
+        label = meta.get("state") or meta.get("arg") or ("const" if meta.get("const") else "")
+        lines.append(f'  v{v.id} [shape=ellipse, label="%{v.name or v.id}\\n{label}\\n{v.type}"];')
+        producer[v.id] = f"v{v.id}"
+    for k, n in enumerate(g.nodes):
+        nid = f"n{k}"
+        if n.body is not None:
+            lines.append(f'  subgraph cluster_{k} {{ label="{n.op.name} #{k}"; style=rounded; color=blue;')
+            for j, bn in enumerate(n.body.nodes):
+                lines.append(f'    n{k}_{j} [label="{bn.op.name}\\n{bn.outputs[0].type}"];')
+            for j in range(len(n.body.nodes) - 1):
+                lines.append(f"    n{k}_{j} -> n{k}_{j + 1} [style=dotted];")
+            lines.append("  }")
+            anchor = f"n{k}_0" if n.body.nodes else nid
+            for v in n.inputs:
+                lines.append(f"  {producer[v.id]} -> {anchor};")
+            last = f"n{k}_{len(n.body.nodes) - 1}" if n.body.nodes else nid
+            for v in n.outputs:
+                producer[v.id] = last
+            continue
+        label = n.op.name + "\\n" + ", ".join(str(v.type) for v in n.outputs)
+        lines.append(f'  {nid} [label="{label}"];')
+        for v in n.inputs:
+            lines.append(f"  {producer[v.id]} -> {nid};")
+        for v in n.outputs:
+            producer[v.id] = nid
+    for i, (v, m) in enumerate(zip(g.outputs, g.output_meta)):
+        lines.append(f'  out{i} [shape=ellipse, style=dashed, label="{m or "return"}"];')
+        lines.append(f"  {producer[v.id]} -> out{i};")
+    lines.append("}")
+    return "\n".join(lines)

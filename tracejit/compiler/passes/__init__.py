@@ -1,0 +1,26 @@
+"""The pass pipeline: plain `Graph -> Graph` functions, run in this order, verified and dumped after each."""
+
+from __future__ import annotations
+
+import time
+
+from ..ir import Graph, verify
+from .dce import dce
+
+PIPELINE = [
+    dce,
+]
+
+
+def run_pipeline(g: Graph, passes=None, dumper=None, timings=None, check=True) -> Graph:
+    """Run `passes` (default PIPELINE) over `g`; verify after each; record per-pass time in `timings`."""
+    for i, p in enumerate(PIPELINE if passes is None else passes, start=1):
+        t0 = time.perf_counter()
+        g = p(g)
+        if check:
+            verify(g)
+        if timings is not None:
+            timings[f"pass:{p.__name__}"] = time.perf_counter() - t0
+        if dumper is not None:
+            dumper.stage(f"{i:02d}_{p.__name__}", g)
+    return g

@@ -1,0 +1,229 @@
+"""Tracing: run the user's function once with a Tracer installed, recording every `apply` as a Node.
+
+Concrete tensors the function touches (parameters, grads, optimizer state, RNG state) are lifted to graph
+inputs bound to live tensors; in-place mutation rebinds boxes to new Values (functionalization), and at the
+end every changed box or `.grad` becomes a write-back output. All boxes are restored afterwards, so tracing
+leaves no trace on the user's objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import sys
+
+import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
+
+T = sys.modules["tracejit.tensor"]
+from ..errors import TraceError, shape_str, user_location
+from ..ops import TensorType
+from .ir import GraphBuilder, Value
+from .state import StateIndex
+
+
+class Binding:
+    """Where a graph input comes from on each call (and where a write-back goes)."""
+
+    __slots__ = ("kind", "ref", "name")
+
+    def __init__(self, kind: str, ref, name: str):
+        self.kind = kind  # 'arg' (ref = arg index), 'box' (ref = Box), 'grad' (ref = owner Tensor), 'const'
+        self.ref = ref
+        self.name = name
+
+    def read(self, args):
+        k = self.kind
+        if k == "box":
+            return self.ref.value
+        if k == "arg":
+            return args[self.ref]._box.value
+        if k == "grad":
+            return self.ref._grad._box.value
+        return self.ref  # const array
+
+    def __repr__(self):
+        return f"Binding({self.kind}, {self.name})"
+
+
+class Lifted:
+    __slots__ = ("box", "orig", "orig_version", "value", "binding")
+
+    def __init__(self, box, value, binding):
+        self.box, self.orig, self.orig_version = box, box.value, box.version
+        self.value = value
+        self.binding = binding
+
+
+class Tracer:
+    """Installed as the tensor module's trace context while the user's function runs."""
+
+    def __init__(self, name: str, state: StateIndex):
+        self.builder = GraphBuilder(name)
+        self.state = state
+        self.lifted: dict[int, Lifted] = {}
+        self.defined: set[int] = set()
+        self.grad_sets: dict[int, tuple] = {}
+        self.modules_called: dict[int, object] = {}
+
+    # ---- hooks called from tensor.py
+    def add_node(self, op, inputs, attrs, out_type: TensorType) -> Value:
+        vals = [self.value_of(t) for t in inputs]
+        v = self.builder.add_node(op, vals, attrs, out_type)
+        self.defined.add(v.id)
+        return v
+
+    def value_of(self, t) -> Value:
+        v = t._box.value
+        if isinstance(v, Value):
+            if v.id in self.defined:
+                return v
+            raise TraceError(f"a tensor of type {v.type} from another trace was used (at {user_location()}); "
+                             f"tensors created inside a compiled function cannot be kept and reused later")
+        return self._lift(t)
+
+    def constant(self, arr: np.ndarray) -> Value:
+        v = self.builder.add_input(TensorType(arr.shape, _dtype_of(arr)), {"const": True})
+        self.defined.add(v.id)
+        self.consts.append((v, arr))
+        return v
+
+    def before_mutation(self, t) -> None:
+        self.value_of(t)
+
+    def on_grad_set(self, t, new) -> None:
+        if id(t) not in self.grad_sets:
+            self.grad_sets[id(t)] = (t, t._grad)
+
+    def on_module_call(self, module) -> None:
+        self.modules_called[id(module)] = module
+
+    # ---- lifting
+    consts: list
+
+    def lift_arg(self, t, index: int, name: str) -> None:
+        box = t._box
+        if id(box) in self.lifted:
+            return
+        v = self.builder.add_input(box.type, {"arg": name})
+        self.defined.add(v.id)
+        self.lifted[id(box)] = Lifted(box, v, Binding("arg", index, name))
+        box.value = v
+
+    def _lift(self, t) -> Value:
+        box = t._box
+        if not isinstance(box.value, np.ndarray):
+            raise TraceError(f"cannot trace a tensor holding {type(box.value).__name__}")
+        owner = self.state.grad_owner(box)
+        if owner is not None:
+            binding = Binding("grad", owner, self.state.name_or_new(owner._box) + ".grad")
+        else:
+            binding = Binding("box", box, self.state.name_or_new(box))
+        v = self.builder.add_input(box.type, {"state": binding.name})
+        self.defined.add(v.id)
+        self.lifted[id(box)] = Lifted(box, v, binding)
+        box.value = v
+        return v
+
+    # ---- end of trace
+    def finish(self, result):
+        """Declare outputs: returned tensors, then write-backs. Returns (structure, writes, grad_clears)."""
+        b = self.builder
+        leaves: list = []
+        structure = _flatten(result, leaves)
+        for t in leaves:
+            b.add_output(self.value_of(t), None)
+        writes = []  # (binding, output index)
+        for lifted in list(self.lifted.values()):
+            if lifted.box.value is not lifted.value:
+                writes.append((lifted.binding, len(b.graph.outputs)))
+                b.add_output(self.value_of(T.Tensor._from_box(lifted.box)), lifted.binding.name)
+        grad_sets = []  # (owner tensor, output index or None to clear)
+        for t, orig in self.grad_sets.values():
+            final = t._grad
+            if final is orig:
+                continue
+            name = self.state.name_or_new(t._box) + ".grad"
+            if final is None:
+                grad_sets.append((t, None, name))
+            else:
+                grad_sets.append((t, len(b.graph.outputs), name))
+                b.add_output(self.value_of(final), name)
+        return structure, writes, grad_sets
+
+    def new_state(self) -> list[str]:
+        """Names of tensors that the trace created and stored in long-lived places (lazy optimizer state)."""
+        found = []
+        for name, t in self.state.persistent_tensors():
+            v = t._box.value
+            if isinstance(v, Value) and not any(lf.value is v for lf in self.lifted.values()):
+                found.append(name)
+        return found
+
+    def restore(self) -> None:
+        for lifted in self.lifted.values():
+            lifted.box.value = lifted.orig
+            lifted.box.version = lifted.orig_version
+        for t, orig in self.grad_sets.values():
+            t._grad = orig
+
+
+def _dtype_of(arr):
+    from .. import dtypes as D
+
+    return D.from_numpy(arr.dtype)
+
+
+def _flatten(obj, leaves):
+    """Pytree of tensors -> structure with ('leaf', i) placeholders; leaves appended to `leaves`."""
+    if isinstance(obj, T.Tensor):
+        leaves.append(obj)
+        return ("leaf", len(leaves) - 1)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return ("namedtuple", type(obj), [_flatten(x, leaves) for x in obj])
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, [_flatten(x, leaves) for x in obj])
+    if isinstance(obj, dict):
+        return ("dict", [(k, _flatten(v, leaves)) for k, v in obj.items()])
+    if obj is None or isinstance(obj, (int, float, bool, str)):
+        return ("const", obj)
+    raise TraceError(f"a compiled function can return tensors, numbers and tuples/lists/dicts of them, "
+                     f"not {type(obj).__name__}")
+
+
+def unflatten(structure, leaves):
+    kind = structure[0]
+    if kind == "leaf":
+        return leaves[structure[1]]
+    if kind == "const":
+        return structure[1]
+    if kind == "namedtuple":
+        return structure[1](*[unflatten(s, leaves) for s in structure[2]])
+    if kind == "list":
+        return [unflatten(s, leaves) for s in structure[1]]
+    if kind == "tuple":
+        return tuple(unflatten(s, leaves) for s in structure[1])
+    return {k: unflatten(s, leaves) for k, s in structure[1]}
+
+
+def trace(fn, args, arg_names, state: StateIndex, name: str):
+    """Run `fn(*args)` under a Tracer. Returns (tracer, structure, writes, grad_sets)."""
+    tracer = Tracer(name, state)
+    tracer.consts = []
+    for i, a in enumerate(args):
+        if isinstance(a, T.Tensor):
+            tracer.lift_arg(a, i, arg_names[i])
+    prev = T.set_tracer(tracer)
+    try:
+        result = fn(*args)
+        structure, writes, grad_sets = tracer.finish(result)
+        new_state = tracer.new_state()
+    finally:
+        T.set_tracer(prev)
+        tracer.restore()
+    return tracer, structure, writes, grad_sets, new_state
+
+
+def describe_arg(a) -> str:
+    if isinstance(a, T.Tensor):
+        return f"{a.dtype.short}{shape_str(a.shape)}" + (" requires_grad" if a.requires_grad else "")
+    return repr(a)
