@@ -63,6 +63,7 @@ class Graph:
     outputs: list
     input_meta: dict = field(default_factory=dict)  # Value.id -> dict
     output_meta: list = field(default_factory=list)  # per output: None (returned) or state name
+    notes: list = field(default_factory=list)  # what passes decided and why (e.g. why not fused)
 
     def returns(self) -> list:
         return [v for v, m in zip(self.outputs, self.output_meta) if m is None]
@@ -72,12 +73,25 @@ class Graph:
 
     def replace(self, **kw) -> Graph:
         d = dict(name=self.name, inputs=self.inputs, nodes=self.nodes, outputs=self.outputs,
-                 input_meta=self.input_meta, output_meta=self.output_meta)
+                 input_meta=self.input_meta, output_meta=self.output_meta, notes=[])
         d.update(kw)
         return Graph(**d)
 
     def __str__(self) -> str:
         return print_graph(self)
+
+
+def _no_infer(*a, **k):
+    raise TypeError("a fused node's types come from its body")
+
+
+def _no_ref(*a, **k):
+    raise TypeError("a fused node runs through its body")
+
+
+# The container of a fusion group: not a primitive (it has no semantics of its own), so it lives here
+# rather than in the op table; `attrs['kind']` says which pass formed it.
+FUSED = OpDef("fused", Kind.ELEMENTWISE, _no_infer, _no_ref, None, None, "a group of ops run as one kernel")
 
 
 class GraphBuilder:
@@ -249,7 +263,7 @@ _NODE_RE = re.compile(r"^\s*(.+?)\s*=\s*([\w.]+)\((.*?)\)\s*(\{.*\})?\s*$")
 def parse_graph(text: str, ops: dict | None = None) -> Graph:
     """Parse the text form back into a Graph (fused-node bodies included)."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    g, end = _parse_block(lines, 0, {}, ops or OPS)
+    g, end = _parse_block(lines, 0, {}, ops or {**OPS, "fused": FUSED})
     return g
 
 

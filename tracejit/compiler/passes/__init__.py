@@ -5,9 +5,17 @@ from __future__ import annotations
 import time
 
 from ..ir import Graph, verify
+from .cse import cse
 from .dce import dce
+from .fuse_elementwise import fuse_elementwise
+from .simplify import simplify
 
 PIPELINE = [
+    dce,
+    cse,
+    simplify,
+    dce,
+    fuse_elementwise,
     dce,
 ]
 

@@ -1,0 +1,35 @@
+"""cse: common-subexpression elimination — identical (op, inputs, attrs) nodes compute once.
+
+Keeps true: every op in the table is pure (RANDOM ops read their state explicitly), so two nodes with
+the same op, inputs and attrs always agree; later uses are renamed to the first.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph, Node
+
+
+def _key(attrs: dict):
+    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in attrs.items()))
+
+
+def cse(g: Graph) -> Graph:
+    rename: dict[int, object] = {}
+    seen: dict = {}
+    nodes = []
+    for n in g.nodes:
+        inputs = tuple(rename.get(v.id, v) for v in n.inputs)
+        if n.body is None and len(n.outputs) == 1:
+            try:
+                key = (n.op.name, tuple(v.id for v in inputs), _key(n.attrs))
+                hash(key)
+            except TypeError:
+                key = None
+            if key is not None:
+                if key in seen:
+                    rename[n.outputs[0].id] = seen[key]
+                    continue
+                seen[key] = n.outputs[0]
+        nodes.append(n if inputs == n.inputs else Node(n.op, inputs, n.attrs, n.outputs, n.body))
+    outputs = [rename.get(v.id, v) for v in g.outputs]
+    return g.replace(nodes=nodes, outputs=outputs)

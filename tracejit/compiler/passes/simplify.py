@@ -1,0 +1,108 @@
+"""simplify: algebraic identities, constant folding and movement chains.
+
+Rewrites x*1, 1*x, x+0, x-0, x/1, neg(neg(x)), cast to the same dtype, reshape/expand/permute that change
+nothing, reshape(reshape(x)), permute(permute(x)), and folds elementwise ops whose inputs are all
+constants (`full`) into one `full`. Keeps true: values, types and outputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ops import OPS, Kind
+from ..ir import Graph, Node, Value
+
+
+def _const(defs, v):
+    """The scalar value of `v` when it is a `full` node (a broadcast constant), else None."""
+    n = defs.get(v.id)
+    if n is not None and n.op.name == "full":
+        return n.attrs["value"]
+    return None
+
+
+def simplify(g: Graph) -> Graph:
+    defs: dict[int, Node] = {}
+    rename: dict[int, Value] = {}
+    nodes = []
+
+    def emit(n):
+        nodes.append(n)
+        for o in n.outputs:
+            defs[o.id] = n
+
+    for n in g.nodes:
+        ins = tuple(rename.get(v.id, v) for v in n.inputs)
+        n = n if ins == n.inputs else Node(n.op, ins, n.attrs, n.outputs, n.body)
+        out = n.outputs[0] if len(n.outputs) == 1 else None
+        name = n.op.name
+        alias = None
+        if out is not None and n.body is None:
+            alias = _identity(n, ins, out, defs)
+        if alias is not None:
+            rename[out.id] = alias
+            continue
+        if out is not None and n.body is None:
+            folded = _fold(n, ins, out, defs)
+            if folded is not None:
+                emit(folded)
+                continue
+            n = _chain(n, ins, out, defs)
+        emit(n)
+    outputs = [rename.get(v.id, v) for v in g.outputs]
+    return g.replace(nodes=nodes, outputs=outputs)
+
+
+def _identity(n, ins, out, defs):
+    """A value equal to `out` that already exists, or None."""
+    name = n.op.name
+    if name in ("reshape", "expand", "cast") and ins[0].type == out.type:
+        return ins[0]
+    if name == "permute" and n.attrs["dims"] == tuple(range(out.type.ndim)):
+        return ins[0]
+    if name in ("mul", "div") and _const(defs, ins[1]) == 1 and ins[0].type == out.type:
+        return ins[0]
+    if name == "mul" and _const(defs, ins[0]) == 1 and ins[1].type == out.type:
+        return ins[1]
+    if name in ("add", "sub") and _const(defs, ins[1]) == 0 and ins[0].type == out.type:
+        return ins[0]
+    if name == "add" and _const(defs, ins[0]) == 0 and ins[1].type == out.type:
+        return ins[1]
+    if name == "neg":
+        d = defs.get(ins[0].id)
+        if d is not None and d.op.name == "neg" and d.inputs[0].type == out.type:
+            return d.inputs[0]
+    return None
+
+
+def _fold(n, ins, out, defs):
+    """Elementwise op on constants -> one `full` node."""
+    if n.op.kind is not Kind.ELEMENTWISE or n.op.name == "full" or not ins:
+        return None
+    vals = [_const(defs, v) for v in ins]
+    if any(v is None for v in vals):
+        return None
+    arrays = [np.full((), v, dtype=x.type.dtype.np) for v, x in zip(vals, ins)]
+    with np.errstate(all="ignore"):
+        r = np.asarray(n.op.ref(*arrays, **n.attrs), dtype=out.type.dtype.np)
+    value = r.item()
+    return Node(OPS["full"], (), {"shape": out.type.shape, "value": value, "dtype": out.type.dtype}, (out,))
+
+
+def _chain(n, ins, out, defs):
+    """reshape(reshape(x)) -> reshape(x); permute(permute(x)) -> permute(x); reshape/expand of a constant."""
+    name = n.op.name
+    d = defs.get(ins[0].id) if ins else None
+    if d is None or d.body is not None:
+        return n
+    if name == "reshape" and d.op.name == "reshape":
+        return Node(n.op, (d.inputs[0],), n.attrs, n.outputs)
+    if name == "permute" and d.op.name == "permute":
+        dims = tuple(d.attrs["dims"][i] for i in n.attrs["dims"])
+        if dims == tuple(range(len(dims))) and d.inputs[0].type == out.type:
+            return Node(OPS["reshape"], (d.inputs[0],), {"shape": out.type.shape}, n.outputs)
+        return Node(n.op, (d.inputs[0],), {"dims": dims}, n.outputs)
+    if name in ("reshape", "expand") and d.op.name == "full":
+        return Node(OPS["full"], (), {"shape": out.type.shape, "value": d.attrs["value"],
+                                       "dtype": out.type.dtype}, n.outputs)
+    return n

@@ -1,0 +1,60 @@
+"""Program: runs a compiled graph's steps in order over value slots.
+
+A backend supplies one step per node (`make_step(node) -> step(arrays) -> arrays`); the program binds
+inputs, frees every intermediate after its last use, and returns the graph's outputs.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .ir import Graph
+
+
+class Program:
+    def __init__(self, graph: Graph, make_step):
+        self.graph = graph
+        slot = {v.id: i for i, v in enumerate(graph.inputs)}
+        plan = []
+        for n in graph.nodes:
+            ins = [slot[v.id] for v in n.inputs]
+            outs = []
+            for v in n.outputs:
+                slot[v.id] = len(slot)
+                outs.append(slot[v.id])
+            plan.append((make_step(n), ins, outs))
+        last_use: dict[int, int] = {}
+        for k, (_, ins, _) in enumerate(plan):
+            for i in ins:
+                last_use[i] = k
+        keep = {slot[v.id] for v in graph.outputs}
+        n_in = len(graph.inputs)
+        self.plan = [(step, ins, outs, [i for i in set(ins) if last_use[i] == k and i not in keep and i >= n_in])
+                     for k, (step, ins, outs) in enumerate(plan)]
+        self.n_slots = len(slot)
+        self.out_slots = [slot[v.id] for v in graph.outputs]
+        self.step_times: list[float] | None = None
+
+    def run(self, inputs: list) -> list:
+        env = list(inputs)
+        env.extend([None] * (self.n_slots - len(env)))
+        for step, ins, outs, free in self.plan:
+            results = step([env[i] for i in ins])
+            for o, r in zip(outs, results):
+                env[o] = r
+            for i in free:
+                env[i] = None
+        return [env[i] for i in self.out_slots]
+
+    def profile(self, inputs: list, repeat: int = 1) -> list[float]:
+        """Seconds spent in each step (median over `repeat` runs): where time goes."""
+        samples = [[] for _ in self.plan]
+        for _ in range(repeat):
+            env = list(inputs) + [None] * (self.n_slots - len(inputs))
+            for k, (step, ins, outs, free) in enumerate(self.plan):
+                t0 = time.perf_counter()
+                results = step([env[i] for i in ins])
+                samples[k].append(time.perf_counter() - t0)
+                for o, r in zip(outs, results):
+                    env[o] = r
+        return [sorted(s)[len(s) // 2] for s in samples]
