@@ -64,7 +64,7 @@ def apply(op, *inputs, **attrs):
         if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
             value = np.asarray(value, dtype=out_type.dtype.np)
     out = Tensor._make(value, out_type)
-    if autograd._grad_enabled and op.grad is not None:
+    if autograd._grad_enabled and op.grad is not None and out_type.dtype.is_floating_point:
         for t in inputs:
             if t.requires_grad:
                 out.requires_grad = True
@@ -215,6 +215,8 @@ class Tensor:
     # ---- grad and data
     @property
     def grad(self):
+        if _tracer is not None:
+            _tracer.on_grad_get(self)
         return self._grad
 
     @grad.setter
@@ -391,7 +393,19 @@ class Tensor:
                 return self.clone()
             if o == 0.5 and self.dtype.is_floating_point:
                 return self.sqrt()
+            if isinstance(o, int) and o >= 0 and self.dtype is D.int64:
+                return self._int_pow(o)  # int ** non-negative int stays int, as PyTorch
         return _binary("pow", self, o, float_result=True)
+
+    def _int_pow(self, n):
+        result, base = None, self
+        while n:
+            if n & 1:
+                result = base if result is None else result * base
+            n >>= 1
+            if n:
+                base = base * base
+        return result if result is not None else ones_like(self)
 
     def __rpow__(self, o):
         return _binary("pow", o, self, float_result=True)
@@ -537,11 +551,13 @@ class Tensor:
     def clamp(self, min=None, max=None):
         if min is None and max is None:
             raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
+        # one result dtype for both bounds, as PyTorch (an int tensor clamped to 0.5 becomes float32)
+        dt = D.result_type(self, *[b for b in (min, max) if b is not None])
         out = self
         if min is not None:
-            out = out.maximum(min) if isinstance(min, Tensor) else _binary("maximum", out, min, dtype=self.dtype)
+            out = _binary("maximum", out, min, dtype=dt)
         if max is not None:
-            out = out.minimum(max) if isinstance(max, Tensor) else _binary("minimum", out, max, dtype=self.dtype)
+            out = _binary("minimum", out, max, dtype=dt)
         return out
 
     clip = clamp
@@ -781,18 +797,27 @@ class Tensor:
         return self[(slice(None),) * d + (index,)]
 
     # ---- in-place (functionalized: compute, then rebind the box)
-    def _inplace(self, result, name):
+    def _inplace(self, compute, name):
+        """Rebind this tensor's box to `compute(current value)`; bumps the version counter."""
         if autograd._grad_enabled and self.requires_grad and self.is_leaf:
             raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
                                f"operation (shape {shape_str(self.shape)}); wrap it in tracejit.no_grad() "
                                f"or use .data")
+        if _tracer is not None:
+            _tracer.before_mutation(self)
+        src = self
+        if autograd._grad_enabled:
+            # the op that computes the new value may save its input for backward: give it the old value
+            # under its own box (no copy: arrays are never written), which the rebinding below leaves alone
+            src = Tensor._from_box(Box(self._box.value, self._box.type))
+            src._box.version = self._box.version
+            src.requires_grad, src.grad_fn = self.requires_grad, self.grad_fn
+        result = compute(src)
         if tuple(result.shape) != tuple(self.shape):
             raise OpError(f"{name}: output with shape {shape_str(self.shape)} doesn't match the broadcast "
                           f"shape {shape_str(result.shape)} (at {user_location()})")
         if result.dtype is not self.dtype:
             result = result.to(self.dtype)
-        if _tracer is not None:
-            _tracer.before_mutation(self)
         self._box.value = result._box.value
         self._box.version += 1
         if result.requires_grad:
@@ -801,39 +826,39 @@ class Tensor:
         return self
 
     def add_(self, o, alpha=1):
-        return self._inplace(self.add(o, alpha=alpha), "add_")
+        return self._inplace(lambda s: s.add(o, alpha=alpha), "add_")
 
     def sub_(self, o, alpha=1):
-        return self._inplace(self.sub(o, alpha=alpha), "sub_")
+        return self._inplace(lambda s: s.sub(o, alpha=alpha), "sub_")
 
     def mul_(self, o):
-        return self._inplace(self * o, "mul_")
+        return self._inplace(lambda s: s * o, "mul_")
 
     def div_(self, o):
-        return self._inplace(self / o, "div_")
+        return self._inplace(lambda s: s / o, "div_")
 
     def pow_(self, o):
-        return self._inplace(self ** o, "pow_")
+        return self._inplace(lambda s: s ** o, "pow_")
 
     def clamp_(self, min=None, max=None):
-        return self._inplace(self.clamp(min, max), "clamp_")
+        return self._inplace(lambda s: s.clamp(min, max), "clamp_")
 
     def addcmul_(self, a, b, value=1):
-        return self._inplace(self + a * b * value, "addcmul_")
+        return self._inplace(lambda s: s + a * b * value, "addcmul_")
 
     def addcdiv_(self, a, b, value=1):
-        return self._inplace(self + a / b * value, "addcdiv_")
+        return self._inplace(lambda s: s + a / b * value, "addcdiv_")
 
     def lerp_(self, end, weight):
-        return self._inplace(self + (end - self) * weight, "lerp_")
+        return self._inplace(lambda s: s + (end - s) * weight, "lerp_")
 
     def fill_(self, value):
-        v = value if isinstance(value, Tensor) else None
-        if v is not None:
-            if v.numel() != 1:
-                raise RuntimeError("fill_ only supports 0-dimension value tensor")
-            return self._inplace(v.reshape(()).to(self.dtype).expand(tuple(self.shape)), "fill_")
-        return self._inplace(full(tuple(self.shape), value, dtype=self.dtype), "fill_")
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise RuntimeError(f"fill_ only supports 0-dimension value tensor, got shape "
+                                   f"{shape_str(value.shape)}")
+            return self._inplace(lambda s: value.reshape(()).to(self.dtype).expand(tuple(self.shape)), "fill_")
+        return self._inplace(lambda s: full(tuple(self.shape), value, dtype=self.dtype), "fill_")
 
     def zero_(self):
         return self.fill_(0)
@@ -841,19 +866,19 @@ class Tensor:
     def copy_(self, src):
         if not isinstance(src, Tensor):
             src = tensor(src)
-        return self._inplace(src.to(self.dtype).expand(tuple(self.shape)), "copy_")
+        return self._inplace(lambda s: src.to(self.dtype).expand(tuple(self.shape)), "copy_")
 
     def uniform_(self, a=0.0, b=1.0, generator=None):
         from .random import rand
 
-        return self._inplace(rand(tuple(self.shape), generator=generator, dtype=self.dtype) * (b - a) + a,
+        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype) * (b - a) + a,
                              "uniform_")
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
         from .random import randn
 
-        return self._inplace(randn(tuple(self.shape), generator=generator, dtype=self.dtype) * std + mean,
-                             "normal_")
+        return self._inplace(lambda s: randn(tuple(self.shape), generator=generator, dtype=self.dtype) * std
+                             + mean, "normal_")
 
     def __iadd__(self, o):
         return self.add_(o)

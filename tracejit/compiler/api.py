@@ -226,7 +226,7 @@ class CompiledFunction:
             stage_graphs=stage_graphs, program=program, bindings=bindings,
             writes=[(b, i) for b, i in writes], grad_sets=grad_sets, structure=structure,
             n_returns=len(g.returns()), out_types=[v.type for v in g.outputs],
-            state_guard=state.guard_snapshot(tracer.modules_called.values()), box_guards=box_guards,
+            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards()), box_guards=box_guards,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
             total_time=time.perf_counter() - t0)
         if dumper:
@@ -339,7 +339,7 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
         lines.append(f"  {len(sg.modules)} modules in " +
                      ", ".join(sorted({'train' if t else 'eval' for t in sg.training})) + " mode")
     if sg.params:
-        lines.append(f"  {len(sg.params)} parameters, {sum(sg.has_grad)} with a .grad")
+        lines.append(f"  .grad presence of {len(sg.params)} tensors ({sum(sg.has_grad)} with a .grad)")
     if sg.optimizers:
         lines.append("  optimizer settings of " + ", ".join(type(o).__name__ for o in sg.optimizers))
     lines.append(f"  {len(v.box_guards)} captured tensors keep their shape and dtype")

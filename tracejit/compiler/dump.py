@@ -31,7 +31,8 @@ class Dumper:
         return path
 
     def stage(self, name: str, g: Graph) -> None:
-        self._write(f"{name}.ir", print_graph(g) + "\n")
+        notes = "".join(f"# {n}\n" for n in g.notes)  # e.g. why neighbours were not fused
+        self._write(f"{name}.ir", print_graph(g) + "\n" + notes)
         self._write(f"{name}.dot", to_dot(g) + "\n")
 
     def kernel(self, name: str, source: str) -> None:

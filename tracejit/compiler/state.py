@@ -159,24 +159,23 @@ class StateIndex:
                 yield f"{name}.{bname}", b
 
     # ---- guards (cheap, checked on every call)
-    def guard_snapshot(self, modules_called=()):
+    def guard_snapshot(self, modules_called=(), grad_guards=()):
         mods = {id(m): m for _, m in self.modules}
         for m in modules_called:
             mods.setdefault(id(m), m)
-        modules = list(mods.values())
-        return StateGuard(modules, self.params, self.optimizers)
+        return StateGuard(list(mods.values()), list(grad_guards), self.optimizers)
 
 
 class StateGuard:
-    """Module train/eval flags, `.grad` presence of parameters, optimizer hyperparameters."""
+    """Module train/eval flags, `.grad` presence where the trace looked at it, optimizer settings."""
 
     __slots__ = ("modules", "training", "params", "has_grad", "optimizers", "hyper")
 
-    def __init__(self, modules, params, optimizers):
+    def __init__(self, modules, grad_guards, optimizers):
         self.modules = modules
         self.training = [m.training for m in modules]
-        self.params = params
-        self.has_grad = [p._grad is not None for p in params]
+        self.params = [t for t, _ in grad_guards]
+        self.has_grad = [had for _, had in grad_guards]
         self.optimizers = [opt for _, opt in optimizers]
         self.hyper = [_hyper(o) for o in self.optimizers]
 
@@ -187,7 +186,7 @@ class StateGuard:
                 return f"{type(m).__name__} switched to {'train' if m.training else 'eval'} mode"
         for p, h in zip(self.params, self.has_grad):
             if (p._grad is not None) != h:
-                return (f"a parameter of shape {list(p.shape)} {'now has' if not h else 'no longer has'} "
+                return (f"a tensor of shape {list(p.shape)} {'now has' if not h else 'no longer has'} "
                         f"a .grad")
         for o, h in zip(self.optimizers, self.hyper):
             if _hyper(o) != h:

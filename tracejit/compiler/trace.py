@@ -64,6 +64,7 @@ class Tracer:
         self.defined: set[int] = set()
         self.grad_sets: dict[int, tuple] = {}
         self.modules_called: dict[int, object] = {}
+        self.grad_first_access: dict[int, tuple] = {}
 
     # ---- hooks called from tensor.py
     def add_node(self, op, inputs, attrs, out_type: TensorType) -> Value:
@@ -93,6 +94,14 @@ class Tracer:
     def on_grad_set(self, t, new) -> None:
         if id(t) not in self.grad_sets:
             self.grad_sets[id(t)] = (t, t._grad)
+        self.grad_first_access.setdefault(id(t), (t, "set", t._grad is not None))
+
+    def on_grad_get(self, t) -> None:
+        # the trace depends on whether .grad existed only if it was looked at before being assigned
+        self.grad_first_access.setdefault(id(t), (t, "get", t._grad is not None))
+
+    def grad_guards(self) -> list:
+        return [(t, had) for t, kind, had in self.grad_first_access.values() if kind == "get"]
 
     def on_module_call(self, module) -> None:
         self.modules_called[id(module)] = module

@@ -1,0 +1,109 @@
+"""`python -m tracejit {dump,info,bench,report}`: the command line.
+
+    python -m tracejit dump train.py --epochs 1    # run a script with IR dumps on, list what was written
+    python -m tracejit info                        # versions, threads, cache, CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import time
+
+
+def _run_script(script: str, args: list[str]) -> None:
+    sys.argv = [script] + list(args)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runpy.run_path(script, run_name="__main__")
+
+
+def cmd_dump(ns) -> int:
+    out = ns.out or os.path.join("tracejit_dump", time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(out) and os.listdir(out):
+        print(f"tracejit dump: {out} is not empty; choose another with -o", file=sys.stderr)
+        return 2
+    os.makedirs(out, exist_ok=True)
+    os.environ["TRACEJIT_DUMP"] = os.path.abspath(out)
+    try:
+        _run_script(ns.script, ns.args)
+    finally:
+        print(summarize_dump(out, render_svg=not ns.no_svg))
+    return 0
+
+
+def summarize_dump(root: str, render_svg: bool = True) -> str:
+    """What a dump directory holds, per compiled function and variant."""
+    lines = [f"tracejit dump in {os.path.abspath(root)}"]
+    dot = shutil.which("dot") if render_svg else None
+    variants = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    if not variants:
+        lines.append("  nothing was compiled (no @tracejit.compile function ran)")
+    for v in variants:
+        d = os.path.join(root, v)
+        fn, _, num = v.rpartition(".")
+        stages = sorted(f[:-3] for f in os.listdir(d) if f.endswith(".ir"))
+        kernels = sorted(os.listdir(os.path.join(d, "kernels"))) if os.path.isdir(os.path.join(d, "kernels")) else []
+        lines.append(f"  {fn}, variant {num}: {d}")
+        lines.append(f"    IR after each stage: {', '.join(s + '.ir' for s in stages)}")
+        lines.append(f"    graphs (.dot): {len(stages)}" + (" (+ .svg)" if dot else " (install Graphviz `dot` for SVG)"))
+        if kernels:
+            lines.append(f"    generated kernels: {len(kernels)} in {os.path.join(d, 'kernels')}")
+        if os.path.exists(os.path.join(d, "explain.txt")):
+            lines.append(f"    explanation: {os.path.join(d, 'explain.txt')}")
+        if dot:
+            for s in stages:
+                src = os.path.join(d, s + ".dot")
+                subprocess.run([dot, "-Tsvg", src, "-o", src[:-4] + ".svg"], check=False, capture_output=True)
+    return "\n".join(lines)
+
+
+def cmd_info(ns) -> int:
+    import numba
+    import numpy
+
+    import tracejit
+    from tracejit.compiler.backends import available, cache, threads
+
+    info = threads.configure()
+    print(f"tracejit {tracejit.__version__}  python {sys.version.split()[0]}  numpy {numpy.__version__}  "
+          f"numba {numba.__version__}")
+    print(f"threads: {info.get('threads')} ({info.get('layer')} threading layer); set TRACEJIT_NUM_THREADS to change")
+    d = cache.cache_dir()
+    print(f"kernel cache: {d} ({cache.size_bytes() / 1e6:.1f} MB); set TRACEJIT_CACHE_DIR to move it")
+    print(f"backends: {', '.join(available())}")
+    try:
+        from numba import cuda
+
+        print(f"CUDA: {'available' if cuda.is_available() else 'not available'}")
+    except Exception as e:  # numba-cuda missing or broken
+        print(f"CUDA: not available ({type(e).__name__})")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tracejit", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump", help="run a script with TRACEJIT_DUMP on and list what was written")
+    d.add_argument("-o", "--out", help="dump directory (default: a fresh tracejit_dump/<time>)")
+    d.add_argument("--no-svg", action="store_true", help="do not render .dot files to SVG")
+    d.add_argument("script")
+    d.add_argument("args", nargs=argparse.REMAINDER)
+    d.set_defaults(fn=cmd_dump)
+    i = sub.add_parser("info", help="versions, threads, kernel cache, CUDA")
+    i.set_defaults(fn=cmd_info)
+    try:
+        from benchmarks import cli as bench_cli  # noqa: F401  (present in a source checkout)
+
+        bench_cli.add_parser(sub)
+    except ImportError:
+        pass
+    ns = p.parse_args(argv)
+    return ns.fn(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
