@@ -316,7 +316,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
     outs = run(inputs)
     for i in diff:
         x = inputs[i]
-        base = x.numpy().astype(np.float64)
+        base = x.detach().numpy().astype(np.float64)
         num_cols = []
         for k in range(base.size):
             cols = []

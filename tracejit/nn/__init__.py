@@ -1,0 +1,9 @@
+"""tracejit.nn: Module, Parameter, containers, layers, losses, ``functional`` and ``init``.
+
+``import tracejit.nn as nn`` gives the names PyTorch tutorials use (nn.Linear, nn.Conv2d, ...).
+"""
+
+from . import functional, init  # noqa: F401
+from .layers import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .module import Module, ModuleDict, ModuleList, Parameter, Sequential  # noqa: F401

@@ -1,0 +1,505 @@
+"""nn.functional: activations, linear/conv/pooling, normalization, dropout and losses, PyTorch-style.
+
+Everything is a composite of Tensor methods and the window primitives (conv2d, max_pool2d, avg_pool2d),
+so it runs eagerly and traces alike. NumPy only touches concrete values for input validation.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from .. import dtypes as D
+from ..autograd import no_grad
+from ..errors import OpError, OpTypeError, TraceError, shape_str
+from ..ops import OPS
+from ..random import rand
+from ..tensor import Tensor, _concrete_or_none, apply, arange, tensor, where
+
+__all__ = [
+    "relu", "relu6", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",
+    "log_softmax", "linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "dropout",
+    "batch_norm", "flatten", "pad", "one_hot", "cross_entropy", "nll_loss", "mse_loss", "l1_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits",
+]
+
+
+class TargetIndexError(OpError, IndexError):
+    """A class label outside [0, num_classes) (PyTorch raises IndexError here)."""
+
+
+class TargetShapeError(OpError, ValueError):
+    """Input and target shapes that do not go together (PyTorch raises ValueError here)."""
+
+
+def _pair(v, name: str = "argument") -> tuple:
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            return (int(v[0]),) * 2
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+        return tuple(int(a) for a in v)
+    return (int(v), int(v))
+
+
+def _batched(x: Tensor, name: str) -> tuple[Tensor, bool]:
+    """4-D view of a [C, H, W] or [N, C, H, W] input, and whether it had no batch dimension."""
+    if x.ndim == 3:
+        return x.unsqueeze(0), True
+    if x.ndim != 4:
+        raise OpError(f"{name}: expected a 3-D [C, H, W] or 4-D [N, C, H, W] input, got shape "
+                      f"{shape_str(x.shape)}")
+    return x, False
+
+
+# ----------------------------------------------------------------------------------------------- activations
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    return input.relu()
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    return input.clamp(0.0, 6.0)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    return where(input > 0, input, input * negative_slope)
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    # exp of the clamped input: the unused branch must stay finite, or where's gradient becomes 0 * inf
+    return where(input > 0, input, (input.clamp(max=0.0).exp() - 1.0) * alpha)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """0.5 x (1 + erf(x / sqrt 2)); approximate='tanh' uses PyTorch's tanh formula."""
+    if approximate == "none":
+        return input * 0.5 * ((input * (1.0 / math.sqrt(2.0))).erf() + 1.0)
+    if approximate == "tanh":
+        inner = (input + input * input * input * 0.044715) * math.sqrt(2.0 / math.pi)
+        return input * 0.5 * (inner.tanh() + 1.0)
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    return input * input.sigmoid()
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|)).
+
+    |x| is written x.maximum(-x) so that at x == 0 both kinks take the same side (maximum sends a tie to
+    its first operand) and the gradient is exactly sigmoid(0) = 0.5, as PyTorch's analytic backward.
+    """
+    return x.clamp(min=0.0) + ((-x.maximum(-x)).exp() + 1.0).log()
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    # the stable form differs from PyTorch's linear region above `threshold` by < 2e-9
+    return _softplus(input * beta) / beta if beta != 1.0 else _softplus(input)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return input.sigmoid()
+
+
+def tanh(input: Tensor) -> Tensor:
+    return input.tanh()
+
+
+def _softmax_dim(name: str, ndim: int) -> int:
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to include "
+                  f"dim=X as an argument.", stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Tensor:
+    x = input if dtype is None else input.to(dtype)
+    return x.softmax(_softmax_dim("softmax", x.ndim) if dim is None else dim)
+
+
+def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Tensor:
+    x = input if dtype is None else input.to(dtype)
+    return x.log_softmax(_softmax_dim("log_softmax", x.ndim) if dim is None else dim)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """input @ weight.T + bias, for input [..., in_features] and weight [out_features, in_features]."""
+    if input.shape[-1] != weight.shape[-1]:
+        raise OpError(f"linear: input of shape {shape_str(input.shape)} has {input.shape[-1]} features but "
+                      f"weight {shape_str(weight.shape)} expects {weight.shape[-1]} (mat1 and mat2 shapes "
+                      f"cannot be multiplied)")
+    out = input.matmul(weight.t())
+    return out if bias is None else out + bias
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """2-D cross-correlation; padding is an int, a pair, 'valid' or 'same' (stride 1 only)."""
+    x, unbatched = _batched(input, "conv2d")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad_hw = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+            pad_hw = tuple(t // 2 for t in totals)
+            if any(t % 2 for t in totals):
+                # even kernels need one more row/column on the bottom/right, as PyTorch pads them
+                x = x.pad(((0, 0), (0, 0), (0, totals[0] % 2), (0, totals[1] % 2)))
+        else:
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+    else:
+        pad_hw = _pair(padding, "padding")
+    out = apply(OPS["conv2d"], x, weight, stride=stride, padding=pad_hw, dilation=dilation,
+                groups=int(groups))
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1)
+    return out.squeeze(0) if unbatched else out
+
+
+def _pool_stride(stride, kernel: tuple) -> tuple:
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return kernel
+    return _pair(stride, "stride")
+
+
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False) -> Tensor:
+    if return_indices:
+        raise NotImplementedError("max_pool2d: return_indices=True is not supported")
+    x, unbatched = _batched(input, "max_pool2d")
+    k = _pair(kernel_size, "kernel_size")
+    out = apply(OPS["max_pool2d"], x, kernel=k, stride=_pool_stride(stride, k),
+                padding=_pair(padding, "padding"), dilation=_pair(dilation, "dilation"),
+                ceil_mode=bool(ceil_mode))
+    return out.squeeze(0) if unbatched else out
+
+
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    x, unbatched = _batched(input, "avg_pool2d")
+    k = _pair(kernel_size, "kernel_size")
+    if divisor_override is not None:
+        if ceil_mode:
+            raise NotImplementedError("avg_pool2d: divisor_override with ceil_mode=True is not supported")
+        count_include_pad = True  # then every window's divisor is kh*kw, which the override replaces
+    out = apply(OPS["avg_pool2d"], x, kernel=k, stride=_pool_stride(stride, k),
+                padding=_pair(padding, "padding"), ceil_mode=bool(ceil_mode),
+                count_include_pad=bool(count_include_pad))
+    if divisor_override is not None:
+        out = out * (k[0] * k[1] / float(divisor_override))
+    return out.squeeze(0) if unbatched else out
+
+
+def _adaptive_matrix(size: int, out: int, dtype) -> Tensor:
+    """[out, size] averaging matrix over PyTorch's windows [floor(i*size/out), ceil((i+1)*size/out))."""
+    m = np.zeros((out, size))
+    for i in range(out):
+        a, b = (i * size) // out, -((-(i + 1) * size) // out)
+        m[i, a:b] = 1.0 / (b - a)
+    return tensor(m, dtype=dtype)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    x, unbatched = _batched(input, "adaptive_avg_pool2d")
+    h, w = x.shape[2:]
+    oh, ow = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
+    oh, ow = h if oh is None else int(oh), w if ow is None else int(ow)
+    if (oh, ow) == (1, 1):
+        out = x.mean((2, 3), keepdim=True)
+    elif h % oh == 0 and w % ow == 0:
+        out = avg_pool2d(x, (h // oh, w // ow))
+    else:
+        # overlapping windows of unequal sizes: two small matmuls with constant averaging matrices
+        out = _adaptive_matrix(h, oh, x.dtype).matmul(x.matmul(_adaptive_matrix(w, ow, x.dtype).t()))
+    return out.squeeze(0) if unbatched else out
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p); identity when not training.
+
+    The mask comes from the default generator, whose state is a tensor, so a compiled step carries it.
+    """
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    keep = rand(tuple(input.shape), dtype=input.dtype) >= p
+    return input * (keep.to(input.dtype) * (1.0 / (1.0 - p)))
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+               momentum: float | Tensor = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalize over every dim but 1; in training, update running stats in place (unbiased var)."""
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: expected an input with at least 2 dimensions, got "
+                         f"{shape_str(input.shape)}")
+    c = input.shape[1]
+    axes = (0,) + tuple(range(2, input.ndim))
+    shape = (1, c) + (1,) * (input.ndim - 2)
+    if training:
+        n = input.numel() // c
+        if n <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"{input.shape}")
+        mean = input.mean(axes)
+        centered = input - mean.reshape(shape)
+        var = (centered * centered).mean(axes)  # biased: this is what normalizes the batch
+        if running_mean is not None and running_var is not None:
+            with no_grad():
+                running_mean.copy_(running_mean * (1.0 - momentum) + mean.detach() * momentum)
+                running_var.copy_(running_var * (1.0 - momentum) + var.detach() * (momentum * n / (n - 1)))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+        centered = input - running_mean.reshape(shape)
+        var = running_var
+    out = centered * (var + eps).rsqrt().reshape(shape)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    return input.flatten(start_dim, end_dim)
+
+
+def pad(input: Tensor, pad: tuple, mode: str = "constant", value: float | None = None) -> Tensor:
+    """Pad (negative values crop); `pad` lists (before, after) pairs from the last dimension backwards."""
+    if len(pad) % 2:
+        raise ValueError("Padding length must be divisible by 2")
+    if len(pad) // 2 > input.ndim:
+        raise ValueError(f"Padding length too large: {len(pad)} values for a {input.ndim}-D input")
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode {mode!r} is not supported (only 'constant')")
+    pairs = [(0, 0)] * input.ndim
+    for i in range(len(pad) // 2):
+        pairs[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    out = input
+    if any(a > 0 or b > 0 for a, b in pairs):
+        fill = 0.0 if value is None else value
+        out = out.pad(tuple((max(a, 0), max(b, 0)) for a, b in pairs),
+                      float(fill) if input.dtype.is_floating_point else fill)
+    if any(a < 0 or b < 0 for a, b in pairs):
+        starts = tuple(max(-a, 0) for a, _ in pairs)
+        stops = tuple(s - max(-b, 0) for s, (_, b) in zip(out.shape, pairs))
+        out = out._slice(starts, stops, (1,) * out.ndim)
+    return out
+
+
+def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+    if tensor.dtype is not D.int64:
+        raise OpTypeError(f"one_hot is only applicable to index tensor of dtype int64, got "
+                          f"{tensor.dtype.name}")
+    values = _concrete_or_none(tensor)
+    if num_classes == -1:
+        if values is None:
+            raise TraceError("one_hot: num_classes=-1 needs the tensor's values, which are not known while "
+                             "tracing; pass num_classes")
+        num_classes = int(values.max()) + 1 if values.size else 0
+    if values is not None and values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise TargetIndexError(f"one_hot: class values must be in [0, {num_classes}), got "
+                               f"{int(values.min() if values.min() < 0 else values.max())}")
+    return (tensor.unsqueeze(-1) == arange(num_classes)).long()
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    if size_average is None and reduce is None:
+        return reduction
+    warnings.warn("size_average and reduce args will be deprecated, please use reduction instead.",
+                  stacklevel=3)
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "none" if not reduce else ("mean" if size_average else "sum")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+def _check_class_target(fname: str, input: Tensor, target: Tensor, ignore_index: int) -> None:
+    """Dtype, shape and (when values are concrete) range of a class-index target."""
+    if not isinstance(target, Tensor):
+        raise OpTypeError(f"{fname}: target must be a Tensor, got {type(target).__name__}")
+    shapes = f"input of shape {shape_str(input.shape)}, target of shape {shape_str(target.shape)}"
+    if target.dtype is not D.int64:
+        hint = " (for class probabilities the target must have the input's shape)" \
+            if target.dtype.is_floating_point and fname == "cross_entropy" else ""
+        raise OpTypeError(f"{fname}: expected a target of class indices with dtype int64 "
+                          f"(use target.long()), got {target.dtype.name}; {shapes}{hint}")
+    if input.ndim == 0:
+        raise OpError(f"{fname}: input must have a class dimension, got a 0-d input")
+    expected = () if input.ndim == 1 else (input.shape[0],) + tuple(input.shape[2:])
+    if tuple(target.shape) != expected:
+        if input.ndim >= 2 and (target.ndim == 0 or target.shape[0] != input.shape[0]):
+            got = target.shape[0] if target.ndim else "none"
+            raise TargetShapeError(f"{fname}: expected input batch_size ({input.shape[0]}) to match target "
+                                   f"batch_size ({got}); {shapes}")
+        raise TargetShapeError(f"{fname}: expected a target of shape {shape_str(expected)}; {shapes}")
+    values = _concrete_or_none(target)
+    if values is not None:
+        classes = input.shape[1 if input.ndim >= 2 else 0]
+        bad = values[(values != ignore_index) & ((values < 0) | (values >= classes))]
+        if bad.size:
+            raise TargetIndexError(f"{fname}: target label {int(bad.flat[0])} is out of range for {classes} "
+                                   f"classes (labels must be in [0, {classes - 1}] or ignore_index="
+                                   f"{ignore_index}); {shapes}")
+
+
+def _class_weights(target: Tensor, weight: Tensor | None, ignore_index: int, dtype) -> tuple[Tensor, Tensor]:
+    """(target with ignored labels replaced by 0, per-element weight: 0 where ignored, else weight[label])."""
+    valid = target != ignore_index
+    safe = where(valid, target, 0)  # gather needs in-range indices even where the result is masked out
+    w = valid.to(dtype)
+    if weight is not None:
+        w = w * weight.to(dtype).gather(0, safe.reshape(-1)).reshape(tuple(target.shape))
+    return safe, w
+
+
+def _nll(logp: Tensor, target: Tensor, weight, ignore_index: int, reduction: str) -> Tensor:
+    cdim = 1 if logp.ndim >= 2 else 0
+    safe, w = _class_weights(target, weight, ignore_index, logp.dtype)
+    picked = logp.gather(cdim, safe.unsqueeze(cdim)).squeeze(cdim)
+    loss = -picked * w
+    if reduction == "mean":
+        return loss.sum() / w.sum()  # PyTorch: divide by the total weight of the non-ignored targets
+    return _reduce(loss, reduction)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
+             ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities `input` [N, C, ...] at class indices `target` [N, ...]."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    _check_class_target("nll_loss", input, target, ignore_index)
+    return _nll(input, target, weight, ignore_index, reduction)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
+                  ignore_index: int = -100, reduce=None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """log_softmax + nll_loss over logits [N, C, ...]; `target` holds class indices or probabilities.
+
+    >>> F.cross_entropy(tracejit.tensor([[2.0, 0.0]]), tracejit.tensor([0]))
+    tensor(0.1269)
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    cdim = 1 if input.ndim >= 2 else 0
+    wshape = tuple(-1 if i == cdim else 1 for i in range(input.ndim))
+    soft = isinstance(target, Tensor) and target.dtype.is_floating_point
+    if soft and tuple(target.shape) == tuple(input.shape):
+        logp = input.log_softmax(cdim)
+        classes = input.shape[cdim]
+        probs = target
+        if label_smoothing:
+            probs = target * (1.0 - label_smoothing) + label_smoothing / classes
+        if weight is not None:
+            logp = logp * weight.reshape(wshape)
+        return _reduce(-(logp * probs).sum(cdim), reduction)
+    _check_class_target("cross_entropy", input, target, ignore_index)
+    logp = input.log_softmax(cdim)
+    nll = _nll(logp, target, weight, ignore_index, reduction)
+    if label_smoothing == 0.0:
+        return nll
+    # PyTorch's formula: (1 - eps) * nll + eps / C * (sum over classes of -w_c * logp_c, reduced like nll)
+    safe, w = _class_weights(target, weight, ignore_index, logp.dtype)
+    smooth = -(logp if weight is None else logp * weight.reshape(wshape)).sum(cdim)
+    smooth = where(target != ignore_index, smooth, 0.0)
+    if reduction == "mean":
+        smooth = smooth.sum() / w.sum()
+    else:
+        smooth = _reduce(smooth, reduction)
+    return nll * (1.0 - label_smoothing) + smooth * (label_smoothing / input.shape[cdim])
+
+
+def _warn_shape(input: Tensor, target: Tensor) -> None:
+    if tuple(input.shape) != tuple(target.shape):
+        warnings.warn(f"Using a target size ({target.shape}) that is different to the input size "
+                      f"({input.shape}). This will likely lead to incorrect results due to broadcasting. "
+                      f"Please ensure they have the same size.", stacklevel=3)
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+             reduction: str = "mean") -> Tensor:
+    """Mean squared error; like PyTorch it warns (and broadcasts) when the shapes differ."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    _warn_shape(input, target)
+    d = input - target
+    return _reduce(d * d, reduction)
+
+
+def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    _warn_shape(input, target)
+    return _reduce((input - target).abs(), reduction)
+
+
+def _clamped_log(x: Tensor) -> Tensor:
+    """log(x) clamped at -100 as PyTorch's BCE, with a zero (not NaN) gradient where x == 0."""
+    positive = x > 0
+    return where(positive, where(positive, x, 1.0).log(), -100.0).clamp(min=-100.0)
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
+                         reduce=None, reduction: str = "mean") -> Tensor:
+    """-(y log x + (1 - y) log(1 - x)) for probabilities x in [0, 1]."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if tuple(target.shape) != tuple(input.shape):
+        raise TargetShapeError(f"Using a target size ({target.shape}) that is different to the input size "
+                               f"({input.shape}) is deprecated. Please ensure they have the same size.")
+    values = _concrete_or_none(input)
+    if values is not None and values.size and not (values.min() >= 0 and values.max() <= 1):
+        raise OpError(f"binary_cross_entropy: all elements of input should be between 0 and 1 (got values in "
+                      f"[{values.min():g}, {values.max():g}]); apply sigmoid first or use "
+                      f"binary_cross_entropy_with_logits")
+    loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                                     size_average=None, reduce=None, reduction: str = "mean",
+                                     pos_weight: Tensor | None = None) -> Tensor:
+    """Sigmoid + BCE in one stable formula: (1 - y) x + softplus(-x) (times pos_weight's factor)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if tuple(target.shape) != tuple(input.shape):
+        raise TargetShapeError(f"Target size ({target.shape}) must be the same as input size ({input.shape})")
+    sp = _softplus(-input)
+    if pos_weight is not None:
+        sp = sp * ((pos_weight - 1.0) * target + 1.0)
+    loss = (1.0 - target) * input + sp
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
