@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from .. import dtypes as D
 from ..autograd import no_grad
-from ..tensor import Tensor, empty
+from ..tensor import Tensor, current_tracer, empty
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict"]
 
@@ -98,6 +98,9 @@ class Module:
                                   f'function')
 
     def __call__(self, *args, **kwargs):
+        tracer = current_tracer()
+        if tracer is not None:
+            tracer.on_module_call(self)  # its train/eval flag becomes a guard of the compiled step
         return self.forward(*args, **kwargs)
 
     # ---- registration

@@ -81,21 +81,46 @@ def _combine(mode, target, value) -> str:
 
 def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
     """Numba source for one loop kernel: `def name(a0.., o0..)` writing into preallocated outputs."""
-    if parallel is None:
-        parallel = k.numel() >= PARALLEL_MIN
+    return render_multi([k], name, [parallel])
+
+
+def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
+    """One Numba function running several loop kernels in sequence (one launch from Python).
+
+    Arguments are each kernel's loads then results, kernel after kernel."""
+    consts: dict[str, str] = {}
+    params: list[str] = []
+    blocks: list[str] = []
+    par_any = False
+    for t, k in enumerate(kernels):
+        par = parallel[t] if parallel and parallel[t] is not None else k.numel() >= PARALLEL_MIN
+        par_any |= par
+        tag = "" if len(kernels) == 1 else f"{t}_"
+        p, lines = _render_block(k, tag, par, consts)
+        params += p
+        blocks += lines
+    head = [f"{c} = {v}" for c, v in consts.items()]
+    lines = [f"@numba.njit(parallel={par_any}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
+             f"def {name}({', '.join(params)}):"] + blocks
+    return "\n".join(head + [""] + lines) + "\n"
+
+
+def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
     r = len(k.space)
     space = k.space
-    loads = [f"a{i}" for i in range(len(k.loads))]
-    outs = [f"o{j}" for j in range(len(k.results))]
-    consts: dict[str, str] = {}
+    A = [f"a{tag}{i}" for i in range(len(k.loads))]
+    O = [f"o{tag}{j}" for j in range(len(k.results))]
     body: list[str] = []
     for s in k.stmts:
         if s.op == "load":
             arr = k.loads[s.args[0]]
-            body.append(f"{s.var} = a{s.args[0]}[{_index(arr.shape)}]")
+            body.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape)}]")
         elif s.op == "const":
-            cname = f"K{len(consts)}"
-            consts[cname] = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
+            value = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
+            cname = next((c for c, v in consts.items() if v == value), None)
+            if cname is None:
+                cname = f"K{len(consts)}"
+                consts[cname] = value
             body.append(f"{s.var} = {cname}")
         else:
             body.append(f"{s.var} = {_expr(s.op, s.args, s.dtype, s.attrs, None)}")
@@ -105,15 +130,14 @@ def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
     outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1]
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
     nch = min(space[0], CHUNKS) if (parallel or outer_red) else 1
-    lines = [f"@numba.njit(parallel={parallel}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
-             f"def {name}({', '.join(loads + outs)}):"]
+    lines: list[str] = []
     ind = "    "
     for j in reds:
         res = k.results[j]
-        lines.append(f"{ind}o{j}.fill({_identity(res.mode, res.array.dtype)})")
+        lines.append(f"{ind}{O[j]}.fill({_identity(res.mode, res.array.dtype)})")
         if j in outer_red:
             shape = (nch,) + tuple(res.array.shape)
-            lines.append(f"{ind}p{j} = np.full({shape}, {_identity(res.mode, res.array.dtype)}, "
+            lines.append(f"{ind}p{tag}{j} = np.full({shape}, {_identity(res.mode, res.array.dtype)}, "
                          f"dtype={_np_type(res.array.dtype)})")
 
     def target(j, drop_last=False):
@@ -121,7 +145,7 @@ def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
         if drop_last:
             idx[-1] = "0"
         idx = ", ".join(idx)
-        return f"p{j}[c, {idx}]" if j in outer_red else f"o{j}[{idx}]"
+        return f"p{tag}{j}[c, {idx}]" if j in outer_red else f"{O[j]}[{idx}]"
 
     headers = []
     if nch > 1:
@@ -138,44 +162,35 @@ def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
     for d, h in enumerate(headers):
         if d == r - 1:
             for j in inner_red:
-                lines.append(f"{ind}acc{j} = {_acc_init(k.results[j])}")
+                lines.append(f"{ind}acc{tag}{j} = {_acc_init(k.results[j])}")
         lines.append(ind + h)
         ind += "    "
     lines.extend(ind + b for b in body)
     for j, res in enumerate(k.results):
         if res.mode == "store":
-            lines.append(f"{ind}o{j}[{_index(res.array.shape)}] = {res.var}")
+            lines.append(f"{ind}{O[j]}[{_index(res.array.shape)}] = {res.var}")
         elif j in inner_red:
-            lines.append(f"{ind}{_combine(res.mode, f'acc{j}', _acc_cast(res, res.var))}")
+            lines.append(f"{ind}{_combine(res.mode, f'acc{tag}{j}', res.var)}")
         else:
             lines.append(f"{ind}{_combine(res.mode, target(j), res.var)}")
     ind = ind[:-4]
     for j in inner_red:
         res = k.results[j]
-        lines.append(f"{ind}{_combine(res.mode, target(j, drop_last=True), _out_cast(res, f'acc{j}'))}")
+        lines.append(f"{ind}{_combine(res.mode, target(j, drop_last=True), f'acc{tag}{j}')}")
     for j in outer_red:
         res = k.results[j]
         m = int(np.prod(res.array.shape))
-        lines.append(f"    of{j} = o{j}.reshape({m})")
-        lines.append(f"    pf{j} = p{j}.reshape(({nch}, {m}))")
-        lines.append(f"    for c in range({nch}):")
+        lines.append(f"    of{tag}{j} = {O[j]}.reshape({m})")
+        lines.append(f"    pf{tag}{j} = p{tag}{j}.reshape(({nch}, {m}))")
+        lines.append("    for c in range(" + str(nch) + "):")
         lines.append(f"        for m in range({m}):")
-        lines.append(f"            {_combine(res.mode, f'of{j}[m]', f'pf{j}[c, m]')}")
-    head = [f"{c} = {v}" for c, v in consts.items()]
-    return "\n".join(head + [""] + lines) + "\n"
+        lines.append(f"            {_combine(res.mode, f'of{tag}{j}[m]', f'pf{tag}{j}[c, m]')}")
+    return A + O, lines
 
 
 def _acc_init(res) -> str:
     # same-width accumulator: LLVM vectorizes it into per-lane partial sums (a float64 one was 2.5x slower)
     return _identity(res.mode, res.array.dtype)
-
-
-def _acc_cast(res, v):
-    return v
-
-
-def _out_cast(res, v):
-    return v
 
 
 PRELUDE = """import numpy as np
@@ -191,14 +206,19 @@ Z_bool, O_bool = False, True
 
 
 class KernelStep:
-    """Runs one loop kernel: reshape inputs (free views), allocate outputs, call the Numba function."""
+    """Runs one Numba function holding one or more loop kernels: reshape inputs (free views), allocate
+    outputs, call it. `parts` = (member node, LoopKernel, member-input -> step-input index map)."""
 
-    def __init__(self, node: Node, k: LoopKernel, fn, name: str, source: str, hit: bool):
-        self.node, self.k, self.fn, self.name, self.source, self.hit = node, k, fn, name, source, hit
-        self.loads = [(a.source, a.shape) for a in k.loads]
-        self.outs = [(v.type.shape, v.type.dtype.np, r.array.shape)
-                     for v, r in zip([node.outputs[r.array.source] for r in k.results], k.results)]
-        order = [r.array.source for r in k.results]
+    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool):
+        self.node, self.fn, self.source, self.hit = node, fn, source, hit
+        out_pos = {v.id: i for i, v in enumerate(node.outputs)}
+        self.loads, self.outs, order = [], [], []
+        for member, k, in_map in parts:
+            self.loads += [(in_map[a.source], a.shape) for a in k.loads]
+            for r in k.results:
+                v = member.outputs[r.array.source]
+                self.outs.append((v.type.shape, v.type.dtype.np, r.array.shape))
+                order.append(out_pos[v.id])
         self.out_order = [order.index(i) for i in range(len(node.outputs))]
         self.first_call_s: float | None = None
 
@@ -238,23 +258,28 @@ def compile_graph(graph: Graph, dumper=None, timings=None) -> CpuProgram:
     t_render = [0.0]
 
     def make_step(node: Node):
-        if node.body is not None and node.attrs.get("kind") in ("elementwise", "reduce"):
-            t0 = time.perf_counter()
-            try:
-                k = lower(node)
-                name = f"kernel_{counter[0]}"
-                src = render(k, "kernel")
-                fn, hit = cache.load(PRELUDE + src, "kernel")
-            except LoweringError as e:
-                fallbacks.append(f"{node.body.name}: {e}")
-                return ref_step(node)
-            finally:
-                t_render[0] += time.perf_counter() - t0
-            counter[0] += 1
-            if dumper:
-                dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
-            return KernelStep(node, k, fn, name, src, hit)
-        return ref_step(node)
+        kind = node.attrs.get("kind") if node.body is not None else None
+        if kind not in ("elementwise", "reduce", "multi"):
+            return ref_step(node)
+        t0 = time.perf_counter()
+        try:
+            members = node.body.nodes if kind == "multi" else [node]
+            pos = {v.id: i for i, v in enumerate(node.inputs)}
+            parts = []
+            for t, m in enumerate(members):
+                k = lower(m, prefix=f"v{t}_" if kind == "multi" else "v")
+                parts.append((m, k, [pos[v.id] for v in m.inputs]))
+            src = render_multi([k for _, k, _ in parts], "kernel")
+            fn, hit = cache.load(PRELUDE + src, "kernel")
+        except LoweringError as e:
+            fallbacks.append(f"{node.body.name}: {e}")
+            return ref_step(node)
+        finally:
+            t_render[0] += time.perf_counter() - t0
+        counter[0] += 1
+        if dumper:
+            dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
+        return KernelStep(node, parts, fn, src, hit)
 
     prog = CpuProgram(graph, make_step)
     prog.fallbacks = fallbacks

@@ -60,8 +60,10 @@ def _pad(shape, rank):
     return (1,) * (rank - len(shape)) + tuple(shape)
 
 
-def lower(node: Node) -> LoopKernel:
-    """Lower a `fused` node (elementwise/reduce body) to a LoopKernel over its iteration space."""
+def lower(node: Node, prefix: str = "v") -> LoopKernel:
+    """Lower a `fused` node (elementwise/reduce body) to a LoopKernel over its iteration space.
+
+    Scalar variables are named `{prefix}{n}` (distinct prefixes let several kernels share a function)."""
     body = node.body
     space = None
     for n in body.nodes:
@@ -85,7 +87,7 @@ def lower(node: Node) -> LoopKernel:
 
     def fresh():
         counter[0] += 1
-        return f"v{counter[0]}"
+        return f"{prefix}{counter[0]}"
 
     def operand(v):
         if v.id in scalars:

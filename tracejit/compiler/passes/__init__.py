@@ -8,6 +8,7 @@ from ..ir import Graph, verify
 from .cse import cse
 from .dce import dce
 from .fuse_elementwise import fuse_elementwise
+from .fuse_optimizer import fuse_optimizer
 from .simplify import simplify
 
 PIPELINE = [
@@ -17,6 +18,7 @@ PIPELINE = [
     dce,
     fuse_elementwise,
     dce,
+    fuse_optimizer,
 ]
 
 
