@@ -1,0 +1,190 @@
+"""save/load: exact round trips of nested state dicts, safetensors interoperability, atomic writes,
+and clear errors for corrupted or foreign files."""
+
+import collections
+import os
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import tracejit as tj
+from tracejit import serialization
+
+
+def _arrays_equal(a, b):
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, tj.Tensor):
+        assert a.dtype is b.dtype and a.shape == b.shape and a.requires_grad == b.requires_grad
+        assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _arrays_equal(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _arrays_equal(x, y)
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b)
+    else:
+        assert a == b
+
+
+def test_exact_round_trip_of_nested_structures(tmp_path):
+    rng = np.random.default_rng(0)
+    obj = {
+        "model": collections.OrderedDict([
+            ("conv.weight", tj.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))),
+            ("conv.bias", tj.zeros(4)),
+            ("bn.num_batches_tracked", tj.tensor(7)),
+        ]),
+        "optim": {"state": {0: {"step": tj.tensor(3.0), "exp_avg": tj.tensor(rng.standard_normal(5))},
+                            2: {"momentum_buffer": tj.tensor([1e-30, -0.0, np.inf], dtype=tj.float32)}},
+                  "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "nesterov": False,
+                                    "foreach": None, "params": [0, 1, 2]}]},
+        "epoch": 12, "name": "run-α", "nan": float("nan"), "mask": tj.tensor([True, False]),
+        "leaf": tj.ones(2, requires_grad=True), "dtype": tj.float64, "np": np.arange(6, dtype=np.uint8),
+        "empty": tj.zeros(0, 3), "scalar64": tj.tensor(np.float64(1) / 3), "big": 2 ** 62,
+        "keys": {1.5: "float key", None: "none", True: [1, (2, 3)]},
+    }
+    path = tmp_path / "ckpt.safetensors"
+    tj.save(obj, path)
+    back = tj.load(path)
+    _arrays_equal(obj, back)
+    assert back["optim"]["state"][0]["exp_avg"].dtype is tj.float64
+    assert isinstance(back["model"], collections.OrderedDict)
+    assert tj.load(str(path))["epoch"] == 12
+
+
+def test_top_level_tensor_and_shared_tensors(tmp_path):
+    t = tj.arange(5).float()
+    tj.save(t, tmp_path / "t.safetensors")
+    _arrays_equal(t, tj.load(tmp_path / "t.safetensors"))
+    tied = {"enc.weight": t, "dec.weight": t}
+    tj.save(tied, tmp_path / "tied.safetensors")
+    back = tj.load(tmp_path / "tied.safetensors")
+    assert back["enc.weight"] is back["dec.weight"]  # stored once, loaded as one tensor
+
+
+def test_model_state_dict_is_a_plain_safetensors_file(tmp_path):
+    sd = {"fc.weight": tj.ones(2, 3), "fc.bias": tj.tensor([1.0, 2.0])}
+    path = tmp_path / "model.safetensors"
+    tj.save(sd, path)
+    raw = safetensors.numpy.load_file(str(path))  # another framework's reader sees the dotted names
+    assert set(raw) == {"fc.weight", "fc.bias"}
+    np.testing.assert_array_equal(raw["fc.bias"], [1.0, 2.0])
+    assert raw["fc.weight"].dtype == np.float32
+
+
+def test_loads_foreign_safetensors_files_as_flat_dicts(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    safetensors.numpy.save_file({"a.b": np.arange(4, dtype=np.int32), "c": np.ones((2, 2), np.float64)},
+                                str(path))
+    back = tj.load(path)
+    assert set(back) == {"a.b", "c"} and back["a.b"].dtype is tj.int64 and back["c"].dtype is tj.float64
+    assert back["a.b"].tolist() == [0, 1, 2, 3]
+
+
+def test_torch_reads_our_model_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    import safetensors.torch
+
+    sd = {"fc.weight": tj.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))}
+    tj.save(sd, tmp_path / "m.safetensors")
+    loaded = safetensors.torch.load_file(str(tmp_path / "m.safetensors"))
+    assert loaded["fc.weight"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_file_objects(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    tj.save({"x": tj.tensor([1.0, 2.0]), "n": 3}, buf)
+    buf.seek(0)
+    back = tj.load(buf)
+    assert back["n"] == 3 and back["x"].tolist() == [1.0, 2.0]
+
+
+def test_unsupported_objects_are_rejected_with_their_location(tmp_path):
+    with pytest.raises(TypeError, match=r"object at optim\.hook"):
+        tj.save({"optim": {"hook": object()}}, tmp_path / "x.safetensors")
+    assert not os.path.exists(tmp_path / "x.safetensors")
+
+
+def _listing(d):
+    return sorted(os.listdir(d))
+
+
+def test_failure_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.safetensors"
+    tj.save({"w": tj.ones(3)}, path)
+    old = path.read_bytes()
+
+    def crash_mid_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x10\x00\x00\x00partial")  # half a header, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(serialization, "save_file", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        tj.save({"w": tj.zeros(1000)}, path)
+    assert path.read_bytes() == old
+    assert _listing(tmp_path) == ["ckpt.safetensors"]  # no temp file left behind
+    assert tj.load(path)["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_failure_before_rename_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.safetensors"
+    tj.save({"w": tj.ones(2)}, path)
+
+    def no_fsync(fd):
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(serialization.os, "fsync", no_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        tj.save({"w": tj.zeros(2)}, path)
+    monkeypatch.undo()
+    assert tj.load(path)["w"].tolist() == [1.0, 1.0]
+    assert _listing(tmp_path) == ["ckpt.safetensors"]
+
+
+def test_new_file_has_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        tj.save({"w": tj.ones(1)}, tmp_path / "p.safetensors")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "p.safetensors").st_mode & 0o777 == 0o644
+
+
+def test_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 this is a zip file, as torch.save writes")
+    with pytest.raises(RuntimeError, match=r"model\.pt.*not a readable safetensors checkpoint"):
+        tj.load(path)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    tj.save({"w": tj.ones(100)}, path)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(RuntimeError, match=r"ckpt\.safetensors.*not a readable"):
+        tj.load(path)
+
+
+def test_flipped_data_byte_is_detected(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    tj.save({"w": tj.ones(100)}, path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40  # inside the tensor data: the header is still valid
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=r"ckpt\.safetensors' is corrupted"):
+        tj.load(path)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError):
+        tj.load("/nonexistent/dir/ckpt.safetensors")

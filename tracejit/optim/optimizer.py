@@ -1,0 +1,275 @@
+"""Optimizer base class: parameter groups, lazily created per-parameter state, state_dict round trips.
+
+Everything a `step()` reads or changes per call (moments, step counts and the learning rate) lives in
+tensors, so a compiled step binds them as graph inputs/outputs and a scheduler never forces a retrace.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+from .. import dtypes as D
+from ..autograd import enable_grad, no_grad
+from ..errors import shape_str
+from ..tensor import Tensor, full, tensor
+
+
+class _RequiredParameter:
+    """Marks a hyperparameter that every param group must give (PyTorch's ``optim.optimizer.required``)."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _RequiredParameter()
+
+
+class ParamGroup(dict):
+    """One parameter group: a dict whose learning rate is mirrored into a 0-d float32 tensor.
+
+    ``group['lr']`` reads the Python float last assigned, so schedulers compute exactly PyTorch's
+    numbers; ``group['lr'] = x`` also writes ``x`` into ``group.tensor('lr')`` with an eager in-place
+    update, so that tensor keeps its identity and a compiled ``step()`` sees the new value as an input.
+
+    >>> g = opt.param_groups[0]; t = g.tensor('lr'); g['lr'] = 0.01
+    >>> g['lr'], g.tensor('lr') is t
+    (0.01, True)
+    """
+
+    TENSOR_KEYS = ("lr",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+        self._tensors: dict[str, Tensor] = {}
+        self.update(*args, **kwargs)
+
+    def tensor(self, key: str = "lr") -> Tensor:
+        """The 0-d float32 tensor that mirrors ``self[key]`` (what ``step()`` computes with)."""
+        if key not in self._tensors:
+            raise KeyError(f"param group has no tensor-valued hyperparameter {key!r} "
+                           f"(tensor-valued keys: {', '.join(self.TENSOR_KEYS)})")
+        return self._tensors[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self.TENSOR_KEYS:
+            value = self._write(key, value)
+        super().__setitem__(key, value)
+
+    def _write(self, key: str, value: Any) -> float:
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element, got shape {shape_str(value.shape)}")
+            value = value.item()
+        value = float(value)
+        t = self._tensors.get(key)
+        if t is None:
+            with no_grad():
+                self._tensors[key] = full((), value, dtype=D.float32)
+        else:
+            with no_grad():
+                t.fill_(value)  # in place: the tensor a compiled step captured stays the one that changes
+        return value
+
+    # dict's own update/setdefault bypass __setitem__; route them through it so the tensor stays in sync
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other: dict[str, Any]) -> ParamGroup:
+        self.update(other)
+        return self
+
+    def __reduce__(self):
+        # copies (and unpickled groups) get a tensor of their own: a shared one would let writing the
+        # copy's lr change the original's
+        return (ParamGroup, (dict(self),))
+
+
+class Optimizer:
+    """Base class of all optimizers (PyTorch's ``torch.optim.Optimizer`` contract).
+
+    Subclasses implement ``step()``, reading the learning rate as ``group.tensor('lr')`` and keeping
+    per-parameter state in ``self.state[p]`` as tensors updated in place.
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]):
+        self.defaults = defaults
+        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        self.param_groups: list[ParamGroup] = []
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or "
+                            "dicts, but got a Tensor")
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters (with its own hyperparameters) to optimize."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer parameters need to be organized in ordered collections, but the "
+                            "ordering of tensors in sets will change between runs. Please use a list "
+                            "instead.")
+        else:
+            params = list(params)
+        names = None
+        if params and isinstance(params[0], tuple):  # named_parameters()
+            names = [n for n, _ in params]
+            params = [p for _, p in params]
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is "
+                                f"{type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError("can't optimize a non-leaf Tensor")
+        group = ParamGroup({k: v for k, v in param_group.items() if k != "params"})
+        group["params"] = params
+        if names is not None:
+            group["param_names"] = names
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(f"parameter group didn't specify a value of required optimization "
+                                 f"parameter {name}")
+            group.setdefault(name, default)
+        if len({id(p) for p in params}) != len(params):
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this "
+                          "will cause an error", stacklevel=3)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients: drop them (default) or, with ``set_to_none=False``, zero them in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                with no_grad():
+                    p.grad.zero_()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _closure_loss(closure: Callable[[], Any] | None) -> Any:
+        # step() itself runs under no_grad; the closure recomputes the loss and needs the tape
+        if closure is None:
+            return None
+        with enable_grad():
+            return closure()
+
+    # ---- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """PyTorch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params': [indices]}]}``.
+
+        The state tensors are the live ones (not copies), as in PyTorch.
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for g in self.param_groups:
+            packed = {k: v for k, v in g.items() if k != "params"}
+            for p in g["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in g["params"]]
+            groups.append(packed)
+        state = {index[id(p)]: s for p, s in self.state.items() if isinstance(p, Tensor) and id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore hyperparameters and state; existing state tensors receive the values in place.
+
+        Everything is validated before anything changes, so a mismatching state dict leaves the
+        optimizer as it was.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has a different number of parameter groups "
+                             f"({len(saved_groups)}) than the optimizer ({len(self.param_groups)})")
+        for i, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(s["params"]):
+                raise ValueError(f"loaded state dict contains a parameter group that doesn't match the size "
+                                 f"of optimizer's group: group {i} has {len(s['params'])} saved parameters, "
+                                 f"the optimizer's has {len(g['params'])}")
+        id_map = dict(zip(chain.from_iterable(s["params"] for s in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        where = {pid: (gi, j) for gi, s in enumerate(saved_groups) for j, pid in enumerate(s["params"])}
+        new_state: dict[int, dict[str, Any]] = {}
+        for pid, entries in state_dict["state"].items():
+            if pid not in id_map:
+                raise ValueError(f"loaded state dict has state for parameter index {pid}, which is in none "
+                                 f"of its param groups")
+            p = id_map[pid]
+            new_state[id(p)] = {k: self._cast_state(p, k, v, pid, where[pid]) for k, v in entries.items()}
+
+        for g, s in zip(self.param_groups, saved_groups):
+            for k, v in s.items():
+                if k == "params":
+                    continue
+                if isinstance(g.get(k), tuple) and isinstance(v, list):
+                    v = tuple(v)
+                g[k] = copy.deepcopy(v) if not isinstance(v, Tensor) else v
+        for p in chain.from_iterable(g["params"] for g in self.param_groups):
+            loaded = new_state.get(id(p))
+            if loaded is None:
+                self.state.pop(p, None)
+                continue
+            current = self.state.get(p, {})
+            merged = {}
+            for k, v in loaded.items():
+                old = current.get(k)
+                if (isinstance(v, Tensor) and isinstance(old, Tensor) and old.shape == v.shape
+                        and old.dtype is v.dtype):
+                    with no_grad():
+                        old.copy_(v)  # keep the identity a compiled step has captured
+                    merged[k] = old
+                else:
+                    merged[k] = v
+            current.clear()
+            current.update(merged)
+            self.state[p] = current
+
+    def _cast_state(self, p: Tensor, key: str, value: Any, pid: int, where: tuple[int, int]) -> Any:
+        """A fresh copy of a loaded state value; checks param-shaped state and casts it to p's dtype."""
+        if not isinstance(value, Tensor):
+            return copy.deepcopy(value)
+        if key == "step":
+            return tensor(value.detach())
+        if value.ndim > 0 and tuple(value.shape) != tuple(p.shape):
+            raise ValueError(f"loaded optimizer state {key!r} of parameter {pid} (group {where[0]}, position "
+                             f"{where[1]}) has shape {shape_str(value.shape)}, but the parameter has shape "
+                             f"{shape_str(p.shape)}")
+        dtype = p.dtype if p.dtype.is_floating_point and value.dtype.is_floating_point else value.dtype
+        return tensor(value.detach(), dtype=dtype)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {group[k]}" for k in sorted(group) if k not in ("params", "param_names")]
+        return "\n".join(lines) + "\n)"
