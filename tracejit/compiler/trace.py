@@ -163,9 +163,8 @@ class Tracer:
         """Names of tensors that the trace created and stored in long-lived places (lazy optimizer state)."""
         found = []
         for name, t in self.state.persistent_tensors():
-            v = t._box.value
-            if isinstance(v, Value) and not any(lf.value is v for lf in self.lifted.values()):
-                found.append(name)
+            if isinstance(t._box.value, Value) and id(t._box) not in self.lifted:
+                found.append(name)  # a box that held no array before the trace: created inside it
         return found
 
     def restore(self) -> None:

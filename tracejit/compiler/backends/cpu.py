@@ -87,21 +87,23 @@ def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
 def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
     """One Numba function running several loop kernels in sequence (one launch from Python).
 
-    Arguments are each kernel's loads then results, kernel after kernel."""
+    Arguments are every kernel's loads (kernel after kernel), then every kernel's results."""
     consts: dict[str, str] = {}
     params: list[str] = []
+    results: list[str] = []
     blocks: list[str] = []
     par_any = False
     for t, k in enumerate(kernels):
         par = parallel[t] if parallel and parallel[t] is not None else k.numel() >= PARALLEL_MIN
         par_any |= par
         tag = "" if len(kernels) == 1 else f"{t}_"
-        p, lines = _render_block(k, tag, par, consts)
-        params += p
+        a, o, lines = _render_block(k, tag, par, consts)
+        params += a
+        results += o
         blocks += lines
     head = [f"{c} = {v}" for c, v in consts.items()]
     lines = [f"@numba.njit(parallel={par_any}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
-             f"def {name}({', '.join(params)}):"] + blocks
+             f"def {name}({', '.join(params + results)}):"] + blocks
     return "\n".join(head + [""] + lines) + "\n"
 
 
@@ -185,7 +187,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         lines.append("    for c in range(" + str(nch) + "):")
         lines.append(f"        for m in range({m}):")
         lines.append(f"            {_combine(res.mode, f'of{tag}{j}[m]', f'pf{tag}{j}[c, m]')}")
-    return A + O, lines
+    return A, O, lines
 
 
 def _acc_init(res) -> str:

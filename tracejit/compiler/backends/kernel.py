@@ -129,7 +129,9 @@ def lower(node: Node, prefix: str = "v") -> LoopKernel:
                 s, shape, expanded = views[src.id]
                 if name == "reshape" and expanded:
                     raise LoweringError("reshape of a broadcast view")
-                views[out.id] = (s, out.shape, expanded or name == "expand")
+                # an expand keeps the source's shape: its size-1 dims are what broadcasts
+                new_shape = _pad(shape, out.type.ndim) if name == "expand" else out.shape
+                views[out.id] = (s, new_shape, expanded or name == "expand")
             else:
                 raise LoweringError(f"{name} of a value computed inside the kernel")
         elif name in ("sum", "amax"):

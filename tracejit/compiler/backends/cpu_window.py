@@ -1,0 +1,509 @@
+"""Numba kernels for the window ops (conv2d, max/avg pooling) with fused bias/ReLU/max-pool epilogues.
+
+The CPU backend's generated code calls the Python-level functions below: each writes into preallocated
+C-contiguous float32/float64 outputs, picks an algorithm by shape and dispatches to one njit kernel whose
+shape parameters are plain ints, so one compiled specialization per dtype serves every call.
+Conv backward lives in ``cpu_window_bwd``. Measured on 2 cores AVX-512 (benchmarks/bench_window.py):
+  [filled in below from the benchmark]
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+try:  # TBB layer and thread count before the first parallel launch (see threads.py)
+    from . import threads as _threads
+
+    _threads.configure()
+except ImportError:  # pragma: no cover - the backend's threading module is optional here
+    _threads = None
+
+__all__ = [
+    "avg_pool2d_backward", "avg_pool2d_forward", "conv2d_forward", "conv2d_pool_forward",
+    "max_pool2d_backward", "max_pool2d_forward", "pool_out_hw",
+]
+
+# fastmath without nnan/ninf: max pooling pads with -inf and propagates NaN like NumPy, which those flags
+# would license LLVM to drop; "contract" (FMA) and "reassoc" (vectorized sums) are what the speed needs.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_NO_ARGMAX = np.zeros((1, 1, 1, 1), np.uint8)  # read-only placeholder when a kernel stores no argmax
+
+
+# ------------------------------------------------------------------------------------ padding / layout
+@_parallel
+def pad_into(src, top, left, sh, sw, dst):
+    """dst[n, c, top + r*sh, left + q*sw] = src[n, c, r, q] where that lands inside dst, zeros elsewhere.
+
+    Pads (top/left >= 0), crops (< 0) and dilates (sh/sw > 1, for the stride>1 input gradient) in one pass."""
+    n_, c_, h, w = src.shape
+    hd, wd = dst.shape[2], dst.shape[3]
+    zero = dst.dtype.type(0)
+    q0 = max(0, (-left + sw - 1) // sw)  # first source column landing at or right of dst column 0
+    q1 = min(w, (wd - left + sw - 1) // sw)
+    for p in prange(n_ * c_):
+        d = dst[p // c_, p % c_]
+        s = src[p // c_, p % c_]
+        d[:, :] = zero
+        for r in range(h):
+            rr = top + r * sh
+            if rr < 0 or rr >= hd:
+                continue
+            drow = d[rr]
+            srow = s[r]
+            for q in range(q0, q1):
+                drow[left + q * sw] = srow[q]
+
+
+# ------------------------------------------------------------------------------------ conv accumulate
+@_serial
+def _acc_pair(xf, wa, wb, pitch, dh, dw, acc_a, acc_b):
+    """acc_a/b[q] += sum over taps (i, j) of wa/wb[i, j] * xf[q + i*dh*pitch + j*dw] for q < len(acc_a).
+
+    Two output channels share every input load (the loads, not the FMAs, bound this loop); 3x3 sums all
+    nine taps per store and kw 3/5 the taps of one kernel row, so acc is loaded and stored once per group."""
+    L = acc_a.shape[0]
+    kh, kw = wa.shape
+    if kh == 3 and kw == 3:
+        r = dh * pitch
+        x0, x1, x2 = xf[0:], xf[dw:], xf[2 * dw:]
+        x3, x4, x5 = xf[r:], xf[r + dw:], xf[r + 2 * dw:]
+        x6, x7, x8 = xf[2 * r:], xf[2 * r + dw:], xf[2 * r + 2 * dw:]
+        a0, a1, a2, a3, a4, a5, a6, a7, a8 = (wa[0, 0], wa[0, 1], wa[0, 2], wa[1, 0], wa[1, 1], wa[1, 2],
+                                              wa[2, 0], wa[2, 1], wa[2, 2])
+        b0, b1, b2, b3, b4, b5, b6, b7, b8 = (wb[0, 0], wb[0, 1], wb[0, 2], wb[1, 0], wb[1, 1], wb[1, 2],
+                                              wb[2, 0], wb[2, 1], wb[2, 2])
+        for q in range(L):
+            y0, y1, y2, y3, y4, y5, y6, y7, y8 = x0[q], x1[q], x2[q], x3[q], x4[q], x5[q], x6[q], x7[q], x8[q]
+            acc_a[q] += (a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3 + a4 * y4 + a5 * y5
+                         + a6 * y6 + a7 * y7 + a8 * y8)
+            acc_b[q] += (b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3 + b4 * y4 + b5 * y5
+                         + b6 * y6 + b7 * y7 + b8 * y8)
+    elif kw == 5:
+        for i in range(kh):
+            x0 = xf[i * dh * pitch:]
+            x1, x2, x3, x4 = x0[dw:], x0[2 * dw:], x0[3 * dw:], x0[4 * dw:]
+            a0, a1, a2, a3, a4 = wa[i, 0], wa[i, 1], wa[i, 2], wa[i, 3], wa[i, 4]
+            b0, b1, b2, b3, b4 = wb[i, 0], wb[i, 1], wb[i, 2], wb[i, 3], wb[i, 4]
+            for q in range(L):
+                y0, y1, y2, y3, y4 = x0[q], x1[q], x2[q], x3[q], x4[q]
+                acc_a[q] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3 + a4 * y4
+                acc_b[q] += b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3 + b4 * y4
+    elif kw == 3:
+        for i in range(kh):
+            x0 = xf[i * dh * pitch:]
+            x1, x2 = x0[dw:], x0[2 * dw:]
+            a0, a1, a2 = wa[i, 0], wa[i, 1], wa[i, 2]
+            b0, b1, b2 = wb[i, 0], wb[i, 1], wb[i, 2]
+            for q in range(L):
+                y0, y1, y2 = x0[q], x1[q], x2[q]
+                acc_a[q] += a0 * y0 + a1 * y1 + a2 * y2
+                acc_b[q] += b0 * y0 + b1 * y1 + b2 * y2
+    else:
+        for i in range(kh):
+            for j in range(kw):
+                # a view starting at the tap: indexing by the bare loop counter keeps the loads affine
+                # (xf[off + q] makes Numba's negative-index wraparound turn them into gathers)
+                xs = xf[i * dh * pitch + j * dw:]
+                va, vb = wa[i, j], wb[i, j]
+                for q in range(L):
+                    y = xs[q]
+                    acc_a[q] += va * y
+                    acc_b[q] += vb * y
+
+
+@_serial
+def _acc_strided(xp, w, sh, sw, dh, dw, acc):
+    """acc[r*ow + q] += conv at (r, q) for one output channel; xp is [C/groups, Hp, Wp] padded input.
+    Strided loads do not vectorize well: the slow general path for stride > 1."""
+    cg, kh, kw = w.shape
+    oh, ow = acc.shape
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                v = w[c, i, j]
+                for r in range(oh):
+                    xs = xp[c, r * sh + i * dh, j * dw:]
+                    a = acc[r]
+                    for q in range(ow):
+                        a[q] += v * xs[q * sw]
+
+
+# ------------------------------------------------------------------------------------ epilogues
+@_serial
+def _bias_relu(acc, b, relu):
+    zero = acc.dtype.type(0)
+    for q in range(acc.shape[0]):
+        v = acc[q] + b
+        if relu and v < zero:  # NaN stays NaN, as np.maximum(x, 0)
+            v = zero
+        acc[q] = v
+
+
+@_serial
+def _store_plane(acc, pitch, out):
+    oh, ow = out.shape
+    for r in range(oh):
+        a = acc[r * pitch:]
+        o = out[r]
+        for q in range(ow):
+            o[q] = a[q]
+
+
+@_serial
+def _first_max(v, m):
+    """True when v replaces the running maximum m: larger, or the first NaN (np.argmax's rule)."""
+    return v > m or (v != v and m == m)
+
+
+@_serial
+def _pool_plane(acc, pitch, k, s, pooled, argmax):
+    """k x k max pool (stride s, no padding) of the plane acc[r*pitch + q]; argmax = a*k + b of the first
+    maximum in window order, NaN winning like np.argmax."""
+    ph, pw = pooled.shape
+    if k == 2 and s == 2:
+        # literal strides: LLVM vectorizes this with shuffles (0.07 ms for LeNet's 384 planes; the general
+        # loop below with runtime k, s stays scalar and took 1.1 ms)
+        for p in range(ph):
+            r0 = acc[2 * p * pitch:]
+            r1 = acc[(2 * p + 1) * pitch:]
+            best = pooled[p]
+            idx = argmax[p]
+            for q in range(pw):
+                v0, v1, v2, v3 = r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]
+                m = v0
+                c = np.uint8(0)
+                if _first_max(v1, m):
+                    m = v1
+                    c = np.uint8(1)
+                if _first_max(v2, m):
+                    m = v2
+                    c = np.uint8(2)
+                if _first_max(v3, m):
+                    m = v3
+                    c = np.uint8(3)
+                best[q] = m
+                idx[q] = c
+        return
+    for p in range(ph):
+        for q in range(pw):
+            m = acc[p * s * pitch + q * s]
+            c = 0
+            for a in range(k):
+                row = acc[(p * s + a) * pitch + q * s:]
+                for b in range(k):
+                    if _first_max(row[b], m):
+                        m = row[b]
+                        c = a * k + b
+            pooled[p, q] = m
+            argmax[p, q] = c
+
+
+@_serial
+def _epilogue(acc, pitch, bias, o, relu, pool_k, pool_s, out, argmax, n):
+    b = bias[o] if bias.shape[0] > 0 else acc.dtype.type(0)
+    _bias_relu(acc, b, relu)
+    if pool_k > 0:
+        _pool_plane(acc, pitch, pool_k, pool_s, out[n, o], argmax[n, o])
+    else:
+        _store_plane(acc, pitch, out[n, o])
+
+
+# ------------------------------------------------------------------------------------ conv kernels
+@_parallel
+def conv_s1_kernel(xp, w, bias, oh, ow, dh, dw, groups, relu, pool_k, pool_s, out, argmax):
+    """Stride-1 conv of the padded input xp [N, C, Hp, Wp] (padding already applied) with w [O, C/g, kh, kw],
+    + bias (length O, or empty), ReLU if `relu`, then a pool_k x pool_s max pool with argmax (pool_k > 0) or
+    the plain [N, O, oh, ow] output. One task per (image, pair of output channels)."""
+    n_, c_, hp, wp = xp.shape
+    o_, cg, kh, kw = w.shape
+    og = o_ // groups
+    npair = (og + 1) // 2
+    # Rows are computed at the input's pitch: output (r, q) sits at acc[r*wp + q], so every tap is one
+    # contiguous run over all rows; the (wp - ow) columns per row past ow are computed and discarded.
+    L = (oh - 1) * wp + ow
+    x2 = xp.reshape((n_ * c_, hp * wp))
+    for t in prange(n_ * groups * npair):
+        n = t // (groups * npair)
+        r = t - n * groups * npair
+        g = r // npair
+        oa = g * og + 2 * (r - g * npair)
+        ob = min(oa + 1, g * og + og - 1)  # odd og: the last pair computes its channel twice
+        acc_a = np.zeros(L, xp.dtype)
+        acc_b = np.zeros(L, xp.dtype)
+        for c in range(cg):
+            _acc_pair(x2[n * c_ + g * cg + c], w[oa, c], w[ob, c], wp, dh, dw, acc_a, acc_b)
+        _epilogue(acc_a, wp, bias, oa, relu, pool_k, pool_s, out, argmax, n)
+        if ob != oa:
+            _epilogue(acc_b, wp, bias, ob, relu, pool_k, pool_s, out, argmax, n)
+
+
+@_parallel
+def conv_strided_kernel(xp, w, bias, oh, ow, sh, sw, dh, dw, groups, relu, pool_k, pool_s, out, argmax):
+    """conv_s1_kernel for any stride (slower: strided loads); one task per (image, output channel)."""
+    n_, c_ = xp.shape[0], xp.shape[1]
+    o_, cg = w.shape[0], w.shape[1]
+    og = o_ // groups
+    for t in prange(n_ * o_):
+        n = t // o_
+        o = t - n * o_
+        g = o // og
+        acc = np.zeros((oh, ow), xp.dtype)
+        _acc_strided(xp[n, g * cg:(g + 1) * cg], w[o], sh, sw, dh, dw, acc)
+        _epilogue(acc.reshape(oh * ow), ow, bias, o, relu, pool_k, pool_s, out, argmax, n)
+
+
+# ------------------------------------------------------------------------------------ pooling kernels
+@_parallel
+def max_pool_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out, argmax, store_argmax):
+    """Max pool with -inf padding; argmax[n,c,r,q] = i*kw + j of the first maximum in window order
+    (positions in the padding count, as the reference's padded argmax)."""
+    n_, c_, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    ninf = x.dtype.type(-np.inf)
+    for p in prange(n_ * c_):
+        xs = x[p // c_, p % c_]
+        os_ = out[p // c_, p % c_]
+        for r in range(oh):
+            for q in range(ow):
+                best = ninf
+                code = 0
+                for i in range(kh):
+                    ih = r * sh - ph + i * dh
+                    for j in range(kw):
+                        iw = q * sw - pw + j * dw
+                        v = xs[ih, iw] if 0 <= ih < h and 0 <= iw < w else ninf
+                        if (i == 0 and j == 0) or v > best or (v != v and best == best):
+                            best = v
+                            code = i * kw + j
+                os_[r, q] = best
+                if store_argmax:
+                    argmax[p // c_, p % c_, r, q] = code
+
+
+@_parallel
+def max_pool_grad_kernel(g, argmax, kh, kw, sh, sw, ph, pw, dh, dw, dx):
+    """dx = zeros; dx[window position argmax] += g (windows may overlap when stride < kernel)."""
+    n_, c_, h, w = dx.shape
+    oh, ow = g.shape[2], g.shape[3]
+    zero = dx.dtype.type(0)
+    for p in prange(n_ * c_):
+        d = dx[p // c_, p % c_]
+        gs = g[p // c_, p % c_]
+        am = argmax[p // c_, p % c_]
+        d[:, :] = zero
+        for r in range(oh):
+            for q in range(ow):
+                code = np.int64(am[r, q])
+                ih = r * sh - ph + (code // kw) * dh
+                iw = q * sw - pw + (code % kw) * dw
+                if 0 <= ih < h and 0 <= iw < w:
+                    d[ih, iw] += gs[r, q]
+
+
+@_serial
+def _avg_divisor(o, size, k, s, p, include_pad):
+    start = o * s - p
+    end = min(start + k, size + p)
+    if include_pad:
+        return end - start
+    return min(end, size) - max(start, 0)
+
+
+@_parallel
+def avg_pool_kernel(x, kh, kw, sh, sw, ph, pw, include_pad, out):
+    n_, c_, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for p in prange(n_ * c_):
+        xs = x[p // c_, p % c_]
+        os_ = out[p // c_, p % c_]
+        for r in range(oh):
+            h0, h1 = max(r * sh - ph, 0), min(r * sh - ph + kh, h)
+            dr = _avg_divisor(r, h, kh, sh, ph, include_pad)
+            for q in range(ow):
+                w0, w1 = max(q * sw - pw, 0), min(q * sw - pw + kw, w)
+                s = xs.dtype.type(0)
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        s += xs[i, j]
+                os_[r, q] = s / xs.dtype.type(dr * _avg_divisor(q, w, kw, sw, pw, include_pad))
+
+
+@_parallel
+def avg_pool_grad_kernel(g, kh, kw, sh, sw, ph, pw, include_pad, dx):
+    n_, c_, h, w = dx.shape
+    oh, ow = g.shape[2], g.shape[3]
+    zero = dx.dtype.type(0)
+    for p in prange(n_ * c_):
+        d = dx[p // c_, p % c_]
+        gs = g[p // c_, p % c_]
+        d[:, :] = zero
+        for r in range(oh):
+            h0, h1 = max(r * sh - ph, 0), min(r * sh - ph + kh, h)
+            dr = _avg_divisor(r, h, kh, sh, ph, include_pad)
+            for q in range(ow):
+                w0, w1 = max(q * sw - pw, 0), min(q * sw - pw + kw, w)
+                v = gs[r, q] / gs.dtype.type(dr * _avg_divisor(q, w, kw, sw, pw, include_pad))
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        d[i, j] += v
+
+
+# ------------------------------------------------------------------------------------ Python API
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+
+
+def _check(name: str, arr: np.ndarray, shape: tuple, dtype) -> None:
+    if arr.shape != tuple(shape) or arr.dtype != dtype or not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous {np.dtype(dtype).name}{list(shape)} array, got "
+                         f"{arr.dtype.name}{list(arr.shape)} (contiguous={arr.flags.c_contiguous})")
+
+
+def conv_out_hw(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> tuple[int, int]:
+    return ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+            (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
+def padded_input(x: np.ndarray, padding, width: int | None = None) -> np.ndarray:
+    """x zero-padded by `padding` (and on the right up to `width` columns); x itself when nothing to add."""
+    n, c, h, w = x.shape
+    wp = w + 2 * padding[1] if width is None else width
+    if padding == (0, 0) and wp == w:
+        return x
+    xp = np.empty((n, c, h + 2 * padding[0], wp), x.dtype)
+    pad_into(x, padding[0], padding[1], 1, 1, xp)
+    return xp
+
+
+def _bias_arg(bias, o: int, dtype, name: str) -> np.ndarray:
+    if bias is None:
+        return np.zeros(0, dtype)
+    _check(name + " bias", bias, (o,), dtype)
+    return bias
+
+
+def _conv(x, w, bias, out, argmax, stride, padding, dilation, groups, relu, pool_k, pool_s, oh, ow):
+    xp = padded_input(x, padding)
+    if stride == (1, 1):
+        conv_s1_kernel(xp, w, bias, oh, ow, dilation[0], dilation[1], groups, relu, pool_k, pool_s, out,
+                       argmax)
+    else:
+        conv_strided_kernel(xp, w, bias, oh, ow, stride[0], stride[1], dilation[0], dilation[1], groups,
+                            relu, pool_k, pool_s, out, argmax)
+
+
+def conv2d_forward(x, w, bias, out, stride=1, padding=0, dilation=1, groups=1, relu=False) -> None:
+    """out[...] = conv2d(x, w) (+ bias[o]) (then ReLU if `relu`), the semantics of ops.CONV2D.
+
+    x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or None, out [N, O, OH, OW]; all C-contiguous, one
+    float dtype. Direct convolution (no im2col): one parallel task per (image, output-channel pair).
+
+    >>> x = np.ones((1, 1, 4, 4), np.float32); w = np.ones((1, 1, 3, 3), np.float32)
+    >>> out = np.empty((1, 1, 2, 2), np.float32); conv2d_forward(x, w, None, out); out[0, 0, 0, 0]
+    9.0
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh, ow = conv_out_hw(h, wd, kh, kw, stride, padding, dilation)
+    _check("conv2d_forward out", out, (n, o, oh, ow), x.dtype)
+    _check("conv2d_forward w", w, (o, c // groups, kh, kw), x.dtype)
+    _conv(np.ascontiguousarray(x), w, _bias_arg(bias, o, x.dtype, "conv2d_forward"), out, _NO_ARGMAX,
+          stride, padding, dilation, groups, bool(relu), 0, 1, oh, ow)
+
+
+def conv2d_pool_forward(x, w, bias, out_pooled, out_argmax, stride=1, padding=0, dilation=1, groups=1,
+                        relu=True, pool_k=2, pool_s=None) -> None:
+    """The fused conv2d -> +bias -> ReLU (if `relu`) -> max_pool2d(pool_k, pool_s, no padding) forward.
+
+    out_pooled [N, O, PH, PW] gets the pooled values; out_argmax (uint8, same shape) the index a*pool_k + b
+    of the first maximum inside each window (as np.argmax / PyTorch), which `maxpool_relu_backward` takes.
+    The conv output never goes to memory: each task pools its plane while it is in cache.
+
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4); w = np.ones((1, 1, 1, 1), np.float32)
+    >>> p = np.empty((1, 1, 2, 2), np.float32); a = np.empty((1, 1, 2, 2), np.uint8)
+    >>> conv2d_pool_forward(x, w, None, p, a); p[0, 0].tolist(), a[0, 0].tolist()
+    ([[5.0, 7.0], [13.0, 15.0]], [[3, 3], [3, 3]])
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    pool_s = pool_k if pool_s is None else int(pool_s)
+    if not 1 <= pool_k <= 16 or pool_s < 1:
+        raise ValueError(f"conv2d_pool_forward: pool kernel {pool_k} must be 1..16 (uint8 argmax), stride >= 1")
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh, ow = conv_out_hw(h, wd, kh, kw, stride, padding, dilation)
+    ph, pw = (oh - pool_k) // pool_s + 1, (ow - pool_k) // pool_s + 1
+    _check("conv2d_pool_forward out_pooled", out_pooled, (n, o, ph, pw), x.dtype)
+    _check("conv2d_pool_forward out_argmax", out_argmax, (n, o, ph, pw), np.uint8)
+    _check("conv2d_pool_forward w", w, (o, c // groups, kh, kw), x.dtype)
+    _conv(np.ascontiguousarray(x), w, _bias_arg(bias, o, x.dtype, "conv2d_pool_forward"), out_pooled,
+          out_argmax, stride, padding, dilation, groups, bool(relu), int(pool_k), pool_s, oh, ow)
+
+
+def pool_out_hw(hw, kernel, stride, padding, dilation=(1, 1), ceil_mode=False) -> tuple[int, int]:
+    """Output size of max/avg pooling, as ref_kernels.pool_out_hw."""
+    from ...ref_kernels import pool_out_hw as ref_pool_out_hw
+
+    return ref_pool_out_hw(hw, kernel, stride, padding, dilation, ceil_mode)
+
+
+def _pool_attrs(kernel, stride, padding, dilation):
+    kernel = _pair(kernel)
+    stride = kernel if stride is None else _pair(stride)
+    return kernel, stride, _pair(padding), _pair(dilation)
+
+
+def max_pool2d_forward(x, out, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
+                       out_argmax=None) -> None:
+    """out[...] = max_pool2d(x) with ops.MAX_POOL2D semantics (-inf padding, ceil_mode); if out_argmax
+    (uint8, kernel area <= 256) is given, it gets the window index of the first maximum."""
+    kernel, stride, padding, dilation = _pool_attrs(kernel, stride, padding, dilation)
+    n, c, h, w = x.shape
+    oh, ow = pool_out_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
+    _check("max_pool2d_forward out", out, (n, c, oh, ow), x.dtype)
+    store = out_argmax is not None
+    if store:
+        _check("max_pool2d_forward out_argmax", out_argmax, (n, c, oh, ow), np.uint8)
+        if kernel[0] * kernel[1] > 256:
+            raise ValueError(f"max_pool2d_forward: uint8 argmax needs kernel area <= 256, got {kernel}")
+    max_pool_kernel(np.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, out,
+                    out_argmax if store else _NO_ARGMAX, store)
+
+
+def max_pool2d_backward(x, g, out_dx, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
+                        argmax=None) -> None:
+    """out_dx[...] = max_pool2d_grad(x, g) (ops.MAX_POOL2D_GRAD: g routed to each window's first maximum).
+    Pass the forward's `argmax` to skip recomputing it from x."""
+    kernel, stride, padding, dilation = _pool_attrs(kernel, stride, padding, dilation)
+    _check("max_pool2d_backward out_dx", out_dx, x.shape, x.dtype)
+    g = np.ascontiguousarray(g)
+    if argmax is None:
+        argmax = np.empty(g.shape, np.uint8)
+        scratch = np.empty(g.shape, x.dtype)
+        max_pool_kernel(np.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, scratch, argmax, True)
+    _check("max_pool2d_backward argmax", argmax, g.shape, np.uint8)
+    max_pool_grad_kernel(g, argmax, *kernel, *stride, *padding, *dilation, out_dx)
+
+
+def avg_pool2d_forward(x, out, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> None:
+    """out[...] = avg_pool2d(x) (ops.AVG_POOL2D: divisor counts padding if count_include_pad, windows are
+    clipped to input + padding, so ceil_mode's extra windows divide by what they cover)."""
+    kernel, stride, padding, _ = _pool_attrs(kernel, stride, padding, 1)
+    n, c, h, w = x.shape
+    _check("avg_pool2d_forward out", out, (n, c, *pool_out_hw((h, w), kernel, stride, padding, (1, 1),
+                                                               ceil_mode)), x.dtype)
+    avg_pool_kernel(np.ascontiguousarray(x), *kernel, *stride, *padding, bool(count_include_pad), out)
+
+
+def avg_pool2d_backward(g, out_dx, kernel, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True) -> None:
+    """out_dx[...] = avg_pool2d_grad(g) for an input of out_dx's shape (ops.AVG_POOL2D_GRAD)."""
+    kernel, stride, padding, _ = _pool_attrs(kernel, stride, padding, 1)
+    n, c, h, w = out_dx.shape
+    _check("avg_pool2d_backward g", g, (n, c, *pool_out_hw((h, w), kernel, stride, padding, (1, 1),
+                                                            ceil_mode)), out_dx.dtype)
+    avg_pool_grad_kernel(g, *kernel, *stride, *padding, bool(count_include_pad), out_dx)
