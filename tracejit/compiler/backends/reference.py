@@ -16,7 +16,8 @@ def ref_step(node: Node):
     """A step running `node` with NumPy (its body, for fused nodes)."""
     if node.body is not None:
         body = Program(node.body, ref_step)
-        return body.run
+        run = body.run
+        return run
     op, attrs = node.op, node.attrs
     np_dtype = node.outputs[0].type.dtype.np
 
@@ -25,6 +26,7 @@ def ref_step(node: Node):
         if not isinstance(r, np.ndarray) or r.dtype != np_dtype:
             r = np.asarray(r, dtype=np_dtype)
         return (r,)
+    step.label = op.name
     return step
 
 

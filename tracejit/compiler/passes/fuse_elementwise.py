@@ -85,6 +85,8 @@ def fuse_elementwise(g: Graph) -> Graph:
                              f"a reduction's result is only complete after its kernel")
                 continue
             candidates.append(grp)
+        ins = {v.id for v in n.inputs}
+        candidates = [grp for grp in candidates if not (ins & grp.reductions)]
         merged = set(i for grp in candidates for i in grp.members) | {i}
         why = legal(merged, i) if candidates else None
         if why is not None:
@@ -93,9 +95,9 @@ def fuse_elementwise(g: Graph) -> Graph:
             candidates = [grp for grp in candidates if legal(set(grp.members) | {i}, i) is None][:1]
         if not candidates:
             # sibling fusion: join the latest group over the same space that reads a common input
-            ins = {v.id for v in n.inputs}
             for grp in reversed(groups):
-                if grp.space == space and grp.members and legal(set(grp.members) | {i}, i) is None and \
+                if grp.space == space and grp.members and not (ins & grp.reductions) and \
+                        legal(set(grp.members) | {i}, i) is None and \
                         any(v.id in ins for m in grp.members for v in nodes[m].inputs):
                     candidates = [grp]
                     break
