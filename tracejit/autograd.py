@@ -270,7 +270,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     >>> tracejit.autograd.grad((x * x).sum(), x)
     (tensor([6.]),)
     """
-    from .tensor import Tensor, zeros_like
+    from .tensor import Tensor
 
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     single = isinstance(inputs, Tensor)
@@ -324,9 +324,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
                 pert = base.copy().reshape(-1)
                 pert[k] += sign * eps
                 args = list(inputs)
-                args[i] = tensor(pert.reshape(base.shape), dtype=x.dtype)
-                with set_grad_enabled(False):
-                    cols.append([o.numpy().astype(np.float64).reshape(-1) for o in run(args)])
+                # same requires_grad and grad mode as the real call: `fn` may itself differentiate
+                args[i] = tensor(pert.reshape(base.shape), dtype=x.dtype, requires_grad=True)
+                cols.append([o.detach().numpy().astype(np.float64).reshape(-1) for o in run(args)])
             num_cols.append([(a - b) / (2 * eps) for a, b in zip(*cols)])
         for oi, o in enumerate(outs):
             if not o.dtype.is_floating_point:

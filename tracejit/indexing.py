@@ -21,14 +21,11 @@ def _is_adv(i):
 
 
 def getitem(x, index):
-    from .tensor import Tensor, _from_array, apply
+    from .tensor import apply
 
     if not isinstance(index, tuple):
         index = (index,)
-    # bool masks: data-dependent shape, eager only
-    if len(index) == 1 and isinstance(index[0], Tensor) and index[0].dtype is D.bool_:
-        mask = index[0]._concrete("boolean-mask indexing (its result shape depends on values)")
-        return x.reshape(-1)[_from_array(np.flatnonzero(np.broadcast_to(mask, x.shape)).astype(np.int64))]
+    index = _masks_to_indices(x, index)
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     if n_real > x.ndim:
         raise IndexError(f"too many indices for tensor of dimension {x.ndim} (shape {shape_str(x.shape)}) "
@@ -79,6 +76,45 @@ def getitem(x, index):
     return _advanced(y, [(pos, idx) for _, pos, idx in adv])
 
 
+def _is_mask(i):
+    from .tensor import Tensor
+
+    if isinstance(i, Tensor):
+        return i.dtype is D.bool_
+    if isinstance(i, (list, np.ndarray)):
+        a = np.asarray(i)
+        return a.dtype == np.bool_ and a.ndim > 0
+    return False
+
+
+def _masks_to_indices(x, index):
+    """A bool mask over k dims becomes k integer index arrays (its nonzero()), as in NumPy and PyTorch.
+
+    The result shape depends on the mask's values, so this is eager only."""
+    from .tensor import Tensor, _from_array
+
+    if not any(_is_mask(i) for i in index):
+        return index
+    masks = [(i._concrete("boolean-mask indexing (its result shape depends on values)")
+              if isinstance(i, Tensor) else np.asarray(i)) if _is_mask(i) else None for i in index]
+    consumed = [0 if i is None or i is Ellipsis else (1 if m is None else m.ndim)
+                for i, m in zip(index, masks)]
+    out, dim = [], 0
+    for i, m, n in zip(index, masks, consumed):
+        if i is Ellipsis:
+            dim += x.ndim - sum(consumed)
+        if m is None:
+            out.append(i)
+            dim += n
+            continue
+        if m.shape != tuple(x.shape[dim:dim + m.ndim]):
+            raise IndexError(f"The shape of the mask {shape_str(m.shape)} at index {dim} does not match the "
+                             f"shape of the indexed tensor {shape_str(x.shape)} (at {user_location()})")
+        out.extend(_from_array(np.asarray(nz, dtype=np.int64)) for nz in np.nonzero(m))
+        dim += m.ndim
+    return tuple(out)
+
+
 def _dims_of(index):
     """For each output position (ints dropped, None kept), the source dim of y (None for inserted axes)."""
     out, dim = [], 0
@@ -98,12 +134,13 @@ def _advanced(y, advs):
     from .tensor import Tensor, tensor
 
     idxs = []
-    for pos, i in advs:
+    for _, i in advs:
         t = i if isinstance(i, Tensor) else tensor(np.asarray(i))
         if t.dtype is D.bool_:
             raise IndexError("boolean masks can only be used as the sole index")
         if t.dtype is not D.int64:
-            raise IndexError(f"tensors used as indices must be long or bool, got {t.dtype.name}")
+            raise IndexError(f"tensors used as indices must be long or bool, got {t.dtype.name} of shape "
+                             f"{shape_str(t.shape)} (at {user_location()})")
         idxs.append(t)
     positions = [p for p, _ in advs]
     from .ops import broadcast_shapes

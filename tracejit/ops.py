@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import special
@@ -119,9 +119,11 @@ def unbroadcast(g, shape):
 
 
 def _T():
-    from . import tensor
+    # `from . import tensor` would find the package attribute `tracejit.tensor`, which __init__ rebinds to
+    # the factory function; the module is what the gradient rules need
+    import importlib
 
-    return tensor
+    return importlib.import_module(".tensor", __package__)
 
 
 # ----------------------------------------------------------------------------------------------- elementwise
@@ -495,16 +497,29 @@ def _conv2d_grad(c, g):
     return [gx, gw]
 
 
+def _conv2d_grad_input_grad(c, gg):
+    # grad_input(g, w) is bilinear: <grad_input(g, w), gg> = <g, conv2d(gg, w)>
+    T = _T()
+    return [T.apply(CONV2D, gg, c.input(1), **_conv_attrs(c)),
+            T.apply(CONV2D_GRAD_WEIGHT, gg, c.input(0), weight_shape=c.in_types[1].shape, **_conv_attrs(c))]
+
+
+def _conv2d_grad_weight_grad(c, gg):
+    # <grad_weight(x, g), gg> = <g, conv2d(x, gg)>
+    T = _T()
+    return [T.apply(CONV2D_GRAD_INPUT, c.input(1), gg, input_shape=c.in_types[0].shape, **_conv_attrs(c)),
+            T.apply(CONV2D, c.input(0), gg, **_conv_attrs(c))]
+
+
 CONV2D = _op("conv2d", Kind.WINDOW, _conv2d_infer, K.conv2d, _conv2d_grad)
 CONV2D_GRAD_INPUT = _op(
     "conv2d_grad_input", Kind.WINDOW,
     lambda g, w, input_shape, **a: TensorType(tuple(input_shape), g.dtype), K.conv2d_grad_input,
-    lambda c, gg: [_T().apply(CONV2D, gg, c.input(1), **_conv_attrs(c)), None],
-    doc="gradient of conv2d with respect to its input")
+    _conv2d_grad_input_grad, doc="gradient of conv2d with respect to its input")
 CONV2D_GRAD_WEIGHT = _op(
     "conv2d_grad_weight", Kind.WINDOW,
     lambda x, g, weight_shape, **a: TensorType(tuple(weight_shape), g.dtype), K.conv2d_grad_weight,
-    None, doc="gradient of conv2d with respect to its weight")
+    _conv2d_grad_weight_grad, doc="gradient of conv2d with respect to its weight")
 
 
 def _pool_infer(name):
@@ -531,7 +546,10 @@ AVG_POOL2D = _op("avg_pool2d", Kind.WINDOW, _pool_infer("avg_pool2d"), K.avg_poo
                                           **c.attrs)])
 AVG_POOL2D_GRAD = _op("avg_pool2d_grad", Kind.WINDOW,
                       lambda g, input_shape, **a: TensorType(tuple(input_shape), g.dtype),
-                      K.avg_pool2d_grad, None)
+                      K.avg_pool2d_grad,
+                      # linear in g; its adjoint is avg_pool2d itself
+                      lambda c, gg: [_T().apply(AVG_POOL2D, gg, **{k: v for k, v in c.attrs.items()
+                                                                   if k != "input_shape"})])
 
 # ----------------------------------------------------------------------------------------------- index
 

@@ -110,6 +110,8 @@ def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
     """Uniform integers in [low, high)."""
     if high is None:
         low, high = 0, low
+    elif isinstance(high, (tuple, list)):  # randint(high, size), as torch.randint(10, (3,))
+        low, high, size = 0, low, high
     u = (generator or default_generator)._draw(_sizes((size,)) if not isinstance(size, int) else (size,),
                                                D.float64)
     from .autograd import no_grad

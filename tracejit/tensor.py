@@ -18,7 +18,7 @@ from . import dtypes as D
 from .errors import OpError, OpTypeError, TraceError, shape_str, user_location
 from .ops import OPS, TensorType
 
-# ----------------------------------------------------------------------------------------------- trace context
+# ---------------------------------------------------------------------------------------------- trace context
 
 _tracer = None  # the active compiler.trace.Tracer, or None (the only global besides grad mode)
 
@@ -103,7 +103,8 @@ def _binary(name, a, b, float_result=False, dtype=None):
 def _norm_dim(d, ndim):
     n = max(ndim, 1)
     if not -n <= d < n:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d}) "
+                         f"(at {user_location()})")
     return d % n
 
 
@@ -112,7 +113,8 @@ def _dims(dim, ndim):
         return tuple(range(ndim))
     if isinstance(dim, int):
         dim = (dim,)
-    return tuple(sorted({_norm_dim(d, ndim) for d in dim}))
+    axes = tuple(sorted({_norm_dim(d, ndim) for d in dim}))
+    return axes if ndim else ()  # a 0-d tensor accepts dim 0 / -1, as in PyTorch, and has no axis to reduce
 
 
 def _sizes(args):
@@ -643,24 +645,27 @@ class Tensor:
 
     def mm(self, o):
         if self.ndim != 2 or o.ndim != 2:
-            raise OpError(f"mm: expected 2-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)}")
+            raise OpError(f"mm: expected 2-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)} "
+                          f"(at {user_location()})")
         return matmul(self, o)
 
     def bmm(self, o):
         if self.ndim != 3 or o.ndim != 3:
-            raise OpError(f"bmm: expected 3-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)}")
+            raise OpError(f"bmm: expected 3-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)} "
+                          f"(at {user_location()})")
         return matmul(self, o)
 
     # ---- movement
     def reshape(self, *shape):
         shape = list(_sizes(shape))
         if shape.count(-1) > 1:
-            raise OpError("reshape: only one dimension can be inferred (-1)")
+            raise OpError(f"reshape: only one dimension can be inferred (-1), got {shape_str(shape)} for "
+                          f"input of shape {shape_str(self.shape)} (at {user_location()})")
         if -1 in shape:
             known = math.prod(s for s in shape if s != -1)
             if known == 0 or self.numel() % known:
                 raise OpError(f"reshape: shape {shape_str(shape)} is invalid for input of shape "
-                              f"{shape_str(self.shape)} ({self.numel()} elements)")
+                              f"{shape_str(self.shape)} ({self.numel()} elements) (at {user_location()})")
             shape[shape.index(-1)] = self.numel() // known
         shape = tuple(shape)
         if shape == tuple(self.shape):
@@ -744,6 +749,9 @@ class Tensor:
 
     def repeat(self, *sizes):
         sizes = _sizes(sizes)
+        if len(sizes) < self.ndim:
+            raise OpError(f"repeat: {len(sizes)} repeat sizes {tuple(sizes)} are fewer than the {self.ndim} "
+                          f"dimensions of shape {shape_str(self.shape)} (at {user_location()})")
         x = self.reshape((1,) * (len(sizes) - self.ndim) + tuple(self.shape))
         inter, final = [], []
         for s, r in zip(x.shape, sizes):
@@ -857,7 +865,8 @@ class Tensor:
             if value.numel() != 1:
                 raise RuntimeError(f"fill_ only supports 0-dimension value tensor, got shape "
                                    f"{shape_str(value.shape)}")
-            return self._inplace(lambda s: value.reshape(()).to(self.dtype).expand(tuple(self.shape)), "fill_")
+            return self._inplace(lambda s: value.reshape(()).to(self.dtype).expand(tuple(self.shape)),
+                                 "fill_")
         return self._inplace(lambda s: full(tuple(self.shape), value, dtype=self.dtype), "fill_")
 
     def zero_(self):
@@ -871,8 +880,8 @@ class Tensor:
     def uniform_(self, a=0.0, b=1.0, generator=None):
         from .random import rand
 
-        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype) * (b - a) + a,
-                             "uniform_")
+        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype)
+                             * (b - a) + a, "uniform_")
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
         from .random import randn
@@ -922,6 +931,10 @@ def matmul(a, b):
     if a.ndim == 0 or b.ndim == 0:
         raise OpError(f"matmul: both arguments need at least 1 dimension, got {shape_str(a.shape)} and "
                       f"{shape_str(b.shape)} (at {user_location()})")
+    k_a, k_b = a.shape[-1], b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if k_a != k_b:  # checked here so that the message names the user's shapes, not unsqueezed ones
+        raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
+                      f"({k_a} != {k_b}) (at {user_location()})")
     dt = D.result_type(a, b)
     a, b = a.to(dt), b.to(dt)
     if a.ndim == 1 and b.ndim == 1:
@@ -931,17 +944,16 @@ def matmul(a, b):
     if b.ndim == 1:
         return matmul(a, b.unsqueeze(1)).squeeze(-1)
     if b.ndim == 2 and a.ndim > 2:
-        if a.shape[-1] != b.shape[0]:
-            raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
-                          f"({a.shape[-1]} != {b.shape[0]}) (at {user_location()})")
         lead = tuple(a.shape[:-1])
         return apply(OPS["matmul"], a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],))
     from .ops import broadcast_shapes
 
     try:
         batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
-    except OpError as e:
-        raise OpError(f"{e} (at {user_location()})") from None
+    except OpError:
+        raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
+                      f"(batch dimensions {shape_str(a.shape[:-2])} and {shape_str(b.shape[:-2])} cannot be "
+                      f"broadcast) (at {user_location()})") from None
     a = a.expand(batch + tuple(a.shape[-2:]))
     b = b.expand(batch + tuple(b.shape[-2:]))
     return apply(OPS["matmul"], a, b)
@@ -1037,8 +1049,8 @@ def arange(start, end=None, step=1, dtype=None, requires_grad=False):
 
 
 def linspace(start, end, steps, dtype=None, requires_grad=False):
-    return _from_array(np.linspace(start, end, steps).astype((dtype and D.as_dtype(dtype) or D.default_float).np),
-                       requires_grad)
+    dt = D.as_dtype(dtype) if dtype is not None else D.default_float
+    return _from_array(np.linspace(start, end, steps).astype(dt.np), requires_grad)
 
 
 def eye(n, m=None, dtype=None):
@@ -1049,6 +1061,10 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise OpError("cat: expected a non-empty list of Tensors")
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise OpError(f"cat: zero-dimensional tensor (at position {i}) cannot be concatenated "
+                          f"(at {user_location()})")
     dt = D.result_type(*tensors)
     d = _norm_dim(dim, tensors[0].ndim)
     return apply(OPS["cat"], *[t.to(dt) for t in tensors], axis=d)
@@ -1063,8 +1079,8 @@ def stack(tensors, dim=0):
         raise OpError("stack: expected a non-empty list of Tensors")
     for t in tensors[1:]:
         if tuple(t.shape) != tuple(tensors[0].shape):
-            raise OpError(f"stack: expects each tensor to be equal size, but got {shape_str(tensors[0].shape)} "
-                          f"and {shape_str(t.shape)} (at {user_location()})")
+            raise OpError(f"stack: expects each tensor to be equal size, but got "
+                          f"{shape_str(tensors[0].shape)} and {shape_str(t.shape)} (at {user_location()})")
     d = _norm_dim(dim, tensors[0].ndim + 1)
     return cat([t.unsqueeze(d) for t in tensors], d)
 

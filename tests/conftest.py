@@ -1,0 +1,21 @@
+"""Shared fixtures: a seeded NumPy generator; every test starts with grad mode on and a seeded default RNG."""
+
+import numpy as np
+import pytest
+
+import tracejit
+import tracejit.autograd
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_global_state():
+    tracejit.manual_seed(0)
+    mode = tracejit.autograd.set_grad_enabled(True)
+    mode.__enter__()
+    yield
+    mode.__exit__(None, None, None)
