@@ -561,3 +561,19 @@ def test_broadcast_gradients_sum_over_broadcast_dims(full, nb, mismatch, seed):
 def _sum_to(g, shape):
     g = g.sum(axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
     return g.sum(axis=tuple(i for i, s in enumerate(shape) if s == 1), keepdims=True).reshape(shape)
+
+
+def test_random_fill_in_place_and_like_functions():
+    g = tj.Generator().manual_seed(3)
+    w = tj.zeros(4000, dtype=tj.float64)
+    w.uniform_(-2.0, 3.0, generator=g)
+    a = w.numpy().copy()
+    assert w.dtype is tj.float64 and a.min() >= -2.0 and a.max() < 3.0 and abs(a.mean() - 0.5) < 0.1
+    w.normal_(1.0, 0.5, generator=tj.Generator().manual_seed(3))
+    assert abs(w.numpy().mean() - 1.0) < 0.05 and abs(w.numpy().std() - 0.5) < 0.05
+    assert tj.rand_like(w).dtype is tj.float64 and tj.randn_like(tj.zeros(2, 3)).shape == (2, 3)
+    p = tj.full((20_000,), 0.3)
+    b = tj.bernoulli(p, generator=g).numpy()
+    assert set(np.unique(b)) <= {0.0, 1.0} and abs(b.mean() - 0.3) < 0.02
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        tj.rand(2, dtype=tj.int64)
