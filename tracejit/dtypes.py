@@ -35,11 +35,12 @@ class DType:
 
 
 bool_ = DType("bool", "bool", np.bool_, 0)
+uint8 = DType("uint8", "u8", np.uint8, 1)  # internal: compact pooling argmax indices
 int64 = DType("int64", "i64", np.int64, 1)
 float32 = DType("float32", "f32", np.float32, 2)
 float64 = DType("float64", "f64", np.float64, 2)
 
-ALL = (bool_, int64, float32, float64)
+ALL = (bool_, uint8, int64, float32, float64)
 _BY_NAME = {d.name: d for d in ALL} | {d.short: d for d in ALL}
 _BY_NAME.update({"float": float32, "double": float64, "long": int64})
 default_float = float32
@@ -79,8 +80,8 @@ def as_dtype(d) -> DType:
 
 
 def promote(a: DType, b: DType) -> DType:
-    """The wider of two dtypes (bool < int64 < float32 < float64)."""
-    order = {bool_: 0, int64: 1, float32: 2, float64: 3}
+    """The wider of two dtypes (bool < uint8 < int64 < float32 < float64)."""
+    order = {bool_: 0, uint8: 1, int64: 2, float32: 3, float64: 4}
     return a if order[a] >= order[b] else b
 
 

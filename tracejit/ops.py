@@ -541,6 +541,21 @@ MAX_POOL2D = _op("max_pool2d", Kind.WINDOW, _pool_infer("max_pool2d"), K.max_poo
 MAX_POOL2D_GRAD = _op("max_pool2d_grad", Kind.WINDOW, lambda x, g, **a: TensorType(x.shape, x.dtype),
                       K.max_pool2d_grad, None,
                       doc="routes g to the first maximum of each window of x")
+
+
+def _argmax_infer(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    if kernel[0] * kernel[1] > 255:
+        raise OpError(f"max_pool2d_argmax: a {kernel} window does not fit uint8 indices")
+    return TensorType(_pool_infer("max_pool2d_argmax")(x, kernel, stride, padding, dilation, ceil_mode).shape,
+                      D.uint8)
+
+
+MAX_POOL2D_ARGMAX = _op("max_pool2d_argmax", Kind.WINDOW, _argmax_infer, K.max_pool2d_argmax, None,
+                        doc="index (row-major, uint8) of the first maximum inside each pooling window")
+MAX_POOL2D_GRAD_ARGMAX = _op(
+    "max_pool2d_grad_argmax", Kind.WINDOW,
+    lambda g, idx, input_shape, **a: TensorType(tuple(input_shape), g.dtype), K.max_pool2d_grad_argmax, None,
+    doc="routes g to the window positions stored by max_pool2d_argmax (compact-form backward)")
 AVG_POOL2D = _op("avg_pool2d", Kind.WINDOW, _pool_infer("avg_pool2d"), K.avg_pool2d,
                  lambda c, g: [_T().apply(AVG_POOL2D_GRAD, g, input_shape=c.in_types[0].shape,
                                           **c.attrs)])

@@ -127,6 +127,27 @@ def max_pool2d_grad(x, g, kernel, stride, padding, dilation=(1, 1), ceil_mode=Fa
     return np.ascontiguousarray(dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w])
 
 
+def max_pool2d_argmax(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    win, oh, ow, _ = _pool_windows(x, kernel, stride, padding, dilation, ceil_mode, -np.inf)
+    n, c = x.shape[:2]
+    return win.reshape(n, c, oh, ow, -1).argmax(axis=-1).astype(np.uint8)
+
+
+def max_pool2d_grad_argmax(g, idx, input_shape, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    n, c, h, w = input_shape
+    oh, ow = g.shape[2:]
+    hp = max(h + 2 * padding[0], (oh - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1)
+    wp = max(w + 2 * padding[1], (ow - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1)
+    dxp = np.zeros((n, c, hp, wp), dtype=g.dtype)
+    kh, kw = kernel
+    for i in range(kh):
+        for j in range(kw):
+            hi, wj = i * dilation[0], j * dilation[1]
+            dxp[:, :, hi: hi + stride[0] * (oh - 1) + 1: stride[0],
+                wj: wj + stride[1] * (ow - 1) + 1: stride[1]] += np.where(idx == i * kw + j, g, 0)
+    return np.ascontiguousarray(dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w])
+
+
 def _avg_divisor(shape, kernel, stride, padding, ceil_mode, count_include_pad, dtype):
     """Per-output-position divisor, as PyTorch computes it (windows clipped to input + padding)."""
     h, w = shape[2:]
