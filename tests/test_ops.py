@@ -95,7 +95,7 @@ def row(op, label, make, expect, grad=(), out_dtype=None, **attrs):
 
 
 NONDIFFERENTIABLE = {"sign", "logical_not", "eq", "ne", "lt", "le", "gt", "ge", "full", "argmax", "uniform",
-                     "max_pool2d_grad"}
+                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax"}
 
 # ---- unary elementwise
 
@@ -532,6 +532,44 @@ for _label, (_xs, _a) in {**POOL_CONFIGS, **MAXPOOL_ONLY}.items():
     row("max_pool2d", f"{_label}-f64", lambda r, xs=_xs: [randn(r, *xs)], naive_max_pool2d, grad=(0,), **_a)
     row("max_pool2d_grad", _label, lambda r, xs=_xs, a=_a: [randn(r, *xs), randn(r, *_pool_gshape(xs, a))],
         naive_max_pool2d_grad, **_a)
+
+
+def naive_max_pool2d_argmax(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    wins, oh, ow = _pool_windows(x.shape, kernel, stride, padding, dilation, ceil_mode)
+    out = np.zeros(x.shape[:2] + (oh, ow), np.uint8)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for (i, j), pos in wins.items():
+                vals = [x[n, c, a, b] for a, b in pos]
+                a, b = pos[vals.index(max(vals))]  # the first maximum, as a row-major window index
+                ki = (a - (i * stride[0] - padding[0])) // dilation[0]
+                kj = (b - (j * stride[1] - padding[1])) // dilation[1]
+                out[n, c, i, j] = ki * kernel[1] + kj
+    return out
+
+
+def naive_max_pool2d_grad_argmax(g, idx, input_shape, kernel, stride, padding, dilation=(1, 1),
+                                 ceil_mode=False):
+    dx = np.zeros(input_shape, g.dtype)
+    n, c, oh, ow = g.shape
+    for a in range(n):
+        for b in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    ki, kj = divmod(int(idx[a, b, i, j]), kernel[1])
+                    h = i * stride[0] - padding[0] + ki * dilation[0]
+                    w = j * stride[1] - padding[1] + kj * dilation[1]
+                    dx[a, b, h, w] += g[a, b, i, j]
+    return dx
+
+
+for _label, (_xs, _a) in {**POOL_CONFIGS, **MAXPOOL_ONLY}.items():
+    row("max_pool2d_argmax", _label, lambda r, xs=_xs: [randn(r, *xs)], naive_max_pool2d_argmax,
+        out_dtype=np.uint8, **_a)
+    row("max_pool2d_grad_argmax", _label,
+        lambda r, xs=_xs, a=_a: [randn(r, *_pool_gshape(xs, a)),
+                                 naive_max_pool2d_argmax(randn(r, *xs), **a)],
+        naive_max_pool2d_grad_argmax, input_shape=_xs, **_a)
 row("max_pool2d_grad", "ties-first", lambda r: [np.ones((1, 1, 4, 4)), np.arange(4.0).reshape(1, 1, 2, 2)],
     naive_max_pool2d_grad, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
 
