@@ -376,7 +376,10 @@ def verify(g: Graph) -> Graph:
 def count_by_kind(g: Graph) -> dict:
     counts: dict[str, int] = {}
     for n in g.nodes:
-        k = n.op.kind.value if isinstance(n.op.kind, Kind) else str(n.op.kind)
+        if n.body is not None:
+            k = f"fused {n.attrs.get('kind', '?')}"
+        else:
+            k = n.op.kind.value if isinstance(n.op.kind, Kind) else str(n.op.kind)
         counts[k] = counts.get(k, 0) + 1
     return counts
 

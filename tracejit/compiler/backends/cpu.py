@@ -15,6 +15,7 @@ from ..ir import Graph, Node
 from ..runtime import Program
 from . import cache, threads
 from .kernel import LoopKernel, LoweringError, lower
+from .cpu_window_steps import window_step
 from .reference import ref_step
 
 PARALLEL_MIN = 1 << 16  # elements below which threads cost more than they save (launch 2-60 us)
@@ -262,7 +263,10 @@ def compile_graph(graph: Graph, dumper=None, timings=None) -> CpuProgram:
     def make_step(node: Node):
         kind = node.attrs.get("kind") if node.body is not None else None
         if kind not in ("elementwise", "reduce", "multi"):
-            return ref_step(node)
+            step = window_step(node)
+            if step is None and kind is not None:
+                fallbacks.append(f"{node.body.name}: no native kernel for pattern {node.attrs.get('pattern')}")
+            return step or ref_step(node)
         t0 = time.perf_counter()
         try:
             members = node.body.nodes if kind == "multi" else [node]

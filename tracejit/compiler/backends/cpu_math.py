@@ -166,8 +166,7 @@ def tanh_f32(x):
 def sigmoid_f32(x):
     """Logistic 1 / (1 + e**-x) in float32: ``sigmoid_f32(np.float32(0.0)) -> 0.5``; saturates to 0/1."""
     e = exp_f32(-abs(x))  # e <= 1: no overflow, and x < 0 keeps relative accuracy down to subnormals
-    s = _ONE / (_ONE + e)
-    return s if x >= _ZERO else e * s  # NaN: e is NaN, so e * s is NaN
+    return (_ONE if x >= _ZERO else e) / (_ONE + e)  # NaN: e is NaN
 
 
 _ERF_SPLIT = f32(0.921875)
@@ -392,8 +391,7 @@ def tanh_f64(x):
 def sigmoid_f64(x):
     """Logistic 1 / (1 + e**-x) in float64: ``sigmoid_f64(0.0) -> 0.5``."""
     e = exp_f64(-abs(x))
-    s = _D_ONE / (_D_ONE + e)
-    return s if x >= _D_ZERO else e * s
+    return (_D_ONE if x >= _D_ZERO else e) / (_D_ONE + e)
 
 
 @_jit

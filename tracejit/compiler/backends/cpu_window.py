@@ -48,14 +48,19 @@ def pad_into(src, top, left, sh, sw, dst):
         d = dst[p // c_, p % c_]
         s = src[p // c_, p % c_]
         d[:, :] = zero
+        if q1 <= q0:
+            continue
         for r in range(h):
             rr = top + r * sh
             if rr < 0 or rr >= hd:
                 continue
-            drow = d[rr]
-            srow = s[r]
-            for q in range(q0, q1):
-                drow[left + q * sw] = srow[q]
+            if sw == 1:  # contiguous run: a vectorized copy (the strided loop below is scalar)
+                d[rr, left + q0:left + q1] = s[r, q0:q1]
+            else:
+                drow = d[rr, left + q0 * sw:]
+                srow = s[r, q0:q1]
+                for q in range(q1 - q0):
+                    drow[q * sw] = srow[q]
 
 
 # ------------------------------------------------------------------------------------ conv accumulate

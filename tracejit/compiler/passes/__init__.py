@@ -9,12 +9,15 @@ from .cse import cse
 from .dce import dce
 from .fuse_elementwise import fuse_elementwise
 from .fuse_optimizer import fuse_optimizer
+from .fuse_window import fuse_window
 from .simplify import simplify
 
 PIPELINE = [
     dce,
     cse,
     simplify,
+    dce,
+    fuse_window,
     dce,
     fuse_elementwise,
     dce,

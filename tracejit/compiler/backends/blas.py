@@ -1,0 +1,43 @@
+"""BLAS thread control for compiled programs.
+
+On 2 cores, OpenBLAS's own threads and Numba's TBB workers spin against each other: a 64x400x120
+GEMM took 24 ms right after a parallel kernel with 2 BLAS threads and 0.07 ms with 1. Compiled steps
+therefore run small GEMMs on one BLAS thread and give big ones (where 2 threads pay) all of them.
+"""
+
+from __future__ import annotations
+
+_setters: list | None = None
+_max = 1
+_current = None
+BIG_GEMM_FLOPS = 40e6  # above this a second BLAS thread pays for the hand-over (measured on 2 cores)
+
+
+def _init():
+    global _setters, _max
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        ctls = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    except Exception:  # threadpoolctl missing or a BLAS it does not know: leave BLAS alone
+        ctls = []
+    _setters = [c.set_num_threads for c in ctls]
+    _max = max([c.num_threads for c in ctls] or [1])
+
+
+def set_threads(n: int) -> None:
+    """Set every loaded BLAS library to `n` threads (a no-op when it already is)."""
+    global _current
+    if _setters is None:
+        _init()
+    n = max(1, min(n, _max))
+    if n != _current:
+        for s in _setters:
+            s(n)
+        _current = n
+
+
+def threads_for(flops: float) -> int:
+    if _setters is None:
+        _init()
+    return _max if flops >= BIG_GEMM_FLOPS else 1

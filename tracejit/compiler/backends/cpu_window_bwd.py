@@ -1,0 +1,442 @@
+"""Numba kernels for conv2d's backward chain: max-pool/ReLU backward, grad input, grad weight and bias.
+
+Everything runs on one zero-padded copy of the output gradient G: the input gradient is a stride-1
+convolution of G with the flipped, transposed weight (the forward kernel of ``cpu_window``), and the
+weight gradient dots G against the padded input at the same row pitch. Timings: benchmarks/bench_window.py.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .cpu_window import (
+    _NO_ARGMAX, FASTMATH, _check, _pair, conv_out_hw, conv_s1_kernel, pad_into, padded_input,
+)
+
+__all__ = [
+    "conv2d_backward", "conv2d_grad_bias", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_pool_backward",
+    "maxpool_relu_backward", "relu_backward",
+]
+
+_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+# Images per weight-gradient task: partial sums over fixed blocks of the batch, added in block order, so dw
+# has the same bits at any thread count while a small O still splits into enough tasks for the threads.
+_DW_BATCH_BLOCK = 16
+
+
+# ------------------------------------------------------------------------------------ elementwise parts
+@_parallel
+def pool_relu_grad_into(gp, argmax, pooled, relu, k, s, top, left, dst):
+    """dst = zeros; dst[n, o, top + p*s + a, left + q*s + b] += gp[n, o, p, q] * (pooled > 0 if relu) at
+    each window's argmax a*k + b: max_pool2d's backward and ReLU's mask (relu'(y) at the argmax is
+    pooled > 0) written straight into the padded layout the conv gradients read."""
+    n_, o_, ph, pw = gp.shape
+    zero = dst.dtype.type(0)
+    for t in prange(n_ * o_):
+        d = dst[t // o_, t % o_]
+        gs = gp[t // o_, t % o_]
+        am = argmax[t // o_, t % o_]
+        ps = pooled[t // o_, t % o_]
+        d[:, :] = zero
+        for p in range(ph):
+            for q in range(pw):
+                if relu and not ps[p, q] > zero:
+                    continue
+                code = np.int64(am[p, q])
+                d[top + p * s + code // k, left + q * s + code % k] += gs[p, q]
+
+
+@_parallel
+def relu_mask_into(g, y, top, left, dst):
+    """dst = zeros; dst[n, o, top + r, left + q] = g * (y > 0): ReLU's backward into the padded layout."""
+    n_, o_, oh, ow = g.shape
+    zero = dst.dtype.type(0)
+    for t in prange(n_ * o_):
+        d = dst[t // o_, t % o_]
+        gs = g[t // o_, t % o_]
+        ys = y[t // o_, t % o_]
+        d[:, :] = zero
+        for r in range(oh):
+            drow = d[top + r, left:]
+            grow = gs[r]
+            yrow = ys[r]
+            for q in range(ow):
+                drow[q] = grow[q] if yrow[q] > zero else zero
+
+
+# ------------------------------------------------------------------------------------ weight gradient
+@_serial
+def _dots_pair(ga, gb, xf, pitch, dh, dw, out_a, out_b):
+    """out_a/b[i, j] += sum_q ga/gb[q] * xf[q + i*dh*pitch + j*dw]: two output channels share each input
+    load and every tap of a row (all nine for 3x3) runs in one pass, so the sums stay in registers."""
+    kh, kw = out_a.shape
+    L = ga.shape[0]
+    z = ga.dtype.type(0)
+    if kh == 3 and kw == 3:
+        r = dh * pitch
+        x0, x1, x2 = xf[0:], xf[dw:], xf[2 * dw:]
+        x3, x4, x5 = xf[r:], xf[r + dw:], xf[r + 2 * dw:]
+        x6, x7, x8 = xf[2 * r:], xf[2 * r + dw:], xf[2 * r + 2 * dw:]
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = z
+        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = z
+        for q in range(L):
+            u = ga[q]
+            v = gb[q]
+            y = x0[q]
+            a0 += u * y
+            b0 += v * y
+            y = x1[q]
+            a1 += u * y
+            b1 += v * y
+            y = x2[q]
+            a2 += u * y
+            b2 += v * y
+            y = x3[q]
+            a3 += u * y
+            b3 += v * y
+            y = x4[q]
+            a4 += u * y
+            b4 += v * y
+            y = x5[q]
+            a5 += u * y
+            b5 += v * y
+            y = x6[q]
+            a6 += u * y
+            b6 += v * y
+            y = x7[q]
+            a7 += u * y
+            b7 += v * y
+            y = x8[q]
+            a8 += u * y
+            b8 += v * y
+        out_a[0, 0] += a0
+        out_a[0, 1] += a1
+        out_a[0, 2] += a2
+        out_a[1, 0] += a3
+        out_a[1, 1] += a4
+        out_a[1, 2] += a5
+        out_a[2, 0] += a6
+        out_a[2, 1] += a7
+        out_a[2, 2] += a8
+        out_b[0, 0] += b0
+        out_b[0, 1] += b1
+        out_b[0, 2] += b2
+        out_b[1, 0] += b3
+        out_b[1, 1] += b4
+        out_b[1, 2] += b5
+        out_b[2, 0] += b6
+        out_b[2, 1] += b7
+        out_b[2, 2] += b8
+    elif kw == 5:
+        for i in range(kh):
+            x0 = xf[i * dh * pitch:]
+            x1, x2, x3, x4 = x0[dw:], x0[2 * dw:], x0[3 * dw:], x0[4 * dw:]
+            a0 = a1 = a2 = a3 = a4 = z
+            b0 = b1 = b2 = b3 = b4 = z
+            for q in range(L):
+                u = ga[q]
+                v = gb[q]
+                y = x0[q]
+                a0 += u * y
+                b0 += v * y
+                y = x1[q]
+                a1 += u * y
+                b1 += v * y
+                y = x2[q]
+                a2 += u * y
+                b2 += v * y
+                y = x3[q]
+                a3 += u * y
+                b3 += v * y
+                y = x4[q]
+                a4 += u * y
+                b4 += v * y
+            out_a[i, 0] += a0
+            out_a[i, 1] += a1
+            out_a[i, 2] += a2
+            out_a[i, 3] += a3
+            out_a[i, 4] += a4
+            out_b[i, 0] += b0
+            out_b[i, 1] += b1
+            out_b[i, 2] += b2
+            out_b[i, 3] += b3
+            out_b[i, 4] += b4
+    else:
+        for i in range(kh):
+            for j in range(kw):
+                xs = xf[i * dh * pitch + j * dw:]
+                a0 = b0 = z
+                for q in range(L):
+                    y = xs[q]
+                    a0 += ga[q] * y
+                    b0 += gb[q] * y
+                out_a[i, j] += a0
+                out_b[i, j] += b0
+
+
+@_serial
+def _plane_sum(a):
+    s = a.dtype.type(0)
+    for q in range(a.shape[0]):
+        s += a[q]
+    return s
+
+
+@_parallel
+def conv_dw_s1_kernel(xp, G, top, left, oh, ow, dh, dw, groups, nb, out_dw, out_db, has_db):
+    """Stride-1 weight (and bias) gradient. xp: padded input [N, C, Hp, P]; G: [N, O, Hg, P] holding the
+    output gradient at rows top.., columns left.. and zeros around it (same pitch P as xp)."""
+    n_, c_, hp, pitch = xp.shape
+    o_, hg = G.shape[1], G.shape[2]
+    cg, kh, kw = out_dw.shape[1], out_dw.shape[2], out_dw.shape[3]
+    og = o_ // groups
+    npair = (og + 1) // 2
+    nchunk = (n_ + nb - 1) // nb
+    L = (oh - 1) * pitch + ow
+    off = top * pitch + left
+    x2 = xp.reshape((n_ * c_, hp * pitch))
+    g2 = G.reshape((n_ * o_, hg * pitch))
+    part = np.zeros((nchunk, o_, cg, kh, kw), out_dw.dtype)
+    part_b = np.zeros((nchunk, o_), out_dw.dtype)
+    for t in prange(nchunk * groups * npair):
+        ch = t // (groups * npair)
+        r = t - ch * groups * npair
+        g = r // npair
+        oa = g * og + 2 * (r - g * npair)
+        ob = min(oa + 1, g * og + og - 1)
+        acc = np.zeros((2, cg, kh, kw), out_dw.dtype)
+        sa = sb = out_dw.dtype.type(0)
+        for n in range(ch * nb, min(n_, ch * nb + nb)):
+            ga = g2[n * o_ + oa, off:off + L]
+            gb = g2[n * o_ + ob, off:off + L]
+            for c in range(cg):
+                _dots_pair(ga, gb, x2[n * c_ + g * cg + c], pitch, dh, dw, acc[0, c], acc[1, c])
+            if has_db:
+                sa += _plane_sum(ga)
+                sb += _plane_sum(gb)
+        part[ch, oa] = acc[0]
+        part[ch, ob] = acc[1]  # ob == oa (odd og) writes the same sums twice
+        part_b[ch, oa] = sa
+        part_b[ch, ob] = sb
+    out_dw[:] = part[0]
+    for ch in range(1, nchunk):  # fixed block order: the same bits at any thread count
+        out_dw += part[ch]
+    if has_db:
+        out_db[:] = part_b[0]
+        for ch in range(1, nchunk):
+            out_db += part_b[ch]
+
+
+@_parallel
+def conv_dw_strided_kernel(xp, g, sh, sw, dh, dw, groups, out_dw, out_db, has_db):
+    """Weight/bias gradient for any stride (strided loads: the slow general path); xp is padded."""
+    n_, o_, oh, ow = g.shape
+    cg, kh, kw = out_dw.shape[1], out_dw.shape[2], out_dw.shape[3]
+    og = o_ // groups
+    for t in prange(o_ * cg):
+        o = t // cg
+        c = (o // og) * cg + t % cg
+        for i in range(kh):
+            for j in range(kw):
+                s = out_dw.dtype.type(0)
+                for n in range(n_):
+                    for r in range(oh):
+                        xs = xp[n, c, r * sh + i * dh, j * dw:]
+                        gr = g[n, o, r]
+                        for q in range(ow):
+                            s += gr[q] * xs[q * sw]
+                out_dw[o, t % cg, i, j] = s
+    if has_db:
+        for o in prange(o_):
+            s = out_db.dtype.type(0)
+            for n in range(n_):
+                s += _plane_sum(g[n, o].reshape(oh * ow))
+            out_db[o] = s
+
+
+@_parallel
+def bias_grad_kernel(g, out_db):
+    n_, o_, oh, ow = g.shape
+    for o in prange(o_):
+        s = out_db.dtype.type(0)
+        for n in range(n_):
+            s += _plane_sum(g[n, o].reshape(oh * ow))
+        out_db[o] = s
+
+
+@_parallel
+def relu_backward_kernel(g, y, out):
+    zero = out.dtype.type(0)
+    n = g.shape[0]
+    for i in prange(n):
+        out[i] = g[i] if y[i] > zero else zero
+
+
+# ------------------------------------------------------------------------------------ Python API
+def _flipped_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """[C, O/groups, kh, kw]: the weight of the convolution that computes conv2d's input gradient."""
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    wt = w.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(wt).reshape(groups * cg, og, kh, kw)
+
+
+class _Geometry:
+    """Shapes of one conv and of its padded gradient buffer G = [N, O, H + (kh-1)dh, P]."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation):
+        self.n, self.c, self.h, self.w = x_shape
+        self.o, self.cg, self.kh, self.kw = w_shape
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.oh, self.ow = conv_out_hw(self.h, self.w, self.kh, self.kw, stride, padding, dilation)
+        # g's offset inside G so that the input gradient is a plain stride-1 conv of G (negative: cropped)
+        self.top = (self.kh - 1) * dilation[0] - padding[0]
+        self.left = (self.kw - 1) * dilation[1] - padding[1]
+        self.hg = self.h + (self.kh - 1) * dilation[0]
+        # one row pitch for G and the padded input, so the weight gradient can dot them as flat runs
+        self.pitch = max(self.w + (self.kw - 1) * dilation[1], self.w + 2 * padding[1])
+        # the fused layout needs stride 1 and g fully inside G (padding <= (k-1)*dilation)
+        self.shared = stride == (1, 1) and self.top >= 0 and self.left >= 0
+
+    def g_buffer(self, dtype) -> np.ndarray:
+        return np.empty((self.n, self.o, self.hg, self.pitch), dtype)
+
+
+def _grad_input_from(G, w, out_dx, geo: _Geometry, groups: int) -> None:
+    conv_s1_kernel(G, _flipped_weight(w, groups), np.zeros(0, w.dtype), geo.h, geo.w, geo.dilation[0],
+                   geo.dilation[1], groups, False, 0, 1, out_dx, _NO_ARGMAX)
+
+
+def _grad_weight_from(x, G, out_dw, out_db, geo: _Geometry, groups: int) -> None:
+    xp = padded_input(x, geo.padding, width=geo.pitch)
+    db = out_db if out_db is not None else np.zeros(geo.o, x.dtype)
+    conv_dw_s1_kernel(xp, G, geo.top, geo.left, geo.oh, geo.ow, geo.dilation[0], geo.dilation[1], groups,
+                      _DW_BATCH_BLOCK, out_dw, db, out_db is not None)
+
+
+def _norm(stride, padding, dilation):
+    return _pair(stride), _pair(padding), _pair(dilation)
+
+
+def conv2d_grad_input(g, w, out_dx, stride=1, padding=0, dilation=1, groups=1) -> None:
+    """out_dx[...] = conv2d_grad_input(g, w, input_shape=out_dx.shape) (ops.CONV2D_GRAD_INPUT).
+
+    A stride-1 convolution of g, zero-padded (and dilated by the stride), with the flipped transposed
+    weight; for stride > 1 that computes sh*sw times the needed products, but stays vectorized."""
+    stride, padding, dilation = _norm(stride, padding, dilation)
+    geo = _Geometry(out_dx.shape, w.shape, stride, padding, dilation)
+    _check("conv2d_grad_input g", g, (geo.n, geo.o, geo.oh, geo.ow), out_dx.dtype)
+    _check("conv2d_grad_input out_dx", out_dx, out_dx.shape, w.dtype)
+    G = np.empty((geo.n, geo.o, geo.hg, geo.w + (geo.kw - 1) * dilation[1]), g.dtype)
+    pad_into(g, geo.top, geo.left, stride[0], stride[1], G)
+    _grad_input_from(G, w, out_dx, geo, groups)
+
+
+def conv2d_grad_weight(x, g, out_dw, out_db=None, stride=1, padding=0, dilation=1, groups=1) -> None:
+    """out_dw[...] = conv2d_grad_weight(x, g, weight_shape=out_dw.shape) (ops.CONV2D_GRAD_WEIGHT) and, if
+    out_db is given, out_db[o] = g[:, o].sum() (the bias gradient) from the same pass over g."""
+    stride, padding, dilation = _norm(stride, padding, dilation)
+    geo = _Geometry(x.shape, out_dw.shape, stride, padding, dilation)
+    _check("conv2d_grad_weight g", g, (geo.n, geo.o, geo.oh, geo.ow), x.dtype)
+    _check("conv2d_grad_weight out_dw", out_dw, out_dw.shape, x.dtype)
+    if out_db is not None:
+        _check("conv2d_grad_weight out_db", out_db, (geo.o,), x.dtype)
+    x = np.ascontiguousarray(x)
+    if stride == (1, 1):
+        G = np.empty((geo.n, geo.o, geo.oh, geo.w + 2 * padding[1]), g.dtype)
+        pad_into(g, 0, 0, 1, 1, G)
+        xp = padded_input(x, padding)
+        conv_dw_s1_kernel(xp, G, 0, 0, geo.oh, geo.ow, dilation[0], dilation[1], groups, _DW_BATCH_BLOCK,
+                          out_dw, out_db if out_db is not None else np.zeros(geo.o, x.dtype),
+                          out_db is not None)
+    else:
+        conv_dw_strided_kernel(padded_input(x, padding), g, stride[0], stride[1], dilation[0], dilation[1],
+                               groups, out_dw, out_db if out_db is not None else np.zeros(geo.o, x.dtype),
+                               out_db is not None)
+
+
+def conv2d_grad_bias(g, out_db) -> None:
+    """out_db[o] = g[:, o].sum() over batch and space (the gradient of conv2d's bias)."""
+    _check("conv2d_grad_bias out_db", out_db, (g.shape[1],), g.dtype)
+    bias_grad_kernel(np.ascontiguousarray(g), out_db)
+
+
+def relu_backward(g, y, out) -> None:
+    """out[...] = g * (y > 0), y being ReLU's output (ops.RELU's gradient)."""
+    _check("relu_backward out", out, g.shape, g.dtype)
+    relu_backward_kernel(np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(y).reshape(-1),
+                         out.reshape(-1))
+
+
+def maxpool_relu_backward(g_pooled, argmax, pooled, out_grad, relu=True, pool_k=2, pool_s=None) -> None:
+    """out_grad[...] = gradient at the conv output (pre-activation) of conv -> ReLU -> max_pool2d(pool_k,
+    pool_s): g_pooled routed to each window's argmax (from `conv2d_pool_forward`), masked by pooled > 0 if
+    `relu`. out_grad has the conv output's shape; positions no window covers get 0."""
+    pool_s = pool_k if pool_s is None else int(pool_s)
+    _check("maxpool_relu_backward argmax", argmax, g_pooled.shape, np.uint8)
+    _check("maxpool_relu_backward pooled", pooled, g_pooled.shape, out_grad.dtype)
+    _check("maxpool_relu_backward out_grad", out_grad, out_grad.shape, g_pooled.dtype)
+    pool_relu_grad_into(np.ascontiguousarray(g_pooled), argmax, pooled, bool(relu), int(pool_k), pool_s, 0, 0,
+                        out_grad)
+
+
+def _backward(x, w, fill_G, out_dx, out_dw, out_db, stride, padding, dilation, groups) -> None:
+    """dx, dw, db from one padded gradient buffer that fill_G(G, top, left) writes (or the unfused ops)."""
+    geo = _Geometry(x.shape, w.shape, stride, padding, dilation)
+    if not geo.shared:
+        g = np.empty((geo.n, geo.o, geo.oh, geo.ow), x.dtype)
+        fill_G(g, 0, 0)
+        if out_dx is not None:
+            conv2d_grad_input(g, w, out_dx, stride, padding, dilation, groups)
+        conv2d_grad_weight(x, g, out_dw, out_db, stride, padding, dilation, groups)
+        return
+    G = geo.g_buffer(x.dtype)
+    fill_G(G, geo.top, geo.left)
+    if out_dx is not None:
+        _check("conv2d backward out_dx", out_dx, x.shape, x.dtype)
+        _grad_input_from(G, w, out_dx, geo, groups)
+    _check("conv2d backward out_dw", out_dw, w.shape, x.dtype)
+    if out_db is not None:
+        _check("conv2d backward out_db", out_db, (geo.o,), x.dtype)
+    _grad_weight_from(np.ascontiguousarray(x), G, out_dw, out_db, geo, groups)
+
+
+def conv2d_pool_backward(x, w, g_pooled, argmax, pooled, out_dx, out_dw, out_db=None, stride=1, padding=0,
+                         dilation=1, groups=1, relu=True, pool_k=2, pool_s=None) -> None:
+    """Backward of `conv2d_pool_forward`: out_dx (None to skip, e.g. for the network's input), out_dw and
+    out_db (None without bias) from the pooled gradient, its argmax and the pooled output (ReLU mask).
+
+    The pool/ReLU backward writes straight into the padded gradient that both conv gradients read, so
+    the [N, O, OH, OW] gradient of the conv output is never stored on its own."""
+    stride, padding, dilation = _norm(stride, padding, dilation)
+    pool_s = pool_k if pool_s is None else int(pool_s)
+    g_pooled = np.ascontiguousarray(g_pooled)
+    _check("conv2d_pool_backward argmax", argmax, g_pooled.shape, np.uint8)
+    _check("conv2d_pool_backward pooled", pooled, g_pooled.shape, x.dtype)
+
+    def fill(G, top, left):
+        pool_relu_grad_into(g_pooled, argmax, pooled, bool(relu), int(pool_k), pool_s, top, left, G)
+
+    _backward(x, w, fill, out_dx, out_dw, out_db, stride, padding, dilation, groups)
+
+
+def conv2d_backward(x, w, g, out_dx, out_dw, out_db=None, stride=1, padding=0, dilation=1, groups=1,
+                    relu_out=None) -> None:
+    """Backward of `conv2d_forward`: out_dx (None to skip), out_dw, out_db (None to skip) from the output
+    gradient g; with relu_out (the forward's ReLU output) g is first masked by relu_out > 0."""
+    stride, padding, dilation = _norm(stride, padding, dilation)
+    g = np.ascontiguousarray(g)
+
+    if relu_out is not None:
+        _check("conv2d_backward relu_out", relu_out, g.shape, g.dtype)
+
+    def fill(G, top, left):
+        if relu_out is None:
+            pad_into(g, top, left, 1, 1, G)
+        else:
+            relu_mask_into(g, relu_out, top, left, G)
+
+    _backward(x, w, fill, out_dx, out_dw, out_db, stride, padding, dilation, groups)

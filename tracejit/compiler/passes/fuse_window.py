@@ -1,0 +1,245 @@
+"""fuse_window: conv2d (+ bias) (+ relu) (+ max_pool2d) forward as one kernel that also writes the pooling
+argmax (uint8), the matching backward (relu mask + unpooling from the argmax) as one kernel, and the
+weight gradient fused with the bias gradient.
+
+Keeps true: the rewritten forward no longer materializes the conv/relu activations — backward reads the
+pooled output and the argmax instead, which is exact because the gradient of max-pool reaches only the
+argmax position, where relu's output equals the pooled value. Patterns that do not match exactly (an
+activation read elsewhere, padding in the pool, ...) are left alone and the reason is noted.
+"""
+
+from __future__ import annotations
+
+from ...ops import OPS, TensorType
+from ... import dtypes as D
+from ..ir import FUSED, Graph, Node, Value
+
+VIEWS = ("reshape", "expand")
+
+
+class _Index:
+    def __init__(self, g: Graph):
+        self.nodes = g.nodes
+        self.producer = {v.id: i for i, n in enumerate(g.nodes) for v in n.outputs}
+        self.consumers: dict[int, list[int]] = {}
+        for i, n in enumerate(g.nodes):
+            for v in n.inputs:
+                self.consumers.setdefault(v.id, []).append(i)
+        self.outputs = {v.id for v in g.outputs}
+
+    def prod(self, v):
+        i = self.producer.get(v.id)
+        return (i, self.nodes[i]) if i is not None else (None, None)
+
+    def uses(self, v) -> list[int]:
+        return self.consumers.get(v.id, [])
+
+    def only_use(self, v, i) -> bool:
+        return v.id not in self.outputs and self.uses(v) == [i]
+
+
+def _const_value(ix, v):
+    _, n = ix.prod(v)
+    return n.attrs["value"] if n is not None and n.op.name == "full" else None
+
+
+def _bias_root(ix, v, channels):
+    """Follow reshape/expand from a [1, O, 1, 1]-broadcast operand to a [O] vector; (root, chain) or None."""
+    chain = []
+    while True:
+        i, n = ix.prod(v)
+        if n is None or n.body is not None or n.op.name not in VIEWS:
+            break
+        chain.append(i)
+        v = n.inputs[0]
+    if v.shape == (channels,):
+        return v, chain
+    return None
+
+
+def fuse_window(g: Graph) -> Graph:
+    ix = _Index(g)
+    replace: dict[int, Node | None] = {}  # node index -> new node (None = delete)
+    notes: list[str] = []
+    for mi, m in enumerate(g.nodes):
+        if m.body is not None or m.op.name != "max_pool2d" or mi in replace:
+            continue
+        why = _match_forward(ix, mi, m, replace, notes)
+        if why:
+            notes.append(f"not fused: max_pool2d (node {mi}): {why}")
+    _fuse_weight_bias(ix, replace, notes)
+    nodes = []
+    for i, n in enumerate(g.nodes):
+        if i in replace:
+            if replace[i] is not None:
+                nodes.append(replace[i])
+        else:
+            nodes.append(n)
+    out = g.replace(nodes=nodes)
+    out.notes = notes
+    return out
+
+
+def _match_forward(ix, mi, m, replace, notes) -> str | None:
+    a = m.attrs
+    k, s = a["kernel"], a["stride"]
+    if a["padding"] != (0, 0) or tuple(a.get("dilation", (1, 1))) != (1, 1) or a.get("ceil_mode"):
+        return "pool with padding/dilation/ceil_mode"
+    if k[0] != k[1] or s[0] != s[1] or k[0] > 15:
+        return "non-square pool window"
+    r = m.inputs[0]
+    ri, rn = ix.prod(r)
+    relu = rn is not None and rn.body is None and rn.op.name == "relu"
+    pre = rn.inputs[0] if relu else r
+    ai, an = ix.prod(pre)
+    bias = None
+    chain: list[int] = []
+    if an is not None and an.body is None and an.op.name == "add":
+        ci = None
+        for side in (0, 1):
+            pi, pn = ix.prod(an.inputs[side])
+            if pn is not None and pn.body is None and pn.op.name == "conv2d":
+                ci, cn, other = pi, pn, an.inputs[1 - side]
+                break
+        if ci is None:
+            return "its input is not conv2d (+ bias)"
+        found = _bias_root(ix, other, cn.outputs[0].shape[1])
+        if found is None:
+            return "the add after conv2d is not a per-channel bias"
+        bias, chain = found
+        if not ix.only_use(cn.outputs[0], ai):
+            return "the conv2d output is also read elsewhere"
+    elif an is not None and an.body is None and an.op.name == "conv2d":
+        ci, cn = ai, an
+        ai = None
+    else:
+        return "its input is not conv2d (+ bias) (+ relu)"
+    if cn.outputs[0].dtype not in (D.float32, D.float64):
+        return "conv2d is not floating point"
+    if relu and not ix.only_use(pre, ri):
+        return "the pre-activation is also read elsewhere"
+    # who else reads the pool input r: only max_pool2d_grad(r, g) and relu's mask gt(r, 0) are understood
+    grad_node = mask_mul = None
+    extra: dict[int, None] = {}
+    if r.id in ix.outputs:
+        return "the activation before pooling is a graph output"
+    for u in ix.uses(r):
+        un = ix.nodes[u]
+        if u == mi:
+            continue
+        if un.body is None and un.op.name == "max_pool2d_grad" and un.inputs[0] is r and grad_node is None:
+            grad_node = u
+        elif relu and un.body is None and un.op.name == "gt" and un.inputs[0] is r and \
+                _const_value(ix, un.inputs[1]) == 0:
+            found = _mask_mul(ix, u)
+            if found is None:
+                return "relu's mask is used in an unexpected way"
+            extra[u] = None
+            for j in found[:-1]:
+                extra[j] = None
+            mask_mul = found[-1]
+        else:
+            return f"the activation is also read by {un.op.name} (node {u})"
+    if relu and grad_node is not None and mask_mul is None:
+        return "relu backward not found next to max_pool2d_grad"
+    if mask_mul is not None:
+        mn = ix.nodes[mask_mul]
+        if grad_node is None or ix.nodes[grad_node].outputs[0] not in mn.inputs:
+            return "relu's mask does not multiply the unpooled gradient"
+        if not ix.only_use(ix.nodes[grad_node].outputs[0], mask_mul):
+            return "the unpooled gradient is also read elsewhere"
+    # ---- forward: conv2d -> (+bias) -> (relu) -> max_pool2d + argmax, one node at the pool's place
+    x, w = cn.inputs
+    pool_attrs = {"kernel": k, "stride": s, "padding": (0, 0), "dilation": (1, 1), "ceil_mode": False}
+    idx = Value(TensorType(m.outputs[0].shape, D.uint8))
+    body_nodes = [cn] + [ix.nodes[j] for j in reversed(chain)]
+    if ai is not None:
+        body_nodes.append(ix.nodes[ai])
+    if relu:
+        body_nodes.append(rn)
+    body_nodes += [m, Node(OPS["max_pool2d_argmax"], (r,), dict(pool_attrs), (idx,))]
+    ins = [x, w] + ([bias] if bias is not None else [])
+    body = Graph(f"conv_pool_{mi}", ins, body_nodes, [m.outputs[0], idx], {}, [None, None])
+    conv_attrs = {key: cn.attrs[key] for key in ("stride", "padding", "dilation", "groups")}
+    fwd = Node(FUSED, tuple(ins), {"kind": "window", "pattern": "conv_pool", "relu": relu, "bias": bias is not None,
+                                   "pool": k[0], "pool_stride": s[0], **conv_attrs},
+               (m.outputs[0], idx), body)
+    for j in [ci] + chain + ([ai] if ai is not None else []) + ([ri] if relu else []):
+        replace[j] = None
+    replace[mi] = fwd
+    # ---- backward: max_pool2d_grad(r, g) [* relu mask] -> unpool from argmax [with mask from pooled > 0]
+    if grad_node is not None:
+        gn = ix.nodes[grad_node]
+        gm = gn.inputs[1]
+        pooled = m.outputs[0]
+        bnodes = []
+        g_in = gm
+        if relu:
+            zero = Value(TensorType((), pooled.dtype))
+            pos = Value(TensorType(pooled.shape, D.bool_))
+            fmask = Value(TensorType(pooled.shape, pooled.dtype))
+            gmask = Value(TensorType(pooled.shape, pooled.dtype))
+            bnodes += [Node(OPS["full"], (), {"shape": (), "value": 0.0, "dtype": pooled.dtype}, (zero,)),
+                       Node(OPS["gt"], (pooled, zero), {}, (pos,)),
+                       Node(OPS["cast"], (pos,), {"dtype": pooled.dtype}, (fmask,)),
+                       Node(OPS["mul"], (gm, fmask), {}, (gmask,))]
+            g_in = gmask
+        result = ix.nodes[mask_mul].outputs[0] if relu else gn.outputs[0]
+        bnodes.append(Node(OPS["max_pool2d_grad_argmax"], (g_in, idx),
+                           {"input_shape": r.shape, **pool_attrs}, (result,)))
+        bins = [gm, idx] + ([pooled] if relu else [])
+        bbody = Graph(f"unpool_{grad_node}", bins, bnodes, [result], {}, [None])
+        bwd = Node(FUSED, tuple(bins), {"kind": "window", "pattern": "unpool", "relu": relu, "pool": k[0],
+                                        "pool_stride": s[0]}, (result,), bbody)
+        at = mask_mul if relu else grad_node
+        replace[grad_node] = None
+        for j in extra:
+            if j != at:
+                replace[j] = None
+        replace[at] = bwd
+    return None
+
+
+def _mask_mul(ix, gt_i):
+    """gt(r, 0) -> cast -> mul(g, mask): the indices [cast, mul], or None."""
+    gt_out = ix.nodes[gt_i].outputs[0]
+    uses = ix.uses(gt_out)
+    if len(uses) != 1 or gt_out.id in ix.outputs:
+        return None
+    ci = uses[0]
+    cn = ix.nodes[ci]
+    if cn.body is not None or cn.op.name != "cast":
+        return None
+    uses = ix.uses(cn.outputs[0])
+    if len(uses) != 1 or cn.outputs[0].id in ix.outputs:
+        return None
+    mi = uses[0]
+    if ix.nodes[mi].body is not None or ix.nodes[mi].op.name != "mul":
+        return None
+    return [ci, mi]
+
+
+def _fuse_weight_bias(ix, replace, notes):
+    """conv2d_grad_weight(x, g) and sum(g, axes=(0, 2, 3)) -> one kernel writing dw and db."""
+    for wi, wn in enumerate(ix.nodes):
+        if wn.body is not None or wn.op.name != "conv2d_grad_weight" or wi in replace:
+            continue
+        g = wn.inputs[1]
+        for si in ix.uses(g):
+            sn = ix.nodes[si]
+            if si in replace or sn.body is not None or sn.op.name != "sum" or sn.attrs["axes"] != (0, 2, 3):
+                continue
+            first, last = min(wi, si), max(wi, si)
+            early = ix.nodes[first].outputs[0]
+            if any(u < last for u in ix.uses(early)):
+                notes.append(f"not fused: conv2d_grad_weight (node {wi}) and bias sum (node {si}): "
+                             f"one is needed before the other")
+                continue
+            ins = list(wn.inputs)
+            outs = [wn.outputs[0], sn.outputs[0]]
+            body = Graph(f"conv_grad_weight_{wi}", ins, [wn, sn], outs, {}, [None, None])
+            attrs = {"kind": "window", "pattern": "grad_weight_bias",
+                     **{k: wn.attrs[k] for k in ("stride", "padding", "dilation", "groups")}}
+            replace[first] = None
+            replace[last] = Node(FUSED, tuple(ins), attrs, tuple(outs), body)
+            break
