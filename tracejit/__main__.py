@@ -39,7 +39,8 @@ def summarize_dump(root: str, render_svg: bool = True) -> str:
     """What a dump directory holds, per compiled function and variant."""
     lines = [f"tracejit dump in {os.path.abspath(root)}"]
     dot = shutil.which("dot") if render_svg else None
-    variants = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    names = os.listdir(root) if os.path.isdir(root) else []
+    variants = sorted(d for d in names if os.path.isdir(os.path.join(root, d)))
     if not variants:
         lines.append("  nothing was compiled (no @tracejit.compile function ran)")
     for v in variants:
@@ -49,7 +50,8 @@ def summarize_dump(root: str, render_svg: bool = True) -> str:
         kernels = sorted(os.listdir(os.path.join(d, "kernels"))) if os.path.isdir(os.path.join(d, "kernels")) else []
         lines.append(f"  {fn}, variant {num}: {d}")
         lines.append(f"    IR after each stage: {', '.join(s + '.ir' for s in stages)}")
-        lines.append(f"    graphs (.dot): {len(stages)}" + (" (+ .svg)" if dot else " (install Graphviz `dot` for SVG)"))
+        svg = " (+ .svg)" if dot else " (install Graphviz `dot` for SVG)"
+        lines.append(f"    graphs (.dot): {len(stages)}{svg}")
         if kernels:
             lines.append(f"    generated kernels: {len(kernels)} in {os.path.join(d, 'kernels')}")
         if os.path.exists(os.path.join(d, "explain.txt")):

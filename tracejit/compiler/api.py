@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import time
 import warnings
 
 import numpy as np
 
-from .. import autograd
-import sys
-
 import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
 
-T = sys.modules["tracejit.tensor"]
+from .. import autograd
 from ..errors import TraceError
 from .backends import get_backend
 from .dump import Dumper, dump_root
@@ -28,6 +26,8 @@ from .ir import count_by_kind, print_graph, verify
 from .passes import PIPELINE, run_pipeline
 from .state import StateIndex
 from .trace import describe_arg, trace, unflatten
+
+T = sys.modules["tracejit.tensor"]
 
 DEFAULT_BACKEND = "reference"
 
@@ -226,7 +226,8 @@ class CompiledFunction:
             stage_graphs=stage_graphs, program=program, bindings=bindings,
             writes=[(b, i) for b, i in writes], grad_sets=grad_sets, structure=structure,
             n_returns=len(g.returns()), out_types=[v.type for v in g.outputs],
-            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards()), box_guards=box_guards,
+            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards()),
+            box_guards=box_guards,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
             total_time=time.perf_counter() - t0)
         if dumper:

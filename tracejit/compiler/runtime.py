@@ -51,7 +51,7 @@ class Program:
         samples = [[] for _ in self.plan]
         for _ in range(repeat):
             env = list(inputs) + [None] * (self.n_slots - len(inputs))
-            for k, (step, ins, outs, free) in enumerate(self.plan):
+            for k, (step, ins, outs, _) in enumerate(self.plan):
                 t0 = time.perf_counter()
                 results = step([env[i] for i in ins])
                 samples[k].append(time.perf_counter() - t0)

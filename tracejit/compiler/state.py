@@ -7,13 +7,13 @@ flags, `.grad` presence and optimizer hyperparameters.
 
 from __future__ import annotations
 
-import types
-
 import sys
+import types
 
 import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
 
 T = sys.modules["tracejit.tensor"]
+
 
 
 def _is_module(x):
@@ -47,7 +47,7 @@ def _referenced_objects(fn):
                     out.append((n, cell.cell_contents))
                 except ValueError:
                     pass
-    elif hasattr(fn, "__call__") and _is_module(fn):
+    elif callable(fn) and _is_module(fn):
         out.append(("model", fn))
     return out
 

@@ -8,17 +8,18 @@ leaves no trace on the user's objects.
 
 from __future__ import annotations
 
-import numpy as np
-
 import sys
+
+import numpy as np
 
 import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
 
-T = sys.modules["tracejit.tensor"]
 from ..errors import TraceError, shape_str, user_location
 from ..ops import TensorType
 from .ir import GraphBuilder, Value
 from .state import StateIndex
+
+T = sys.modules["tracejit.tensor"]
 
 
 class Binding:

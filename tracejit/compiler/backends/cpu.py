@@ -14,8 +14,8 @@ from ... import dtypes as D
 from ..ir import Graph, Node
 from ..runtime import Program
 from . import cache, threads
-from .kernel import LoopKernel, LoweringError, lower
 from .cpu_window_steps import window_step
+from .kernel import LoopKernel, LoweringError, lower
 from .reference import ref_step
 
 PARALLEL_MIN = 1 << 16  # elements below which threads cost more than they save (launch 2-60 us)
@@ -248,7 +248,8 @@ class CpuProgram(Program):
         lines = [f"kernels: {len(ks)} Numba loop kernels, {len(self.plan) - len(ks)} NumPy/BLAS steps"]
         comp = [k.first_call_s for k in ks if k.first_call_s is not None]
         hits = sum(1 for k in ks if k.hit)
-        lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; source cache hits {hits}/{len(ks)}")
+        lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; "
+                     f"source cache hits {hits}/{len(ks)}")
         for f in self.fallbacks:
             lines.append(f"  ran with NumPy: {f}")
         return "\n".join(lines)

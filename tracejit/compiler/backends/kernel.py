@@ -76,8 +76,8 @@ def lower(node: Node, prefix: str = "v") -> LoopKernel:
     if space is None:
         raise LoweringError("no elementwise or reduce op in the body")
     rank = len(space)
-    input_index = {v.id: i for i, v in enumerate(body.inputs)}
-    views: dict[int, tuple] = {v.id: (i, v.shape, False) for i, v in enumerate(body.inputs)}  # id -> (src, shape, expanded)
+    # value id -> (body input index, view shape, expanded?)
+    views: dict[int, tuple] = {v.id: (i, v.shape, False) for i, v in enumerate(body.inputs)}
     consts: dict[int, tuple] = {}
     scalars: dict[int, str] = {}
     loads: list[LoopArray] = []
@@ -155,7 +155,6 @@ def lower(node: Node, prefix: str = "v") -> LoopKernel:
     for v in body.outputs:
         if v.id in scalars:
             results.append(Result(LoopArray(out_index[v.id], _pad(v.shape, rank), v.dtype), scalars[v.id], "store"))
-    del input_index
     return merge_dims(LoopKernel(tuple(space), loads, stmts, results))
 
 

@@ -10,8 +10,8 @@ activation read elsewhere, padding in the pool, ...) are left alone and the reas
 
 from __future__ import annotations
 
-from ...ops import OPS, TensorType
 from ... import dtypes as D
+from ...ops import OPS, TensorType
 from ..ir import FUSED, Graph, Node, Value
 
 VIEWS = ("reshape", "expand")

@@ -35,7 +35,6 @@ def simplify(g: Graph) -> Graph:
         ins = tuple(rename.get(v.id, v) for v in n.inputs)
         n = n if ins == n.inputs else Node(n.op, ins, n.attrs, n.outputs, n.body)
         out = n.outputs[0] if len(n.outputs) == 1 else None
-        name = n.op.name
         alias = None
         if out is not None and n.body is None:
             alias = _identity(n, ins, out, defs)
