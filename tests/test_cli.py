@@ -1,0 +1,119 @@
+"""`python -m tracejit dump script.py` and `python -m tracejit info`, run as a user would (subprocess)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tracejit
+from tracejit.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import tracejit
+    import tracejit.nn as nn
+    import tracejit.nn.functional as F
+
+    tracejit.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = tracejit.optim.SGD(model.parameters(), lr=0.1)
+
+    @tracejit.compile(backend="reference")
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    x = tracejit.randn(6, 4)
+    y = tracejit.tensor([0, 1, 0, 1, 1, 0])
+    for _ in range(3):
+        loss = train_step(x, y)
+    print("script args:", sys.argv[1:])
+    print("final loss", round(float(loss), 4))
+""")
+
+
+def run_cli(*args, cwd, tmp_path, extra_env=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEJIT_")}
+    env.update(TRACEJIT_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-m", "tracejit", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "train.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def test_dump_runs_the_script_and_lists_the_stages(script, tmp_path):
+    out = tmp_path / "dump"
+    proc = run_cli("dump", "-o", str(out), "--no-svg", str(script), "--epochs", "1", cwd=tmp_path,
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stdout = proc.stdout
+    assert "script args: ['--epochs', '1']" in stdout and "final loss" in stdout
+    assert f"tracejit dump in {out}" in stdout
+    # the first call traces without .grad, the second may retrace with one: one or two variants
+    variants = sorted(os.listdir(out))
+    assert variants in (["train_step.1"], ["train_step.1", "train_step.2"])
+    for v in variants:
+        assert f"train_step, variant {v[-1]}: {out / v}" in stdout
+        stages = sorted(f[:-3] for f in os.listdir(out / v) if f.endswith(".ir"))
+        assert stages[0] == "00_traced" and "01_dce" in stages
+        listed = "IR after each stage: " + ", ".join(s + ".ir" for s in stages)
+        assert listed in stdout
+        assert f"graphs (.dot): {len(stages)}" in stdout
+        assert f"explanation: {out / v / 'explain.txt'}" in stdout
+        assert all((out / v / f"{s}.dot").exists() for s in stages)
+    assert "conv2d" not in (out / "train_step.1" / "00_traced.ir").read_text()
+    assert "matmul(" in (out / "train_step.1" / "00_traced.ir").read_text()
+
+
+def test_dump_default_directory_and_refuses_a_non_empty_one(script, tmp_path, capsys):
+    proc = run_cli("dump", "--no-svg", str(script), cwd=tmp_path, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = os.listdir(tmp_path / "tracejit_dump")
+    assert len(runs) == 1
+    assert "train_step, variant 1" in proc.stdout
+    full = tmp_path / "tracejit_dump" / runs[0]
+    # refusing happens before the script runs, so this part can run in-process
+    assert main(["dump", "-o", str(full), "--no-svg", str(script)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+
+
+def test_dump_of_a_script_that_compiles_nothing(tmp_path):
+    path = tmp_path / "plain.py"
+    path.write_text("print('hello')\n")
+    proc = run_cli("dump", "-o", str(tmp_path / "d"), "--no-svg", str(path), cwd=tmp_path, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "hello" in proc.stdout and "nothing was compiled" in proc.stdout
+
+
+def test_info_prints_versions(tmp_path):
+    import numba
+    import numpy
+
+    proc = run_cli("info", cwd=tmp_path, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert f"tracejit {tracejit.__version__}" in first
+    assert f"numpy {numpy.__version__}" in first and f"numba {numba.__version__}" in first
+    assert f"python {sys.version.split()[0]}" in first
+    assert "backends:" in proc.stdout and "reference" in proc.stdout
+    assert str(tmp_path / "cache") in proc.stdout  # the kernel cache honours TRACEJIT_CACHE_DIR
+
+
+def test_unknown_command_fails_with_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2 and "usage:" in capsys.readouterr().err
