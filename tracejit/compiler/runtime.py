@@ -12,17 +12,21 @@ from .ir import Graph
 
 
 class Program:
-    def __init__(self, graph: Graph, make_step):
+    """`units` = [(step, input values, output values)] in order; by default one unit per node."""
+
+    def __init__(self, graph: Graph, make_step=None, units=None):
         self.graph = graph
+        if units is None:
+            units = [(make_step(n), n.inputs, n.outputs) for n in graph.nodes]
         slot = {v.id: i for i, v in enumerate(graph.inputs)}
         plan = []
-        for n in graph.nodes:
-            ins = [slot[v.id] for v in n.inputs]
+        for step, in_values, out_values in units:
+            ins = [slot[v.id] for v in in_values]
             outs = []
-            for v in n.outputs:
+            for v in out_values:
                 slot[v.id] = len(slot)
                 outs.append(slot[v.id])
-            plan.append((make_step(n), ins, outs))
+            plan.append((step, ins, outs))
         last_use: dict[int, int] = {}
         for k, (_, ins, _) in enumerate(plan):
             for i in ins:

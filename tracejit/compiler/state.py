@@ -195,8 +195,7 @@ class StateGuard:
 
 
 def _hyper(opt):
-    """Optimizer settings baked into a trace (everything but params and the lr tensor) + state keys."""
-    groups = tuple(tuple(sorted((k, repr(v)) for k, v in g.items() if k not in ("params", "lr")))
-                   for g in opt.param_groups)
-    state = tuple(tuple(sorted(opt.state.get(p, {}).keys())) for g in opt.param_groups for p in g["params"])
-    return groups, state
+    """Optimizer settings baked into a trace (everything but params and the lr tensor), and how much
+    state each parameter has (lazily created state changes the trace)."""
+    groups = tuple(tuple(v for k, v in g.items() if k != "params" and k != "lr") for g in opt.param_groups)
+    return groups, tuple(len(st) for st in opt.state.values())

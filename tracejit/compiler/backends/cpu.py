@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
 from ... import dtypes as D
 from ..ir import Graph, Node
 from ..runtime import Program
-from . import cache, threads
+from . import blas, cache, threads
+from .cpu_program import SegmentSource, segment_io, split_segments
 from .cpu_window_steps import window_step
 from .kernel import LoopKernel, LoweringError, lower
 from .reference import ref_step
@@ -62,8 +64,8 @@ def _expr(op: str, args: tuple, dtype, attrs, in_dtype) -> str:
     raise LoweringError(f"no CPU rendering for {op}")
 
 
-def _index(shape, dims=None) -> str:
-    idx = [f"i{d}" if s != 1 else "0" for d, s in enumerate(shape)]
+def _index(shape, lv: str = "i") -> str:
+    idx = [f"{lv}{d}" if s != 1 else "0" for d, s in enumerate(shape)]
     return ", ".join(idx)
 
 
@@ -109,6 +111,9 @@ def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
 
 
 def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
+    """Loop-nest lines (at function-body indent) for kernel `k`; every name carries `tag`, so several
+    blocks can share one function. Returns (load array names, result array names, lines)."""
+    lv, cv = f"i{tag}", f"c{tag}"  # loop variables: per block, so their types never have to unify
     r = len(k.space)
     space = k.space
     A = [f"a{tag}{i}" for i in range(len(k.loads))]
@@ -117,7 +122,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     for s in k.stmts:
         if s.op == "load":
             arr = k.loads[s.args[0]]
-            body.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape)}]")
+            body.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape, lv)}]")
         elif s.op == "const":
             value = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
             cname = next((c for c, v in consts.items() if v == value), None)
@@ -144,24 +149,24 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
                          f"dtype={_np_type(res.array.dtype)})")
 
     def target(j, drop_last=False):
-        idx = _index(k.results[j].array.shape).split(", ")
+        idx = _index(k.results[j].array.shape, lv).split(", ")
         if drop_last:
             idx[-1] = "0"
         idx = ", ".join(idx)
-        return f"p{tag}{j}[c, {idx}]" if j in outer_red else f"{O[j]}[{idx}]"
+        return f"p{tag}{j}[{cv}, {idx}]" if j in outer_red else f"{O[j]}[{idx}]"
 
     headers = []
     if nch > 1:
         loop = "numba.prange" if parallel else "range"
-        lines.append(f"{ind}for c in {loop}({nch}):")
+        lines.append(f"{ind}for {cv} in {loop}({nch}):")
         ind += "    "
         # unsigned bounds: with signed ones Numba keeps negative-index wraparound code, which stops
         # LLVM from vectorizing the loop (measured 13 ms vs 1.5 ms for an exp over 2**22 floats)
-        headers.append(f"for i0 in range(np.uint64((c * {space[0]}) // {nch}), "
-                       f"np.uint64(((c + 1) * {space[0]}) // {nch})):")
+        headers.append(f"for {lv}0 in range(np.uint64(({cv} * {space[0]}) // {nch}), "
+                       f"np.uint64((({cv} + 1) * {space[0]}) // {nch})):")
     else:
-        headers.append(f"for i0 in range({space[0]}):")
-    headers += [f"for i{d} in range({space[d]}):" for d in range(1, r)]
+        headers.append(f"for {lv}0 in range({space[0]}):")
+    headers += [f"for {lv}{d} in range({space[d]}):" for d in range(1, r)]
     for d, h in enumerate(headers):
         if d == r - 1:
             for j in inner_red:
@@ -171,7 +176,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     lines.extend(ind + b for b in body)
     for j, res in enumerate(k.results):
         if res.mode == "store":
-            lines.append(f"{ind}{O[j]}[{_index(res.array.shape)}] = {res.var}")
+            lines.append(f"{ind}{O[j]}[{_index(res.array.shape, lv)}] = {res.var}")
         elif j in inner_red:
             lines.append(f"{ind}{_combine(res.mode, f'acc{tag}{j}', res.var)}")
         else:
@@ -185,9 +190,9 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         m = int(np.prod(res.array.shape))
         lines.append(f"    of{tag}{j} = {O[j]}.reshape({m})")
         lines.append(f"    pf{tag}{j} = p{tag}{j}.reshape(({nch}, {m}))")
-        lines.append("    for c in range(" + str(nch) + "):")
-        lines.append(f"        for m in range({m}):")
-        lines.append(f"            {_combine(res.mode, f'of{tag}{j}[m]', f'pf{tag}{j}[c, m]')}")
+        lines.append(f"    for {cv} in range({nch}):")
+        lines.append(f"        for {lv}m in range({m}):")
+        lines.append(f"            {_combine(res.mode, f'of{tag}{j}[{lv}m]', f'pf{tag}{j}[{cv}, {lv}m]')}")
     return A, O, lines
 
 
@@ -195,6 +200,8 @@ def _acc_init(res) -> str:
     # same-width accumulator: LLVM vectorizes it into per-lane partial sums (a float64 one was 2.5x slower)
     return _identity(res.mode, res.array.dtype)
 
+
+SEGMENT_PRELUDE_EXTRA = "from tracejit.compiler.backends import cpu_index as H\n"
 
 PRELUDE = """import numpy as np
 import numba
@@ -206,6 +213,9 @@ Z_i64, O_i64 = np.int64(0), np.int64(1)
 Z_bool, O_bool = False, True
 
 """
+
+
+SEGMENT_PRELUDE = PRELUDE + SEGMENT_PRELUDE_EXTRA
 
 
 class KernelStep:
@@ -244,18 +254,57 @@ def _c(a):
 
 class CpuProgram(Program):
     def describe(self) -> str:
-        ks = [s for s, *_ in self.plan if isinstance(s, KernelStep)]
-        lines = [f"kernels: {len(ks)} Numba loop kernels, {len(self.plan) - len(ks)} NumPy/BLAS steps"]
-        comp = [k.first_call_s for k in ks if k.first_call_s is not None]
-        hits = sum(1 for k in ks if k.hit)
+        steps = [s for s, *_ in self.plan]
+        segs = [s for s in steps if isinstance(s, SegmentStep)]
+        ks = [s for s in steps if isinstance(s, KernelStep)]
+        native = len(steps) - len(segs) - len(ks)
+        lines = [f"steps: {len(segs)} generated segment functions, {len(ks)} loop kernels, "
+                 f"{native} library/NumPy steps (window kernels, BLAS)"]
+        comp = [k.first_call_s for k in segs + ks if k.first_call_s is not None]
+        hits = sum(1 for k in segs + ks if k.hit)
         lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; "
-                     f"source cache hits {hits}/{len(ks)}")
+                     f"source cache hits {hits}/{len(segs) + len(ks)}")
         for f in self.fallbacks:
             lines.append(f"  ran with NumPy: {f}")
         return "\n".join(lines)
 
 
-def compile_graph(graph: Graph, dumper=None, timings=None) -> CpuProgram:
+class SegmentStep:
+    """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
+    compile it (first call), the run falls back to one step per node, and the reason is kept."""
+
+    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks):
+        self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
+        self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
+        self.first_call_s: float | None = None
+
+    def __call__(self, args):
+        if self.first_call_s is None:
+            t0 = time.perf_counter()
+            try:
+                blas.set_threads(self.blas_threads)
+                out = self.fn(*[_c(a) for a in args])
+            except numba.core.errors.NumbaError as e:
+                self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
+                self.fn = self.fallback()
+                out = self.fn(*args)
+            self.first_call_s = time.perf_counter() - t0
+            return out
+        blas.set_threads(self.blas_threads)
+        return self.fn(*[_c(a) for a in args])
+
+
+def _per_node(nodes, make_step, inputs, outputs):
+    """A Python function running `nodes` one step each (the fallback for a segment)."""
+    prog = Program(Graph("segment", list(inputs), list(nodes), list(outputs), {}, [None] * len(outputs)),
+                   make_step)
+
+    def run(*arrays):
+        return prog.run(list(arrays))
+    return run
+
+
+def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True) -> CpuProgram:
     threads.configure()  # threading layer and count must be set before the first parallel launch
     fallbacks: list[str] = []
     counter = [0]
@@ -288,8 +337,66 @@ def compile_graph(graph: Graph, dumper=None, timings=None) -> CpuProgram:
             dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
         return KernelStep(node, parts, fn, src, hit)
 
-    prog = CpuProgram(graph, make_step)
+    if not segments:
+        prog = CpuProgram(graph, make_step)
+    else:
+        prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render))
     prog.fallbacks = fallbacks
     if timings is not None:
         timings["render+load"] = t_render[0]
     return prog
+
+
+def _is_native(n: Node) -> bool:
+    """Nodes that get a step of their own rather than joining a segment: window kernels (their library),
+    parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
+    them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
+    if n.body is not None and n.attrs.get("kind") == "multi":
+        return True
+    if n.body is not None and n.attrs.get("kind") in ("elementwise", "reduce"):
+        return _space_numel(n) >= PARALLEL_MIN
+    return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None
+
+
+def _space_numel(n: Node) -> int:
+    for m in n.body.nodes:
+        if m.op.name in ("sum", "amax"):
+            return m.inputs[0].type.numel
+        if m.op.name not in ("full", "reshape", "expand"):
+            return m.outputs[0].type.numel
+    return 0
+
+
+def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> list:
+    units = []
+    parts = split_segments(graph, _is_native)
+    reads_after: list[set] = [set() for _ in parts]
+    seen: set = set()
+    for i in range(len(parts) - 1, -1, -1):
+        reads_after[i] = set(seen)
+        kind, item = parts[i]
+        for n in (item if kind == "segment" else [item]):
+            seen.update(v.id for v in n.inputs)
+    graph_outputs = {v.id for v in graph.outputs}
+    for i, (kind, item) in enumerate(parts):
+        if kind == "node":
+            units.append((make_step(item), item.inputs, item.outputs))
+            continue
+        ins, outs = segment_io(item, reads_after[i], graph_outputs)
+        if not outs:
+            continue
+        t0 = time.perf_counter()
+        seg = SegmentSource(item, ins, outs, PARALLEL_MIN, render_multi, _render_block, FASTMATH)
+        src = seg.source()
+        fn, hit = cache.load(SEGMENT_PRELUDE + src, "segment")
+        t_render[0] += time.perf_counter() - t0
+        counter[0] += 1
+        label = f"segment {counter[0]} ({len(item)} nodes)"
+        if dumper:
+            dumper.kernel(f"{counter[0]:02d}_segment", SEGMENT_PRELUDE + src)
+        nthreads = 1 if seg.has_parallel else blas.threads_for(seg.max_gemm_flops)
+        step = SegmentStep(fn, src, hit, nthreads,
+                           lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
+                           label, fallbacks)
+        units.append((step, ins, outs))
+    return units

@@ -12,7 +12,14 @@ import numpy as np
 from numba import prange
 
 from .cpu_window import (
-    _NO_ARGMAX, FASTMATH, _check, _pair, conv_out_hw, conv_s1_kernel, pad_into, padded_input,
+    _NO_ARGMAX,
+    FASTMATH,
+    _check,
+    _pair,
+    conv_out_hw,
+    conv_s1_kernel,
+    pad_into,
+    padded_input,
 )
 
 __all__ = [
@@ -34,37 +41,70 @@ def pool_relu_grad_into(gp, argmax, pooled, relu, k, s, top, left, dst):
     each window's argmax a*k + b: max_pool2d's backward and ReLU's mask (relu'(y) at the argmax is
     pooled > 0) written straight into the padded layout the conv gradients read."""
     n_, o_, ph, pw = gp.shape
+    hd, wd = dst.shape[2], dst.shape[3]
     zero = dst.dtype.type(0)
     for t in prange(n_ * o_):
         d = dst[t // o_, t % o_]
         gs = gp[t // o_, t % o_]
         am = argmax[t // o_, t % o_]
         ps = pooled[t // o_, t % o_]
-        d[:, :] = zero
-        for p in range(ph):
+        if k != s:  # overlapping (or gapped) windows: clear, then accumulate
+            d[:, :] = zero
+            for p in range(ph):
+                for q in range(pw):
+                    if relu and not ps[p, q] > zero:
+                        continue
+                    code = np.int64(am[p, q])
+                    d[top + p * s + code // k, left + q * s + code % k] += gs[p, q]
+            continue
+        # disjoint windows tile [top, top + ph*k) x [left, left + pw*k): write every element once
+        for rr in range(hd):
+            p = (rr - top) // k
+            a = rr - top - p * k
+            drow = d[rr]
+            if rr < top or p >= ph:
+                for q in range(wd):
+                    drow[q] = zero
+                continue
+            for q in range(left):
+                drow[q] = zero
+            for q in range(left + pw * k, wd):
+                drow[q] = zero
+            seg = drow[left:]
             for q in range(pw):
-                if relu and not ps[p, q] > zero:
-                    continue
-                code = np.int64(am[p, q])
-                d[top + p * s + code // k, left + q * s + code % k] += gs[p, q]
+                code = np.int64(am[p, q]) - a * k  # column of the maximum if it sits in this row
+                v = gs[p, q] if not relu or ps[p, q] > zero else zero
+                for b in range(k):
+                    seg[q * k + b] = v if b == code else zero
 
 
 @_parallel
 def relu_mask_into(g, y, top, left, dst):
-    """dst = zeros; dst[n, o, top + r, left + q] = g * (y > 0): ReLU's backward into the padded layout."""
+    """dst = zeros; dst[n, o, top + r, left + q] = g * (y > 0): ReLU's backward into the padded layout,
+    each element written once."""
     n_, o_, oh, ow = g.shape
+    hd, wd = dst.shape[2], dst.shape[3]
     zero = dst.dtype.type(0)
     for t in prange(n_ * o_):
         d = dst[t // o_, t % o_]
         gs = g[t // o_, t % o_]
         ys = y[t // o_, t % o_]
-        d[:, :] = zero
-        for r in range(oh):
-            drow = d[top + r, left:]
+        for rr in range(hd):
+            drow = d[rr]
+            r = rr - top
+            if r < 0 or r >= oh:
+                for q in range(wd):
+                    drow[q] = zero
+                continue
+            for q in range(left):
+                drow[q] = zero
+            for q in range(left + ow, wd):
+                drow[q] = zero
+            seg = drow[left:]
             grow = gs[r]
             yrow = ys[r]
             for q in range(ow):
-                drow[q] = grow[q] if yrow[q] > zero else zero
+                seg[q] = grow[q] if yrow[q] > zero else zero
 
 
 # ------------------------------------------------------------------------------------ weight gradient

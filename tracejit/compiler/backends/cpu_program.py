@@ -1,0 +1,250 @@
+"""Whole-segment code generation: maximal runs of nodes the CPU backend can express in Numba become ONE
+generated function, so a step costs one dispatch from Python instead of one per kernel.
+
+Serial loop kernels are inlined into the segment function (one compilation unit compiles faster than
+many small ones); parallel kernels stay separate `parallel=True` functions the segment calls; matmul is
+`np.dot` (BLAS); movement ops are views or copies; index/random ops call `cpu_index` helpers.
+Window ops (their own kernel library) and anything else run as Python steps between segments.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ... import dtypes as D
+from ..ir import Graph, Node
+from .kernel import LoweringError, lower
+
+MAX_BLOCKS = 8  # loop nests per generated segment function
+SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
+          "uniform", "cat", "pad")
+
+
+def renderable(node: Node) -> bool:
+    if node.body is not None:
+        if node.attrs.get("kind") not in ("elementwise", "reduce", "multi"):
+            return False
+        try:
+            members = node.body.nodes if node.attrs["kind"] == "multi" else [node]
+            for m in members:
+                lower(m)
+        except LoweringError:
+            return False
+        return True
+    if node.op.name not in SIMPLE:
+        return False
+    if node.op.name == "matmul" and node.outputs[0].dtype not in (D.float32, D.float64):
+        return False
+    return all(v.type.numel > 0 for v in node.outputs)
+
+
+def _np(dtype) -> str:
+    return {D.float32: "np.float32", D.float64: "np.float64", D.int64: "np.int64", D.bool_: "np.bool_",
+            D.uint8: "np.uint8"}[dtype]
+
+
+def _shape(t) -> str:
+    s = tuple(int(x) for x in t)
+    return repr(s) if len(s) != 1 else f"({s[0]},)"
+
+
+def _three(shape, axis):
+    return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+
+
+class SegmentSource:
+    """Generated module text for one segment, and how to call it."""
+
+    def __init__(self, nodes: list, inputs: list, outputs: list, parallel_min: int, render_multi, render_block,
+                 fastmath: str):
+        self.nodes, self.inputs, self.outputs = nodes, inputs, outputs
+        self.name = {}
+        for i, v in enumerate(inputs):
+            self.name[v.id] = f"in{i}"
+        # value ids known C-contiguous: the caller makes every input contiguous
+        self.contiguous = {v.id for v in inputs}
+        self.fortran = set()  # value ids known F-contiguous (2-D transposes)
+        self.consts: dict[str, str] = {}
+        self.kernels: list[str] = []
+        self.lines: list[str] = []
+        self.parallel_min = parallel_min
+        self.render_multi, self.render_block, self.fastmath = render_multi, render_block, fastmath
+        self.max_gemm_flops = 0.0
+        self.has_parallel = False
+        self._k = 0
+        for n in nodes:
+            self._emit(n)
+
+    def var(self, v) -> str:
+        return self.name[v.id]
+
+    def _def(self, v) -> str:
+        name = f"t{len(self.name)}"
+        self.name[v.id] = name
+        return name
+
+    def _c(self, v) -> str:
+        """An expression for `v` that is C-contiguous."""
+        return self.var(v) if v.id in self.contiguous else f"np.ascontiguousarray({self.var(v)})"
+
+    def _blas(self, v) -> str:
+        return self.var(v) if v.id in self.contiguous or v.id in self.fortran else self._c(v)
+
+    def _alloc(self, v) -> str:
+        name = self._def(v)
+        self.lines.append(f"    {name} = np.empty({_shape(v.shape)}, dtype={_np(v.dtype)})")
+        self.contiguous.add(v.id)
+        return name
+
+    def _emit(self, n: Node):
+        L = self.lines
+        if n.body is not None:
+            return self._emit_loops(n)
+        name, a, out = n.op.name, n.attrs, n.outputs[0]
+        if name == "reshape":
+            L.append(f"    {self._def(out)} = {self._c(n.inputs[0])}.reshape({_shape(out.shape)})")
+            self.contiguous.add(out.id)
+        elif name == "permute":
+            src = self.var(n.inputs[0])
+            if a["dims"] == (1, 0):
+                L.append(f"    {self._def(out)} = {src}.T")
+                if n.inputs[0].id in self.contiguous:
+                    self.fortran.add(out.id)  # BLAS takes a transposed C array without a copy
+            else:
+                L.append(f"    {self._def(out)} = np.transpose({src}, {a['dims']!r})")
+        elif name == "expand":
+            L.append(f"    {self._def(out)} = np.ascontiguousarray(np.broadcast_to({self.var(n.inputs[0])}, "
+                     f"{_shape(out.shape)}))")
+            self.contiguous.add(out.id)
+        elif name == "slice":
+            idx = ", ".join(f"{s}:{e}:{st}" for s, e, st in zip(a["starts"], a["stops"], a["steps"]))
+            L.append(f"    {self._def(out)} = {self.var(n.inputs[0])}[{idx}]")
+        elif name == "full":
+            value = repr(bool(a["value"])) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a['value']!r})"
+            L.append(f"    {self._def(out)} = np.full({_shape(out.shape)}, {value}, dtype={_np(out.dtype)})")
+            self.contiguous.add(out.id)
+        elif name == "matmul":
+            x, w = n.inputs
+            self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * out.type.numel * x.shape[-1])
+            xs, ws = self._blas(x), self._blas(w)
+            o = self._alloc(out)
+            if len(out.shape) == 2:
+                L.append(f"    np.dot({xs}, {ws}, {o})")
+            else:
+                b = math.prod(out.shape[:-2])
+                L.append(f"    _x = np.ascontiguousarray({self.var(x)}).reshape(({b},) + {_shape(x.shape[-2:])})")
+                L.append(f"    _w = np.ascontiguousarray({self.var(w)}).reshape(({b},) + {_shape(w.shape[-2:])})")
+                L.append(f"    _o = {o}.reshape(({b},) + {_shape(out.shape[-2:])})")
+                L.append(f"    for _b in range({b}):")
+                L.append("        np.dot(_x[_b], _w[_b], _o[_b])")
+        elif name == "gather":
+            x, idx = n.inputs
+            ax = a["axis"]
+            o = self._alloc(out)
+            L.append(f"    H.gather3({self._c(x)}.reshape({_three(x.shape, ax)}), "
+                     f"{self._c(idx)}.reshape({_three(idx.shape, ax)}), {o}.reshape({_three(out.shape, ax)}))")
+        elif name == "scatter_add":
+            idx, src = n.inputs
+            ax = a["axis"]
+            o = self._alloc(out)
+            L.append(f"    H.scatter_add3({self._c(idx)}.reshape({_three(idx.shape, ax)}), "
+                     f"{self._c(src)}.reshape({_three(src.shape, ax)}), {o}.reshape({_three(out.shape, ax)}))")
+        elif name == "argmax":
+            x = n.inputs[0]
+            ax = a["axis"]
+            o = self._alloc(out)
+            p, _, q = _three(x.shape, ax)
+            L.append(f"    H.argmax3({self._c(x)}.reshape({_three(x.shape, ax)}), {o}.reshape(({p}, {q})))")
+        elif name == "uniform":
+            o = self._alloc(out)
+            L.append(f"    H.uniform_into({self.var(n.inputs[0])}, {o})")
+        elif name == "cat":
+            parts = ", ".join(self.var(v) for v in n.inputs)
+            L.append(f"    {self._def(out)} = np.ascontiguousarray(np.concatenate(({parts},), axis={a['axis']}))")
+            self.contiguous.add(out.id)
+        elif name == "pad":
+            o = self._alloc(out)
+            fill = repr(bool(a.get("value", 0))) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a.get('value', 0.0)!r})"
+            L.append(f"    {o}[...] = {fill}")
+            idx = ", ".join(f"{lo}:{lo + s}" for (lo, _), s in zip(a["pads"], n.inputs[0].shape))
+            L.append(f"    {o}[{idx}] = {self.var(n.inputs[0])}")
+        else:
+            raise LoweringError(f"{name} has no segment rendering")
+
+    def _emit_loops(self, n: Node):
+        kind = n.attrs["kind"]
+        members = n.body.nodes if kind == "multi" else [n]
+        pos = {v.id: i for i, v in enumerate(n.inputs)}
+        out_names = {}
+        for t, m in enumerate(members):
+            self._k += 1
+            tag = f"{self._k}_"
+            k = lower(m, prefix=f"v{tag}")
+            par = k.numel() >= self.parallel_min
+            loads = [f"{self._c(n.inputs[pos[m.inputs[a.source].id]])}.reshape({_shape(a.shape)})"
+                     for a in k.loads]
+            outs = []
+            for r in k.results:
+                v = m.outputs[r.array.source]
+                if v.id not in out_names:
+                    out_names[v.id] = self._alloc(v)
+                outs.append(f"{out_names[v.id]}.reshape({_shape(r.array.shape)})")
+            if par:
+                self.has_parallel = True
+                fname = f"kernel_{self._k}"
+                src = self.render_multi([k], fname, [True])
+                self.kernels.append(src)
+                self.lines.append(f"    {fname}({', '.join(loads + outs)})")
+            else:
+                A, O, block = self.render_block(k, tag, False, self.consts)
+                for name, expr in zip(A + O, loads + outs):
+                    self.lines.append(f"    {name} = {expr}")
+                self.lines.extend(block)
+
+    def source(self) -> str:
+        head = [f"{c} = {v}" for c, v in self.consts.items()]
+        args = ", ".join(f"in{i}" for i in range(len(self.inputs)))
+        rets = ", ".join(self.var(v) for v in self.outputs)
+        body = [f"@numba.njit(fastmath={self.fastmath}, error_model='numpy', cache=True)",
+                f"def segment({args}):"] + self.lines + [f"    return ({rets}{',' if len(self.outputs) == 1 else ''})"]
+        return "\n".join(head + [""] + self.kernels + [""] + body) + "\n"
+
+
+def split_segments(g: Graph, native) -> list:
+    """Group the graph's nodes into [('segment', [nodes]) | ('node', node)] in order.
+
+    `native(node)` says a node has its own (non-segment) step, e.g. a window kernel."""
+    out: list = []
+    run: list = []
+    blocks = 0
+    for n in g.nodes:
+        if renderable(n) and not native(n):
+            loops = len(n.body.nodes) if n.body is not None and n.attrs["kind"] == "multi" else int(n.body is not None)
+            if run and blocks + loops > MAX_BLOCKS:  # bound the function size: LLVM time grows faster than linear
+                out.append(("segment", run))
+                run, blocks = [], 0
+            run.append(n)
+            blocks += loops
+            continue
+        blocks = 0
+        if run:
+            out.append(("segment", run))
+            run = []
+        out.append(("node", n))
+    if run:
+        out.append(("segment", run))
+    return out
+
+
+def segment_io(nodes: list, later_reads: set, graph_outputs: set) -> tuple:
+    """(inputs defined outside, outputs read after the segment or returned), in first-use/definition order."""
+    defined, inputs, seen = set(), [], set()
+    for n in nodes:
+        for v in n.inputs:
+            if v.id not in defined and v.id not in seen:
+                seen.add(v.id)
+                inputs.append(v)
+        for v in n.outputs:
+            defined.add(v.id)
+    outputs = [v for n in nodes for v in n.outputs if v.id in later_reads or v.id in graph_outputs]
+    return inputs, outputs
