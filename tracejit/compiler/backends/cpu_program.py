@@ -164,7 +164,8 @@ class SegmentSource:
             self.contiguous.add(out.id)
         elif name == "pad":
             o = self._alloc(out)
-            fill = repr(bool(a.get("value", 0))) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a.get('value', 0.0)!r})"
+            value = a.get("value", 0.0)
+            fill = repr(bool(value)) if out.dtype is D.bool_ else f"{_np(out.dtype)}({value!r})"
             L.append(f"    {o}[...] = {fill}")
             idx = ", ".join(f"{lo}:{lo + s}" for (lo, _), s in zip(a["pads"], n.inputs[0].shape))
             L.append(f"    {o}[{idx}] = {self.var(n.inputs[0])}")
@@ -176,7 +177,7 @@ class SegmentSource:
         members = n.body.nodes if kind == "multi" else [n]
         pos = {v.id: i for i, v in enumerate(n.inputs)}
         out_names = {}
-        for t, m in enumerate(members):
+        for m in members:
             self._k += 1
             tag = f"{self._k}_"
             k = lower(m, prefix=f"v{tag}")
