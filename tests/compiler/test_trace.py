@@ -341,6 +341,51 @@ def test_interleaved_train_and_eval_functions_share_the_model_state():
     assert len(train_c.history) == 1 and len(eval_c.history) == 1
 
 
+def test_gradient_accumulation_across_compiled_calls_with_eager_step():
+    """Compiled forward+backward only; optimizer step and zero_grad eagerly every second call."""
+    def build():
+        model = MLP()
+        return model, tracejit.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def make(model):
+        def forward_backward(x, y):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        return forward_backward
+
+    (m_e, o_e), (m_c, o_c) = twin(build)
+    data = batches(6, (6, 8), (6, 4))
+    losses = []
+    for model, opt, fb in ((m_e, o_e, make(m_e)), (m_c, o_c, compile_ref(make(m_c)))):
+        out = []
+        for i, (x, y) in enumerate(data):
+            out.append(fb(x, y))
+            if i % 2 == 1:
+                opt.step()
+                model.zero_grad()
+        losses.append(out)
+    assert_same_values(*losses)
+    assert_same_state(snapshot(m_e, o_e), snapshot(m_c, o_c))
+
+
+def test_explicit_generator_state_is_graph_state():
+    def make(gen):
+        def noisy(x):
+            return x * tracejit.rand(3, generator=gen)
+        return noisy
+
+    g_e, g_c = tracejit.Generator().manual_seed(3), tracejit.Generator().manual_seed(3)
+    f_e, f_c = make(g_e), compile_ref(make(g_c))
+    x = tracejit.ones(3)
+    outs_e = [f_e(x) for _ in range(3)]
+    outs_c = [f_c(x) for _ in range(3)]
+    assert_same_values(outs_e, outs_c)
+    assert not np.array_equal(outs_c[0].numpy(), outs_c[1].numpy())
+    assert np.array_equal(g_e.state.numpy(), g_c.state.numpy()) and g_c.state.numpy()[1] == 9
+    assert "{state: gen}" in f_c.ir("traced") and len(f_c.history) == 1
+
+
 def test_inference_under_no_grad_compiles_and_equals_eager():
     tracejit.manual_seed(0)
     model = LeNet()
