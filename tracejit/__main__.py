@@ -86,6 +86,12 @@ def cmd_info(ns) -> int:
     return 0
 
 
+def cmd_report(ns) -> int:
+    from tracejit import report
+
+    return report.run_command(ns)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tracejit", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -95,14 +101,18 @@ def main(argv=None) -> int:
     d.add_argument("script")
     d.add_argument("args", nargs=argparse.REMAINDER)
     d.set_defaults(fn=cmd_dump)
+    r = sub.add_parser("report", help="run a script and write one self-contained HTML page about what it compiled")
+    r.add_argument("-o", "--out", help="HTML file (default tracejit_report.html); may also come last, after the "
+                   "script's arguments")
+    r.add_argument("--repeat", type=int, default=5, help="timed runs per step and per kernel profile (default 5)")
+    r.add_argument("script")
+    r.add_argument("args", nargs=argparse.REMAINDER)
+    r.set_defaults(fn=cmd_report)
     i = sub.add_parser("info", help="versions, threads, kernel cache, CUDA")
     i.set_defaults(fn=cmd_info)
-    try:
-        from benchmarks import cli as bench_cli  # noqa: F401  (present in a source checkout)
+    from tracejit.bench import cli as bench_cli
 
-        bench_cli.add_parser(sub)
-    except ImportError:
-        pass
+    bench_cli.add_parser(sub)
     ns = p.parse_args(argv)
     return ns.fn(ns)
 

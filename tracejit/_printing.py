@@ -112,9 +112,11 @@ def _add_suffixes(text: str, suffixes, indent: int) -> str:
 
 
 def tensor_repr(t) -> str:
-    from .tensor import _concrete_or_none
+    from .tensor import _concrete_or_none, current_tracer
 
     prefix = "tensor("
+    if current_tracer() is not None:
+        t._concrete("printing a tensor's values")  # raises TraceError naming the user's line
     arr = _concrete_or_none(t)
     suffixes = []
     if arr is None:

@@ -357,7 +357,10 @@ class Tensor:
         return self
 
     def clone(self):
-        return apply(OPS["reshape"], self, shape=tuple(self.shape))
+        out = apply(OPS["reshape"], self, shape=tuple(self.shape))
+        if isinstance(out._box.value, np.ndarray):
+            out._box.value = out._box.value.copy()  # a real copy: compiled steps may update arrays in place
+        return out
 
     def contiguous(self):
         return self
@@ -875,7 +878,7 @@ class Tensor:
     def copy_(self, src):
         if not isinstance(src, Tensor):
             src = tensor(src)
-        return self._inplace(lambda s: src.to(self.dtype).expand(tuple(self.shape)), "copy_")
+        return self._inplace(lambda s: src.to(self.dtype).expand(tuple(self.shape)).clone(), "copy_")
 
     def uniform_(self, a=0.0, b=1.0, generator=None):
         from .random import rand

@@ -46,15 +46,15 @@ class Variant:
     def __init__(self, **kw):
         self.__dict__.update(kw)
 
-    def guard_failure(self) -> str | None:
-        why = self.state_guard.check()
+    def guard_failure(self, args) -> str | None:
+        why = self.state_guard.check(args)
         if why:
             return why
         for b, t in self.box_guards:
             if b.kind == "box":
                 if b.ref.type != t:
                     return f"{b.name} changed type from {t} to {b.ref.type}"
-            elif b.kind == "grad" and (b.ref._grad is None or b.ref._grad._box.type != t):
+            elif b.kind == "grad" and (b.ref.get(args)._grad is None or b.ref.get(args)._grad._box.type != t):
                 return f"{b.name} is missing or changed type"
         return None
 
@@ -94,6 +94,7 @@ class CompiledFunction:
         self.eager_calls = 0
         self.log: list[str] = []
         self._warned = set()
+        self._last: Variant | None = None
         try:
             self._sig = inspect.signature(fn)
             self._names = [p for p in self._sig.parameters]
@@ -102,7 +103,7 @@ class CompiledFunction:
 
     # ---- calling
     def _bind(self, args, kwargs):
-        if kwargs and self._sig is not None:
+        if self._sig is not None and (kwargs or len(args) < len(self._names)):
             ba = self._sig.bind(*args, **kwargs)
             ba.apply_defaults()
             return tuple(ba.args) + tuple(ba.kwargs.values())
@@ -113,6 +114,8 @@ class CompiledFunction:
 
     def _key(self, args):
         keys = []
+        first_of: dict[int, int] = {}
+        aliases = []  # the same storage passed twice is traced as one input: it must stay so
         for i, a in enumerate(args):
             k = _arg_key(a)
             if k is None:
@@ -121,7 +124,9 @@ class CompiledFunction:
                                 f"functions take tracejit tensors (use tracejit.from_numpy / tracejit.tensor), "
                                 f"numbers and other hashable values")
             keys.append(k)
-        return (autograd._grad_enabled, tuple(keys))
+            if k[0] == "T":
+                aliases.append(first_of.setdefault(id(a._box), i))
+        return (autograd._grad_enabled, tuple(keys), tuple(aliases))
 
     def __call__(self, *args, **kwargs):
         args = self._bind(args, kwargs)
@@ -131,7 +136,7 @@ class CompiledFunction:
         if key in self.eager_keys:
             return self.fn(*args)
         for v in self.variants.get(key, ()):
-            if v.guard_failure() is None:
+            if v.guard_failure(args) is None:
                 return self._run(v, args)
         return self._compile_and_run(args, key)
 
@@ -140,11 +145,12 @@ class CompiledFunction:
         outs = v.program.run(arrays)
         # write state back only now that the whole call succeeded
         for b, idx in v.writes:
-            box = b.ref if b.kind == "box" else (args[b.ref]._box if b.kind == "arg" else b.ref._grad._box)
+            box = b.ref if b.kind == "box" else (args[b.ref]._box if b.kind == "arg" else b.ref.get(args)._grad._box)
             box.value = outs[idx]
             box.version += 1
-        for owner, idx, _ in v.grad_sets:
-            owner._grad = None if idx is None else T.Tensor._make(outs[idx], v.out_types[idx])
+        for ref, idx, _ in v.grad_sets:
+            ref.get(args)._grad = None if idx is None else T.Tensor._make(outs[idx], v.out_types[idx])
+        self._last = v
         leaves = [T.Tensor._make(outs[i], v.out_types[i]) for i in range(v.n_returns)]
         return unflatten(v.structure, leaves)
 
@@ -152,15 +158,17 @@ class CompiledFunction:
     def _why_new(self, args, key) -> str:
         if not self.history:
             return "first call"
-        last = self.history[-1]
+        last = self._last or self.history[-1]  # the variant the previous call ran
         if last.key == key:
-            return last.guard_failure() or "guards changed"
+            return last.guard_failure(args) or "guards changed"
         if last.key[0] != key[0]:
             return f"grad mode changed to {'enabled' if key[0] else 'disabled'}"
         for i, (a, b) in enumerate(zip(last.key[1], key[1])):
             if a != b:
                 return (f"argument {i} ({self._arg_name(i)!r}) changed from {last.arg_desc[i]} to "
                         f"{describe_arg(args[i])}")
+        if last.key[2] != key[2]:
+            return "tensor arguments now share storage differently"
         return "argument count changed"
 
     def compile_variant(self, args, key=None) -> Variant | None:
@@ -179,7 +187,7 @@ class CompiledFunction:
             if self.fallback == "eager":
                 if str(e) not in self._warned:
                     self._warned.add(str(e))
-                    warnings.warn(f"{self.__name__} runs eagerly: {e}", FallbackWarning, stacklevel=3)
+                    warnings.warn(f"{self.__name__} runs eagerly: {e}", FallbackWarning, stacklevel=4)
                 self.eager_keys.add(key)
                 return None
             raise
@@ -251,7 +259,7 @@ class CompiledFunction:
         if len(self.history) > self.cache_limit:
             warnings.warn(f"{self.__name__} has been compiled {len(self.history)} times (cache_limit="
                           f"{self.cache_limit}); last recompile because {variant.reason}. Keep shapes, "
-                          f"dtypes and Python arguments fixed between calls", RecompileWarning, stacklevel=3)
+                          f"dtypes and Python arguments fixed between calls", RecompileWarning, stacklevel=4)
             if len(live) > self.cache_limit:
                 oldest = min(live, key=lambda v: v.number)
                 self.variants[oldest.key].remove(oldest)
@@ -309,7 +317,7 @@ def explain(fn, *args, **kwargs) -> Explanation:
     cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
     args = cf._bind(args, kwargs)
     key = cf._key(args)
-    variant = next((v for v in cf.variants.get(key, ()) if v.guard_failure() is None), None)
+    variant = next((v for v in cf.variants.get(key, ()) if v.guard_failure(args) is None), None)
     if variant is None:
         variant = cf.compile_variant(args, key)
         if variant is None:

@@ -280,6 +280,8 @@ def _parse_block(lines, i, env, ops):
             rest, meta_text = rest.split("{", 1)
             meta = _parse_meta(meta_text.rstrip("} "))
         v = Value(parse_type(rest), name.strip().lstrip("%"))
+        if v.name in env:
+            raise ValueError(f"line {i + 1}: %{v.name} is defined twice")
         env[v.name] = v
         g.inputs.append(v)
         g.input_meta[v.id] = meta
@@ -312,6 +314,8 @@ def _parse_block(lines, i, env, ops):
         for o in _split_top(outs_text):
             name, t = o.split(":", 1)
             v = Value(parse_type(t), name.strip().lstrip("%"))
+            if v.name in env:
+                raise ValueError(f"line {i + 1}: %{v.name} is defined twice")
             env[v.name] = v
             outs.append(v)
         body = None

@@ -169,22 +169,26 @@ class StateIndex:
 class StateGuard:
     """Module train/eval flags, `.grad` presence where the trace looked at it, optimizer settings."""
 
-    __slots__ = ("modules", "training", "params", "has_grad", "optimizers", "hyper")
+    __slots__ = ("modules", "training", "idents", "params", "has_grad", "optimizers", "hyper")
 
     def __init__(self, modules, grad_guards, optimizers):
         self.modules = modules
         self.training = [m.training for m in modules]
+        self.idents = [_ident(m) for m in modules]
         self.params = [t for t, _ in grad_guards]
         self.has_grad = [had for _, had in grad_guards]
         self.optimizers = [opt for _, opt in optimizers]
         self.hyper = [_hyper(o) for o in self.optimizers]
 
-    def check(self) -> str | None:
+    def check(self, args) -> str | None:
         """None when everything matches, else a sentence saying what changed."""
-        for m, t in zip(self.modules, self.training):
+        for m, t, ident in zip(self.modules, self.training, self.idents):
             if m.training != t:
                 return f"{type(m).__name__} switched to {'train' if m.training else 'eval'} mode"
-        for p, h in zip(self.params, self.has_grad):
+            if _ident(m) != ident:
+                return f"a parameter or buffer of {type(m).__name__} was replaced by another tensor"
+        for ref, h in zip(self.params, self.has_grad):
+            p = ref.get(args)
             if (p._grad is not None) != h:
                 return (f"a tensor of shape {list(p.shape)} {'now has' if not h else 'no longer has'} "
                         f"a .grad")
@@ -192,6 +196,11 @@ class StateGuard:
             if _hyper(o) != h:
                 return f"{type(o).__name__} hyperparameters or state changed"
         return None
+
+
+def _ident(m) -> tuple:
+    """Which tensor objects a module holds directly (replacing one must retrace: the trace is bound to it)."""
+    return tuple(map(id, m._parameters.values())) + tuple(map(id, m._buffers.values()))
 
 
 def _hyper(opt):

@@ -22,13 +22,25 @@ from .state import StateIndex
 T = sys.modules["tracejit.tensor"]
 
 
+class TensorRef:
+    """A tensor the compiled call must find again: the argument at a position, or a captured tensor."""
+
+    __slots__ = ("tensor", "arg")
+
+    def __init__(self, tensor, arg: int | None = None):
+        self.tensor, self.arg = tensor, arg
+
+    def get(self, args):
+        return self.tensor if self.arg is None else args[self.arg]
+
+
 class Binding:
     """Where a graph input comes from on each call (and where a write-back goes)."""
 
     __slots__ = ("kind", "ref", "name")
 
     def __init__(self, kind: str, ref, name: str):
-        self.kind = kind  # 'arg' (ref = arg index), 'box' (ref = Box), 'grad' (ref = owner Tensor), 'const'
+        self.kind = kind  # 'arg' (ref = arg index), 'box' (ref = Box), 'grad' (ref = owner TensorRef), 'const'
         self.ref = ref
         self.name = name
 
@@ -39,7 +51,7 @@ class Binding:
         if k == "arg":
             return args[self.ref]._box.value
         if k == "grad":
-            return self.ref._grad._box.value
+            return self.ref.get(args)._grad._box.value
         return self.ref  # const array
 
     def __repr__(self):
@@ -66,6 +78,7 @@ class Tracer:
         self.grad_sets: dict[int, tuple] = {}
         self.modules_called: dict[int, object] = {}
         self.grad_first_access: dict[int, tuple] = {}
+        self.arg_of: dict[int, int] = {}  # id(argument tensor) -> position
 
     # ---- hooks called from tensor.py
     def add_node(self, op, inputs, attrs, out_type: TensorType) -> Value:
@@ -101,8 +114,12 @@ class Tracer:
         # the trace depends on whether .grad existed only if it was looked at before being assigned
         self.grad_first_access.setdefault(id(t), (t, "get", t._grad is not None))
 
+    def ref(self, t) -> TensorRef:
+        """Arguments are found by position on later calls; captured tensors by identity."""
+        return TensorRef(t, self.arg_of.get(id(t)))
+
     def grad_guards(self) -> list:
-        return [(t, had) for t, kind, had in self.grad_first_access.values() if kind == "get"]
+        return [(self.ref(t), had) for t, kind, had in self.grad_first_access.values() if kind == "get"]
 
     def on_module_call(self, module) -> None:
         self.modules_called[id(module)] = module
@@ -111,6 +128,7 @@ class Tracer:
     consts: list
 
     def lift_arg(self, t, index: int, name: str) -> None:
+        self.arg_of.setdefault(id(t), index)
         box = t._box
         if id(box) in self.lifted:
             return
@@ -125,7 +143,7 @@ class Tracer:
             raise TraceError(f"cannot trace a tensor holding {type(box.value).__name__}")
         owner = self.state.grad_owner(box)
         if owner is not None:
-            binding = Binding("grad", owner, self.state.name_or_new(owner._box) + ".grad")
+            binding = Binding("grad", self.ref(owner), self.state.name_or_new(owner._box) + ".grad")
         else:
             binding = Binding("box", box, self.state.name_or_new(box))
         v = self.builder.add_input(box.type, {"state": binding.name})
@@ -154,9 +172,9 @@ class Tracer:
                 continue
             name = self.state.name_or_new(t._box) + ".grad"
             if final is None:
-                grad_sets.append((t, None, name))
+                grad_sets.append((self.ref(t), None, name))
             else:
-                grad_sets.append((t, len(b.graph.outputs), name))
+                grad_sets.append((self.ref(t), len(b.graph.outputs), name))
                 b.add_output(self.value_of(final), name)
         return structure, writes, grad_sets
 

@@ -222,8 +222,12 @@ class KernelStep:
     """Runs one Numba function holding one or more loop kernels: reshape inputs (free views), allocate
     outputs, call it. `parts` = (member node, LoopKernel, member-input -> step-input index map)."""
 
-    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool):
+    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, owned: dict | None = None):
         self.node, self.fn, self.source, self.hit = node, fn, source, hit
+        # (output position, input position) pairs memory_plan allows to share a buffer, honoured only for
+        # arrays this program produced itself last call (`owned`): a user's array is never written into
+        self.inplace = node.attrs.get("inplace", ()) if owned is not None else ()
+        self.owned = owned
         out_pos = {v.id: i for i, v in enumerate(node.outputs)}
         self.loads, self.outs, order = [], [], []
         for member, k, in_map in parts:
@@ -238,6 +242,10 @@ class KernelStep:
     def __call__(self, args):
         ins = [_c(args[src]).reshape(shape) for src, shape in self.loads]
         outs = [np.empty(shape, dtype) for shape, dtype, _ in self.outs]
+        for oi, ii in self.inplace:
+            a = args[ii]
+            if self.owned.get(id(a)) is a:
+                outs[self.out_order[oi]] = a
         views = [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.first_call_s is None:
             t0 = time.perf_counter()
@@ -253,6 +261,18 @@ def _c(a):
 
 
 class CpuProgram(Program):
+    owned: dict
+
+    def run(self, inputs: list) -> list:
+        outs = super().run(inputs)
+        counts: dict[int, int] = {}
+        for a in outs:
+            counts[id(a)] = counts.get(id(a), 0) + 1
+        # arrays handed out exactly once (each becomes one tensor's storage) may be updated in place next call
+        self.owned.clear()
+        self.owned.update((id(a), a) for a in outs if counts[id(a)] == 1 and isinstance(a, np.ndarray))
+        return outs
+
     def describe(self) -> str:
         steps = [s for s, *_ in self.plan]
         segs = [s for s in steps if isinstance(s, SegmentStep)]
@@ -309,6 +329,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
     fallbacks: list[str] = []
     counter = [0]
     t_render = [0.0]
+    owned: dict = {}
 
     def make_step(node: Node):
         kind = node.attrs.get("kind") if node.body is not None else None
@@ -335,13 +356,14 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
         counter[0] += 1
         if dumper:
             dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
-        return KernelStep(node, parts, fn, src, hit)
+        return KernelStep(node, parts, fn, src, hit, owned if kind == "multi" else None)
 
     if not segments:
         prog = CpuProgram(graph, make_step)
     else:
         prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render))
     prog.fallbacks = fallbacks
+    prog.owned = owned
     if timings is not None:
         timings["render+load"] = t_render[0]
     return prog

@@ -79,12 +79,26 @@ def pad_into(src, top, left, sh, sw, dst):
 
 # ------------------------------------------------------------------------------------ conv accumulate
 @_serial
-def _acc_pair(xf, wa, wb, pitch, dh, dw, acc_a, acc_b):
-    """acc_a/b[q] += sum over taps (i, j) of wa/wb[i, j] * xf[q + i*dh*pitch + j*dw] for q < len(acc_a).
+def _row_span(i, dh, band_lo, band_hi, pitch, oh, ow):
+    """[start, stop) of the flat output run that kernel row i reads from input rows [band_lo, band_hi)
+    (the rows that are not zero padding): skipping the rest saves up to half the work of a full
+    correlation (the input gradient of an unpadded 5x5 conv)."""
+    r0 = max(0, band_lo - i * dh)
+    r1 = min(oh, band_hi - i * dh)
+    if r1 <= r0:
+        return 0, 0
+    return r0 * pitch, (r1 - 1) * pitch + ow
+
+
+@_serial
+def _acc_pair(xf, wa, wb, pitch, dh, dw, oh, ow, band_lo, band_hi, acc_a, acc_b):
+    """acc_a/b[q] += sum over taps (i, j) of wa/wb[i, j] * xf[q + i*dh*pitch + j*dw], q < (oh-1)*pitch + ow.
 
     Two output channels share every input load (the loads, not the FMAs, bound this loop); 3x3 sums all
-    nine taps per store and kw 3/5 the taps of one kernel row, so acc is loaded and stored once per group."""
-    L = acc_a.shape[0]
+    nine taps per store and kw 3/5 the taps of one kernel row, so acc is loaded and stored once per group.
+    Every loop indexes views by its bare counter: `xf[off + q]` would make Numba's negative-index
+    wraparound turn the loads into gathers (11.5 ms instead of 1.6 ms for LeNet's first layer)."""
+    L = (oh - 1) * pitch + ow
     kh, kw = wa.shape
     if kh == 3 and kw == 3:
         r = dh * pitch
@@ -101,37 +115,37 @@ def _acc_pair(xf, wa, wb, pitch, dh, dw, acc_a, acc_b):
                          + a6 * y6 + a7 * y7 + a8 * y8)
             acc_b[q] += (b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3 + b4 * y4 + b5 * y5
                          + b6 * y6 + b7 * y7 + b8 * y8)
-    elif kw == 5:
-        for i in range(kh):
-            x0 = xf[i * dh * pitch:]
+        return
+    for i in range(kh):
+        start, stop = _row_span(i, dh, band_lo, band_hi, pitch, oh, ow)
+        x0 = xf[i * dh * pitch + start:]
+        ya = acc_a[start:]
+        yb = acc_b[start:]
+        m = stop - start
+        if kw == 5:
             x1, x2, x3, x4 = x0[dw:], x0[2 * dw:], x0[3 * dw:], x0[4 * dw:]
             a0, a1, a2, a3, a4 = wa[i, 0], wa[i, 1], wa[i, 2], wa[i, 3], wa[i, 4]
             b0, b1, b2, b3, b4 = wb[i, 0], wb[i, 1], wb[i, 2], wb[i, 3], wb[i, 4]
-            for q in range(L):
+            for q in range(m):
                 y0, y1, y2, y3, y4 = x0[q], x1[q], x2[q], x3[q], x4[q]
-                acc_a[q] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3 + a4 * y4
-                acc_b[q] += b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3 + b4 * y4
-    elif kw == 3:
-        for i in range(kh):
-            x0 = xf[i * dh * pitch:]
+                ya[q] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3 + a4 * y4
+                yb[q] += b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3 + b4 * y4
+        elif kw == 3:
             x1, x2 = x0[dw:], x0[2 * dw:]
             a0, a1, a2 = wa[i, 0], wa[i, 1], wa[i, 2]
             b0, b1, b2 = wb[i, 0], wb[i, 1], wb[i, 2]
-            for q in range(L):
+            for q in range(m):
                 y0, y1, y2 = x0[q], x1[q], x2[q]
-                acc_a[q] += a0 * y0 + a1 * y1 + a2 * y2
-                acc_b[q] += b0 * y0 + b1 * y1 + b2 * y2
-    else:
-        for i in range(kh):
+                ya[q] += a0 * y0 + a1 * y1 + a2 * y2
+                yb[q] += b0 * y0 + b1 * y1 + b2 * y2
+        else:
             for j in range(kw):
-                # a view starting at the tap: indexing by the bare loop counter keeps the loads affine
-                # (xf[off + q] makes Numba's negative-index wraparound turn them into gathers)
-                xs = xf[i * dh * pitch + j * dw:]
+                xs = x0[j * dw:]
                 va, vb = wa[i, j], wb[i, j]
-                for q in range(L):
+                for q in range(m):
                     y = xs[q]
-                    acc_a[q] += va * y
-                    acc_b[q] += vb * y
+                    ya[q] += va * y
+                    yb[q] += vb * y
 
 
 @_serial
@@ -229,10 +243,11 @@ def _epilogue(acc, pitch, bias, o, relu, pool_k, pool_s, out, argmax, n):
 
 # ------------------------------------------------------------------------------------ conv kernels
 @_parallel
-def conv_s1_kernel(xp, w, bias, oh, ow, dh, dw, groups, relu, pool_k, pool_s, out, argmax):
+def conv_s1_kernel(xp, w, bias, oh, ow, dh, dw, groups, band_lo, band_hi, relu, pool_k, pool_s, out, argmax):
     """Stride-1 conv of the padded input xp [N, C, Hp, Wp] (padding already applied) with w [O, C/g, kh, kw],
     + bias (length O, or empty), ReLU if `relu`, then a pool_k x pool_s max pool with argmax (pool_k > 0) or
-    the plain [N, O, oh, ow] output. One task per (image, pair of output channels)."""
+    the plain [N, O, oh, ow] output. Rows outside [band_lo, band_hi) of xp must be zero (padding) and are
+    skipped where the loop structure allows. One task per (image, pair of output channels)."""
     n_, c_, hp, wp = xp.shape
     o_, cg, kh, kw = w.shape
     og = o_ // groups
@@ -250,7 +265,8 @@ def conv_s1_kernel(xp, w, bias, oh, ow, dh, dw, groups, relu, pool_k, pool_s, ou
         acc_a = np.zeros(L, xp.dtype)
         acc_b = np.zeros(L, xp.dtype)
         for c in range(cg):
-            _acc_pair(x2[n * c_ + g * cg + c], w[oa, c], w[ob, c], wp, dh, dw, acc_a, acc_b)
+            _acc_pair(x2[n * c_ + g * cg + c], w[oa, c], w[ob, c], wp, dh, dw, oh, ow, band_lo, band_hi,
+                      acc_a, acc_b)
         _epilogue(acc_a, wp, bias, oa, relu, pool_k, pool_s, out, argmax, n)
         if ob != oa:
             _epilogue(acc_b, wp, bias, ob, relu, pool_k, pool_s, out, argmax, n)
@@ -259,7 +275,7 @@ def conv_s1_kernel(xp, w, bias, oh, ow, dh, dw, groups, relu, pool_k, pool_s, ou
 @_parallel
 def conv_strided_kernel(xp, w, bias, oh, ow, sh, sw, dh, dw, groups, relu, pool_k, pool_s, out, argmax):
     """conv_s1_kernel for any stride (slower: strided loads); one task per (image, output channel)."""
-    n_, c_ = xp.shape[0], xp.shape[1]
+    n_ = xp.shape[0]
     o_, cg = w.shape[0], w.shape[1]
     og = o_ // groups
     for t in prange(n_ * o_):
@@ -404,8 +420,8 @@ def _bias_arg(bias, o: int, dtype, name: str) -> np.ndarray:
 def _conv(x, w, bias, out, argmax, stride, padding, dilation, groups, relu, pool_k, pool_s, oh, ow):
     xp = padded_input(x, padding)
     if stride == (1, 1):
-        conv_s1_kernel(xp, w, bias, oh, ow, dilation[0], dilation[1], groups, relu, pool_k, pool_s, out,
-                       argmax)
+        conv_s1_kernel(xp, w, bias, oh, ow, dilation[0], dilation[1], groups, padding[0], padding[0] + x.shape[2],
+                       relu, pool_k, pool_s, out, argmax)
     else:
         conv_strided_kernel(xp, w, bias, oh, ow, stride[0], stride[1], dilation[0], dilation[1], groups,
                             relu, pool_k, pool_s, out, argmax)

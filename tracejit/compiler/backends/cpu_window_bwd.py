@@ -346,8 +346,10 @@ class _Geometry:
 
 
 def _grad_input_from(G, w, out_dx, geo: _Geometry, groups: int) -> None:
+    # G is zero outside rows [top, top + oh) (clipped when top < 0: cropped rows are gone)
+    band_lo, band_hi = max(geo.top, 0), min(geo.top + (geo.oh - 1) * geo.stride[0] + 1, geo.hg)
     conv_s1_kernel(G, _flipped_weight(w, groups), np.zeros(0, w.dtype), geo.h, geo.w, geo.dilation[0],
-                   geo.dilation[1], groups, False, 0, 1, out_dx, _NO_ARGMAX)
+                   geo.dilation[1], groups, band_lo, band_hi, False, 0, 1, out_dx, _NO_ARGMAX)
 
 
 def _grad_weight_from(x, G, out_dw, out_db, geo: _Geometry, groups: int) -> None:

@@ -10,6 +10,7 @@ from .dce import dce
 from .fuse_elementwise import fuse_elementwise
 from .fuse_optimizer import fuse_optimizer
 from .fuse_window import fuse_window
+from .memory_plan import memory_plan
 from .simplify import simplify
 
 PIPELINE = [
@@ -22,6 +23,7 @@ PIPELINE = [
     fuse_elementwise,
     dce,
     fuse_optimizer,
+    memory_plan,
 ]
 
 

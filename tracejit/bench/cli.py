@@ -1,0 +1,105 @@
+"""`python -m tracejit bench` (eager vs compiled vs peers) and `python -m tracejit ops` (the op table).
+
+    python -m tracejit bench --peers --json out.json     # all workloads, all modes, PyTorch/JAX too
+    python -m tracejit bench --workloads lenet --modes eager,cpu --passes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .harness import LOAD_THRESHOLD, format_table, plot, run_benchmarks
+from .peers import PEERS
+from .workloads import TRACEJIT_MODES, WORKLOADS
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_parser(sub) -> None:
+    """Register the `bench` and `ops` subcommands on an argparse subparsers object."""
+    b = sub.add_parser("bench", help="time training steps: eager vs compiled (and PyTorch/JAX with --peers)",
+                       description=__doc__.split("\n")[0])
+    b.add_argument("--workloads", type=_csv, default=list(WORKLOADS),
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    b.add_argument("--modes", type=_csv, default=list(TRACEJIT_MODES),
+                   help=f"comma-separated tracejit modes {','.join(TRACEJIT_MODES)} (default: all; cuda is "
+                        f"skipped without a GPU) and/or peers {','.join(PEERS)}")
+    b.add_argument("--peers", action="store_true", help=f"also run {', '.join(PEERS)} where installed")
+    b.add_argument("--passes", type=int, default=3, help="timed passes over all modes (default 3)")
+    b.add_argument("--reps", type=int, default=None,
+                   help="calls per timed loop (default: enough for ~0.5 s, 5 to 200)")
+    b.add_argument("--json", metavar="PATH", help="write the machine-readable report here")
+    b.add_argument("--plot", metavar="PATH", help="write a bar chart (needs matplotlib: tracejit[plot])")
+    b.add_argument("--quick", action="store_true", help="tiny sizes, 1 pass, 3 reps (for tests)")
+    b.add_argument("--no-warm-probe", action="store_true",
+                   help="skip the fresh-process measurement of compile time with a warm cache")
+    b.add_argument("--cache-dir", help="compile caches here instead of a fresh temporary directory "
+                                       "(then 'compile cold' is not cold)")
+    b.add_argument("--load-threshold", type=float, default=LOAD_THRESHOLD,
+                   help=f"flag results when other processes used more than this CPU share "
+                        f"(default {LOAD_THRESHOLD})")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(fn=cmd_bench)
+    o = sub.add_parser("ops", help="list the primitive ops of the op table (markdown)")
+    o.set_defaults(fn=cmd_ops)
+
+
+def cmd_bench(ns) -> int:
+    modes = list(ns.modes) + (list(PEERS) if ns.peers else [])
+    unknown = [m for m in modes if m not in TRACEJIT_MODES + PEERS] + \
+              [w for w in ns.workloads if w not in WORKLOADS]
+    if unknown:
+        print(f"tracejit bench: unknown workload or mode {', '.join(unknown)}; workloads: "
+              f"{', '.join(WORKLOADS)}; modes: {', '.join(TRACEJIT_MODES + PEERS)}", file=sys.stderr)
+        return 2
+    passes = 1 if ns.quick and ns.passes == 3 else ns.passes
+    argv = getattr(ns, "argv", None) or sys.argv[1:]  # set by main(); else `python -m tracejit bench ...`
+    command = "python -m tracejit " + " ".join(argv) if argv[:1] == ["bench"] else None
+    report = run_benchmarks(ns.workloads, modes, passes=passes, reps=ns.reps, quick=ns.quick,
+                            progress=not ns.no_progress, warm_probe=not ns.no_warm_probe,
+                            cache_dir=ns.cache_dir, load_threshold=ns.load_threshold, command=command)
+    print(format_table(report))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report written to {ns.json}")
+    if ns.plot:
+        err = plot(report, ns.plot)
+        print(err if err else f"chart written to {ns.plot}", file=sys.stderr if err else sys.stdout)
+    return 0
+
+
+def op_list() -> str:
+    """The primitive ops from `tracejit.OPS` as a markdown table (the README's op list)."""
+    from .. import OPS
+
+    lines = ["| op | kind | gradient | note |", "| --- | --- | --- | --- |"]
+    for name, op in OPS.items():
+        grad = "yes" if op.grad is not None else "-"
+        lines.append(f"| `{name}` | {op.kind.value} | {grad} | {op.doc.split(';')[0]} |")
+    kinds: dict[str, int] = {}
+    for op in OPS.values():
+        kinds[op.kind.value] = kinds.get(op.kind.value, 0) + 1
+    lines.append("")
+    lines.append(f"{len(OPS)} primitives (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
+    return "\n".join(lines)
+
+
+def cmd_ops(ns) -> int:
+    print(op_list())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`main(['--quick'])` is `python -m tracejit bench --quick` (benchmarks/run.py uses it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="tracejit")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_parser(sub)
+    ns = p.parse_args(["bench"] + argv)
+    ns.argv = ["bench"] + argv
+    return ns.fn(ns)
