@@ -2,6 +2,7 @@
 
     python -m tracejit dump train.py --epochs 1    # run a script with IR dumps on, list what was written
     python -m tracejit info                        # versions, threads, cache, CUDA
+    python -m tracejit report train.py -o r.html   # one HTML page: IR per pass, kernels, compile and step time
 """
 
 from __future__ import annotations
