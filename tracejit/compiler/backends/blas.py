@@ -7,10 +7,12 @@ therefore run small GEMMs on one BLAS thread and give big ones (where 2 threads 
 
 from __future__ import annotations
 
+import os
+
 _setters: list | None = None
 _max = 1
 _current = None
-BIG_GEMM_FLOPS = 40e6  # above this a second BLAS thread pays for the hand-over (measured on 2 cores)
+BIG_GEMM_FLOPS = float(os.environ.get("TRACEJIT_BLAS_2T_FLOPS", "inf"))  # see module doc
 
 
 def _init():

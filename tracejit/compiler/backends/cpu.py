@@ -119,26 +119,36 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     A = [f"a{tag}{i}" for i in range(len(k.loads))]
     O = [f"o{tag}{j}" for j in range(len(k.results))]
     body: list[str] = []
+    # loop-invariant statements (scalar loads, constants and what only they feed, e.g. Adam's
+    # 1 - beta1**step) run once before the loops: LLVM cannot hoist them past the stores (aliasing)
+    hoisted: list[str] = []
+    invariant: set[str] = set()
     for s in k.stmts:
+        if s.op == "load" and all(d == 1 for d in k.loads[s.args[0]].shape) or s.op == "const" or (
+                s.op not in ("load", "const") and all(a in invariant for a in s.args)):
+            invariant.add(s.var)
+            target = hoisted
+        else:
+            target = body
         if s.op == "load":
             arr = k.loads[s.args[0]]
-            body.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape, lv)}]")
+            target.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape, lv)}]")
         elif s.op == "const":
             value = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
             cname = next((c for c, v in consts.items() if v == value), None)
             if cname is None:
                 cname = f"K{len(consts)}"
                 consts[cname] = value
-            body.append(f"{s.var} = {cname}")
+            target.append(f"{s.var} = {cname}")
         else:
-            body.append(f"{s.var} = {_expr(s.op, s.args, s.dtype, s.attrs, None)}")
+            target.append(f"{s.var} = {_expr(s.op, s.args, s.dtype, s.attrs, None)}")
     reds = [j for j, res in enumerate(k.results) if res.mode != "store"]
     # reductions over the outer dim write per-block partials (combined in order after the loop);
     # reductions over the innermost dim keep a local accumulator around that loop
     outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1]
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
     nch = min(space[0], CHUNKS) if (parallel or outer_red) else 1
-    lines: list[str] = []
+    lines: list[str] = ["    " + h for h in hoisted]
     ind = "    "
     for j in reds:
         res = k.results[j]
@@ -201,7 +211,8 @@ def _acc_init(res) -> str:
     return _identity(res.mode, res.array.dtype)
 
 
-SEGMENT_PRELUDE_EXTRA = "from tracejit.compiler.backends import cpu_index as H\n"
+SEGMENT_PRELUDE_EXTRA = ("from tracejit.compiler.backends import cpu_blas as B\n"
+                         "from tracejit.compiler.backends import cpu_index as H\n")
 
 PRELUDE = """import numpy as np
 import numba

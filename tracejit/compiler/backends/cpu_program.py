@@ -129,14 +129,14 @@ class SegmentSource:
             xs, ws = self._blas(x), self._blas(w)
             o = self._alloc(out)
             if len(out.shape) == 2:
-                L.append(f"    np.dot({xs}, {ws}, {o})")
+                L.append(f"    B.gemm({xs}, {ws}, {o})")
             else:
                 b = math.prod(out.shape[:-2])
                 L.append(f"    _x = np.ascontiguousarray({self.var(x)}).reshape(({b},) + {_shape(x.shape[-2:])})")
                 L.append(f"    _w = np.ascontiguousarray({self.var(w)}).reshape(({b},) + {_shape(w.shape[-2:])})")
                 L.append(f"    _o = {o}.reshape(({b},) + {_shape(out.shape[-2:])})")
                 L.append(f"    for _b in range({b}):")
-                L.append("        np.dot(_x[_b], _w[_b], _o[_b])")
+                L.append("        B.gemm(_x[_b], _w[_b], _o[_b])")
         elif name == "gather":
             x, idx = n.inputs
             ax = a["axis"]

@@ -290,6 +290,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _check(name: str, arr: np.ndarray, shape: tuple, dtype) -> None:
+    """Outputs must be exactly right (kernels write through them); inputs go through np.ascontiguousarray
+    first, so any strided view works."""
     if arr.shape != tuple(shape) or arr.dtype != dtype or not arr.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous {np.dtype(dtype).name}{list(shape)} array, got "
                          f"{arr.dtype.name}{list(arr.shape)} (contiguous={arr.flags.c_contiguous})")
@@ -314,6 +316,7 @@ def padded_input(x: np.ndarray, padding, width: int | None = None) -> np.ndarray
 def _bias_arg(bias, o: int, dtype, name: str) -> np.ndarray:
     if bias is None:
         return np.zeros(0, dtype)
+    bias = np.ascontiguousarray(bias)
     _check(name + " bias", bias, (o,), dtype)
     return bias
 
@@ -343,6 +346,7 @@ def conv2d_forward(x, w, bias, out, stride=1, padding=0, dilation=1, groups=1, r
     o, cg, kh, kw = w.shape
     oh, ow = conv_out_hw(h, wd, kh, kw, stride, padding, dilation)
     _check("conv2d_forward out", out, (n, o, oh, ow), x.dtype)
+    w = np.ascontiguousarray(w)
     _check("conv2d_forward w", w, (o, c // groups, kh, kw), x.dtype)
     _conv(np.ascontiguousarray(x), w, _bias_arg(bias, o, x.dtype, "conv2d_forward"), out, _NO_ARGMAX,
           stride, padding, dilation, groups, bool(relu), 0, 1, oh, ow)
@@ -371,6 +375,7 @@ def conv2d_pool_forward(x, w, bias, out_pooled, out_argmax, stride=1, padding=0,
     ph, pw = (oh - pool_k) // pool_s + 1, (ow - pool_k) // pool_s + 1
     _check("conv2d_pool_forward out_pooled", out_pooled, (n, o, ph, pw), x.dtype)
     _check("conv2d_pool_forward out_argmax", out_argmax, (n, o, ph, pw), np.uint8)
+    w = np.ascontiguousarray(w)
     _check("conv2d_pool_forward w", w, (o, c // groups, kh, kw), x.dtype)
     _conv(np.ascontiguousarray(x), w, _bias_arg(bias, o, x.dtype, "conv2d_pool_forward"), out_pooled,
           out_argmax, stride, padding, dilation, groups, bool(relu), int(pool_k), pool_s, oh, ow)

@@ -382,6 +382,7 @@ def conv2d_grad_input(g, w, out_dx, stride=1, padding=0, dilation=1, groups=1) -
     weight; for stride > 1 that computes sh*sw times the needed products, but stays vectorized."""
     stride, padding, dilation = _norm(stride, padding, dilation)
     geo = _Geometry(out_dx.shape, w.shape, stride, padding, dilation)
+    g, w = np.ascontiguousarray(g), np.ascontiguousarray(w)
     _check("conv2d_grad_input g", g, (geo.n, geo.o, geo.oh, geo.ow), out_dx.dtype)
     _check("conv2d_grad_input out_dx", out_dx, out_dx.shape, w.dtype)
     G = np.empty((geo.n, geo.o, geo.hg, geo.w + (geo.kw - 1) * dilation[1]), g.dtype)
@@ -394,11 +395,11 @@ def conv2d_grad_weight(x, g, out_dw, out_db=None, stride=1, padding=0, dilation=
     out_db is given, out_db[o] = g[:, o].sum() (the bias gradient) from the same pass over g."""
     stride, padding, dilation = _norm(stride, padding, dilation)
     geo = _Geometry(x.shape, out_dw.shape, stride, padding, dilation, need_dx=False)
+    x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
     _check("conv2d_grad_weight g", g, (geo.n, geo.o, geo.oh, geo.ow), x.dtype)
     _check("conv2d_grad_weight out_dw", out_dw, out_dw.shape, x.dtype)
     if out_db is not None:
         _check("conv2d_grad_weight out_db", out_db, (geo.o,), x.dtype)
-    x = np.ascontiguousarray(x)
     if geo.shared:
         G = geo.g_buffer(g.dtype)
         pad_into(g, 0, 0, 1, 1, G)
@@ -427,10 +428,11 @@ def maxpool_relu_backward(g_pooled, argmax, pooled, out_grad, relu=True, pool_k=
     pool_s): g_pooled routed to each window's argmax (from `conv2d_pool_forward`), masked by pooled > 0 if
     `relu`. out_grad has the conv output's shape; positions no window covers get 0."""
     pool_s = pool_k if pool_s is None else int(pool_s)
+    g_pooled, argmax, pooled = (np.ascontiguousarray(a) for a in (g_pooled, argmax, pooled))
     _check("maxpool_relu_backward argmax", argmax, g_pooled.shape, np.uint8)
     _check("maxpool_relu_backward pooled", pooled, g_pooled.shape, out_grad.dtype)
     _check("maxpool_relu_backward out_grad", out_grad, out_grad.shape, g_pooled.dtype)
-    pool_relu_grad_into(np.ascontiguousarray(g_pooled), argmax, pooled, bool(relu), int(pool_k), pool_s, 0, 0,
+    pool_relu_grad_into(g_pooled, argmax, pooled, bool(relu), int(pool_k), pool_s, 0, 0,
                         out_grad)
 
 
@@ -452,7 +454,7 @@ def _backward(x, w, fill_G, out_dx, out_dw, out_db, stride, padding, dilation, g
     _check("conv2d backward out_dw", out_dw, w.shape, x.dtype)
     if out_db is not None:
         _check("conv2d backward out_db", out_db, (geo.o,), x.dtype)
-    _grad_weight_from(np.ascontiguousarray(x), G, out_dw, out_db, geo, groups)
+    _grad_weight_from(x, G, out_dw, out_db, geo, groups)
 
 
 def conv2d_pool_backward(x, w, g_pooled, argmax, pooled, out_dx, out_dw, out_db=None, stride=1, padding=0,
@@ -464,7 +466,7 @@ def conv2d_pool_backward(x, w, g_pooled, argmax, pooled, out_dx, out_dw, out_db=
     the [N, O, OH, OW] gradient of the conv output is never stored on its own."""
     stride, padding, dilation = _norm(stride, padding, dilation)
     pool_s = pool_k if pool_s is None else int(pool_s)
-    g_pooled = np.ascontiguousarray(g_pooled)
+    x, w, g_pooled, argmax, pooled = (np.ascontiguousarray(a) for a in (x, w, g_pooled, argmax, pooled))
     _check("conv2d_pool_backward argmax", argmax, g_pooled.shape, np.uint8)
     _check("conv2d_pool_backward pooled", pooled, g_pooled.shape, x.dtype)
 
@@ -479,9 +481,9 @@ def conv2d_backward(x, w, g, out_dx, out_dw, out_db=None, stride=1, padding=0, d
     """Backward of `conv2d_forward`: out_dx (None to skip), out_dw, out_db (None to skip) from the output
     gradient g; with relu_out (the forward's ReLU output) g is first masked by relu_out > 0."""
     stride, padding, dilation = _norm(stride, padding, dilation)
-    g = np.ascontiguousarray(g)
-
+    x, w, g = np.ascontiguousarray(x), np.ascontiguousarray(w), np.ascontiguousarray(g)
     if relu_out is not None:
+        relu_out = np.ascontiguousarray(relu_out)
         _check("conv2d_backward relu_out", relu_out, g.shape, g.dtype)
 
     def fill(G, top, left):

@@ -155,6 +155,7 @@ def max_pool2d_backward(x, g, out_dx, kernel, stride=None, padding=0, dilation=1
         argmax = np.empty(g.shape, np.uint8)
         scratch = np.empty(g.shape, x.dtype)
         max_pool_kernel(np.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, scratch, argmax, True)
+    argmax = np.ascontiguousarray(argmax)
     _check("max_pool2d_backward argmax", argmax, g.shape, np.uint8)
     max_pool_grad_kernel(g, argmax, *kernel, *stride, *padding, *dilation, out_dx)
 
@@ -165,6 +166,7 @@ def max_pool2d_grad_argmax(g, argmax, out_dx, kernel, stride=None, padding=0, di
     kernel, stride, padding, dilation = _pool_attrs(kernel, stride, padding, dilation)
     n, c, h, w = out_dx.shape
     oh, ow = pool_out_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
+    g, argmax = np.ascontiguousarray(g), np.ascontiguousarray(argmax)
     _check("max_pool2d_grad_argmax g", g, (n, c, oh, ow), out_dx.dtype)
     _check("max_pool2d_grad_argmax argmax", argmax, (n, c, oh, ow), np.uint8)
     max_pool_grad_kernel(g, argmax, *kernel, *stride, *padding, *dilation, out_dx)
@@ -185,6 +187,7 @@ def avg_pool2d_backward(g, out_dx, kernel, stride=None, padding=0, ceil_mode=Fal
     """out_dx[...] = avg_pool2d_grad(g) for an input of out_dx's shape (ops.AVG_POOL2D_GRAD)."""
     kernel, stride, padding, _ = _pool_attrs(kernel, stride, padding, 1)
     n, c, h, w = out_dx.shape
+    g = np.ascontiguousarray(g)
     _check("avg_pool2d_backward g", g, (n, c, *pool_out_hw((h, w), kernel, stride, padding, (1, 1),
                                                             ceil_mode)), out_dx.dtype)
     avg_pool_grad_kernel(g, *kernel, *stride, *padding, bool(count_include_pad), out_dx)

@@ -1,0 +1,58 @@
+"""GEMM for generated code with transpose flags: BLAS reads a transposed operand where it lies (numba's
+np.dot copies it or takes a slow path: 6.4 ms vs 1.5 ms for 128x784 @ 784x512 on one thread).
+
+Calls Numba's own `numba_xxgemm` helper (SciPy's BLAS, resolved by symbol name at link time), so
+functions using it stay cacheable. Row-major C = A @ B is column-major C^T = B^T @ A^T.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_xxgemm = types.ExternalFunction(
+    "numba_xxgemm",
+    types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr,
+               types.voidptr, types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp))
+
+
+@intrinsic
+def _ptr(typingctx, arr):
+    """The data pointer of an array (or of a 1-element scalar holder) as void*."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.bitcast(ary.data, cgutils.voidptr_t)
+    return types.voidptr(arr), codegen
+
+
+@numba.njit(cache=True)
+def _layout(a):
+    """(transposed?, leading dimension) of a C- or F-contiguous 2-D array; (-1, 0) for other layouts."""
+    isz = a.itemsize
+    if a.strides[1] == isz and a.strides[0] >= max(1, a.shape[1]) * isz:
+        return 0, a.strides[0] // isz
+    if a.strides[0] == isz and a.strides[1] >= max(1, a.shape[0]) * isz:
+        return 1, a.strides[1] // isz
+    return -1, 0
+
+
+@numba.njit(cache=True)
+def gemm(a, b, out):
+    """out[...] = a @ b for 2-D arrays of one float dtype; out C-contiguous; a, b C- or F-contiguous."""
+    m, k = a.shape
+    n = b.shape[1]
+    ta, lda = _layout(a)
+    tb, ldb = _layout(b)
+    if ta < 0 or tb < 0 or m == 0 or n == 0 or k == 0:
+        out[...] = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        return
+    scal = np.empty(2, out.dtype)
+    scal[0] = 1
+    scal[1] = 0
+    kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
+    # column-major view: out^T (n x m) = b^T (n x k) @ a^T (k x m); a C-order array is its own transpose there
+    _xxgemm(kind, np.int8(78 if tb == 0 else 84), np.int8(78 if ta == 0 else 84), n, m, k,
+            _ptr(scal[0:1]), _ptr(b), ldb, _ptr(a), lda, _ptr(scal[1:2]), _ptr(out), n)
