@@ -1,0 +1,140 @@
+"""fuse_window and memory_plan: conv blocks become one kernel each, backward reads the pooling argmax,
+the optimizer updates state in place, and compiled results equal eager."""
+
+import os
+
+os.environ.setdefault("TRACEJIT_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".tracejit_cache",
+                                                         "tests"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tracejit as tj  # noqa: E402
+import tracejit.nn as nn  # noqa: E402
+import tracejit.nn.functional as F  # noqa: E402
+from tracejit.compiler.backends.reference import run_graph  # noqa: E402
+from tracejit.compiler.passes.fuse_window import fuse_window  # noqa: E402
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.conv2 = nn.Conv2d(4, 6, 3)
+        self.fc = nn.Linear(6 * 2 * 2, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def make(seed=0):
+    tj.manual_seed(seed)
+    model = SmallCNN()
+    opt = tj.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return model, opt, step
+
+
+def data():
+    rng = np.random.default_rng(1)
+    x = tj.from_numpy(rng.standard_normal((2, 3, 14, 14)).astype(np.float32))
+    y = tj.tensor([1, 3])
+    return x, y
+
+
+def compiled_variant(backend):
+    model, opt, step = make()
+    x, y = data()
+    step(x, y)  # creates the momentum buffers (the first call of a compiled step would run eagerly)
+    cf = tj.compile(step, backend=backend)
+    cf(x, y)
+    return cf, model, opt, (x, y)
+
+
+def test_each_conv_block_is_one_kernel_forward_and_backward():
+    cf, *_ = compiled_variant("reference")
+    g = cf.latest().graph
+    patterns = [n.attrs.get("pattern") for n in g.nodes if n.body is not None and n.attrs.get("kind") == "window"]
+    assert sorted(patterns) == ["conv_pool", "conv_pool", "grad_weight_bias", "grad_weight_bias", "unpool", "unpool"]
+    prims = [n.op.name for n in g.nodes if n.body is None]
+    # no separate conv2d / relu / max_pool2d / max_pool2d_grad left: only conv2's input gradient stays a primitive
+    assert "max_pool2d" not in prims and "max_pool2d_grad" not in prims and "conv2d" not in prims
+    assert prims.count("conv2d_grad_input") == 1
+    fwd = next(n for n in g.nodes if n.attrs.get("pattern") == "conv_pool")
+    assert [o.dtype.name for o in fwd.outputs] == ["float32", "uint8"]  # pooled values + compact argmax
+    assert [b.op.name for b in fwd.body.nodes][-2:] == ["max_pool2d", "max_pool2d_argmax"]
+
+
+def test_fuse_window_preserves_values_exactly_on_the_reference_backend():
+    cf, *_ = compiled_variant("reference")
+    stages = dict(cf.latest().stage_graphs)
+    before = [g for name, g in cf.latest().stage_graphs if name == "dce"][1]  # input of fuse_window
+    after = fuse_window(before)
+    rng = np.random.default_rng(2)
+    inputs = []
+    for v in before.inputs:
+        if v.dtype.name == "int64":
+            inputs.append(rng.integers(0, 5, v.shape))
+        else:
+            inputs.append(rng.standard_normal(v.shape).astype(v.dtype.np))
+    for a, b in zip(run_graph(before, inputs), run_graph(after, inputs)):
+        np.testing.assert_array_equal(a, b)
+    assert "fuse_window" in stages
+
+
+def test_reasons_are_recorded_when_a_pool_does_not_match():
+    tj.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3)
+
+    def f(x):
+        y = F.relu(conv(x))
+        return F.max_pool2d(y, 2) + y.sum()  # the activation is also read elsewhere: not fused
+
+    cf = tj.compile(f, backend="reference")
+    cf(tj.randn(1, 1, 8, 8))
+    notes = [n for name, g in cf.latest().stage_graphs if name == "fuse_window" for n in g.notes]
+    assert any("also read" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_compiled_cnn_steps_equal_eager(backend):
+    model, opt, step = make()
+    model2, opt2, step2 = make()
+    x, y = data()
+    cf = tj.compile(step, backend=backend)
+    losses = [(cf(x, y).item(), step2(x, y).item()) for _ in range(4)]
+    tol = dict(rtol=1e-5, atol=1e-6) if backend == "cpu" else dict(rtol=0, atol=0)
+    for a, b in losses:
+        np.testing.assert_allclose(a, b, **tol)
+    for (name, p), (_, q) in zip(model.named_parameters(), model2.named_parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), **tol, err_msg=name)
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), **tol, err_msg=name)
+        np.testing.assert_allclose(opt.state[p]["momentum_buffer"].numpy(), opt2.state[q]["momentum_buffer"].numpy(),
+                                   **tol, err_msg=name)
+
+
+def test_memory_plan_updates_optimizer_state_in_place_but_never_a_users_array():
+    cf, model, opt, (x, y) = compiled_variant("cpu")
+    g = cf.latest().graph
+    multi = [n for n in g.nodes if n.attrs.get("kind") == "multi"]
+    assert len(multi) == 1  # the whole SGD update is one kernel
+    pairs = multi[0].attrs["inplace"]
+    assert len(pairs) == 2 * len(list(model.parameters()))  # every parameter and momentum buffer
+    assert any("memory_plan" in n for n in g.notes)
+    w = model.conv1.weight
+    cf(x, y)
+    first = w._box.value  # now produced by the program itself
+    snapshot = w.detach().clone()  # a user's copy: must never change
+    before = snapshot.numpy().copy()
+    cf(x, y)
+    assert w._box.value is first  # updated in place
+    np.testing.assert_array_equal(snapshot.numpy(), before)
+    assert not np.array_equal(w.detach().numpy(), before)
