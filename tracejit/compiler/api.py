@@ -135,8 +135,11 @@ class CompiledFunction:
         key = self._key(args)
         if key in self.eager_keys:
             return self.fn(*args)
-        for v in self.variants.get(key, ()):
+        candidates = self.variants.get(key, ())
+        for i, v in enumerate(candidates):
             if v.guard_failure(args) is None:
+                if i:  # most recently used first: a steady loop checks one variant's guards per call
+                    candidates.insert(0, candidates.pop(i))
                 return self._run(v, args)
         return self._compile_and_run(args, key)
 

@@ -385,7 +385,7 @@ def _is_native(n: Node) -> bool:
     parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
     them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
     if n.body is not None and n.attrs.get("kind") == "multi":
-        return True
+        return sum(_space_numel(m) for m in n.body.nodes) >= PARALLEL_MIN
     if n.body is not None and n.attrs.get("kind") in ("elementwise", "reduce"):
         return _space_numel(n) >= PARALLEL_MIN
     return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None
