@@ -392,11 +392,12 @@ def _report(cases, workloads, modes, notes, runnable, passes, quick, bw, thresho
     results = []
     for w in workloads:
         wl = WORKLOADS[w]
+        cfg = wl.config(quick)
         row = [c for c in cases if c.workload == w]
         sums = {c.mode: _summary(c) for c in row}
         base = next((c for c in row if c.ok and c.losses), None)
         for c in row:
-            r = {"workload": w, "mode": c.mode, "label": LABELS[c.mode], "unit": wl.unit}
+            r = {"workload": w, "mode": c.mode, "label": LABELS[c.mode], "unit": wl.unit.format(**cfg)}
             if c.skipped:
                 r["skipped"] = c.skipped
             if c.error:

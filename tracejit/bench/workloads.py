@@ -31,7 +31,7 @@ class Built:
 class Workload:
     name: str
     description: str
-    unit: str  # what one timed call is: "step", "call" or "1000 steps"
+    unit: str  # what one timed call is: "step", "call" or "{steps} steps" (formatted with the config)
     config: Callable[[bool], dict]
     arrays: Callable[[dict], dict]
     build: Callable[[dict, dict, str | None], Built]  # (config, arrays, backend or None for eager)
@@ -260,7 +260,7 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("convblock", "conv2d 16->32 k3 pad 1 + relu + max_pool2d 2, batch 32, 32x32, fwd+bwd", "call",
              _convblock_config, _convblock_arrays, _convblock_build),
     Workload("linreg", "Linear(1,1), MSE, SGD lr 0.01, batch 64: 1000 tiny steps timed as one unit",
-             "1000 steps", _linreg_config, _linreg_arrays, _linreg_build),
+             "{steps} steps", _linreg_config, _linreg_arrays, _linreg_build),
 ]}
 
 
