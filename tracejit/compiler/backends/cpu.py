@@ -145,7 +145,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     reds = [j for j, res in enumerate(k.results) if res.mode != "store"]
     # reductions over the outer dim write per-block partials (combined in order after the loop);
     # reductions over the innermost dim keep a local accumulator around that loop
-    outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1]
+    # (serial kernels need no blocks: their summation order is fixed whatever the thread count)
+    outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1] if parallel else []
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
     nch = min(space[0], CHUNKS) if (parallel or outer_red) else 1
     lines: list[str] = ["    " + h for h in hoisted]
@@ -385,7 +386,8 @@ def _is_native(n: Node) -> bool:
     parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
     them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
     if n.body is not None and n.attrs.get("kind") == "multi":
-        return sum(_space_numel(m) for m in n.body.nodes) >= PARALLEL_MIN
+        # its own step so it can write state in place (memory_plan), which a segment cannot decide per call
+        return bool(n.attrs.get("inplace")) or sum(_space_numel(m) for m in n.body.nodes) >= PARALLEL_MIN
     if n.body is not None and n.attrs.get("kind") in ("elementwise", "reduce"):
         return _space_numel(n) >= PARALLEL_MIN
     return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None

@@ -27,7 +27,7 @@ __all__ = ["conv2d_forward", "conv2d_pool_forward", "conv_out_hw", "pad_into", "
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 _parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
-_NO_ARGMAX = np.zeros((1, 1, 1, 1), np.uint8)  # read-only placeholder when a kernel stores no argmax
+_NO_ARGMAX = np.zeros((1, 1, 1, 1), np.uint8)  # placeholder, never written, when a kernel stores no argmax
 
 
 # ------------------------------------------------------------------------------------ padding / layout
