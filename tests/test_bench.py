@@ -113,5 +113,5 @@ def test_op_list_is_generated_from_the_op_table():
     import tracejit
 
     text = op_list()
-    assert "| `conv2d` | window | yes |" in text
-    assert all(f"| `{name}` |" in text for name in tracejit.OPS)
+    assert "| window (" in text and "`conv2d`," in text and "`sign`*" in text
+    assert all(f"`{name}`" in text for name in tracejit.OPS)

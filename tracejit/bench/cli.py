@@ -74,18 +74,15 @@ def cmd_bench(ns) -> int:
 
 
 def op_list() -> str:
-    """The primitive ops from `tracejit.OPS` as a markdown table (the README's op list)."""
+    """The primitive ops of `tracejit.OPS`, grouped by kind, as a markdown table (the README's op list)."""
     from .. import OPS
 
-    lines = ["| op | kind | gradient | note |", "| --- | --- | --- | --- |"]
+    kinds: dict[str, list[str]] = {}
     for name, op in OPS.items():
-        grad = "yes" if op.grad is not None else "-"
-        lines.append(f"| `{name}` | {op.kind.value} | {grad} | {op.doc.split(';')[0]} |")
-    kinds: dict[str, int] = {}
-    for op in OPS.values():
-        kinds[op.kind.value] = kinds.get(op.kind.value, 0) + 1
-    lines.append("")
-    lines.append(f"{len(OPS)} primitives (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
+        kinds.setdefault(op.kind.value, []).append(f"`{name}`" + ("" if op.grad is not None else "*"))
+    lines = ["| kind | primitives (* = no gradient rule) |", "| --- | --- |"]
+    lines += [f"| {kind} ({len(names)}) | {', '.join(names)} |" for kind, names in kinds.items()]
+    lines.append(f"\n{len(OPS)} primitives in `tracejit/ops.py`; every other operation is a composite of these.")
     return "\n".join(lines)
 
 

@@ -235,6 +235,21 @@ def probe_subprocess(workload: str, mode: str, quick: bool, env: dict, timeout: 
     raise RuntimeError(f"probe exited with {res.returncode}: {tail}")
 
 
+def source_fingerprint() -> str:
+    """A hash of the tracejit package's source files (paths, sizes, mtimes): generated kernels depend on
+    them, so a warm-cache probe after they changed would measure a recompilation."""
+    import hashlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for d, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            if f.endswith(".py"):
+                st = os.stat(os.path.join(d, f))
+                h.update(f"{os.path.relpath(os.path.join(d, f), root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
 def compile_overhead(warmup_s: list[float], steady_s: float) -> float:
     """Time the warm-up calls took beyond as many steady calls: tracing, passes and compilation."""
     return max(0.0, sum(warmup_s) - len(warmup_s) * steady_s)
@@ -302,7 +317,7 @@ def _threads_info(modes: Iterable[str]) -> dict:
     if "jax.jit" in modes and "jax" in sys.modules:
         import jax
 
-        out["jax"] = f"jax {jax.__version__}"
+        out["jax"] = jax.__version__
     return out
 
 
@@ -340,7 +355,8 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
     own_dir = cache_dir is None
     root = cache_dir or tempfile.mkdtemp(prefix="tracejit-bench-")
     env_keys = {"TRACEJIT_CACHE_DIR": os.path.join(root, "tracejit"),
-                "TORCHINDUCTOR_CACHE_DIR": os.path.join(root, "inductor")}
+                "TORCHINDUCTOR_CACHE_DIR": os.path.join(root, "inductor"),
+                "JAX_COMPILATION_CACHE_DIR": os.path.join(root, "jax")}
     saved_env = {k: os.environ.get(k) for k in env_keys}
     os.environ.update(env_keys)
     cases = [Case(w, m, skipped=notes[m]) for w in workloads for m in modes]
@@ -348,6 +364,8 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
     probes = [c for c in live if c.mode in CACHED_MODES] if warm_probe else []
     bar = Progress(len(live) * (passes + 1) + len(probes) + int(bandwidth), progress)
     started = time.time()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    fingerprint = source_fingerprint()
     try:
         bw = None
         if bandwidth:
@@ -366,7 +384,9 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
                         time_pass(c)
                     bar.step(f"pass {p + 1} {w} {c.mode}")
         for c in probes:
-            if c.ok:
+            if c.ok and c.mode in ("cpu", "cuda") and source_fingerprint() != fingerprint:
+                c.warm_note = "tracejit's source changed during the run, so its kernels would recompile"
+            elif c.ok:
                 try:
                     r = probe_subprocess(c.workload, c.mode, quick, dict(os.environ))
                     c.compile_warm_s = compile_overhead(r["warmup_s"], statistics.median(r["steady_s"]))
@@ -385,6 +405,7 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
     report = _report(cases, workloads, modes, notes, runnable, passes, quick, bw, load_threshold,
                      time.time() - started, cache_dir)
     report["command"] = command
+    report["date"] = date
     return report
 
 
@@ -489,8 +510,10 @@ def format_table(report: dict) -> str:
                      _fmt_s(r.get("compile_warm_s")), "n/a" if load is None else f"{load:.0%}"])
         for f in r["flags"]:
             notes.append(f"! {r['workload']} / {r['label']}: {f}")
+        if r.get("error"):
+            notes.append(f"{r['workload']} / {r['label']}: stopped after {r['samples']} samples: {r['error']}")
         if r.get("compile_warm_note"):
-            notes.append(f"{r['workload']} / {r['label']}: warm-cache probe failed: {r['compile_warm_note']}")
+            notes.append(f"{r['workload']} / {r['label']}: warm cache not measured: {r['compile_warm_note']}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = []
     prev = None
