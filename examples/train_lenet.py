@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--train-size", type=int, default=3200, help="synthetic training images")
     p.add_argument("--test-size", type=int, default=1000, help="synthetic test images")
-    p.add_argument("--eager-steps", type=int, default=5, help="steps run eagerly first, to time them")
+    p.add_argument("--eager-steps", type=int, default=3, help="steps run eagerly first, to time them")
     p.add_argument("--backend", default="cpu", help="compile backend: cpu, reference or cuda")
     p.add_argument("--quick", action="store_true", help="tiny sizes for tests")
     p.add_argument("--no-progress", action="store_true")

@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+# kernels compiled here go to the repository's (ignored) cache, as in the compiler tests
+os.environ.setdefault("TRACEJIT_CACHE_DIR", os.path.join(ROOT, ".tracejit_cache", "tests"))
 
 
 def load_example(name: str):

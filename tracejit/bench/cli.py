@@ -77,11 +77,13 @@ def op_list() -> str:
     """The primitive ops of `tracejit.OPS`, grouped by kind, as a markdown table (the README's op list)."""
     from .. import OPS
 
-    kinds: dict[str, list[str]] = {}
+    kinds: dict[str, tuple[list[str], list[str]]] = {}
     for name, op in OPS.items():
-        kinds.setdefault(op.kind.value, []).append(f"`{name}`" + ("" if op.grad is not None else "*"))
-    lines = ["| kind | primitives (* = no gradient rule) |", "| --- | --- |"]
-    lines += [f"| {kind} ({len(names)}) | {', '.join(names)} |" for kind, names in kinds.items()]
+        with_grad, without = kinds.setdefault(op.kind.value, ([], []))
+        (with_grad if op.grad is not None else without).append(f"`{name}`")
+    lines = ["| kind | with a gradient rule | without |", "| --- | --- | --- |"]
+    lines += [f"| {kind} ({len(a) + len(b)}) | {', '.join(a) or '-'} | {', '.join(b) or '-'} |"
+              for kind, (a, b) in kinds.items()]
     lines.append(f"\n{len(OPS)} primitives in `tracejit/ops.py`; every other operation is a composite of these.")
     return "\n".join(lines)
 
