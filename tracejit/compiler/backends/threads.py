@@ -2,11 +2,13 @@
 path before the first launch), else OpenMP with a short spin, workqueue only as a last resort.
 The backend calls ``configure()`` before loading parallel kernels; ``info()`` says what was chosen.
 
-Measured (2 cores AVX-512, numba 0.68, OpenBLAS 0.3.31, benchmarks/bench_cpu_math.py):
-  launch of a tiny prange kernel, back to back: tbb 2.4 us, omp 2.2 us (workqueue ~100 us);
-  GEMM -> parallel elementwise -> GEMM (256x512 @ 512x512 float32, twice): tbb 1.0 ms, omp with
-  GOMP_SPINCOUNT=1000 1.1 ms, omp with libgomp's default spin 12 ms (its idle workers spin against
-  OpenBLAS's threads on 2 cores).
+Measured (shared 2-core AVX-512 machine, numba 0.68, OpenBLAS 0.3.31, benchmarks/bench_cpu_math.py):
+  launch of a tiny prange kernel back to back: tbb 1.5-2.5 us, omp 1.3-1.9 us, workqueue 50-70 us; after
+  5 ms idle: tbb 30-100 us, omp 110 us, workqueue 60-180 us.
+  GEMM -> parallel tanh kernel -> GEMM (256x512 @ 512x512 float32 twice; the GEMMs alone take 1.45 ms):
+  tbb 1.52 ms, omp with GOMP_SPINCOUNT=1000 1.55 ms (best; medians are noisier), omp with libgomp's
+  default spin (300000) 7.2-8.0 ms: its idle workers spin against OpenBLAS's threads on 2 cores.
+  ``configure()`` when already configured: 4-16 us.
 """
 
 from __future__ import annotations
@@ -128,8 +130,9 @@ def _requested_threads() -> int:
 def configure() -> dict:
     """Choose and start the threading layer (once), then apply the thread count to the calling thread.
 
-    Idempotent and cheap after the first call (~1 us), so call it before running parallel kernels from any
-    thread: Numba's thread count is per calling thread. Returns ``info()``.
+    Idempotent and cheap after the first call (a few us). Numba's thread count is per calling thread, so
+    a thread other than the one that configured should call it again before running kernels. Returns
+    ``info()``.
 
     >>> configure()["layer"] in ("tbb", "omp", "workqueue")
     True
