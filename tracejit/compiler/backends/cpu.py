@@ -79,7 +79,8 @@ def _identity(mode, dtype) -> str:
 def _combine(mode, target, value) -> str:
     if mode == "sum":
         return f"{target} += {value}"
-    return f"{target} = max({target}, {value})"
+    # NaN wins, as in NumPy's max: a NaN value replaces the target, and a NaN target stays
+    return f"{target} = {value} if ({value} > {target} or {value} != {value}) else {target}"
 
 
 def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
