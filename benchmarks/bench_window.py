@@ -1,7 +1,7 @@
 """Window-op kernels (cpu_window, cpu_window_bwd) against the NumPy references, on LeNet's and a conv
 block's layers: fused conv+bias+ReLU+2x2 max-pool forward, and the whole backward chain behind it.
 
-    .venv/bin/python benchmarks/bench_window.py [--reps 30] [--json out.json]
+    .venv/bin/python benchmarks/bench_window.py [--reps 30] [--threads N] [--json out.json]
 
 Prints, per layer, the work (FLOPs, compulsory bytes), the floor at 205 GFLOP/s and 42.6 GB/s (2 cores
 AVX-512 peak and DRAM bandwidth), then median (and min) milliseconds after warm-up. Not a test.
@@ -20,8 +20,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tracejit import ref_kernels as K  # noqa: E402
+from tracejit.compiler.backends import blas  # noqa: E402
 from tracejit.compiler.backends import cpu_window as W  # noqa: E402
 from tracejit.compiler.backends import cpu_window_bwd as B  # noqa: E402
+from tracejit.compiler.backends import cpu_window_pool as P  # noqa: E402
 
 PEAK_FLOPS = 205e9
 PEAK_BYTES = 42.6e9
@@ -121,17 +123,57 @@ def bench_layer(name, xs, ws, p, need_dx, reps):
     return res
 
 
+# standalone pooling: (x shape, kernel, stride, padding)
+POOLS = {
+    "maxpool k2 [64,6,28,28]": ((64, 6, 28, 28), 2, 2, 0),
+    "maxpool k3 s2 p1 [32,32,32,32]": ((32, 32, 32, 32), 3, 2, 1),
+}
+
+
+def bench_pool(name, xs, k, s, p, reps):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    attrs = ((k, k), (s, s), (p, p))
+    y = K.max_pool2d(x, *attrs)
+    pooled, idx, dx = np.empty_like(y), np.empty(y.shape, np.uint8), np.empty_like(x)
+    g = rng.standard_normal(y.shape, dtype=np.float32)
+    nbytes = 4 * (x.size + y.size) + y.size
+    print(f"{name}: {nbytes / 1e6:.2f} MB forward -> floor {nbytes / PEAK_BYTES * 1e3:.3f} ms memory")
+    cases = {
+        "max_pool2d fwd (+argmax)": lambda: P.max_pool2d_forward(x, pooled, *attrs, out_argmax=idx),
+        "max_pool2d fwd numpy ref": lambda: K.max_pool2d(x, *attrs),
+        "max_pool2d bwd from argmax": lambda: P.max_pool2d_grad_argmax(g, idx, dx, *attrs),
+        "max_pool2d bwd numpy ref": lambda: K.max_pool2d_grad(x, g, *attrs),
+        "avg_pool2d fwd": lambda: P.avg_pool2d_forward(x, pooled, *attrs),
+        "avg_pool2d fwd numpy ref": lambda: K.avg_pool2d(x, *attrs),
+        "avg_pool2d bwd": lambda: P.avg_pool2d_backward(g, dx, *attrs),
+        "avg_pool2d bwd numpy ref": lambda: K.avg_pool2d_grad(g, x.shape, *attrs),
+    }
+    res = {"pool": name}
+    for label, fn in cases.items():
+        med, mn = timeit(fn, reps if "numpy" not in label else max(5, reps // 3))
+        res[label] = {"median_ms": med, "min_ms": mn}
+        print(f"  {label:34s} {med:8.3f} ms (min {mn:.3f})")
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--threads", type=int, help="threads for the parallel kernels (default: all)")
     args = ap.parse_args(argv)
+    blas.set_threads(1)  # as compiled programs run (blas.py): 2 OpenBLAS threads spin against TBB's
+    if args.threads and W._threads is not None:
+        W._threads.set_num_threads(args.threads)
     info = W._threads.info() if W._threads is not None else {}
-    print(f"threads: {info.get('layer')} x {info.get('threads')}; load average {os.getloadavg()[0]:.2f}")
+    print(f"threads: {info.get('layer')} x {info.get('threads')}, BLAS 1 thread (NumPy refs too); "
+          f"load average {os.getloadavg()[0]:.2f}")
     results = [bench_layer(name, *spec, args.reps) for name, spec in LAYERS.items()]
+    pools = [bench_pool(name, *spec, args.reps) for name, spec in POOLS.items()]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": info, "results": results}, f, indent=1)
+            json.dump({"threads": info, "results": results, "pools": pools}, f, indent=1)
 
 
 if __name__ == "__main__":

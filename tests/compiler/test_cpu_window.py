@@ -5,6 +5,8 @@ float32 (1e-12 * R and rtol 1e-12 in float64); pooled values and argmax indices 
 output are compared exactly, since pooling only selects.
 """
 
+import doctest
+
 import numba
 import numpy as np
 import pytest
@@ -152,6 +154,23 @@ def test_conv2d_grad_input_and_weight(spec, dtype):
     dw2 = np.empty_like(dw)
     B.conv2d_grad_weight(x, g, dw2, None, stride, padding, dilation, groups)
     np.testing.assert_array_equal(dw2, dw)
+
+
+@pytest.mark.parametrize("blas", [False, True], ids=["direct", "gemm-col2im"])
+@pytest.mark.parametrize("spec", CONVS, ids=CONV_IDS)
+def test_conv2d_grad_input_both_algorithms(spec, blas, monkeypatch):
+    monkeypatch.setattr(B, "_dx_by_blas", lambda geo: blas)
+    rng, x, w, b = make(spec, F32)
+    stride, padding, dilation, groups = spec[2:]
+    g = data(rng, out_shape(spec), F32)
+    want = K.conv2d_grad_input(g, w, x.shape, stride, padding, dilation, groups)
+    dx = np.full(x.shape, np.nan, F32)
+    B.conv2d_grad_input(g, w, dx, stride, padding, dilation, groups)
+    close(dx, want, w[:, 0].size, F32)
+    dx[:] = np.nan
+    dw = np.empty_like(w)
+    B.conv2d_backward(x, w, g, dx, dw, None, stride, padding, dilation, groups)
+    close(dx, want, w[:, 0].size, F32)
 
 
 def test_grad_weight_batch_blocks_are_deterministic():
@@ -327,3 +346,24 @@ def test_wrong_output_shape_or_layout_is_an_error():
         W.conv2d_forward(x, w, None, np.empty((1, 3, 4, 4), F64))
     with pytest.raises(ValueError, match="uint8"):
         W.conv2d_pool_forward(x, w, None, np.empty((1, 3, 2, 2), F32), np.empty((1, 3, 2, 2), np.int64))
+
+
+def test_strided_input_views_are_accepted():
+    spec = CONVS[0]
+    rng, x, w, b = make(spec, F32)
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, not C-contiguous
+    assert not xt.flags.c_contiguous
+    out, want = np.empty(out_shape(spec), F32), np.empty(out_shape(spec), F32)
+    W.conv2d_forward(xt, np.asfortranarray(w), b, out, *spec[2:])
+    W.conv2d_forward(x, w, b, want, *spec[2:])
+    np.testing.assert_array_equal(out, want)
+    g = data(rng, out_shape(spec), F32)
+    dw, dw_want = np.empty_like(w), np.empty_like(w)
+    B.conv2d_grad_weight(xt, np.asfortranarray(g), dw, None, *spec[2:])
+    B.conv2d_grad_weight(x, g, dw_want, None, *spec[2:])
+    np.testing.assert_array_equal(dw, dw_want)
+
+
+def test_docstring_examples():
+    for module in (W, B, P):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -338,8 +338,8 @@ def conv2d_forward(x, w, bias, out, stride=1, padding=0, dilation=1, groups=1, r
     float dtype. Direct convolution (no im2col): one parallel task per (image, output-channel pair).
 
     >>> x = np.ones((1, 1, 4, 4), np.float32); w = np.ones((1, 1, 3, 3), np.float32)
-    >>> out = np.empty((1, 1, 2, 2), np.float32); conv2d_forward(x, w, None, out); out[0, 0, 0, 0]
-    9.0
+    >>> out = np.empty((1, 1, 2, 2), np.float32); conv2d_forward(x, w, None, out); out[0, 0].tolist()
+    [[9.0, 9.0], [9.0, 9.0]]
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, wd = x.shape

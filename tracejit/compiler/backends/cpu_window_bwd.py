@@ -453,7 +453,13 @@ def conv2d_grad_input(g, w, out_dx, stride=1, padding=0, dilation=1, groups=1) -
 
 def conv2d_grad_weight(x, g, out_dw, out_db=None, stride=1, padding=0, dilation=1, groups=1) -> None:
     """out_dw[...] = conv2d_grad_weight(x, g, weight_shape=out_dw.shape) (ops.CONV2D_GRAD_WEIGHT) and, if
-    out_db is given, out_db[o] = g[:, o].sum() (the bias gradient) from the same pass over g."""
+    out_db is given, out_db[o] = g[:, o].sum() (the bias gradient) from the same pass over g.
+
+    >>> x = np.ones((2, 1, 3, 3), np.float32); g = np.ones((2, 1, 2, 2), np.float32)
+    >>> dw, db = np.empty((1, 1, 2, 2), np.float32), np.empty(1, np.float32)
+    >>> conv2d_grad_weight(x, g, dw, db); dw[0, 0].tolist(), db.tolist()
+    ([[8.0, 8.0], [8.0, 8.0]], [8.0])
+    """
     stride, padding, dilation = _norm(stride, padding, dilation)
     geo = _Geometry(x.shape, out_dw.shape, stride, padding, dilation, need_dx=False)
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
@@ -487,7 +493,13 @@ def relu_backward(g, y, out) -> None:
 def maxpool_relu_backward(g_pooled, argmax, pooled, out_grad, relu=True, pool_k=2, pool_s=None) -> None:
     """out_grad[...] = gradient at the conv output (pre-activation) of conv -> ReLU -> max_pool2d(pool_k,
     pool_s): g_pooled routed to each window's argmax (from `conv2d_pool_forward`), masked by pooled > 0 if
-    `relu`. out_grad has the conv output's shape; positions no window covers get 0."""
+    `relu`. out_grad has the conv output's shape; positions no window covers get 0.
+
+    >>> g = np.full((1, 1, 1, 1), 5, np.float32); am = np.full((1, 1, 1, 1), 2, np.uint8)
+    >>> out = np.empty((1, 1, 2, 2), np.float32)
+    >>> maxpool_relu_backward(g, am, np.ones_like(g), out); out[0, 0].tolist()
+    [[0.0, 0.0], [5.0, 0.0]]
+    """
     pool_s = pool_k if pool_s is None else int(pool_s)
     g_pooled, argmax, pooled = (np.ascontiguousarray(a) for a in (g_pooled, argmax, pooled))
     _check("maxpool_relu_backward argmax", argmax, g_pooled.shape, np.uint8)

@@ -130,7 +130,12 @@ def _pool_attrs(kernel, stride, padding, dilation):
 def max_pool2d_forward(x, out, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
                        out_argmax=None) -> None:
     """out[...] = max_pool2d(x) with ops.MAX_POOL2D semantics (-inf padding, ceil_mode); if out_argmax
-    (uint8, kernel area <= 256) is given, it gets the window index of the first maximum."""
+    (uint8, kernel area <= 256) is given, it gets the window index of the first maximum.
+
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4); out = np.empty((1, 1, 2, 2), np.float32)
+    >>> max_pool2d_forward(x, out, 2); out[0, 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
+    """
     kernel, stride, padding, dilation = _pool_attrs(kernel, stride, padding, dilation)
     n, c, h, w = x.shape
     oh, ow = pool_out_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
