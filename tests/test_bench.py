@@ -14,8 +14,17 @@ from tracejit.bench import harness, peers
 from tracejit.bench.cli import op_list
 
 RESULT_KEYS = {"workload", "mode", "label", "unit", "median_ms", "p25_ms", "p75_ms", "min_ms", "max_ms",
-               "pass_medians_ms", "samples", "reps", "other_load", "other_load_max", "first_call_s",
-               "compile_cold_s", "compile_warm_s", "losses", "flags", "speedup"}
+               "pass_medians_ms", "samples_ms", "passes_used", "samples", "reps", "other_load", "other_load_max",
+               "first_call_s", "compile_cold_s", "compile_warm_s", "losses", "flags", "speedup"}
+
+
+def test_loaded_passes_are_left_out_when_a_quiet_one_exists():
+    case = harness.Case("linreg", "eager", passes=[[0.010, 0.011], [0.001, 0.002]], loads=[0.9, 0.05])
+    summary = harness._summary(case, threshold=0.25)
+    assert summary["passes_used"] == [1] and summary["median_ms"] == pytest.approx(1.5)
+    assert summary["other_load_max"] == 0.05
+    noisy = harness.Case("linreg", "eager", passes=[[0.010], [0.002]], loads=[0.9, None])
+    assert harness._summary(noisy, threshold=0.25)["passes_used"] == [0, 1]  # none quiet: all, flagged
 
 
 def test_other_load_arithmetic():

@@ -321,15 +321,20 @@ def _threads_info(modes: Iterable[str]) -> dict:
     return out
 
 
-def _summary(case: Case) -> dict:
-    samples = [s for p in case.passes for s in p]
+def _summary(case: Case, threshold: float) -> dict:
+    """Median and spread over the passes whose other load stayed under `threshold` (a loop that shared the
+    CPU with another process measures that process too); over all passes, flagged, when none did."""
+    clean = [i for i, load in enumerate(case.loads) if load is not None and load <= threshold]
+    used = clean or list(range(len(case.passes)))
+    samples = [s for i in used for s in case.passes[i]]
     if not samples:
         return {}
     q25, q50, q75 = np.percentile(samples, [25, 50, 75])
-    loads = [x for x in case.loads if x is not None]
+    loads = [case.loads[i] for i in used if case.loads[i] is not None]
     return {"median_ms": q50 * 1e3, "p25_ms": q25 * 1e3, "p75_ms": q75 * 1e3,
             "min_ms": min(samples) * 1e3, "max_ms": max(samples) * 1e3,
             "pass_medians_ms": [statistics.median(p) * 1e3 for p in case.passes],
+            "samples_ms": [[round(t * 1e3, 4) for t in p] for p in case.passes], "passes_used": used,
             "samples": len(samples), "other_load": case.loads,
             "other_load_max": max(loads) if loads else None}
 
@@ -415,7 +420,7 @@ def _report(cases, workloads, modes, notes, runnable, passes, quick, bw, thresho
         wl = WORKLOADS[w]
         cfg = wl.config(quick)
         row = [c for c in cases if c.workload == w]
-        sums = {c.mode: _summary(c) for c in row}
+        sums = {c.mode: _summary(c, threshold) for c in row}
         base = next((c for c in row if c.ok and c.losses), None)
         for c in row:
             r = {"workload": w, "mode": c.mode, "label": LABELS[c.mode], "unit": wl.unit.format(**cfg)}
@@ -488,7 +493,7 @@ def format_table(report: dict) -> str:
     modes = report["settings"]["modes"]
     refs = [m for m in ("eager",) + peers_mod.PEERS if m in modes and m not in report["unavailable"]]
     head = ["workload", "mode", "ms/unit", "IQR (ms)"] + [f"vs {LABELS[m]}" for m in refs] + \
-           ["compile cold s", "warm cache s", "other load"]
+           ["compile cold s", "warm cache s", "other load", "passes"]
     rows, notes = [head], []
     for r in report["results"]:
         if "skipped" in r:
@@ -507,7 +512,8 @@ def format_table(report: dict) -> str:
         rows.append([name, r["label"], _fmt_ms(r["median_ms"]) + mark,
                      f"{_fmt_ms(r['p25_ms'])}-{_fmt_ms(r['p75_ms'])}"] + ratios +
                     [_fmt_s(r["compile_cold_s"]) if r["mode"] not in ("eager", "torch") else "-",
-                     _fmt_s(r.get("compile_warm_s")), "n/a" if load is None else f"{load:.0%}"])
+                     _fmt_s(r.get("compile_warm_s")), "n/a" if load is None else f"{load:.0%}",
+                     f"{len(r['passes_used'])}/{len(r['pass_medians_ms'])}"])
         for f in r["flags"]:
             notes.append(f"! {r['workload']} / {r['label']}: {f}")
         if r.get("error"):
@@ -549,11 +555,12 @@ def _footer(report: dict, notes: list[str]) -> list[str]:
     out += notes
     t = report["threads"]
     s = report["settings"]
-    out.append(f"median and interquartile range over {s['passes']} passes (modes interleaved, order rotated "
-               f"each pass); 'vs X' = X's time / this row's time (>1: this row is faster); compile = time of "
-               f"the first {s['warmup_calls']} calls beyond {s['warmup_calls']} steady calls (cold: fresh "
-               f"caches; warm cache: a new process reusing them); other load = CPU share other processes used "
-               f"during the timed loops (! above {s['load_threshold']:.0%})")
+    out.append(f"median and interquartile range over the passes (of {s['passes']}; modes interleaved, order "
+               f"rotated each pass) in which other processes used at most {s['load_threshold']:.0%} of the CPU, "
+               f"or over all passes, flagged !, when none was that quiet; 'vs X' = X's time / this row's time "
+               f"(>1: this row is faster); compile = time of the first {s['warmup_calls']} calls beyond "
+               f"{s['warmup_calls']} steady calls (cold: fresh caches; warm cache: a new process reusing them); "
+               f"other load = largest CPU share other processes used during the timed loops counted")
     m = report["machine"]
     out.append(f"{report['date']}  {m['cpu']}, {m.get('cpus_usable', m['cpus'])} CPUs, python {m['python']}, "
                f"numpy {m['numpy']}, numba {m['numba']}; threads: " +
