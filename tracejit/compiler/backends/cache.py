@@ -85,6 +85,10 @@ def load(source: str, attr: str):
             spec = importlib.util.spec_from_file_location(modname, path)
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
+            if not _numba_cache_ok(mod):  # damaged Numba files beside the source: drop them, start over
+                _purge_numba(path)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
             sys.modules[modname] = mod
             return getattr(mod, attr), hit
         except Exception:
@@ -92,6 +96,61 @@ def load(source: str, attr: str):
                 raise
             _purge(path, modname)  # corrupted entry: discard and rebuild
     raise AssertionError("unreachable")
+
+
+def call_first(fn, source: str, attr: str, args):
+    """First call of a function `load(source, attr)` returned. Numba reads its on-disk cache lazily, here:
+    a damaged index or machine-code file raises, so when this entry has Numba files, discard them, reload
+    the module and compile afresh (a genuine error then raises again). Returns (result, function)."""
+    try:
+        return fn(*args), fn
+    except Exception:
+        key = key_of(source)
+        pyc = os.path.join(cache_dir(), "__pycache__")
+        stale = [f for f in os.listdir(pyc) if f.startswith(f"k_{key}") and f.endswith((".nbi", ".nbc"))] \
+            if os.path.isdir(pyc) else []
+        if not stale:
+            raise
+        for f in stale:
+            try:
+                os.unlink(os.path.join(pyc, f))
+            except OSError:
+                pass
+        sys.modules.pop(f"tracejit_kernel_{key}", None)
+        fresh, _ = load(source, attr)
+        return fresh(*args), fresh
+
+
+def _numba_cache_ok(mod) -> bool:
+    """Read every Numba index and machine-code file of the module's functions (Numba itself reads them
+    only on the first call, where a damaged file would raise in every later process)."""
+    for obj in vars(mod).values():
+        cache_file = getattr(getattr(obj, "_cache", None), "_cache_file", None)
+        if cache_file is None:
+            continue
+        try:
+            for name in cache_file._load_index().values():
+                # a data file is one pickle: check its framing without unpickling (which would make Numba's
+                # own load miss afterwards)
+                with open(os.path.join(cache_file._cache_path, name), "rb") as f:
+                    head = f.read(2)
+                if len(head) < 2 or head[0] != 0x80:
+                    return False
+        except Exception:
+            return False
+    return True
+
+
+def _purge_numba(path: str) -> None:
+    pyc = os.path.join(os.path.dirname(path), "__pycache__")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if os.path.isdir(pyc):
+        for f in os.listdir(pyc):
+            if f.startswith(stem) and f.endswith((".nbi", ".nbc")):
+                try:
+                    os.unlink(os.path.join(pyc, f))
+                except OSError:
+                    pass
 
 
 def clear() -> None:

@@ -262,7 +262,7 @@ class KernelStep:
         views = [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.first_call_s is None:
             t0 = time.perf_counter()
-            self.fn(*ins, *views)
+            _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", ins + views)
             self.first_call_s = time.perf_counter() - t0
         else:
             self.fn(*ins, *views)
@@ -316,7 +316,8 @@ class SegmentStep:
             t0 = time.perf_counter()
             try:
                 blas.set_threads(self.blas_threads)
-                out = self.fn(*[_c(a) for a in args])
+                out, self.fn = cache.call_first(self.fn, SEGMENT_PRELUDE + self.source, "segment",
+                                                [_c(a) for a in args])
             except numba.core.errors.NumbaError as e:
                 self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
                 self.fn = self.fallback()

@@ -10,7 +10,9 @@ from ..ir import Graph, Node
 
 
 def _key(attrs: dict):
-    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in attrs.items()))
+    # floats by repr: 0.0 == -0.0 in Python, but x / 0.0 and x / -0.0 differ
+    return tuple(sorted((k, repr(v) if isinstance(v, float) else tuple(v) if isinstance(v, list) else v)
+                        for k, v in attrs.items()))
 
 
 def cse(g: Graph) -> Graph:

@@ -86,6 +86,10 @@ def fuse_elementwise(g: Graph) -> Graph:
                 continue
             candidates.append(grp)
         ins = {v.id for v in n.inputs}
+        for grp in candidates:
+            if ins & grp.reductions:
+                notes.append(f"not fused: into {n.op.name} (node {i}): it reads a reduction of that kernel, "
+                             f"whose result is only complete after the kernel")
         candidates = [grp for grp in candidates if not (ins & grp.reductions)]
         merged = set(i for grp in candidates for i in grp.members) | {i}
         why = legal(merged, i) if candidates else None

@@ -47,6 +47,10 @@ def simplify(g: Graph) -> Graph:
                 emit(folded)
                 continue
             n = _chain(n, ins, out, defs)
+            alias = _identity(n, n.inputs, out, defs)  # a composed chain may do nothing at all
+            if alias is not None:
+                rename[out.id] = alias
+                continue
         emit(n)
     outputs = [rename.get(v.id, v) for v in g.outputs]
     return g.replace(nodes=nodes, outputs=outputs)
