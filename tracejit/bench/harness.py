@@ -370,15 +370,19 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
     bar = Progress(len(live) * (passes + 1) + len(probes) + int(bandwidth), progress)
     started = time.time()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    fingerprint = source_fingerprint()
     try:
         bw = None
         if bandwidth:
             bw = copy_bandwidth(nbytes=1 << 23 if quick else 1 << 28)
             bar.step("copy bandwidth")
         for c in live:
+            fingerprint = source_fingerprint()
             warm_up(c, quick, reps)
             bar.step(f"warm-up {c.workload} {c.mode}")
+            if c in probes:
+                # right after the cold compile, so that the library's source is still what it compiled
+                _warm_probe(c, quick, fingerprint)
+                bar.step(f"warm cache {c.workload} {c.mode}")
         for p in range(passes):
             for w in workloads:
                 row = [c for c in live if c.workload == w]
@@ -388,16 +392,6 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
                     if c.ok:
                         time_pass(c)
                     bar.step(f"pass {p + 1} {w} {c.mode}")
-        for c in probes:
-            if c.ok and c.mode in ("cpu", "cuda") and source_fingerprint() != fingerprint:
-                c.warm_note = "tracejit's source changed during the run, so its kernels would recompile"
-            elif c.ok:
-                try:
-                    r = probe_subprocess(c.workload, c.mode, quick, dict(os.environ))
-                    c.compile_warm_s = compile_overhead(r["warmup_s"], statistics.median(r["steady_s"]))
-                except Exception as e:
-                    c.warm_note = _describe(e)
-            bar.step(f"warm cache {c.workload} {c.mode}")
     finally:
         bar.close()
         for k, v in saved_env.items():
@@ -412,6 +406,19 @@ def run_benchmarks(workloads: Iterable[str] = tuple(WORKLOADS), modes: Iterable[
     report["command"] = command
     report["date"] = date
     return report
+
+
+def _warm_probe(c: Case, quick: bool, fingerprint: str) -> None:
+    if not c.ok:
+        return
+    if c.mode in ("cpu", "cuda") and source_fingerprint() != fingerprint:
+        c.warm_note = "tracejit's source changed during its compilation, so its kernels would recompile"
+        return
+    try:
+        r = probe_subprocess(c.workload, c.mode, quick, dict(os.environ))
+        c.compile_warm_s = compile_overhead(r["warmup_s"], statistics.median(r["steady_s"]))
+    except Exception as e:
+        c.warm_note = _describe(e)
 
 
 def _report(cases, workloads, modes, notes, runnable, passes, quick, bw, threshold, elapsed, cache_dir) -> dict:
