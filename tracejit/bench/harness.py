@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -502,6 +503,7 @@ def format_table(report: dict) -> str:
     head = ["workload", "mode", "ms/unit", "IQR (ms)"] + [f"vs {LABELS[m]}" for m in refs] + \
            ["compile cold s", "warm cache s", "other load", "passes"]
     rows, notes = [head], []
+    loaded = measured = 0
     for r in report["results"]:
         if "skipped" in r:
             continue
@@ -521,12 +523,19 @@ def format_table(report: dict) -> str:
                     [_fmt_s(r["compile_cold_s"]) if r["mode"] not in ("eager", "torch") else "-",
                      _fmt_s(r.get("compile_warm_s")), "n/a" if load is None else f"{load:.0%}",
                      f"{len(r['passes_used'])}/{len(r['pass_medians_ms'])}"])
+        loaded += any(f.startswith("other load") for f in r["flags"])
+        measured += 1
         for f in r["flags"]:
-            notes.append(f"! {r['workload']} / {r['label']}: {f}")
+            if not f.startswith("other load"):  # the load has its own column
+                notes.append(f"! {r['workload']} / {r['label']}: {f}")
         if r.get("error"):
             notes.append(f"{r['workload']} / {r['label']}: stopped after {r['samples']} samples: {r['error']}")
         if r.get("compile_warm_note"):
             notes.append(f"{r['workload']} / {r['label']}: warm cache not measured: {r['compile_warm_note']}")
+    if loaded:
+        notes.insert(0, f"! {loaded} of {measured} results were measured while other processes used more than "
+                        f"{report['settings']['load_threshold']:.0%} of the CPU in every pass (column 'other "
+                        f"load'): they are slower and noisier than on a quiet machine")
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = []
     prev = None
@@ -562,12 +571,12 @@ def _footer(report: dict, notes: list[str]) -> list[str]:
     out += notes
     t = report["threads"]
     s = report["settings"]
-    out.append(f"median and interquartile range over the passes (of {s['passes']}; modes interleaved, order "
+    out += textwrap.wrap(f"median and interquartile range over the passes (of {s['passes']}; modes interleaved, order "
                f"rotated each pass) in which other processes used at most {s['load_threshold']:.0%} of the CPU, "
                f"or over all passes, flagged !, when none was that quiet; 'vs X' = X's time / this row's time "
                f"(>1: this row is faster); compile = time of the first {s['warmup_calls']} calls beyond "
                f"{s['warmup_calls']} steady calls (cold: fresh caches; warm cache: a new process reusing them); "
-               f"other load = largest CPU share other processes used during the timed loops counted")
+               f"other load = largest CPU share other processes used during the timed loops counted", 110)
     m = report["machine"]
     out.append(f"{report['date']}  {m['cpu']}, {m.get('cpus_usable', m['cpus'])} CPUs, python {m['python']}, "
                f"numpy {m['numpy']}, numba {m['numba']}; threads: " +
