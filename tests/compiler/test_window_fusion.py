@@ -63,11 +63,14 @@ def test_each_conv_block_is_one_kernel_forward_and_backward():
     cf, *_ = compiled_variant("reference")
     g = cf.latest().graph
     patterns = [n.attrs.get("pattern") for n in g.nodes if n.body is not None and n.attrs.get("kind") == "window"]
-    assert sorted(patterns) == ["conv_pool", "conv_pool", "grad_weight_bias", "grad_weight_bias", "unpool", "unpool"]
+    # forward: one kernel per conv block (conv+bias+relu+pool+argmax); backward: the first block (no input
+    # gradient) is one kernel (unpool, relu mask, dw, db); the second unpools, then dx and dw+db kernels
+    assert sorted(patterns) == ["conv_pool", "conv_pool", "conv_pool_backward", "grad_weight_bias", "unpool"]
     prims = [n.op.name for n in g.nodes if n.body is None]
-    # no separate conv2d / relu / max_pool2d / max_pool2d_grad left: only conv2's input gradient stays a primitive
-    assert "max_pool2d" not in prims and "max_pool2d_grad" not in prims and "conv2d" not in prims
+    assert not {"conv2d", "max_pool2d", "max_pool2d_grad", "conv2d_grad_weight"} & set(prims)
     assert prims.count("conv2d_grad_input") == 1
+    bwd = next(n for n in g.nodes if n.attrs.get("pattern") == "conv_pool_backward")
+    assert [v.shape for v in bwd.outputs] == [(4, 3, 3, 3), (4,)]  # conv1's dw and db
     fwd = next(n for n in g.nodes if n.attrs.get("pattern") == "conv_pool")
     assert [o.dtype.name for o in fwd.outputs] == ["float32", "uint8"]  # pooled values + compact argmax
     assert [b.op.name for b in fwd.body.nodes][-2:] == ["max_pool2d", "max_pool2d_argmax"]

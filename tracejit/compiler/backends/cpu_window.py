@@ -1,10 +1,13 @@
-"""Numba kernels for the window ops (conv2d, max/avg pooling) with fused bias/ReLU/max-pool epilogues.
+"""Numba kernels for conv2d forward: direct convolution with fused bias, ReLU and max-pool(+uint8 argmax)
+epilogues. The CPU backend calls the Python functions below; they write preallocated outputs and pass only
+int shape parameters, so one compiled kernel per dtype serves every shape. Backward: ``cpu_window_bwd``;
+standalone pooling: ``cpu_window_pool``.
 
-The CPU backend's generated code calls the Python-level functions below: each writes into preallocated
-C-contiguous float32/float64 outputs, picks an algorithm by shape and dispatches to one njit kernel whose
-shape parameters are plain ints, so one compiled specialization per dtype serves every call.
-Conv backward lives in ``cpu_window_bwd``. Measured on 2 cores AVX-512 (benchmarks/bench_window.py):
-  [filled in below from the benchmark]
+Measured (benchmarks/bench_window.py, 2 cores AVX-512, TBB, float32, median of 30, load < 1.7; NumPy
+im2col reference in brackets; floor at 205 GFLOP/s): conv+bias+ReLU+2x2 pool+argmax on
+  LeNet conv1 x[64,3,32,32] w[6,3,5,5]        0.51-0.55 ms  [11.5-14.4 ms]  floor 0.22 ms
+  LeNet conv2 x[64,6,14,14] w[16,6,5,5]       0.79-0.86 ms  [3.6-4.1 ms]    floor 0.15 ms
+  conv block x[32,16,32,32] w[32,16,3,3] p1   2.1-2.7 ms    [35-37 ms]      floor 1.47 ms
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """Numba kernels for standalone max and avg pooling (ops max_pool2d, avg_pool2d and their gradients):
 any kernel, stride, padding, dilation and ceil_mode, one parallel task per (image, channel) plane.
-Pooling fused behind a conv lives in ``cpu_window`` (re-exported from there).
+Pooling fused behind a conv lives in ``cpu_window``, which also re-exports these entry points.
+
+Measured (benchmarks/bench_window.py, as in cpu_window; NumPy reference in brackets):
+  max_pool2d 2x2 [64,6,28,28]: forward+argmax 0.13-0.23 ms [5.4-5.9], backward 0.14-0.19 ms [2.9-3.3]
+  max_pool2d 3x3/2 pad 1 [32,32,32,32]: forward 1.5-2.8 ms [29-30], backward 0.59-0.77 ms [17-19]
+  avg_pool2d 3x3/2 pad 1: forward 1.1-2.2 ms [14-15], backward 2.6-2.8 ms [2.6-3.8]
 """
 
 from __future__ import annotations

@@ -51,6 +51,25 @@ def window_step(node: Node):
                 WB.maxpool_relu_backward(_c(args[0]), _c(args[1]), pooled, out, relu=relu, pool_k=k, pool_s=s)
                 return (out,)
             return _label(unpool, "max_pool2d backward (argmax) + relu mask")
+        if pattern == "conv_pool_backward":
+            kw = _conv_kw(a)
+            relu, k, s, has_dx = a["relu"], a["pool"], a["pool_stride"], a["input_grad"]
+
+            def conv_pool_backward(args):
+                res = [_empty(v) for v in outs]
+                if has_dx:
+                    x, w, gm, idx = args[:4]
+                    dx, dw, db = res
+                else:
+                    (x, gm, idx), w = args[:3], None
+                    dx, (dw, db) = None, res
+                pooled = _c(args[-1]) if relu else np.empty(gm.shape, gm.dtype)
+                if w is None:  # no input gradient wanted: the weight's values are never read
+                    w = np.empty(dw.shape, dw.dtype)
+                WB.conv2d_pool_backward(_c(x), _c(w), _c(gm), _c(idx), pooled, dx, dw, db, relu=relu, pool_k=k,
+                                        pool_s=s, **kw)
+                return res
+            return _label(conv_pool_backward, "unpool+relu+conv2d backward (dx, dw, db)")
         if pattern == "grad_weight_bias":
             kw = _conv_kw(a)
 
