@@ -1,4 +1,5 @@
-"""cpu_window / cpu_window_bwd / cpu_window_pool kernels against the NumPy references in ref_kernels (the op semantics).
+"""cpu_window, cpu_window_bwd (+ cpu_window_dw) and cpu_window_pool kernels against the NumPy references in
+ref_kernels (the op semantics).
 
 Tolerance: values whose computation sums R products are compared with rtol 1e-5 and atol 1e-6 * R in
 float32 (1e-12 * R and rtol 1e-12 in float64); pooled values and argmax indices taken from the same conv
