@@ -57,8 +57,9 @@ def cmd_bench(ns) -> int:
               f"{', '.join(WORKLOADS)}; modes: {', '.join(TRACEJIT_MODES + PEERS)}", file=sys.stderr)
         return 2
     passes = 1 if ns.quick and ns.passes == 3 else ns.passes
-    argv = getattr(ns, "argv", None) or sys.argv[1:]  # set by main(); else `python -m tracejit bench ...`
-    command = "python -m tracejit " + " ".join(argv) if argv[:1] == ["bench"] else None
+    command = getattr(ns, "command", None)  # set by main(); else this is `python -m tracejit bench ...`
+    if command is None and sys.argv[1:2] == ["bench"]:
+        command = "python -m tracejit " + " ".join(sys.argv[1:])
     report = run_benchmarks(ns.workloads, modes, passes=passes, reps=ns.reps, quick=ns.quick,
                             progress=not ns.no_progress, warm_probe=not ns.no_warm_probe,
                             cache_dir=ns.cache_dir, load_threshold=ns.load_threshold, command=command)
@@ -95,10 +96,11 @@ def cmd_ops(ns) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`main(['--quick'])` is `python -m tracejit bench --quick` (benchmarks/run.py uses it)."""
+    script = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="tracejit")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_parser(sub)
     ns = p.parse_args(["bench"] + argv)
-    ns.argv = ["bench"] + argv
+    ns.command = " ".join([f"python {sys.argv[0]}" if script else "tracejit.bench.cli.main:"] + argv)
     return ns.fn(ns)
