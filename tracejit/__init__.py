@@ -60,6 +60,10 @@ def __getattr__(name):
         from .compiler import api
 
         return getattr(api, name)
+    if name in ("set_num_threads", "get_num_threads"):
+        from .compiler.backends import threads
+
+        return getattr(threads, name)
     if name == "compiler":
         import importlib
 

@@ -29,7 +29,7 @@ from .trace import describe_arg, trace, unflatten
 
 T = sys.modules["tracejit.tensor"]
 
-DEFAULT_BACKEND = "reference"
+DEFAULT_BACKEND = "cpu"
 
 
 class RecompileWarning(UserWarning):

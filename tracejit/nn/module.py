@@ -290,11 +290,9 @@ class Module:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
-            if p.grad is None:
-                continue
             if set_to_none:
-                p.grad = None
-            else:
+                p.grad = None  # without looking first (see Optimizer.zero_grad)
+            elif p.grad is not None:
                 with no_grad():
                     p.grad.detach_()
                     p.grad.zero_()

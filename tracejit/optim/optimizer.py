@@ -161,10 +161,12 @@ class Optimizer:
         """Reset gradients: drop them (default) or, with ``set_to_none=False``, zero them in place."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
                 if set_to_none:
+                    # assign without looking first: a compiled step then does not depend on (and is not
+                    # guarded by) whether the gradients existed before the call
                     p.grad = None
+                    continue
+                if p.grad is None:
                     continue
                 if p.grad.grad_fn is not None:
                     p.grad.detach_()
