@@ -20,6 +20,7 @@ from .cpu_window_steps import window_step
 from .kernel import LoopKernel, LoweringError, lower
 from .reference import ref_step
 
+INPLACE_MIN = 1 << 14  # elements of optimizer state below which in-place updates are not worth a step
 PARALLEL_MIN = 1 << 16  # elements below which threads cost more than they save (launch 2-60 us)
 CHUNKS = 16  # fixed outer blocks: reductions combine per-block partials in order -> same bits at any thread count
 FASTMATH = '{"contract", "arcp", "afn", "reassoc", "nsz"}'  # not nnan/ninf: NaN and inf keep their meaning
@@ -278,6 +279,8 @@ class CpuProgram(Program):
 
     def run(self, inputs: list) -> list:
         outs = super().run(inputs)
+        if not self.tracks_ownership:
+            return outs
         counts: dict[int, int] = {}
         for a in outs:
             counts[id(a)] = counts.get(id(a), 0) + 1
@@ -378,6 +381,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
         prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render))
     prog.fallbacks = fallbacks
     prog.owned = owned
+    prog.tracks_ownership = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
     if timings is not None:
         timings["render+load"] = t_render[0]
     return prog
@@ -388,8 +392,10 @@ def _is_native(n: Node) -> bool:
     parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
     them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
     if n.body is not None and n.attrs.get("kind") == "multi":
-        # its own step so it can write state in place (memory_plan), which a segment cannot decide per call
-        return bool(n.attrs.get("inplace")) or sum(_space_numel(m) for m in n.body.nodes) >= PARALLEL_MIN
+        # its own step so it can write state in place (memory_plan), which a segment cannot decide per call;
+        # for tiny models the extra dispatch costs more than fresh allocations save
+        size = sum(_space_numel(m) for m in n.body.nodes)
+        return size >= PARALLEL_MIN or (bool(n.attrs.get("inplace")) and size >= INPLACE_MIN)
     if n.body is not None and n.attrs.get("kind") in ("elementwise", "reduce"):
         return _space_numel(n) >= PARALLEL_MIN
     return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None
