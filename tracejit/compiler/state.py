@@ -198,13 +198,14 @@ class StateGuard:
         return None
 
 
-def _ident(m) -> tuple:
-    """Which tensor objects a module holds directly (replacing one must retrace: the trace is bound to it)."""
-    return tuple(map(id, m._parameters.values())) + tuple(map(id, m._buffers.values()))
+def _ident(m) -> int:
+    """Which tensor objects a module holds directly, as a counter Module bumps whenever its parameter or buffer
+    dicts change (replacing one must retrace: the trace is bound to the old object)."""
+    return m.__dict__.get("_tensor_version", 0)
 
 
 def _hyper(opt):
     """Optimizer settings baked into a trace (everything but params and the lr tensor), and how much
     state each parameter has (lazily created state changes the trace)."""
-    groups = tuple(tuple(v for k, v in g.items() if k != "params" and k != "lr") for g in opt.param_groups)
-    return groups, tuple(len(st) for st in opt.state.values())
+    # ParamGroup bumps `version` on every change but the lr; lazily created state shows in len(opt.state)
+    return tuple(getattr(g, "version", id(g)) for g in opt.param_groups), len(opt.state)

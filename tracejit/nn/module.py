@@ -122,6 +122,7 @@ class Module:
             raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
                             f"(tracejit.nn.Parameter or None required)")
         self._parameters[name] = param
+        self.__dict__["_tensor_version"] = self.__dict__.get("_tensor_version", 0) + 1
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
         self._check_name(name, "buffer")
@@ -131,6 +132,7 @@ class Module:
             raise TypeError(f"cannot assign '{_typename(tensor)}' object to buffer '{name}' "
                             f"(tracejit Tensor or None required)")
         self._buffers[name] = tensor
+        self.__dict__["_tensor_version"] = self.__dict__.get("_tensor_version", 0) + 1
         if persistent:
             self._non_persistent_buffers_set.discard(name)
         else:
@@ -149,6 +151,9 @@ class Module:
     def __setattr__(self, name: str, value) -> None:
         d = self.__dict__
         params, modules, buffers = d.get("_parameters"), d.get("_modules"), d.get("_buffers")
+        if (params is not None and name in params) or (buffers is not None and name in buffers):
+            # which tensor objects the module holds changes: compiled steps bound to the old ones retrace
+            d["_tensor_version"] = d.get("_tensor_version", 0) + 1
 
         def remove_from(*containers):
             for c in containers:
@@ -199,6 +204,7 @@ class Module:
         for key in ("_parameters", "_buffers", "_modules"):
             if name in self.__dict__[key]:
                 del self.__dict__[key][name]
+                self.__dict__["_tensor_version"] = self.__dict__.get("_tensor_version", 0) + 1
                 self._non_persistent_buffers_set.discard(name)
                 return
         object.__delattr__(self, name)

@@ -58,6 +58,9 @@ class ParamGroup(dict):
     def __setitem__(self, key: str, value: Any) -> None:
         if key in self.TENSOR_KEYS:
             value = self._write(key, value)
+        else:
+            # settings other than the lr are constants in a compiled step: a change must retrace
+            self.version = getattr(self, "version", 0) + 1
         super().__setitem__(key, value)
 
     def _write(self, key: str, value: Any) -> float:
