@@ -16,7 +16,7 @@ from ..ir import Graph, Node
 from ..runtime import Program
 from . import blas, cache, threads
 from .cpu_program import SegmentSource, segment_io, split_segments
-from .cpu_window_steps import window_step
+from .cpu_window_steps import as_c, window_step
 from .kernel import LoopKernel, LoweringError, lower
 from .reference import ref_step
 
@@ -254,7 +254,7 @@ class KernelStep:
         self.first_call_s: float | None = None
 
     def __call__(self, args):
-        ins = [_c(args[src]).reshape(shape) for src, shape in self.loads]
+        ins = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
         outs = [np.empty(shape, dtype) for shape, dtype, _ in self.outs]
         for oi, ii in self.inplace:
             a = args[ii]
@@ -268,10 +268,6 @@ class KernelStep:
         else:
             self.fn(*ins, *views)
         return [outs[i] for i in self.out_order]
-
-
-def _c(a):
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 class CpuProgram(Program):
@@ -320,7 +316,7 @@ class SegmentStep:
             try:
                 blas.set_threads(self.blas_threads)
                 out, self.fn = cache.call_first(self.fn, SEGMENT_PRELUDE + self.source, "segment",
-                                                [_c(a) for a in args])
+                                                [as_c(a) for a in args])
             except numba.core.errors.NumbaError as e:
                 self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
                 self.fn = self.fallback()
@@ -328,7 +324,7 @@ class SegmentStep:
             self.first_call_s = time.perf_counter() - t0
             return out
         blas.set_threads(self.blas_threads)
-        return self.fn(*[_c(a) for a in args])
+        return self.fn(*[as_c(a) for a in args])
 
 
 def _per_node(nodes, make_step, inputs, outputs):

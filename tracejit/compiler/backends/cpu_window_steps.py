@@ -14,7 +14,8 @@ from . import cpu_window as W
 from . import cpu_window_bwd as WB
 
 
-def _c(a):
+def as_c(a):
+    """`a` itself when C-contiguous, else a C-contiguous copy (kernels index flat memory)."""
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
@@ -38,7 +39,7 @@ def window_step(node: Node):
 
             def conv_pool(args):
                 pooled, idx = _empty(outs[0]), _empty(outs[1])
-                W.conv2d_pool_forward(_c(args[0]), _c(args[1]), _c(args[2]) if has_bias else None, pooled, idx,
+                W.conv2d_pool_forward(as_c(args[0]), as_c(args[1]), as_c(args[2]) if has_bias else None, pooled, idx,
                                       relu=relu, pool_k=k, pool_s=s, **kw)
                 return pooled, idx
             return _label(conv_pool, "conv2d+bias+relu+max_pool2d" if relu else "conv2d+bias+max_pool2d")
@@ -47,8 +48,8 @@ def window_step(node: Node):
 
             def unpool(args):
                 out = np.empty(outs[0].type.shape, outs[0].type.dtype.np)
-                pooled = _c(args[2]) if relu else np.empty(args[0].shape, args[0].dtype)
-                WB.maxpool_relu_backward(_c(args[0]), _c(args[1]), pooled, out, relu=relu, pool_k=k, pool_s=s)
+                pooled = as_c(args[2]) if relu else np.empty(args[0].shape, args[0].dtype)
+                WB.maxpool_relu_backward(as_c(args[0]), as_c(args[1]), pooled, out, relu=relu, pool_k=k, pool_s=s)
                 return (out,)
             return _label(unpool, "max_pool2d backward (argmax) + relu mask")
         if pattern == "conv_pool_backward":
@@ -63,10 +64,10 @@ def window_step(node: Node):
                 else:
                     (x, gm, idx), w = args[:3], None
                     dx, (dw, db) = None, res
-                pooled = _c(args[-1]) if relu else np.empty(gm.shape, gm.dtype)
+                pooled = as_c(args[-1]) if relu else np.empty(gm.shape, gm.dtype)
                 if w is None:  # no input gradient wanted: the weight's values are never read
                     w = np.empty(dw.shape, dw.dtype)
-                WB.conv2d_pool_backward(_c(x), _c(w), _c(gm), _c(idx), pooled, dx, dw, db, relu=relu, pool_k=k,
+                WB.conv2d_pool_backward(as_c(x), as_c(w), as_c(gm), as_c(idx), pooled, dx, dw, db, relu=relu, pool_k=k,
                                         pool_s=s, **kw)
                 return res
             return _label(conv_pool_backward, "unpool+relu+conv2d backward (dx, dw, db)")
@@ -75,7 +76,7 @@ def window_step(node: Node):
 
             def grad_wb(args):
                 dw, db = _empty(outs[0]), _empty(outs[1])
-                WB.conv2d_grad_weight(_c(args[0]), _c(args[1]), dw, db, **kw)
+                WB.conv2d_grad_weight(as_c(args[0]), as_c(args[1]), dw, db, **kw)
                 return dw, db
             return _label(grad_wb, "conv2d_grad_weight+bias")
         return None
@@ -88,7 +89,7 @@ def window_step(node: Node):
 
         def conv(args):
             o = _empty(out)
-            W.conv2d_forward(_c(args[0]), _c(args[1]), None, o, **kw)
+            W.conv2d_forward(as_c(args[0]), as_c(args[1]), None, o, **kw)
             return (o,)
         return _label(conv, name)
     if name == "conv2d_grad_input":
@@ -96,7 +97,7 @@ def window_step(node: Node):
 
         def grad_input(args):
             o = _empty(out)
-            WB.conv2d_grad_input(_c(args[0]), _c(args[1]), o, **kw)
+            WB.conv2d_grad_input(as_c(args[0]), as_c(args[1]), o, **kw)
             return (o,)
         return _label(grad_input, name)
     if name == "conv2d_grad_weight":
@@ -104,34 +105,34 @@ def window_step(node: Node):
 
         def grad_weight(args):
             o = _empty(out)
-            WB.conv2d_grad_weight(_c(args[0]), _c(args[1]), o, None, **kw)
+            WB.conv2d_grad_weight(as_c(args[0]), as_c(args[1]), o, None, **kw)
             return (o,)
         return _label(grad_weight, name)
     pool = dict(kernel=a.get("kernel"), stride=a.get("stride"), padding=a.get("padding"))
     if name == "max_pool2d":
         def max_pool(args):
             o = _empty(out)
-            W.max_pool2d_forward(_c(args[0]), o, dilation=a["dilation"], ceil_mode=a["ceil_mode"], **pool)
+            W.max_pool2d_forward(as_c(args[0]), o, dilation=a["dilation"], ceil_mode=a["ceil_mode"], **pool)
             return (o,)
         return _label(max_pool, name)
     if name == "max_pool2d_grad":
         def max_pool_grad(args):
             o = _empty(out)
-            W.max_pool2d_backward(_c(args[0]), _c(args[1]), o, dilation=a["dilation"], ceil_mode=a["ceil_mode"],
+            W.max_pool2d_backward(as_c(args[0]), as_c(args[1]), o, dilation=a["dilation"], ceil_mode=a["ceil_mode"],
                                   **pool)
             return (o,)
         return _label(max_pool_grad, name)
     if name == "avg_pool2d":
         def avg_pool(args):
             o = _empty(out)
-            W.avg_pool2d_forward(_c(args[0]), o, ceil_mode=a["ceil_mode"],
+            W.avg_pool2d_forward(as_c(args[0]), o, ceil_mode=a["ceil_mode"],
                                  count_include_pad=a["count_include_pad"], **pool)
             return (o,)
         return _label(avg_pool, name) if not a.get("ceil_mode") else None
     if name == "avg_pool2d_grad":
         def avg_pool_grad(args):
             o = _empty(out)
-            W.avg_pool2d_backward(_c(args[0]), o, ceil_mode=a["ceil_mode"],
+            W.avg_pool2d_backward(as_c(args[0]), o, ceil_mode=a["ceil_mode"],
                                   count_include_pad=a["count_include_pad"], **pool)
             return (o,)
         return _label(avg_pool_grad, name) if not a.get("ceil_mode") else None
