@@ -241,11 +241,6 @@ def _fuse_conv_backward(ix, replace, notes):
         if len(wb) != 1 or len(gi) > 1 or set(users) - members:
             notes.append(f"not fused: unpool (node {ui}) with the conv gradients: its output has other readers")
             continue
-        if gi:
-            # measured on LeNet's conv2 (batch 64): the one-kernel backward with dx took 2.4-3.8 ms against
-            # 2.2 ms for unpool + grad_input + grad_weight; without dx (a first layer) it wins, 1.0 vs 1.2 ms
-            notes.append(f"not fused: unpool (node {ui}) with conv2d_grad_input: separate kernels are faster")
-            continue
         w_node = wb[0]
         at = max([ui, wb_idx[0]] + gi)
         group = {ui, wb_idx[0]} | set(gi)

@@ -1,0 +1,109 @@
+"""cpu_window_gemm (stride-1 ungrouped conv2d as one GEMM per image) against the NumPy references in
+ref_kernels. Tolerances as in test_cpu_window (sums of R products: rtol 1e-5, atol 1e-6 * R in float32);
+pooled values and argmax indices are compared exactly against pooling the same path's conv output."""
+
+import numpy as np
+import pytest
+
+from tracejit import ref_kernels as K
+from tracejit.compiler.backends import cpu_window_gemm as G
+
+from .test_cpu_window import F32, F64, close, conv_ref, data, make, out_shape, reduction
+
+# (x shape, w shape, stride, padding, dilation, groups): stride 1, groups 1; batches larger than the task count
+CONVS = [
+    ((7, 3, 9, 11), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((5, 3, 12, 10), (5, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1),
+    ((3, 2, 10, 9), (6, 2, 5, 3), (1, 1), (2, 1), (1, 2), 1),
+    ((6, 3, 7, 7), (5, 3, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+    ((2, 2, 7, 8), (3, 2, 1, 1), (1, 1), (1, 1), (1, 1), 1),
+    ((9, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet's second layer, smaller batch
+]
+IDS = [f"x{list(c[0])}-w{list(c[1])}-p{c[3]}-d{c[4]}" for c in CONVS]
+NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
+
+
+def fwd(x, w, b, out, argmax, spec, relu, k=0, s=1):
+    G.conv_forward(x, w, b, out, argmax, spec[3], spec[4], relu, k, s)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("spec", CONVS, ids=IDS)
+def test_forward(spec, dtype):
+    _, x, w, b = make(spec, dtype)
+    for bias, relu in ((None, False), (b, False), (b, True)):
+        out = np.full(out_shape(spec), np.nan, dtype)
+        fwd(x, w, bias, out, NO_IDX, spec, relu)
+        close(out, conv_ref(x, w, bias, spec, relu), reduction(spec), dtype)
+
+
+@pytest.mark.parametrize("pool", [(2, 2), (3, 2), (2, 1)], ids=["k2s2", "k3s2", "k2s1"])
+@pytest.mark.parametrize("spec", [c for c in CONVS if c[1][2] > 1], ids=[i for c, i in zip(CONVS, IDS) if c[1][2] > 1])
+def test_pool_forward_and_backward(spec, pool):
+    dtype = F32
+    k, s = pool
+    rng, x, w, b = make(spec, dtype)
+    n, o, oh, ow = out_shape(spec)
+    ph, pw = (oh - k) // s + 1, (ow - k) // s + 1
+    attrs = ((k, k), (s, s), (0, 0))
+    gp = data(rng, (n, o, ph, pw), dtype)
+    for relu in (True, False):
+        conv = np.empty((n, o, oh, ow), dtype)
+        fwd(x, w, b, conv, NO_IDX, spec, relu)
+        pooled, argmax = np.full((n, o, ph, pw), np.nan, dtype), np.full((n, o, ph, pw), 255, np.uint8)
+        fwd(x, w, b, pooled, argmax, spec, relu, k, s)
+        np.testing.assert_array_equal(pooled, K.max_pool2d(conv, *attrs))
+        np.testing.assert_array_equal(argmax, K.max_pool2d_argmax(conv, *attrs))
+        # backward from the pooled gradient: routed to the argmax, masked by pooled > 0 under ReLU
+        g = K.max_pool2d_grad(conv, gp, *attrs)
+        if relu:
+            g = g * (conv > 0)
+        dx, dw, db = np.full(x.shape, np.nan, dtype), np.full(w.shape, np.nan, dtype), np.full(o, np.nan, dtype)
+        G.conv_backward(x, w, gp, G.MODE_POOL, argmax, pooled, spec[3], spec[4], dx, dw, db, relu=relu, pool_k=k,
+                        pool_s=s)
+        stride, padding, dilation = spec[2:5]
+        close(dx, K.conv2d_grad_input(g, w, x.shape, stride, padding, dilation, 1), o * 25 * k * k, dtype)
+        close(dw, K.conv2d_grad_weight(x, g, w.shape, stride, padding, dilation, 1), n * oh * ow, dtype)
+        close(db, g.sum(axis=(0, 2, 3)), n * oh * ow, dtype)
+        dw2 = np.full(w.shape, np.nan, dtype)
+        G.conv_backward(x, w, gp, G.MODE_POOL, argmax, pooled, spec[3], spec[4], None, dw2, None, relu=relu,
+                        pool_k=k, pool_s=s)
+        np.testing.assert_array_equal(dw2, dw)  # same sums in the same order without dx
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("spec", CONVS, ids=IDS)
+def test_backward_plain_and_relu_masked(spec, dtype):
+    rng, x, w, b = make(spec, dtype)
+    stride, padding, dilation = spec[2:5]
+    y = conv_ref(x, w, b, spec, True)
+    gy = data(rng, y.shape, dtype)
+    n, o, oh, ow = y.shape
+    for mode, aux, g in ((G.MODE_PLAIN, np.zeros((1, 1, 1, 1), dtype), gy), (G.MODE_RELU, y, gy * (y > 0))):
+        dx, dw, db = np.full(x.shape, np.nan, dtype), np.full(w.shape, np.nan, dtype), np.full(o, np.nan, dtype)
+        G.conv_backward(x, w, gy, mode, NO_IDX, aux, padding, dilation, dx, dw, db)
+        close(dx, K.conv2d_grad_input(g, w, x.shape, stride, padding, dilation, 1), o * 25, dtype)
+        close(dw, K.conv2d_grad_weight(x, g, w.shape, stride, padding, dilation, 1), n * oh * ow, dtype)
+        close(db, g.sum(axis=(0, 2, 3)), n * oh * ow, dtype)
+        only_dx = np.full(x.shape, np.nan, dtype)
+        G.conv_backward(x, w, gy, mode, NO_IDX, aux, padding, dilation, only_dx, None, None)
+        np.testing.assert_array_equal(only_dx, dx)
+
+
+def test_prefer_covers_stride_one_ungrouped_short_runs():
+    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892 -> direct kernels
+    assert G.prefer((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    assert not G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
+    assert not G.prefer((2, 6, 14, 14), (6, 2, 5, 5), (1, 1), (0, 0), (1, 1), 3)
+
+
+def test_scratch_buffers_are_reused_and_results_stay_equal():
+    spec = CONVS[5]
+    _, x, w, b = make(spec, F32)
+    out1, out2 = np.empty(out_shape(spec), F32), np.empty(out_shape(spec), F32)
+    fwd(x, w, b, out1, NO_IDX, spec, True)
+    pooled_buffers = sum(len(v) for v in G._pool.values())
+    fwd(x, w, b, out2, NO_IDX, spec, True)
+    assert sum(len(v) for v in G._pool.values()) == pooled_buffers  # taken and given back, none new
+    np.testing.assert_array_equal(out1, out2)

@@ -1,0 +1,253 @@
+"""Stride-1 ungrouped conv2d forward and backward as one small GEMM per image ("im2col at the input's pitch").
+
+For image n the task copies the K = C*kh*kw shifted runs of the zero-padded input xp[n] (row pitch Wp) into
+cols [K, L], L = (oh-1)*Wp + ow: output (r, q) sits at r*Wp + q, so every tap is ONE contiguous run (no
+per-row im2col), and the (Wp - ow) columns past ow in each row are computed and discarded. Then:
+
+  forward   acc [O, L]   = w [O, K] @ cols            -> bias, ReLU, max-pool + uint8 argmax (or store)
+  backward  dyp [O, L]   = the output gradient at the same pitch, zero in the discarded columns (written
+                           straight from the pooled gradient and its argmax, masked by ReLU, or from g)
+            dw_t^T [K, O] += cols @ dyp^T              (per-task partials, summed in task order)
+            dcols [K, L] = w^T @ dyp  -> col2im: K contiguous adds into the padded input-gradient plane
+
+Each parallel task owns its buffers (L2-sized for LeNet) and calls single-threaded BLAS (OpenBLAS's small
+matrix kernels at these sizes); BLAS threads must be 1 while these kernels run (the steps set it), as
+OpenBLAS's own threads would spin against the TBB workers.
+
+Why: the direct kernels (cpu_window, cpu_window_dw) keep the taps in short vector loops whose tails run
+scalar; these GEMMs run at 150-180 GFLOP/s on 2 cores (205 peak). Measured with
+benchmarks/bench_window.py (2 cores, float32, median ms; direct kernels in brackets):
+  LeNet conv1 fwd (+pool)   see the module's table in bench output
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import blas
+from .cpu_blas import gemm_beta
+from .cpu_window import FASTMATH, _epilogue, padded_input
+
+__all__ = ["conv_backward", "conv_forward", "prefer"]
+
+_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+
+MODE_PLAIN, MODE_POOL, MODE_RELU = 0, 1, 2  # how the output gradient arrives (see _fill_dy)
+
+
+@_serial
+def _im2col(x2, kh, kw, dh, dw, wp, cols):
+    """cols[(c*kh + i)*kw + j, q] = x2[c, i*dh*wp + j*dw + q] for q < L (x2 = one padded image [C, Hp*Wp])."""
+    L = cols.shape[1]
+    for c in range(x2.shape[0]):
+        src_c = x2[c]
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                src = src_c[i * dh * wp + j * dw:]
+                for q in range(L):
+                    row[q] = src[q]
+
+
+@_parallel
+def conv_fwd_kernel(xp, w2, bias, kh, kw, dh, dw, oh, ow, relu, pool_k, pool_s, out, argmax, ws):
+    """out (pooled, with argmax, when pool_k > 0) = [max_pool](relu(conv(xp, w) + bias)); ws [T, K+O, L]."""
+    n_, c_, hp, wp = xp.shape
+    o_, k_ = w2.shape
+    ntask = ws.shape[0]
+    x3 = xp.reshape((n_, c_, hp * wp))
+    zero = xp.dtype.type(0)
+    for t in prange(ntask):
+        cols = ws[t, :k_]
+        acc = ws[t, k_:k_ + o_]
+        for n in range(t, n_, ntask):
+            _im2col(x3[n], kh, kw, dh, dw, wp, cols)
+            gemm_beta(w2, cols, acc, zero)
+            for o in range(o_):
+                _epilogue(acc[o], wp, bias, o, relu, pool_k, pool_s, out, argmax, n)
+
+
+@_serial
+def _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp):
+    """dyp[o, r*wp + q] = the gradient at conv output (r, q) of image n, 0 in the discarded columns:
+    MODE_POOL: g is the pooled gradient, routed to each window's argmax, masked by aux (pooled) > 0 if relu;
+    MODE_RELU: g masked by aux (the ReLU output) > 0; MODE_PLAIN: g itself."""
+    o_, L = dyp.shape
+    zero = dyp.dtype.type(0)
+    for o in range(o_):
+        d = dyp[o]
+        for q in range(L):
+            d[q] = zero
+        gs = g[n, o]
+        if mode == MODE_POOL:
+            am = argmax[n, o]
+            ps = aux[n, o]
+            for p in range(gs.shape[0]):
+                for q in range(gs.shape[1]):
+                    if relu and not ps[p, q] > zero:
+                        continue
+                    code = np.int64(am[p, q])
+                    a = code // pool_k
+                    d[(p * pool_s + a) * wp + q * pool_s + code - a * pool_k] += gs[p, q]
+        elif mode == MODE_RELU:
+            ys = aux[n, o]
+            for r in range(gs.shape[0]):
+                dr = d[r * wp:]
+                gr = gs[r]
+                yr = ys[r]
+                for q in range(ow):
+                    dr[q] = gr[q] if yr[q] > zero else zero
+        else:
+            for r in range(gs.shape[0]):
+                dr = d[r * wp:]
+                gr = gs[r]
+                for q in range(ow):
+                    dr[q] = gr[q]
+
+
+@_parallel
+def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
+                    need_dw, top, left, dx, ws, plane, dw_part, db_part):
+    """Per-task partial dw^T/db (dw_part [T, K, O], db_part [T, O], zeroed by the caller) and, if need_dx, dx
+    [N, C, H, W] (the padded plane buffer [T, C, Hp*Wp] is cropped by top/left into it).
+    ws [T, O + K (+ K with dx), L]."""
+    n_ = g.shape[0]
+    c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    o_, k_ = w2.shape
+    h, w = dx.shape[2], dx.shape[3]
+    ntask = ws.shape[0]
+    x3 = xp.reshape((xp.shape[0], c_, hp * wp))
+    zero = xp.dtype.type(0)
+    one = xp.dtype.type(1)
+    wt = w2.T
+    for t in prange(ntask):
+        dyp = ws[t, :o_]
+        cols = ws[t, o_:o_ + k_]
+        dcols = ws[t, o_ + k_:]
+        dwt = dw_part[t]
+        dbt = db_part[t]
+        pl = plane[t]
+        for n in range(t, n_, ntask):
+            _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp)
+            for o in range(o_):
+                s = zero
+                d = dyp[o]
+                for q in range(d.shape[0]):
+                    s += d[q]
+                dbt[o] += s
+            if need_dw:
+                _im2col(x3[n], kh, kw, dh, dw, wp, cols)
+                gemm_beta(cols, dyp.T, dwt, one)  # dw^T: 1.6x faster in OpenBLAS than dyp @ cols^T
+            if need_dx:
+                gemm_beta(wt, dyp, dcols, zero)
+                L = dcols.shape[1]
+                for c in range(c_):
+                    pc = pl[c]
+                    for q in range(pc.shape[0]):
+                        pc[q] = zero
+                    for i in range(kh):
+                        for j in range(kw):
+                            row = dcols[(c * kh + i) * kw + j]
+                            dst = pc[i * dh * wp + j * dw:]
+                            for q in range(L):
+                                dst[q] += row[q]
+                    dxc = dx[n, c]
+                    for r in range(h):
+                        src = pc[(r + top) * wp + left:]
+                        dr = dxc[r]
+                        for q in range(w):
+                            dr[q] = src[q]
+
+
+# ------------------------------------------------------------------------------------ Python API
+_pool: dict = {}
+
+
+def _take(shape, dtype) -> np.ndarray:
+    """A scratch array from a small free list (reused across calls; the caller gives it back)."""
+    free = _pool.get((shape, dtype))
+    return free.pop() if free else np.empty(shape, dtype)
+
+
+def _give(a: np.ndarray) -> None:
+    _pool.setdefault((a.shape, a.dtype), []).append(a)
+
+
+def _tasks(n: int) -> int:
+    """Parallel tasks: a few per thread for balance, never more than images."""
+    return max(1, min(n, 2 * numba.get_num_threads()))
+
+
+# Output runs (L = (oh-1)*Wp + ow) up to this long go through GEMM: the direct kernels' inner loops run
+# over L, and short runs are mostly loop overhead and scalar tails (LeNet conv2, L = 136: GEMM 0.41 vs
+# 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
+# the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
+MAX_RUN = 512
+
+
+def prefer(x_shape, w_shape, stride, padding, dilation, groups) -> bool:
+    """Whether this path runs the conv: stride 1, groups 1 (any padding and dilation) and short runs."""
+    if tuple(stride) != (1, 1) or groups != 1:
+        return False
+    return _geometry(x_shape, w_shape, padding, dilation)[4] <= MAX_RUN
+
+
+def _geometry(x_shape, w_shape, padding, dilation):
+    n, c, h, w = x_shape
+    o, _, kh, kw = w_shape
+    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+    oh, ow = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
+    return hp, wp, oh, ow, (oh - 1) * wp + ow
+
+
+def conv_forward(x, w, bias, out, argmax, padding, dilation, relu, pool_k, pool_s) -> None:
+    """out[...] = conv2d (stride 1, groups 1) + bias (None: none) -> ReLU if relu -> max-pool(pool_k,
+    pool_s) with uint8 argmax when pool_k > 0 (argmax ignored otherwise). x, w C-contiguous."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    hp, wp, oh, ow, L = _geometry(x.shape, w.shape, padding, dilation)
+    xp = padded_input(x, padding)
+    b = np.zeros(0, x.dtype) if bias is None else bias
+    ws = _take((_tasks(n), c * kh * kw + o, L), x.dtype)
+    blas.set_threads(1)
+    try:
+        conv_fwd_kernel(xp, w.reshape(o, c * kh * kw), b, kh, kw, dilation[0], dilation[1], oh, ow, relu,
+                        pool_k, pool_s, out, argmax, ws)
+    finally:
+        _give(ws)
+
+
+def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw, out_db, relu=False,
+                  pool_k=0, pool_s=1) -> None:
+    """Gradients of a stride-1 ungrouped conv2d from its output gradient g (see _fill_dy for `mode`):
+    out_dx [N, C, H, W], out_dw [O, C, kh, kw], out_db [O], each None to skip. x, w, g, argmax, aux
+    C-contiguous (argmax/aux may be dummies where the mode does not read them). Sums run in task order,
+    so the bits depend on the thread count only through the task count."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    hp, wp, oh, ow, L = _geometry(x.shape, w.shape, padding, dilation)
+    k = c * kh * kw
+    need_dx, need_dw = out_dx is not None, out_dw is not None
+    # without dw the kernel never reads x: a one-image placeholder carries the padded geometry
+    xp = padded_input(x, padding) if need_dw else np.empty((1, c, hp, wp), x.dtype)
+    ntask = _tasks(n)
+    ws = _take((ntask, o + k + (k if need_dx else 0), L), x.dtype)
+    plane = _take((ntask, c, hp * wp) if need_dx else (ntask, 1, 1), x.dtype)
+    dw_part = np.zeros((ntask, k, o), x.dtype)
+    db_part = np.zeros((ntask, o), x.dtype)
+    dx = out_dx if need_dx else np.empty((1, 1, 1, 1), x.dtype)
+    blas.set_threads(1)
+    try:
+        conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
+                        dilation[1], oh, ow, need_dx, need_dw, padding[0], padding[1], dx, ws, plane, dw_part,
+                        db_part)
+    finally:
+        _give(ws)
+        _give(plane)
+    if need_dw:
+        out_dw.reshape(o, k)[...] = dw_part.sum(axis=0).T
+    if out_db is not None:
+        np.sum(db_part, axis=0, out=out_db)
