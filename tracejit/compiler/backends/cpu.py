@@ -155,7 +155,11 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     ind = "    "
     for j in reds:
         res = k.results[j]
-        lines.append(f"{ind}{O[j]}.fill({_identity(res.mode, res.array.dtype)})")
+        # a flat loop, not .fill(): each fill signature is one more Numba overload to compile and link
+        size = int(np.prod(res.array.shape))
+        lines.append(f"{ind}f{tag}{j} = view({O[j]}, ({size},))")
+        lines.append(f"{ind}for fi{tag}{j} in range({size}):")
+        lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
         if j in outer_red:
             shape = (nch,) + tuple(res.array.shape)
             lines.append(f"{ind}p{tag}{j} = np.full({shape}, {_identity(res.mode, res.array.dtype)}, "
@@ -201,8 +205,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     for j in outer_red:
         res = k.results[j]
         m = int(np.prod(res.array.shape))
-        lines.append(f"    of{tag}{j} = {O[j]}.reshape({m})")
-        lines.append(f"    pf{tag}{j} = p{tag}{j}.reshape(({nch}, {m}))")
+        lines.append(f"    of{tag}{j} = view({O[j]}, ({m},))")
+        lines.append(f"    pf{tag}{j} = view(p{tag}{j}, ({nch}, {m}))")
         lines.append(f"    for {cv} in range({nch}):")
         lines.append(f"        for {lv}m in range({m}):")
         lines.append(f"            {_combine(res.mode, f'of{tag}{j}[{lv}m]', f'pf{tag}{j}[{cv}, {lv}m]')}")
@@ -215,11 +219,13 @@ def _acc_init(res) -> str:
 
 
 SEGMENT_PRELUDE_EXTRA = ("from tracejit.compiler.backends import cpu_blas as B\n"
+                         "from tracejit.compiler.backends import cpu_segment_blas as G\n"
                          "from tracejit.compiler.backends import cpu_index as H\n")
 
 PRELUDE = """import numpy as np
 import numba
 from tracejit.compiler.backends import cpu_math as M
+from tracejit.compiler.backends.cpu_views import view
 
 Z_f32, O_f32 = np.float32(0), np.float32(1)
 Z_f64, O_f64 = np.float64(0), np.float64(1)

@@ -48,6 +48,15 @@ def _shape(t) -> str:
     return repr(s) if len(s) != 1 else f"({s[0]},)"
 
 
+def _reshaped(expr: str, shape, known=None) -> str:
+    """`expr` (a C-contiguous array, of shape `known` if given) seen with `shape`. `cpu_views.view`, not
+    `.reshape`: Numba's reshape lowers to ~200 lines of IR per call, which doubled segment compile times."""
+    shape = tuple(int(x) for x in shape)
+    if known is not None and tuple(int(x) for x in known) == shape:
+        return expr
+    return f"view({expr}, {_shape(shape)})"
+
+
 def _three(shape, axis):
     return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
 
@@ -64,6 +73,7 @@ class SegmentSource:
         # value ids known C-contiguous: the caller makes every input contiguous
         self.contiguous = {v.id for v in inputs}
         self.fortran = set()  # value ids known F-contiguous (2-D transposes)
+        self.transpose_of: dict[int, str] = {}  # F-contiguous value id -> name of the C array it transposes
         self.consts: dict[str, str] = {}
         self.kernels: list[str] = []
         self.lines: list[str] = []
@@ -90,9 +100,20 @@ class SegmentSource:
     def _blas(self, v) -> str:
         return self.var(v) if v.id in self.contiguous or v.id in self.fortran else self._c(v)
 
+    def _as(self, v, shape) -> str:
+        """An expression for `v`'s data as a C-contiguous array of `shape` (same size): a free view."""
+        return _reshaped(self._c(v), shape, v.shape)
+
+    def _gemm_operand(self, v) -> tuple:
+        """(C-contiguous array name, transposed flag, leading dimension) for a 2-D matmul operand."""
+        if v.id in self.transpose_of:  # v = c.T with c C-contiguous [cols, rows]
+            return self.transpose_of[v.id], 1, v.shape[0]
+        return self._c(v), 0, v.shape[1]
+
     def _alloc(self, v) -> str:
         name = self._def(v)
-        self.lines.append(f"    {name} = np.empty({_shape(v.shape)}, dtype={_np(v.dtype)})")
+        n = math.prod(v.shape)  # one np.empty signature per dtype, viewed with the shape
+        self.lines.append(f"    {name} = {_reshaped(f'np.empty({n}, dtype={_np(v.dtype)})', v.shape, (n,))}")
         self.contiguous.add(v.id)
         return name
 
@@ -102,7 +123,7 @@ class SegmentSource:
             return self._emit_loops(n)
         name, a, out = n.op.name, n.attrs, n.outputs[0]
         if name == "reshape":
-            L.append(f"    {self._def(out)} = {self._c(n.inputs[0])}.reshape({_shape(out.shape)})")
+            L.append(f"    {self._def(out)} = {self._as(n.inputs[0], out.shape)}")
             self.contiguous.add(out.id)
         elif name == "permute":
             src = self.var(n.inputs[0])
@@ -110,6 +131,7 @@ class SegmentSource:
                 L.append(f"    {self._def(out)} = {src}.T")
                 if n.inputs[0].id in self.contiguous:
                     self.fortran.add(out.id)  # BLAS takes a transposed C array without a copy
+                    self.transpose_of[out.id] = src
             else:
                 L.append(f"    {self._def(out)} = np.transpose({src}, {a['dims']!r})")
         elif name == "expand":
@@ -121,40 +143,48 @@ class SegmentSource:
             L.append(f"    {self._def(out)} = {self.var(n.inputs[0])}[{idx}]")
         elif name == "full":
             value = repr(bool(a["value"])) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a['value']!r})"
-            L.append(f"    {self._def(out)} = np.full({_shape(out.shape)}, {value}, dtype={_np(out.dtype)})")
+            full = f"np.full({math.prod(out.shape)}, {value}, dtype={_np(out.dtype)})"
+            L.append(f"    {self._def(out)} = {_reshaped(full, out.shape, (math.prod(out.shape),))}")
             self.contiguous.add(out.id)
         elif name == "matmul":
             x, w = n.inputs
             self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * out.type.numel * x.shape[-1])
+            if len(out.shape) == 2 and min(x.shape) > 0 and min(w.shape) > 0:
+                (m, k), n_ = x.shape, w.shape[1]
+                a, ta, lda = self._gemm_operand(x)
+                b, tb, ldb = self._gemm_operand(w)
+                o = self._alloc(out)
+                L.append(f"    G.gemm_nt({ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {o})")
+                return
             xs, ws = self._blas(x), self._blas(w)
             o = self._alloc(out)
             if len(out.shape) == 2:
                 L.append(f"    B.gemm({xs}, {ws}, {o})")
             else:
                 b = math.prod(out.shape[:-2])
-                L.append(f"    _x = np.ascontiguousarray({self.var(x)}).reshape(({b},) + {_shape(x.shape[-2:])})")
-                L.append(f"    _w = np.ascontiguousarray({self.var(w)}).reshape(({b},) + {_shape(w.shape[-2:])})")
-                L.append(f"    _o = {o}.reshape(({b},) + {_shape(out.shape[-2:])})")
+                L.append(f"    _x = {self._as(x, (b,) + tuple(x.shape[-2:]))}")
+                L.append(f"    _w = {self._as(w, (b,) + tuple(w.shape[-2:]))}")
+                L.append(f"    _o = {self._as(out, (b,) + tuple(out.shape[-2:]))}")
                 L.append(f"    for _b in range({b}):")
                 L.append("        B.gemm(_x[_b], _w[_b], _o[_b])")
         elif name == "gather":
             x, idx = n.inputs
             ax = a["axis"]
             o = self._alloc(out)
-            L.append(f"    H.gather3({self._c(x)}.reshape({_three(x.shape, ax)}), "
-                     f"{self._c(idx)}.reshape({_three(idx.shape, ax)}), {o}.reshape({_three(out.shape, ax)}))")
+            L.append(f"    H.gather3({self._as(x, _three(x.shape, ax))}, {self._as(idx, _three(idx.shape, ax))}, "
+                     f"{self._as(out, _three(out.shape, ax))})")
         elif name == "scatter_add":
             idx, src = n.inputs
             ax = a["axis"]
             o = self._alloc(out)
-            L.append(f"    H.scatter_add3({self._c(idx)}.reshape({_three(idx.shape, ax)}), "
-                     f"{self._c(src)}.reshape({_three(src.shape, ax)}), {o}.reshape({_three(out.shape, ax)}))")
+            L.append(f"    H.scatter_add3({self._as(idx, _three(idx.shape, ax))}, "
+                     f"{self._as(src, _three(src.shape, ax))}, {self._as(out, _three(out.shape, ax))})")
         elif name == "argmax":
             x = n.inputs[0]
             ax = a["axis"]
             o = self._alloc(out)
             p, _, q = _three(x.shape, ax)
-            L.append(f"    H.argmax3({self._c(x)}.reshape({_three(x.shape, ax)}), {o}.reshape(({p}, {q})))")
+            L.append(f"    H.argmax3({self._as(x, _three(x.shape, ax))}, {self._as(out, (p, q))})")
         elif name == "uniform":
             o = self._alloc(out)
             L.append(f"    H.uniform_into({self.var(n.inputs[0])}, {o})")
@@ -182,14 +212,13 @@ class SegmentSource:
             tag = f"{self._k}_"
             k = lower(m, prefix=f"v{tag}")
             par = k.numel() >= self.parallel_min
-            loads = [f"{self._c(n.inputs[pos[m.inputs[a.source].id]])}.reshape({_shape(a.shape)})"
-                     for a in k.loads]
+            loads = [self._as(n.inputs[pos[m.inputs[a.source].id]], a.shape) for a in k.loads]
             outs = []
             for r in k.results:
                 v = m.outputs[r.array.source]
                 if v.id not in out_names:
                     out_names[v.id] = self._alloc(v)
-                outs.append(f"{out_names[v.id]}.reshape({_shape(r.array.shape)})")
+                outs.append(_reshaped(out_names[v.id], r.array.shape, v.shape))
             if par:
                 self.has_parallel = True
                 fname = f"kernel_{self._k}"
