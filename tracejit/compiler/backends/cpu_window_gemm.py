@@ -10,7 +10,7 @@ per-row im2col), and the (Wp - ow) columns past ow in each row are computed and 
             dw_t^T [K, O] += cols @ dyp^T              (per-task partials, summed in task order)
             dcols [K, L] = w^T @ dyp  -> col2im: K contiguous adds into the padded input-gradient plane
 
-Each parallel task owns its buffers (L2-sized for LeNet) and calls single-threaded BLAS (OpenBLAS's small
+Each thread owns its scratch buffers (L2-sized for LeNet) and calls single-threaded BLAS (OpenBLAS's small
 matrix kernels at these sizes); BLAS threads must be 1 while these kernels run (the steps set it), as
 OpenBLAS's own threads would spin against the TBB workers.
 
@@ -53,16 +53,17 @@ def _im2col(x2, kh, kw, dh, dw, wp, cols):
 
 
 @_parallel
-def conv_fwd_kernel(xp, w2, bias, kh, kw, dh, dw, oh, ow, relu, pool_k, pool_s, out, argmax, ws):
-    """out (pooled, with argmax, when pool_k > 0) = [max_pool](relu(conv(xp, w) + bias)); ws [T, K+O, L]."""
+def conv_fwd_kernel(xp, w2, bias, kh, kw, dh, dw, oh, ow, relu, pool_k, pool_s, out, argmax, ntask, ws):
+    """out (pooled, with argmax, when pool_k > 0) = [max_pool](relu(conv(xp, w) + bias)); ws [threads, K+O, L]
+    (each thread's scratch: tasks are image chunks, many per thread for balance)."""
     n_, c_, hp, wp = xp.shape
     o_, k_ = w2.shape
-    ntask = ws.shape[0]
     x3 = xp.reshape((n_, c_, hp * wp))
     zero = xp.dtype.type(0)
     for t in prange(ntask):
-        cols = ws[t, :k_]
-        acc = ws[t, k_:k_ + o_]
+        tid = numba.get_thread_id()
+        cols = ws[tid, :k_]
+        acc = ws[tid, k_:k_ + o_]
         for n in range(t, n_, ntask):
             _im2col(x3[n], kh, kw, dh, dw, wp, cols)
             gemm_beta(w2, cols, acc, zero)
@@ -110,26 +111,27 @@ def _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp):
 
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
-                    need_dw, top, left, dx, ws, plane, dw_part, db_part):
-    """Per-task partial dw^T/db (dw_part [T, K, O], db_part [T, O], zeroed by the caller) and, if need_dx, dx
+                    need_dw, dw_rows, top, left, dx, ntask, ws, plane, dw_part, db_part):
+    """Per-task partial dw/db (dw_part [T, O, K] if dw_rows else [T, K, O], db_part [T, O], zeroed by the
+    caller) and, if need_dx, dx
     [N, C, H, W] (the padded plane buffer [T, C, Hp*Wp] is cropped by top/left into it).
-    ws [T, O + K (+ K with dx), L]."""
+    ws [threads, O + K (+ K with dx), L] and plane are each thread's scratch."""
     n_ = g.shape[0]
     c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
     o_, k_ = w2.shape
     h, w = dx.shape[2], dx.shape[3]
-    ntask = ws.shape[0]
     x3 = xp.reshape((xp.shape[0], c_, hp * wp))
     zero = xp.dtype.type(0)
     one = xp.dtype.type(1)
     wt = w2.T
     for t in prange(ntask):
-        dyp = ws[t, :o_]
-        cols = ws[t, o_:o_ + k_]
-        dcols = ws[t, o_ + k_:]
+        tid = numba.get_thread_id()
+        dyp = ws[tid, :o_]
+        cols = ws[tid, o_:o_ + k_]
+        dcols = ws[tid, o_ + k_:]
+        pl = plane[tid]
         dwt = dw_part[t]
         dbt = db_part[t]
-        pl = plane[t]
         for n in range(t, n_, ntask):
             _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp)
             for o in range(o_):
@@ -140,7 +142,10 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                 dbt[o] += s
             if need_dw:
                 _im2col(x3[n], kh, kw, dh, dw, wp, cols)
-                gemm_beta(cols, dyp.T, dwt, one)  # dw^T: 1.6x faster in OpenBLAS than dyp @ cols^T
+                if dw_rows:
+                    gemm_beta(dyp, cols.T, dwt, one)
+                else:
+                    gemm_beta(cols, dyp.T, dwt, one)
             if need_dx:
                 gemm_beta(wt, dyp, dcols, zero)
                 L = dcols.shape[1]
@@ -177,8 +182,17 @@ def _give(a: np.ndarray) -> None:
 
 
 def _tasks(n: int) -> int:
-    """Parallel tasks: a few per thread for balance, never more than images."""
-    return max(1, min(n, 2 * numba.get_num_threads()))
+    """Parallel tasks (image chunks): TASKS_PER_THREAD per thread, so that a worker that wakes late still
+    finds work left; never more than images."""
+    return max(1, min(n, TASKS_PER_THREAD * numba.get_num_threads()))
+
+
+TASKS_PER_THREAD = 8
+
+
+def _threads() -> int:
+    """Scratch buffers per thread id (numba.get_thread_id() ranges over the pool, not the current count)."""
+    return max(numba.config.NUMBA_NUM_THREADS, numba.get_num_threads())
 
 
 # Output runs (L = (oh-1)*Wp + ow) up to this long go through GEMM: the direct kernels' inner loops run
@@ -211,11 +225,11 @@ def conv_forward(x, w, bias, out, argmax, padding, dilation, relu, pool_k, pool_
     hp, wp, oh, ow, L = _geometry(x.shape, w.shape, padding, dilation)
     xp = padded_input(x, padding)
     b = np.zeros(0, x.dtype) if bias is None else bias
-    ws = _take((_tasks(n), c * kh * kw + o, L), x.dtype)
+    ws = _take((_threads(), c * kh * kw + o, L), x.dtype)
     blas.set_threads(1)
     try:
         conv_fwd_kernel(xp, w.reshape(o, c * kh * kw), b, kh, kw, dilation[0], dilation[1], oh, ow, relu,
-                        pool_k, pool_s, out, argmax, ws)
+                        pool_k, pool_s, out, argmax, _tasks(n), ws)
     finally:
         _give(ws)
 
@@ -234,20 +248,24 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     # without dw the kernel never reads x: a one-image placeholder carries the padded geometry
     xp = padded_input(x, padding) if need_dw else np.empty((1, c, hp, wp), x.dtype)
     ntask = _tasks(n)
-    ws = _take((ntask, o + k + (k if need_dx else 0), L), x.dtype)
-    plane = _take((ntask, c, hp * wp) if need_dx else (ntask, 1, 1), x.dtype)
-    dw_part = np.zeros((ntask, k, o), x.dtype)
+    nthr = _threads()
+    ws = _take((nthr, o + k + (k if need_dx else 0), L), x.dtype)
+    plane = _take((nthr, c, hp * wp) if need_dx else (nthr, 1, 1), x.dtype)
+    # OpenBLAS's speed depends on the orientation: dw^T = cols @ dyp^T ran 1.6x faster for short runs (LeNet
+    # conv2, L = 136), dw = dyp @ cols^T 1.9x faster for long ones (conv1, L = 892)
+    dw_rows = L > MAX_RUN
+    dw_part = np.zeros((ntask, o, k) if dw_rows else (ntask, k, o), x.dtype)
     db_part = np.zeros((ntask, o), x.dtype)
     dx = out_dx if need_dx else np.empty((1, 1, 1, 1), x.dtype)
     blas.set_threads(1)
     try:
         conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
-                        dilation[1], oh, ow, need_dx, need_dw, padding[0], padding[1], dx, ws, plane, dw_part,
-                        db_part)
+                        dilation[1], oh, ow, need_dx, need_dw, dw_rows, padding[0], padding[1], dx, ntask, ws, plane,
+                        dw_part, db_part)
     finally:
         _give(ws)
         _give(plane)
     if need_dw:
-        out_dw.reshape(o, k)[...] = dw_part.sum(axis=0).T
+        out_dw.reshape(o, k)[...] = dw_part.sum(axis=0) if dw_rows else dw_part.sum(axis=0).T
     if out_db is not None:
         np.sum(db_part, axis=0, out=out_db)
