@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tracejit  # noqa: E402
-from tracejit.compiler.backends import cpu  # noqa: E402
+from tracejit.compiler.backends import cpu, cpu_views  # noqa: E402
 from tracejit.compiler.backends.cpu_segment_blas import gemm_nt  # noqa: E402
 from tracejit.compiler.backends.cpu_views import view  # noqa: E402
 
@@ -82,3 +82,106 @@ def test_segment_source_uses_views_and_direct_gemm_and_equals_eager():
     text = "\n".join(sources)
     assert ".reshape(" not in text and ".fill(" not in text
     assert text.count("G.gemm_nt(") == 3 and "B.gemm(" not in text
+
+
+# ------------------------------------------------------------------- packed multi-tensor (optimizer) kernels
+
+
+def test_addresses_lists_address_and_size_of_arrays_of_any_type():
+    from tracejit.compiler.backends.cpu_views import addresses
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.zeros(4, np.float64)
+    c = np.ones(1, np.float32)
+    c.flags.writeable = False  # another Numba type in the same tuple
+    table = np.zeros((3, 2), np.int64)
+    addresses((a, b, c), table)
+    assert table.tolist() == [[a.ctypes.data, 6], [b.ctypes.data, 4], [c.ctypes.data, 1]]
+
+
+@numba.njit
+def _double_into(table):
+    from_ = cpu_views.array_at(table[0, 0], table[0, 1], np.float32)
+    to = cpu_views.array_at(table[1, 0], table[1, 1], np.float32)
+    for i in range(to.shape[0]):
+        to[i] = 2 * from_[i]
+
+
+def test_array_at_reads_and_writes_the_listed_memory():
+    x = np.arange(5, dtype=np.float32)
+    y = np.zeros((5,), np.float32)
+    table = np.empty((2, 2), np.int64)
+    cpu_views.addresses((x, y), table)
+    _double_into(table)
+    np.testing.assert_array_equal(y, 2 * x)
+
+
+class _Net(tracejit.nn.Module):
+    def __init__(self, wide=8):
+        super().__init__()
+        self.fc1 = tracejit.nn.Linear(6, wide)
+        self.fc2 = tracejit.nn.Linear(wide, 3)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+
+
+def _packed_steps(monkeypatch, make_opt, wide=8, steps=3):
+    """Compiled vs eager training steps with the optimizer update forced into its own (packed) kernel."""
+    import tracejit.nn.functional as F
+
+    monkeypatch.setattr(cpu, "INPLACE_MIN", 0)
+    rng = np.random.default_rng(0)
+    x = tracejit.tensor(rng.standard_normal((5, 6)).astype(np.float32))
+    y = tracejit.tensor(rng.integers(0, 3, 5))
+    models, opts, fns = [], [], []
+    for _ in range(2):
+        tracejit.manual_seed(0)
+        model = _Net(wide)
+        opt = make_opt(model)
+
+        def step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        models.append(model)
+        opts.append(opt)
+        fns.append(step)
+    fns[0](x, y)  # both models take the same first (eager) step, which creates the optimizer state
+    fns[1](x, y)
+    cf = tracejit.compile(fns[0], backend="cpu")
+    for _ in range(steps):
+        np.testing.assert_allclose(cf(x, y).item(), fns[1](x, y).item(), rtol=1e-5)
+    for (name, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    kernels = [s for s, *_ in cf.latest().program.plan
+               if isinstance(s, cpu.KernelStep) and s.node.attrs.get("kind") == "multi"]
+    assert len(kernels) == 1 and kernels[0].rows is not None, "the update did not run as one packed kernel"
+    return kernels[0].source
+
+
+def test_sgd_momentum_of_every_parameter_is_one_shared_loop(monkeypatch):
+    src = _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    assert "def kernel(P):" in src
+    assert src.count("for m") == 1 and "range(4)" in src  # 4 parameters, one loop nest run over their rows
+
+
+def test_param_groups_with_different_momentum_get_their_own_loops(monkeypatch):
+    def make(m):
+        return tracejit.optim.SGD([{"params": [m.fc1.weight, m.fc1.bias], "momentum": 0.5},
+                                   {"params": [m.fc2.weight, m.fc2.bias]}], lr=0.1, momentum=0.9)
+    src = _packed_steps(monkeypatch, make)
+    assert src.count("for m") == 2 and "np.float32(0.5)" in src and "np.float32(0.9)" in src
+
+
+def test_adam_update_in_a_packed_kernel(monkeypatch):
+    src = _packed_steps(monkeypatch, lambda m: tracejit.optim.Adam(m.parameters(), lr=0.01))
+    assert "def kernel(P):" in src
+
+
+def test_a_large_parameter_keeps_its_own_parallel_block(monkeypatch):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 40)  # fc1.weight (6x8=48) runs its own prange block
+    src = _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    assert "numba.prange" in src and "parallel=True" in src and src.count("for m") == 1

@@ -6,6 +6,7 @@ runs the program with NumPy/BLAS for the nodes that are not loop kernels (matmul
 
 from __future__ import annotations
 
+import math
 import time
 
 import numba
@@ -16,8 +17,9 @@ from ..ir import Graph, Node
 from ..runtime import Program
 from . import blas, cache, threads
 from .cpu_program import SegmentSource, segment_io, split_segments
+from .cpu_views import addresses
 from .cpu_window_steps import as_c, window_step
-from .kernel import LoopKernel, LoweringError, lower
+from .kernel import LoopKernel, LoweringError, Result, Stmt, lower
 from .reference import ref_step
 
 INPLACE_MIN = 1 << 14  # elements of optimizer state below which in-place updates are not worth a step
@@ -110,6 +112,77 @@ def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
     lines = [f"@numba.njit(parallel={par_any}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
              f"def {name}({', '.join(params + results)}):"] + blocks
     return "\n".join(head + [""] + lines) + "\n"
+
+
+def render_packed(kernels: list, name: str) -> tuple:
+    """One Numba function for a multi-tensor kernel (the optimizer update) that takes ONE argument: an int64
+    table [rows, 2] of (address, element count) of every array it reads or writes, filled per call by
+    `cpu_views.addresses`. Returns (source, rows) with rows[r] = (kernel index, position): position p <
+    len(loads) is that kernel's load p, else its result p - len(loads).
+
+    Why: compile time. Numba's unboxing code for 60 array arguments took ~0.4 s of LLVM time (superlinear in
+    the count), and one loop nest per parameter ~0.05 s each. Serial 1-D elementwise kernels with the same
+    body (every parameter of a param group) share ONE loop nest run over their rows; others keep their own
+    block with constant sizes."""
+    consts: dict[str, str] = {}
+    par = [k.numel() >= PARALLEL_MIN for k in kernels]
+    groups: dict = {}
+    for t, k in enumerate(kernels):
+        groups.setdefault(_group_key(k) if not par[t] and _shareable(k) else ("own", t), []).append(t)
+    lines: list[str] = []
+    rows: list[tuple] = []
+    for g, members in enumerate(groups.values()):
+        tag = f"{g}_"
+        k = _renamed(kernels[members[0]], f"v{tag}")
+        width = len(k.loads) + len(k.results)
+        arrays = [a for a in k.loads] + [r.array for r in k.results]
+        base = len(rows)
+        rows += [(t, p) for t in members for p in range(width)]
+        if len(members) == 1:
+            A, O, block = _render_block(k, tag, par[members[0]], consts)
+            lines += [f"    {nm} = array_at(P[{base + p}, 0], {math.prod(arr.shape)}, {_np_type(arr.dtype)})"
+                      for p, (nm, arr) in enumerate(zip(A + O, arrays))]
+            lines += block
+            continue
+        dyn = LoopKernel((f"n{tag}",), k.loads, k.stmts, k.results)
+        A, O, block = _render_block(dyn, tag, False, consts)
+        lines.append(f"    for m{tag} in range({len(members)}):")
+        lines.append(f"        r{tag} = {base} + m{tag} * {width}")
+        lines += [f"        {nm} = array_at(P[r{tag} + {p}, 0], P[r{tag} + {p}, 1], {_np_type(arr.dtype)})"
+                  for p, (nm, arr) in enumerate(zip(A + O, arrays))]
+        lines.append(f"        n{tag} = P[r{tag} + {len(k.loads)}, 1]")
+        lines += ["    " + ln for ln in block]
+    head = [f"{c} = {v}" for c, v in consts.items()]
+    src = [f"@numba.njit(parallel={any(par)}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
+           f"def {name}(P):"] + lines
+    return "\n".join(head + [""] + src) + "\n", rows
+
+
+def packable(kernels: list) -> bool:
+    """Kernels `render_packed` takes: 1-D loops whose arrays share one float dtype."""
+    dtypes = {a.dtype for k in kernels for a in list(k.loads) + [r.array for r in k.results]}
+    return len(dtypes) == 1 and dtypes <= set(_SUFFIX) and all(len(k.space) == 1 for k in kernels)
+
+
+def _shareable(k: LoopKernel) -> bool:
+    return len(k.space) == 1 and all(r.mode == "store" for r in k.results)
+
+
+def _renamed(k: LoopKernel, prefix: str) -> LoopKernel:
+    """`k` with its scalar variables named {prefix}0, {prefix}1, ... in statement order."""
+    names = {s.var: f"{prefix}{i}" for i, s in enumerate(k.stmts)}
+    stmts = [Stmt(names[s.var], s.op, s.args if s.op in ("load", "const") else tuple(names[a] for a in s.args),
+                  s.dtype, s.attrs) for s in k.stmts]
+    results = [Result(r.array, names[r.var], r.mode) for r in k.results]
+    return LoopKernel(k.space, k.loads, stmts, results)
+
+
+def _group_key(k: LoopKernel) -> tuple:
+    """Equal for kernels whose loop bodies are the same text (sizes aside): they can share one loop nest."""
+    consts: dict[str, str] = {}
+    named = _renamed(k, "v")
+    _, _, lines = _render_block(LoopKernel(("n",), k.loads, named.stmts, named.results), "", False, consts)
+    return tuple(lines), tuple(consts.items())
 
 
 def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
@@ -225,7 +298,7 @@ SEGMENT_PRELUDE_EXTRA = ("from tracejit.compiler.backends import cpu_blas as B\n
 PRELUDE = """import numpy as np
 import numba
 from tracejit.compiler.backends import cpu_math as M
-from tracejit.compiler.backends.cpu_views import view
+from tracejit.compiler.backends.cpu_views import array_at, view
 
 Z_f32, O_f32 = np.float32(0), np.float32(1)
 Z_f64, O_f64 = np.float64(0), np.float64(1)
@@ -240,9 +313,11 @@ SEGMENT_PRELUDE = PRELUDE + SEGMENT_PRELUDE_EXTRA
 
 class KernelStep:
     """Runs one Numba function holding one or more loop kernels: reshape inputs (free views), allocate
-    outputs, call it. `parts` = (member node, LoopKernel, member-input -> step-input index map)."""
+    outputs, call it. `parts` = (member node, LoopKernel, member-input -> step-input index map).
+    With `rows` (a `render_packed` kernel) the function takes one table of the arrays' addresses instead."""
 
-    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, owned: dict | None = None):
+    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, owned: dict | None = None,
+                 rows: list | None = None):
         self.node, self.fn, self.source, self.hit = node, fn, source, hit
         # (output position, input position) pairs memory_plan allows to share a buffer, honoured only for
         # arrays this program produced itself last call (`owned`): a user's array is never written into
@@ -258,21 +333,39 @@ class KernelStep:
                 order.append(out_pos[v.id])
         self.out_order = [order.index(i) for i in range(len(node.outputs))]
         self.first_call_s: float | None = None
+        # render_packed's rows -> positions in (loads + results), the order of its address table
+        self.rows = None
+        if rows is not None:
+            first_load, first_out, nl, no = [], [], 0, len(self.loads)
+            for _, k, _ in parts:
+                first_load.append(nl)
+                first_out.append(no)
+                nl, no = nl + len(k.loads), no + len(k.results)
+            self.rows = [first_load[t] + p if p < len(parts[t][1].loads) else
+                         first_out[t] + p - len(parts[t][1].loads) for t, p in rows]
 
     def __call__(self, args):
-        ins = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
         outs = [np.empty(shape, dtype) for shape, dtype, _ in self.outs]
         for oi, ii in self.inplace:
             a = args[ii]
-            if self.owned.get(id(a)) is a:
+            if self.owned.get(id(a)) is a and a.flags.c_contiguous:
                 outs[self.out_order[oi]] = a
-        views = [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
+        t0 = time.perf_counter() if self.first_call_s is None else 0.0
+        if self.rows is not None:
+            # the table holds each array's address and size, so C-contiguous arrays of any shape will do
+            flat = [as_c(args[src]) for src, _ in self.loads] + outs
+            arrays = tuple([flat[i] for i in self.rows])  # alive until the kernel returns
+            table = np.empty((len(arrays), 2), np.int64)
+            addresses(arrays, table)  # first call: loads (or once per install compiles) its specialization
+            call = [table]
+        else:
+            call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
+            call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.first_call_s is None:
-            t0 = time.perf_counter()
-            _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", ins + views)
+            _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", call)
             self.first_call_s = time.perf_counter() - t0
         else:
-            self.fn(*ins, *views)
+            self.fn(*call)
         return [outs[i] for i in self.out_order]
 
 
@@ -365,7 +458,12 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
             for t, m in enumerate(members):
                 k = lower(m, prefix=f"v{t}_" if kind == "multi" else "v")
                 parts.append((m, k, [pos[v.id] for v in m.inputs]))
-            src = render_multi([k for _, k, _ in parts], "kernel")
+            kernels = [k for _, k, _ in parts]
+            rows = None
+            if kind == "multi" and packable(kernels):
+                src, rows = render_packed(kernels, "kernel")
+            else:
+                src = render_multi(kernels, "kernel")
             fn, hit = cache.load(PRELUDE + src, "kernel")
         except LoweringError as e:
             fallbacks.append(f"{node.body.name}: {e}")
@@ -375,7 +473,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
         counter[0] += 1
         if dumper:
             dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
-        return KernelStep(node, parts, fn, src, hit, owned if kind == "multi" else None)
+        return KernelStep(node, parts, fn, src, hit, owned if kind == "multi" else None, rows)
 
     if not segments:
         prog = CpuProgram(graph, make_step)

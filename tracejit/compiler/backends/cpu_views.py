@@ -1,4 +1,5 @@
-"""`view(a, shape)`: a C-contiguous array's data seen with another shape of the same size, for generated code.
+"""Array headers for generated code: `view(a, shape)`, a C-contiguous array's data seen with another shape of
+the same size; `array_at(address, n, dtype)` with `addresses(arrays, table)`, arrays passed as one table.
 
 It replaces `a.reshape(shape)` there. Numba's reshape is general (contiguity test, stride search, size check
 with a formatted error) and each call site lowered to ~200 lines of LLVM IR: the 24 reshapes of a LeNet
@@ -8,7 +9,8 @@ it checked when rendering, so this intrinsic just builds the array header (a few
 
 from __future__ import annotations
 
-from numba import types
+import numba
+from numba import literal_unroll, types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
@@ -41,3 +43,53 @@ def view(typingctx, arr, shape):
         return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
 
     return ret(arr, shape), codegen
+
+
+@intrinsic
+def array_at(typingctx, addr, n, dtype):
+    """The 1-D C-contiguous array of `n` elements of `dtype` (np.float32, ...) at address `addr`. It does
+    not own its memory: the caller keeps the arrays whose `addresses` it was given alive during the call."""
+    if not isinstance(addr, types.Integer) or not isinstance(n, types.Integer):
+        return None
+    if isinstance(dtype, (types.NumberClass, types.DType)):
+        dt = dtype.dtype
+    else:
+        return None
+    ret = types.Array(dt, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        out = make_array(ret)(context, builder)
+        ptr_t = context.get_value_type(dt).as_pointer()
+        data = builder.inttoptr(context.cast(builder, args[0], sig.args[0], types.intp), ptr_t)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_value_type(dt)))
+        populate_array(out, data=data, shape=[context.cast(builder, args[1], sig.args[1], types.intp)],
+                       strides=[itemsize], itemsize=itemsize, meminfo=None)
+        return out._getvalue()
+
+    return ret(addr, n, dtype), codegen
+
+
+@intrinsic
+def _address(typingctx, arr):
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = make_array(sig.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, context.get_value_type(types.int64))
+
+    return types.int64(arr), codegen
+
+
+@numba.njit(cache=True)
+def addresses(arrays, out):
+    """out[i] = (data address, element count) of arrays[i], for a tuple of C-contiguous arrays.
+
+    A generated function with many array arguments is slow to compile: Numba's argument unboxing code for
+    60 arrays took 0.4 s of LLVM time, growing faster than linearly. So a multi-tensor kernel takes this one
+    int64 table instead and this cached package function does the unboxing (one compile per tuple type)."""
+    i = 0
+    for a in literal_unroll(arrays):
+        out[i, 0] = _address(a)
+        out[i, 1] = a.size
+        i += 1
