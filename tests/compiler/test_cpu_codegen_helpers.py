@@ -37,6 +37,24 @@ def test_view_shares_data_and_has_c_strides():
     np.testing.assert_array_equal(flat, a)
 
 
+@numba.njit
+def _allocate(n):
+    a = cpu_views.empty((n, 3), np.float32)
+    a[...] = 1.5
+    b = cpu_views.empty((), np.int64)
+    b[()] = 7
+    return a, b, cpu_views.empty((n,), np.float32)
+
+
+def test_empty_allocates_new_c_arrays_of_the_shape_and_dtype():
+    a, b, c = _allocate(4)
+    assert a.shape == (4, 3) and a.dtype == np.float32 and a.strides == (12, 4) and a.flags.writeable
+    np.testing.assert_array_equal(a, np.full((4, 3), 1.5, np.float32))
+    assert b.shape == () and b.dtype == np.int64 and b[()] == 7
+    c[:] = 0
+    np.testing.assert_array_equal(a, np.full((4, 3), 1.5, np.float32))  # separate buffers
+
+
 def test_view_refuses_non_contiguous_layouts():
     @numba.njit
     def strided(a):
@@ -87,16 +105,12 @@ def test_segment_source_uses_views_and_direct_gemm_and_equals_eager():
 # ------------------------------------------------------------------- packed multi-tensor (optimizer) kernels
 
 
-def test_addresses_lists_address_and_size_of_arrays_of_any_type():
-    from tracejit.compiler.backends.cpu_views import addresses
-
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    b = np.zeros(4, np.float64)
-    c = np.ones(1, np.float32)
-    c.flags.writeable = False  # another Numba type in the same tuple
-    table = np.zeros((3, 2), np.int64)
-    addresses((a, b, c), table)
-    assert table.tolist() == [[a.ctypes.data, 6], [b.ctypes.data, 4], [c.ctypes.data, 1]]
+def test_addresses_lists_address_and_size_of_every_array_in_padded_chunks():
+    arrays = [np.zeros(n, np.float32) for n in range(1, 21)]  # 20 arrays: two chunks of 16
+    table = cpu_views.addresses(arrays)
+    assert table.shape == (32, 2)
+    assert table[:20].tolist() == [[a.ctypes.data, a.size] for a in arrays]
+    assert table[20:].tolist() == [[arrays[0].ctypes.data, 1]] * 12  # padding repeats the first array
 
 
 @numba.njit
@@ -110,9 +124,7 @@ def _double_into(table):
 def test_array_at_reads_and_writes_the_listed_memory():
     x = np.arange(5, dtype=np.float32)
     y = np.zeros((5,), np.float32)
-    table = np.empty((2, 2), np.int64)
-    cpu_views.addresses((x, y), table)
-    _double_into(table)
+    _double_into(cpu_views.addresses([x, y]))
     np.testing.assert_array_equal(y, 2 * x)
 
 
@@ -185,3 +197,33 @@ def test_a_large_parameter_keeps_its_own_parallel_block(monkeypatch):
     monkeypatch.setattr(cpu, "PARALLEL_MIN", 40)  # fc1.weight (6x8=48) runs its own prange block
     src = _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
     assert "numba.prange" in src and "parallel=True" in src and src.count("for m") == 1
+
+
+def test_a_read_only_input_of_a_packed_kernel_is_copied_not_refused(monkeypatch):
+    _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    # the step above compiled the packed kernel; call such a step directly with a read-only gradient
+    step = _last_packed_step(monkeypatch)
+    args = [np.random.default_rng(i).standard_normal(v.shape).astype(np.float32) for i, v in
+            enumerate(step.node.inputs)]
+    want = step(list(args))
+    frozen = [a.copy() for a in args]
+    for a in frozen:
+        a.flags.writeable = False
+    got = step(frozen)
+    for w_, g_ in zip(want, got):
+        np.testing.assert_array_equal(w_, g_)
+
+
+def _last_packed_step(monkeypatch):
+    captured = []
+    monkeypatch.setattr(cpu.KernelStep, "__init__", _capturing(cpu.KernelStep.__init__, captured))
+    _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.2, momentum=0.8))
+    (step,) = [s for s in captured if s.rows is not None]
+    return step
+
+
+def _capturing(init, captured):
+    def wrapped(self, *a, **kw):
+        init(self, *a, **kw)
+        captured.append(self)
+    return wrapped

@@ -298,7 +298,7 @@ SEGMENT_PRELUDE_EXTRA = ("from tracejit.compiler.backends import cpu_blas as B\n
 PRELUDE = """import numpy as np
 import numba
 from tracejit.compiler.backends import cpu_math as M
-from tracejit.compiler.backends.cpu_views import array_at, view
+from tracejit.compiler.backends.cpu_views import array_at, empty, view
 
 Z_f32, O_f32 = np.float32(0), np.float32(1)
 Z_f64, O_f64 = np.float64(0), np.float64(1)
@@ -351,16 +351,14 @@ class KernelStep:
             if self.owned.get(id(a)) is a and a.flags.c_contiguous:
                 outs[self.out_order[oi]] = a
         t0 = time.perf_counter() if self.first_call_s is None else 0.0
+        call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
+        call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.rows is not None:
-            # the table holds each array's address and size, so C-contiguous arrays of any shape will do
-            flat = [as_c(args[src]) for src, _ in self.loads] + outs
-            arrays = tuple([flat[i] for i in self.rows])  # alive until the kernel returns
-            table = np.empty((len(arrays), 2), np.int64)
-            addresses(arrays, table)  # first call: loads (or once per install compiles) its specialization
-            call = [table]
-        else:
-            call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
-            call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
+            arrays = [call[i] for i in self.rows]  # alive until the kernel returns
+            try:
+                call = [addresses(arrays)]
+            except numba.core.errors.TypingError:  # a read-only or unaligned input: another Numba type
+                call = [addresses([a if a.flags.writeable and a.flags.aligned else a.copy() for a in arrays])]
         if self.first_call_s is None:
             _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", call)
             self.first_call_s = time.perf_counter() - t0

@@ -112,8 +112,7 @@ class SegmentSource:
 
     def _alloc(self, v) -> str:
         name = self._def(v)
-        n = math.prod(v.shape)  # one np.empty signature per dtype, viewed with the shape
-        self.lines.append(f"    {name} = {_reshaped(f'np.empty({n}, dtype={_np(v.dtype)})', v.shape, (n,))}")
+        self.lines.append(f"    {name} = empty({_shape(v.shape)}, {_np(v.dtype)})")
         self.contiguous.add(v.id)
         return name
 

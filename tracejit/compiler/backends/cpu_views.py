@@ -1,5 +1,6 @@
 """Array headers for generated code: `view(a, shape)`, a C-contiguous array's data seen with another shape of
-the same size; `array_at(address, n, dtype)` with `addresses(arrays, table)`, arrays passed as one table.
+the same size; `empty(shape, dtype)`; `array_at(address, n, dtype)` with `addresses(arrays, table)`, arrays
+passed as one table.
 
 It replaces `a.reshape(shape)` there. Numba's reshape is general (contiguity test, stride search, size check
 with a formatted error) and each call site lowered to ~200 lines of LLVM IR: the 24 reshapes of a LeNet
@@ -10,7 +11,8 @@ it checked when rendering, so this intrinsic just builds the array header (a few
 from __future__ import annotations
 
 import numba
-from numba import literal_unroll, types
+import numpy as np
+from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
@@ -43,6 +45,41 @@ def view(typingctx, arr, shape):
         return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
 
     return ret(arr, shape), codegen
+
+
+@intrinsic
+def empty(typingctx, shape, dtype):
+    """A new uninitialized C-contiguous array of `shape` (a tuple of ints) and `dtype` (np.float32, ...).
+
+    np.empty is a Numba overload: compiled once per signature in every process (~0.1 s before the first
+    generated function could compile) and a call into that code per site; this is the allocation inline."""
+    if not isinstance(shape, types.BaseTuple) or not all(isinstance(t, types.Integer) for t in shape):
+        return None
+    if not isinstance(dtype, (types.NumberClass, types.DType)):
+        return None
+    ret = types.Array(dtype.dtype, len(shape), "C")
+
+    def codegen(context, builder, sig, args):
+        shapety = sig.args[0]
+        dims = [context.cast(builder, d, t, types.intp)
+                for d, t in zip(cgutils.unpack_tuple(builder, args[0], len(shapety)), shapety)]
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(ret.dtype)))
+        strides = []
+        step = itemsize
+        for d in reversed(dims):
+            strides.append(step)
+            step = builder.mul(step, d)
+        strides.reverse()
+        meminfo = context.nrt.meminfo_alloc_aligned(builder, step, context.get_preferred_array_alignment(ret.dtype))
+        with builder.if_then(cgutils.is_null(builder, meminfo), likely=False):
+            context.call_conv.return_user_exc(builder, MemoryError, ("cannot allocate an array",))
+        data = context.nrt.meminfo_data(builder, meminfo)
+        data = builder.bitcast(data, context.get_data_type(ret.dtype).as_pointer())
+        out = make_array(ret)(context, builder)
+        populate_array(out, data=data, shape=dims, strides=strides, itemsize=itemsize, meminfo=meminfo)
+        return out._getvalue()
+
+    return ret(shape, dtype), codegen
 
 
 @intrinsic
@@ -81,15 +118,28 @@ def _address(typingctx, arr):
     return types.int64(arr), codegen
 
 
-@numba.njit(cache=True)
-def addresses(arrays, out):
-    """out[i] = (data address, element count) of arrays[i], for a tuple of C-contiguous arrays.
+CHUNK = 16
 
-    A generated function with many array arguments is slow to compile: Numba's argument unboxing code for
-    60 arrays took 0.4 s of LLVM time, growing faster than linearly. So a multi-tensor kernel takes this one
-    int64 table instead and this cached package function does the unboxing (one compile per tuple type)."""
-    i = 0
-    for a in literal_unroll(arrays):
-        out[i, 0] = _address(a)
-        out[i, 1] = a.size
-        i += 1
+
+@numba.njit(cache=True)
+def _fill_addresses(arrays, out, base):
+    for i in range(len(arrays)):
+        a = arrays[i]
+        out[base + i, 0] = _address(a)
+        out[base + i, 1] = a.size
+
+
+def addresses(arrays: list):
+    """An int64 table whose row i is (data address, element count) of arrays[i] (1-D, C-contiguous, one dtype;
+    rows past len(arrays) are padding).
+
+    A generated function with many array arguments is slow to compile: Numba's unboxing code for 60 arrays
+    took ~0.4 s of LLVM time, growing faster than linearly. So a multi-tensor kernel takes this table, and
+    this cached package function unboxes the arrays, 16 at a time: one Numba specialization per dtype and
+    install whatever the number of arrays (a tuple of all 60 compiled for 0.5 s, 2 s with mixed ranks)."""
+    n = len(arrays)
+    padded = list(arrays) + [arrays[0]] * (-n % CHUNK)
+    table = np.empty((len(padded), 2), np.int64)
+    for b in range(0, len(padded), CHUNK):
+        _fill_addresses(tuple(padded[b:b + CHUNK]), table, b)
+    return table
