@@ -200,13 +200,15 @@ def _threads() -> int:
 # 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
 # the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
+MAX_RUN_BACKWARD = 512
 
 
-def prefer(x_shape, w_shape, stride, padding, dilation, groups) -> bool:
-    """Whether this path runs the conv: stride 1, groups 1 (any padding and dilation) and short runs."""
+def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) -> bool:
+    """Whether this path runs the conv (its backward if `backward`): stride 1, groups 1 (any padding and
+    dilation) and short runs."""
     if tuple(stride) != (1, 1) or groups != 1:
         return False
-    return _geometry(x_shape, w_shape, padding, dilation)[4] <= MAX_RUN
+    return _geometry(x_shape, w_shape, padding, dilation)[4] <= (MAX_RUN_BACKWARD if backward else MAX_RUN)
 
 
 def _geometry(x_shape, w_shape, padding, dilation):

@@ -24,10 +24,10 @@ def _conv_kw(a):
     return dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
 
 
-def _by_gemm(a, x_shape, w_shape) -> bool:
+def _by_gemm(a, x_shape, w_shape, backward=False) -> bool:
     """Whether the per-image GEMM kernels (cpu_window_gemm) run this conv rather than the direct ones."""
     return WG.prefer(x_shape, w_shape, W._pair(a["stride"]), W._pair(a["padding"]), W._pair(a["dilation"]),
-                     a["groups"])
+                     a["groups"], backward)
 
 
 _NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
@@ -81,7 +81,7 @@ def window_step(node: Node):
             relu, k, s, has_dx = a["relu"], a["pool"], a["pool_stride"], a["input_grad"]
             x_shape = node.inputs[0].shape
             w_shape = outs[1].shape if has_dx else outs[0].shape
-            if _by_gemm(a, x_shape, w_shape):
+            if _by_gemm(a, x_shape, w_shape, backward=True):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
                 def conv_pool_backward_gemm(args):
@@ -134,7 +134,7 @@ def window_step(node: Node):
         if pattern == "grad_weight_bias":
             kw = _conv_kw(a)
             x_shape, w_shape = node.inputs[0].shape, outs[0].shape
-            if _by_gemm(a, x_shape, w_shape):
+            if _by_gemm(a, x_shape, w_shape, backward=True):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
                 def grad_wb_gemm(args):
@@ -163,7 +163,7 @@ def window_step(node: Node):
             WG.conv_forward(as_c(args[0]), as_c(args[1]), None, o, _NO_IDX, pad, dil, False, 0, 1)
             return (o,)
         return _label(conv_gemm, "conv2d (per-image GEMM)")
-    if name == "conv2d_grad_input" and _by_gemm(a, out.shape, node.inputs[1].shape):
+    if name == "conv2d_grad_input" and _by_gemm(a, out.shape, node.inputs[1].shape, backward=True):
         pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
         def grad_input_gemm(args):
@@ -173,7 +173,7 @@ def window_step(node: Node):
                              _no_aux(g.dtype), pad, dil, o, None, None)
             return (o,)
         return _label(grad_input_gemm, "conv2d_grad_input (per-image GEMM)")
-    if name == "conv2d_grad_weight" and _by_gemm(a, node.inputs[0].shape, out.shape):
+    if name == "conv2d_grad_weight" and _by_gemm(a, node.inputs[0].shape, out.shape, backward=True):
         pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
         def grad_weight_gemm(args):
