@@ -105,12 +105,13 @@ def test_segment_source_uses_views_and_direct_gemm_and_equals_eager():
 # ------------------------------------------------------------------- packed multi-tensor (optimizer) kernels
 
 
-def test_addresses_lists_address_and_size_of_every_array_in_padded_chunks():
-    arrays = [np.zeros(n, np.float32) for n in range(1, 21)]  # 20 arrays: two chunks of 16
+@pytest.mark.parametrize("n,rows", [(1, 16), (16, 16), (20, 64), (64, 64), (70, 128)])
+def test_addresses_lists_address_and_size_of_every_array_in_padded_chunks(n, rows):
+    arrays = [np.zeros(k % 7 + 1, np.float32) for k in range(n)]
     table = cpu_views.addresses(arrays)
-    assert table.shape == (32, 2)
-    assert table[:20].tolist() == [[a.ctypes.data, a.size] for a in arrays]
-    assert table[20:].tolist() == [[arrays[0].ctypes.data, 1]] * 12  # padding repeats the first array
+    assert table.shape == (rows, 2)
+    assert table[:n].tolist() == [[a.ctypes.data, a.size] for a in arrays]
+    assert table[n:].tolist() == [[arrays[0].ctypes.data, 1]] * (rows - n)  # padding repeats the first array
 
 
 @numba.njit

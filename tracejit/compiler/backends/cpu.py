@@ -345,20 +345,25 @@ class KernelStep:
                          first_out[t] + p - len(parts[t][1].loads) for t, p in rows]
 
     def __call__(self, args):
-        outs = [np.empty(shape, dtype) for shape, dtype, _ in self.outs]
+        outs = [None] * len(self.outs)
         for oi, ii in self.inplace:
             a = args[ii]
             if self.owned.get(id(a)) is a and a.flags.c_contiguous:
                 outs[self.out_order[oi]] = a
+        outs = [np.empty(shape, dtype) if o is None else o for o, (shape, dtype, _) in zip(outs, self.outs)]
         t0 = time.perf_counter() if self.first_call_s is None else 0.0
-        call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
-        call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.rows is not None:
-            arrays = [call[i] for i in self.rows]  # alive until the kernel returns
+            # the table needs 1-D arrays (one Numba type); any 1-D array of the right size will do
+            flat = [as_c(args[src]) for src, _ in self.loads] + outs
+            flat = [a if a.ndim == 1 else a.reshape(-1) for a in flat]
+            arrays = [flat[i] for i in self.rows]  # alive until the kernel returns
             try:
                 call = [addresses(arrays)]
             except numba.core.errors.TypingError:  # a read-only or unaligned input: another Numba type
                 call = [addresses([a if a.flags.writeable and a.flags.aligned else a.copy() for a in arrays])]
+        else:
+            call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
+            call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.first_call_s is None:
             _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", call)
             self.first_call_s = time.perf_counter() - t0
