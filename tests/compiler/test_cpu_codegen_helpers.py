@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tracejit  # noqa: E402
-from tracejit.compiler.backends import cpu, cpu_views  # noqa: E402
+from tracejit.compiler.backends import cache, cpu, cpu_views  # noqa: E402
 from tracejit.compiler.backends.cpu_segment_blas import gemm_nt  # noqa: E402
 from tracejit.compiler.backends.cpu_views import view  # noqa: E402
 
@@ -228,3 +228,37 @@ def _capturing(init, captured):
         init(self, *a, **kw)
         captured.append(self)
     return wrapped
+
+
+ROW_REDUCTIONS = """
+graph g(%x: f32[6,5] {arg: x}) {
+  %s: f32[6], %m: f32[6] = fused(%x) {kind='reduce'}
+    body reduce_0(%x: f32[6,5]) {
+      %s: f32[6] = sum(%x) {axes=(1,), keepdim=False}
+      %m: f32[6] = amax(%x) {axes=(1,), keepdim=False}
+      return %s, %m
+    }
+  return %s, %m
+}
+"""
+
+
+def test_row_reductions_store_their_accumulator_without_filling_first():
+    from tracejit.compiler.backends.kernel import lower
+    from tracejit.compiler.ir import parse_graph
+
+    (node,) = parse_graph(ROW_REDUCTIONS).nodes
+    src = cpu.render(lower(node), "kernel")
+    assert "fi0" not in src and "fi1" not in src  # no fill loops
+    assert "o0[i0, 0] = acc0" in src and "o1[i0, 0] = acc1" in src
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    x[2, 3] = np.nan
+    x[4] = -np.inf
+    fn, _ = cache.load(cpu.PRELUDE + src, "kernel")
+    s, m = np.empty((6, 1), np.float32), np.empty((6, 1), np.float32)
+    fn.py_func(x, s, m)  # the Python semantics of the rendered text
+    np.testing.assert_allclose(s[:, 0], x.sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(m[:, 0], x.max(1))  # NaN and an all -inf row as in NumPy
+    fn(x, s, m)  # and compiled
+    np.testing.assert_allclose(s[:, 0], x.sum(1), rtol=1e-5)
+    np.testing.assert_array_equal(m[:, 0], x.max(1))

@@ -224,10 +224,16 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1] if parallel else []
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
     nch = min(space[0], CHUNKS) if (parallel or outer_red) else 1
+    # an inner-dim reduction that keeps every other dim gets each output element from one accumulator:
+    # it is stored, with no fill beforehand (same bits: the accumulator starts from the identity)
+    direct = [j for j in inner_red
+              if j not in outer_red and tuple(k.results[j].array.shape[:-1]) == tuple(space[:-1])]
     lines: list[str] = ["    " + h for h in hoisted]
     ind = "    "
     for j in reds:
         res = k.results[j]
+        if j in direct:
+            continue
         # a flat loop, not .fill(): each fill signature is one more Numba overload to compile and link
         size = int(np.prod(res.array.shape))
         lines.append(f"{ind}f{tag}{j} = view({O[j]}, ({size},))")
@@ -274,7 +280,10 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     ind = ind[:-4]
     for j in inner_red:
         res = k.results[j]
-        lines.append(f"{ind}{_combine(res.mode, target(j, drop_last=True), f'acc{tag}{j}')}")
+        if j in direct:
+            lines.append(f"{ind}{target(j, drop_last=True)} = acc{tag}{j}")
+        else:
+            lines.append(f"{ind}{_combine(res.mode, target(j, drop_last=True), f'acc{tag}{j}')}")
     for j in outer_red:
         res = k.results[j]
         m = int(np.prod(res.array.shape))
