@@ -262,3 +262,35 @@ def test_row_reductions_store_their_accumulator_without_filling_first():
     fn(x, s, m)  # and compiled
     np.testing.assert_allclose(s[:, 0], x.sum(1), rtol=1e-5)
     np.testing.assert_array_equal(m[:, 0], x.max(1))
+
+
+@pytest.mark.parametrize("case", ["pad", "cat", "expand_permute_bmm", "full", "slice_copy"])
+def test_movement_ops_in_segments_are_loops_and_equal_eager(case):
+    import tracejit.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    x = tracejit.tensor(rng.standard_normal((4, 5, 6)).astype(np.float32))
+    y = tracejit.tensor(rng.standard_normal((4, 5, 6)).astype(np.float32))
+
+    def fn(x, y):
+        if case == "pad":
+            return (F.pad(x * 2.0, (1, 2, 2, 0)) + 1.0).sum(1)
+        if case == "cat":
+            return (tracejit.cat([x * 2.0, y], 1) + 1.0).sum(1), tracejit.cat([x, y * 3.0], -1) * 2.0
+        if case == "expand_permute_bmm":
+            return ((x * 2.0).sum(1, keepdim=True).expand(4, 5, 6) @ y.permute(0, 2, 1)).sum(1)
+        if case == "full":
+            return (x * 2.0) @ tracejit.ones(6, 3)
+        return (x[:, 1:4, ::2] * 2.0) @ y[:, :4, :3].permute(0, 2, 1), x[1:3].transpose(0, 1) * 1.5
+
+    want = fn(x, y)
+    want = want if isinstance(want, tuple) else (want,)
+    cf = tracejit.compile(fn, backend="cpu")
+    got = cf(x, y)
+    got = got if isinstance(got, tuple) else (got,)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_.numpy(), w_.numpy(), rtol=1e-5, atol=1e-5)
+    sources = [s.source for s, *_ in cf.latest().program.plan if isinstance(s, cpu.SegmentStep)]
+    assert sources
+    for call in ("np.full", "np.broadcast_to", "np.concatenate", "np.transpose", "np.ascontiguousarray", "[...]"):
+        assert all(call not in src for src in sources), call

@@ -74,6 +74,7 @@ class SegmentSource:
         self.contiguous = {v.id for v in inputs}
         self.fortran = set()  # value ids known F-contiguous (2-D transposes)
         self.transpose_of: dict[int, str] = {}  # F-contiguous value id -> name of the C array it transposes
+        self.copies: dict[int, str] = {}  # value id -> name of its C-contiguous copy
         self.consts: dict[str, str] = {}
         self.kernels: list[str] = []
         self.lines: list[str] = []
@@ -94,11 +95,37 @@ class SegmentSource:
         return name
 
     def _c(self, v) -> str:
-        """An expression for `v` that is C-contiguous."""
-        return self.var(v) if v.id in self.contiguous else f"np.ascontiguousarray({self.var(v)})"
+        """An expression for `v` that is C-contiguous (a copy loop, made once, when `v` is not)."""
+        if v.id in self.contiguous:
+            return self.var(v)
+        if v.id not in self.copies:
+            name = self.copies[v.id] = f"cc{v.id}"
+            self.lines.append(f"    {name} = empty({_shape(v.shape)}, {_np(v.dtype)})")
+            self._copy(name, v.shape, None, self.var(v), None)
+        return self.copies[v.id]
 
     def _blas(self, v) -> str:
         return self.var(v) if v.id in self.contiguous or v.id in self.fortran else self._c(v)
+
+    # Loops instead of NumPy calls for copies and fills: np.full, np.broadcast_to, np.concatenate and slice
+    # assignment are Numba overloads compiled in every process (slice assignment with its formatted shape
+    # error took ~3 s); a loop nest over static sizes compiles in ~0.05 s.
+    def _fill(self, o: str, shape, value: str):
+        n = math.prod(shape)
+        self.lines.append(f"    _f = view({o}, ({n},))")
+        self.lines.append(f"    for _q in range({n}):")
+        self.lines.append(f"        _f[_q] = {value}")
+
+    def _copy(self, dst: str, shape, dst_index, src: str, src_index):
+        """dst[dst_index(q)] = src[src_index(q)] for every index q of `shape` (None: q itself)."""
+        q = [f"_q{d}" for d in range(len(shape))]
+        ind = "    "
+        for d, size in enumerate(shape):
+            self.lines.append(f"{ind}for {q[d]} in range({size}):")
+            ind += "    "
+        di = dst_index(q) if dst_index else q
+        si = src_index(q) if src_index else q
+        self.lines.append(f"{ind}{dst}[{', '.join(di) or '()'}] = {src}[{', '.join(si) or '()'}]")
 
     def _as(self, v, shape) -> str:
         """An expression for `v`'s data as a C-contiguous array of `shape` (same size): a free view."""
@@ -132,19 +159,21 @@ class SegmentSource:
                     self.fortran.add(out.id)  # BLAS takes a transposed C array without a copy
                     self.transpose_of[out.id] = src
             else:
-                L.append(f"    {self._def(out)} = np.transpose({src}, {a['dims']!r})")
+                dims = tuple(a["dims"])
+                o = self._alloc(out)  # a copy: np.transpose's overload took ~3 s to compile per process
+                self._copy(o, out.shape, None, src, lambda q: [q[dims.index(e)] for e in range(len(dims))])
         elif name == "expand":
-            L.append(f"    {self._def(out)} = np.ascontiguousarray(np.broadcast_to({self.var(n.inputs[0])}, "
-                     f"{_shape(out.shape)}))")
-            self.contiguous.add(out.id)
+            x = n.inputs[0]
+            o = self._alloc(out)
+            lead = len(out.shape) - len(x.shape)  # broadcast_to aligns trailing dims
+            src = [None if s == 1 else lead + d for d, s in enumerate(x.shape)]
+            self._copy(o, out.shape, None, self.var(x), lambda q: [("0" if d is None else q[d]) for d in src])
         elif name == "slice":
             idx = ", ".join(f"{s}:{e}:{st}" for s, e, st in zip(a["starts"], a["stops"], a["steps"]))
             L.append(f"    {self._def(out)} = {self.var(n.inputs[0])}[{idx}]")
         elif name == "full":
             value = repr(bool(a["value"])) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a['value']!r})"
-            full = f"np.full({math.prod(out.shape)}, {value}, dtype={_np(out.dtype)})"
-            L.append(f"    {self._def(out)} = {_reshaped(full, out.shape, (math.prod(out.shape),))}")
-            self.contiguous.add(out.id)
+            self._fill(self._alloc(out), out.shape, value)
         elif name == "matmul":
             x, w = n.inputs
             self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * out.type.numel * x.shape[-1])
@@ -164,8 +193,12 @@ class SegmentSource:
                 L.append(f"    _x = {self._as(x, (b,) + tuple(x.shape[-2:]))}")
                 L.append(f"    _w = {self._as(w, (b,) + tuple(w.shape[-2:]))}")
                 L.append(f"    _o = {self._as(out, (b,) + tuple(out.shape[-2:]))}")
+                (m, k), n_ = x.shape[-2:], w.shape[-1]
                 L.append(f"    for _b in range({b}):")
-                L.append("        B.gemm(_x[_b], _w[_b], _o[_b])")
+                if min(m, n_, k) > 0:
+                    L.append(f"        G.gemm_nt(0, 0, {m}, {n_}, {k}, _x[_b], {k}, _w[_b], {n_}, _o[_b])")
+                else:
+                    L.append("        B.gemm(_x[_b], _w[_b], _o[_b])")
         elif name == "gather":
             x, idx = n.inputs
             ax = a["axis"]
@@ -188,16 +221,22 @@ class SegmentSource:
             o = self._alloc(out)
             L.append(f"    H.uniform_into({self.var(n.inputs[0])}, {o})")
         elif name == "cat":
-            parts = ", ".join(self.var(v) for v in n.inputs)
-            L.append(f"    {self._def(out)} = np.ascontiguousarray(np.concatenate(({parts},), axis={a['axis']}))")
-            self.contiguous.add(out.id)
+            o = self._alloc(out)
+            axis = a["axis"] % len(out.shape)
+            start = 0
+            for part in n.inputs:
+                def at(q, start=start):
+                    return [f"{start} + {v}" if d == axis and start else v for d, v in enumerate(q)]
+                self._copy(o, part.shape, at, self.var(part), None)
+                start += part.shape[axis]
         elif name == "pad":
             o = self._alloc(out)
             value = a.get("value", 0.0)
             fill = repr(bool(value)) if out.dtype is D.bool_ else f"{_np(out.dtype)}({value!r})"
-            L.append(f"    {o}[...] = {fill}")
-            idx = ", ".join(f"{lo}:{lo + s}" for (lo, _), s in zip(a["pads"], n.inputs[0].shape))
-            L.append(f"    {o}[{idx}] = {self.var(n.inputs[0])}")
+            self._fill(o, out.shape, fill)
+            los = [lo for lo, _ in a["pads"]]
+            self._copy(o, n.inputs[0].shape, lambda q: [f"{lo} + {v}" if lo else v for lo, v in zip(los, q)],
+                       self.var(n.inputs[0]), None)
         else:
             raise LoweringError(f"{name} has no segment rendering")
 
