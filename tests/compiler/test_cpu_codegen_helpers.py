@@ -294,3 +294,9 @@ def test_movement_ops_in_segments_are_loops_and_equal_eager(case):
     assert sources
     for call in ("np.full", "np.broadcast_to", "np.concatenate", "np.transpose", "np.ascontiguousarray", "[...]"):
         assert all(call not in src for src in sources), call
+
+
+def test_large_parameters_of_a_group_share_one_parallel_loop(monkeypatch):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 20)  # fc1.weight (48) and fc2.weight (24): one prange, run per row
+    src = _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    assert src.count("numba.prange") == 1 and src.count("for m") == 2  # the weights' loop and the biases'

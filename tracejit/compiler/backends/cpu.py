@@ -121,14 +121,14 @@ def render_packed(kernels: list, name: str) -> tuple:
     len(loads) is that kernel's load p, else its result p - len(loads).
 
     Why: compile time. Numba's unboxing code for 60 array arguments took ~0.4 s of LLVM time (superlinear in
-    the count), and one loop nest per parameter ~0.05 s each. Serial 1-D elementwise kernels with the same
-    body (every parameter of a param group) share ONE loop nest run over their rows; others keep their own
-    block with constant sizes."""
+    the count), and one loop nest per parameter ~0.05 s each (a parallel one ~1 s). 1-D elementwise kernels
+    with the same body and parallelism (the parameters of a param group) share ONE loop nest run over their
+    rows; others keep their own block with constant sizes."""
     consts: dict[str, str] = {}
     par = [k.numel() >= PARALLEL_MIN for k in kernels]
     groups: dict = {}
     for t, k in enumerate(kernels):
-        groups.setdefault(_group_key(k) if not par[t] and _shareable(k) else ("own", t), []).append(t)
+        groups.setdefault((par[t],) + _group_key(k) if _shareable(k) else ("own", t), []).append(t)
     lines: list[str] = []
     rows: list[tuple] = []
     for g, members in enumerate(groups.values()):
@@ -145,7 +145,7 @@ def render_packed(kernels: list, name: str) -> tuple:
             lines += block
             continue
         dyn = LoopKernel((f"n{tag}",), k.loads, k.stmts, k.results)
-        A, O, block = _render_block(dyn, tag, False, consts)
+        A, O, block = _render_block(dyn, tag, par[members[0]], consts)
         lines.append(f"    for m{tag} in range({len(members)}):")
         lines.append(f"        r{tag} = {base} + m{tag} * {width}")
         lines += [f"        {nm} = array_at(P[r{tag} + {p}, 0], P[r{tag} + {p}, 1], {_np_type(arr.dtype)})"
@@ -223,7 +223,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     # (serial kernels need no blocks: their summation order is fixed whatever the thread count)
     outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1] if parallel else []
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
-    nch = min(space[0], CHUNKS) if (parallel or outer_red) else 1
+    # (a symbolic first dim, from render_packed, is split into CHUNKS blocks)
+    nch = (CHUNKS if isinstance(space[0], str) else min(space[0], CHUNKS)) if (parallel or outer_red) else 1
     # an inner-dim reduction that keeps every other dim gets each output element from one accumulator:
     # it is stored, with no fill beforehand (same bits: the accumulator starts from the identity)
     direct = [j for j in inner_red
@@ -241,8 +242,10 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
         if j in outer_red:
             shape = (nch,) + tuple(res.array.shape)
-            lines.append(f"{ind}p{tag}{j} = np.full({shape}, {_identity(res.mode, res.array.dtype)}, "
-                         f"dtype={_np_type(res.array.dtype)})")
+            lines.append(f"{ind}p{tag}{j} = empty({shape}, {_np_type(res.array.dtype)})")
+            lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch * size},))")
+            lines.append(f"{ind}for fi{tag}{j} in range({nch * size}):")
+            lines.append(f"{ind}    pi{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
 
     def target(j, drop_last=False):
         idx = _index(k.results[j].array.shape, lv).split(", ")
