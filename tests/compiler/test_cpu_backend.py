@@ -169,7 +169,8 @@ def test_render_same_shape_chain_is_one_flat_loop():
     assert "i1" not in src
 
 
-def test_render_small_space_is_serial_and_large_space_uses_prange():
+def test_render_small_space_is_serial_and_large_space_uses_prange(monkeypatch):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     small = source_of(SMALL_CHAIN)
     assert "parallel=False" in small
     assert "prange" not in small
@@ -205,7 +206,8 @@ def test_render_float64_kernel_uses_float64_library_and_constants():
     assert no_bare_floats(src)
 
 
-def test_render_reductions_inner_accumulator_and_ordered_outer_partials():
+def test_render_reductions_inner_accumulator_and_ordered_outer_partials(monkeypatch):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     src = source_of(REDUCE_BOTH)
     assert "numba.prange(" in src
     # the inner-dim sum accumulates locally; the outer-dim sum writes per-block partials that are
@@ -376,7 +378,8 @@ def test_casts_to_int_and_bool():
         close(g_, w_)
 
 
-def test_large_elementwise_chain_runs_in_parallel():
+def test_large_elementwise_chain_runs_in_parallel(monkeypatch):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     # 2**17 elements: above the parallel threshold; a tanh/sigmoid/exp chain and its gradient
     rng = np.random.default_rng(0)
     x = rng.standard_normal(1 << 17).astype(np.float32)
@@ -772,7 +775,8 @@ def test_same_step_from_the_same_state_is_bit_identical():
         np.testing.assert_array_equal(runs[1][name], runs[0][name], err_msg=name)
 
 
-def test_parallel_reductions_are_bit_identical_at_any_thread_count():
+def test_parallel_reductions_are_bit_identical_at_any_thread_count(monkeypatch):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     if threads.max_threads() < 2:
         pytest.skip("needs a pool of at least 2 threads")
     rng = np.random.default_rng(0)

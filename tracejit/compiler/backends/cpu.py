@@ -23,7 +23,10 @@ from .kernel import LoopKernel, LoweringError, Result, Stmt, lower
 from .reference import ref_step
 
 INPLACE_MIN = 1 << 14  # elements of optimizer state below which in-place updates are not worth a step
-PARALLEL_MIN = 1 << 16  # elements below which threads cost more than they save (launch 2-60 us)
+# Elements below which threads cost more than they save: a launch costs 2-60 us, and between the MLP's
+# 2-thread GEMMs a TBB kernel over 128x512 left its worker spinning against OpenBLAS's threads (MLP step
+# 3.5 -> 3.1 ms best, 3.9 -> 3.5 ms p25 with 1 << 18 instead of 1 << 16, two interleaved A/B runs)
+PARALLEL_MIN = 1 << 18
 CHUNKS = 16  # fixed outer blocks: reductions combine per-block partials in order -> same bits at any thread count
 FASTMATH = '{"contract", "arcp", "afn", "reassoc", "nsz"}'  # not nnan/ninf: NaN and inf keep their meaning
 
