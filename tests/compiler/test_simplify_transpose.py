@@ -34,3 +34,25 @@ def test_a_product_read_elsewhere_is_not_duplicated():
     src = SRC.replace("return %d", "return %d, %c")
     g = dce(simplify(parse_graph(src)))
     assert [n.op.name for n in g.nodes] == ["matmul", "permute"]
+
+
+def test_transposing_an_already_transposed_operand_gives_back_the_array():
+    # a linear layer's weight gradient: (x^T @ g)^T = g^T @ x, with x itself rather than (x^T)^T, which the
+    # CPU backend would have copied to a contiguous array before its GEMM
+    src = """graph f(%x: f32[4,3], %g: f32[4,5]) {
+  %xt: f32[3,4] = permute(%x) {dims=(1, 0)}
+  %c: f32[3,5] = matmul(%xt, %g)
+  %d: f32[5,3] = permute(%c) {dims=(1, 0)}
+  return %d
+}"""
+    g = dce(simplify(parse_graph(src)))
+    verify(g)
+    assert print_graph(g) == """graph f(%x: f32[4,3], %g: f32[4,5]) {
+  %0: f32[5,4] = permute(%g) {dims=(1, 0)}
+  %d: f32[5,3] = matmul(%0, %x)
+  return %d
+}"""
+    rng = np.random.default_rng(1)
+    x, gr = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
+    (out,) = run_graph(g, [x, gr])
+    np.testing.assert_allclose(out, (x.T @ gr).T, rtol=1e-6)

@@ -54,8 +54,15 @@ def simplify(g: Graph) -> Graph:
                 continue
             transposed = _transpose_product(n, ins, out, defs, uses)
             if transposed is not None:
-                for t in transposed:
-                    emit(t)
+                *flips, mm = transposed
+                operands = []
+                for t in flips:  # a^T of a transposed view is the original array: no permute, no copy later
+                    t = _chain(t, t.inputs, t.outputs[0], defs)
+                    same = _identity(t, t.inputs, t.outputs[0], defs)
+                    if same is None:
+                        emit(t)
+                    operands.append(t.outputs[0] if same is None else same)
+                emit(Node(mm.op, tuple(operands), mm.attrs, mm.outputs))
                 continue
             n = _chain(n, ins, out, defs)
             alias = _identity(n, n.inputs, out, defs)  # a composed chain may do nothing at all
