@@ -431,7 +431,8 @@ class SegmentStep:
         if self.first_call_s is None:
             t0 = time.perf_counter()
             try:
-                blas.set_threads(self.blas_threads)
+                if self.blas_threads:
+                    blas.set_threads(self.blas_threads)
                 out, self.fn = cache.call_first(self.fn, SEGMENT_PRELUDE + self.source, "segment",
                                                 [as_c(a) for a in args])
             except numba.core.errors.NumbaError as e:
@@ -440,7 +441,8 @@ class SegmentStep:
                 out = self.fn(*args)
             self.first_call_s = time.perf_counter() - t0
             return out
-        blas.set_threads(self.blas_threads)
+        if self.blas_threads:
+            blas.set_threads(self.blas_threads)
         return self.fn(*[as_c(a) for a in args])
 
 
@@ -555,7 +557,9 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
         label = f"segment {counter[0]} ({len(item)} nodes)"
         if dumper:
             dumper.kernel(f"{counter[0]:02d}_segment", SEGMENT_PRELUDE + src)
-        nthreads = 1 if seg.has_parallel else blas.threads_for(seg.max_gemm_flops)
+        # a segment without GEMMs leaves BLAS alone (0): toggling OpenBLAS between 1 and 2 threads costs
+        # ~20 us a switch, and the MLP step switched 4 times
+        nthreads = 0 if not seg.max_gemm_flops else 1 if seg.has_parallel else blas.threads_for(seg.max_gemm_flops)
         step = SegmentStep(fn, src, hit, nthreads,
                            lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
                            label, fallbacks)
