@@ -31,12 +31,32 @@ class Kind(enum.Enum):
     RANDOM = "random"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TensorType:
-    """Static type of a value: shape and dtype."""
+    """Static type of a value: shape and dtype.
+
+    Compared and hashed on every compiled call (the variant key holds the arguments' types), so equality
+    tries identity first and the hash is computed once (kept out of pickles: DType hashes by identity)."""
 
     shape: tuple
     dtype: D.DType
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not TensorType:
+            return NotImplemented
+        return self.dtype is other.dtype and self.shape == other.shape
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.shape, self.dtype))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {"shape": self.shape, "dtype": self.dtype}
 
     @property
     def ndim(self) -> int:
