@@ -192,11 +192,19 @@ def warm_up(case: Case, quick: bool, reps: int | None) -> None:
         case.reps = int(min(MAX_REPS, max(MIN_REPS, math.ceil(TARGET_LOOP_S / max(calib, 1e-9)))))
 
 
+# Before each timed loop: let the previous mode's worker threads (OpenBLAS, OpenMP, Eigen, TBB spin-wait up to
+# ~0.1 s after their last task) go to sleep, then make one untimed call. Modes share this process: without it
+# the MLP's compiled step measured 3.4 or 5.5 ms depending on which peer had just run.
+SETTLE_S = 0.15
+
+
 def time_pass(case: Case) -> None:
     """One timed loop of `case.reps` calls, each timed on its own, with the machine's other load."""
     run = case.built.run
     samples = []
     try:
+        time.sleep(SETTLE_S)
+        run()
         before = cpu_snapshot()
         for _ in range(case.reps):
             t0 = time.perf_counter()
