@@ -2,6 +2,7 @@
 the optimizer updates state in place, and compiled results equal eager."""
 
 import os
+import re
 
 os.environ.setdefault("TRACEJIT_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".tracejit_cache",
                                                          "tests"))
@@ -145,3 +146,29 @@ def test_memory_plan_updates_optimizer_state_in_place_but_never_a_users_array(mo
     assert w._box.value is first  # updated in place
     np.testing.assert_array_equal(snapshot.numpy(), before)
     assert not np.array_equal(w.detach().numpy(), before)
+
+
+def test_in_place_update_reads_and_writes_one_buffer_and_copies_arrays_it_does_not_own(monkeypatch):
+    from tracejit.compiler.backends import cpu
+
+    monkeypatch.setattr(cpu, "INPLACE_MIN", 0)
+    model, opt, step = make()
+    x, y = data()
+    step(x, y)  # eager: creates the momentum buffers
+    w = model.conv1.weight
+    held = w._box.value  # made by eager code: the compiled program must not write into it
+    before = held.copy()
+    cf = tj.compile(step, backend="cpu")
+    cf(x, y)
+    np.testing.assert_array_equal(held, before)
+    assert w._box.value is not held and not np.array_equal(w._box.value, before)
+    # the update's source writes each in-place result through the variable it reads (no second name for the
+    # buffer, which would send LLVM's vectorized loop to its scalar fallback)
+    multi = [s for s, *_ in cf.latest().program.plan if getattr(s, "aliased", None)]
+    assert len(multi) == 1
+    assert len(multi[0].aliased) == 2 * len(list(model.parameters()))
+    assert re.search(r"\bo\d+_\d+ = a\d+_\d+\n", multi[0].source)
+    # and from the second call on, the program's own arrays are updated in place
+    first = w._box.value
+    cf(x, y)
+    assert w._box.value is first
