@@ -14,10 +14,14 @@ Each thread owns its scratch buffers (L2-sized for LeNet) and calls single-threa
 matrix kernels at these sizes); BLAS threads must be 1 while these kernels run (the steps set it), as
 OpenBLAS's own threads would spin against the TBB workers.
 
-Why: the direct kernels (cpu_window, cpu_window_dw) keep the taps in short vector loops whose tails run
-scalar; these GEMMs run at 150-180 GFLOP/s on 2 cores (205 peak). Measured with
-benchmarks/bench_window.py (2 cores, float32, median ms; direct kernels in brackets):
-  LeNet conv1 fwd (+pool)   see the module's table in bench output
+Why: the direct kernels (cpu_window, cpu_window_dw) run their taps over the output rows, and on short rows
+that is mostly loop overhead; these per-image GEMMs run at 130-200 GFLOP/s on 2 cores (205 peak). Best of
+30 calls, 2 cores, float32, two runs (direct kernels in brackets):
+  LeNet conv2 x[64,6,14,14] w[16,6,5,5]  forward+pool 0.29-0.36 ms [0.50-0.75]; backward dx, dw, db
+                                          0.68-0.91 ms [1.29-1.93]
+  LeNet conv1 x[64,3,32,32] w[6,3,5,5]   forward+pool 0.52-0.57 ms [0.44-0.51]: the direct kernel stays
+  conv block x[32,16,32,32] w[32,16,3,3] forward+pool 2.6-3.3 ms [2.0-2.7]: the direct kernel stays
+which is what `prefer` encodes (MAX_RUN).
 """
 
 from __future__ import annotations
