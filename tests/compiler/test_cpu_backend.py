@@ -853,3 +853,27 @@ def test_elementwise_chain_of_ten_ops_is_one_kernel():
     assert len(g.nodes[0].body.nodes) >= 10
     assert len(cf.history[-1].program.plan) == 1
     assert len(generated_steps(cf)) == 1
+
+
+def test_tanh_and_sigmoid_of_one_value_share_one_call():
+    src = """graph f(%x: f32[64]) {
+  %t: f32[64] = tanh(%x)
+  %s: f32[64] = sigmoid(%x)
+  %y: f32[64] = mul(%t, %s)
+  %e: f32[64] = sigmoid(%y)
+  return %y, %e
+}"""
+    g = run_pipeline(parse_graph(src))
+    fused = [n for n in g.nodes if n.body is not None]
+    assert len(fused) == 1
+    code = render_multi([lower(fused[0])], "kernel")
+    assert code.count("M.tanh_sigmoid_f32(") == 1  # tanh(x), sigmoid(x): one call
+    assert code.count("M.sigmoid_f32(") == 1 and "M.tanh_f32(" not in code  # sigmoid(y) stays alone
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(64) * 4).astype(np.float32)
+    cf = compiled(lambda a: (a.tanh() * a.sigmoid(), (a.tanh() * a.sigmoid()).sigmoid()))
+    got = [r.numpy() for r in cf(t(x))]
+    assert_ran_compiled(cf)
+    y = np.tanh(x.astype(np.float64)) / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(got[0], y, rtol=3e-6, atol=1e-7)
+    np.testing.assert_allclose(got[1], 1 / (1 + np.exp(-y)), rtol=3e-6, atol=1e-7)

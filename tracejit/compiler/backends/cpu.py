@@ -199,6 +199,24 @@ def _group_key(k: LoopKernel) -> tuple:
     return tuple(lines), tuple(consts.items())
 
 
+def _tanh_sigmoid_pairs(stmts) -> dict:
+    """{var: (tanh var, sigmoid var)} at the first of each tanh/sigmoid pair of one argument, {var: None} at the
+    second: `_render_block` emits one `tanh_sigmoid` call there and nothing here."""
+    first: dict = {}
+    pairs: dict = {}
+    for s in stmts:
+        if s.op in ("tanh", "sigmoid") and s.dtype in _SUFFIX:
+            key = (s.args[0], s.dtype)
+            other = first.get(key)
+            if other is not None and other.op != s.op and other.var not in pairs:
+                t, g = (other, s) if other.op == "tanh" else (s, other)
+                pairs[other.var] = (t.var, g.var)
+                pairs[s.var] = None
+            elif other is None:
+                first[key] = s
+    return pairs
+
+
 def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
     """Loop-nest lines (at function-body indent) for kernel `k`; every name carries `tag`, so several
     blocks can share one function. Returns (load array names, result array names, lines)."""
@@ -212,6 +230,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     # 1 - beta1**step) run once before the loops: LLVM cannot hoist them past the stores (aliasing)
     hoisted: list[str] = []
     invariant: set[str] = set()
+    paired = _tanh_sigmoid_pairs(k.stmts)
     for s in k.stmts:
         if s.op == "load" and all(d == 1 for d in k.loads[s.args[0]].shape) or s.op == "const" or (
                 s.op not in ("load", "const") and all(a in invariant for a in s.args)):
@@ -222,6 +241,10 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         if s.op == "load":
             arr = k.loads[s.args[0]]
             target.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape, lv)}]")
+        elif s.var in paired:  # tanh and sigmoid of one value: one call computes both (one exp)
+            if paired[s.var] is not None:
+                tanh_var, sig_var = paired[s.var]
+                target.append(f"{tanh_var}, {sig_var} = M.tanh_sigmoid_{s.dtype.short}({s.args[0]})")
         elif s.op == "const":
             value = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
             cname = next((c for c, v in consts.items() if v == value), None)

@@ -7,7 +7,9 @@ result. float32, exhaustive over all 2**32 inputs: exp 1.02 (subnormal results i
 (subnormal inputs included), tanh 1.33, sigmoid 2.40 (relative down to subnormal results), erf 2.50
 (abs 1.3e-7), sin/cos abs 7.9e-8 for |x| <= 1e5 (so ulp error is large only near their zeros).
 float64, dense sweeps: exp 1.0, log 1.0, tanh 3, sigmoid 4 (the float64 references err too); erf, sin
-and cos call libm. tests/compiler/test_cpu_math.py checks these bounds.
+and cos call libm. `tanh_sigmoid_f32` (both from one exp, for kernels that take both of one value): its
+sigmoid is `sigmoid_f32`'s bits, its tanh within 2 ulp on dense sweeps. tests/compiler/test_cpu_math.py
+checks these bounds.
 Edge cases as NumPy: NaN propagates, exp overflows to inf and underflows to 0, exp(-inf)=0, log(0)=-inf,
 log(x<0)=nan, log(inf)=inf, tanh/sigmoid/erf saturate (±1, 0/1) for huge and infinite |x|, sin/cos(inf)=nan.
 
@@ -32,7 +34,7 @@ __all__ = [
     "FUNCS",
     "cos_f32", "cos_f64", "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64",
     "relu_f32", "relu_f64", "sigmoid_f32", "sigmoid_f64", "sign_f32", "sign_f64",
-    "sin_f32", "sin_f64", "tanh_f32", "tanh_f64",
+    "sin_f32", "sin_f64", "tanh_f32", "tanh_f64", "tanh_sigmoid_f32", "tanh_sigmoid_f64",
 ]
 
 FASTMATH = {"nsz", "arcp", "contract", "afn"}
@@ -169,6 +171,29 @@ def sigmoid_f32(x):
     """Logistic 1 / (1 + e**-x) in float32: ``sigmoid_f32(np.float32(0.0)) -> 0.5``; saturates to 0/1."""
     e = exp_f32(-abs(x))  # e <= 1: no overflow, and x < 0 keeps relative accuracy down to subnormals
     return (_ONE if x >= _ZERO else e) / (_ONE + e)  # NaN: e is NaN
+
+
+@_jit
+def tanh_sigmoid_f32(x):
+    """(tanh(x), sigmoid(x)) in float32 from ONE exp: with e = e**-|x|, sigmoid as `sigmoid_f32` and, for
+    |x| >= 0.625, tanh(|x|) = (1 - e*e) / (1 + e*e) (no overflow, no cancellation: e*e <= 0.29); below, the
+    polynomial of `tanh_f32`. The CPU backend calls it where a kernel takes both of one value (an LSTM gate,
+    the ewchain benchmark): the exp is a quarter of such a loop's work.
+    ``tanh_sigmoid_f32(np.float32(1.0)) -> (0.7615942, 0.7310586)``"""
+    a = abs(x)
+    e = exp_f32(-a)
+    sig = (_ONE if x >= _ZERO else e) / (_ONE + e)
+    z = x * x
+    p = _TANH_P0
+    p = p * z + _TANH_P1
+    p = p * z + _TANH_P2
+    p = p * z + _TANH_P3
+    p = p * z + _TANH_P4
+    small = p * z * x + x  # NaN: a >= _TANH_SMALL is false, so this carries it
+    e2 = e * e
+    big = (_ONE - e2) / (_ONE + e2)
+    big = big if x > _ZERO else -big
+    return (big if a >= _TANH_SMALL else small), sig
 
 
 _ERF_SPLIT = f32(0.921875)
@@ -394,6 +419,12 @@ def sigmoid_f64(x):
     """Logistic 1 / (1 + e**-x) in float64: ``sigmoid_f64(0.0) -> 0.5``."""
     e = exp_f64(-abs(x))
     return (_D_ONE if x >= _D_ZERO else e) / (_D_ONE + e)
+
+
+@_jit
+def tanh_sigmoid_f64(x):
+    """(tanh(x), sigmoid(x)) in float64: the float32 twin's interface, computed as the two functions."""
+    return tanh_f64(x), sigmoid_f64(x)
 
 
 @_jit
