@@ -11,23 +11,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-_xxgemm = types.ExternalFunction(
-    "numba_xxgemm",
-    types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr,
-               types.voidptr, types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp))
-
-
-@intrinsic
-def _ptr(typingctx, arr):
-    """The data pointer of an array as void*."""
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.bitcast(ary.data, cgutils.voidptr_t)
-    return types.voidptr(arr), codegen
+from .cpu_blas import _ptr, _xxgemm  # Numba's BLAS helper and the data-pointer intrinsic, declared once
 
 
 @numba.njit(cache=True)
