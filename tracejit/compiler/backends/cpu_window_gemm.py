@@ -115,11 +115,11 @@ def _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp):
 
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
-                    need_dw, dw_rows, top, left, dx, ntask, ws, plane, dw_part, db_part):
-    """Per-task partial dw/db (dw_part [T, O, K] if dw_rows else [T, K, O], db_part [T, O], zeroed by the
-    caller) and, if need_dx, dx
-    [N, C, H, W] (the padded plane buffer [T, C, Hp*Wp] is cropped by top/left into it).
-    ws [threads, O + K (+ K with dx), L] and plane are each thread's scratch."""
+                    need_dw, dw_rows, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
+    """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, O, K] if dw_rows else
+    [T, K, O], db_part [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
+    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O + K (+ K with dx), L] and plane
+    are each thread's scratch."""
     n_ = g.shape[0]
     c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
     o_, k_ = w2.shape
@@ -136,6 +136,8 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
         pl = plane[tid]
         dwt = dw_part[t]
         dbt = db_part[t]
+        dwt[:, :] = zero
+        dbt[:] = zero
         for n in range(t, n_, ntask):
             _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp)
             for o in range(o_):
@@ -169,6 +171,19 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                         dr = dxc[r]
                         for q in range(w):
                             dr[q] = src[q]
+    # the partials in task order (as np.sum over the first axis): the same bits at any thread count
+    if need_dw:
+        for o in range(o_):
+            for kk in range(k_):
+                acc = zero
+                for t in range(ntask):
+                    acc += dw_part[t, o, kk] if dw_rows else dw_part[t, kk, o]
+                out_dw[o, kk] = acc
+    for o in range(out_db.shape[0]):
+        acc = zero
+        for t in range(ntask):
+            acc += db_part[t, o]
+        out_db[o] = acc
 
 
 # ------------------------------------------------------------------------------------ Python API
@@ -260,18 +275,16 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     # OpenBLAS's speed depends on the orientation: dw^T = cols @ dyp^T ran 1.6x faster for short runs (LeNet
     # conv2, L = 136), dw = dyp @ cols^T 1.9x faster for long ones (conv1, L = 892)
     dw_rows = L > MAX_RUN
-    dw_part = np.zeros((ntask, o, k) if dw_rows else (ntask, k, o), x.dtype)
-    db_part = np.zeros((ntask, o), x.dtype)
+    dw_part = _take((ntask, o, k) if dw_rows else (ntask, k, o), x.dtype)
+    db_part = _take((ntask, o), x.dtype)
     dx = out_dx if need_dx else np.empty((1, 1, 1, 1), x.dtype)
+    dw2 = out_dw.reshape(o, k) if need_dw else np.empty((1, 1), x.dtype)
+    db = out_db if out_db is not None else np.empty(0, x.dtype)
     blas.set_threads(1)
     try:
         conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
                         dilation[1], oh, ow, need_dx, need_dw, dw_rows, padding[0], padding[1], dx, ntask, ws, plane,
-                        dw_part, db_part)
+                        dw_part, db_part, dw2, db)
     finally:
-        _give(ws)
-        _give(plane)
-    if need_dw:
-        out_dw.reshape(o, k)[...] = dw_part.sum(axis=0) if dw_rows else dw_part.sum(axis=0).T
-    if out_db is not None:
-        np.sum(db_part, axis=0, out=out_db)
+        for a in (ws, plane, dw_part, db_part):
+            _give(a)
