@@ -40,25 +40,6 @@ def _layout(a):
 
 
 @numba.njit(cache=True)
-def gemm(a, b, out):
-    """out[...] = a @ b for 2-D arrays of one float dtype; out C-contiguous; a, b C- or F-contiguous."""
-    m, k = a.shape
-    n = b.shape[1]
-    ta, lda = _layout(a)
-    tb, ldb = _layout(b)
-    if ta < 0 or tb < 0 or m == 0 or n == 0 or k == 0:
-        out[...] = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
-        return
-    scal = np.empty(2, out.dtype)
-    scal[0] = 1
-    scal[1] = 0
-    kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
-    # column-major view: out^T (n x m) = b^T (n x k) @ a^T (k x m); a C-order array is its own transpose there
-    _xxgemm(kind, np.int8(78 if tb == 0 else 84), np.int8(78 if ta == 0 else 84), n, m, k,
-            _ptr(scal[0:1]), _ptr(b), ldb, _ptr(a), lda, _ptr(scal[1:2]), _ptr(out), n)
-
-
-@numba.njit(cache=True)
 def gemm_beta(a, b, out, beta):
     """out[...] = a @ b + beta * out, for C- or F-contiguous 2-D a and b and a C-contiguous out: the window
     kernels accumulate per-image products with beta=1. Safe to call from parallel (TBB) tasks when BLAS
@@ -79,3 +60,9 @@ def gemm_beta(a, b, out, beta):
     kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
     _xxgemm(kind, np.int8(78 if tb == 0 else 84), np.int8(78 if ta == 0 else 84), n, m, k,
             _ptr(scal[0:1]), _ptr(b), ldb, _ptr(a), lda, _ptr(scal[1:2]), _ptr(out), n)
+
+
+@numba.njit(cache=True)
+def gemm(a, b, out):
+    """out[...] = a @ b for 2-D arrays of one float dtype; out C-contiguous; a, b C- or F-contiguous."""
+    gemm_beta(a, b, out, out.dtype.type(0))

@@ -115,9 +115,9 @@ def _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp):
 
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
-                    need_dw, dw_rows, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
-    """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, O, K] if dw_rows else
-    [T, K, O], db_part [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
+                    need_dw, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
+    """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, K, O] = dw^T, db_part
+    [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
     plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O + K (+ K with dx), L] and plane
     are each thread's scratch."""
     n_ = g.shape[0]
@@ -148,10 +148,7 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                 dbt[o] += s
             if need_dw:
                 _im2col(x3[n], kh, kw, dh, dw, wp, cols)
-                if dw_rows:
-                    gemm_beta(dyp, cols.T, dwt, one)
-                else:
-                    gemm_beta(cols, dyp.T, dwt, one)
+                gemm_beta(cols, dyp.T, dwt, one)  # dw^T: 1.6x faster in OpenBLAS than dyp @ cols^T here
             if need_dx:
                 gemm_beta(wt, dyp, dcols, zero)
                 L = dcols.shape[1]
@@ -177,7 +174,7 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
             for kk in range(k_):
                 acc = zero
                 for t in range(ntask):
-                    acc += dw_part[t, o, kk] if dw_rows else dw_part[t, kk, o]
+                    acc += dw_part[t, kk, o]
                 out_dw[o, kk] = acc
     for o in range(out_db.shape[0]):
         acc = zero
@@ -219,15 +216,14 @@ def _threads() -> int:
 # 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
 # the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
-MAX_RUN_BACKWARD = 512
 
 
-def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) -> bool:
-    """Whether this path runs the conv (its backward if `backward`): stride 1, groups 1 (any padding and
+def prefer(x_shape, w_shape, stride, padding, dilation, groups) -> bool:
+    """Whether this path runs the conv (forward and backward): stride 1, groups 1 (any padding and
     dilation) and short runs."""
     if tuple(stride) != (1, 1) or groups != 1:
         return False
-    return _geometry(x_shape, w_shape, padding, dilation)[4] <= (MAX_RUN_BACKWARD if backward else MAX_RUN)
+    return _geometry(x_shape, w_shape, padding, dilation)[4] <= MAX_RUN
 
 
 def _geometry(x_shape, w_shape, padding, dilation):
@@ -272,10 +268,7 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     nthr = _threads()
     ws = _take((nthr, o + k + (k if need_dx else 0), L), x.dtype)
     plane = _take((nthr, c, hp * wp) if need_dx else (nthr, 1, 1), x.dtype)
-    # OpenBLAS's speed depends on the orientation: dw^T = cols @ dyp^T ran 1.6x faster for short runs (LeNet
-    # conv2, L = 136), dw = dyp @ cols^T 1.9x faster for long ones (conv1, L = 892)
-    dw_rows = L > MAX_RUN
-    dw_part = _take((ntask, o, k) if dw_rows else (ntask, k, o), x.dtype)
+    dw_part = _take((ntask, k, o), x.dtype)
     db_part = _take((ntask, o), x.dtype)
     dx = out_dx if need_dx else np.empty((1, 1, 1, 1), x.dtype)
     dw2 = out_dw.reshape(o, k) if need_dw else np.empty((1, 1), x.dtype)
@@ -283,7 +276,7 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     blas.set_threads(1)
     try:
         conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
-                        dilation[1], oh, ow, need_dx, need_dw, dw_rows, padding[0], padding[1], dx, ntask, ws, plane,
+                        dilation[1], oh, ow, need_dx, need_dw, padding[0], padding[1], dx, ntask, ws, plane,
                         dw_part, db_part, dw2, db)
     finally:
         for a in (ws, plane, dw_part, db_part):

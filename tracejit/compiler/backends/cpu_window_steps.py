@@ -24,10 +24,27 @@ def _conv_kw(a):
     return dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
 
 
-def _by_gemm(a, x_shape, w_shape, backward=False) -> bool:
+def _by_gemm(a, x_shape, w_shape) -> bool:
     """Whether the per-image GEMM kernels (cpu_window_gemm) run this conv rather than the direct ones."""
     return WG.prefer(x_shape, w_shape, W._pair(a["stride"]), W._pair(a["padding"]), W._pair(a["dilation"]),
-                     a["groups"], backward)
+                     a["groups"])
+
+
+def _gemm_grads(a, outs, x_shape, w_shape, label, g_at, x_at=None, w_at=None, dx=False, dw=False, db=False):
+    """A step computing the requested conv gradients (in that order) from a plain output gradient with
+    cpu_window_gemm; x or w, where the node does not take it, is a shape-only placeholder never read."""
+    pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
+
+    def grads(args):
+        res = [_empty(v) for v in outs]
+        it = iter(res)
+        g = as_c(args[g_at])
+        x = as_c(args[x_at]) if x_at is not None else np.empty(x_shape, g.dtype)
+        w = as_c(args[w_at]) if w_at is not None else np.empty(w_shape, g.dtype)
+        WG.conv_backward(x, w, g, WG.MODE_PLAIN, _NO_IDX, _no_aux(g.dtype), pad, dil,
+                         next(it) if dx else None, next(it) if dw else None, next(it) if db else None)
+        return res
+    return _label(grads, label)
 
 
 _NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
@@ -81,7 +98,7 @@ def window_step(node: Node):
             relu, k, s, has_dx = a["relu"], a["pool"], a["pool_stride"], a["input_grad"]
             x_shape = node.inputs[0].shape
             w_shape = outs[1].shape if has_dx else outs[0].shape
-            if _by_gemm(a, x_shape, w_shape, backward=True):
+            if _by_gemm(a, x_shape, w_shape):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
                 def conv_pool_backward_gemm(args):
@@ -134,16 +151,9 @@ def window_step(node: Node):
         if pattern == "grad_weight_bias":
             kw = _conv_kw(a)
             x_shape, w_shape = node.inputs[0].shape, outs[0].shape
-            if _by_gemm(a, x_shape, w_shape, backward=True):
-                pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
-
-                def grad_wb_gemm(args):
-                    dw, db = _empty(outs[0]), _empty(outs[1])
-                    g = as_c(args[1])
-                    WG.conv_backward(as_c(args[0]), np.empty(w_shape, g.dtype), g, WG.MODE_PLAIN, _NO_IDX,
-                                     _no_aux(g.dtype), pad, dil, None, dw, db)
-                    return dw, db
-                return _label(grad_wb_gemm, "conv2d_grad_weight+bias (per-image GEMM)")
+            if _by_gemm(a, x_shape, w_shape):
+                return _gemm_grads(a, outs, x_shape, w_shape, "conv2d_grad_weight+bias (per-image GEMM)",
+                                   g_at=1, x_at=0, dw=True, db=True)
 
             def grad_wb(args):
                 dw, db = _empty(outs[0]), _empty(outs[1])
@@ -163,26 +173,12 @@ def window_step(node: Node):
             WG.conv_forward(as_c(args[0]), as_c(args[1]), None, o, _NO_IDX, pad, dil, False, 0, 1)
             return (o,)
         return _label(conv_gemm, "conv2d (per-image GEMM)")
-    if name == "conv2d_grad_input" and _by_gemm(a, out.shape, node.inputs[1].shape, backward=True):
-        pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
-
-        def grad_input_gemm(args):
-            o = _empty(out)
-            g = as_c(args[0])
-            WG.conv_backward(np.empty(out.shape, g.dtype), as_c(args[1]), g, WG.MODE_PLAIN, _NO_IDX,
-                             _no_aux(g.dtype), pad, dil, o, None, None)
-            return (o,)
-        return _label(grad_input_gemm, "conv2d_grad_input (per-image GEMM)")
-    if name == "conv2d_grad_weight" and _by_gemm(a, node.inputs[0].shape, out.shape, backward=True):
-        pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
-
-        def grad_weight_gemm(args):
-            o = _empty(out)
-            g = as_c(args[1])
-            WG.conv_backward(as_c(args[0]), np.empty(out.shape, g.dtype), g, WG.MODE_PLAIN, _NO_IDX,
-                             _no_aux(g.dtype), pad, dil, None, o, None)
-            return (o,)
-        return _label(grad_weight_gemm, "conv2d_grad_weight (per-image GEMM)")
+    if name == "conv2d_grad_input" and _by_gemm(a, out.shape, node.inputs[1].shape):
+        return _gemm_grads(a, node.outputs, out.shape, node.inputs[1].shape, "conv2d_grad_input (per-image GEMM)",
+                           g_at=0, w_at=1, dx=True)
+    if name == "conv2d_grad_weight" and _by_gemm(a, node.inputs[0].shape, out.shape):
+        return _gemm_grads(a, node.outputs, node.inputs[0].shape, out.shape, "conv2d_grad_weight (per-image GEMM)",
+                           g_at=1, x_at=0, dw=True)
     if name == "conv2d":
         kw = _conv_kw(a)
 
