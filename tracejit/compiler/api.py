@@ -347,13 +347,13 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
         lines.append(f"  argument {cf._arg_name(i)}: {d}")
     lines.append(f"  grad mode: {'enabled' if v.key[0] else 'disabled'}")
     sg = v.state_guard
-    if sg.modules:
-        lines.append(f"  {len(sg.modules)} modules in " +
-                     ", ".join(sorted({'train' if t else 'eval' for t in sg.training})) + " mode")
-    if sg.params:
-        lines.append(f"  .grad presence of {len(sg.params)} tensors ({sum(sg.has_grad)} with a .grad)")
-    if sg.optimizers:
-        lines.append("  optimizer settings of " + ", ".join(type(o).__name__ for o in sg.optimizers))
+    if sg.mods:
+        lines.append(f"  {len(sg.mods)} modules in " +
+                     ", ".join(sorted({'train' if t else 'eval' for _, t, _ in sg.mods})) + " mode")
+    if sg.grads:
+        lines.append(f"  .grad presence of {len(sg.grads)} tensors ({sum(h for _, h in sg.grads)} with a .grad)")
+    if sg.opts:
+        lines.append("  optimizer settings of " + ", ".join(type(o).__name__ for o, _, _ in sg.opts))
     lines.append(f"  {len(v.box_guards)} captured tensors keep their shape and dtype")
     lines.append(f"inputs: {n_args} arguments, {len(state_names)} captured state, {n_const} constants")
     for s in state_names:
