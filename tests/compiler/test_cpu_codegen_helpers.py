@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 
 import tracejit  # noqa: E402
 from tracejit.compiler.backends import cache, cpu, cpu_views  # noqa: E402
-from tracejit.compiler.backends.cpu_segment_blas import gemm_nt  # noqa: E402
+from tracejit.compiler.backends import blas  # noqa: E402
+from tracejit.compiler.backends.cpu_segment_blas import gemm_nt, gemm_nt_par  # noqa: E402
 from tracejit.compiler.backends.cpu_views import view  # noqa: E402
 
 
@@ -76,6 +77,44 @@ def test_gemm_nt_matches_numpy_for_every_transpose_combination(dtype, ta, tb):
     gemm_nt(ta, tb, m, n, k, a, a.shape[1], b, b.shape[1], out)
     want = (a.T if ta else a) @ (b.T if tb else b)
     np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("m,n", [(9, 4), (4, 9), (1, 5), (5, 1)])  # split along m, along n, fewer rows than parts
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_nt_par_blocks_cover_the_product_for_every_layout(m, n, ta, tb):
+    rng = np.random.default_rng(m * 10 + n + ta * 2 + tb)
+    k = 6
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    want = (a.T if ta else a) @ (b.T if tb else b)
+    blas.set_threads(1)
+    for parts in (1, 2, 3):
+        out = np.full((m, n), np.nan, np.float32)
+        gemm_nt_par(ta, tb, m, n, k, a, a.shape[1], b, b.shape[1], out, parts)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_big_gemms_in_segments_are_split_over_the_pool_and_equal_eager(monkeypatch):
+    monkeypatch.setattr(blas, "SPLIT_GEMM_FLOPS", 100.0)  # every GEMM below counts as big
+    monkeypatch.setattr(cpu.threads, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    w = rng.standard_normal((5, 4)).astype(np.float32)
+
+    def fn(x, w):
+        h = (x @ w.T).relu()  # [6, 5]: split along m
+        return h.T @ x, h @ h.T  # [5, 4] from a transposed left operand; [6, 6] with a transposed right one
+
+    args = [tracejit.tensor(a) for a in (x, w)]
+    want = fn(*args)
+    cf = tracejit.compile(fn, backend="cpu")
+    got = cf(*args)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_.numpy(), w_.numpy(), rtol=1e-5, atol=1e-5)
+    steps = [s for s, *_ in cf.latest().program.plan if isinstance(s, cpu.SegmentStep)]
+    text = "\n".join(s.source for s in steps)
+    assert text.count("G.gemm_nt_par(") == 3 and "G.gemm_nt(" not in text
+    assert all(s.uses_threads and s.blas_threads == 1 for s in steps if "gemm_nt_par" in s.source)
 
 
 def test_segment_source_uses_views_and_direct_gemm_and_equals_eager():

@@ -6,6 +6,11 @@ therefore run small GEMMs on one BLAS thread and give big ones (where 2 threads 
 on a quiet machine the MLP step (128x784x512 GEMMs) took 5.7 ms with two threads for GEMMs above 40 MFLOP
 and 9.0 ms with one, but on a machine loaded by other processes two BLAS threads made it 10x slower.
 TRACEJIT_BLAS_2T_FLOPS moves the threshold (`inf`: always one thread).
+
+Generated segments go one step further (SPLIT_GEMM_FLOPS): a big GEMM is split into one block per thread,
+each a one-thread BLAS call inside Numba's pool, so OpenBLAS's threads never wake. MLP step, fresh process
+each, alternated 6 times: 2.88-3.21 ms split, 2.87-4.94 ms with 2 BLAS threads (the Adam kernel after the
+GEMMs: 0.28-0.31 ms vs 0.38-0.49 ms, when OpenBLAS's spinning thread shared its core).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ _setters: list | None = None
 _max = 1
 _current = None
 BIG_GEMM_FLOPS = float(os.environ.get("TRACEJIT_BLAS_2T_FLOPS", "40e6"))  # see module doc
+# Generated segments split GEMMs this big over Numba's pool, one BLAS thread per block
+# (cpu_segment_blas.gemm_nt_par); `inf` gives them all BLAS threads above BIG_GEMM_FLOPS instead.
+SPLIT_GEMM_FLOPS = float(os.environ.get("TRACEJIT_SPLIT_GEMM_FLOPS", "40e6"))
 
 
 def _init():

@@ -484,10 +484,17 @@ class SegmentStep:
     """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
     compile it (first call), the run falls back to one step per node, and the reason is kept."""
 
-    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks):
+    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False):
         self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
         self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
         self.first_call_s: float | None = None
+        self.uses_threads = uses_threads  # the generated function takes the pool's thread count last
+
+    def _args(self, args):
+        arrays = [as_c(a) for a in args]
+        if self.uses_threads:
+            arrays.append(numba.get_num_threads())
+        return arrays
 
     def __call__(self, args):
         if self.first_call_s is None:
@@ -495,17 +502,17 @@ class SegmentStep:
             try:
                 if self.blas_threads:
                     blas.set_threads(self.blas_threads)
-                out, self.fn = cache.call_first(self.fn, SEGMENT_PRELUDE + self.source, "segment",
-                                                [as_c(a) for a in args])
+                out, self.fn = cache.call_first(self.fn, SEGMENT_PRELUDE + self.source, "segment", self._args(args))
             except numba.core.errors.NumbaError as e:
                 self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
                 self.fn = self.fallback()
+                self.uses_threads = False
                 out = self.fn(*args)
             self.first_call_s = time.perf_counter() - t0
             return out
         if self.blas_threads:
             blas.set_threads(self.blas_threads)
-        return self.fn(*[as_c(a) for a in args])
+        return self.fn(*self._args(args))
 
 
 def _per_node(nodes, make_step, inputs, outputs):
@@ -612,7 +619,8 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
         if not outs:
             continue
         t0 = time.perf_counter()
-        seg = SegmentSource(item, ins, outs, PARALLEL_MIN, render_multi, _render_block, FASTMATH)
+        seg = SegmentSource(item, ins, outs, PARALLEL_MIN, render_multi, _render_block, FASTMATH,
+                            blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"))
         src = seg.source()
         fn, hit = cache.load(SEGMENT_PRELUDE + src, "segment")
         t_render[0] += time.perf_counter() - t0
@@ -621,10 +629,11 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
         if dumper:
             dumper.kernel(f"{counter[0]:02d}_segment", SEGMENT_PRELUDE + src)
         # a segment without GEMMs leaves BLAS alone (0): toggling OpenBLAS between 1 and 2 threads costs
-        # ~20 us a switch, and the MLP step switched 4 times
-        nthreads = 0 if not seg.max_gemm_flops else 1 if seg.has_parallel else blas.threads_for(seg.max_gemm_flops)
+        # ~20 us a switch, and the MLP step switched 4 times. GEMMs split over the pool run 1-thread BLAS.
+        nthreads = (0 if not seg.max_gemm_flops else 1 if seg.has_parallel or seg.uses_threads
+                    else blas.threads_for(seg.max_gemm_flops))
         step = SegmentStep(fn, src, hit, nthreads,
                            lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
-                           label, fallbacks)
+                           label, fallbacks, seg.uses_threads)
         units.append((step, ins, outs))
     return units

@@ -65,7 +65,7 @@ class SegmentSource:
     """Generated module text for one segment, and how to call it."""
 
     def __init__(self, nodes: list, inputs: list, outputs: list, parallel_min: int, render_multi, render_block,
-                 fastmath: str):
+                 fastmath: str, split_gemm_flops: float = float("inf")):
         self.nodes, self.inputs, self.outputs = nodes, inputs, outputs
         self.name = {}
         for i, v in enumerate(inputs):
@@ -82,6 +82,8 @@ class SegmentSource:
         self.render_multi, self.render_block, self.fastmath = render_multi, render_block, fastmath
         self.max_gemm_flops = 0.0
         self.has_parallel = False
+        self.split_gemm_flops = split_gemm_flops  # GEMMs this big are split over the thread pool
+        self.uses_threads = False  # the function takes the pool's thread count as its last argument
         self._k = 0
         for n in nodes:
             self._emit(n)
@@ -182,7 +184,11 @@ class SegmentSource:
                 a, ta, lda = self._gemm_operand(x)
                 b, tb, ldb = self._gemm_operand(w)
                 o = self._alloc(out)
-                L.append(f"    G.gemm_nt({ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {o})")
+                if 2.0 * m * n_ * k >= self.split_gemm_flops:
+                    self.uses_threads = True
+                    L.append(f"    G.gemm_nt_par({ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {o}, nt_)")
+                else:
+                    L.append(f"    G.gemm_nt({ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {o})")
                 return
             xs, ws = self._blas(x), self._blas(w)
             o = self._alloc(out)
@@ -271,7 +277,7 @@ class SegmentSource:
 
     def source(self) -> str:
         head = [f"{c} = {v}" for c, v in self.consts.items()]
-        args = ", ".join(f"in{i}" for i in range(len(self.inputs)))
+        args = ", ".join([f"in{i}" for i in range(len(self.inputs))] + (["nt_"] if self.uses_threads else []))
         rets = ", ".join(self.var(v) for v in self.outputs)
         body = [f"@numba.njit(fastmath={self.fastmath}, error_model='numpy', cache=True)",
                 f"def segment({args}):"] + self.lines + [f"    return ({rets}{',' if len(self.outputs) == 1 else ''})"]
