@@ -12,8 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tracejit  # noqa: E402
-from tracejit.compiler.backends import cache, cpu, cpu_views  # noqa: E402
-from tracejit.compiler.backends import blas  # noqa: E402
+from tracejit.compiler.backends import blas, cache, cpu, cpu_views  # noqa: E402
 from tracejit.compiler.backends.cpu_segment_blas import gemm_nt, gemm_nt_par  # noqa: E402
 from tracejit.compiler.backends.cpu_views import view  # noqa: E402
 

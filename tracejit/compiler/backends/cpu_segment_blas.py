@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
