@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 import sys
@@ -71,6 +72,49 @@ def _arg_key(a):
             return None
         return ("S", type(a), tuple(_arg_key(x) for x in a))
     return ("O", id(a))
+
+
+def make_runner(v: Variant):
+    """A Python function, generated for this variant, that reads its inputs, runs its program and writes
+    state back: the binding kinds are resolved once, so a call is straight-line code (linreg: 4.1 -> ~1.5 us
+    of Python per step around the program, which is most of what a tiny compiled step costs).
+
+    State is written back only after the whole program ran, so a failing call leaves it untouched."""
+    ns: dict = {"_prog_run": v.program.run, "_make": T.Tensor._make, "_unflatten": unflatten,
+                "_structure": v.structure}
+
+    def obj(o, prefix):
+        name = f"_{prefix}{len(ns)}"
+        ns[name] = o
+        return name
+
+    def tensor(ref):  # a TensorRef: an argument position or a captured tensor
+        return f"args[{ref.arg}]" if ref.arg is not None else obj(ref.tensor, "t")
+
+    reads = []
+    for b in v.bindings:
+        if b.kind == "box":
+            reads.append(f"{obj(b.ref, 'b')}.value")
+        elif b.kind == "arg":
+            reads.append(f"args[{b.ref}]._box.value")
+        elif b.kind == "grad":
+            reads.append(f"{tensor(b.ref)}._grad._box.value")
+        else:
+            reads.append(obj(b.ref, "c"))
+    lines = ["def run(args):", f"    outs = _prog_run([{', '.join(reads)}])"]
+    for b, idx in v.writes:
+        box = (obj(b.ref, "b") if b.kind == "box" else f"args[{b.ref}]._box" if b.kind == "arg"
+               else f"{tensor(b.ref)}._grad._box")
+        lines += [f"    box = {box}", f"    box.value = outs[{idx}]", "    box.version += 1"]
+    for ref, idx, _ in v.grad_sets:
+        value = "None" if idx is None else f"_make(outs[{idx}], {obj(v.out_types[idx], 'ty')})"
+        lines.append(f"    {tensor(ref)}._grad = {value}")
+    leaves = ", ".join(f"_make(outs[{i}], {obj(v.out_types[i], 'ty')})" for i in range(v.n_returns))
+    lines.append(f"    return _unflatten(_structure, [{leaves}])")
+    exec(builtins.compile("\n".join(lines) + "\n", f"<tracejit runner {v.number}>", "exec"), ns)
+    run = ns["run"]
+    run.source = "\n".join(lines)
+    return run
 
 
 class CompiledFunction:
@@ -144,18 +188,11 @@ class CompiledFunction:
         return self._compile_and_run(args, key)
 
     def _run(self, v: Variant, args):
-        arrays = [b.read(args) for b in v.bindings]
-        outs = v.program.run(arrays)
-        # write state back only now that the whole call succeeded
-        for b, idx in v.writes:
-            box = b.ref if b.kind == "box" else (args[b.ref]._box if b.kind == "arg" else b.ref.get(args)._grad._box)
-            box.value = outs[idx]
-            box.version += 1
-        for ref, idx, _ in v.grad_sets:
-            ref.get(args)._grad = None if idx is None else T.Tensor._make(outs[idx], v.out_types[idx])
+        if v.runner is None:
+            v.runner = make_runner(v)
+        out = v.runner(args)
         self._last = v
-        leaves = [T.Tensor._make(outs[i], v.out_types[i]) for i in range(v.n_returns)]
-        return unflatten(v.structure, leaves)
+        return out
 
     # ---- compiling
     def _why_new(self, args, key) -> str:
@@ -238,7 +275,7 @@ class CompiledFunction:
             writes=[(b, i) for b, i in writes], grad_sets=grad_sets, structure=structure,
             n_returns=len(g.returns()), out_types=[v.type for v in g.outputs],
             state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards()),
-            box_guards=box_guards,
+            box_guards=box_guards, runner=None,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
             total_time=time.perf_counter() - t0)
         if dumper:
