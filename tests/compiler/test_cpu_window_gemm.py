@@ -94,6 +94,9 @@ def test_prefer_covers_stride_one_ungrouped_short_runs():
     # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892 -> direct kernels
     assert G.prefer((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
     assert not G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    # LeNet conv1 (L = 892): the direct kernel forward, GEMM backward; the 32x32 conv block (L = 1086): direct
+    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
+    assert not G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)
     assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
     assert not G.prefer((2, 6, 14, 14), (6, 2, 5, 5), (1, 1), (0, 0), (1, 1), 3)
 

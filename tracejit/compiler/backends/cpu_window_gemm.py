@@ -216,14 +216,18 @@ def _threads() -> int:
 # 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
 # the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
+# Backward, GEMM keeps up to longer runs: LeNet conv1's weight gradient (L = 892) took 0.72-0.74 ms per step
+# either way (the direct path's unpool pass plus conv_dw_s1_kernel), and this path needs no direct backward
+# kernels at all, whose Numba compile on a fresh install was ~18 s of the LeNet example's first call.
+MAX_RUN_BACKWARD = 1024
 
 
-def prefer(x_shape, w_shape, stride, padding, dilation, groups) -> bool:
-    """Whether this path runs the conv (forward and backward): stride 1, groups 1 (any padding and
-    dilation) and short runs."""
+def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) -> bool:
+    """Whether this path runs the conv (forward, or backward when `backward`): stride 1, groups 1 (any
+    padding and dilation) and short runs."""
     if tuple(stride) != (1, 1) or groups != 1:
         return False
-    return _geometry(x_shape, w_shape, padding, dilation)[4] <= MAX_RUN
+    return _geometry(x_shape, w_shape, padding, dilation)[4] <= (MAX_RUN_BACKWARD if backward else MAX_RUN)
 
 
 def _geometry(x_shape, w_shape, padding, dilation):

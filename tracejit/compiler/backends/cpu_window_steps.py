@@ -24,10 +24,11 @@ def _conv_kw(a):
     return dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
 
 
-def _by_gemm(a, x_shape, w_shape) -> bool:
-    """Whether the per-image GEMM kernels (cpu_window_gemm) run this conv rather than the direct ones."""
+def _by_gemm(a, x_shape, w_shape, backward=False) -> bool:
+    """Whether the per-image GEMM kernels (cpu_window_gemm) run this conv (or its backward) rather than the
+    direct ones."""
     return WG.prefer(x_shape, w_shape, W._pair(a["stride"]), W._pair(a["padding"]), W._pair(a["dilation"]),
-                     a["groups"])
+                     a["groups"], backward)
 
 
 def _gemm_grads(a, outs, x_shape, w_shape, label, g_at, x_at=None, w_at=None, dx=False, dw=False, db=False):
@@ -98,7 +99,7 @@ def window_step(node: Node):
             relu, k, s, has_dx = a["relu"], a["pool"], a["pool_stride"], a["input_grad"]
             x_shape = node.inputs[0].shape
             w_shape = outs[1].shape if has_dx else outs[0].shape
-            if _by_gemm(a, x_shape, w_shape):
+            if _by_gemm(a, x_shape, w_shape, backward=True):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
                 def conv_pool_backward_gemm(args):
@@ -151,7 +152,7 @@ def window_step(node: Node):
         if pattern == "grad_weight_bias":
             kw = _conv_kw(a)
             x_shape, w_shape = node.inputs[0].shape, outs[0].shape
-            if _by_gemm(a, x_shape, w_shape):
+            if _by_gemm(a, x_shape, w_shape, backward=True):
                 return _gemm_grads(a, outs, x_shape, w_shape, "conv2d_grad_weight+bias (per-image GEMM)",
                                    g_at=1, x_at=0, dw=True, db=True)
 
@@ -173,10 +174,10 @@ def window_step(node: Node):
             WG.conv_forward(as_c(args[0]), as_c(args[1]), None, o, _NO_IDX, pad, dil, False, 0, 1)
             return (o,)
         return _label(conv_gemm, "conv2d (per-image GEMM)")
-    if name == "conv2d_grad_input" and _by_gemm(a, out.shape, node.inputs[1].shape):
+    if name == "conv2d_grad_input" and _by_gemm(a, out.shape, node.inputs[1].shape, backward=True):
         return _gemm_grads(a, node.outputs, out.shape, node.inputs[1].shape, "conv2d_grad_input (per-image GEMM)",
                            g_at=0, w_at=1, dx=True)
-    if name == "conv2d_grad_weight" and _by_gemm(a, node.inputs[0].shape, out.shape):
+    if name == "conv2d_grad_weight" and _by_gemm(a, node.inputs[0].shape, out.shape, backward=True):
         return _gemm_grads(a, node.outputs, node.inputs[0].shape, out.shape, "conv2d_grad_weight (per-image GEMM)",
                            g_at=1, x_at=0, dw=True)
     if name == "conv2d":
