@@ -346,3 +346,63 @@ def test_to_dot_of_hand_written_graph():
     assert n_edges == sum(len(n.inputs) for n in g.nodes) + len(g.outputs)
     for label in ("model.fc.weight", "model.fc.weight.grad", "rng", "return"):
         assert f'label="{label}"' in dot
+
+
+def test_program_runs_as_straight_line_code_that_frees_each_value_after_its_last_use():
+    from tracejit.compiler.backends.reference import ref_step
+    from tracejit.compiler.runtime import Program
+
+    g = parse_graph(HAND_WRITTEN)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    w = np.ones((3, 2), np.float32)
+    lr = np.array(0.5, np.float32)
+    k = np.array([7, 10], np.int64)
+    prog = Program(g, ref_step)
+    got = prog.run([x, w, lr, k])
+    for a, b in zip(got, run_graph(g, [x, w, lr, k])):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    src = prog._run.source
+    deleted = [name for line in src.splitlines() if line.strip().startswith("del ")
+               for name in line.strip()[4:].split(", ")]
+    freed = [f"e{i}" for _, _, _, free in prog.plan for i in free]
+    assert sorted(deleted) == sorted(freed) and len(set(deleted)) == len(deleted)
+    assert not set(deleted) & {f"e{i}" for i in prog.out_slots}  # outputs are returned, never deleted
+    assert f"e{len(g.inputs)}" in deleted  # the first intermediate (x @ w) dies before the return
+
+
+def test_a_call_that_fails_in_its_program_leaves_parameters_and_grads_as_they_were():
+    import tracejit.nn as nn
+
+    tracejit.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = tracejit.optim.SGD(model.parameters(), lr=0.1)
+
+    @tracejit.compile(backend="cpu")
+    def step(x):
+        opt.zero_grad()
+        loss = model(x).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    x = tracejit.randn(4, 3)
+    step(x)
+    step(x)
+    v = step.latest()
+    before = [p.detach().numpy().copy() for p in model.parameters()]
+    grads = [p.grad.numpy().copy() for p in model.parameters()]
+    step_fn, ins, outs, free = v.program.plan[-1]
+
+    def failing(args):
+        raise RuntimeError("kernel failed")
+
+    v.program.plan[-1] = (failing, ins, outs, free)
+    v.program._run = None  # rebuilt from the plan on the next call
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        step(x)
+    for p, b, gr in zip(model.parameters(), before, grads):
+        assert np.array_equal(p.detach().numpy(), b) and np.array_equal(p.grad.numpy(), gr)
+    v.program.plan[-1] = (step_fn, ins, outs, free)
+    v.program._run = None
+    step(x)
+    assert not np.array_equal(model.weight.detach().numpy(), before[0])
