@@ -83,33 +83,19 @@ def make_runner(v: Variant):
     ns: dict = {"_prog_run": v.program.run, "_make": T.Tensor._make, "_unflatten": unflatten,
                 "_structure": v.structure}
 
-    def obj(o, prefix):
-        name = f"_{prefix}{len(ns)}"
+    def obj(o):  # a name in the runner's namespace for an object its source refers to
+        name = f"_o{len(ns)}"
         ns[name] = o
         return name
 
-    def tensor(ref):  # a TensorRef: an argument position or a captured tensor
-        return f"args[{ref.arg}]" if ref.arg is not None else obj(ref.tensor, "t")
-
-    reads = []
-    for b in v.bindings:
-        if b.kind == "box":
-            reads.append(f"{obj(b.ref, 'b')}.value")
-        elif b.kind == "arg":
-            reads.append(f"args[{b.ref}]._box.value")
-        elif b.kind == "grad":
-            reads.append(f"{tensor(b.ref)}._grad._box.value")
-        else:
-            reads.append(obj(b.ref, "c"))
-    lines = ["def run(args):", f"    outs = _prog_run([{', '.join(reads)}])"]
+    reads = ", ".join(b.expr(obj) for b in v.bindings)
+    lines = ["def run(args):", f"    outs = _prog_run([{reads}])"]
     for b, idx in v.writes:
-        box = (obj(b.ref, "b") if b.kind == "box" else f"args[{b.ref}]._box" if b.kind == "arg"
-               else f"{tensor(b.ref)}._grad._box")
-        lines += [f"    box = {box}", f"    box.value = outs[{idx}]", "    box.version += 1"]
+        lines += [f"    box = {b.box_expr(obj)}", f"    box.value = outs[{idx}]", "    box.version += 1"]
     for ref, idx, _ in v.grad_sets:
-        value = "None" if idx is None else f"_make(outs[{idx}], {obj(v.out_types[idx], 'ty')})"
-        lines.append(f"    {tensor(ref)}._grad = {value}")
-    leaves = ", ".join(f"_make(outs[{i}], {obj(v.out_types[i], 'ty')})" for i in range(v.n_returns))
+        value = "None" if idx is None else f"_make(outs[{idx}], {obj(v.out_types[idx])})"
+        lines.append(f"    {ref.expr(obj)}._grad = {value}")
+    leaves = ", ".join(f"_make(outs[{i}], {obj(v.out_types[i])})" for i in range(v.n_returns))
     lines.append(f"    return _unflatten(_structure, [{leaves}])")
     exec(builtins.compile("\n".join(lines) + "\n", f"<tracejit runner {v.number}>", "exec"), ns)
     run = ns["run"]

@@ -182,16 +182,15 @@ class StateGuard:
     def check(self, args) -> str | None:
         """None when everything matches, else a sentence saying what changed."""
         for m, t, ident in self.mods:
-            d = m.__dict__
-            if d.get("training") != t:
+            if m.training != t:
                 return f"{type(m).__name__} switched to {'train' if m.training else 'eval'} mode"
-            if d.get("_tensor_version", 0) != ident:
+            if _ident(m) != ident:
                 return f"a parameter or buffer of {type(m).__name__} was replaced by another tensor"
         for ref, had in self.grads:
             p = ref.get(args)
             if (p._grad is None) == had:
                 return f"a tensor of shape {list(p.shape)} {'no longer has' if had else 'now has'} a .grad"
-        for o, n, versions in self.opts:
+        for o, n, versions in self.opts:  # _hyper's two parts, compared without building its tuple
             pg = o.param_groups
             if len(o.state) != n or len(pg) != len(versions) or any(
                     getattr(g, "version", id(g)) != v for g, v in zip(pg, versions)):

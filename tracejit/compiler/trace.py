@@ -33,6 +33,10 @@ class TensorRef:
     def get(self, args):
         return self.tensor if self.arg is None else args[self.arg]
 
+    def expr(self, name) -> str:
+        """`get` as Python source over `args`; `name(obj)` names an object the source refers to."""
+        return f"args[{self.arg}]" if self.arg is not None else name(self.tensor)
+
 
 class Binding:
     """Where a graph input comes from on each call (and where a write-back goes)."""
@@ -53,6 +57,26 @@ class Binding:
         if k == "grad":
             return self.ref.get(args)._grad._box.value
         return self.ref  # const array
+
+    def expr(self, name) -> str:
+        """`read` as Python source over `args` (for generated runners); `name(obj)` names an object."""
+        k = self.kind
+        if k == "box":
+            return f"{name(self.ref)}.value"
+        if k == "arg":
+            return f"args[{self.ref}]._box.value"
+        if k == "grad":
+            return f"{self.ref.expr(name)}._grad._box.value"
+        return name(self.ref)
+
+    def box_expr(self, name) -> str:
+        """Source for the Box a write-back to this binding replaces the value of (not for 'const')."""
+        k = self.kind
+        if k == "box":
+            return name(self.ref)
+        if k == "arg":
+            return f"args[{self.ref}]._box"
+        return f"{self.ref.expr(name)}._grad._box"
 
     def __repr__(self):
         return f"Binding({self.kind}, {self.name})"

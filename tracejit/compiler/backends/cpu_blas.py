@@ -28,6 +28,30 @@ def _ptr(typingctx, arr):
     return types.voidptr(arr), codegen
 
 
+@intrinsic
+def _ptr_at(typingctx, arr, offset):
+    """void* to element `offset` (counted in elements of the flat buffer) of an array."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.bitcast(builder.gep(ary.data, [args[1]]), cgutils.voidptr_t)
+    return types.voidptr(arr, types.intp), codegen
+
+
+@numba.njit(cache=True)
+def gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc, beta):
+    """The one BLAS call: out = op(a) @ op(b) + beta * out on blocks given by element offsets into the
+    row-major buffers a, b, out (leading dimensions lda, ldb, ldc); ta/tb = 1 where the operand is the
+    transpose of the buffer. m, n, k >= 1."""
+    scal = np.empty(2, out.dtype)
+    scal[0] = 1
+    scal[1] = beta
+    kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
+    # column-major view: out^T (n x m) = b^T (n x k) @ a^T (k x m); a C-order array is its own transpose there
+    _xxgemm(kind, np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k,
+            _ptr(scal[0:1]), _ptr_at(b, b_off), ldb, _ptr_at(a, a_off), lda, _ptr(scal[1:2]),
+            _ptr_at(out, out_off), ldc)
+
+
 @numba.njit(cache=True)
 def _layout(a):
     """(transposed?, leading dimension) of a C- or F-contiguous 2-D array; (-1, 0) for other layouts."""
@@ -54,12 +78,7 @@ def gemm_beta(a, b, out, beta):
             for j in range(n):
                 out[i, j] = prod[i, j] + beta * out[i, j] if beta != 0 else prod[i, j]
         return
-    scal = np.empty(2, out.dtype)
-    scal[0] = 1
-    scal[1] = beta
-    kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
-    _xxgemm(kind, np.int8(78 if tb == 0 else 84), np.int8(78 if ta == 0 else 84), n, m, k,
-            _ptr(scal[0:1]), _ptr(b), ldb, _ptr(a), lda, _ptr(scal[1:2]), _ptr(out), n)
+    gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n, beta)
 
 
 @numba.njit(cache=True)

@@ -150,16 +150,22 @@ _TANH_P4 = f32(-3.33332819422e-1)
 
 
 @_jit
-def tanh_f32(x):
-    """Hyperbolic tangent in float32: ``tanh_f32(np.float32(0.5)) -> 0.46211717``; saturates to ±1."""
-    a = abs(x)
+def _tanh_small_f32(x):
+    """tanh for |x| < _TANH_SMALL: x + x**3 * P(x*x) (tanh_f32 and tanh_sigmoid_f32 take it below there)."""
     z = x * x
     p = _TANH_P0
     p = p * z + _TANH_P1
     p = p * z + _TANH_P2
     p = p * z + _TANH_P3
     p = p * z + _TANH_P4
-    small = p * z * x + x
+    return p * z * x + x
+
+
+@_jit
+def tanh_f32(x):
+    """Hyperbolic tangent in float32: ``tanh_f32(np.float32(0.5)) -> 0.46211717``; saturates to ±1."""
+    a = abs(x)
+    small = _tanh_small_f32(x)
     t = a if a < _TANH_SAT else _TANH_SAT  # NaN -> 9.5 here; the small branch carries the NaN
     big = _ONE - _TWO / (exp_f32(t + t) + _ONE)
     big = big if x > _ZERO else -big
@@ -183,13 +189,7 @@ def tanh_sigmoid_f32(x):
     a = abs(x)
     e = exp_f32(-a)
     sig = (_ONE if x >= _ZERO else e) / (_ONE + e)
-    z = x * x
-    p = _TANH_P0
-    p = p * z + _TANH_P1
-    p = p * z + _TANH_P2
-    p = p * z + _TANH_P3
-    p = p * z + _TANH_P4
-    small = p * z * x + x  # NaN: a >= _TANH_SMALL is false, so this carries it
+    small = _tanh_small_f32(x)  # NaN: a >= _TANH_SMALL is false, so this carries it
     e2 = e * e
     big = (_ONE - e2) / (_ONE + e2)
     big = big if x > _ZERO else -big

@@ -10,34 +10,8 @@ error messages) cost every LeNet segment that called it ~0.6-0.8 s of LLVM time 
 from __future__ import annotations
 
 import numba
-import numpy as np
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from .cpu_blas import _ptr, _xxgemm  # Numba's BLAS helper and the data-pointer intrinsic, declared once
-
-
-@intrinsic
-def _ptr_at(typingctx, arr, offset):
-    """void* to element `offset` (counted in elements of the flat buffer) of an array."""
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.bitcast(builder.gep(ary.data, [args[1]]), cgutils.voidptr_t)
-    return types.voidptr(arr, types.intp), codegen
-
-
-@numba.njit(cache=True)
-def _gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc):
-    """One BLAS call on sub-blocks given by element offsets into a, b and out (see gemm_nt)."""
-    scal = np.empty(2, out.dtype)
-    scal[0] = 1
-    scal[1] = 0
-    kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
-    # column-major view: out^T (n x m) = b^T (n x k) @ a^T (k x m); a C-order array is its own transpose there
-    _xxgemm(kind, np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k,
-            _ptr(scal[0:1]), _ptr_at(b, b_off), ldb, _ptr_at(a, a_off), lda, _ptr(scal[1:2]),
-            _ptr_at(out, out_off), ldc)
+from .cpu_blas import gemm_at  # the one BLAS call, declared once
 
 
 @numba.njit(cache=True)
@@ -47,7 +21,7 @@ def gemm_nt(ta, tb, m, n, k, a, lda, b, ldb, out):
     `ta`/`tb` = 1 when the operand is the transpose of a C-contiguous array (F-contiguous), 0 when it is
     C-contiguous; `lda`/`ldb` are the leading dimensions of the underlying C-contiguous buffers. m, n, k >= 1.
     """
-    _gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n)
+    gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n, out.dtype.type(0))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -64,10 +38,12 @@ def gemm_nt_par(ta, tb, m, n, k, a, lda, b, ldb, out, parts):
             lo = p * m // parts
             hi = (p + 1) * m // parts
             if hi > lo:
-                _gemm_at(ta, tb, hi - lo, n, k, a, lo if ta else lo * lda, lda, b, 0, ldb, out, lo * n, n)
+                gemm_at(ta, tb, hi - lo, n, k, a, lo if ta else lo * lda, lda, b, 0, ldb, out, lo * n, n,
+                        out.dtype.type(0))
     else:
         for p in numba.prange(parts):
             lo = p * n // parts
             hi = (p + 1) * n // parts
             if hi > lo:
-                _gemm_at(ta, tb, m, hi - lo, k, a, 0, lda, b, lo * ldb if tb else lo, ldb, out, lo, n)
+                gemm_at(ta, tb, m, hi - lo, k, a, 0, lda, b, lo * ldb if tb else lo, ldb, out, lo, n,
+                        out.dtype.type(0))

@@ -59,6 +59,18 @@ def _empty(v):
     return np.empty(v.type.shape, v.type.dtype.np)
 
 
+def _conv_pool_backward_args(args, outs, has_dx):
+    """(x, w, pooled gradient, argmax, dx, dw, db, results) of a conv_pool_backward step, its results newly
+    allocated. Without an input gradient (dx None) w is a placeholder of dw's shape: its values are never read."""
+    res = [_empty(v) for v in outs]
+    if has_dx:
+        (x, w, gm, idx), (dx, dw, db) = args[:4], res
+    else:
+        (x, gm, idx), (dw, db) = args[:3], res
+        w, dx = np.empty(dw.shape, dw.dtype), None
+    return x, w, gm, idx, dx, dw, db, res
+
+
 def window_step(node: Node):
     """A step for `node`, or None when it is not a window node this backend runs natively."""
     a = node.attrs
@@ -103,13 +115,7 @@ def window_step(node: Node):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
                 def conv_pool_backward_gemm(args):
-                    res = [_empty(v) for v in outs]
-                    if has_dx:
-                        x, w, gm, idx = args[:4]
-                        dx, dw, db = res
-                    else:
-                        (x, gm, idx), w = args[:3], np.empty(w_shape, outs[0].type.dtype.np)
-                        dx, (dw, db) = None, res
+                    x, w, gm, idx, dx, dw, db, res = _conv_pool_backward_args(args, outs, has_dx)
                     aux = as_c(args[-1]) if relu else _no_aux(gm.dtype)
                     WG.conv_backward(as_c(x), as_c(w), as_c(gm), WG.MODE_POOL, as_c(idx), aux, pad, dil, dx, dw, db,
                                      relu=relu, pool_k=k, pool_s=s)
@@ -135,16 +141,8 @@ def window_step(node: Node):
                 return _label(conv_pool_backward_split, "unpool+relu, conv2d_grad_input, conv2d_grad_weight+bias")
 
             def conv_pool_backward(args):
-                res = [_empty(v) for v in outs]
-                if has_dx:
-                    x, w, gm, idx = args[:4]
-                    dx, dw, db = res
-                else:
-                    (x, gm, idx), w = args[:3], None
-                    dx, (dw, db) = None, res
+                x, w, gm, idx, dx, dw, db, res = _conv_pool_backward_args(args, outs, has_dx)
                 pooled = as_c(args[-1]) if relu else np.empty(gm.shape, gm.dtype)
-                if w is None:  # no input gradient wanted: the weight's values are never read
-                    w = np.empty(dw.shape, dw.dtype)
                 WB.conv2d_pool_backward(as_c(x), as_c(w), as_c(gm), as_c(idx), pooled, dx, dw, db, relu=relu, pool_k=k,
                                         pool_s=s, **kw)
                 return res
