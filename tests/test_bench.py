@@ -65,6 +65,10 @@ def test_quick_run_gives_table_and_json_with_expected_keys():
     assert "linreg (20 steps)" in table  # the unit names what one timed call is
     for text in ("ms/unit", "vs tracejit eager", "tracejit cpu", "tracejit reference", "ewchain DRAM floor"):
         assert text in table
+    # the BLAS the compiled GEMMs called, and its kernels, are part of the record
+    assert report["blas"]["used"].startswith("openblas") and "kernels" in report["blas"]["used"]
+    assert f"tracejit's GEMMs: {report['blas']['used']}" in table
+    assert (report["blas"]["warning"] is None) == (f"! {report['blas']['warning']}" not in table)
 
 
 def test_cli_quick_json_and_warm_cache_probe(tmp_path):

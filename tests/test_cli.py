@@ -110,6 +110,7 @@ def test_info_prints_versions(tmp_path):
     assert f"numpy {numpy.__version__}" in first and f"numba {numba.__version__}" in first
     assert f"python {sys.version.split()[0]}" in first
     assert "backends:" in proc.stdout and "reference" in proc.stdout
+    assert "BLAS for compiled GEMMs: openblas" in proc.stdout and "kernels" in proc.stdout
     assert str(tmp_path / "cache") in proc.stdout  # the kernel cache honours TRACEJIT_CACHE_DIR
 
 

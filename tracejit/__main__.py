@@ -69,7 +69,7 @@ def cmd_info(ns) -> int:
     import numpy
 
     import tracejit
-    from tracejit.compiler.backends import available, cache, threads
+    from tracejit.compiler.backends import available, blas, cache, threads
 
     info = threads.configure()
     print(f"tracejit {tracejit.__version__}  python {sys.version.split()[0]}  numpy {numpy.__version__}  "
@@ -77,6 +77,12 @@ def cmd_info(ns) -> int:
     print(f"threads: {info.get('threads')} ({info.get('layer')} threading layer); set TRACEJIT_NUM_THREADS to change")
     d = cache.cache_dir()
     print(f"kernel cache: {d} ({cache.size_bytes() / 1e6:.1f} MB); set TRACEJIT_CACHE_DIR to move it")
+    used = [b for b in blas.describe() if b["used"]]
+    for b in used:
+        print(f"BLAS for compiled GEMMs: {b['library']}, {b['kernels']} kernels ({b['path']})")
+    note = blas.pinned_note()
+    if note:
+        print(f"warning: {note}")
     print(f"backends: {', '.join(available())}")
     try:
         from numba import cuda

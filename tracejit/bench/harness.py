@@ -330,6 +330,18 @@ def _threads_info(modes: Iterable[str]) -> dict:
     return out
 
 
+def _blas_info(modes: Iterable[str]) -> dict:
+    """The BLAS the compiled GEMMs called and its kernels, and a warning when OPENBLAS_CORETYPE held them back."""
+    if not any(m in ("cpu", "cuda") for m in modes):
+        return {}
+    from ..compiler.backends import blas
+
+    libs = blas.describe()
+    used = next((b for b in libs if b["used"]), None)
+    return {"libraries": libs, "used": used and f"{used['library']} ({used['kernels']} kernels)",
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "warning": blas.pinned_note(libs)}
+
+
 def _summary(case: Case, threshold: float) -> dict:
     """Median and spread over the passes whose other load stayed under `threshold` (a loop that shared the
     CPU with another process measures that process too); over all passes, flagged, when none did."""
@@ -473,6 +485,7 @@ def _report(cases, workloads, modes, notes, runnable, passes, quick, bw, thresho
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(),
         "threads": _threads_info(runnable),
+        "blas": _blas_info(runnable),
         "settings": {"workloads": workloads, "modes": modes, "passes": passes, "quick": quick,
                      "warmup_calls": WARMUP_CALLS, "load_threshold": threshold,
                      "cache_dir": cache_dir or "fresh temporary directory (cold start)"},
@@ -577,6 +590,9 @@ def _footer(report: dict, notes: list[str]) -> list[str]:
     for m, n in report["unavailable"].items():
         out.append(f"{LABELS[m]}: skipped ({n})")
     out += notes
+    b = report.get("blas") or {}
+    if b.get("warning"):
+        out.append(f"! {b['warning']}")
     t = report["threads"]
     s = report["settings"]
     out += textwrap.wrap(f"median and interquartile range over the passes (of {s['passes']}; modes interleaved, order "
@@ -588,7 +604,8 @@ def _footer(report: dict, notes: list[str]) -> list[str]:
     m = report["machine"]
     out.append(f"{report['date']}  {m['cpu']}, {m.get('cpus_usable', m['cpus'])} CPUs, python {m['python']}, "
                f"numpy {m['numpy']}, numba {m['numba']}; threads: " +
-               (", ".join(f"{k} {v}" for k, v in t.items()) or "-"))
+               (", ".join(f"{k} {v}" for k, v in t.items()) or "-") +
+               (f"; tracejit's GEMMs: {b['used']}" if b.get("used") else ""))
     return out
 
 

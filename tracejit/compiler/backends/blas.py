@@ -11,6 +11,11 @@ Generated segments go one step further (SPLIT_GEMM_FLOPS): a big GEMM is split i
 each a one-thread BLAS call inside Numba's pool, so OpenBLAS's threads never wake. MLP step, fresh process
 each, alternated 6 times: 2.88-3.21 ms split, 2.87-4.94 ms with 2 BLAS threads (the Adam kernel after the
 GEMMs: 0.28-0.31 ms vs 0.38-0.49 ms, when OpenBLAS's spinning thread shared its core).
+
+Which kernels the BLAS runs matters as much: `describe()` says which library the compiled GEMMs call and
+with which core kernels, and `pinned_note()` warns when OPENBLAS_CORETYPE holds OpenBLAS to older ones than
+the CPU supports (on a 2-core AVX-512 EPYC, `OPENBLAS_CORETYPE=Haswell` made 128x784 @ 784x512 take 1.13 ->
+1.68 ms on one thread and the MLP benchmark step 1.5 -> 2.4 ms).
 """
 
 from __future__ import annotations
@@ -50,6 +55,57 @@ def set_threads(n: int) -> None:
         for s in _setters:
             s(n)
         _current = n
+
+
+def describe() -> list[dict]:
+    """The BLAS libraries loaded in this process: ``{"library", "version", "kernels", "threads", "used"}``
+    each, ``used`` True for the one compiled GEMMs call (SciPy's, through Numba). Loads SciPy's BLAS if it
+    is not loaded yet (the first compiled GEMM would)."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (what Numba's GEMMs call; loads its OpenBLAS)
+        from threadpoolctl import threadpool_info
+    except Exception:  # no SciPy, no threadpoolctl: nothing to say
+        return []
+    out = []
+    for i in threadpool_info():
+        if i.get("user_api") != "blas":
+            continue
+        path = i.get("filepath") or ""
+        out.append({"library": f"{i.get('internal_api')} {i.get('version')}", "kernels": i.get("architecture"),
+                    "threads": i.get("num_threads"), "path": path,
+                    "used": "scipy" in os.path.basename(os.path.dirname(path)).lower()})
+    return out
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# OpenBLAS core names whose kernels use AVX-512 (what OpenBLAS picks itself on such a CPU)
+_AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5"}
+
+
+def pinned_note(libs: list[dict] | None = None, flags: set[str] | None = None) -> str | None:
+    """A warning when OPENBLAS_CORETYPE makes the BLAS that compiled GEMMs call run kernels older than the CPU
+    supports (AVX2 kernels on an AVX-512 CPU); None otherwise."""
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    if not pinned:
+        return None
+    libs = describe() if libs is None else libs
+    flags = _cpu_flags() if flags is None else flags
+    used = [b for b in libs if b["used"] and "openblas" in b["library"].lower()]
+    if not used or "avx512f" not in flags or str(used[0]["kernels"]).lower() in _AVX512_CORES:
+        return None
+    return (f"OPENBLAS_CORETYPE={pinned} holds OpenBLAS to its {used[0]['kernels']} kernels on a CPU with AVX-512: "
+            f"compiled GEMMs and GEMM convs run slower (MLP step ~1.6x); unset OPENBLAS_CORETYPE and "
+            f"OPENBLAS_L2_SIZE to let OpenBLAS choose, where your OpenBLAS is recent enough for this CPU")
 
 
 def threads_for(flops: float) -> int:
