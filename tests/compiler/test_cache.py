@@ -96,6 +96,18 @@ def test_key_covers_the_source_and_versions():
     assert cache.key_of(source(1.0)) != cache.key_of(source(2.0))
     assert cache.key_of(source(1.0)) == cache.key_of(source(1.0))
     assert tracejit.__version__ in cache.HEADER and numba.__version__ in cache.HEADER
+    assert cache.helpers_fingerprint() in cache.HEADER
+
+
+def test_key_changes_when_a_backend_helper_changes(tmp_path):
+    # generated kernels carry their helpers' code in Numba's cache: editing a helper must miss the cache
+    (tmp_path / "cpu_math.py").write_text("def exp_f32(x):\n    return x\n")
+    (tmp_path / "notes.txt").write_text("not a module")
+    before = cache.helpers_fingerprint(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("still not a module")
+    assert cache.helpers_fingerprint(str(tmp_path)) == before
+    (tmp_path / "cpu_math.py").write_text("def exp_f32(x):\n    return x + 0\n")
+    assert cache.helpers_fingerprint(str(tmp_path)) != before
 
 
 def test_second_load_is_a_hit(cache_dir):

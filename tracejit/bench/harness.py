@@ -334,11 +334,14 @@ def _blas_info(modes: Iterable[str]) -> dict:
     """The BLAS the compiled GEMMs called and its kernels, and a warning when OPENBLAS_CORETYPE held them back."""
     if not any(m in ("cpu", "cuda") for m in modes):
         return {}
-    from ..compiler.backends import blas
+    from ..compiler.backends import blas, cpu_blas
 
     libs = blas.describe()
     used = next((b for b in libs if b["used"]), None)
-    return {"libraries": libs, "used": used and f"{used['library']} ({used['kernels']} kernels)",
+    sgemm, why = cpu_blas.sgemm_choice()
+    used = used and f"{used['library']} ({used['kernels']} kernels)"
+    return {"libraries": libs, "used": used, "sgemm": sgemm, "sgemm_why": why,
+            "summary": f"float32 {'tracejit' + chr(39) + 's own' if sgemm == 'tracejit' else used}, float64 {used}",
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "warning": blas.pinned_note(libs)}
 
 
@@ -605,7 +608,7 @@ def _footer(report: dict, notes: list[str]) -> list[str]:
     out.append(f"{report['date']}  {m['cpu']}, {m.get('cpus_usable', m['cpus'])} CPUs, python {m['python']}, "
                f"numpy {m['numpy']}, numba {m['numba']}; threads: " +
                (", ".join(f"{k} {v}" for k, v in t.items()) or "-") +
-               (f"; tracejit's GEMMs: {b['used']}" if b.get("used") else ""))
+               (f"; tracejit's GEMMs: {b['summary']}" if b.get("summary") else ""))
     return out
 
 

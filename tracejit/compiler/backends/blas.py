@@ -15,7 +15,8 @@ GEMMs: 0.28-0.31 ms vs 0.38-0.49 ms, when OpenBLAS's spinning thread shared its 
 Which kernels the BLAS runs matters as much: `describe()` says which library the compiled GEMMs call and
 with which core kernels, and `pinned_note()` warns when OPENBLAS_CORETYPE holds OpenBLAS to older ones than
 the CPU supports (on a 2-core AVX-512 EPYC, `OPENBLAS_CORETYPE=Haswell` made 128x784 @ 784x512 take 1.13 ->
-1.68 ms on one thread and the MLP benchmark step 1.5 -> 2.4 ms).
+1.68 ms on one thread and the MLP benchmark step 1.5 -> 2.4 ms). Where it does, compiled float32 GEMMs run
+tracejit's own kernel (`cpu_blas.sgemm_choice`).
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ def pinned_note(libs: list[dict] | None = None, flags: set[str] | None = None) -
     used = [b for b in libs if b["used"] and "openblas" in b["library"].lower()]
     if not used or "avx512f" not in flags or str(used[0]["kernels"]).lower() in _AVX512_CORES:
         return None
-    return (f"OPENBLAS_CORETYPE={pinned} holds OpenBLAS to its {used[0]['kernels']} kernels on a CPU with AVX-512: "
-            f"compiled GEMMs and GEMM convs run slower (MLP step ~1.6x); unset OPENBLAS_CORETYPE and "
-            f"OPENBLAS_L2_SIZE to let OpenBLAS choose, where your OpenBLAS is recent enough for this CPU")
+    return (f"OPENBLAS_CORETYPE={pinned} holds OpenBLAS to its {used[0]['kernels']} kernels on a CPU with AVX-512 "
+            f"(GEMMs ~1.7x slower): compiled float32 GEMMs run tracejit's own kernel instead, float64 ones and "
+            f"NumPy's still the held-back kernels; unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where your OpenBLAS "
+            f"is recent enough for this CPU")
 
 
 def threads_for(flops: float) -> int:

@@ -1,17 +1,24 @@
 """GEMM for generated code with transpose flags: BLAS reads a transposed operand where it lies (numba's
 np.dot copies it or takes a slow path: 6.4 ms vs 1.5 ms for 128x784 @ 784x512 on one thread).
 
-Calls Numba's own `numba_xxgemm` helper (SciPy's BLAS, resolved by symbol name at link time), so
-functions using it stay cacheable. Row-major C = A @ B is column-major C^T = B^T @ A^T.
+float64 calls Numba's own `numba_xxgemm` helper (SciPy's BLAS, resolved by symbol name at link time); float32
+calls the symbol `tracejit_sgemm`, which this module points at OpenBLAS or at tracejit's own GEMM (cpu_gemm)
+when it is imported (`sgemm_choice`). Either way callers stay cacheable: Numba links neither into them.
+Row-major C = A @ B is column-major C^T = B^T @ A^T.
 """
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
+from llvmlite import binding as llvm
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from . import blas, cpu_gemm
 
 _xxgemm = types.ExternalFunction(
     "numba_xxgemm",
@@ -37,15 +44,81 @@ def _ptr_at(typingctx, arr, offset):
     return types.voidptr(arr, types.intp), codegen
 
 
+# ------------------------------------------------------------------------------------------ float32 GEMM
+# Generated code and the window kernels call one external symbol for float32 GEMMs; which function it names
+# is decided once per process (`sgemm_choice`), so cached machine code stays valid whichever runs.
+SGEMM_SYMBOL = "tracejit_sgemm"
+_SGEMM_SIG = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.voidptr, types.intp,
+                        types.voidptr, types.intp, types.voidptr, types.intp, types.float32)
+_sgemm = types.ExternalFunction(SGEMM_SYMBOL, _SGEMM_SIG)
+
+
+def _sgemm_tracejit(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """cpu_gemm's kernel on raw pointers."""
+    if m <= 0 or n <= 0:
+        return
+    na = max(0, ((k - 1) * lda + m) if ta else ((m - 1) * lda + k))
+    nb = max(0, ((n - 1) * ldb + k) if tb else ((k - 1) * ldb + n))
+    cpu_gemm.sgemm_arrays(ta, tb, m, n, k, numba.carray(a_ptr, na, np.float32), lda,
+                          numba.carray(b_ptr, nb, np.float32), ldb,
+                          numba.carray(c_ptr, (m - 1) * ldc + n, np.float32), ldc, beta)
+
+
+def _sgemm_openblas(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """SciPy's OpenBLAS sgemm (through Numba's helper). Row-major C = A @ B is column-major C^T = B^T @ A^T."""
+    scal = np.empty(2, np.float32)
+    scal[0] = 1
+    scal[1] = beta
+    _xxgemm(np.int8(115), np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k, _ptr(scal[0:1]), b_ptr,
+            ldb, a_ptr, lda, _ptr(scal[1:2]), c_ptr, ldc)
+
+
+SGEMMS = {"tracejit": _sgemm_tracejit, "openblas": _sgemm_openblas}
+ENV_SGEMM = "TRACEJIT_SGEMM"
+
+
+def _decide() -> tuple[str, str]:
+    forced = os.environ.get(ENV_SGEMM, "").strip().lower()
+    if forced:
+        if forced not in SGEMMS:
+            raise ValueError(f"{ENV_SGEMM}={forced!r}: choose one of {', '.join(SGEMMS)}")
+        return forced, f"{ENV_SGEMM}={forced}"
+    if blas.pinned_note() is not None:
+        return "tracejit", (f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')} holds OpenBLAS to older "
+                            f"kernels than this CPU has")
+    return "openblas", "OpenBLAS runs the kernels it chose for this CPU"
+
+
+def _register() -> tuple[str, str]:
+    name, why = _decide()
+    fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
+    llvm.add_symbol(SGEMM_SYMBOL, fn.address)
+    return name, why
+
+
+_SGEMM_CHOICE = _register()  # before any caller of the symbol is compiled or loaded from a cache
+
+
+def sgemm_choice() -> tuple[str, str]:
+    """(which float32 GEMM compiled code runs: "tracejit" or "openblas", why). OpenBLAS with the kernels it picks
+    is as fast or faster on every shape measured (cpu_gemm's table); tracejit's own GEMM runs where OpenBLAS is
+    held to older kernels than the CPU supports, or where TRACEJIT_SGEMM says so."""
+    return _SGEMM_CHOICE
+
+
 @numba.njit(cache=True)
 def gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc, beta):
     """The one BLAS call: out = op(a) @ op(b) + beta * out on blocks given by element offsets into the
     row-major buffers a, b, out (leading dimensions lda, ldb, ldc); ta/tb = 1 where the operand is the
     transpose of the buffer. m, n, k >= 1."""
+    if out.itemsize == 4:
+        _sgemm(ta, tb, m, n, k, _ptr_at(a, a_off), lda, _ptr_at(b, b_off), ldb, _ptr_at(out, out_off), ldc,
+               np.float32(beta))
+        return
     scal = np.empty(2, out.dtype)
     scal[0] = 1
     scal[1] = beta
-    kind = np.int8(115) if out.itemsize == 4 else np.int8(100)  # 's' / 'd'
+    kind = np.int8(100)  # 'd': float64 always goes to BLAS
     # column-major view: out^T (n x m) = b^T (n x k) @ a^T (k x m); a C-order array is its own transpose there
     _xxgemm(kind, np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k,
             _ptr(scal[0:1]), _ptr_at(b, b_off), ldb, _ptr_at(a, a_off), lda, _ptr(scal[1:2]),

@@ -1,0 +1,109 @@
+"""tracejit's own float32 GEMM (cpu_gemm) and how cpu_blas routes float32 GEMMs (its kernel or OpenBLAS)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tracejit.compiler.backends import blas, cpu_blas, cpu_gemm
+
+MR, NR, KC = cpu_gemm.MR, cpu_gemm.NR, cpu_gemm.KC
+
+
+def operands(rng, m, n, k, ta, tb, pad):
+    """op(A) m x k and op(B) k x n stored as (transposed where ta/tb) row-major buffers with `pad` spare
+    columns, and C m x (n + pad)."""
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    abuf = np.zeros((k, m + pad) if ta else (m, k + pad), np.float32)
+    bbuf = np.zeros((n, k + pad) if tb else (k, n + pad), np.float32)
+    if ta:
+        abuf[:, :m] = A.T
+    else:
+        abuf[:, :k] = A
+    if tb:
+        bbuf[:, :k] = B.T
+    else:
+        bbuf[:, :n] = B
+    C = rng.standard_normal((m, n + pad)).astype(np.float32)
+    return A, B, abuf, bbuf, C
+
+
+# shapes around every blocking edge: MR-row blocks (and the 6/4/2/1-row kernels), NR-wide panels, KC slices,
+# MC row groups, the dot-product path (ta=0, tb=1 with few columns or rows), and LeNet's and the MLP's shapes
+SHAPES = [(1, 1, 1), (MR, NR, 1), (MR + 1, NR + 1, KC + 1), (7, 5, 3), (3, 33, 17), (6, 892, 75), (75, 6, 892),
+          (16, 136, 150), (150, 16, 136), (150, 136, 16), (64, 10, 84), (65, 97, 300), (128, 512, 40),
+          (130, 70, 2 * KC + 3)]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_sgemm_matches_float64_on_every_layout_and_edge(m, n, k, ta, tb):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k + ta * 7 + tb * 13)
+    for beta, pad in ((0.0, 0), (1.0, 2), (0.5, 1)):
+        A, B, abuf, bbuf, C0 = operands(rng, m, n, k, ta, tb, pad)
+        if beta == 0:
+            C0[:, :n] = np.nan  # beta = 0 must not read C
+        C = C0.copy()
+        cpu_gemm.sgemm_arrays(ta, tb, m, n, k, abuf.ravel(), abuf.shape[1], bbuf.ravel(), bbuf.shape[1], C.ravel(),
+                              n + pad, np.float32(beta))
+        ref = A.astype(np.float64) @ B.astype(np.float64) + (beta * C0[:, :n].astype(np.float64) if beta else 0)
+        scale = np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64) + 1
+        assert np.all(np.abs(C[:, :n] - ref) <= 1e-5 * scale), (m, n, k, ta, tb, beta)
+        assert np.array_equal(C[:, n:], C0[:, n:])  # the padding past column n is never written
+
+
+def test_sgemm_with_empty_k_scales_or_clears_c():
+    C = np.full((3, 4), 2.0, np.float32)
+    cpu_gemm.sgemm_arrays(0, 0, 3, 4, 0, np.zeros(1, np.float32), 1, np.zeros(1, np.float32), 4, C.ravel(), 4,
+                          np.float32(0.5))
+    assert np.all(C == 1.0)
+    cpu_gemm.sgemm_arrays(0, 0, 3, 4, 0, np.zeros(1, np.float32), 1, np.zeros(1, np.float32), 4, C.ravel(), 4,
+                          np.float32(0))
+    assert np.all(C == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_at_routes_both_dtypes(dtype):
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((40, 70)).astype(dtype)
+    b = rng.standard_normal((50, 70)).astype(dtype)  # used transposed
+    out = np.full((40, 50), np.nan, dtype)
+    cpu_blas.gemm_at(0, 1, 40, 50, 70, a.ravel(), 0, 70, b.ravel(), 0, 70, out.ravel(), 0, 50, dtype(0))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64), rtol=tol, atol=tol * 70)
+
+
+def test_choice_follows_the_environment_and_the_openblas_kernels(monkeypatch):
+    monkeypatch.setenv(cpu_blas.ENV_SGEMM, "openblas")
+    assert cpu_blas._decide() == ("openblas", "TRACEJIT_SGEMM=openblas")
+    monkeypatch.setenv(cpu_blas.ENV_SGEMM, "fortran")
+    with pytest.raises(ValueError, match="TRACEJIT_SGEMM='fortran'.*tracejit, openblas"):
+        cpu_blas._decide()
+    monkeypatch.delenv(cpu_blas.ENV_SGEMM)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setattr(blas, "pinned_note", lambda *a: "held back")
+    assert cpu_blas._decide()[0] == "tracejit"
+    monkeypatch.setattr(blas, "pinned_note", lambda *a: None)
+    assert cpu_blas._decide()[0] == "openblas"
+
+
+PROBE = """
+import numpy as np
+from tracejit.compiler.backends import cpu_blas
+a = np.arange(6, dtype=np.float32).reshape(2, 3); b = np.ones((3, 2), np.float32); out = np.empty((2, 2), np.float32)
+cpu_blas.gemm(a, b, out)
+print(cpu_blas.sgemm_choice()[0], out.ravel().tolist())
+"""
+
+
+@pytest.mark.parametrize("which", ["tracejit", "openblas"])
+def test_each_float32_gemm_runs_when_chosen(which):
+    env = dict(os.environ, TRACEJIT_SGEMM=which)
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [which, "[3.0,", "3.0,", "12.0,", "12.0]"]

@@ -1,0 +1,317 @@
+"""tracejit's own float32 GEMM: packed operands and a register-blocked micro-kernel written as LLVM vector IR.
+
+Why: OpenBLAS runs the shapes of small training steps well below the machine's peak, and how far below
+depends on which of its kernels it picked (or was told to pick by OPENBLAS_CORETYPE). Best of 15, one thread,
+2-core AVX-512 EPYC (Zen 5), GFLOP/s, M x K x N with C = A @ B:
+
+    shape              this GEMM   OpenBLAS 0.3.30 SkylakeX kernels   its Haswell kernels
+    128 x 784 x 512       164-182         88                                62
+    128 x 512 x 512       163-187         81                                61
+    512 x 128 x 784       207-209        171                                97
+    1000 x 1000 x 1000    194-201        169                                99
+
+How (the Goto/BLIS scheme, in miniature): for each KC-deep slice of K, B's slice is packed into NR-wide
+column panels [KC][NR] and A's rows, MC at a time, into MR-high row panels [KC][MR] (transposed operands are
+packed from where they lie, so no copy of a transpose is ever made). The micro-kernel keeps an MR x NR block
+of C in MR * NR / V vector registers for the whole KC loop: per k, NR / V vector loads of B, MR broadcasts of A
+and MR * NR / V fused multiply-adds (8 x 32 with 16-float vectors: 16 accumulators, 19 of 32 registers).
+Edge blocks go through a small tile, so the micro-kernel never reads or writes outside C.
+
+Operands whose rows both run along k with few output columns (weight gradients: 75 x 892 @ 892 x 6) are
+dot products instead (`_gemm_dots`), and small operands are read where they lie rather than packed.
+`cpu_blas` decides when this GEMM runs instead of OpenBLAS and how generated code reaches it.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _host_has_avx512() -> bool:
+    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+# Register blocking: MR rows of C by NR columns, NR = 2 vectors. AVX-512: 8 x 32 (16 zmm accumulators);
+# otherwise 6 x 16 (12 of the 16 ymm registers), the classic Haswell shape.
+V = 16 if _host_has_avx512() else 8
+MR = 8 if V == 16 else 6
+NR = 2 * V
+KC = 256  # B's micro-panel KC x NR (32 KB) stays in L1 while A's panels stream from L2
+MC = 64  # rows of A packed at once: MC x KC (64 KB) stays in L2 beside B's packed slice
+PACK_B_ROWS = 4 * MR  # pack B when more rows than this reuse its panels
+PACK_A_PANELS = 2  # pack A when more column panels than this reuse its blocks
+
+
+def _codegen_micro(rows: int):
+    """LLVM for C[0:rows, 0:NR] (row pitch ldc, from element c_off of c) = (C if add else 0) + A @ B over kc
+    steps, with A[i, p] = ap[a_off + i*rsa + p*csa] (a packed panel: rsa = 1, csa = MR) and the NR floats of
+    B's row p contiguous at bp[b_off + p*rsb] (a packed panel: rsb = NR; or B itself, row-major)."""
+
+    def codegen(context, builder, sig, args):
+        kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add = args
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(ir.FloatType(), V)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{V}f32")
+
+        def data(k, arr):
+            return context.make_array(sig.args[k])(context, builder, arr).data
+
+        a0 = builder.gep(data(1, ap), [a_off])
+        b0 = builder.gep(data(5, bp), [b_off])
+        c0 = builder.gep(data(8, c), [c_off])
+        # accumulators as allocas: LLVM's mem2reg turns them into registers (loop-carried phis)
+        acc = [[cgutils.alloca_once(builder, vt) for _ in range(NR // V)] for _ in range(rows)]
+        for row in acc:
+            for a in row:
+                builder.store(ir.Constant(vt, [0.0] * V), a)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), V), [0] * V)
+        with cgutils.for_range(builder, kc) as loop:
+            k = loop.index
+            bk = builder.gep(b0, [builder.mul(k, rsb)])
+            bv = [builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vt.as_pointer()), align=4)
+                  for h in range(NR // V)]
+            ak = builder.gep(a0, [builder.mul(k, csa)])
+            for i in range(rows):
+                x = builder.load(builder.gep(ak, [builder.mul(rsa, ir.Constant(i64, i))]))
+                xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+                xv = builder.shuffle_vector(xv, ir.Constant(vt, ir.Undefined), splat)
+                for h in range(NR // V):
+                    builder.store(builder.call(fma, [xv, bv[h], builder.load(acc[i][h])]), acc[i][h])
+        is_add = builder.icmp_unsigned("!=", add, ir.Constant(add.type, 0))
+        for i in range(rows):
+            ci = builder.gep(c0, [builder.mul(ldc, ir.Constant(ldc.type, i))])
+            for h in range(NR // V):
+                p = builder.bitcast(builder.gep(ci, [ir.Constant(ldc.type, h * V)]), vt.as_pointer())
+                v = builder.load(acc[i][h])
+                with builder.if_else(is_add) as (then, otherwise):
+                    with then:
+                        builder.store(builder.fadd(builder.load(p, align=4), v), p, align=4)
+                    with otherwise:
+                        builder.store(v, p, align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _micro_for(rows: int):
+    @intrinsic
+    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add):
+        return types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add), _codegen_micro(rows)
+
+    return micro
+
+
+# A block of h < MR rows runs as kernels of these heights (h = 7: 6 + 1), each writing its rows in place:
+# LeNet's 6-channel conv then does 12 multiply-adds per k, not 16 of which 4 are thrown away.
+_micro = _micro_for(MR)
+_micro6 = _micro_for(6)
+_micro4 = _micro_for(4)
+_micro2 = _micro_for(2)
+_micro1 = _micro_for(1)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=True)
+def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add):
+    """`_micro` for any h <= MR rows."""
+    i = 0
+    while i < h:
+        r = h - i
+        if r >= MR:
+            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            i += MR
+        elif r >= 6:
+            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            i += 6
+        elif r >= 4:
+            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            i += 4
+        elif r >= 2:
+            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            i += 2
+        else:
+            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            i += 1
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=True)
+def _pack(x, across, p0, j0, ld, kc, w, width, dst, d0):
+    """dst[d0 + kk*width + jj] = X[p0 + kk, j0 + jj] for kk < kc, jj < w, and 0 for w <= jj < width, where
+    X[p, j] = x[p*ld + j] (`across` = 0: each kk is a contiguous run) or x[j*ld + p] (`across` = 1: each jj is
+    one). Loops run along the source's contiguous direction; indices are unsigned (no wraparound checks)."""
+    zero = np.float32(0)
+    u = np.uint64
+    if across:
+        for jj in range(u(w)):
+            src = (u(j0) + jj) * u(ld) + u(p0)
+            for kk in range(u(kc)):
+                dst[u(d0) + kk * u(width) + jj] = x[src + kk]
+        for jj in range(u(w), u(width)):
+            for kk in range(u(kc)):
+                dst[u(d0) + kk * u(width) + jj] = zero
+    elif w == width:
+        for kk in range(u(kc)):
+            src = (u(p0) + kk) * u(ld) + u(j0)
+            row = u(d0) + kk * u(width)
+            for jj in range(u(width)):
+                dst[row + jj] = x[src + jj]
+    else:
+        for kk in range(u(kc)):
+            src = (u(p0) + kk) * u(ld) + u(j0)
+            row = u(d0) + kk * u(width)
+            for jj in range(u(w)):
+                dst[row + jj] = x[src + jj]
+            for jj in range(u(w), u(width)):
+                dst[row + jj] = zero
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+def _put(c, idx, v, add):
+    if add:
+        c[idx] += v
+    else:
+        c[idx] = v
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=True)
+def _gemm_dots(m, n, k, a, lda, d, ldd, c, ldc, add):
+    """C (+)= A @ D^T with A's rows and D's rows both contiguous along k: each C element is a dot product of
+    two rows, vectorized along k, four at a time (2 x 2 rows). For a few output columns (a weight gradient
+    over a long run: 75 x 892 @ 892 x 6) a packed NR-wide panel would be mostly zeros: this runs it at
+    ~107 GFLOP/s one thread, the panel kernel at ~20."""
+    u = np.uint64
+    mm, nn, uk = u(m), u(n), u(k)
+    i = u(0)
+    while i + u(1) < mm:
+        a0 = i * u(lda)
+        a1 = a0 + u(lda)
+        c0 = i * u(ldc)
+        c1 = c0 + u(ldc)
+        j = u(0)
+        while j + u(1) < nn:
+            d0 = j * u(ldd)
+            d1 = d0 + u(ldd)
+            s00 = s01 = s10 = s11 = np.float32(0)
+            for p in range(uk):
+                x0 = a[a0 + p]
+                x1 = a[a1 + p]
+                y0 = d[d0 + p]
+                y1 = d[d1 + p]
+                s00 += x0 * y0
+                s01 += x0 * y1
+                s10 += x1 * y0
+                s11 += x1 * y1
+            _put(c, c0 + j, s00, add)
+            _put(c, c0 + j + u(1), s01, add)
+            _put(c, c1 + j, s10, add)
+            _put(c, c1 + j + u(1), s11, add)
+            j += u(2)
+        if j < nn:
+            d0 = j * u(ldd)
+            s00 = s10 = np.float32(0)
+            for p in range(uk):
+                y0 = d[d0 + p]
+                s00 += a[a0 + p] * y0
+                s10 += a[a1 + p] * y0
+            _put(c, c0 + j, s00, add)
+            _put(c, c1 + j, s10, add)
+        i += u(2)
+    if i < mm:
+        a0 = i * u(lda)
+        for j in range(nn):
+            d0 = j * u(ldd)
+            s = np.float32(0)
+            for p in range(uk):
+                s += a[a0 + p] * d[d0 + p]
+            _put(c, i * u(ldc) + j, s, add)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=True)
+def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
+    """C = op(A) @ op(B) + beta * C on row-major buffers: op(A) is m x k, read as A[i, p] = a[i*lda + p], or
+    a[p*lda + i] where ta = 1 (the operand is the transpose of the buffer); likewise B (k x n) with tb; C is
+    m x n with row pitch ldc. With beta = 0, C is not read (it may hold NaN)."""
+    if m <= 0 or n <= 0:
+        return
+    zero = np.float32(0)
+    if beta != zero and beta != np.float32(1):
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] *= beta
+    if k <= 0:
+        if beta == zero:
+            for i in range(m):
+                for j in range(n):
+                    c[i * ldc + j] = zero
+        return
+    if ta == 0 and tb != 0 and (n < NR or m <= 2 * MR):
+        _gemm_dots(m, n, k, a, lda, b, ldb, c, ldc, beta != zero)
+        return
+    nb = (n + NR - 1) // NR
+    kcm = min(KC, k)
+    # Packing B pays when its panels serve many row blocks, and is needed where its rows are not contiguous
+    # (tb); A's packing pays when its panels serve several column panels. Otherwise the micro-kernel reads
+    # the operands where they lie (LeNet's per-image conv GEMMs: 6 x 75 @ 75 x 784, no copies), and only an
+    # edge panel is copied, zero-padded, so that the kernel never reads past the matrix.
+    pack_b = tb != 0 or m > PACK_B_ROWS
+    pack_a = nb > PACK_A_PANELS
+    bp = np.empty((nb if pack_b else 1) * NR * kcm, np.float32)
+    ap = np.empty((((min(MC, m) + MR - 1) // MR) if pack_a else 1) * MR * kcm, np.float32)
+    tile = np.empty(MR * NR, np.float32)
+    for pc in range(0, k, KC):
+        kc = min(KC, k - pc)
+        add = pc > 0 or beta != zero
+        if pack_b:  # B[pc:pc+kc, :] -> [nb][kc][NR], zero past column n
+            for jb in range(nb):
+                _pack(b, tb, pc, jb * NR, ldb, kc, min(NR, n - jb * NR), NR, bp, jb * NR * kc)
+        elif n % NR:  # only the last, partial panel
+            _pack(b, tb, pc, (nb - 1) * NR, ldb, kc, n - (nb - 1) * NR, NR, bp, 0)
+        for ic in range(0, m, MC):
+            mc = min(MC, m - ic)
+            mb = (mc + MR - 1) // MR
+            if pack_a:  # A[ic:ic+mc, pc:pc+kc] -> [mb][kc][MR], zero past row m
+                for ib in range(mb):
+                    i0 = ic + ib * MR
+                    _pack(a, 1 - ta, pc, i0, lda, kc, min(MR, m - i0), MR, ap, ib * MR * kc)
+            elif mc % MR:  # only the last, partial block
+                i0 = ic + (mb - 1) * MR
+                _pack(a, 1 - ta, pc, i0, lda, kc, m - i0, MR, ap, 0)
+            for jb in range(nb):
+                j0 = jb * NR
+                w = min(NR, n - j0)
+                if pack_b:
+                    bsrc, boff, rsb = bp, jb * NR * kc, NR
+                elif w < NR:
+                    bsrc, boff, rsb = bp, 0, NR
+                else:
+                    bsrc, boff, rsb = b, pc * ldb + j0, ldb
+                for ib in range(mb):
+                    i0 = ic + ib * MR
+                    h = min(MR, m - i0)
+                    if pack_a:
+                        asrc, aoff, rsa, csa = ap, ib * MR * kc, 1, MR
+                    elif h < MR:
+                        asrc, aoff, rsa, csa = ap, 0, 1, MR
+                    elif ta:
+                        asrc, aoff, rsa, csa = a, pc * lda + i0, 1, lda
+                    else:
+                        asrc, aoff, rsa, csa = a, i0 * lda + pc, lda, 1
+                    if h == MR and w == NR:
+                        _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, c, i0 * ldc + j0, ldc, add)
+                    elif w == NR:  # a partial block: its rows go straight to C
+                        _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, c, i0 * ldc + j0, ldc, add)
+                    else:  # a partial panel: through the tile, so nothing past column n is written
+                        _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, tile, 0, NR, False)
+                        for ii in range(h):
+                            row = (i0 + ii) * ldc + j0
+                            if add:
+                                for jj in range(w):
+                                    c[row + jj] += tile[ii * NR + jj]
+                            else:
+                                for jj in range(w):
+                                    c[row + jj] = tile[ii * NR + jj]
