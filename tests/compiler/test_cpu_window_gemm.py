@@ -90,10 +90,16 @@ def test_backward_plain_and_relu_masked(spec, dtype):
         np.testing.assert_array_equal(only_dx, dx)
 
 
-def test_prefer_covers_stride_one_ungrouped_short_runs():
-    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892 -> direct kernels
+def test_prefer_covers_stride_one_ungrouped_short_runs(monkeypatch):
+    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892 -> direct kernels forward
+    # with OpenBLAS, GEMM with tracejit's own float32 GEMM (up to MAX_RUN_OWN_GEMM)
     assert G.prefer((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    monkeypatch.setattr(G, "sgemm_choice", lambda: ("openblas", "test"))
     assert not G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    monkeypatch.setattr(G, "sgemm_choice", lambda: ("tracejit", "test"))
+    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    assert G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert not G.prefer((2, 3, 70, 70), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)  # L = 65*70 + 66 > 2048
     # LeNet conv1 (L = 892): the direct kernel forward, GEMM backward; the 32x32 conv block (L = 1086): direct
     assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
     assert not G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)

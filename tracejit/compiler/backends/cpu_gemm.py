@@ -15,7 +15,8 @@ column panels [KC][NR] and A's rows, MC at a time, into MR-high row panels [KC][
 packed from where they lie, so no copy of a transpose is ever made). The micro-kernel keeps an MR x NR block
 of C in MR * NR / V vector registers for the whole KC loop: per k, NR / V vector loads of B, MR broadcasts of A
 and MR * NR / V fused multiply-adds (8 x 32 with 16-float vectors: 16 accumulators, 19 of 32 registers).
-Edge blocks go through a small tile, so the micro-kernel never reads or writes outside C.
+Edge rows run on kernels of 6, 4, 2 and 1 rows, edge columns under load/store masks: nothing outside the
+operands is read and nothing outside C written, and no edge block is copied.
 
 Operands whose rows both run along k with few output columns (weight gradients: 75 x 892 @ 892 x 6) are
 dot products instead (`_gemm_dots`), and small operands are read where they lie rather than packed.
@@ -44,42 +45,61 @@ MR = 8 if V == 16 else 6
 NR = 2 * V
 KC = 256  # B's micro-panel KC x NR (32 KB) stays in L1 while A's panels stream from L2
 MC = 64  # rows of A packed at once: MC x KC (64 KB) stays in L2 beside B's packed slice
-PACK_B_ROWS = 4 * MR  # pack B when more rows than this reuse its panels
+PACK_B_ROWS = 4 * MR  # pack B when more rows than this reuse its panels (and only then A)
 PACK_A_PANELS = 2  # pack A when more column panels than this reuse its blocks
 
 
 def _codegen_micro(rows: int):
-    """LLVM for C[0:rows, 0:NR] (row pitch ldc, from element c_off of c) = (C if add else 0) + A @ B over kc
-    steps, with A[i, p] = ap[a_off + i*rsa + p*csa] (a packed panel: rsa = 1, csa = MR) and the NR floats of
-    B's row p contiguous at bp[b_off + p*rsb] (a packed panel: rsb = NR; or B itself, row-major)."""
+    """LLVM for C[0:rows, 0:ncols] (row pitch ldc, from element c_off of c) = (C if add else 0) + A @ B over
+    kc steps, with A[i, p] = ap[a_off + i*rsa + p*csa] (a packed panel: rsa = 1, csa = MR; or A where it lies)
+    and B's row p at bp[b_off + p*rsb] (a packed panel: rsb = NR; or B itself, row-major), ncols <= NR.
+    Columns past ncols are neither read from B nor written to C (masked loads and stores, which cost AVX-512
+    nothing), so edge panels need no copies."""
 
     def codegen(context, builder, sig, args):
-        kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add = args
+        kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add = args
         i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
         vt = ir.VectorType(ir.FloatType(), V)
+        mt = ir.VectorType(ir.IntType(1), V)
+        vp = vt.as_pointer()
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{V}f32")
+        mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vp, i32, mt, vt]),
+                                               f"llvm.masked.load.v{V}f32.p0")
+        mstore = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vt, vp, i32, mt]),
+                                                f"llvm.masked.store.v{V}f32.p0")
 
         def data(k, arr):
             return context.make_array(sig.args[k])(context, builder, arr).data
 
         a0 = builder.gep(data(1, ap), [a_off])
         b0 = builder.gep(data(5, bp), [b_off])
-        c0 = builder.gep(data(8, c), [c_off])
+        c0 = builder.gep(data(9, c), [c_off])
+        zero = ir.Constant(vt, [0.0] * V)
+        four = ir.Constant(i32, 4)
+        lanes = ir.Constant(ir.VectorType(i64, V), list(range(V)))
+        masks = []
+        for h in range(NR // V):  # lane j of vector h is live where h*V + j < ncols
+            live = builder.sub(ncols, ir.Constant(i64, h * V))
+            splat_live = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ir.VectorType(i64, V), ir.Undefined), live, ir.Constant(i32, 0)),
+                ir.Constant(ir.VectorType(i64, V), ir.Undefined), ir.Constant(ir.VectorType(i32, V), [0] * V))
+            masks.append(builder.icmp_signed("<", lanes, splat_live))
         # accumulators as allocas: LLVM's mem2reg turns them into registers (loop-carried phis)
         acc = [[cgutils.alloca_once(builder, vt) for _ in range(NR // V)] for _ in range(rows)]
         for row in acc:
             for a in row:
-                builder.store(ir.Constant(vt, [0.0] * V), a)
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), V), [0] * V)
+                builder.store(zero, a)
+        splat = ir.Constant(ir.VectorType(i32, V), [0] * V)
         with cgutils.for_range(builder, kc) as loop:
             k = loop.index
             bk = builder.gep(b0, [builder.mul(k, rsb)])
-            bv = [builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vt.as_pointer()), align=4)
-                  for h in range(NR // V)]
+            bv = [builder.call(mload, [builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vp), four,
+                                       masks[h], zero]) for h in range(NR // V)]
             ak = builder.gep(a0, [builder.mul(k, csa)])
             for i in range(rows):
                 x = builder.load(builder.gep(ak, [builder.mul(rsa, ir.Constant(i64, i))]))
-                xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+                xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
                 xv = builder.shuffle_vector(xv, ir.Constant(vt, ir.Undefined), splat)
                 for h in range(NR // V):
                     builder.store(builder.call(fma, [xv, bv[h], builder.load(acc[i][h])]), acc[i][h])
@@ -87,13 +107,11 @@ def _codegen_micro(rows: int):
         for i in range(rows):
             ci = builder.gep(c0, [builder.mul(ldc, ir.Constant(ldc.type, i))])
             for h in range(NR // V):
-                p = builder.bitcast(builder.gep(ci, [ir.Constant(ldc.type, h * V)]), vt.as_pointer())
+                p = builder.bitcast(builder.gep(ci, [ir.Constant(ldc.type, h * V)]), vp)
                 v = builder.load(acc[i][h])
-                with builder.if_else(is_add) as (then, otherwise):
-                    with then:
-                        builder.store(builder.fadd(builder.load(p, align=4), v), p, align=4)
-                    with otherwise:
-                        builder.store(v, p, align=4)
+                with builder.if_then(is_add):
+                    builder.store(builder.fadd(builder.call(mload, [p, four, masks[h], zero]), v), acc[i][h])
+                builder.call(mstore, [builder.load(acc[i][h]), p, four, masks[h]])
         return context.get_dummy_value()
 
     return codegen
@@ -101,8 +119,8 @@ def _codegen_micro(rows: int):
 
 def _micro_for(rows: int):
     @intrinsic
-    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add):
-        return types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add), _codegen_micro(rows)
+    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
+        return types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add), _codegen_micro(rows)
 
     return micro
 
@@ -117,25 +135,25 @@ _micro1 = _micro_for(1)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, c, c_off, ldc, add):
+def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
     """`_micro` for any h <= MR rows."""
     i = 0
     while i < h:
         r = h - i
         if r >= MR:
-            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
             i += MR
         elif r >= 6:
-            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
             i += 6
         elif r >= 4:
-            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
             i += 4
         elif r >= 2:
-            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
             i += 2
         else:
-            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, c, c_off + i * ldc, ldc, add)
+            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
             i += 1
 
 
@@ -255,22 +273,19 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
     nb = (n + NR - 1) // NR
     kcm = min(KC, k)
     # Packing B pays when its panels serve many row blocks, and is needed where its rows are not contiguous
-    # (tb); A's packing pays when its panels serve several column panels. Otherwise the micro-kernel reads
-    # the operands where they lie (LeNet's per-image conv GEMMs: 6 x 75 @ 75 x 784, no copies), and only an
-    # edge panel is copied, zero-padded, so that the kernel never reads past the matrix.
+    # (tb); packing A pays when a large A's blocks serve several column panels. Otherwise the micro-kernel
+    # reads the operands where they lie (LeNet's per-image conv GEMMs, 6 x 75 @ 75 x 892: no copies at all);
+    # edge rows run on the shorter kernels and edge columns under masks, so neither is ever copied.
     pack_b = tb != 0 or m > PACK_B_ROWS
-    pack_a = nb > PACK_A_PANELS
-    bp = np.empty((nb if pack_b else 1) * NR * kcm, np.float32)
-    ap = np.empty((((min(MC, m) + MR - 1) // MR) if pack_a else 1) * MR * kcm, np.float32)
-    tile = np.empty(MR * NR, np.float32)
+    pack_a = nb > PACK_A_PANELS and m > PACK_B_ROWS
+    bp = np.empty((nb * NR * kcm) if pack_b else 1, np.float32)
+    ap = np.empty((((min(MC, m) + MR - 1) // MR) * MR * kcm) if pack_a else 1, np.float32)
     for pc in range(0, k, KC):
         kc = min(KC, k - pc)
         add = pc > 0 or beta != zero
         if pack_b:  # B[pc:pc+kc, :] -> [nb][kc][NR], zero past column n
             for jb in range(nb):
                 _pack(b, tb, pc, jb * NR, ldb, kc, min(NR, n - jb * NR), NR, bp, jb * NR * kc)
-        elif n % NR:  # only the last, partial panel
-            _pack(b, tb, pc, (nb - 1) * NR, ldb, kc, n - (nb - 1) * NR, NR, bp, 0)
         for ic in range(0, m, MC):
             mc = min(MC, m - ic)
             mb = (mc + MR - 1) // MR
@@ -278,16 +293,11 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                 for ib in range(mb):
                     i0 = ic + ib * MR
                     _pack(a, 1 - ta, pc, i0, lda, kc, min(MR, m - i0), MR, ap, ib * MR * kc)
-            elif mc % MR:  # only the last, partial block
-                i0 = ic + (mb - 1) * MR
-                _pack(a, 1 - ta, pc, i0, lda, kc, m - i0, MR, ap, 0)
             for jb in range(nb):
                 j0 = jb * NR
                 w = min(NR, n - j0)
                 if pack_b:
                     bsrc, boff, rsb = bp, jb * NR * kc, NR
-                elif w < NR:
-                    bsrc, boff, rsb = bp, 0, NR
                 else:
                     bsrc, boff, rsb = b, pc * ldb + j0, ldb
                 for ib in range(mb):
@@ -295,23 +305,11 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                     h = min(MR, m - i0)
                     if pack_a:
                         asrc, aoff, rsa, csa = ap, ib * MR * kc, 1, MR
-                    elif h < MR:
-                        asrc, aoff, rsa, csa = ap, 0, 1, MR
                     elif ta:
                         asrc, aoff, rsa, csa = a, pc * lda + i0, 1, lda
                     else:
                         asrc, aoff, rsa, csa = a, i0 * lda + pc, lda, 1
-                    if h == MR and w == NR:
-                        _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, c, i0 * ldc + j0, ldc, add)
-                    elif w == NR:  # a partial block: its rows go straight to C
-                        _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, c, i0 * ldc + j0, ldc, add)
-                    else:  # a partial panel: through the tile, so nothing past column n is written
-                        _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, tile, 0, NR, False)
-                        for ii in range(h):
-                            row = (i0 + ii) * ldc + j0
-                            if add:
-                                for jj in range(w):
-                                    c[row + jj] += tile[ii * NR + jj]
-                            else:
-                                for jj in range(w):
-                                    c[row + jj] = tile[ii * NR + jj]
+                    if h == MR:
+                        _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)
+                    else:
+                        _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)

@@ -7,7 +7,8 @@ per-row im2col), and the (Wp - ow) columns past ow in each row are computed and 
   forward   acc [O, L]   = w [O, K] @ cols            -> bias, ReLU, max-pool + uint8 argmax (or store)
   backward  dyp [O, L]   = the output gradient at the same pitch, zero in the discarded columns (written
                            straight from the pooled gradient and its argmax, masked by ReLU, or from g)
-            dw_t^T [K, O] += cols @ dyp^T              (per-task partials, summed in task order)
+            dw_t^T [K, O] += cols @ dyp^T              (dot products read straight from xp, no cols copy;
+                                                        per-task partials, summed in task order)
             dcols [K, L] = w^T @ dyp  -> col2im: K contiguous adds into the padded input-gradient plane
 
 Each thread owns its scratch buffers (L2-sized for LeNet) and calls single-threaded BLAS (OpenBLAS's small
@@ -31,7 +32,7 @@ import numpy as np
 from numba import prange
 
 from . import blas
-from .cpu_blas import gemm_beta
+from .cpu_blas import gemm_beta, sgemm_choice
 from .cpu_window import FASTMATH, _epilogue, padded_input
 
 __all__ = ["conv_backward", "conv_forward", "prefer"]
@@ -113,26 +114,92 @@ def _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp):
                     dr[q] = gr[q]
 
 
+@_serial
+def _tap_offsets(c_, hp, wp, kh, kw, dh, dw):
+    """Where row (c*kh + i)*kw + j of one image's im2col matrix starts in its flat padded planes [C*Hp*Wp]."""
+    offs = np.empty(c_ * kh * kw, np.int64)
+    for c in range(c_):
+        for i in range(kh):
+            for j in range(kw):
+                offs[(c * kh + i) * kw + j] = c * hp * wp + i * dh * wp + j * dw
+    return offs
+
+
+@_serial
+def _dw_dots(x, offs, dyp, dwt):
+    """dwt[kk, o] += sum_q x[offs[kk] + q] * dyp[o, q]: the weight gradient of one image straight from its
+    padded planes (x flat), no im2col copy. Dot products along the run, 2 taps x 3 channels at a time (5 loads
+    per 6 multiply-adds): LeNet conv1 7.0 vs 12.5 us per image for im2col + GEMM, conv2 9.4 vs 12.2."""
+    u = np.uint64
+    k_ = offs.shape[0]
+    o_, L = dyp.shape
+    uL = u(L)
+    zero = dwt.dtype.type(0)
+    kk = 0
+    while kk + 1 < k_:
+        a0 = u(offs[kk])
+        a1 = u(offs[kk + 1])
+        o = 0
+        while o + 2 < o_:
+            y0 = dyp[o]
+            y1 = dyp[o + 1]
+            y2 = dyp[o + 2]
+            s00 = s01 = s02 = s10 = s11 = s12 = zero
+            for q in range(uL):
+                x0 = x[a0 + q]
+                x1 = x[a1 + q]
+                s00 += x0 * y0[q]
+                s01 += x0 * y1[q]
+                s02 += x0 * y2[q]
+                s10 += x1 * y0[q]
+                s11 += x1 * y1[q]
+                s12 += x1 * y2[q]
+            dwt[kk, o] += s00
+            dwt[kk, o + 1] += s01
+            dwt[kk, o + 2] += s02
+            dwt[kk + 1, o] += s10
+            dwt[kk + 1, o + 1] += s11
+            dwt[kk + 1, o + 2] += s12
+            o += 3
+        while o < o_:
+            y0 = dyp[o]
+            s00 = s10 = zero
+            for q in range(uL):
+                s00 += x[a0 + q] * y0[q]
+                s10 += x[a1 + q] * y0[q]
+            dwt[kk, o] += s00
+            dwt[kk + 1, o] += s10
+            o += 1
+        kk += 2
+    if kk < k_:
+        a0 = u(offs[kk])
+        for o in range(o_):
+            y0 = dyp[o]
+            s = zero
+            for q in range(uL):
+                s += x[a0 + q] * y0[q]
+            dwt[kk, o] += s
+
+
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
                     need_dw, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
     """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, K, O] = dw^T, db_part
     [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
-    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O + K (+ K with dx), L] and plane
+    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O (+ K with dx), L] and plane
     are each thread's scratch."""
     n_ = g.shape[0]
     c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
     o_, k_ = w2.shape
     h, w = dx.shape[2], dx.shape[3]
-    x3 = xp.reshape((xp.shape[0], c_, hp * wp))
+    x2 = xp.reshape((xp.shape[0], c_ * hp * wp))
+    offs = _tap_offsets(c_, hp, wp, kh, kw, dh, dw)
     zero = xp.dtype.type(0)
-    one = xp.dtype.type(1)
     wt = w2.T
     for t in prange(ntask):
         tid = numba.get_thread_id()
         dyp = ws[tid, :o_]
-        cols = ws[tid, o_:o_ + k_]
-        dcols = ws[tid, o_ + k_:]
+        dcols = ws[tid, o_:]
         pl = plane[tid]
         dwt = dw_part[t]
         dbt = db_part[t]
@@ -147,8 +214,7 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                     s += d[q]
                 dbt[o] += s
             if need_dw:
-                _im2col(x3[n], kh, kw, dh, dw, wp, cols)
-                gemm_beta(cols, dyp.T, dwt, one)  # dw^T: 1.6x faster in OpenBLAS than dyp @ cols^T here
+                _dw_dots(x2[n], offs, dyp, dwt)
             if need_dx:
                 gemm_beta(wt, dyp, dcols, zero)
                 L = dcols.shape[1]
@@ -216,6 +282,10 @@ def _threads() -> int:
 # 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
 # the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
+# With tracejit's own float32 GEMM (cpu_gemm, where OpenBLAS is held to older kernels), which reads a short-row
+# weight matrix and the im2col runs where they lie, the GEMM path wins the forward on long runs too (2-core
+# Zen 5, ms, GEMM vs direct: LeNet conv1 L = 892 0.37 vs 0.39; the 32x32 conv block, L = 1086, 1.33 vs 1.70).
+MAX_RUN_OWN_GEMM = 2048
 # Backward, GEMM keeps up to longer runs: LeNet conv1's weight gradient (L = 892) took 0.72-0.74 ms per step
 # either way (the direct path's unpool pass plus conv_dw_s1_kernel), and this path needs no direct backward
 # kernels at all, whose Numba compile on a fresh install was ~18 s of the LeNet example's first call.
@@ -227,7 +297,8 @@ def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) 
     padding and dilation) and short runs."""
     if tuple(stride) != (1, 1) or groups != 1:
         return False
-    return _geometry(x_shape, w_shape, padding, dilation)[4] <= (MAX_RUN_BACKWARD if backward else MAX_RUN)
+    forward_max = MAX_RUN_OWN_GEMM if sgemm_choice()[0] == "tracejit" else MAX_RUN
+    return _geometry(x_shape, w_shape, padding, dilation)[4] <= (MAX_RUN_BACKWARD if backward else forward_max)
 
 
 def _geometry(x_shape, w_shape, padding, dilation):
@@ -270,7 +341,7 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     xp = padded_input(x, padding) if need_dw else np.empty((1, c, hp, wp), x.dtype)
     ntask = _tasks(n)
     nthr = _threads()
-    ws = _take((nthr, o + k + (k if need_dx else 0), L), x.dtype)
+    ws = _take((nthr, o + (k if need_dx else 0), L), x.dtype)
     plane = _take((nthr, c, hp * wp) if need_dx else (nthr, 1, 1), x.dtype)
     dw_part = _take((ntask, k, o), x.dtype)
     db_part = _take((ntask, o), x.dtype)
