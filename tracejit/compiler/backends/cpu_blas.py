@@ -53,17 +53,6 @@ _SGEMM_SIG = types.void(types.intp, types.intp, types.intp, types.intp, types.in
 _sgemm = types.ExternalFunction(SGEMM_SYMBOL, _SGEMM_SIG)
 
 
-def _sgemm_tracejit(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
-    """cpu_gemm's kernel on raw pointers."""
-    if m <= 0 or n <= 0:
-        return
-    na = max(0, ((k - 1) * lda + m) if ta else ((m - 1) * lda + k))
-    nb = max(0, ((n - 1) * ldb + k) if tb else ((k - 1) * ldb + n))
-    cpu_gemm.sgemm_arrays(ta, tb, m, n, k, numba.carray(a_ptr, na, np.float32), lda,
-                          numba.carray(b_ptr, nb, np.float32), ldb,
-                          numba.carray(c_ptr, (m - 1) * ldc + n, np.float32), ldc, beta)
-
-
 def _sgemm_openblas(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
     """SciPy's OpenBLAS sgemm (through Numba's helper). Row-major C = A @ B is column-major C^T = B^T @ A^T."""
     scal = np.empty(2, np.float32)
@@ -73,7 +62,7 @@ def _sgemm_openblas(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
             ldb, a_ptr, lda, _ptr(scal[1:2]), c_ptr, ldc)
 
 
-SGEMMS = {"tracejit": _sgemm_tracejit, "openblas": _sgemm_openblas}
+SGEMMS = {"tracejit": cpu_gemm.sgemm_c, "openblas": _sgemm_openblas}
 ENV_SGEMM = "TRACEJIT_SGEMM"
 
 
@@ -90,6 +79,8 @@ def _decide() -> tuple[str, str]:
 
 
 def _register() -> tuple[str, str]:
+    # each C entry is defined in the module of the code it runs, whose edits thereby invalidate the cfunc's
+    # Numba cache (which is keyed on the defining file alone)
     name, why = _decide()
     fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
     llvm.add_symbol(SGEMM_SYMBOL, fn.address)
