@@ -1,14 +1,19 @@
 """tracejit's own float32 GEMM: packed operands and a register-blocked micro-kernel written as LLVM vector IR.
 
-Why: OpenBLAS runs the shapes of small training steps well below the machine's peak, and how far below
-depends on which of its kernels it picked (or was told to pick by OPENBLAS_CORETYPE). Best of 15, one thread,
-2-core AVX-512 EPYC (Zen 5), GFLOP/s, M x K x N with C = A @ B:
+Why: OpenBLAS is only as fast as the kernels it runs, and OPENBLAS_CORETYPE (set on machines where older
+OpenBLAS builds misbehave) can hold it to AVX2 kernels on an AVX-512 CPU. GFLOP/s of C = op(A) @ op(B), one
+thread, median of 40-200 calls through Numba, 2-core Zen 5 VM (the VM's phases move these by 10-20%):
 
-    shape              this GEMM   OpenBLAS 0.3.30 SkylakeX kernels   its Haswell kernels
-    128 x 784 x 512       164-182         88                                62
-    128 x 512 x 512       163-187         81                                61
-    512 x 128 x 784       207-209        171                                97
-    1000 x 1000 x 1000    194-201        169                                99
+    M x N x K, layout            this GEMM   OpenBLAS 0.3.30, SkylakeX kernels   its Haswell kernels
+    128 x 512 x 784, A @ B^T        165          181-187                             98-103
+    512 x 784 x 128, A^T @ B        203-211      196-209                            110-116
+    128 x 256 x 512, A @ B          180-188      167-182                             98-106
+    6 x 892 x 75 (LeNet conv1)      136-152      146-171                                 26
+    75 x 6 x 892, A @ B^T (dw)       78-107      113-145                              32-33
+    1000 x 1000 x 1000              150-196      196-207                            111-114
+
+So `cpu_blas` calls OpenBLAS where it runs the kernels it chose, and this GEMM where it is held back (there
+the MLP benchmark step went 2.4 -> 1.8 ms and LeNet's 3.7 -> 2.0 ms).
 
 How (the Goto/BLIS scheme, in miniature): for each KC-deep slice of K, B's slice is packed into NR-wide
 column panels [KC][NR] and A's rows, MC at a time, into MR-high row panels [KC][MR] (transposed operands are
