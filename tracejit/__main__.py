@@ -80,9 +80,7 @@ def cmd_info(ns) -> int:
     used = [b for b in blas.describe() if b["used"]]
     for b in used:
         print(f"BLAS for compiled GEMMs: {b['library']}, {b['kernels']} kernels ({b['path']})")
-    sgemm, why = cpu_blas.sgemm_choice()
-    print(f"float32 GEMMs: {'tracejit' + chr(39) + 's own kernel' if sgemm == 'tracejit' else 'that BLAS'} ({why}; "
-          f"set {cpu_blas.ENV_SGEMM}=tracejit or openblas to choose)")
+    print(f"float32 GEMMs: {cpu_blas.sgemm_description()}; set {cpu_blas.ENV_SGEMM}=tracejit or openblas to choose")
     note = blas.pinned_note()
     if note:
         print(f"warning: {note}")

@@ -111,6 +111,11 @@ def test_explain_compiles_without_running(mlp_setup):
     e = tracejit.explain(fn, *data[0])  # a plain function: compiled on the fly
     assert "variant 1" in str(e) and e.variant is not None
     assert all(p.grad is None for p in plain.parameters())  # explained, not run
+    # which float32 GEMM the step's matmuls call, and why
+    from tracejit.compiler.backends.cpu_blas import sgemm_choice, sgemm_description
+
+    assert f"float32 GEMMs: {sgemm_description()}" in str(e)
+    assert sgemm_choice()[1] in sgemm_description()
     # a step whose call would create optimizer state runs eagerly: explain says so instead
     cf = tracejit.compile(step, backend="reference")
     e2 = tracejit.explain(cf, *data[0])

@@ -340,8 +340,9 @@ def _blas_info(modes: Iterable[str]) -> dict:
     used = next((b for b in libs if b["used"]), None)
     sgemm, why = cpu_blas.sgemm_choice()
     used = used and f"{used['library']} ({used['kernels']} kernels)"
+    f32 = "tracejit's own" if sgemm == "tracejit" else used
     return {"libraries": libs, "used": used, "sgemm": sgemm, "sgemm_why": why,
-            "summary": f"float32 {'tracejit' + chr(39) + 's own' if sgemm == 'tracejit' else used}, float64 {used}",
+            "summary": f"float32 {f32}, float64 {used}",
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "warning": blas.pinned_note(libs)}
 
 

@@ -16,6 +16,7 @@ from ... import dtypes as D
 from ..ir import Graph, Node
 from ..runtime import Program
 from . import blas, cache, threads
+from .cpu_blas import sgemm_description
 from .cpu_program import SegmentSource, segment_io, split_segments
 from .cpu_views import addresses
 from .cpu_window_steps import as_c, window_step
@@ -475,9 +476,18 @@ class CpuProgram(Program):
         hits = sum(1 for k in segs + ks if k.hit)
         lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; "
                      f"source cache hits {hits}/{len(segs) + len(ks)}")
+        if any(n.op.name == "matmul" or n.attrs.get("kind") == "window" for n in _all_nodes(self.graph)):
+            lines.append(f"  float32 GEMMs: {sgemm_description()}")
         for f in self.fallbacks:
             lines.append(f"  ran with NumPy: {f}")
         return "\n".join(lines)
+
+
+def _all_nodes(g: Graph):
+    for n in g.nodes:
+        yield n
+        if n.body is not None:
+            yield from _all_nodes(n.body)
 
 
 class SegmentStep:

@@ -97,6 +97,13 @@ def sgemm_choice() -> tuple[str, str]:
     return _SGEMM_CHOICE
 
 
+def sgemm_description() -> str:
+    """`sgemm_choice` in words: "tracejit's own kernel (why)" or "OpenBLAS (why)"."""
+    which, why = _SGEMM_CHOICE
+    name = "tracejit's own kernel" if which == "tracejit" else "OpenBLAS"
+    return f"{name} ({why})"
+
+
 @numba.njit(cache=True)
 def gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc, beta):
     """The one BLAS call: out = op(a) @ op(b) + beta * out on blocks given by element offsets into the
