@@ -107,3 +107,40 @@ def test_each_float32_gemm_runs_when_chosen(which):
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [which, "[3.0,", "3.0,", "12.0,", "12.0]"]
+
+
+AVX2_PROBE = """
+import llvmlite.binding as llvm
+real = llvm.get_host_cpu_features
+def no_avx512():
+    f = real()
+    for k in [k for k in f if k.startswith("avx512")]:
+        f[k] = False
+    return f
+llvm.get_host_cpu_features = no_avx512
+import numpy as np
+from tracejit.compiler.backends import cpu_gemm
+assert (cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR) == (8, 6, 16), (cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR)
+rng = np.random.default_rng(0)
+worst = 0.0
+shapes = [(7, 5, 3, 0, 0), (13, 17, 300, 1, 0), (65, 40, 33, 0, 1), (6, 33, 20, 1, 1), (50, 70, 600, 0, 0)]
+for m, n, k, ta, tb in shapes:
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    a = np.ascontiguousarray(A.T) if ta else A
+    b = np.ascontiguousarray(B.T) if tb else B
+    c = np.full((m, n), np.nan, np.float32)
+    cpu_gemm.sgemm_arrays(ta, tb, m, n, k, a.ravel(), a.shape[1], b.ravel(), b.shape[1], c.ravel(), n, np.float32(0))
+    ref = A.astype(np.float64) @ B.astype(np.float64)
+    worst = max(worst, float(np.max(np.abs(c - ref) / (np.abs(A) @ np.abs(B) + 1))))
+print("worst", worst)
+"""
+
+
+def test_the_avx2_shape_of_the_kernel_computes_the_same(tmp_path):
+    # on a CPU without AVX-512 the kernel is 6 x 16 with 8-float vectors; a private Numba cache keeps that build
+    # away from this machine's AVX-512 one (Numba keys its cache on the real CPU, not on the features we fake)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", AVX2_PROBE], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.split()[-1]) < 1e-5

@@ -10,6 +10,7 @@ Row-major C = A @ B is column-major C^T = B^T @ A^T.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numba
 import numpy as np
@@ -82,7 +83,15 @@ def _register() -> tuple[str, str]:
     # each C entry is defined in the module of the code it runs, whose edits thereby invalidate the cfunc's
     # Numba cache (which is keyed on the defining file alone)
     name, why = _decide()
-    fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
+    try:
+        fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
+    except Exception as e:  # tracejit's kernel failed to build here: OpenBLAS still computes the same thing
+        if name == "openblas":
+            raise
+        warnings.warn(f"tracejit's float32 GEMM could not be compiled ({type(e).__name__}: {e}); using OpenBLAS",
+                      stacklevel=2)
+        name, why = "openblas", f"tracejit's kernel failed to compile: {type(e).__name__}"
+        fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
     llvm.add_symbol(SGEMM_SYMBOL, fn.address)
     return name, why
 
