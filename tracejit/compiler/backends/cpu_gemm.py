@@ -50,6 +50,7 @@ MR = 8 if V == 16 else 6
 NR = 2 * V
 KC = 256  # B's micro-panel KC x NR (32 KB) stays in L1 while A's panels stream from L2
 MC = 64  # rows of A packed at once: MC x KC (64 KB) stays in L2 beside B's packed slice
+NC = 2048  # columns of B packed at once (a 50000-wide output would otherwise pack 51 MB per K slice)
 PACK_B_ROWS = 4 * MR  # pack B when more rows than this reuse its panels
 # pack A only when it outgrows L2 and several column panels reuse its blocks: below that, reading its rows where
 # they lie was 5-15% faster on the MLP's GEMMs (each thread of a split GEMM packed all of A again)
@@ -290,43 +291,47 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
     # edge rows run on the shorter kernels and edge columns under masks, so neither is ever copied.
     pack_b = tb != 0 or m > PACK_B_ROWS
     pack_a = nb > PACK_A_PANELS and m * k > PACK_A_ELEMS
-    bp = np.empty((nb * NR * kcm) if pack_b else 1, np.float32)
+    nbc = min(nb, NC // NR)  # panels per column block: packed B stays at most KC x NC (2 MB)
+    bp = np.empty((nbc * NR * kcm) if pack_b else 1, np.float32)
     ap = np.empty((((min(MC, m) + MR - 1) // MR) * MR * kcm) if pack_a else 1, np.float32)
     slices = (k + KC - 1) // KC
     kcb = (k + slices - 1) // slices  # equal slices: 784 = 4 x 196, not 3 x 256 + a 16-deep tail
-    for pc in range(0, k, kcb):
-        kc = min(kcb, k - pc)
-        add = pc > 0 or beta != zero
-        if pack_b:  # B[pc:pc+kc, :] -> [nb][kc][NR], zero past column n
-            for jb in range(nb):
-                _pack(b, tb, pc, jb * NR, ldb, kc, min(NR, n - jb * NR), NR, bp, jb * NR * kc)
-        for ic in range(0, m, MC):
-            mc = min(MC, m - ic)
-            mb = (mc + MR - 1) // MR
-            if pack_a:  # A[ic:ic+mc, pc:pc+kc] -> [mb][kc][MR], zero past row m
-                for ib in range(mb):
-                    i0 = ic + ib * MR
-                    _pack(a, 1 - ta, pc, i0, lda, kc, min(MR, m - i0), MR, ap, ib * MR * kc)
-            for jb in range(nb):
-                j0 = jb * NR
-                w = min(NR, n - j0)
-                if pack_b:
-                    bsrc, boff, rsb = bp, jb * NR * kc, NR
-                else:
-                    bsrc, boff, rsb = b, pc * ldb + j0, ldb
-                for ib in range(mb):
-                    i0 = ic + ib * MR
-                    h = min(MR, m - i0)
-                    if pack_a:
-                        asrc, aoff, rsa, csa = ap, ib * MR * kc, 1, MR
-                    elif ta:
-                        asrc, aoff, rsa, csa = a, pc * lda + i0, 1, lda
+    for jb0 in range(0, nb, nbc):
+        jb1 = min(nb, jb0 + nbc)
+        for pc in range(0, k, kcb):
+            kc = min(kcb, k - pc)
+            add = pc > 0 or beta != zero
+            if pack_b:  # B[pc:pc+kc, this block's columns] -> [panel][kc][NR], zero past column n
+                for jb in range(jb0, jb1):
+                    _pack(b, tb, pc, jb * NR, ldb, kc, min(NR, n - jb * NR), NR, bp, (jb - jb0) * NR * kc)
+            for ic in range(0, m, MC):
+                mc = min(MC, m - ic)
+                mb = (mc + MR - 1) // MR
+                if pack_a:  # A[ic:ic+mc, pc:pc+kc] -> [mb][kc][MR], zero past row m
+                    for ib in range(mb):
+                        i0 = ic + ib * MR
+                        _pack(a, 1 - ta, pc, i0, lda, kc, min(MR, m - i0), MR, ap, ib * MR * kc)
+                for jb in range(jb0, jb1):
+                    j0 = jb * NR
+                    w = min(NR, n - j0)
+                    if pack_b:
+                        bsrc, boff, rsb = bp, (jb - jb0) * NR * kc, NR
                     else:
-                        asrc, aoff, rsa, csa = a, i0 * lda + pc, lda, 1
-                    if h == MR:
-                        _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)
-                    else:
-                        _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)
+                        bsrc, boff, rsb = b, pc * ldb + j0, ldb
+                    for ib in range(mb):
+                        i0 = ic + ib * MR
+                        h = min(MR, m - i0)
+                        if pack_a:
+                            asrc, aoff, rsa, csa = ap, ib * MR * kc, 1, MR
+                        elif ta:
+                            asrc, aoff, rsa, csa = a, pc * lda + i0, 1, lda
+                        else:
+                            asrc, aoff, rsa, csa = a, i0 * lda + pc, lda, 1
+                        if h == MR:
+                            _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)
+                        else:
+                            _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc,
+                                        add)
 
 
 def sgemm_c(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
