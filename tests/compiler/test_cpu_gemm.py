@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tracejit.compiler.backends import blas, cpu_blas, cpu_gemm
+from tracejit.compiler.backends import cpu_blas, cpu_gemm
 
 MR, NR, KC = cpu_gemm.MR, cpu_gemm.NR, cpu_gemm.KC
 
@@ -78,17 +78,16 @@ def test_gemm_at_routes_both_dtypes(dtype):
     np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64), rtol=tol, atol=tol * 70)
 
 
-def test_choice_follows_the_environment_and_the_openblas_kernels(monkeypatch):
+def test_choice_follows_the_environment_and_the_cpu(monkeypatch):
     monkeypatch.setenv(cpu_blas.ENV_SGEMM, "openblas")
     assert cpu_blas._decide() == ("openblas", "TRACEJIT_SGEMM=openblas")
     monkeypatch.setenv(cpu_blas.ENV_SGEMM, "fortran")
     with pytest.raises(ValueError, match="TRACEJIT_SGEMM='fortran'.*tracejit, openblas"):
         cpu_blas._decide()
     monkeypatch.delenv(cpu_blas.ENV_SGEMM)
-    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    monkeypatch.setattr(blas, "pinned_note", lambda *a: "held back")
+    monkeypatch.setattr(cpu_gemm, "V", 16)
     assert cpu_blas._decide()[0] == "tracejit"
-    monkeypatch.setattr(blas, "pinned_note", lambda *a: None)
+    monkeypatch.setattr(cpu_gemm, "V", 8)  # no AVX-512: OpenBLAS
     assert cpu_blas._decide()[0] == "openblas"
 
 

@@ -15,8 +15,8 @@ GEMMs: 0.28-0.31 ms vs 0.38-0.49 ms, when OpenBLAS's spinning thread shared its 
 Which kernels the BLAS runs matters as much: `describe()` says which library the compiled GEMMs call and
 with which core kernels, and `pinned_note()` warns when OPENBLAS_CORETYPE holds OpenBLAS to older ones than
 the CPU supports (on a 2-core AVX-512 EPYC, `OPENBLAS_CORETYPE=Haswell` made 128x784 @ 784x512 take 1.13 ->
-1.68 ms on one thread and the MLP benchmark step 1.5 -> 2.4 ms). Where it does, compiled float32 GEMMs run
-tracejit's own kernel (`cpu_blas.sgemm_choice`).
+1.68 ms on one thread and the MLP benchmark step 1.5 -> 2.4 ms). On such CPUs compiled float32 GEMMs run
+tracejit's own kernel anyway (`cpu_blas.sgemm_choice`); float64 ones and NumPy's do not.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def pinned_note(libs: list[dict] | None = None, flags: set[str] | None = None) -
     if not used or "avx512f" not in flags or str(used[0]["kernels"]).lower() in _AVX512_CORES:
         return None
     return (f"OPENBLAS_CORETYPE={pinned} holds OpenBLAS to its {used[0]['kernels']} kernels on a CPU with AVX-512 "
-            f"(GEMMs ~1.7x slower): compiled float32 GEMMs run tracejit's own kernel instead, float64 ones and "
-            f"NumPy's still the held-back kernels; unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where your OpenBLAS "
+            f"(GEMMs ~1.7x slower): compiled float32 GEMMs run tracejit's own kernel, but float64 ones and "
+            f"NumPy's run the held-back kernels; unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where your OpenBLAS "
             f"is recent enough for this CPU")
 
 
