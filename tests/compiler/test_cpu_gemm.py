@@ -143,3 +143,24 @@ def test_the_avx2_shape_of_the_kernel_computes_the_same(tmp_path):
     proc = subprocess.run([sys.executable, "-c", AVX2_PROBE], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout.split()[-1]) < 1e-5
+
+
+@pytest.mark.parametrize("m,n", [(40, 12), (12, 40)])  # split along rows, then along columns
+@pytest.mark.parametrize("relu", [0, 1])
+def test_linear_epilogue_adds_bias_and_relu_on_every_block(m, n, relu):
+    from tracejit.compiler.backends import cpu_segment_blas as G
+
+    rng = np.random.default_rng(m + relu)
+    k = 9
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)  # used transposed, as a Linear weight
+    bias = rng.standard_normal(n).astype(np.float32)
+    x[3, 2] = np.nan  # relu keeps NaN, as the op table's relu does
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+    if relu:
+        want = np.where(want < 0, 0, want)
+    for fn, extra in ((G.gemm_bias_act, ()), (G.gemm_bias_act_par, (2,)), (G.gemm_bias_act_par, (3,))):
+        out = np.full((m, n), -7.0, np.float32)
+        fn(0, 1, m, n, k, x, k, w, k, bias, relu, out, *extra)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+        assert np.isnan(out[3]).all()

@@ -14,6 +14,7 @@ import tracejit as tj  # noqa: E402
 import tracejit.nn as nn  # noqa: E402
 import tracejit.nn.functional as F  # noqa: E402
 from tracejit.compiler.backends.reference import run_graph  # noqa: E402
+from tracejit.compiler.ir import parse_graph, verify  # noqa: E402
 from tracejit.compiler.passes.fuse_window import fuse_window  # noqa: E402
 
 
@@ -65,8 +66,9 @@ def test_each_conv_block_is_one_kernel_forward_and_backward():
     g = cf.latest().graph
     patterns = [n.attrs.get("pattern") for n in g.nodes if n.body is not None and n.attrs.get("kind") == "window"]
     # forward: one kernel per conv block (conv+bias+relu+pool+argmax); backward: one kernel per block too
-    # (unpool, relu mask, dw, db, and dx for the second block; the first sees the data, which needs none)
-    assert sorted(patterns) == ["conv_pool", "conv_pool", "conv_pool_backward", "conv_pool_backward"]
+    # (unpool, relu mask, dw, db, and dx for the second block; the first sees the data, which needs none);
+    # the classifier's Linear: one GEMM with its bias epilogue
+    assert sorted(patterns) == ["conv_pool", "conv_pool", "conv_pool_backward", "conv_pool_backward", "linear"]
     prims = [n.op.name for n in g.nodes if n.body is None]
     assert not {"conv2d", "max_pool2d", "max_pool2d_grad", "conv2d_grad_weight", "conv2d_grad_input"} & set(prims)
     bwd = [n for n in g.nodes if n.attrs.get("pattern") == "conv_pool_backward"]
@@ -172,3 +174,69 @@ def test_in_place_update_reads_and_writes_one_buffer_and_copies_arrays_it_does_n
     first = w._box.value
     cf(x, y)
     assert w._box.value is first
+
+
+# ------------------------------------------------------------------------------------------ linear layers
+LINEAR_IR = ("graph mlp(%0: f32[8,20] {arg: x}, %1: f32[16,20] {arg: w1}, %2: f32[16] {arg: b1}, "
+             "%3: f32[4,16] {arg: w2}, %4: f32[4] {arg: b2}) {" + """
+  %5: f32[20,16] = permute(%1) {dims=(1, 0)}
+  %6: f32[8,16] = matmul(%0, %5)
+  %7: f32[8,16] = add(%6, %2)
+  %8: f32[8,16] = relu(%7)
+  %9: f32[16,4] = permute(%3) {dims=(1, 0)}
+  %10: f32[8,4] = matmul(%8, %9)
+  %11: f32[1,4] = reshape(%4) {shape=(1, 4)}
+  %12: f32[8,4] = add(%11, %10)
+  %13: f32[8,4] = matmul(%8, %9)
+  %14: f32[8,4] = mul(%13, %13)
+  %15: f32[8,4] = add(%12, %14)
+  return %15, %8
+}
+""")
+
+
+def test_linear_layers_become_one_gemm_with_a_bias_and_relu_epilogue():
+    g = parse_graph(LINEAR_IR.strip())
+    out = fuse_window(g)
+    verify(out)
+    fused = [n for n in out.nodes if n.body is not None]
+    assert [(n.attrs["pattern"], n.attrs["relu"]) for n in fused] == [("linear", True), ("linear", False)]
+    first, second = fused
+    # the first keeps relu (its pre-activation is read only by relu), the second takes the bias through its view
+    # and the operand order add(bias, product); the relu output stays a graph output
+    assert [b.op.name for b in first.body.nodes] == ["matmul", "add", "relu"]
+    assert [b.op.name for b in second.body.nodes] == ["matmul", "reshape", "add"]
+    assert [v.shape for v in second.inputs] == [(8, 16), (16, 4), (4,)]
+    # a product read by something other than a bias add is left alone
+    assert [n.op.name for n in out.nodes if n.body is None].count("matmul") == 1
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(v.shape).astype(np.float32) for v in g.inputs]
+    for a, b in zip(run_graph(g, args), run_graph(out, args)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_fusion_notes_why_not():
+    text = """
+graph f(%0: f32[8,20] {arg: x}, %1: f32[20,16] {arg: w}, %2: f32[8,16] {arg: b}) {
+  %3: f32[8,16] = matmul(%0, %1)
+  %4: f32[8,16] = add(%3, %2)
+  return %4
+}
+"""
+    out = fuse_window(parse_graph(text.strip()))
+    assert all(n.body is None for n in out.nodes)
+    assert any("not a bias over the output columns" in note for note in out.notes)
+
+
+def test_mlp_forward_is_one_node_per_linear_layer_on_cpu():
+    tj.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    x = tj.randn(5, 12)
+    cf = tj.compile(lambda x: model(x), backend="cpu")
+    with tj.no_grad():
+        got = cf(x).numpy()
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    g = cf.latest().graph
+    assert [(n.attrs.get("pattern"), n.attrs.get("relu")) for n in g.nodes if n.body is not None] == \
+        [("linear", True), ("linear", False)]

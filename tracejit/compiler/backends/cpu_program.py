@@ -21,6 +21,9 @@ SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "
 
 
 def renderable(node: Node) -> bool:
+    if node.body is not None and node.attrs.get("pattern") == "linear":  # GEMM + bias (+ relu) epilogue
+        x, w, _ = node.inputs
+        return node.outputs[0].dtype in (D.float32, D.float64) and min(x.shape + w.shape) > 0
     if node.body is not None:
         if node.attrs.get("kind") not in ("elementwise", "reduce", "multi"):
             return False
@@ -147,6 +150,8 @@ class SegmentSource:
 
     def _emit(self, n: Node):
         L = self.lines
+        if n.body is not None and n.attrs.get("pattern") == "linear":
+            return self._emit_linear(n)
         if n.body is not None:
             return self._emit_loops(n)
         name, a, out = n.op.name, n.attrs, n.outputs[0]
@@ -245,6 +250,23 @@ class SegmentSource:
                        self.var(n.inputs[0]), None)
         else:
             raise LoweringError(f"{name} has no segment rendering")
+
+    def _emit_linear(self, n: Node):
+        """x @ w + bias (then relu): the GEMM with its epilogue applied to each thread's block of the output."""
+        x, w, bias = n.inputs
+        out = n.outputs[0]
+        (m, k), n_ = x.shape, w.shape[1]
+        self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * m * n_ * k)
+        a, ta, lda = self._gemm_operand(x)
+        b, tb, ldb = self._gemm_operand(w)
+        o = self._alloc(out)
+        bs = self._as(bias, (n_,))
+        args = f"{ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {bs}, {int(n.attrs['relu'])}, {o}"
+        if 2.0 * m * n_ * k >= self.split_gemm_flops:
+            self.uses_threads = True
+            self.lines.append(f"    G.gemm_bias_act_par({args}, nt_)")
+        else:
+            self.lines.append(f"    G.gemm_bias_act({args})")
 
     def _emit_loops(self, n: Node):
         kind = n.attrs["kind"]

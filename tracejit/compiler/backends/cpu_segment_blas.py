@@ -47,3 +47,48 @@ def gemm_nt_par(ta, tb, m, n, k, a, lda, b, ldb, out, parts):
             if hi > lo:
                 gemm_at(ta, tb, m, hi - lo, k, a, 0, lda, b, lo * ldb if tb else lo, ldb, out, lo, n,
                         out.dtype.type(0))
+
+
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _bias_act(out, n, i0, i1, j0, j1, bias, relu):
+    """out[i, j] = relu?(out[i, j] + bias[j]) on rows [i0, i1) and columns [j0, j1) of the C-contiguous m x n out
+    (relu as the op table's: NaN stays NaN)."""
+    flat = out.reshape(-1)
+    zero = out.dtype.type(0)
+    for i in range(i0, i1):
+        row = i * n
+        if relu:
+            for j in range(j0, j1):
+                v = flat[row + j] + bias[j]
+                flat[row + j] = zero if v < zero else v
+        else:
+            for j in range(j0, j1):
+                flat[row + j] += bias[j]
+
+
+@numba.njit(cache=True)
+def gemm_bias_act(ta, tb, m, n, k, a, lda, b, ldb, bias, relu, out):
+    """A linear layer: out = op(a) @ op(b) + bias (then relu), the epilogue run while out is in cache."""
+    gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n, out.dtype.type(0))
+    _bias_act(out, n, 0, m, 0, n, bias, relu)
+
+
+@numba.njit(parallel=True, cache=True)
+def gemm_bias_act_par(ta, tb, m, n, k, a, lda, b, ldb, bias, relu, out, parts):
+    """`gemm_bias_act` split like `gemm_nt_par`: each block's epilogue runs on the thread that computed it."""
+    if m >= n:
+        for p in numba.prange(parts):
+            lo = p * m // parts
+            hi = (p + 1) * m // parts
+            if hi > lo:
+                gemm_at(ta, tb, hi - lo, n, k, a, lo if ta else lo * lda, lda, b, 0, ldb, out, lo * n, n,
+                        out.dtype.type(0))
+                _bias_act(out, n, lo, hi, 0, n, bias, relu)
+    else:
+        for p in numba.prange(parts):
+            lo = p * n // parts
+            hi = (p + 1) * n // parts
+            if hi > lo:
+                gemm_at(ta, tb, m, hi - lo, k, a, 0, lda, b, lo * ldb if tb else lo, ldb, out, lo, n,
+                        out.dtype.type(0))
+                _bias_act(out, n, 0, m, lo, hi, bias, relu)

@@ -1,6 +1,7 @@
 """fuse_window: conv2d (+ bias) (+ relu) (+ max_pool2d) forward as one kernel that also writes the pooling
-argmax (uint8), the matching backward (relu mask + unpooling from the argmax) as one kernel, and the
-weight gradient fused with the bias gradient.
+argmax (uint8), the matching backward (relu mask + unpooling from the argmax) as one kernel, the
+weight gradient fused with the bias gradient, and a linear layer (2-D matmul + bias (+ relu)) as one GEMM with
+its bias and activation applied as an epilogue, on each block of the output while it is still in cache.
 
 Keeps true: the rewritten forward no longer materializes the conv/relu activations — backward reads the
 pooled output and the argmax instead, which is exact because the gradient of max-pool reaches only the
@@ -69,6 +70,7 @@ def fuse_window(g: Graph) -> Graph:
             notes.append(f"not fused: max_pool2d (node {mi}): {why}")
     _fuse_weight_bias(ix, replace, notes)
     _fuse_conv_backward(ix, replace, notes)
+    _fuse_linear(ix, replace, notes)
     nodes = []
     for i, n in enumerate(g.nodes):
         if i in replace:
@@ -285,3 +287,47 @@ def _fuse_weight_bias(ix, replace, notes):
             replace[first] = None
             replace[last] = Node(FUSED, tuple(ins), attrs, tuple(outs), body)
             break
+
+
+def _fuse_linear(ix, replace, notes):
+    """matmul(x, w) [2-D, float] -> add(., bias [N], or a view of it) -> relu?, each read only by the next:
+    one node at the last one's place, pattern "linear". relu's gradient reads relu's output, which the fused
+    node still produces."""
+    for mi, mn in enumerate(ix.nodes):
+        if mn.body is not None or mn.op.name != "matmul" or mi in replace:
+            continue
+        mm = mn.outputs[0]
+        if len(mm.shape) != 2 or mm.dtype not in (D.float32, D.float64):
+            continue
+        uses = ix.uses(mm)
+        if len(uses) != 1 or ix.nodes[uses[0]].body is not None or ix.nodes[uses[0]].op.name != "add":
+            continue  # a plain product: nothing to fuse (not worth a note)
+        ai = uses[0]
+        an = ix.nodes[ai]
+        if not ix.only_use(mm, ai) or ai in replace:
+            notes.append(f"not fused: matmul (node {mi}) with add (node {ai}): the product is also read elsewhere")
+            continue
+        other = an.inputs[1] if an.inputs[0] is mm else an.inputs[0]
+        found = _bias_root(ix, other, mm.shape[1])
+        if found is None or an.outputs[0].dtype is not mm.dtype or an.outputs[0].shape != mm.shape:
+            notes.append(f"not fused: matmul (node {mi}) with add (node {ai}): not a bias over the output columns")
+            continue
+        bias, chain = found
+        if any(not ix.only_use(ix.nodes[j].outputs[0], k) for j, k in zip(chain, chain[1:] + [ai])):
+            notes.append(f"not fused: matmul (node {mi}) with add (node {ai}): the bias view is also read elsewhere")
+            continue
+        pre = an.outputs[0]
+        ri = None
+        users = ix.uses(pre)
+        if len(users) == 1 and ix.only_use(pre, users[0]):
+            rn = ix.nodes[users[0]]
+            if rn.body is None and rn.op.name == "relu" and users[0] not in replace:
+                ri = users[0]
+        out = ix.nodes[ri].outputs[0] if ri is not None else pre
+        body_nodes = [mn] + [ix.nodes[j] for j in reversed(chain)] + [an] + ([ix.nodes[ri]] if ri is not None else [])
+        ins = [mn.inputs[0], mn.inputs[1], bias]
+        body = Graph(f"linear_{mi}", ins, body_nodes, [out], {}, [None])
+        node = Node(FUSED, tuple(ins), {"kind": "window", "pattern": "linear", "relu": ri is not None}, (out,), body)
+        for j in [mi, ai] + chain:
+            replace[j] = None
+        replace[ri if ri is not None else ai] = node
