@@ -240,3 +240,23 @@ def test_mlp_forward_is_one_node_per_linear_layer_on_cpu():
     g = cf.latest().graph
     assert [(n.attrs.get("pattern"), n.attrs.get("relu")) for n in g.nodes if n.body is not None] == \
         [("linear", True), ("linear", False)]
+
+
+def test_linear_fusion_follows_a_bias_through_several_views():
+    text = """
+graph f(%0: f32[8,20] {arg: x}, %1: f32[20,4] {arg: w}, %2: f32[4] {arg: b}) {
+  %3: f32[8,4] = matmul(%0, %1)
+  %4: f32[1,4] = reshape(%2) {shape=(1, 4)}
+  %5: f32[8,4] = expand(%4) {shape=(8, 4)}
+  %6: f32[8,4] = add(%3, %5)
+  return %6
+}
+"""
+    g = parse_graph(text.strip())
+    out = fuse_window(g)
+    verify(out)
+    (node,) = out.nodes
+    assert node.attrs["pattern"] == "linear" and [b.op.name for b in node.body.nodes] == [
+        "matmul", "reshape", "expand", "add"]
+    args = [np.random.default_rng(1).standard_normal(v.shape).astype(np.float32) for v in g.inputs]
+    np.testing.assert_allclose(run_graph(out, args)[0], run_graph(g, args)[0], rtol=1e-6, atol=1e-6)

@@ -54,13 +54,21 @@ _SGEMM_SIG = types.void(types.intp, types.intp, types.intp, types.intp, types.in
 _sgemm = types.ExternalFunction(SGEMM_SYMBOL, _SGEMM_SIG)
 
 
-def _sgemm_openblas(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
-    """SciPy's OpenBLAS sgemm (through Numba's helper). Row-major C = A @ B is column-major C^T = B^T @ A^T."""
-    scal = np.empty(2, np.float32)
+@numba.njit(cache=True)
+def _blas_gemm(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """The one call into SciPy's BLAS (Numba's `numba_xxgemm` helper): C = op(A) @ op(B) + beta * C, sgemm or
+    dgemm by beta's type. Row-major C = A @ B is column-major C^T = B^T @ A^T, and a C-order array is its own
+    transpose there."""
+    scal = np.full(2, beta)
     scal[0] = 1
-    scal[1] = beta
-    _xxgemm(np.int8(115), np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k, _ptr(scal[0:1]), b_ptr,
-            ldb, a_ptr, lda, _ptr(scal[1:2]), c_ptr, ldc)
+    kind = np.int8(115) if scal.itemsize == 4 else np.int8(100)  # 's' / 'd'
+    _xxgemm(kind, np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k, _ptr(scal[0:1]), b_ptr, ldb,
+            a_ptr, lda, _ptr(scal[1:2]), c_ptr, ldc)
+
+
+def _sgemm_openblas(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """SciPy's OpenBLAS sgemm as the float32 entry."""
+    _blas_gemm(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta)
 
 
 SGEMMS = {"tracejit": cpu_gemm.sgemm_c, "openblas": _sgemm_openblas}
@@ -122,15 +130,9 @@ def gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc, be
     if out.itemsize == 4:
         _sgemm(ta, tb, m, n, k, _ptr_at(a, a_off), lda, _ptr_at(b, b_off), ldb, _ptr_at(out, out_off), ldc,
                np.float32(beta))
-        return
-    scal = np.empty(2, out.dtype)
-    scal[0] = 1
-    scal[1] = beta
-    kind = np.int8(100)  # 'd': float64 always goes to BLAS
-    # column-major view: out^T (n x m) = b^T (n x k) @ a^T (k x m); a C-order array is its own transpose there
-    _xxgemm(kind, np.int8(84 if tb else 78), np.int8(84 if ta else 78), n, m, k,
-            _ptr(scal[0:1]), _ptr_at(b, b_off), ldb, _ptr_at(a, a_off), lda, _ptr(scal[1:2]),
-            _ptr_at(out, out_off), ldc)
+    else:  # float64 always goes to BLAS
+        _blas_gemm(ta, tb, m, n, k, _ptr_at(a, a_off), lda, _ptr_at(b, b_off), ldb, _ptr_at(out, out_off), ldc,
+                   np.float64(beta))
 
 
 @numba.njit(cache=True)

@@ -185,16 +185,7 @@ class SegmentSource:
             x, w = n.inputs
             self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * out.type.numel * x.shape[-1])
             if len(out.shape) == 2 and min(x.shape) > 0 and min(w.shape) > 0:
-                (m, k), n_ = x.shape, w.shape[1]
-                a, ta, lda = self._gemm_operand(x)
-                b, tb, ldb = self._gemm_operand(w)
-                o = self._alloc(out)
-                if 2.0 * m * n_ * k >= self.split_gemm_flops:
-                    self.uses_threads = True
-                    L.append(f"    G.gemm_nt_par({ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {o}, nt_)")
-                else:
-                    L.append(f"    G.gemm_nt({ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {o})")
-                return
+                return self._gemm_call("gemm_nt", x, w, out, "")
             xs, ws = self._blas(x), self._blas(w)
             o = self._alloc(out)
             if len(out.shape) == 2:
@@ -254,19 +245,23 @@ class SegmentSource:
     def _emit_linear(self, n: Node):
         """x @ w + bias (then relu): the GEMM with its epilogue applied to each thread's block of the output."""
         x, w, bias = n.inputs
-        out = n.outputs[0]
+        epilogue = f"{self._as(bias, (w.shape[1],))}, {int(n.attrs['relu'])}, "
+        self._gemm_call("gemm_bias_act", x, w, n.outputs[0], epilogue)
+
+    def _gemm_call(self, fn: str, x, w, out, extra: str):
+        """out = x @ w through cpu_segment_blas.`fn` (its arguments before `out` extended by `extra`), or
+        `fn`_par, split over the pool, when the product is big enough."""
         (m, k), n_ = x.shape, w.shape[1]
         self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * m * n_ * k)
         a, ta, lda = self._gemm_operand(x)
         b, tb, ldb = self._gemm_operand(w)
         o = self._alloc(out)
-        bs = self._as(bias, (n_,))
-        args = f"{ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {bs}, {int(n.attrs['relu'])}, {o}"
+        args = f"{ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {extra}{o}"
         if 2.0 * m * n_ * k >= self.split_gemm_flops:
             self.uses_threads = True
-            self.lines.append(f"    G.gemm_bias_act_par({args}, nt_)")
+            self.lines.append(f"    G.{fn}_par({args}, nt_)")
         else:
-            self.lines.append(f"    G.gemm_bias_act({args})")
+            self.lines.append(f"    G.{fn}({args})")
 
     def _emit_loops(self, n: Node):
         kind = n.attrs["kind"]

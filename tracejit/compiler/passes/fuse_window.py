@@ -313,7 +313,8 @@ def _fuse_linear(ix, replace, notes):
             notes.append(f"not fused: matmul (node {mi}) with add (node {ai}): not a bias over the output columns")
             continue
         bias, chain = found
-        if any(not ix.only_use(ix.nodes[j].outputs[0], k) for j, k in zip(chain, chain[1:] + [ai])):
+        # chain runs from the add's operand back to the bias: each view must be read only by the one after it
+        if any(not ix.only_use(ix.nodes[j].outputs[0], k) for j, k in zip(chain, [ai] + chain[:-1])):
             notes.append(f"not fused: matmul (node {mi}) with add (node {ai}): the bias view is also read elsewhere")
             continue
         pre = an.outputs[0]
