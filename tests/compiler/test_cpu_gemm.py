@@ -108,41 +108,72 @@ def test_each_float32_gemm_runs_when_chosen(which):
     assert proc.stdout.split() == [which, "[3.0,", "3.0,", "12.0,", "12.0]"]
 
 
-AVX2_PROBE = """
+# Every shape of the kernel this machine can execute, built in a subprocess whose LLVM sees only that ISA's
+# features (Numba keys its cache on the real CPU, not on the features we fake: each build gets a private cache).
+ISA_OFF = {"avx2": ("avx512",), "sse4.2": ("avx512", "avx", "fma", "f16c")}
+ISA_PROBE = """
+import sys
 import llvmlite.binding as llvm
 real = llvm.get_host_cpu_features
-def no_avx512():
+off = tuple(sys.argv[1].split(","))
+def restricted():
     f = real()
-    for k in [k for k in f if k.startswith("avx512")]:
+    for k in [k for k in f if k.startswith(off)]:
         f[k] = False
     return f
-llvm.get_host_cpu_features = no_avx512
+llvm.get_host_cpu_features = restricted
 import numpy as np
-from tracejit.compiler.backends import cpu_gemm
-assert (cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR) == (8, 6, 16), (cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR)
-rng = np.random.default_rng(0)
-worst = 0.0
-shapes = [(7, 5, 3, 0, 0), (13, 17, 300, 1, 0), (65, 40, 33, 0, 1), (6, 33, 20, 1, 1), (50, 70, 600, 0, 0)]
-for m, n, k, ta, tb in shapes:
-    A = rng.standard_normal((m, k)).astype(np.float32)
-    B = rng.standard_normal((k, n)).astype(np.float32)
-    a = np.ascontiguousarray(A.T) if ta else A
-    b = np.ascontiguousarray(B.T) if tb else B
-    c = np.full((m, n), np.nan, np.float32)
-    cpu_gemm.sgemm_arrays(ta, tb, m, n, k, a.ravel(), a.shape[1], b.ravel(), b.shape[1], c.ravel(), n, np.float32(0))
-    ref = A.astype(np.float64) @ B.astype(np.float64)
-    worst = max(worst, float(np.max(np.abs(c - ref) / (np.abs(A) @ np.abs(B) + 1))))
-print("worst", worst)
+from tracejit.compiler.backends import cpu_blas, cpu_gemm
+shapes = eval(sys.argv[2])
+print(cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR, cpu_blas.sgemm_choice()[0])
+print("arrays", cpu_gemm.self_check(cpu_gemm.sgemm_arrays, shapes=shapes))
+print("entry", cpu_blas._check_entry(cpu_blas.numba.cfunc(cpu_blas._SGEMM_SIG)(cpu_gemm.sgemm_c)))
 """
 
 
-def test_the_avx2_shape_of_the_kernel_computes_the_same(tmp_path):
-    # on a CPU without AVX-512 the kernel is 6 x 16 with 8-float vectors; a private Numba cache keeps that build
-    # away from this machine's AVX-512 one (Numba keys its cache on the real CPU, not on the features we fake)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", AVX2_PROBE], capture_output=True, text=True, env=env, timeout=600)
+def _host_runs(isa):
+    import llvmlite.binding as llvm
+
+    feats = llvm.get_host_cpu_features()
+    return all(feats.get(f, False) for f in {"avx2": ("avx2", "fma"), "sse4.2": ("sse4.2",)}[isa])
+
+
+@pytest.mark.parametrize("isa", sorted(ISA_OFF))
+def test_each_isa_shape_of_the_kernel_computes_the_same(tmp_path, isa):
+    # on a CPU without AVX-512 the kernel is 6 x 16 with 8-float vectors (the shape that once went wrong from row
+    # 64 on: its row groups overlapped); without AVX it is the same shape on SSE registers. The whole edge matrix
+    # of the host-shape test, plus the import-time self-check through the C entry, in that ISA.
+    if not _host_runs(isa):
+        pytest.skip(f"this CPU cannot execute {isa} code")  # only on CPUs older than the ISA; never on x86-64-v3
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), TRACEJIT_SGEMM="tracejit")
+    shapes = SHAPES + [(cpu_gemm.MC + 7, 2 * NR + 3, 2 * KC + 5)]
+    proc = subprocess.run([sys.executable, "-c", ISA_PROBE, ",".join(ISA_OFF[isa]), repr(shapes)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert float(proc.stdout.split()[-1]) < 1e-5
+    head, arrays, entry = proc.stdout.split("\n")[:3]
+    assert head == "8 6 16 tracejit", head  # the fake ISA took effect and the self-check accepted the kernel
+    assert float(arrays.split()[1]) < 1e-5, arrays
+    assert float(entry.split()[1]) < 1e-5, entry
+
+
+def test_host_kernel_passes_the_import_self_check():
+    assert cpu_gemm.self_check(cpu_gemm.sgemm_arrays) < cpu_blas.SELF_CHECK_TOL
+
+
+def test_a_kernel_that_fails_the_self_check_falls_back_to_openblas(monkeypatch):
+    # a wrong GEMM (here: one that ignores beta) must never be routed to: the check catches it and warns
+    def wrong(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
+        cpu_gemm.sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, np.float32(0))
+
+    assert cpu_gemm.self_check(wrong) > 1e-2
+    monkeypatch.setattr(cpu_blas, "_check_entry", lambda fn: 0.5)
+    monkeypatch.delenv(cpu_blas.ENV_SGEMM, raising=False)
+    monkeypatch.setattr(cpu_gemm, "V", 16)
+    registered = []
+    monkeypatch.setattr(cpu_blas.llvm, "add_symbol", lambda name, addr: registered.append(name))
+    with pytest.warns(RuntimeWarning, match="disagrees with a float64 product.*using OpenBLAS"):
+        name, why = cpu_blas._register()
+    assert name == "openblas" and "self-check" in why and registered == [cpu_blas.SGEMM_SYMBOL]
 
 
 @pytest.mark.parametrize("m,n", [(40, 12), (12, 40)])  # split along rows, then along columns

@@ -99,8 +99,33 @@ def _register() -> tuple[str, str]:
                       stacklevel=2)
         name, why = "openblas", f"tracejit's kernel failed to compile: {type(e).__name__}"
         fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
+    if name == "tracejit":  # verify the kernel this CPU built before anything trusts it
+        err = _check_entry(fn)
+        if not err < SELF_CHECK_TOL:
+            warnings.warn(f"tracejit's float32 GEMM disagrees with a float64 product on this CPU (relative error "
+                          f"{err:.2g}); using OpenBLAS. Please report this CPU ({llvm.get_host_cpu_name()})",
+                          RuntimeWarning, stacklevel=2)
+            name, why = "openblas", f"tracejit's kernel failed its self-check here (error {err:.2g})"
+            fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
     llvm.add_symbol(SGEMM_SYMBOL, fn.address)
     return name, why
+
+
+SELF_CHECK_TOL = 1e-5
+
+
+def _check_entry(fn) -> float:
+    """cpu_gemm.self_check through the compiled C entry itself (the code generated code will call): ~1 ms."""
+    import ctypes
+
+    def via_entry(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
+        fn.ctypes(ta, tb, m, n, k, a.ctypes.data_as(ctypes.c_void_p), lda, b.ctypes.data_as(ctypes.c_void_p), ldb,
+                  c.ctypes.data_as(ctypes.c_void_p), ldc, beta)
+
+    try:
+        return cpu_gemm.self_check(via_entry)
+    except Exception:  # a crash in the check is a failed check
+        return float("inf")
 
 
 _SGEMM_CHOICE = _register()  # before any caller of the symbol is compiled or loaded from a cache

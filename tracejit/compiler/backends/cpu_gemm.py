@@ -50,7 +50,9 @@ V = 16 if _host_has_avx512() else 8
 MR = 8 if V == 16 else 6
 NR = 2 * V
 KC = 256  # B's micro-panel KC x NR (32 KB) stays in L1 while A's panels stream from L2
-MC = 64  # rows of A packed at once: MC x KC (64 KB) stays in L2 beside B's packed slice
+# rows of A packed at once: MC x KC (64 KB) stays in L2 beside B's packed slice; a whole number of MR-row
+# blocks (60 for the 6-row AVX2 kernel), so no block of one row group reaches into the next
+MC = (64 // MR) * MR
 NC = 2048  # columns of B packed at once (a 50000-wide output would otherwise pack 51 MB per K slice)
 PACK_B_ROWS = 4 * MR  # pack B when more rows than this reuse its panels
 # pack A only when it outgrows L2 and several column panels reuse its blocks: below that, reading its rows where
@@ -311,7 +313,7 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                 if pack_a:  # A[ic:ic+mc, pc:pc+kc] -> [mb][kc][MR], zero past row m
                     for ib in range(mb):
                         i0 = ic + ib * MR
-                        _pack(a, 1 - ta, pc, i0, lda, kc, min(MR, m - i0), MR, ap, ib * MR * kc)
+                        _pack(a, 1 - ta, pc, i0, lda, kc, min(MR, ic + mc - i0), MR, ap, ib * MR * kc)
                 for jb in range(jb0, jb1):
                     j0 = jb * NR
                     w = min(NR, n - j0)
@@ -321,7 +323,7 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                         bsrc, boff, rsb = b, pc * ldb + j0, ldb
                     for ib in range(mb):
                         i0 = ic + ib * MR
-                        h = min(MR, m - i0)
+                        h = min(MR, ic + mc - i0)  # rows of this group only: the next group owns the rest
                         if pack_a:
                             asrc, aoff, rsa, csa = ap, ib * MR * kc, 1, MR
                         elif ta:
@@ -344,3 +346,35 @@ def sgemm_c(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
     nb = max(0, ((n - 1) * ldb + k) if tb else ((k - 1) * ldb + n))
     sgemm_arrays(ta, tb, m, n, k, numba.carray(a_ptr, na, np.float32), lda, numba.carray(b_ptr, nb, np.float32), ldb,
                  numba.carray(c_ptr, (m - 1) * ldc + n, np.float32), ldc, beta)
+
+
+# Products that cross every blocking edge of the kernel in this CPU's shape: MR-row blocks and the shorter edge
+# kernels, MC row groups, NR-wide panels with a masked edge, several KC slices, each layout, and the dot-product
+# path. `cpu_blas` runs them through the compiled entry once per process before it routes GEMMs here; the tests
+# run them for every ISA shape the machine can execute.
+SELF_CHECK_SHAPES = ((MC + MR + 1, NR + 5, KC + 44), (2 * MC + 3, 3 * NR, 2 * KC + 7), (MR + 1, NR - 3, 9),
+                     (3, 70, 5))
+
+
+def self_check(gemm, shapes=SELF_CHECK_SHAPES, layouts=((0, 0), (0, 1), (1, 0), (1, 1)), seed=0) -> float:
+    """Worst error of `gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta)` (sgemm_arrays' contract on flat
+    float32 buffers) against a float64 product, relative to |A| @ |B| + 1, over `shapes` x `layouts` with beta 0
+    (C starts as NaN: it must not be read) and beta 1. A correct float32 GEMM stays below ~1e-6."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for m, n, k in shapes:
+        for ta, tb in layouts:
+            A = rng.standard_normal((m, k)).astype(np.float32)
+            B = rng.standard_normal((k, n)).astype(np.float32)
+            a = np.ascontiguousarray(A.T if ta else A)
+            b = np.ascontiguousarray(B.T if tb else B)
+            scale = np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64) + 1
+            for beta in (0.0, 1.0):
+                c0 = np.full((m, n), np.nan, np.float32) if beta == 0 else rng.standard_normal((m, n)).astype(
+                    np.float32)
+                c = c0.copy()
+                gemm(ta, tb, m, n, k, a.ravel(), a.shape[1], b.ravel(), b.shape[1], c.ravel(), n, np.float32(beta))
+                ref = A.astype(np.float64) @ B.astype(np.float64) + (c0.astype(np.float64) if beta else 0.0)
+                err = np.abs(c - ref) / scale
+                worst = max(worst, float(np.max(err)) if np.all(np.isfinite(c)) else np.inf)
+    return worst
