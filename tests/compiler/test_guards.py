@@ -2,6 +2,10 @@
 
 import inspect
 import os
+import re
+import sys
+import threading
+import time
 import traceback
 import warnings
 
@@ -306,7 +310,7 @@ def test_nested_compiled_function_is_inlined():
     assert "mul(" in outer.ir("traced") and "add(" in outer.ir("traced")
 
 
-def test_exceeding_cache_limit_warns_naming_what_changed():
+def test_past_cache_limit_new_guard_failures_run_eagerly_with_one_warning():
     cf = compile_ref(lambda x: x + 1.0, cache_limit=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RecompileWarning)
@@ -314,12 +318,68 @@ def test_exceeding_cache_limit_warns_naming_what_changed():
         cf(f32(2))
     with pytest.warns(RecompileWarning) as record:
         out = cf(f32(3))
+    assert len(record) == 1
     msg = str(record[0].message)
-    assert "cache_limit=2" in msg and "3 times" in msg
-    assert "'x'" in msg and "[2]" in msg and "[3]" in msg
+    assert "cache_limit=2" in msg and "run eagerly" in msg
+    assert "'x'" in msg and "[2]" in msg and "[3]" in msg  # this call's reason
+    assert "What kept changing: argument 0 ('x') (2x)" in msg and "drop_last=True" in msg
     assert np.array_equal(out.numpy(), f32(3).numpy() + 1)
-    # the cache stays bounded: at most cache_limit variants are kept alive
-    assert sum(len(vs) for vs in cf.variants.values()) <= 2
+    with warnings.catch_warnings():  # one warning, then quietly eager; the compiled variants keep running
+        warnings.simplefilter("error", RecompileWarning)
+        for n in (4, 5, 1, 2):
+            assert np.array_equal(cf(f32(n)).numpy(), f32(n).numpy() + 1)
+    assert len(cf.history) == 2 and cf.eager_calls == 3
+    assert sum(len(vs) for vs in cf.variants.values()) == 2
+    assert "cache_limit=2 reached" in cf.log[-1]
+
+
+def test_each_recompile_says_why_on_stderr_unless_silenced(capsys, monkeypatch):
+    monkeypatch.delenv("TRACEJIT_LOGS", raising=False)
+    cf = compile_ref(lambda x: x * 2.0)
+    cf(f32(1))
+    assert capsys.readouterr().err == ""  # a fast first compile is silent
+    cf(f32(2))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tracejit: recompiling")
+    assert "variant 2" in err[0] and "argument 0 ('x') changed from f32[1] to f32[2]" in err[0]
+    monkeypatch.setenv("TRACEJIT_LOGS", "off")
+    cf(f32(3))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("TRACEJIT_LOGS", "loud")
+    with pytest.raises(ValueError, match="TRACEJIT_LOGS='loud'"):
+        cf(f32(4))
+
+
+def test_a_slow_compile_says_what_is_compiling_and_then_what_it_cost(capsys, monkeypatch):
+    from tracejit.compiler import log
+
+    monkeypatch.delenv("TRACEJIT_LOGS", raising=False)
+    monkeypatch.setattr(log, "SLOW_COMPILE_S", 0.05)
+    started = threading.Event()
+
+    def slow(x):
+        started.set()
+        time.sleep(0.3)  # tracing runs the Python body once: a stand-in for a slow compile
+        return x + 1.0
+
+    cf = compile_ref(slow)
+    cf(f32(2))
+    assert started.is_set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "tracejit: compiling slow (first call) ...", err
+    assert err[1].startswith("tracejit: compiled slow (first call) in 0.") and "ran once, while tracing" in err[1]
+
+
+def test_compile_lines_go_above_an_active_tqdm_bar(capsys, monkeypatch):
+    tqdm = pytest.importorskip("tqdm")
+    from tracejit.compiler import log
+
+    written = []
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, file=None: written.append(s)))
+    with tqdm.tqdm(total=3, disable=False, file=sys.stderr) as bar:
+        bar.update(1)
+        log.emit("recompiling f (variant 2): because")
+    assert written == ["tracejit: recompiling f (variant 2): because"]
 
 
 @pytest.mark.parametrize("bad, what", [
@@ -558,3 +618,32 @@ def test_op_error_inside_trace_names_the_users_line():
     assert "[3, 2]" in str(e.value)
     assert cf.history == []
     assert np.array_equal(cf(f32(2, 2)).numpy(), f32(2, 2).numpy() @ f32(2, 2).numpy())
+
+
+def test_memory_stays_bounded_over_30_batch_sizes_and_explain_reports_it():
+    # every new batch size is a guard failure; past cache_limit they run eagerly instead of compiling (and
+    # keeping) ever more kernels: resident memory stops growing once the limit is reached
+    from tracejit.compiler import log
+
+    model = tracejit.nn.Linear(6, 3)
+    opt = tracejit.optim.SGD(model.parameters(), lr=0.1)
+
+    @tracejit.compile(cache_limit=3)
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    rss = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecompileWarning)
+        for b in range(1, 31):
+            for _ in range(2):
+                step(tracejit.randn(b, 6), tracejit.randint(0, 3, (b,)))
+            rss[b] = log.rss_bytes()
+    assert len(step.history) == 3 and step.eager_calls == 2 * 27
+    assert rss[30] - rss[4] < 8e6, (rss[4], rss[30])
+    text = str(tracejit.explain(step, tracejit.randn(2, 6), tracejit.randint(0, 3, (2,))))
+    assert re.search(r"memory: .*compiling and loading its kernels added [\d.]+ MB resident", text), text

@@ -11,9 +11,11 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+import re
 import sys
 import time
 import warnings
+from collections import Counter
 
 import numpy as np
 
@@ -21,6 +23,7 @@ import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the fac
 
 from .. import autograd
 from ..errors import TraceError
+from . import interrupt, log
 from .backends import get_backend
 from .dump import Dumper, dump_root
 from .ir import count_by_kind, print_graph, verify
@@ -81,7 +84,7 @@ def make_runner(v: Variant):
 
     State is written back only after the whole program ran, so a failing call leaves it untouched."""
     ns: dict = {"_prog_run": v.program.run, "_make": T.Tensor._make, "_unflatten": unflatten,
-                "_structure": v.structure}
+                "_structure": v.structure, "_interrupted": interrupt.raised_interrupt, "_deferred": interrupt.deferred}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
         name = f"_o{len(ns)}"
@@ -89,14 +92,21 @@ def make_runner(v: Variant):
         return name
 
     reads = ", ".join(b.expr(obj) for b in v.bindings)
-    lines = ["def run(args):", f"    outs = _prog_run([{reads}])"]
+    # Ctrl-C inside a kernel surfaces as a SystemError: raise the KeyboardInterrupt behind it (nothing was
+    # written back yet). A program that updates state in place cannot be undone halfway, so there Ctrl-C is held
+    # until the step and its write-back are complete: state is always as before a call or as after it.
+    body = ["try:", f"    outs = _prog_run([{reads}])", "except SystemError as e:",
+            "    ki = _interrupted(e)", "    if ki is None:", "        raise", "    raise ki from None"]
     for b, idx in v.writes:
-        lines += [f"    box = {b.box_expr(obj)}", f"    box.value = outs[{idx}]", "    box.version += 1"]
+        body += [f"box = {b.box_expr(obj)}", f"box.value = outs[{idx}]", "box.version += 1"]
     for ref, idx, _ in v.grad_sets:
         value = "None" if idx is None else f"_make(outs[{idx}], {obj(v.out_types[idx])})"
-        lines.append(f"    {ref.expr(obj)}._grad = {value}")
+        body.append(f"{ref.expr(obj)}._grad = {value}")
     leaves = ", ".join(f"_make(outs[{i}], {obj(v.out_types[i])})" for i in range(v.n_returns))
-    lines.append(f"    return _unflatten(_structure, [{leaves}])")
+    body.append(f"result = _unflatten(_structure, [{leaves}])")
+    if getattr(v.program, "tracks_ownership", False):
+        body = ["with _deferred():"] + ["    " + line for line in body]
+    lines = ["def run(args):"] + ["    " + line for line in body] + ["    return result"]
     exec(builtins.compile("\n".join(lines) + "\n", f"<tracejit runner {v.number}>", "exec"), ns)
     run = ns["run"]
     run.source = "\n".join(lines)
@@ -124,6 +134,7 @@ class CompiledFunction:
         self.eager_calls = 0
         self.log: list[str] = []
         self._warned = set()
+        self._limit_warned = False
         self._last: Variant | None = None
         try:
             self._sig = inspect.signature(fn)
@@ -197,10 +208,10 @@ class CompiledFunction:
             return "tensor arguments now share storage differently"
         return "argument count changed"
 
-    def compile_variant(self, args, key=None) -> Variant | None:
+    def compile_variant(self, args, key=None, reason=None) -> Variant | None:
         """Trace and compile for `args` without running. None when the call must run eagerly."""
         key = key or self._key(args)
-        reason = self._why_new(args, key)
+        reason = reason or self._why_new(args, key)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         state = StateIndex(self.fn, args)
@@ -270,25 +281,70 @@ class CompiledFunction:
         return variant
 
     def _compile_and_run(self, args, key):
-        variant = self.compile_variant(args, key)
-        if variant is None:
-            self.eager_calls += 1
-            return self.fn(*args)
-        self._add(variant)
-        return self._run(variant, args)
+        reason = self._why_new(args, key)
+        if len(self.history) >= self.cache_limit:
+            return self._over_limit(args, reason)
+        number = len(self.history) + 1
+        if self.history:
+            log.emit(f"recompiling {self.__name__} (variant {number}, cache_limit={self.cache_limit}): {reason}")
+        rss0 = log.rss_bytes()
+        what = f"{self.__name__} ({reason})" if number == 1 else f"{self.__name__} variant {number}"
+        # Ctrl-C while Numba compiles is held until the kernel at hand is built (interrupt.check() between kernels)
+        with interrupt.deferred(), log.CompileProgress(what) as progress:
+            variant = self.compile_variant(args, key, reason)
+            if variant is None:
+                self.eager_calls += 1
+                return self.fn(*args)
+            self._add(variant)
+            out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
+            progress.finish(self._compile_summary(variant))
+        log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
+                 + f"; first call {_ms(time.perf_counter() - progress.t0)}", at=log.VERBOSE)
+        rss1 = log.rss_bytes()
+        variant.rss_added = None if rss0 is None or rss1 is None else rss1 - rss0
+        variant.first_call_s = time.perf_counter() - progress.t0
+        return out
+
+    def _compile_summary(self, variant) -> str:
+        stats = getattr(variant.program, "cache_stats", None)
+        kernels = ""
+        if stats is not None:
+            n, hits = stats()
+            kernels = f": {n} kernels, {hits} from the cache" if n else ""
+        first = (f"; Python side effects in {self.__name__} (print, callbacks, counters) ran once, while tracing, "
+                 f"and do not run on compiled calls") if variant.number == 1 else ""
+        return kernels + first
+
+    def _over_limit(self, args, reason):
+        """Past cache_limit variants, a call that matches none of them runs eagerly (as torch.compile does):
+        compiling on would make every call a slow cold compile and memory grow without bound."""
+        self.eager_calls += 1
+        if not self._limit_warned:
+            self._limit_warned = True
+            self.log.append(f"cache_limit={self.cache_limit} reached: calls that match no variant run eagerly "
+                            f"(first because {reason})")
+            warnings.warn(f"{self.__name__} reached cache_limit={self.cache_limit} compiled variants; calls that "
+                          f"match none of them now run eagerly (slower). This call: {reason}. "
+                          f"{self._churn(reason)}", RecompileWarning, stacklevel=4)
+        return self.fn(*args)
+
+    def _churn(self, reason: str) -> str:
+        """What kept changing across the recompiles, and how to stop it."""
+        subjects = Counter(_reason_subject(v.reason) for v in self.history[1:])
+        subjects[_reason_subject(reason)] += 1
+        top = ", ".join(f"{s} ({n}x)" for s, n in subjects.most_common(3))
+        if any(s.startswith("argument") for s in subjects):
+            fix = ("keep argument shapes, dtypes and Python values fixed between calls (a DataLoader with "
+                   "drop_last=True avoids a smaller last batch; pass changing numbers as tensors)")
+        else:
+            fix = "keep module modes, optimizer settings and the tensors the function reaches fixed between calls"
+        return (f"What kept changing: {top}. To fix: {fix}, or raise the limit with "
+                f"tracejit.compile(..., cache_limit=N). step.log lists every recompile.")
 
     def _add(self, variant):
         self.history.append(variant)
         self.variants.setdefault(variant.key, []).append(variant)
         self.log.append(f"compiled variant {variant.number}: {variant.reason}")
-        live = [v for vs in self.variants.values() for v in vs]
-        if len(self.history) > self.cache_limit:
-            warnings.warn(f"{self.__name__} has been compiled {len(self.history)} times (cache_limit="
-                          f"{self.cache_limit}); last recompile because {variant.reason}. Keep shapes, "
-                          f"dtypes and Python arguments fixed between calls", RecompileWarning, stacklevel=4)
-            if len(live) > self.cache_limit:
-                oldest = min(live, key=lambda v: v.number)
-                self.variants[oldest.key].remove(oldest)
 
     # ---- inspection
     def latest(self) -> Variant:
@@ -305,6 +361,11 @@ class CompiledFunction:
         if stage not in v.stages:
             raise KeyError(f"no stage {stage!r}; stages are {list(v.stages)}")
         return v.stages[stage]
+
+
+def _reason_subject(reason: str) -> str:
+    """What a recompile reason is about: "argument 0 ('x')" of "argument 0 ('x') changed from ... to ..."."""
+    return re.split(r" (?:changed|switched|was replaced|no longer|now has|is missing|hyperparameters)", reason)[0]
 
 
 def _restore_opt_state(saved):
@@ -353,6 +414,19 @@ def explain(fn, *args, **kwargs) -> Explanation:
     return Explanation(explain_variant(cf, variant), variant)
 
 
+def _memory_words(v: Variant) -> str:
+    """What a variant costs in memory: its planned buffers (memory_plan's note) and what compiling and loading its
+    kernels added to the process (measured around its first call; kernels shared with other variants cost once)."""
+    plan = next((n.split(": ", 1)[1] for n in v.graph.notes if n.startswith("memory_plan:")), None)
+    added = getattr(v, "rss_added", None)
+    parts = [plan or "no memory plan"]
+    if added is None:
+        parts.append("its first call has not run yet (that is when kernels are compiled or loaded)")
+    else:
+        parts.append(f"compiling and loading its kernels added {max(added, 0) / 1e6:.1f} MB resident")
+    return "; ".join(parts)
+
+
 def _ms(s):
     return f"{s * 1e3:.1f} ms"
 
@@ -391,6 +465,7 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     extra = getattr(v.program, "describe", None)
     if extra:
         lines.append(extra())
+    lines.append("memory: " + _memory_words(v))
     lines.append("time: " + ", ".join(f"{k} {_ms(t)}" for k, t in v.timings.items()) +
                  f"; total {_ms(v.total_time)}")
     if getattr(v, "dump_dir", None):

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from ... import dtypes as D
+from .. import interrupt
 from ..ir import Graph, Node
 from ..runtime import Program
 from . import blas, cache, threads
@@ -424,6 +425,7 @@ class KernelStep:
         if self.first_call_s is None:
             _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", call)
             self.first_call_s = time.perf_counter() - t0
+            interrupt.check()  # a Ctrl-C held while Numba compiled this kernel
         else:
             self.fn(*call)
         return [outs[i] for i in self.out_order]
@@ -464,6 +466,11 @@ class CpuProgram(Program):
         self.owned.clear()
         self.owned.update((id(a), a) for a in outs if counts[id(a)] == 1 and isinstance(a, np.ndarray))
         return outs
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(generated kernels, how many of them were already in the source cache)."""
+        ks = [s for s, *_ in self.plan if isinstance(s, (SegmentStep, KernelStep))]
+        return len(ks), sum(1 for k in ks if k.hit)
 
     def describe(self) -> str:
         steps = [s for s, *_ in self.plan]
@@ -519,6 +526,7 @@ class SegmentStep:
                 self.uses_threads = False
                 out = self.fn(*args)
             self.first_call_s = time.perf_counter() - t0
+            interrupt.check()  # a Ctrl-C held while Numba compiled this segment
             return out
         if self.blas_threads:
             blas.set_threads(self.blas_threads)
