@@ -209,3 +209,41 @@ def test_trailing_out_option_belongs_to_the_report():
     assert split_out(["--out=r.html"]) == ([], "r.html")
     assert split_out(["-o"]) == (["-o"], None)
     assert split_out([]) == ([], None)
+
+
+def test_step_timing_uses_the_variant_that_ran_most_in_the_mode_it_ran(tmp_path):
+    # a script whose last call is a partial batch and which ends in model.eval() (as training scripts do): the
+    # report must time the steady-state training variant, in train mode, and say so
+    import tracejit
+    import tracejit.nn as nn
+    import tracejit.nn.functional as F
+    from tracejit.report import Recorder
+    from tracejit.report.record import profile_variants, time_steps
+
+    with Recorder() as rec:
+        model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+        opt = tracejit.optim.SGD(model.parameters(), lr=0.1)
+
+        @tracejit.compile(backend="reference")
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        for _ in range(4):
+            train_step(tracejit.randn(6, 4), tracejit.randint(0, 3, (6,)))
+        train_step(tracejit.randn(2, 4), tracejit.randint(0, 3, (2,)))  # the epoch's last, partial batch
+        model.eval()
+    (r,) = rec.records
+    assert r.variant_runs == {1: 4, 2: 1}
+    profile_variants(r, 1)
+    assert not isinstance(r.profiles[1], str), r.profiles[1]  # profiled in train mode despite model.eval()
+    time_steps(r, 2)
+    assert r.steps["variant"] == 1 and len(r.steps["compiled"]) == 2
+    assert "variant 1, the variant that ran most (4 of 5 compiled calls), in train mode" in r.steps["note"]
+    assert len(train_step.history) == 2  # no eval variant was compiled for the report
+    assert model.training is False  # the script's final state is restored
+    time_steps(r, 1, variant=2)
+    assert r.steps["variant"] == 2 and "the variant you named" in r.steps["note"]

@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     r.add_argument("-o", "--out", help="HTML file (default tracejit_report.html); may also come last, after the "
                    "script's arguments")
     r.add_argument("--repeat", type=int, default=5, help="timed runs per step and per kernel profile (default 5)")
+    r.add_argument("--variant", type=int, help="time this variant's steps (default: the variant that ran most, in the "
+                   "train/eval mode it ran in)")
     r.add_argument("script")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_report)

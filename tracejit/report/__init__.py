@@ -14,7 +14,7 @@ from .record import Record, Recorder, profile_variants, run_script, time_steps
 __all__ = ["Record", "Recorder", "build_html", "make_report", "run_command", "split_out"]
 
 
-def make_report(script: str, args: list[str], out: str, repeat: int = 5) -> int:
+def make_report(script: str, args: list[str], out: str, repeat: int = 5, variant: int | None = None) -> int:
     """Run `script` with `args`, measure what it compiled, write the page to `out`; the script's exit code."""
     rec = Recorder()
     t0 = time.perf_counter()
@@ -23,7 +23,7 @@ def make_report(script: str, args: list[str], out: str, repeat: int = 5) -> int:
     for r in rec.records:
         profile_variants(r, repeat)  # first: it reads state exactly as the script left it
     for r in rec.records:
-        time_steps(r, repeat)
+        time_steps(r, repeat, variant)
     page = build_html(rec.records, script, args, code, error, elapsed)
     tmp = out + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -49,11 +49,12 @@ def split_out(args: list[str]) -> tuple[list[str], str | None]:
 
 
 def run_command(ns) -> int:
-    """`python -m tracejit report`: the parsed namespace has script, args, out, repeat."""
+    """`python -m tracejit report`: the parsed namespace has script, args, out, repeat, variant."""
     args = list(ns.args)
     if args and args[0] == "--":
         args = args[1:]
     out = ns.out
     if out is None:
         args, out = split_out(args)
-    return make_report(ns.script, args, out or "tracejit_report.html", repeat=max(1, ns.repeat))
+    return make_report(ns.script, args, out or "tracejit_report.html", repeat=max(1, ns.repeat),
+                       variant=getattr(ns, "variant", None))

@@ -165,8 +165,7 @@ def _section_steps(r: Record) -> str:
                          _bar(med / top, cls)])
         parts.append(_table(["mode", "median", "min", "max", "runs", ""], rows))
         variant = f" (variant {s['variant']})" if s["variant"] else ""
-        parts.append(f"<p><b>speedup: {e / c:.2f}×</b> compiled{_e(variant)} vs eager, with the arguments of "
-                     f"the script's last call, interleaved runs.</p>")
+        parts.append(f"<p><b>speedup: {e / c:.2f}×</b> compiled{_e(variant)} vs eager, interleaved runs.</p>")
     return "".join(parts)
 
 

@@ -121,7 +121,11 @@ def profile_variants(r: Record, repeat: int) -> None:
     """Per-step time of every variant that ran, with the arguments of its last run (no state is written)."""
     for v in r.cf.history:
         args = r.variant_args.get(v.number)
-        why = "it never ran" if args is None else _guard_failure(v, args)
+        if args is None:
+            r.profiles[v.number] = "not profiled: it never ran"
+            continue
+        with _mode_of(v):
+            why = _guard_failure(v, args)
         if why:
             r.profiles[v.number] = f"not profiled: {why}"
             continue
@@ -144,33 +148,73 @@ def _all_eager():
         CF.__call__ = saved
 
 
-def time_steps(r: Record, repeat: int) -> None:
-    """Compiled calls vs eager `cf.fn` calls with the last call's arguments, interleaved (both mutate state)."""
-    cf, args = r.cf, r.last_args
+def most_run_variant(r: Record, number: int | None = None):
+    """The variant to time: `number` if the user named one that exists, else the one that ran most often."""
+    by_number = {v.number: v for v in r.cf.history}
+    if number is not None and number in by_number:
+        return by_number[number]
+    ran = [v for v in r.cf.history if r.variant_runs.get(v.number)]
+    return max(ran, key=lambda v: (r.variant_runs[v.number], v.number)) if ran else None
+
+
+@contextlib.contextmanager
+def _mode_of(v):
+    """Modules in the train/eval mode and grad mode the variant was compiled for (and ran in), restored after:
+    a script that ends in model.eval() must not make the report time an eval step."""
+    from .. import autograd
+
+    mods = [(m, m.training) for m, _, _ in v.state_guard.mods]
+    for m, training in zip([m for m, _ in mods], [t for _, t, _ in v.state_guard.mods]):
+        object.__setattr__(m, "training", training)
+    try:
+        with autograd.set_grad_enabled(bool(v.key[0])):
+            yield
+    finally:
+        for m, training in mods:
+            object.__setattr__(m, "training", training)
+
+
+def _mode_words(v) -> str:
+    modes = sorted({"train" if t else "eval" for _, t, _ in v.state_guard.mods})
+    return (f"{'/'.join(modes)} mode" if modes else "no modules") + (", grad mode off" if not v.key[0] else "")
+
+
+def time_steps(r: Record, repeat: int, variant: int | None = None) -> None:
+    """Compiled calls vs eager `cf.fn` calls, interleaved (both mutate state), for the variant that ran most
+    (or the one named), with the arguments of its last run and in the mode it ran in."""
+    cf = r.cf
+    v = most_run_variant(r, variant)
+    args = r.variant_args.get(v.number) if v is not None else r.last_args
     if args is None:
         return
     n_before = len(cf.history)
     compiled, eager = [], []
+    mode = _mode_of(v) if v is not None else contextlib.nullcontext()
     try:
-        cf(*args)
-        with _all_eager():
-            cf.fn(*args)  # warm-up of both
-        for _ in range(repeat):
-            t0 = time.perf_counter()
+        with mode:
             cf(*args)
-            compiled.append(time.perf_counter() - t0)
             with _all_eager():
+                cf.fn(*args)  # warm-up of both
+            for _ in range(repeat):
                 t0 = time.perf_counter()
-                cf.fn(*args)
-                eager.append(time.perf_counter() - t0)
+                cf(*args)
+                compiled.append(time.perf_counter() - t0)
+                with _all_eager():
+                    t0 = time.perf_counter()
+                    cf.fn(*args)
+                    eager.append(time.perf_counter() - t0)
     except Exception as e:
         r.steps = {"compiled": [], "eager": [], "variant": None, "note": f"timing failed: {type(e).__name__}: {e}"}
         return
-    key = cf._key(args)
-    ran = next((v for v in reversed(cf.history) if v.key == key and _guard_failure(v, args) is None), None)
     notes = []
-    if key in cf.eager_keys or ran is None:
-        notes.append("this call runs eagerly (fallback), so both rows time eager code")
+    if v is None:
+        notes.append("no variant ran compiled (every call ran eagerly), so both rows time eager code")
+    else:
+        runs = r.variant_runs.get(v.number, 0)
+        total = sum(r.variant_runs.values())
+        chosen = "the variant you named" if variant == v.number else "the variant that ran most"
+        notes.append(f"timing variant {v.number}, {chosen} ({runs} of {total} compiled calls), in {_mode_words(v)}, "
+                     f"with the arguments of its last run")
     if len(cf.history) > n_before:
         notes.append(f"timing compiled {len(cf.history) - n_before} new variant(s): {cf.history[-1].reason}")
-    r.steps = {"compiled": compiled, "eager": eager, "variant": ran.number if ran else None, "note": "; ".join(notes)}
+    r.steps = {"compiled": compiled, "eager": eager, "variant": v.number if v else None, "note": "; ".join(notes)}

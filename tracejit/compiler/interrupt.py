@@ -1,0 +1,64 @@
+"""Ctrl-C and compiled code: a KeyboardInterrupt, never a SystemError, and state either as before or as after a call.
+
+Python runs a SIGINT handler between bytecodes. Inside a Numba function that happens only where the compiled
+code calls back into Python (boxing a returned array's dtype, for one); the handler's KeyboardInterrupt then
+surfaces as "SystemError: CPUDispatcher(...) returned a result with an exception set". `raised_interrupt`
+finds the KeyboardInterrupt behind such an error. An interrupt inside Numba's compiler can leave a function
+half-built ("no compiled object yet"), so compiles run under `deferred()`: a Ctrl-C there is held until the
+kernel being compiled is done (`check()` at each kernel boundary raises it), and a second Ctrl-C interrupts
+at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_pending = threading.Event()
+
+
+def raised_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that caused `exc` (through __cause__/__context__), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _hold(signum, frame):
+    if _pending.is_set():  # pressed twice: the user wants out now
+        _pending.clear()
+        raise KeyboardInterrupt
+    _pending.set()
+
+
+class deferred:
+    """While entered (main thread, default SIGINT handler only), Ctrl-C is held, not raised; on exit, or at a
+    `check()`, a held interrupt is raised as KeyboardInterrupt. Nested uses share the outermost's handler."""
+
+    def __enter__(self):
+        self.installed = (threading.current_thread() is threading.main_thread()
+                          and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self.installed:
+            signal.signal(signal.SIGINT, _hold)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.installed:
+            return False
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _pending.is_set() and exc_type is None:
+            _pending.clear()
+            raise KeyboardInterrupt
+        _pending.clear()
+        return False
+
+
+def check() -> None:
+    """A safe point: raise a Ctrl-C that `deferred` held."""
+    if _pending.is_set():
+        _pending.clear()
+        raise KeyboardInterrupt
