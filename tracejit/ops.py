@@ -462,8 +462,21 @@ CAT = _op("cat", Kind.MOVEMENT, _cat_infer, lambda *xs, axis: np.concatenate(xs,
 # ----------------------------------------------------------------------------------------------- contraction
 
 
+def check_same_dtype(opname, a, b, names=("m1", "m2"), hint=None):
+    """PyTorch's rule for contractions (matmul, linear, conv2d): operands of one dtype, no promotion, so a
+    float64 batch fed to a float32 model raises instead of silently training in float64.
+
+    `a`, `b` are tensors or TensorTypes; `names` are what the message calls them."""
+    if a.dtype is not b.dtype:
+        n1, n2 = names
+        hint = hint or f"convert one operand with .to(tracejit.{a.dtype.name}) or .to(tracejit.{b.dtype.name})"
+        raise OpTypeError(f"{opname}: expected {n1} and {n2} to have the same dtype, but got: {a.dtype.name} != "
+                          f"{b.dtype.name} ({n1} {shape_str(a.shape)}, {n2} {shape_str(b.shape)}); {hint}")
+    return a.dtype
+
+
 def _matmul_infer(a, b):
-    d = _same_dtype("matmul", (a, b))
+    d = check_same_dtype("matmul", a, b)
     if a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
                       f"({a.shape[-1] if a.ndim else '?'} != {b.shape[-2] if b.ndim > 1 else '?'})")
@@ -487,8 +500,11 @@ def _conv_out(size, k, s, p, d):
 
 
 def _conv2d_infer(x, w, stride, padding, dilation, groups):
-    _same_dtype("conv2d", (x, w))
-    _need_float("conv2d", x)
+    check_same_dtype("conv2d", x, w, ("input", "weight"),
+                     f"convert the input with .to(tracejit.{w.dtype.name}) or the model with "
+                     f".to(tracejit.{x.dtype.name})")
+    if x.dtype is D.bool_:
+        raise OpTypeError(f"conv2d: bool tensors cannot be convolved (input {shape_str(x.shape)})")
     if x.ndim != 4 or w.ndim != 4:
         raise OpError(f"conv2d: expected 4-D input [N, C, H, W] and weight [O, C/groups, kH, kW], got "
                       f"input {shape_str(x.shape)} and weight {shape_str(w.shape)}")
