@@ -203,3 +203,55 @@ def test_module_half_and_integer_conv():
     expect = torchF.conv2d(torch.tensor(x.numpy()), torch.tensor(w.numpy()), padding=1)
     got = tj.compile(lambda x, w: tjF.conv2d(x, w, padding=1))(x, w)  # PyTorch's CPU convolves int64 too
     assert got.dtype is tj.int64 and got.tolist() == expect.tolist()
+
+
+# ----------------------------------------------------------------------------------------------- float16
+
+
+def test_float16_is_a_storage_dtype():
+    assert tj.half is tj.float16 and tj.float16.itemsize == 2 and tj.float16.is_floating_point
+    assert tj.zeros(2, dtype=tj.float16).dtype is tj.float16
+    assert tj.tensor([1.5], dtype=tj.half).dtype is tj.float16
+    assert tj.from_numpy(np.ones(2, np.float16)).dtype is tj.float16
+    assert tj.tensor(np.ones(2, np.float16)).dtype is tj.float16  # as torch.tensor keeps an array's dtype
+    x = tj.tensor([1.0, 2.5, 70000.0])
+    h = x.half()
+    assert h.dtype is tj.float16 and h.to(tj.float32).dtype is tj.float32 and h.float().dtype is tj.float32
+    assert h.tolist() == [1.0, 2.5, float("inf")]  # 70000 overflows float16, as in PyTorch
+    assert x.to(tj.float16).dtype is tj.float16 and x.type(tj.half).dtype is tj.float16
+    assert repr(h[:2]) == "tensor([1.0000, 2.5000], dtype=tracejit.float16)"
+    assert repr(torch.tensor([1.0, 2.5]).half()) == "tensor([1.0000, 2.5000], dtype=torch.float16)"
+
+
+def test_float16_training_math_matches_pytorch():
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((4, 1, 6, 6)).astype(np.float16)
+    ws = rng.standard_normal((2, 1, 3, 3)).astype(np.float16)
+    ls = rng.standard_normal((3, 8)).astype(np.float16)
+
+    def run(T, F):
+        x, w = T.tensor(xs), T.tensor(ws).requires_grad_(True)
+        lw = T.tensor(ls).requires_grad_(True)
+        h = F.max_pool2d(F.relu(F.conv2d(x, w)), 2).flatten(1)
+        loss = F.cross_entropy(F.linear(h, lw), T.tensor([0, 1, 2, 1]))
+        loss.backward()
+        return loss, w.grad, lw.grad
+
+    for e, g in zip(run(torch, torchF), run(tj, tjF)):
+        assert str(g.dtype) == "tracejit.float16" and e.dtype == torch.float16
+        np.testing.assert_allclose(g.detach().float().numpy(), e.detach().float().numpy(), rtol=2e-2, atol=2e-2)
+
+
+def test_compiled_steps_refuse_float16_naming_the_op():
+    lin = tj.nn.Linear(3, 2).half()
+
+    def fn(x):
+        return lin(x).sum()
+
+    x = tj.ones(4, 3).half()
+    with pytest.raises(tj.TraceError, match=r"permute: compiled steps do not support float16 \(inputs f16\[2,3\]\)"
+                                            r".*\.float\(\).*test_dtype_rules\.py:\d+"):
+        tj.compile(fn)(x)
+    with pytest.warns(UserWarning, match="runs eagerly: permute: compiled steps do not support float16"):
+        out = tj.compile(fn, fallback="eager")(x)
+    assert out.dtype is tj.float16 and float(out) == pytest.approx(float(fn(x)))

@@ -217,7 +217,12 @@ SUB = _op("sub", Kind.ELEMENTWISE, _binary_infer("sub"), np.subtract,
           lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, -g)], "({0} - {1})")
 MUL = _op("mul", Kind.ELEMENTWISE, _binary_infer("mul"), np.multiply,
           lambda c, g: [_g_ub(c, 0, g * c.input(1)), _g_ub(c, 1, g * c.input(0))], "({0} * {1})")
-DIV = _op("div", Kind.ELEMENTWISE, _binary_infer("div", float_only=True), np.divide,
+def _div(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):  # x/0 is inf and 0/0 nan, silently, as in PyTorch
+        return np.divide(a, b)
+
+
+DIV = _op("div", Kind.ELEMENTWISE, _binary_infer("div", float_only=True), _div,
           lambda c, g: [_g_ub(c, 0, g / c.input(1)),
                         _g_ub(c, 1, -(g * c.output()) / c.input(1))], "({0} / {1})")
 POW = _op("pow", Kind.ELEMENTWISE, _binary_infer("pow", float_only=True), np.power, _pow_grad,
@@ -265,8 +270,13 @@ def _cast_grad(c, g):
     return [g.to(src) if src.is_floating_point else None]
 
 
-CAST = _op("cast", Kind.ELEMENTWISE, lambda x, dtype: TensorType(x.shape, dtype),
-           lambda x, dtype: x.astype(dtype.np), _cast_grad, "cast({0})")
+def _cast(x, dtype):
+    with np.errstate(over="ignore", invalid="ignore"):  # 70000.0 -> float16 is inf, silently, as in PyTorch
+        return x.astype(dtype.np)
+
+
+CAST = _op("cast", Kind.ELEMENTWISE, lambda x, dtype: TensorType(x.shape, dtype), _cast, _cast_grad,
+           "cast({0})")
 
 
 def _full_infer(shape, value, dtype):
