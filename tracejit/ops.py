@@ -510,9 +510,8 @@ def _conv_out(size, k, s, p, d):
 
 
 def _conv2d_infer(x, w, stride, padding, dilation, groups):
-    check_same_dtype("conv2d", x, w, ("input", "weight"),
-                     f"convert the input with .to(tracejit.{w.dtype.name}) or the model with "
-                     f".to(tracejit.{x.dtype.name})")
+    model = f" or the model with .to(tracejit.{x.dtype.name})" if x.dtype.is_floating_point else ""
+    check_same_dtype("conv2d", x, w, ("input", "weight"), f"convert the input with .to(tracejit.{w.dtype.name}){model}")
     if x.dtype is D.bool_:
         raise OpTypeError(f"conv2d: bool tensors cannot be convolved (input {shape_str(x.shape)})")
     if x.ndim != 4 or w.ndim != 4:

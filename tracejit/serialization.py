@@ -251,8 +251,10 @@ def _remove_orphans(path: str) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another thread of this process may be saving to the same path right now
+    if pid == os.getpid() or os.name != "posix":
+        # another thread of this process may be saving to the same path right now; on Windows,
+        # os.kill(pid, 0) would send CTRL_C_EVENT rather than probe, so nothing is removed there
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

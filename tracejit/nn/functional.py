@@ -143,8 +143,9 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def _check_dtypes(name: str, input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """PyTorch's rule: input, weight and bias share one dtype (a float64 batch into a float32 model raises
     rather than silently promoting the whole step to float64)."""
-    fix = (f"convert the input with .to(tracejit.{weight.dtype.name}) or the model with "
-           f".to(tracejit.{input.dtype.name})")
+    fix = f"convert the input with .to(tracejit.{weight.dtype.name})"
+    if input.dtype.is_floating_point and weight.dtype.is_floating_point:
+        fix += f" or the model with .to(tracejit.{input.dtype.name})"
     try:
         check_same_dtype(name, input, weight, ("input", "weight"), fix)
         if bias is not None:
