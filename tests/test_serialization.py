@@ -2,7 +2,9 @@
 and clear errors for corrupted or foreign files."""
 
 import collections
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -123,12 +125,11 @@ def test_failure_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     tj.save({"w": tj.ones(3)}, path)
     old = path.read_bytes()
 
-    def crash_mid_write(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"\x10\x00\x00\x00partial")  # half a header, then the process "dies"
+    def crash_mid_write(f, tensors, meta):
+        f.write(b"\x10\x00\x00\x00partial")  # half a header, then the write fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(serialization, "save_file", crash_mid_write)
+    monkeypatch.setattr(serialization, "_write", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         tj.save({"w": tj.zeros(1000)}, path)
     assert path.read_bytes() == old
@@ -188,3 +189,140 @@ def test_flipped_data_byte_is_detected(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError):
         tj.load("/nonexistent/dir/ckpt.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------- killed saves
+
+_KILLED_SAVE = """
+import sys, time
+import tracejit as tj
+from tracejit import serialization
+
+def stalled_write(f, tensors, meta):
+    f.write(b"\\0" * 4096)  # part of the file, then the process is killed
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+
+serialization._write = stalled_write
+tj.save({"w": tj.ones(1000)}, sys.argv[1])
+"""
+
+
+def _orphans(d):
+    return [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+def test_killed_save_leaves_an_orphan_that_the_next_save_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "ckpt.safetensors"
+    tj.save({"w": tj.zeros(2)}, path)
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+        (orphan,) = _orphans(tmp_path)
+        assert orphan.startswith(".ckpt.safetensors.tracejit-") and f"-{child.pid}-" in orphan
+        assert tj.load(path)["w"].tolist() == [0.0, 0.0]  # the old checkpoint is intact meanwhile
+        tj.save({"w": tj.ones(1)}, path)  # the child is still alive: its file is not touched
+        assert _orphans(tmp_path) == [orphan]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert _orphans(tmp_path) == [orphan]  # a killed save leaves its temporary file behind ...
+    tj.save({"w": tj.ones(3)}, path)  # ... and the next save to the same path removes it
+    assert _orphans(tmp_path) == []
+    assert tj.load(path)["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_only_our_dead_orphans_for_this_path_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: its pid is free (reuse within this test is vanishingly unlikely)
+    host = serialization._HOST
+    ours = f".ckpt.safetensors.tracejit-{host}-{dead_pid}-0a1b2c3d.tmp"
+    keep = [
+        f".ckpt.safetensors.tracejit-{host}-{os.getpid()}-0a1b2c3d.tmp",  # a live process (this one)
+        f".ckpt.safetensors.tracejit-otherhost-{dead_pid}-0a1b2c3d.tmp",  # another host's save
+        f".other.safetensors.tracejit-{host}-{dead_pid}-0a1b2c3d.tmp",  # another checkpoint's
+        ".tmpAbC123", "ckpt.safetensors.tmp", ".ckpt.safetensors.0a1b2c3d4e5f.tmp",  # not our pattern
+    ]
+    for name in [ours] + keep:
+        (tmp_path / name).write_bytes(b"partial")
+    tj.save({"w": tj.ones(1)}, tmp_path / "ckpt.safetensors")
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["ckpt.safetensors"])
+
+
+# ----------------------------------------------------------------------------------------------- dtypes
+
+
+def test_float16_is_stored_as_f16_and_loads_as_float16(tmp_path):
+    t = tj.tensor([0.5, -2.0, 65504.0]).half()
+    path = tmp_path / "h.safetensors"
+    tj.save({"h": t, "np16": np.ones(2, np.float16)}, path)
+    raw = safetensors.numpy.load_file(str(path))
+    assert raw["h"].dtype == np.float16 and raw["np16"].dtype == np.float16
+    back = tj.load(path)
+    assert back["h"].dtype is tj.float16 and back["h"].tolist() == [0.5, -2.0, 65504.0]
+    assert back["np16"].dtype == np.float16
+    foreign = tmp_path / "foreign16.safetensors"
+    safetensors.numpy.save_file({"w": np.arange(3, dtype=np.float16)}, str(foreign))
+    assert tj.load(foreign)["w"].dtype is tj.float16  # not widened to float32
+
+
+def test_bfloat16_tensors_load_as_float32_with_a_warning(tmp_path):
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    path = tmp_path / "bf16.safetensors"
+    w = torch.tensor([[1.5, -3.0e38], [1.0e-38, 0.0078125]], dtype=torch.bfloat16)
+    safetensors.torch.save_file({"w": w, "b": torch.ones(2)}, str(path))
+    with pytest.warns(UserWarning, match=r"bf16\.safetensors.*bfloat16 tensors \('w'\).*loaded as float32"):
+        back = tj.load(path)
+    assert back["w"].dtype is tj.float32 and back["b"].dtype is tj.float32
+    np.testing.assert_array_equal(back["w"].numpy(), w.float().numpy())  # exact
+    with pytest.warns(UserWarning, match="bfloat16"):
+        back = tj.load(open(path, "rb"))
+    np.testing.assert_array_equal(back["w"].numpy(), w.float().numpy())
+
+
+def _raw_file(path, header, data=b""):
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+@pytest.mark.parametrize("header, data, why", [
+    ([1, 2, 3], b"", "header is a JSON list"),
+    ("text", b"", "header is a JSON str"),
+    (b"\xff\xfe{", b"", "not valid JSON"),
+    ({"w": [1, 2]}, b"", "'w' is not a tensor description"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"a": 1}}, b"\0" * 8,
+     "__metadata__ is not an object of strings"),
+    ({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, "dtype F8_E4M3"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 12 bytes"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "'v' starts at byte 4"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "need 77 bytes but the file has 81"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "not a tensor description"),
+])
+def test_malformed_headers_are_refused_naming_the_file(tmp_path, header, data, why):
+    path = tmp_path / "bad.safetensors"
+    _raw_file(path, header, data)
+    with pytest.raises(RuntimeError, match=r"bad\.safetensors' is not a readable safetensors checkpoint.*"
+                                           + re.escape(why)):
+        tj.load(path)
+    with open(path, "rb") as f:
+        with pytest.raises(RuntimeError, match=re.escape(why)):
+            tj.load(f)
+
+
+def test_header_length_larger_than_the_file(tmp_path):
+    path = tmp_path / "short.safetensors"
+    path.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(RuntimeError, match=r"short\.safetensors.*claims 1099511627776 bytes"):
+        tj.load(path)

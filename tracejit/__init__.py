@@ -4,7 +4,7 @@ Numba kernels. ``import tracejit as torch`` works for the supported subset.
 
 from . import autograd, nn, optim, utils  # noqa: F401
 from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
-from .dtypes import DType, bool_, float32, float64, int64
+from .dtypes import DType, bool_, float16, float32, float64, int64
 from .dtypes import bool_ as bool  # noqa: A001
 from .errors import OpError, TraceError
 from .ops import OPS
@@ -50,6 +50,7 @@ from .functions import *  # noqa: F401,F403  (torch.exp, torch.sum, torch.max, .
 
 float = float32  # noqa: A001
 double = float64
+half = float16
 long = int64
 __version__ = "0.1.0"
 

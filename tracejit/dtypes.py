@@ -1,6 +1,11 @@
 """dtypes and PyTorch's type-promotion rules.
 
 A DType wraps a NumPy dtype with the short name the IR prints (`f32`, `i64`, ...).
+
+float16 is a storage dtype: tensors hold it, convert to and from it, save and load it, and elementwise
+math promotes as in PyTorch (float16 + float32 -> float32); eager math on it runs NumPy's float16 loops, and
+compiled steps refuse it (see compiler/trace.py). There is no bfloat16 (NumPy has none): checkpoints
+holding BF16 tensors load as float32 with a warning (serialization.py).
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ class DType:
 bool_ = DType("bool", "bool", np.bool_, 0)
 uint8 = DType("uint8", "u8", np.uint8, 1)  # internal: compact pooling argmax indices
 int64 = DType("int64", "i64", np.int64, 1)
+float16 = DType("float16", "f16", np.float16, 2)
 float32 = DType("float32", "f32", np.float32, 2)
 float64 = DType("float64", "f64", np.float64, 2)
 
-ALL = (bool_, uint8, int64, float32, float64)
+ALL = (bool_, uint8, int64, float16, float32, float64)
 _BY_NAME = {d.name: d for d in ALL} | {d.short: d for d in ALL}
-_BY_NAME.update({"float": float32, "double": float64, "long": int64})
+_BY_NAME.update({"float": float32, "double": float64, "long": int64, "half": float16})
 default_float = float32
 
 
@@ -51,7 +57,7 @@ def from_name(name: str) -> DType:
 
 
 def from_numpy(np_dtype) -> DType:
-    """The DType holding values of `np_dtype`: other ints widen to int64, float16 to float32."""
+    """The DType holding values of `np_dtype`: other ints widen to int64, longdouble narrows to float32."""
     dt = np.dtype(np_dtype)
     if dt == np.bool_:
         return bool_
@@ -59,6 +65,8 @@ def from_numpy(np_dtype) -> DType:
         return int64
     if dt == np.float64:
         return float64
+    if dt == np.float16:
+        return float16
     if dt.kind == "f":
         return float32
     raise TypeError(f"tracejit has no dtype for NumPy dtype {dt}")
@@ -80,9 +88,11 @@ def as_dtype(d) -> DType:
 
 
 def promote(a: DType, b: DType) -> DType:
-    """The wider of two dtypes (bool < uint8 < int64 < float32 < float64)."""
-    order = {bool_: 0, uint8: 1, int64: 2, float32: 3, float64: 4}
-    return a if order[a] >= order[b] else b
+    """The wider of two dtypes (bool < uint8 < int64 < float16 < float32 < float64)."""
+    return a if _ORDER[a] >= _ORDER[b] else b
+
+
+_ORDER = {bool_: 0, uint8: 1, int64: 2, float16: 3, float32: 4, float64: 5}
 
 
 def scalar_dtype(x) -> DType:

@@ -217,7 +217,12 @@ SUB = _op("sub", Kind.ELEMENTWISE, _binary_infer("sub"), np.subtract,
           lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, -g)], "({0} - {1})")
 MUL = _op("mul", Kind.ELEMENTWISE, _binary_infer("mul"), np.multiply,
           lambda c, g: [_g_ub(c, 0, g * c.input(1)), _g_ub(c, 1, g * c.input(0))], "({0} * {1})")
-DIV = _op("div", Kind.ELEMENTWISE, _binary_infer("div", float_only=True), np.divide,
+def _div(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):  # x/0 is inf and 0/0 nan, silently, as in PyTorch
+        return np.divide(a, b)
+
+
+DIV = _op("div", Kind.ELEMENTWISE, _binary_infer("div", float_only=True), _div,
           lambda c, g: [_g_ub(c, 0, g / c.input(1)),
                         _g_ub(c, 1, -(g * c.output()) / c.input(1))], "({0} / {1})")
 POW = _op("pow", Kind.ELEMENTWISE, _binary_infer("pow", float_only=True), np.power, _pow_grad,
@@ -265,8 +270,13 @@ def _cast_grad(c, g):
     return [g.to(src) if src.is_floating_point else None]
 
 
-CAST = _op("cast", Kind.ELEMENTWISE, lambda x, dtype: TensorType(x.shape, dtype),
-           lambda x, dtype: x.astype(dtype.np), _cast_grad, "cast({0})")
+def _cast(x, dtype):
+    with np.errstate(over="ignore", invalid="ignore"):  # 70000.0 -> float16 is inf, silently, as in PyTorch
+        return x.astype(dtype.np)
+
+
+CAST = _op("cast", Kind.ELEMENTWISE, lambda x, dtype: TensorType(x.shape, dtype), _cast, _cast_grad,
+           "cast({0})")
 
 
 def _full_infer(shape, value, dtype):
@@ -462,8 +472,21 @@ CAT = _op("cat", Kind.MOVEMENT, _cat_infer, lambda *xs, axis: np.concatenate(xs,
 # ----------------------------------------------------------------------------------------------- contraction
 
 
+def check_same_dtype(opname, a, b, names=("m1", "m2"), hint=None):
+    """PyTorch's rule for contractions (matmul, linear, conv2d): operands of one dtype, no promotion, so a
+    float64 batch fed to a float32 model raises instead of silently training in float64.
+
+    `a`, `b` are tensors or TensorTypes; `names` are what the message calls them."""
+    if a.dtype is not b.dtype:
+        n1, n2 = names
+        hint = hint or f"convert one operand with .to(tracejit.{a.dtype.name}) or .to(tracejit.{b.dtype.name})"
+        raise OpTypeError(f"{opname}: expected {n1} and {n2} to have the same dtype, but got: {a.dtype.name} != "
+                          f"{b.dtype.name} ({n1} {shape_str(a.shape)}, {n2} {shape_str(b.shape)}); {hint}")
+    return a.dtype
+
+
 def _matmul_infer(a, b):
-    d = _same_dtype("matmul", (a, b))
+    d = check_same_dtype("matmul", a, b)
     if a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
                       f"({a.shape[-1] if a.ndim else '?'} != {b.shape[-2] if b.ndim > 1 else '?'})")
@@ -487,8 +510,10 @@ def _conv_out(size, k, s, p, d):
 
 
 def _conv2d_infer(x, w, stride, padding, dilation, groups):
-    _same_dtype("conv2d", (x, w))
-    _need_float("conv2d", x)
+    model = f" or the model with .to(tracejit.{x.dtype.name})" if x.dtype.is_floating_point else ""
+    check_same_dtype("conv2d", x, w, ("input", "weight"), f"convert the input with .to(tracejit.{w.dtype.name}){model}")
+    if x.dtype is D.bool_:
+        raise OpTypeError(f"conv2d: bool tensors cannot be convolved (input {shape_str(x.shape)})")
     if x.ndim != 4 or w.ndim != 4:
         raise OpError(f"conv2d: expected 4-D input [N, C, H, W] and weight [O, C/groups, kH, kW], got "
                       f"input {shape_str(x.shape)} and weight {shape_str(w.shape)}")

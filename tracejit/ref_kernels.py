@@ -115,7 +115,7 @@ def max_pool2d(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
 def max_pool2d_grad(x, g, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
     win, oh, ow, pshape = _pool_windows(x, kernel, stride, padding, dilation, ceil_mode, -np.inf)
     n, c = x.shape[:2]
-    arg = win.reshape(n, c, oh, ow, -1).argmax(axis=-1)  # first maximum, as PyTorch
+    arg = win.reshape(n, c, oh, ow, kernel[0] * kernel[1]).argmax(axis=-1)  # first maximum, as PyTorch
     dxp = np.zeros(pshape, dtype=g.dtype)
     kh, kw = kernel
     for i in range(kh):
@@ -130,7 +130,7 @@ def max_pool2d_grad(x, g, kernel, stride, padding, dilation=(1, 1), ceil_mode=Fa
 def max_pool2d_argmax(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
     win, oh, ow, _ = _pool_windows(x, kernel, stride, padding, dilation, ceil_mode, -np.inf)
     n, c = x.shape[:2]
-    return win.reshape(n, c, oh, ow, -1).argmax(axis=-1).astype(np.uint8)
+    return win.reshape(n, c, oh, ow, kernel[0] * kernel[1]).argmax(axis=-1).astype(np.uint8)
 
 
 def max_pool2d_grad_argmax(g, idx, input_shape, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):

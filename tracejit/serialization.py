@@ -2,23 +2,31 @@
 
 Tensors are safetensors tensors under flattened dotted keys (a model state dict file loads directly in
 other frameworks); everything else is JSON in the file's metadata. A crash mid-save never leaves a
-half-written checkpoint: the file is written beside the target, fsynced, then renamed over it.
+half-written checkpoint: the file is written beside the target, fsynced, then renamed over it. The temporary
+file's name says whose it is (`.ckpt.safetensors.tracejit-<host>-<pid>-<random>.tmp`), so the next save to
+the same path removes those a killed process left behind.
+
+The format is read and written here (it is an 8-byte header length, a JSON header, then the raw arrays):
+writing streams each array to the file without copying it, and reading validates the header itself, so a
+malformed file gets an error naming it, and BF16 tensors (NumPy has no bfloat16) load as float32.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
+import math
 import os
+import re
 import secrets
+import socket
+import warnings
 import zlib
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as _save_bytes
-from safetensors.numpy import save_file
 
 from . import dtypes as D
 from .tensor import Tensor, _from_array
@@ -31,6 +39,13 @@ VERSION_KEY = "tracejit.version"
 _FORMAT_VERSION = "1"
 
 PathLike = str | os.PathLike
+
+# safetensors dtype codes <-> NumPy (little-endian); BF16 has no NumPy dtype and is widened on load
+_DTYPE_OF = {"BOOL": "|b1", "U8": "|u1", "I8": "|i1", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
+             "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
+_DTYPE_OF = {k: np.dtype(v) for k, v in _DTYPE_OF.items()}
+_CODE_OF = {v: k for k, v in _DTYPE_OF.items()}
+_MAX_HEADER = 100_000_000  # safetensors' own limit
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -89,7 +104,7 @@ class _Encoder:
             n += 1
             key = f"{base}#{n}"
         arr = np.asarray(array(), order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-        if arr.dtype.kind not in "biuf":
+        if arr.dtype.newbyteorder("<") not in _CODE_OF:
             raise TypeError(f"tracejit.save: arrays of dtype {arr.dtype} cannot be stored ({_where(path)})")
         if arr.dtype.byteorder == ">":  # safetensors is little-endian
             arr = arr.astype(arr.dtype.newbyteorder("<"))
@@ -145,37 +160,65 @@ def save(obj: Any, f: PathLike | BinaryIO, *, metadata: dict[str, str] | None = 
     ...               "ckpt.safetensors")
     >>> ckpt = tracejit.load("ckpt.safetensors")
 
-    A path is written atomically: either the old file or the complete new one exists afterwards.
-    `metadata` adds string entries to the safetensors header.
+    A path is written atomically: either the old file or the complete new one exists afterwards; temporary
+    files that killed saves to the same path left behind are removed. `metadata` adds string entries to
+    the safetensors header.
     """
     enc = _Encoder()
     structure = enc.encode(obj, [])
     meta = dict(metadata or {})
+    for k, v in meta.items():
+        if not (isinstance(k, str) and isinstance(v, str)):
+            raise TypeError(f"tracejit.save: metadata must map str to str, got {k!r}: {v!r}")
     # readers such as transformers check "format"; the tensors are plain little-endian row-major arrays
     meta.setdefault("format", "pt")
     meta[STRUCTURE_KEY] = json.dumps(structure, separators=(",", ":"))
     meta[CHECKSUM_KEY] = _checksum(enc.tensors)
     meta[VERSION_KEY] = _FORMAT_VERSION
     if hasattr(f, "write"):
-        f.write(_save_bytes(enc.tensors, metadata=meta))
+        _write(f, enc.tensors, meta)
         return
     _atomic_save(enc.tensors, meta, os.fspath(f))
 
 
+def _write(f: BinaryIO, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """The safetensors layout: header length (u64 LE), JSON header padded with spaces to 8 bytes, arrays in
+    the header's order (widest items first, so every array is aligned to its item size)."""
+    header: dict[str, Any] = {"__metadata__": meta}
+    order = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
+    offset = 0
+    for k in order:
+        a = tensors[k]
+        header[k] = {"dtype": _CODE_OF[a.dtype.newbyteorder("<")], "shape": list(a.shape),
+                     "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for k in order:
+        if tensors[k].nbytes:
+            f.write(memoryview(tensors[k].reshape(-1).view(np.uint8)))  # no copy of the array
+
+
+def _tmp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tracejit-"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+
+
 def _atomic_save(tensors: dict[str, np.ndarray], meta: dict[str, str], path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    _remove_orphans(path)
+    tmp = os.path.join(directory, f"{_tmp_prefix(path)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
     # O_EXCL reserves a name no one else uses; mode 0o666 lets the umask decide, like open() would
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        mode = os.stat(tmp).st_mode & 0o777
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, mode)  # safetensors recreates the file as 0o600; give it the umask's usual mode
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data must be on disk before the rename makes it the checkpoint
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            _write(f, tensors, meta)
+            f.flush()
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -184,6 +227,41 @@ def _atomic_save(tensors: dict[str, np.ndarray], meta: dict[str, str], path: str
             pass
         raise
     _fsync_dir(directory)
+
+
+def _remove_orphans(path: str) -> None:
+    """Remove the temporary files of saves to `path` whose process is gone (it was killed mid-save).
+
+    Only our names for this path count, and only those of this host whose pid no longer exists: a save in
+    progress in another process (or another host sharing the directory) keeps its file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(_tmp_prefix(path)) + r"(\w+)-(\d+)-[0-9a-f]+\.tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or m.group(1) != _HOST or _pid_alive(int(m.group(2))):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+        except OSError:
+            pass  # another save removed it first, or the directory is not ours to clean
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":
+        # another thread of this process may be saving to the same path right now; on Windows,
+        # os.kill(pid, 0) would send CTRL_C_EVENT rather than probe, so nothing is removed there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists (another user's), or cannot tell: keep the file
+    return True
 
 
 def _fsync_dir(directory: str) -> None:
@@ -203,22 +281,27 @@ def _fsync_dir(directory: str) -> None:
 # ----------------------------------------------------------------------------------------------- load
 
 
+class _Unreadable(ValueError):
+    """The file is not a valid safetensors file (the message says what is wrong)."""
+
+
 def load(f: PathLike | BinaryIO, map_location: Any = None, weights_only: bool | None = None,
          mmap: bool | None = None) -> Any:
     """Read a checkpoint written by `save` (or any safetensors file, as a flat name -> tensor dict).
 
     `map_location`, `weights_only` and `mmap` are accepted for ``torch.load`` compatibility: everything
-    is loaded on the CPU, and nothing but tensors and JSON values can be in the file.
+    is loaded on the CPU, and nothing but tensors and JSON values can be in the file. BF16 tensors load as
+    float32 (exactly; with a warning), other integer types as int64.
     """
     name = repr(getattr(f, "name", "<file object>")) if hasattr(f, "read") else repr(os.fspath(f))
     try:
         if hasattr(f, "read"):
-            meta, arrays = _read_bytes(f.read())
+            data = f.read()
+            meta, arrays, bf16 = _read(io.BytesIO(data), len(data))
         else:
-            with safe_open(os.fspath(f), framework="numpy") as sf:
-                meta = sf.metadata() or {}
-                arrays = {k: sf.get_tensor(k) for k in sf.keys()}
-    except (SafetensorError, ValueError, OSError) as e:
+            with open(os.fspath(f), "rb") as fh:
+                meta, arrays, bf16 = _read(fh, os.fstat(fh.fileno()).st_size)
+    except (_Unreadable, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise RuntimeError(f"tracejit.load: {name} is not a readable safetensors checkpoint (it is "
@@ -227,7 +310,14 @@ def load(f: PathLike | BinaryIO, map_location: Any = None, weights_only: bool | 
     if expected is not None and _checksum(arrays) != expected:
         raise RuntimeError(f"tracejit.load: {name} is corrupted: the tensor data does not match the checksum "
                            f"stored when it was saved")
-    tensors = {k: _from_array(a) if isinstance(a, np.ndarray) else a for k, a in arrays.items()}
+    if bf16:
+        listed = ", ".join(repr(k) for k in bf16[:5]) + (f" and {len(bf16) - 5} more" if len(bf16) > 5 else "")
+        warnings.warn(f"tracejit.load: {name} holds bfloat16 tensors ({listed}); tracejit has no bfloat16 "
+                      f"dtype, so they are loaded as float32 (exactly: every bfloat16 value is a float32 value) "
+                      f"and a later save writes them as float32", UserWarning, stacklevel=2)
+        for k in bf16:
+            arrays[k] = (arrays[k].astype(np.uint32) << 16).view(np.float32)
+    tensors = {k: _from_array(a) for k, a in arrays.items()}
     structure = meta.get(STRUCTURE_KEY)
     if structure is None:  # a safetensors file from elsewhere: flat name -> tensor
         return tensors
@@ -238,12 +328,56 @@ def load(f: PathLike | BinaryIO, map_location: Any = None, weights_only: bool | 
         raise RuntimeError(f"tracejit.load: {name} has a damaged structure record: {e}") from None
 
 
-def _read_bytes(data: bytes) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    from safetensors.numpy import load as load_bytes
+def _read(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str, np.ndarray], list[str]]:
+    """(metadata, arrays, names of the BF16 arrays, still as raw uint16) of a safetensors file of `size`
+    bytes, checked as strictly as the safetensors library checks it."""
+    if size < 8:
+        raise _Unreadable(f"the file is {size} bytes long, too short for a safetensors header")
+    n = int.from_bytes(f.read(8), "little")
+    if n > min(size - 8, _MAX_HEADER):
+        raise _Unreadable(f"the header claims {n} bytes but the file has {size - 8} after the length field")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _Unreadable(f"the header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _Unreadable(f"the header is a JSON {type(header).__name__}, not an object of tensor entries")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _Unreadable("the header's __metadata__ is not an object of strings")
+    entries = []
+    for key, e in header.items():
+        if not (isinstance(e, dict) and isinstance(e.get("dtype"), str) and _int_list(e.get("shape"))
+                and _int_list(e.get("data_offsets")) and len(e["data_offsets"]) == 2):
+            raise _Unreadable(f"the header entry {key!r} is not a tensor description (dtype, shape, data_offsets)")
+        code = e["dtype"]
+        dt = np.dtype("<u2") if code == "BF16" else _DTYPE_OF.get(code)
+        if dt is None:
+            raise _Unreadable(f"tensor {key!r} has dtype {code}, which tracejit cannot load")
+        begin, end = e["data_offsets"]
+        count = math.prod(e["shape"])
+        if end - begin != count * dt.itemsize:
+            raise _Unreadable(f"tensor {key!r} of shape {e['shape']} and dtype {code} needs "
+                              f"{count * dt.itemsize} bytes, but its data_offsets span {end - begin}")
+        entries.append((begin, end, key, dt, tuple(e["shape"]), code))
+    entries.sort()
+    expected = 0
+    for begin, end, key, *_ in entries:
+        if begin != expected:
+            raise _Unreadable(f"tensor {key!r} starts at byte {begin} of the data, expected {expected}")
+        expected = end
+    if 8 + n + expected != size:
+        raise _Unreadable(f"the tensors need {8 + n + expected} bytes but the file has {size}")
+    arrays, bf16 = {}, []
+    for _begin, _end, key, dt, shape, code in entries:
+        a = np.empty(shape, dt)
+        if a.nbytes and f.readinto(memoryview(a.reshape(-1).view(np.uint8))) != a.nbytes:
+            raise _Unreadable(f"the file ended inside tensor {key!r}")
+        arrays[key] = a.astype(a.dtype.newbyteorder("=")) if not a.dtype.isnative else a
+        if code == "BF16":
+            bf16.append(key)
+    return meta, arrays, bf16
 
-    if len(data) < 8:
-        raise ValueError("file too short for a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    return header.get("__metadata__") or {}, load_bytes(data)
 
+def _int_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)

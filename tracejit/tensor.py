@@ -339,6 +339,9 @@ class Tensor:
     def double(self):
         return self.to(D.float64)
 
+    def half(self):
+        return self.to(D.float16)
+
     def long(self):
         return self.to(D.int64)
 
@@ -373,9 +376,11 @@ class Tensor:
         return _binary("add", o, self)
 
     def __sub__(self, o):
+        _no_bool_sub(self, o)
         return _binary("sub", self, o)
 
     def __rsub__(self, o):
+        _no_bool_sub(o, self)
         return _binary("sub", o, self)
 
     def __mul__(self, o):
@@ -650,13 +655,13 @@ class Tensor:
         if self.ndim != 2 or o.ndim != 2:
             raise OpError(f"mm: expected 2-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)} "
                           f"(at {user_location()})")
-        return matmul(self, o)
+        return matmul(self, o, _opname="mm")
 
     def bmm(self, o):
         if self.ndim != 3 or o.ndim != 3:
             raise OpError(f"bmm: expected 3-D tensors, got {shape_str(self.shape)} and {shape_str(o.shape)} "
                           f"(at {user_location()})")
-        return matmul(self, o)
+        return matmul(self, o, _opname="bmm")
 
     # ---- movement
     def reshape(self, *shape):
@@ -918,6 +923,15 @@ class Size(tuple):
 # ----------------------------------------------------------------------------------------------- functions
 
 
+def _no_bool_sub(a, b):
+    """PyTorch refuses `-` with a bool operand (tensor or Python bool) rather than promoting it."""
+    if any(x.dtype is D.bool_ if isinstance(x, Tensor) else isinstance(x, (bool, np.bool_)) for x in (a, b)):
+        shapes = " and ".join(shape_str(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in (a, b))
+        raise OpTypeError(f"sub: subtraction, the `-` operator, with a bool tensor is not supported ({shapes}). "
+                          f"If you are trying to invert a mask, use the `~` or `logical_not()` operator instead "
+                          f"(at {user_location()})")
+
+
 def where(condition, a, b):
     """Elementwise select: `a` where `condition` is true, else `b`."""
     cond = condition if isinstance(condition, Tensor) else tensor(condition)
@@ -927,10 +941,18 @@ def where(condition, a, b):
     return apply(OPS["where"], cond, _as_operand(a, dt), _as_operand(b, dt))
 
 
-def matmul(a, b):
-    """Matrix product with PyTorch's rules for 1-D operands and broadcast batch dimensions."""
+def matmul(a, b, _opname="matmul"):
+    """Matrix product with PyTorch's rules for 1-D operands and broadcast batch dimensions.
+
+    Both operands must have one dtype (as in PyTorch; nothing is promoted)."""
+    from .ops import check_same_dtype
+
     if not isinstance(b, Tensor):
         b = tensor(b)
+    try:
+        check_same_dtype(_opname, a, b)
+    except OpError as e:
+        raise type(e)(f"{e} (at {user_location()})") from None
     if a.ndim == 0 or b.ndim == 0:
         raise OpError(f"matmul: both arguments need at least 1 dimension, got {shape_str(a.shape)} and "
                       f"{shape_str(b.shape)} (at {user_location()})")
@@ -938,8 +960,6 @@ def matmul(a, b):
     if k_a != k_b:  # checked here so that the message names the user's shapes, not unsqueezed ones
         raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
                       f"({k_a} != {k_b}) (at {user_location()})")
-    dt = D.result_type(a, b)
-    a, b = a.to(dt), b.to(dt)
     if a.ndim == 1 and b.ndim == 1:
         return (a.unsqueeze(0).matmul(b.unsqueeze(1))).reshape(())
     if a.ndim == 1:
@@ -989,9 +1009,8 @@ def tensor(data, dtype=None, requires_grad=False, device=None):
                 raise TypeError(f"tensor(): could not convert {type(data).__name__} to a tensor") from None
     if dtype is not None:
         arr = arr.astype(D.as_dtype(dtype).np)
-    elif arr.dtype.kind == "f":
-        arr = arr.astype(np.float32 if arr.dtype != np.float64 or not isinstance(data, np.ndarray)
-                         else np.float64)
+    elif arr.dtype.kind == "f" and not (isinstance(data, np.ndarray) and arr.dtype in (np.float64, np.float16)):
+        arr = arr.astype(np.float32)  # Python floats default to float32; float64/float16 arrays keep theirs
     return _from_array(np.array(arr), requires_grad)
 
 

@@ -402,8 +402,13 @@ def test_integer_input_follows_eager_semantics():
     model = MLP()
     cf = compile_ref(lambda x: model(x))
     x = tracejit.arange(16).reshape(2, 8)
-    out = cf(x)
-    expected = model(x)
+    # an int64 batch into a float32 model raises in both, as in PyTorch (it used to promote silently)
+    with pytest.raises(TypeError, match=r"linear: expected input and weight to have the same dtype, but got: int64"):
+        model(x)
+    with pytest.raises(TypeError, match=r"linear: expected input and weight to have the same dtype, but got: int64"):
+        cf(x)
+    out = cf(x.float())
+    expected = model(x.float())
     assert out.dtype is expected.dtype
     assert np.array_equal(out.detach().numpy(), expected.detach().numpy())
 

@@ -106,6 +106,12 @@ class Tracer:
 
     # ---- hooks called from tensor.py
     def add_node(self, op, inputs, attrs, out_type: TensorType) -> Value:
+        types = [t._box.type for t in inputs]
+        if out_type.dtype.name == "float16" or any(t.dtype.name == "float16" for t in types):
+            # float16 is a storage dtype: the generated kernels are float32/float64 only
+            raise TraceError(f"{op.name}: compiled steps do not support float16 (inputs "
+                             f"{', '.join(map(str, types)) or 'none'}); convert to float32 with .float() outside "
+                             f"the compiled function, or compile with fallback='eager' (at {user_location()})")
         vals = [self.value_of(t) for t in inputs]
         v = self.builder.add_node(op, vals, attrs, out_type)
         self.defined.add(v.id)

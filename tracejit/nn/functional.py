@@ -13,8 +13,8 @@ import numpy as np
 
 from .. import dtypes as D
 from ..autograd import no_grad
-from ..errors import OpError, OpTypeError, TraceError, shape_str
-from ..ops import OPS
+from ..errors import OpError, OpTypeError, TraceError, shape_str, user_location
+from ..ops import OPS, check_same_dtype
 from ..random import rand
 from ..tensor import Tensor, _concrete_or_none, apply, arange, tensor, where
 
@@ -135,13 +135,30 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise OpError(f"linear: input of shape {shape_str(input.shape)} has {input.shape[-1]} features but "
                       f"weight {shape_str(weight.shape)} expects {weight.shape[-1]} (mat1 and mat2 shapes "
                       f"cannot be multiplied)")
+    _check_dtypes("linear", input, weight, bias)
     out = input.matmul(weight.t())
     return out if bias is None else out + bias
+
+
+def _check_dtypes(name: str, input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """PyTorch's rule: input, weight and bias share one dtype (a float64 batch into a float32 model raises
+    rather than silently promoting the whole step to float64)."""
+    fix = f"convert the input with .to(tracejit.{weight.dtype.name})"
+    if input.dtype.is_floating_point and weight.dtype.is_floating_point:
+        fix += f" or the model with .to(tracejit.{input.dtype.name})"
+    try:
+        check_same_dtype(name, input, weight, ("input", "weight"), fix)
+        if bias is not None:
+            check_same_dtype(name, bias, weight, ("bias", "weight"), f"convert the bias with "
+                             f".to(tracejit.{weight.dtype.name})")
+    except OpError as e:
+        raise type(e)(f"{e} (at {user_location()})") from None
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
            groups: int = 1) -> Tensor:
     """2-D cross-correlation; padding is an int, a pair, 'valid' or 'same' (stride 1 only)."""
+    _check_dtypes("conv2d", input, weight, bias)
     x, unbatched = _batched(input, "conv2d")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     if isinstance(padding, str):

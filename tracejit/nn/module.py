@@ -331,6 +331,9 @@ class Module:
     def double(self) -> Module:
         return self.to(D.float64)
 
+    def half(self) -> Module:
+        return self.to(D.float16)
+
     def cpu(self) -> Module:
         return self
 
