@@ -11,6 +11,7 @@ so the same code paths run under any uid; the chmod is kept so that on CI (non-r
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -516,7 +517,7 @@ print("RESULT", hits, total, misses)
 """
 
 
-def run_child(cache_dir: Path, numba_dir: Path | None = None, script: str = CHILD):
+def run_child(cache_dir: Path, numba_dir: Path | None = None, script: str = CHILD, prefix=()):
     """Run `script` in a fresh process with these caches; returns (hits, total, misses) and its stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEJIT_", "NUMBA_CACHE_DIR"))}
     env["TRACEJIT_CACHE_DIR"] = str(cache_dir)
@@ -524,8 +525,8 @@ def run_child(cache_dir: Path, numba_dir: Path | None = None, script: str = CHIL
         # a private Numba cache: the package's own kernels compile in it too (~3 s with OpenBLAS as the float32
         # GEMM; tracejit's own GEMM cfunc would take ~14 s cold)
         env.update(NUMBA_CACHE_DIR=str(numba_dir), TRACEJIT_SGEMM="openblas")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     return tuple(int(s) if s.isdigit() else s for s in line.split()[1:]), proc.stderr
@@ -583,3 +584,45 @@ def test_an_unusable_cache_directory_costs_one_warning_and_leaves_nothing_behind
     assert err.count("CacheWarning") == 1 and f"cannot write to {not_a_dir}" in err
     assert "tracejit-cache-" in private and not os.path.exists(private)
     assert not_a_dir.read_text() == "a file"
+
+
+def _as_another_user() -> list[str]:
+    """A command prefix under which permission bits bite: none for a normal user (CI); for root (here),
+    root without the capabilities that bypass file permissions."""
+    if os.getuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: permission bits cannot be made to bite")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_another_users_read_only_cache_really_denied(tmp_path):
+    # the kernel's own permission checks, no emulation: a shared cache whose entries we may not read (0600
+    # of another user; 000 here) in a directory we may not write; then Numba files we may not read in a
+    # directory we may write. Each run computes the right values (checked against eager in the child).
+    d = tmp_path / "shared"
+    run_child(d)
+    sources = sorted(d.glob("k_*.py"))
+    numba_files_d = sorted((d / "__pycache__").glob("*.nb[ic]"))
+    assert sources and numba_files_d
+    for p in sources + numba_files_d:
+        p.chmod(0o000)
+    (d / "__pycache__").chmod(0o555)
+    d.chmod(0o555)
+    try:
+        (hits, total, _), err = run_child(d, prefix=_as_another_user())
+    finally:
+        d.chmod(0o755)
+        (d / "__pycache__").chmod(0o755)
+    assert hits == 0
+    assert f"cannot read {d}" in err and "PermissionError" in err and f"cannot write to {d}" in err
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0 for p in sources)  # not ours: left alone
+    # now the sources are readable again but Numba's files are not, in a directory we may write
+    for p in sources:
+        p.chmod(0o644)
+    (hits, total2, _), err = run_child(d, prefix=_as_another_user())
+    assert hits == total2 == total
+    assert f"in {d / '__pycache__'} could not be loaded (PermissionError" in err
+    assert all(stat.S_IMODE(p.stat().st_mode) == cache.FILE_MODE for p in numba_files_d)  # rewritten, 0644
