@@ -168,6 +168,7 @@ CORRUPTIONS = {
     "truncated": lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2]),
     "empty": lambda p: p.write_text(""),
     "other valid python": lambda p: p.write_text("kernel = None\n"),
+    "random bytes": lambda p: p.write_bytes(np.random.default_rng(3).bytes(300)),
 }
 
 

@@ -3,7 +3,7 @@ own kernels, the cfunc behind `tracejit_sgemm`, generated kernels, wherever NUMB
 
 Numba reads its index (.nbi) and machine-code (.nbc) files lazily, on a function's first call, and a damaged
 file raises there (`UnpicklingError`, `RuntimeError` from LLVM's bitcode reader) in every later process, for
-good; damage inside the object code can even abort the process in LLVM's linker (measured: 7 of 40 16-byte
+good; damage inside the object code can even abort the process in LLVM's object loader (measured: 7 of 40 16-byte
 damages to an .nbc did). `install()` wraps Numba's cache so that:
 
 - files written here end with a checksum trailer (after the pickle, which Numba's unpickling ignores: plain
@@ -154,6 +154,7 @@ def install() -> None:
 
     def load_overload(self, sig, target_context):
         cache_file = getattr(self, "_cache_file", None)
+        target_context.refresh()  # as Numba does first; its errors are not the cache's (and propagate)
         try:
             return orig_load(self, sig, target_context)
         except Exception as e:  # damaged, unreadable or foreign: a miss (KeyboardInterrupt etc. still raise)
