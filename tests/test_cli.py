@@ -118,3 +118,69 @@ def test_unknown_command_fails_with_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+def _fake_caches(tmp_path, monkeypatch):
+    """A TRACEJIT_CACHE_DIR with two generated kernels, a private Numba cache with their machine code and
+    two of the package's own kernels', and a file of the user's that must survive --clear."""
+    import numba
+
+    from tracejit.compiler.backends import cache
+
+    d, numba_dir = tmp_path / "kernels", tmp_path / "numba"
+    monkeypatch.setenv("TRACEJIT_CACHE_DIR", str(d))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(numba_dir))
+    monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(numba_dir))
+    dirs = cache.numba_dirs()
+    generated, package = Path(dirs["generated"]), Path(dirs["package"])
+    assert generated.parent == numba_dir and package.parent == numba_dir and generated != package
+    d.mkdir()
+    generated.mkdir(parents=True)
+    package.mkdir(parents=True)
+    for key in ("a" * 24, "b" * 24):
+        (d / f"k_{key}.py").write_text("x" * 1000)
+        (generated / f"k_{key}.kernel-4.py311.nbi").write_bytes(b"i" * 100)
+        (generated / f"k_{key}.kernel-4.py311.1.nbc").write_bytes(b"c" * 400_000)
+    for name in ("cpu_math.exp_f32-79", "cpu_blas._blas_gemm-57"):
+        (package / f"{name}.py311.nbi").write_bytes(b"i" * 100)
+        (package / f"{name}.py311.1.nbc").write_bytes(b"c" * 100_000)
+    (d / "notes.txt").write_text("mine")
+    return d, generated, package
+
+
+def test_cache_lists_locations_sizes_and_entries(tmp_path, monkeypatch, capsys):
+    d, generated, package = _fake_caches(tmp_path, monkeypatch)
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert f"  generated kernel sources: {d} [TRACEJIT_CACHE_DIR]" in lines
+    assert "    2 kernels, 0.0 MB" in lines
+    assert f"  Numba machine code, generated kernels: {generated} [NUMBA_CACHE_DIR]" in lines
+    assert "    2 functions, 0.8 MB" in lines
+    assert f"  Numba machine code, tracejit's own kernels: {package} [NUMBA_CACHE_DIR]" in lines
+    assert "    2 functions, 0.2 MB" in lines
+    assert main(["cache", "--info"]) == 0 and capsys.readouterr().out == out
+
+
+def test_cache_clear_removes_generated_kernels_only(tmp_path, monkeypatch, capsys):
+    d, generated, package = _fake_caches(tmp_path, monkeypatch)
+    assert main(["cache", "--clear"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:3] == ["removed 6 files:", f"      2 from {d}", f"      4 from {generated}"]
+    assert "--all" in out
+    assert sorted(os.listdir(d)) == ["notes.txt"] and not generated.exists()
+    assert len(os.listdir(package)) == 4  # the package's own kernels are kept
+    assert main(["cache", "--clear", "--all"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["removed 4 files:", f"      4 from {package}"]
+    assert not os.listdir(package) and sorted(os.listdir(d)) == ["notes.txt"]
+    assert main(["cache", "--clear"]) == 0
+    assert capsys.readouterr().out.startswith("removed 0 files (the caches were empty)")
+
+
+def test_cache_command_in_a_fresh_process(tmp_path):
+    proc = run_cli("cache", cwd=tmp_path, tmp_path=tmp_path, extra_env={"NUMBA_CACHE_DIR": str(tmp_path / "nb")})
+    assert proc.returncode == 0, proc.stderr
+    assert f"generated kernel sources: {tmp_path / 'cache'} [TRACEJIT_CACHE_DIR]" in proc.stdout
+    assert f"Numba machine code, generated kernels: {tmp_path / 'nb' / 'cache_'}" in proc.stdout
+    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb' / 'backends_'}" in proc.stdout
+    assert not (tmp_path / "cache").exists()  # looking creates nothing

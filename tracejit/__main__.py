@@ -1,7 +1,8 @@
-"""`python -m tracejit {dump,info,bench,report}`: the command line.
+"""`python -m tracejit {dump,info,cache,bench,report}`: the command line.
 
     python -m tracejit dump train.py --epochs 1    # run a script with IR dumps on, list what was written
     python -m tracejit info                        # versions, threads, cache, CUDA
+    python -m tracejit cache [--clear [--all]]     # where the kernel caches are, their sizes; empty them
     python -m tracejit report train.py -o r.html   # one HTML page: IR per pass, kernels, compile and step time
 """
 
@@ -75,8 +76,9 @@ def cmd_info(ns) -> int:
     print(f"tracejit {tracejit.__version__}  python {sys.version.split()[0]}  numpy {numpy.__version__}  "
           f"numba {numba.__version__}")
     print(f"threads: {info.get('threads')} ({info.get('layer')} threading layer); set TRACEJIT_NUM_THREADS to change")
-    d = cache.cache_dir()
-    print(f"kernel cache: {d} ({cache.size_bytes() / 1e6:.1f} MB); set TRACEJIT_CACHE_DIR to move it")
+    d = cache.configured_dir()
+    print(f"kernel cache: {d} ({cache.size_bytes() / 1e6:.1f} MB); set TRACEJIT_CACHE_DIR to move it, "
+          "`python -m tracejit cache` for details")
     used = [b for b in blas.describe() if b["used"]]
     for b in used:
         print(f"BLAS for compiled GEMMs: {b['library']}, {b['kernels']} kernels ({b['path']})")
@@ -91,6 +93,31 @@ def cmd_info(ns) -> int:
         print(f"CUDA: {'available' if cuda.is_available() else 'not available'}")
     except Exception as e:  # numba-cuda missing or broken
         print(f"CUDA: not available ({type(e).__name__})")
+    return 0
+
+
+def cmd_cache(ns) -> int:
+    from tracejit.compiler.backends import cache
+
+    if ns.clear:
+        removed = cache.clear(package=ns.all)
+        by_dir: dict[str, int] = {}
+        for p in removed:
+            by_dir[os.path.dirname(p)] = by_dir.get(os.path.dirname(p), 0) + 1
+        print(f"removed {len(removed)} files" + (":" if removed else " (the caches were empty)"))
+        for d, n in sorted(by_dir.items()):
+            print(f"  {n:5d} from {d}")
+        if not ns.all:
+            print("(tracejit's own kernels' machine code was kept; --all removes it too, it is rebuilt on first "
+                  "use in ~20 s)")
+        return 0
+    print("tracejit kernel caches (`--clear` empties the generated kernels'; damaged or unreadable entries are "
+          "rebuilt on their own):")
+    for row in cache.info():
+        unit = "kernels" if row["what"].endswith("sources") else "functions"
+        note = f" [{row['note']}]" if row["note"] else ""
+        print(f"  {row['what']}: {row['path']}{note}")
+        print(f"    {row['entries']} {unit}, {row['bytes'] / 1e6:.1f} MB")
     return 0
 
 
@@ -120,6 +147,11 @@ def main(argv=None) -> int:
     r.set_defaults(fn=cmd_report)
     i = sub.add_parser("info", help="versions, threads, kernel cache, CUDA")
     i.set_defaults(fn=cmd_info)
+    c = sub.add_parser("cache", help="where the kernel caches are, their sizes and entry counts; --clear empties them")
+    c.add_argument("--info", action="store_true", help="print the caches' locations, sizes, entries (the default)")
+    c.add_argument("--clear", action="store_true", help="remove tracejit's generated kernels and their Numba files")
+    c.add_argument("--all", action="store_true", help="with --clear: also the Numba files of tracejit's own kernels")
+    c.set_defaults(fn=cmd_cache)
     from tracejit.bench import cli as bench_cli
 
     bench_cli.add_parser(sub)

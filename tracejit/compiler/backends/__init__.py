@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import importlib
 
+from . import numba_cache
+
+numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
+
 _BACKENDS = {
     "reference": "tracejit.compiler.backends.reference",
     "cpu": "tracejit.compiler.backends.cpu",

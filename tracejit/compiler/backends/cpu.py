@@ -422,12 +422,10 @@ class KernelStep:
         else:
             call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
             call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
+        self.fn(*call)  # the first call loads (or compiles) it: a damaged Numba cache entry is a miss (numba_cache)
         if self.first_call_s is None:
-            _, self.fn = cache.call_first(self.fn, PRELUDE + self.source, "kernel", call)
             self.first_call_s = time.perf_counter() - t0
             interrupt.check()  # a Ctrl-C held while Numba compiled this kernel
-        else:
-            self.fn(*call)
         return [outs[i] for i in self.out_order]
 
 
@@ -519,7 +517,7 @@ class SegmentStep:
             try:
                 if self.blas_threads:
                     blas.set_threads(self.blas_threads)
-                out, self.fn = cache.call_first(self.fn, SEGMENT_PRELUDE + self.source, "segment", self._args(args))
+                out = self.fn(*self._args(args))
             except numba.core.errors.NumbaError as e:
                 self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
                 self.fn = self.fallback()

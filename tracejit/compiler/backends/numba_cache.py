@@ -1,0 +1,218 @@
+"""Numba's on-disk cache, made fault tolerant for every `cache=True` function in the process (the package's
+own kernels, the cfunc behind `tracejit_sgemm`, generated kernels, wherever NUMBA_CACHE_DIR puts them).
+
+Numba reads its index (.nbi) and machine-code (.nbc) files lazily, on a function's first call, and a damaged
+file raises there (`UnpicklingError`, `RuntimeError` from LLVM's bitcode reader) in every later process, for
+good; damage inside the object code can even abort the process in LLVM's object loader (measured: 7 of 40 16-byte
+damages to an .nbc did). `install()` wraps Numba's cache so that:
+
+- files written here end with a checksum trailer (after the pickle, which Numba's unpickling ignores: plain
+  Numba still reads them), and loading checks it before anything reaches pickle or LLVM; behind a sealed
+  index a data file without its trailer (truncated) is damaged too;
+- any failure while loading an entry is a miss: the entry's files are removed (best effort), a warning
+  names them (the first such entry per directory), and Numba compiles afresh and saves;
+- a failure while saving (full disk, read-only or foreign files) warns once and the process goes on;
+- a function Numba cannot cache at all (no writable location) warns once and runs uncached.
+
+An index without a trailer (written by plain Numba or an older tracejit) is read as Numba reads it, and its
+data files are trusted as Numba trusts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+
+import llvmlite
+import numba
+
+MAGIC = b"\0tracejit-sha256\0"
+_TRAILER = len(MAGIC) + 8 + 32
+MEMORY_PREFIX = "<tracejit-memory "  # co_filename of kernels compiled without a cache file (cache.py)
+
+_installed = False
+_warned: set = set()
+
+
+class CacheWarning(RuntimeWarning):
+    """A kernel cache entry or location could not be used; tracejit carried on without it."""
+
+
+class DamagedCacheFile(Exception):
+    """A Numba cache file failed its checksum (not an OSError: Numba would swallow that one silently)."""
+
+
+def warn_once(key, message: str) -> None:
+    """Warn (once per process for `key`), attributed to the user's line that led here."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    level, f = 1, sys._getframe(0)
+    while f is not None and _internal(f.f_code.co_filename):
+        f, level = f.f_back, level + 1
+    warnings.warn(message, CacheWarning, stacklevel=level)
+
+
+_INTERNAL = tuple(os.path.dirname(os.path.abspath(m)) + os.sep for m in (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), numba.__file__, llvmlite.__file__))
+
+
+def _internal(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, a kernel compiled in memory; not <string>/<stdin>
+        return filename.startswith(("<frozen", MEMORY_PREFIX))
+    return os.path.abspath(filename).startswith(_INTERNAL) or "importlib" in filename
+
+
+def seal(payload: bytes) -> bytes:
+    """`payload` followed by the checksum trailer."""
+    return payload + MAGIC + len(payload).to_bytes(8, "little") + hashlib.sha256(payload).digest()
+
+
+def check(content: bytes, path: str, strict: bool) -> bool:
+    """Whether `content` ends with a trailer; raise DamagedCacheFile if its checksum does not match, or if it
+    has none and `strict`."""
+    if len(content) < _TRAILER or content[-_TRAILER:-40] != MAGIC:
+        if strict:
+            raise DamagedCacheFile(f"{path}: no checksum (truncated?)")
+        return False
+    n = int.from_bytes(content[-40:-32], "little")
+    if n > len(content) - _TRAILER or hashlib.sha256(content[-_TRAILER - n:-_TRAILER]).digest() != content[-32:]:
+        raise DamagedCacheFile(f"{path}: checksum mismatch")
+    return True
+
+
+def _check_path(path: str, strict: bool) -> bool:
+    try:
+        with open(path, "rb") as f:
+            content = f.read()
+    except FileNotFoundError:
+        return False  # Numba's own handling: no index yet, or a data file removed under it
+    return check(content, path, strict)
+
+
+def entry_files(cache_file) -> list[str]:
+    """The index and data files of one function's cache entry."""
+    base = cache_file._index_name[: -len(".nbi")]
+    try:
+        names = os.listdir(cache_file._cache_path)
+    except OSError:
+        return []
+    return [os.path.join(cache_file._cache_path, n) for n in sorted(names)
+            if n == cache_file._index_name or (n.startswith(base + ".") and n.endswith(".nbc"))]
+
+
+def _discard(cache, error: Exception) -> None:
+    cache_file = cache._cache_file
+    files = entry_files(cache_file)
+    left = []
+    for p in files:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            left.append(p)
+    msg = (f"tracejit: Numba's cache entry for {_name(cache)} in {cache_file._cache_path} could not be loaded "
+           f"({type(error).__name__}: {str(error)[:200]}); compiling it afresh (further damaged entries in this "
+           "directory are rebuilt without a warning).")
+    if left:
+        msg += f" Could not remove {', '.join(left)}: remove it, or set NUMBA_CACHE_DIR to a private directory."
+    elif files:
+        msg += f" Removed {', '.join(os.path.basename(p) for p in files)}."
+    warn_once(("load", cache_file._cache_path), msg)  # once per directory: a broken restore damages many
+
+
+def _name(cache) -> str:
+    fn = getattr(cache, "_py_func", None)
+    return getattr(fn, "__qualname__", None) or getattr(cache, "_name", "?")
+
+
+def install() -> None:
+    """Wrap Numba's cache (idempotent). Must run before any cached function is compiled or loaded."""
+    global _installed
+    if _installed:
+        return
+    from numba.core import caching, ccallback, dispatcher
+
+    IDC, Cache = caching.IndexDataCacheFile, caching.Cache
+    orig_dump, orig_load_index, orig_load_data = IDC._dump, IDC._load_index, IDC._load_data
+    orig_load, orig_save = Cache.load_overload, Cache.save_overload
+
+    def _dump(self, obj):
+        return seal(orig_dump(self, obj))
+
+    def _load_index(self):
+        self._tracejit_sealed = _check_path(self._index_path, strict=False)
+        return orig_load_index(self)
+
+    def _load_data(self, name):
+        # _load_index ran just before (IndexDataCacheFile.load, under Numba's compiler lock)
+        _check_path(self._data_path(name), strict=getattr(self, "_tracejit_sealed", False))
+        return orig_load_data(self, name)
+
+    def load_overload(self, sig, target_context):
+        cache_file = getattr(self, "_cache_file", None)
+        target_context.refresh()  # as Numba does first; its errors are not the cache's (and propagate)
+        try:
+            return orig_load(self, sig, target_context)
+        except Exception as e:  # damaged, unreadable or foreign: a miss (KeyboardInterrupt etc. still raise)
+            if cache_file is None:
+                raise
+            _discard(self, e)
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            orig_save(self, sig, data)
+        except Exception as e:
+            path = getattr(self, "_cache_path", "?")
+            warn_once(("save", path), f"tracejit: Numba could not save compiled code for {_name(self)} "
+                      f"in {path} ({type(e).__name__}: {str(e)[:200]}); it is compiled again in each new process. "
+                      "Free disk space or fix the directory's permissions, or set NUMBA_CACHE_DIR to a writable "
+                      "directory.")
+
+    def guard_enable(orig):
+        def enable_caching(self):
+            try:
+                orig(self)
+            except Exception as e:  # no writable location for this function: run it uncached
+                self._cache = caching.NullCache()
+                py_func = getattr(self, "py_func", None) or getattr(self, "_pyfunc", None)
+                filename = getattr(getattr(py_func, "__code__", None), "co_filename", "")
+                if not filename.startswith(MEMORY_PREFIX):  # cache.py has warned for those
+                    warn_once(("enable", os.path.dirname(filename)),
+                              f"tracejit: Numba cannot cache compiled code for functions in {filename} "
+                              f"({type(e).__name__}: {str(e)[:200]}); they are compiled again in each new "
+                              "process. Set NUMBA_CACHE_DIR to a writable directory.")
+        enable_caching.__wrapped__ = orig
+        return enable_caching
+
+    IDC._dump, IDC._load_index, IDC._load_data = _dump, _load_index, _load_data
+    Cache.load_overload, Cache.save_overload = load_overload, save_overload
+    dispatcher.Dispatcher.enable_caching = guard_enable(dispatcher.Dispatcher.enable_caching)
+    ccallback.CFunc.enable_caching = guard_enable(ccallback.CFunc.enable_caching)
+    _installed = True
+
+
+def locate(py_file: str) -> str | None:
+    """The directory where Numba keeps machine code for functions defined in `py_file` (its locators' order:
+    NUMBA_CACHE_DIR, the file's __pycache__, the user-wide cache), or None if none is writable. Creates
+    nothing."""
+    from numba.core import caching, config
+
+    class _Fn:
+        class __code__:  # noqa: N801 (the attribute Numba's locators read)
+            co_firstlineno = 1
+
+    classes = [caching.UserProvidedCacheLocator] if config.CACHE_DIR else []
+    classes += [caching.InTreeCacheLocator, caching.UserWideCacheLocator]
+    for cls in classes:
+        path = cls(_Fn, py_file).get_cache_path()
+        probe = path
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK):
+            return path
+    return None
