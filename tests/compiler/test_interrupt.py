@@ -65,8 +65,8 @@ def test_sigint_during_compiled_steps_is_a_keyboard_interrupt_with_state_before_
     for delay in np.linspace(0.0002, 0.004, 12):
         timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
         before = _state(model, opt)
-        timer.start()
         try:
+            timer.start()  # inside the try: a short delay may fire before start() returns
             for _ in range(100000):
                 before = _state(model, opt)
                 step(x, y)
