@@ -111,12 +111,19 @@ def load(source: str, attr: str):
     raise AssertionError("unreachable")
 
 
+class KernelError(Exception):
+    """An error generated code raises on purpose (bad input data, e.g. an index out of range): never a sign of
+    a damaged cache entry; the backend turns it into the user's error."""
+
+
 def call_first(fn, source: str, attr: str, args):
     """First call of a function `load(source, attr)` returned. Numba reads its on-disk cache lazily, here:
     a damaged index or machine-code file raises, so when this entry has Numba files, discard them, reload
     the module and compile afresh (a genuine error then raises again). Returns (result, function)."""
     try:
         return fn(*args), fn
+    except KernelError:
+        raise
     except Exception:
         key = key_of(source)
         pyc = os.path.join(cache_dir(), "__pycache__")
