@@ -95,7 +95,7 @@ def row(op, label, make, expect, grad=(), out_dtype=None, **attrs):
 
 
 NONDIFFERENTIABLE = {"sign", "logical_not", "eq", "ne", "lt", "le", "gt", "ge", "full", "argmax", "uniform",
-                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax"}
+                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax", "check_index"}
 
 # ---- unary elementwise
 
@@ -610,6 +610,10 @@ row("gather", "axis1-repeats", lambda r: [randn(r, 3, 4), np.array([[0, 0], [3, 
 row("gather", "axis0-noncontig",
     lambda r: [transposed(randn(r, 3, 2, dtype=F32)), strided(ints(r, 4, 2, lo=0, hi=3))], _np_gather, axis=0)
 row("gather", "i64-3d", lambda r: [ints(r, 2, 3, 2), ints(r, 2, 3, 4, lo=0, hi=2)], _np_gather, axis=2)
+row("check_index", "in-range", lambda r: [ints(r, 3, 4, lo=0, hi=5)], lambda a, **_: a, low=0, high=5,
+    message="t: index {value} is bad")
+row("check_index", "negative-range-ignore-noncontig", lambda r: [strided(np.array([[-3, 2, -100], [0, -100, -1]]))],
+    lambda a, **_: a, low=-3, high=3, ignore=-100, error="target", message="t: label {value}")
 row("scatter_add", "axis0-duplicates", lambda r: [np.array([[0, 2], [0, 0], [1, 2]]), randn(r, 3, 2)],
     _np_scatter_add, grad=(1,), axis=0, shape=(3, 2), out_dtype=F64)
 row("scatter_add", "axis1-f32", lambda r: [strided(ints(r, 2, 5, lo=0, hi=3)), randn(r, 2, 5, dtype=F32)],

@@ -16,6 +16,16 @@ class OpTypeError(OpError, TypeError):
     """An op got an input of the wrong dtype or Python type."""
 
 
+class OpIndexError(OpError, IndexError):
+    """An index outside its valid range (gather/scatter indices, integer-tensor subscripts): the message names
+    the op, the offending value and the size. Raised alike eagerly and by compiled code (before any state is
+    written back)."""
+
+
+class TargetIndexError(OpIndexError):
+    """A class label outside [0, num_classes) that is not ignore_index (PyTorch raises IndexError here)."""
+
+
 class TraceError(RuntimeError):
     """Something a trace cannot capture (``.item()``, ``bool(tensor)``, ...)."""
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import dtypes as D
 from .errors import OpError, shape_str, user_location
-from .ops import OPS
+from .ops import OPS, first_bad_index, index_error
 
 
 def _is_adv(i):
@@ -172,15 +172,29 @@ def _advanced(y, advs):
 def _wrap_negative(t, size):
     from .tensor import _concrete_or_none, where
 
+    t = check_index(t, -size, size, f"index {{value}} is out of bounds for dimension with size {size}")
+    a = _concrete_or_none(t)
+    if a is not None and (a.size == 0 or a.min() >= 0):
+        return t
+    return where(t < 0, t + size, t)
+
+
+def check_index(t, low: int, high: int, message: str, ignore: int | None = None, error: str = "index"):
+    """`t` (an int64 tensor) once every value is known to be in [low, high) or equal to `ignore`.
+
+    A concrete index is checked here. A traced one gets a `check_index` node in front of its readers, so the
+    compiled program stops with the same error (ops.index_error: `message` with the first bad value and the
+    user's line, of the class `error` names) before a bad index reaches a kernel or any state is written."""
+    from .tensor import _concrete_or_none, apply
+
     a = _concrete_or_none(t)
     if a is not None:
-        if a.size and (a.min() < -size or a.max() >= size):
-            bad = a[(a < -size) | (a >= size)].flat[0]
-            raise IndexError(f"index {bad} is out of bounds for dimension with size {size} "
-                             f"(at {user_location()})")
-        if a.size == 0 or a.min() >= 0:
-            return t
-    return where(t < 0, t + size, t)
+        bad = first_bad_index(a, low, high, ignore)
+        if bad is not None:
+            raise index_error(bad, error, f"{message} (at {user_location()})")
+        return t
+    attrs = dict(low=int(low), high=int(high)) | ({} if ignore is None else {"ignore": int(ignore)})
+    return apply(OPS["check_index"], t, **attrs, error=error, message=f"{message} (at {user_location()})")
 
 
 def take(y, idx, axis):

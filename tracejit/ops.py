@@ -18,7 +18,7 @@ from scipy import special
 
 from . import dtypes as D
 from . import ref_kernels as K
-from .errors import OpError, OpTypeError, shape_str
+from .errors import OpError, OpIndexError, OpTypeError, TargetIndexError, shape_str
 
 
 class Kind(enum.Enum):
@@ -589,8 +589,9 @@ MAX_POOL2D_GRAD = _op("max_pool2d_grad", Kind.WINDOW, lambda x, g, **a: TensorTy
 
 
 def _argmax_infer(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
-    if kernel[0] * kernel[1] > 255:
-        raise OpError(f"max_pool2d_argmax: a {kernel} window does not fit uint8 indices")
+    if kernel[0] * kernel[1] > 256:  # window positions 0 .. area - 1 must fit uint8
+        raise OpError(f"max_pool2d_argmax: a {kernel[0]}x{kernel[1]} window has {kernel[0] * kernel[1]} positions, "
+                      f"more than uint8 indices hold (256)")
     return TensorType(_pool_infer("max_pool2d_argmax")(x, kernel, stride, padding, dilation, ceil_mode).shape,
                       D.uint8)
 
@@ -613,6 +614,52 @@ AVG_POOL2D_GRAD = _op("avg_pool2d_grad", Kind.WINDOW,
 
 # ----------------------------------------------------------------------------------------------- index
 
+_INDEX_ERRORS = {"index": OpIndexError, "target": TargetIndexError}
+
+
+def first_bad_index(a, low: int, high: int, ignore=None):
+    """The first value of the int array `a` (flat C order) outside [low, high) that is not `ignore`, or None."""
+    if a.size == 0 or (a.min() >= low and a.max() < high):
+        return None
+    bad = (a < low) | (a >= high)
+    if ignore is not None:
+        bad &= a != ignore
+    return int(a[bad][0]) if bad.any() else None
+
+
+def index_error(value: int, error: str, message: str) -> OpIndexError:
+    """The error for an out-of-range index: `message` with {value} filled in, of the class `error` names
+    ('index': OpIndexError, 'target': TargetIndexError). Eager code, every op ref and every backend raise
+    through this, so the error is the same wherever the index is found bad."""
+    return _INDEX_ERRORS[error](message.replace("{value}", str(int(value))))
+
+
+def index_message(op: str, axis: int, size: int) -> str:
+    return f"{op}: index {{value}} is out of bounds for dimension {axis} with size {size}"
+
+
+def _check_index_infer(idx, low, high, message, ignore=None, error="index"):
+    if idx.dtype is not D.int64:
+        raise OpTypeError(f"check_index: index must be int64, got {idx.dtype.name}")
+    if error not in _INDEX_ERRORS or "{value}" not in message:
+        raise OpError(f"check_index: error must be one of {sorted(_INDEX_ERRORS)} and the message must hold "
+                      f"{{value}}, got error={error!r}, message={message!r}")
+    return idx
+
+
+def _check_index_ref(idx, low, high, message, ignore=None, error="index"):
+    bad = first_bad_index(idx, low, high, ignore)
+    if bad is not None:
+        raise index_error(bad, error, message)
+    return idx
+
+
+# Composite code puts this in front of every traced index (tracejit.indexing.check_index): backends render it
+# as a serial pass that stops the program with the eager error before a bad index reaches memory.
+CHECK_INDEX = _op("check_index", Kind.INDEX, _check_index_infer, _check_index_ref, None,
+                  doc="the int64 index unchanged if every value is in [low, high) or equal to ignore; else "
+                      "raises index_error(first bad value, error, message)")
+
 
 def _gather_infer(x, idx, axis):
     if idx.dtype is not D.int64:
@@ -624,10 +671,8 @@ def _gather_infer(x, idx, axis):
 
 
 def _gather_ref(x, idx, axis):
-    n = x.shape[axis]
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        bad = idx[(idx < -n) | (idx >= n)].flat[0]
-        raise OpError(f"gather: index {bad} is out of bounds for dimension {axis} with size {n}")
+    # as PyTorch: indices in [0, size), negative ones are out of bounds
+    _check_index_ref(idx, 0, x.shape[axis], index_message("gather", axis, x.shape[axis]))
     return np.take_along_axis(x, idx, axis=axis)
 
 
@@ -637,13 +682,20 @@ GATHER = _op("gather", Kind.INDEX, _gather_infer, _gather_ref,
 
 
 def _scatter_add_infer(idx, src, axis, shape):
+    if idx.dtype is not D.int64:
+        raise OpTypeError(f"scatter_add: index must be int64, got {idx.dtype.name}")
     if idx.shape != src.shape:
         raise OpError(f"scatter_add: index {shape_str(idx.shape)} and source {shape_str(src.shape)} differ")
     return TensorType(tuple(shape), src.dtype)
 
 
-SCATTER_ADD = _op("scatter_add", Kind.INDEX, _scatter_add_infer, K.scatter_add,
-                  lambda c, g: [None, g.gather(c.attrs["axis"], c.input(0))],
+def _scatter_add_ref(idx, src, axis, shape):
+    _check_index_ref(idx, 0, shape[axis], index_message("scatter_add", axis, shape[axis]))
+    return K.scatter_add(idx, src, axis, shape)
+
+
+SCATTER_ADD = _op("scatter_add", Kind.INDEX, _scatter_add_infer, _scatter_add_ref,
+                  lambda c, g: [None, _T().apply(GATHER, g, c.input(0), axis=c.attrs["axis"])],
                   doc="zeros(shape) with src added at idx along axis")
 
 # ----------------------------------------------------------------------------------------------- random

@@ -806,10 +806,23 @@ class Tensor:
         return getitem(self, index)
 
     def gather(self, dim, index):
-        return apply(OPS["gather"], self, index, axis=_norm_dim(dim, self.ndim))
+        from .indexing import check_index
+        from .ops import index_message
+
+        axis = _norm_dim(dim, self.ndim)
+        if isinstance(index, Tensor) and index.dtype is D.int64 and index.ndim == self.ndim:
+            n = self.shape[axis]
+            index = check_index(index, 0, n, index_message("gather", axis, n))
+        return apply(OPS["gather"], self, index, axis=axis)
 
     def index_select(self, dim, index):
+        from .indexing import check_index
+        from .ops import index_message
+
         d = _norm_dim(dim, self.ndim)
+        if isinstance(index, Tensor) and index.dtype is D.int64:
+            # as PyTorch: indices in [0, size) (plain subscripts also accept negative ones)
+            index = check_index(index, 0, self.shape[d], index_message("index_select", d, self.shape[d]))
         return self[(slice(None),) * d + (index,)]
 
     # ---- in-place (functionalized: compute, then rebind the box)

@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import dtypes as D
 from ..autograd import no_grad
-from ..errors import OpError, OpTypeError, TraceError, shape_str, user_location
+from ..errors import OpError, OpTypeError, TargetIndexError, TraceError, shape_str, user_location  # noqa: F401
+from ..indexing import check_index
 from ..ops import OPS, check_same_dtype
 from ..random import rand
 from ..tensor import Tensor, _concrete_or_none, apply, arange, tensor, where
@@ -24,10 +25,6 @@ __all__ = [
     "batch_norm", "flatten", "pad", "one_hot", "cross_entropy", "nll_loss", "mse_loss", "l1_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits",
 ]
-
-
-class TargetIndexError(OpError, IndexError):
-    """A class label outside [0, num_classes) (PyTorch raises IndexError here)."""
 
 
 class TargetShapeError(OpError, ValueError):
@@ -328,9 +325,8 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
             raise TraceError("one_hot: num_classes=-1 needs the tensor's values, which are not known while "
                              "tracing; pass num_classes")
         num_classes = int(values.max()) + 1 if values.size else 0
-    if values is not None and values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise TargetIndexError(f"one_hot: class values must be in [0, {num_classes}), got "
-                               f"{int(values.min() if values.min() < 0 else values.max())}")
+    tensor = check_index(tensor, 0, num_classes, f"one_hot: class values must be in [0, {num_classes}), got {{value}}",
+                         error="target")
     return (tensor.unsqueeze(-1) == arange(num_classes)).long()
 
 
@@ -358,8 +354,9 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss.sum() if reduction == "sum" else loss
 
 
-def _check_class_target(fname: str, input: Tensor, target: Tensor, ignore_index: int) -> None:
-    """Dtype, shape and (when values are concrete) range of a class-index target."""
+def _check_class_target(fname: str, input: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """`target` after checking its dtype, shape and range (labels in [0, classes) or ignore_index): read the
+    labels only through the returned tensor, so that a traced step checks them before it uses them."""
     if not isinstance(target, Tensor):
         raise OpTypeError(f"{fname}: target must be a Tensor, got {type(target).__name__}")
     shapes = f"input of shape {shape_str(input.shape)}, target of shape {shape_str(target.shape)}"
@@ -377,30 +374,28 @@ def _check_class_target(fname: str, input: Tensor, target: Tensor, ignore_index:
             raise TargetShapeError(f"{fname}: expected input batch_size ({input.shape[0]}) to match target "
                                    f"batch_size ({got}); {shapes}")
         raise TargetShapeError(f"{fname}: expected a target of shape {shape_str(expected)}; {shapes}")
-    values = _concrete_or_none(target)
-    if values is not None:
-        classes = input.shape[1 if input.ndim >= 2 else 0]
-        bad = values[(values != ignore_index) & ((values < 0) | (values >= classes))]
-        if bad.size:
-            raise TargetIndexError(f"{fname}: target label {int(bad.flat[0])} is out of range for {classes} "
-                                   f"classes (labels must be in [0, {classes - 1}] or ignore_index="
-                                   f"{ignore_index}); {shapes}")
+    classes = input.shape[1 if input.ndim >= 2 else 0]
+    # concrete labels are checked now; traced ones by a check_index node the compiled program runs
+    return check_index(target, 0, classes, f"{fname}: target label {{value}} is out of range for {classes} classes "
+                       f"(labels must be in [0, {classes - 1}] or ignore_index={ignore_index}); {shapes}",
+                       ignore=ignore_index, error="target")
 
 
 def _class_weights(target: Tensor, weight: Tensor | None, ignore_index: int, dtype) -> tuple[Tensor, Tensor]:
     """(target with ignored labels replaced by 0, per-element weight: 0 where ignored, else weight[label])."""
     valid = target != ignore_index
-    safe = where(valid, target, 0)  # gather needs in-range indices even where the result is masked out
+    # target is checked (_check_class_target); gather needs in-range indices even where the result is masked out
+    safe = where(valid, target, 0)
     w = valid.to(dtype)
     if weight is not None:
-        w = w * weight.to(dtype).gather(0, safe.reshape(-1)).reshape(tuple(target.shape))
+        w = w * apply(OPS["gather"], weight.to(dtype), safe.reshape(-1), axis=0).reshape(tuple(target.shape))
     return safe, w
 
 
 def _nll(logp: Tensor, target: Tensor, weight, ignore_index: int, reduction: str) -> Tensor:
     cdim = 1 if logp.ndim >= 2 else 0
     safe, w = _class_weights(target, weight, ignore_index, logp.dtype)
-    picked = logp.gather(cdim, safe.unsqueeze(cdim)).squeeze(cdim)
+    picked = apply(OPS["gather"], logp, safe.unsqueeze(cdim), axis=cdim).squeeze(cdim)
     loss = -picked * w
     if reduction == "mean":
         return loss.sum() / w.sum()  # PyTorch: divide by the total weight of the non-ignored targets
@@ -412,7 +407,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_a
     """Negative log-likelihood of log-probabilities `input` [N, C, ...] at class indices `target` [N, ...]."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
-    _check_class_target("nll_loss", input, target, ignore_index)
+    target = _check_class_target("nll_loss", input, target, ignore_index)
     return _nll(input, target, weight, ignore_index, reduction)
 
 
@@ -440,7 +435,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
         if weight is not None:
             logp = logp * weight.reshape(wshape)
         return _reduce(-(logp * probs).sum(cdim), reduction)
-    _check_class_target("cross_entropy", input, target, ignore_index)
+    target = _check_class_target("cross_entropy", input, target, ignore_index)
     logp = input.log_softmax(cdim)
     nll = _nll(logp, target, weight, ignore_index, reduction)
     if label_smoothing == 0.0:

@@ -13,11 +13,13 @@ import numba
 import numpy as np
 
 from ... import dtypes as D
+from ...ops import index_error
 from .. import interrupt
 from ..ir import Graph, Node
 from ..runtime import Program
 from . import blas, cache, threads
 from .cpu_blas import sgemm_description
+from .cpu_index import IndexCheckFailed
 from .cpu_program import SegmentSource, segment_io, split_segments
 from .cpu_views import addresses
 from .cpu_window_steps import as_c, window_step
@@ -499,11 +501,12 @@ class SegmentStep:
     """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
     compile it (first call), the run falls back to one step per node, and the reason is kept."""
 
-    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False):
+    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=()):
         self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
         self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
         self.first_call_s: float | None = None
         self.uses_threads = uses_threads  # the generated function takes the pool's thread count last
+        self.checks = list(checks)  # the source's index checks: number -> (error, message)
 
     def _args(self, args):
         arrays = [as_c(a) for a in args]
@@ -512,6 +515,13 @@ class SegmentStep:
         return arrays
 
     def __call__(self, args):
+        try:
+            return self._call(args)
+        except IndexCheckFailed as e:  # an index out of range: the error eager code raises, with its value
+            k, value = e.args
+            raise index_error(value, *self.checks[k]) from None
+
+    def _call(self, args):
         if self.first_call_s is None:
             t0 = time.perf_counter()
             try:
@@ -632,7 +642,7 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
             units.append((make_step(item), item.inputs, item.outputs))
             continue
         ins, outs = segment_io(item, reads_after[i], graph_outputs)
-        if not outs:
+        if not outs and not any(n.body is None and n.op.name == "check_index" for n in item):
             continue
         t0 = time.perf_counter()
         seg = SegmentSource(item, ins, outs, PARALLEL_MIN, render_multi, _render_block, FASTMATH,
@@ -650,6 +660,6 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
                     else blas.threads_for(seg.max_gemm_flops))
         step = SegmentStep(fn, src, hit, nthreads,
                            lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
-                           label, fallbacks, seg.uses_threads)
+                           label, fallbacks, seg.uses_threads, seg.checks)
         units.append((step, ins, outs))
     return units

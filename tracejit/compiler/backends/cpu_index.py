@@ -1,7 +1,10 @@
 """Numba helpers for the index/random/reduction-by-position ops, called from generated program code.
 
 Each works on arrays viewed as [pre, n, post] around the op's axis, so one compiled specialization per
-dtype serves every rank. Semantics are those of the op table's NumPy refs (negative indices wrap).
+dtype serves every rank. Semantics are those of the op table's NumPy refs: indices must lie in [0, n).
+An index outside its range raises IndexCheckFailed(check number, value) -- `check_index` for the check_index
+op, and gather3/scatter_add3 themselves, so that no index reaches memory unchecked -- which the segment's
+step turns into the op's own error (ops.index_error) before any state is written back.
 """
 
 from __future__ import annotations
@@ -12,30 +15,53 @@ import numpy as np
 _jit = numba.njit(cache=True, error_model="numpy")
 
 
+class IndexCheckFailed(Exception):
+    """args: (the check's number within its generated segment, the offending index value)."""
+
+
 @_jit
-def gather3(x, idx, out):
-    """out[p, m, q] = x[p, idx[p, m, q], q]; x [P, N, Q], idx/out [P, M, Q]."""
+def check_index(idx, low, high, ignore, has_ignore, k):
+    """Raise IndexCheckFailed(k, first value of idx outside [low, high) that is not `ignore`). A branchless
+    counting pass first (it vectorizes); the search for the first bad value only runs on failure."""
+    nbad = 0
+    keep = 1 if has_ignore else 0
+    for i in range(idx.shape[0]):
+        v = idx[i]
+        out = (v < low) | (v >= high)
+        nbad += out & ((v != ignore) | (keep == 0))
+    if nbad:
+        for i in range(idx.shape[0]):
+            v = idx[i]
+            if (v < low or v >= high) and not (has_ignore and v == ignore):
+                raise IndexCheckFailed(k, v)
+
+
+@_jit
+def gather3(x, idx, out, k):
+    """out[p, m, q] = x[p, idx[p, m, q], q]; x [P, N, Q], idx/out [P, M, Q]. An index outside [0, N) raises
+    IndexCheckFailed(k, index) (never read out of bounds, even if no check_index ran before)."""
     n = x.shape[1]
     for p in range(idx.shape[0]):
         for m in range(idx.shape[1]):
             for q in range(idx.shape[2]):
                 j = idx[p, m, q]
-                if j < 0:
-                    j += n
+                if j < 0 or j >= n:
+                    raise IndexCheckFailed(k, j)
                 out[p, m, q] = x[p, j, q]
 
 
 @_jit
-def scatter_add3(idx, src, out):
-    """out (zeroed here) [P, N, Q]; out[p, idx[p, m, q], q] += src[p, m, q]."""
+def scatter_add3(idx, src, out, k):
+    """out (zeroed here) [P, N, Q]; out[p, idx[p, m, q], q] += src[p, m, q]; an index outside [0, N) raises
+    IndexCheckFailed(k, index) before anything is written out of bounds."""
     out[...] = 0
     n = out.shape[1]
     for p in range(idx.shape[0]):
         for m in range(idx.shape[1]):
             for q in range(idx.shape[2]):
                 j = idx[p, m, q]
-                if j < 0:
-                    j += n
+                if j < 0 or j >= n:
+                    raise IndexCheckFailed(k, j)
                 out[p, j, q] += src[p, m, q]
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 
 from ... import dtypes as D
+from ...ops import index_message
 from ..ir import Graph, Node
 from .kernel import LoweringError, lower
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
 SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
-          "uniform", "cat", "pad")
+          "uniform", "cat", "pad", "check_index")
 
 
 def renderable(node: Node) -> bool:
@@ -87,6 +88,7 @@ class SegmentSource:
         self.has_parallel = False
         self.split_gemm_flops = split_gemm_flops  # GEMMs this big are split over the thread pool
         self.uses_threads = False  # the function takes the pool's thread count as its last argument
+        self.checks: list[tuple[str, str]] = []  # index checks: number -> (error, message), see _check
         self._k = 0
         for n in nodes:
             self._emit(n)
@@ -201,18 +203,29 @@ class SegmentSource:
                     L.append(f"        G.gemm_nt(0, 0, {m}, {n_}, {k}, _x[_b], {k}, _w[_b], {n_}, _o[_b])")
                 else:
                     L.append("        B.gemm(_x[_b], _w[_b], _o[_b])")
+        elif name == "check_index":
+            idx = n.inputs[0]
+            src = self._c(idx)
+            ignore = a.get("ignore")
+            k = self._check(a["error"], a["message"])
+            L.append(f"    H.check_index({_reshaped(src, (idx.type.numel,), idx.shape)}, {a['low']}, {a['high']}, "
+                     f"{0 if ignore is None else ignore}, {ignore is not None}, {k})")
+            L.append(f"    {self._def(out)} = {src}")  # the index itself, now known to be in range
+            self.contiguous.add(out.id)
         elif name == "gather":
             x, idx = n.inputs
             ax = a["axis"]
             o = self._alloc(out)
+            k = self._check("index", index_message("gather", ax, x.shape[ax]))
             L.append(f"    H.gather3({self._as(x, _three(x.shape, ax))}, {self._as(idx, _three(idx.shape, ax))}, "
-                     f"{self._as(out, _three(out.shape, ax))})")
+                     f"{self._as(out, _three(out.shape, ax))}, {k})")
         elif name == "scatter_add":
             idx, src = n.inputs
             ax = a["axis"]
             o = self._alloc(out)
+            k = self._check("index", index_message("scatter_add", ax, out.shape[ax]))
             L.append(f"    H.scatter_add3({self._as(idx, _three(idx.shape, ax))}, "
-                     f"{self._as(src, _three(src.shape, ax))}, {self._as(out, _three(out.shape, ax))})")
+                     f"{self._as(src, _three(src.shape, ax))}, {self._as(out, _three(out.shape, ax))}, {k})")
         elif name == "argmax":
             x = n.inputs[0]
             ax = a["axis"]
@@ -241,6 +254,12 @@ class SegmentSource:
                        self.var(n.inputs[0]), None)
         else:
             raise LoweringError(f"{name} has no segment rendering")
+
+    def _check(self, error: str, message: str) -> int:
+        """Number a check raising IndexCheckFailed(number, value) in this segment: `checks[number]` holds the
+        (error, message) ops.index_error makes the user's error from (kept out of the source: its cache key)."""
+        self.checks.append((error, message))
+        return len(self.checks) - 1
 
     def _emit_linear(self, n: Node):
         """x @ w + bias (then relu): the GEMM with its epilogue applied to each thread's block of the output."""

@@ -314,6 +314,9 @@ def conv_forward(x, w, bias, out, argmax, padding, dilation, relu, pool_k, pool_
     pool_s) with uint8 argmax when pool_k > 0 (argmax ignored otherwise). x, w C-contiguous."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
+    if pool_k > 0 and (pool_k > 16 or argmax.dtype != np.uint8):  # positions 0 .. pool_k**2 - 1 must fit uint8
+        raise ValueError(f"conv_forward: a {pool_k}x{pool_k} pool needs a uint8 argmax and pool_k <= 16, got "
+                         f"{argmax.dtype.name}")
     hp, wp, oh, ow, L = _geometry(x.shape, w.shape, padding, dilation)
     xp = padded_input(x, padding)
     b = np.zeros(0, x.dtype) if bias is None else bias

@@ -18,7 +18,7 @@ from ...ref_kernels import pool_out_hw as _ref_pool_out_hw
 from .cpu_window import _NO_ARGMAX, FASTMATH, _check, _pair
 
 __all__ = [
-    "avg_pool2d_backward", "avg_pool2d_forward", "max_pool2d_backward", "max_pool2d_forward",
+    "argmax_dtype", "avg_pool2d_backward", "avg_pool2d_forward", "max_pool2d_backward", "max_pool2d_forward",
     "max_pool2d_grad_argmax", "pool_out_hw",
 ]
 
@@ -80,19 +80,21 @@ def _max_row(row, sw, code, first, best, idx):
 @_parallel
 def max_pool_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out, argmax, store_argmax):
     """Max pool with -inf padding; argmax[n,c,r,q] = i*kw + j of the first maximum in window order
-    (positions in the padding count, as the reference's padded argmax)."""
+    (positions in the padding count, as the reference's padded argmax), in argmax's own integer type, which
+    the caller picks wide enough (argmax_dtype); without store_argmax, argmax is a placeholder."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     hb = max(h + 2 * ph, (oh - 1) * sh + (kh - 1) * dh + 1)
     wb = max(w + 2 * pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     ninf = x.dtype.type(-np.inf)
     k2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and dh == 1 and dw == 1
+    codes = np.arange(kh * kw).astype(argmax.dtype)  # window positions as argmax's type (uint8 for <= 256)
     for p in prange(n_ * c_):
         n = p // c_
         c = p - n * c_
         buf = np.empty((hb, wb), x.dtype)
         _load_padded(x[n, c], ph, pw, ninf, buf)
-        idx = np.empty(ow, np.uint8)
+        idx = np.empty(ow, argmax.dtype)
         for r in range(oh):
             best = out[n, c, r]
             if k2:  # the common 2x2/2 window with literal offsets: 4x faster than the general rows
@@ -111,7 +113,7 @@ def max_pool_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out, argmax, store_argmax
             else:
                 for i in range(kh):
                     for j in range(kw):
-                        _max_row(buf[r * sh + i * dh, j * dw:], sw, np.uint8(i * kw + j), i == 0 and j == 0,
+                        _max_row(buf[r * sh + i * dh, j * dw:], sw, codes[i * kw + j], i == 0 and j == 0,
                                  best, idx)
             if store_argmax:
                 argmax[n, c, r] = idx
@@ -232,6 +234,13 @@ def avg_pool_grad_kernel(g, kh, kw, sh, sw, ph, pw, include_pad, dx):
 
 
 # ------------------------------------------------------------------------------------ Python API
+def argmax_dtype(kernel) -> np.dtype:
+    """The narrowest unsigned type that holds every position 0 .. kh*kw - 1 of a pooling window: uint8 up
+    to 16x16 (the common, fastest case), uint16 up to 65536 positions, else uint32."""
+    area = int(kernel[0]) * int(kernel[1])
+    return np.dtype(np.uint8 if area <= 1 << 8 else np.uint16 if area <= 1 << 16 else np.uint32)
+
+
 def pool_out_hw(hw, kernel, stride, padding, dilation=(1, 1), ceil_mode=False) -> tuple[int, int]:
     """Output size of max/avg pooling, as ref_kernels.pool_out_hw."""
     return _ref_pool_out_hw(hw, kernel, stride, padding, dilation, ceil_mode)
@@ -246,7 +255,8 @@ def _pool_attrs(kernel, stride, padding, dilation):
 def max_pool2d_forward(x, out, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
                        out_argmax=None) -> None:
     """out[...] = max_pool2d(x) with ops.MAX_POOL2D semantics (-inf padding, ceil_mode); if out_argmax
-    (uint8, kernel area <= 256) is given, it gets the window index of the first maximum.
+    (of type argmax_dtype(kernel): uint8 for windows up to 16x16) is given, it gets the window index of the
+    first maximum.
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4); out = np.empty((1, 1, 2, 2), np.float32)
     >>> max_pool2d_forward(x, out, 2); out[0, 0].tolist()
@@ -258,9 +268,7 @@ def max_pool2d_forward(x, out, kernel, stride=None, padding=0, dilation=1, ceil_
     _check("max_pool2d_forward out", out, (n, c, oh, ow), x.dtype)
     store = out_argmax is not None
     if store:
-        _check("max_pool2d_forward out_argmax", out_argmax, (n, c, oh, ow), np.uint8)
-        if kernel[0] * kernel[1] > 256:
-            raise ValueError(f"max_pool2d_forward: uint8 argmax needs kernel area <= 256, got {kernel}")
+        _check("max_pool2d_forward out_argmax", out_argmax, (n, c, oh, ow), argmax_dtype(kernel))
     max_pool_kernel(np.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, out,
                     out_argmax if store else _NO_ARGMAX, store)
 
@@ -268,16 +276,16 @@ def max_pool2d_forward(x, out, kernel, stride=None, padding=0, dilation=1, ceil_
 def max_pool2d_backward(x, g, out_dx, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
                         argmax=None) -> None:
     """out_dx[...] = max_pool2d_grad(x, g) (ops.MAX_POOL2D_GRAD: g routed to each window's first maximum).
-    Pass the forward's `argmax` to skip recomputing it from x."""
+    Pass the forward's `argmax` (argmax_dtype(kernel)) to skip recomputing it from x."""
     kernel, stride, padding, dilation = _pool_attrs(kernel, stride, padding, dilation)
     _check("max_pool2d_backward out_dx", out_dx, x.shape, x.dtype)
     g = np.ascontiguousarray(g)
     if argmax is None:
-        argmax = np.empty(g.shape, np.uint8)
+        argmax = np.empty(g.shape, argmax_dtype(kernel))  # uint8 would wrap positions >= 256 (20x20 windows)
         scratch = np.empty(g.shape, x.dtype)
         max_pool_kernel(np.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, scratch, argmax, True)
     argmax = np.ascontiguousarray(argmax)
-    _check("max_pool2d_backward argmax", argmax, g.shape, np.uint8)
+    _check("max_pool2d_backward argmax", argmax, g.shape, argmax_dtype(kernel))
     max_pool_grad_kernel(g, argmax, *kernel, *stride, *padding, *dilation, out_dx)
 
 
@@ -289,7 +297,7 @@ def max_pool2d_grad_argmax(g, argmax, out_dx, kernel, stride=None, padding=0, di
     oh, ow = pool_out_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
     g, argmax = np.ascontiguousarray(g), np.ascontiguousarray(argmax)
     _check("max_pool2d_grad_argmax g", g, (n, c, oh, ow), out_dx.dtype)
-    _check("max_pool2d_grad_argmax argmax", argmax, (n, c, oh, ow), np.uint8)
+    _check("max_pool2d_grad_argmax argmax", argmax, (n, c, oh, ow), argmax_dtype(kernel))
     max_pool_grad_kernel(g, argmax, *kernel, *stride, *padding, *dilation, out_dx)
 
 

@@ -1,7 +1,8 @@
 """dce: drop nodes whose outputs nothing reads (and unused non-argument inputs).
 
 Keeps true: outputs, argument inputs and node order are unchanged; RANDOM ops are pure here
-(the generator state is an explicit input/output), so they are removable like any other.
+(the generator state is an explicit input/output), so they are removable like any other. `check_index`
+nodes are always kept, read or not: raising on a bad index is an effect (eager code raises there too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ def dce(g: Graph) -> Graph:
     live = {v.id for v in g.outputs}
     kept = []
     for n in reversed(g.nodes):
-        if any(v.id in live for v in n.outputs):
+        if any(v.id in live for v in n.outputs) or (n.body is None and n.op.name == "check_index"):
             kept.append(n)
             live.update(v.id for v in n.inputs)
     kept.reverse()

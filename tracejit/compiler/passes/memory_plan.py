@@ -4,13 +4,17 @@ which state updates can be written in place.
 Keeps true: nodes and values are unchanged; it annotates. A fused 'multi' (optimizer) node gets
 `attrs['inplace']` = ((output index, input index), ...) for each state tensor whose new value is
 computed elementwise from its old value by the one member kernel that reads it and nothing after reads
-the old value; the backend then writes the update into the old buffer. `graph.notes` reports the planned
-peak bytes (with reuse) against the bytes a step allocates when every value gets fresh memory (eager).
+the old value; the backend then writes the update into the old buffer -- unless a node that can still stop
+the program (an index check) comes after it: a failed call must leave the state as it was. `graph.notes`
+reports the planned peak bytes (with reuse) against the bytes a step allocates when every value gets fresh
+memory (eager).
 """
 
 from __future__ import annotations
 
 from ..ir import Graph, Node
+
+RAISES = ("check_index", "gather", "scatter_add")  # nodes that raise on an index out of range
 
 
 def _bytes(v) -> int:
@@ -92,9 +96,16 @@ def memory_plan(g: Graph) -> Graph:
         later.append(set(reads_after))
         reads_after.update(v.id for v in n.inputs)
     later.reverse()
+    last_raise = max((i for i, n in enumerate(g.nodes) if n.body is None and n.op.name in RAISES), default=-1)
+    notes = []
     for i, n in enumerate(g.nodes):
         if n.body is not None and n.attrs.get("kind") == "multi":
             pairs = _inplace_pairs(g, n, later[i])
+            if pairs and i < last_raise:
+                notes.append(f"memory_plan: no in-place state updates for node {i}: {g.nodes[last_raise].op.name} "
+                             f"(node {last_raise}) can still stop the call after it, and a failed call must leave "
+                             f"the state unchanged")
+                pairs = ()
             if pairs:
                 inplace_count += len(pairs)
                 n = Node(n.op, n.inputs, {**n.attrs, "inplace": pairs}, n.outputs, n.body)
@@ -102,5 +113,5 @@ def memory_plan(g: Graph) -> Graph:
     out = g.replace(nodes=nodes)
     out.notes = [f"memory_plan: intermediates need {peak / 1e6:.2f} MB at peak with buffer reuse "
                  f"({len(set(assign.values()))} buffers for {len(assign)} values) vs {total / 1e6:.2f} MB "
-                 f"allocated per step without reuse (eager); {inplace_count} state tensors updated in place"]
+                 f"allocated per step without reuse (eager); {inplace_count} state tensors updated in place"] + notes
     return out
