@@ -12,6 +12,7 @@ import builtins
 import functools
 import inspect
 import sys
+import threading
 import time
 import warnings
 
@@ -81,7 +82,7 @@ def make_runner(v: Variant):
 
     State is written back only after the whole program ran, so a failing call leaves it untouched."""
     ns: dict = {"_prog_run": v.program.run, "_make": T.Tensor._make, "_unflatten": unflatten,
-                "_structure": v.structure}
+                "_structure": v.structure, "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
         name = f"_o{len(ns)}"
@@ -89,7 +90,12 @@ def make_runner(v: Variant):
         return name
 
     reads = ", ".join(b.expr(obj) for b in v.bindings)
-    lines = ["def run(args):", f"    outs = _prog_run([{reads}])"]
+    # while another thread traces (or did since the first read), inputs it captured may hold its Values:
+    # `_settle` waits for that trace to end (tensor._concrete_values)
+    what = repr(f"compiled {v.traced.name}")
+    lines = ["def run(args):", "    ev = _T._trace_events", f"    ins = [{reads}]",
+             "    if _tracing or ev != _T._trace_events:",
+             f"        ins = _settle({what}, lambda: [{reads}])", "    outs = _prog_run(ins)"]
     for b, idx in v.writes:
         lines += [f"    box = {b.box_expr(obj)}", f"    box.value = outs[{idx}]", "    box.version += 1"]
     for ref, idx, _ in v.grad_sets:
@@ -125,6 +131,9 @@ class CompiledFunction:
         self.log: list[str] = []
         self._warned = set()
         self._last: Variant | None = None
+        # held while tracing/compiling a variant and while changing `variants` (calls only read it): one
+        # trace of this function at a time, and a variant another thread just compiled is found, not redone
+        self._lock = threading.RLock()
         try:
             self._sig = inspect.signature(fn)
             self._names = [p for p in self._sig.parameters]
@@ -156,7 +165,7 @@ class CompiledFunction:
             keys.append(k)
             if k[0] == "T":
                 aliases.append(first_of.setdefault(id(a._box), i))
-        return (autograd._grad_enabled, tuple(keys), tuple(aliases))
+        return (not autograd._off or autograd._mode.enabled, tuple(keys), tuple(aliases))  # (grad mode)
 
     def __call__(self, *args, **kwargs):
         args = self._bind(args, kwargs)
@@ -168,8 +177,12 @@ class CompiledFunction:
         candidates = self.variants.get(key, ())
         for i, v in enumerate(candidates):
             if v.guard_failure(args) is None:
-                if i:  # most recently used first: a steady loop checks one variant's guards per call
-                    candidates.insert(0, candidates.pop(i))
+                if i and self._lock.acquire(blocking=False):  # (busy: another thread compiles; skip it)
+                    try:  # most recently used first: a steady loop checks one variant's guards per call
+                        if i < len(candidates) and candidates[i] is v:  # (unchanged meanwhile)
+                            candidates.insert(0, candidates.pop(i))
+                    finally:
+                        self._lock.release()
                 return self._run(v, args)
         return self._compile_and_run(args, key)
 
@@ -270,12 +283,19 @@ class CompiledFunction:
         return variant
 
     def _compile_and_run(self, args, key):
-        variant = self.compile_variant(args, key)
+        with self._lock:  # one trace at a time; only tracing and compiling hold it, compiled programs run freely
+            variant = self._lookup(args, key)  # compiled by another thread while this one waited?
+            if variant is None and key not in self.eager_keys:
+                variant = self.compile_variant(args, key)
+                if variant is not None:
+                    self._add(variant)
         if variant is None:
             self.eager_calls += 1
             return self.fn(*args)
-        self._add(variant)
         return self._run(variant, args)
+
+    def _lookup(self, args, key) -> Variant | None:
+        return next((v for v in self.variants.get(key, ()) if v.guard_failure(args) is None), None)
 
     def _add(self, variant):
         self.history.append(variant)
@@ -343,13 +363,14 @@ def explain(fn, *args, **kwargs) -> Explanation:
     cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
     args = cf._bind(args, kwargs)
     key = cf._key(args)
-    variant = next((v for v in cf.variants.get(key, ()) if v.guard_failure(args) is None), None)
-    if variant is None:
-        variant = cf.compile_variant(args, key)
+    with cf._lock:  # as in a call: one trace of `cf` at a time
+        variant = cf._lookup(args, key)
         if variant is None:
-            return Explanation(f"{cf.__name__}: this call runs eagerly ({cf.log[-1] if cf.log else 'fallback'})",
-                               None)
-        cf._add(variant)
+            variant = cf.compile_variant(args, key)
+            if variant is None:
+                return Explanation(f"{cf.__name__}: this call runs eagerly "
+                                   f"({cf.log[-1] if cf.log else 'fallback'})", None)
+            cf._add(variant)
     return Explanation(explain_variant(cf, variant), variant)
 
 
