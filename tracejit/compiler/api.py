@@ -32,6 +32,11 @@ from .trace import describe_arg, trace, unflatten
 T = sys.modules["tracejit.tensor"]
 
 DEFAULT_BACKEND = "cpu"
+# Held while a variant is traced and compiled and while `variants` changes (calls only read it): one compile
+# at a time in the process (tracing, the passes and the backends share Value ids and caches), and a thread
+# that waited finds the variant another thread just compiled instead of compiling it again. Compiled
+# programs run without it.
+COMPILE_LOCK = threading.RLock()
 
 
 class RecompileWarning(UserWarning):
@@ -131,9 +136,6 @@ class CompiledFunction:
         self.log: list[str] = []
         self._warned = set()
         self._last: Variant | None = None
-        # held while tracing/compiling a variant and while changing `variants` (calls only read it): one
-        # trace of this function at a time, and a variant another thread just compiled is found, not redone
-        self._lock = threading.RLock()
         try:
             self._sig = inspect.signature(fn)
             self._names = [p for p in self._sig.parameters]
@@ -177,12 +179,12 @@ class CompiledFunction:
         candidates = self.variants.get(key, ())
         for i, v in enumerate(candidates):
             if v.guard_failure(args) is None:
-                if i and self._lock.acquire(blocking=False):  # (busy: another thread compiles; skip it)
+                if i and COMPILE_LOCK.acquire(blocking=False):  # (busy: another thread compiles; skip it)
                     try:  # most recently used first: a steady loop checks one variant's guards per call
                         if i < len(candidates) and candidates[i] is v:  # (unchanged meanwhile)
                             candidates.insert(0, candidates.pop(i))
                     finally:
-                        self._lock.release()
+                        COMPILE_LOCK.release()
                 return self._run(v, args)
         return self._compile_and_run(args, key)
 
@@ -283,7 +285,7 @@ class CompiledFunction:
         return variant
 
     def _compile_and_run(self, args, key):
-        with self._lock:  # one trace at a time; only tracing and compiling hold it, compiled programs run freely
+        with COMPILE_LOCK:
             variant = self._lookup(args, key)  # compiled by another thread while this one waited?
             if variant is None and key not in self.eager_keys:
                 variant = self.compile_variant(args, key)
@@ -363,7 +365,7 @@ def explain(fn, *args, **kwargs) -> Explanation:
     cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
     args = cf._bind(args, kwargs)
     key = cf._key(args)
-    with cf._lock:  # as in a call: one trace of `cf` at a time
+    with COMPILE_LOCK:
         variant = cf._lookup(args, key)
         if variant is None:
             variant = cf.compile_variant(args, key)
