@@ -24,6 +24,7 @@ _mode = _GradMode()  # grad mode is per thread (as PyTorch's): an evaluating thr
 # thread's mode is on, and the hot readers (`tensor.apply`) skip the thread-local lookup:
 # `not _off or _mode.enabled`. Each thread adds or removes only its own id, with single set operations
 # (atomic, no lock), whenever its own mode changes: a thread whose mode is off always finds the set nonempty.
+# (A thread that ends inside no_grad leaves its id behind: that only costs the fast path.)
 _off: set = set()
 
 
