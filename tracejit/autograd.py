@@ -8,35 +8,62 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import numpy as np
 
 from .errors import shape_str
 
-_grad_enabled = True
+
+class _GradMode(threading.local):
+    enabled = True  # the class attribute is every thread's starting mode
+
+
+_mode = _GradMode()  # grad mode is per thread (as PyTorch's): an evaluating thread never changes another's
+# The threads whose grad mode is off right now (by thread id). While it is empty (the common case) every
+# thread's mode is on, and the hot readers (`tensor.apply`) skip the thread-local lookup:
+# `not _off or _mode.enabled`. Each thread adds or removes only its own id, with single set operations
+# (atomic, no lock), whenever its own mode changes: a thread whose mode is off always finds the set nonempty.
+# (A thread that ends inside no_grad leaves its id behind: that only costs the fast path.)
+_off: set = set()
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    return not _off or _mode.enabled
+
+
+def _set_mode(mode: bool) -> bool:
+    """Set this thread's grad mode; returns the previous one."""
+    prev = _mode.enabled
+    if mode != prev:
+        if mode:
+            _mode.enabled = True
+            _off.discard(threading.get_ident())
+        else:
+            _off.add(threading.get_ident())
+            _mode.enabled = False
+    return prev
 
 
 class set_grad_enabled(contextlib.ContextDecorator):
-    """Context manager / decorator that sets grad mode (``with tracejit.no_grad(): ...``)."""
+    """Context manager / decorator that sets this thread's grad mode (``with tracejit.no_grad(): ...``)."""
 
     def __init__(self, mode: bool):
         self.mode = bool(mode)
         self.prev = None
 
     def __enter__(self):
-        global _grad_enabled
-        self.prev = _grad_enabled
-        _grad_enabled = self.mode
+        self.prev = _set_mode(self.mode)
         return self
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self.prev
+        _set_mode(self.prev)
         return False
+
+    def _recreate_cm(self):
+        # a decorated function gets a fresh context per call: one shared `prev` would let two threads
+        # calling it at once restore each other's mode
+        return set_grad_enabled(self.mode)
 
 
 class no_grad(set_grad_enabled):

@@ -9,6 +9,8 @@ is what makes tracing (functionalization) and eager agree.
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import namedtuple
 
 import numpy as np
@@ -20,18 +22,69 @@ from .ops import OPS, TensorType
 
 # ---------------------------------------------------------------------------------------------- trace context
 
-_tracer = None  # the active compiler.trace.Tracer, or None (the only global besides grad mode)
+
+class _TraceContext(threading.local):
+    tracer = None  # this thread's active compiler.trace.Tracer (the class attribute: every thread's start)
+
+
+# The trace context is per thread, like grad mode (the only other global): a thread compiling a function
+# never captures another thread's eager ops.
+_ctx = _TraceContext()
+# The threads tracing right now (by thread id). While it is empty (eager code, compiled calls) readers skip
+# the thread-local lookup: `_ctx.tracer if _tracing else None`. A thread adds or removes only its own id,
+# with single set operations (atomic), when it installs or removes its tracer: a tracing thread always
+# finds the set nonempty.
+_tracing: set = set()
+# Held by the thread that traces (compiler.trace.trace): one trace at a time in the process. While a trace
+# runs, the tensors it captured (a model's parameters, the default generator's state) hold its graph's
+# Values instead of arrays; an eager op in another thread that meets one waits here for the trace to end.
+TRACE_LOCK = threading.RLock()
+TRACE_WAIT_S = 60.0  # how long it waits before calling it a deadlock (the trace waiting on that thread)
+# Bumped when any thread starts or stops tracing (under TRACE_LOCK). An eager op reads it before reading
+# its inputs' arrays and checks it with `_tracing` afterwards: unchanged and nobody tracing means no trace
+# could have put a Value into them in between.
+_trace_events = 0
 
 
 def current_tracer():
-    return _tracer
+    """This thread's active Tracer, or None."""
+    return _ctx.tracer if _tracing else None
 
 
 def set_tracer(tracer):
-    """Install `tracer` (or None); returns the previous one."""
-    global _tracer
-    prev, _tracer = _tracer, tracer
-    return prev
+    """Install `tracer` (or None) for this thread; returns the previous one."""
+    global _trace_events
+    with TRACE_LOCK:
+        prev = _ctx.tracer
+        _trace_events += 1  # before a trace is listed / after it is gone: see _concrete_values
+        if tracer is not None:
+            _tracing.add(threading.get_ident())
+            _ctx.tracer = tracer
+        else:
+            _ctx.tracer = None
+            _tracing.discard(threading.get_ident())
+        return prev
+
+
+def _concrete_values(what, read):
+    """`read()` (the arrays an eager op or a compiled call is about to use) in a thread that does not trace,
+    while another thread may: a Value found there was put by the running trace (the tensor is state of the
+    function it compiles), so wait for that trace to end, which restores the arrays, and read again."""
+    from .compiler.ir import Value  # (loaded: a trace ran)
+
+    deadline = time.monotonic() + TRACE_WAIT_S
+    while True:
+        vals = read()
+        traced = next((v for v in vals if isinstance(v, Value)), None)
+        if traced is None:
+            return vals
+        left = deadline - time.monotonic()
+        if not _tracing or left <= 0 or not TRACE_LOCK.acquire(timeout=left):
+            why = (f"another thread's trace did not end within {TRACE_WAIT_S:g} s (does it wait for this "
+                   f"thread?)" if _tracing else "it was created inside a compiled function and kept")
+            raise TraceError(f"{what}: a tensor of type {traced.type} holds a traced value, not an array (at "
+                             f"{user_location()}): {why}")
+        TRACE_LOCK.release()
 
 
 class Box:
@@ -57,14 +110,19 @@ def apply(op, *inputs, **attrs):
         out_type = op.infer(*[t._box.type for t in inputs], **attrs)
     except OpError as e:
         raise type(e)(f"{e} (at {user_location()})") from None
-    if _tracer is not None:
-        value = _tracer.add_node(op, inputs, attrs, out_type)
+    tracer = _ctx.tracer if _tracing else None
+    if tracer is not None:
+        value = tracer.add_node(op, inputs, attrs, out_type)
     else:
-        value = op.ref(*[t._box.value for t in inputs], **attrs)
+        events = _trace_events
+        vals = [t._box.value for t in inputs]
+        if _tracing or events != _trace_events:  # another thread traces (or did): its Values may be there
+            vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs])
+        value = op.ref(*vals, **attrs)
         if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
             value = np.asarray(value, dtype=out_type.dtype.np)
     out = Tensor._make(value, out_type)
-    if autograd._grad_enabled and op.grad is not None and out_type.dtype.is_floating_point:
+    if (not autograd._off or autograd._mode.enabled) and op.grad is not None and out_type.dtype.is_floating_point:
         for t in inputs:
             if t.requires_grad:
                 out.requires_grad = True
@@ -217,8 +275,8 @@ class Tensor:
     # ---- grad and data
     @property
     def grad(self):
-        if _tracer is not None:
-            _tracer.on_grad_get(self)
+        if _tracing and (tracer := _ctx.tracer) is not None:
+            tracer.on_grad_get(self)
         return self._grad
 
     @grad.setter
@@ -226,8 +284,8 @@ class Tensor:
         if value is not None and tuple(value.shape) != tuple(self.shape):
             raise RuntimeError(f"assigned grad has shape {shape_str(value.shape)} but the tensor has shape "
                                f"{shape_str(self.shape)}")
-        if _tracer is not None:
-            _tracer.on_grad_set(self, value)
+        if _tracing and (tracer := _ctx.tracer) is not None:
+            tracer.on_grad_set(self, value)
         self._grad = value
 
     @property
@@ -236,8 +294,8 @@ class Tensor:
 
     @data.setter
     def data(self, other):
-        if _tracer is not None:
-            _tracer.before_mutation(self)
+        if _tracing and (tracer := _ctx.tracer) is not None:
+            tracer.before_mutation(self)
         self._box.value = other._box.value
         self._box.type = other._box.type
 
@@ -266,11 +324,15 @@ class Tensor:
 
     # ---- values out (not traceable)
     def _concrete(self, what):
-        if _tracer is not None or not isinstance(self._box.value, np.ndarray):
+        here = _tracing and _ctx.tracer is not None
+        value = self._box.value
+        if not here and not isinstance(value, np.ndarray):
+            value = _concrete_values(what, lambda: [self._box.value])[0]  # (another thread's trace?)
+        if here or not isinstance(value, np.ndarray):
             raise TraceError(f"{what} needs the tensor's value, which is not known while tracing "
                              f"(at {user_location()}); keep it outside the compiled function, return the "
                              f"tensor instead, or use fallback='eager'")
-        return self._box.value
+        return value
 
     def numpy(self):
         if self.requires_grad:
@@ -828,14 +890,15 @@ class Tensor:
     # ---- in-place (functionalized: compute, then rebind the box)
     def _inplace(self, compute, name):
         """Rebind this tensor's box to `compute(current value)`; bumps the version counter."""
-        if autograd._grad_enabled and self.requires_grad and self.is_leaf:
+        grad_on = not autograd._off or autograd._mode.enabled  # (is_grad_enabled, inlined)
+        if grad_on and self.requires_grad and self.is_leaf:
             raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
                                f"operation (shape {shape_str(self.shape)}); wrap it in tracejit.no_grad() "
                                f"or use .data")
-        if _tracer is not None:
-            _tracer.before_mutation(self)
+        if _tracing and (tracer := _ctx.tracer) is not None:
+            tracer.before_mutation(self)
         src = self
-        if autograd._grad_enabled:
+        if grad_on:
             # the op that computes the new value may save its input for backward: give it the old value
             # under its own box (no copy: arrays are never written), which the rebinding below leaves alone
             src = Tensor._from_box(Box(self._box.value, self._box.type))
@@ -1000,8 +1063,9 @@ def _from_array(arr, requires_grad=False):
     dt = D.from_numpy(arr.dtype)
     if arr.dtype != dt.np:
         arr = arr.astype(dt.np)
-    if _tracer is not None:
-        t = Tensor._make(_tracer.constant(arr), TensorType(arr.shape, dt))
+    tracer = current_tracer()
+    if tracer is not None:
+        t = Tensor._make(tracer.constant(arr), TensorType(arr.shape, dt))
     else:
         t = Tensor._make(arr, TensorType(arr.shape, dt))
     if requires_grad:
@@ -1123,4 +1187,4 @@ def stack(tensors, dim=0):
 def _concrete_or_none(t):
     """The array behind `t` when it is concrete (eager), else None (traced)."""
     v = t._box.value
-    return v if _tracer is None and isinstance(v, np.ndarray) else None
+    return v if isinstance(v, np.ndarray) and current_tracer() is None else None

@@ -13,6 +13,7 @@ import functools
 import inspect
 import re
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -34,6 +35,11 @@ from .trace import describe_arg, trace, unflatten
 T = sys.modules["tracejit.tensor"]
 
 DEFAULT_BACKEND = "cpu"
+# Held while a variant is traced and compiled and while `variants` changes (calls only read it): one compile
+# at a time in the process (tracing, the passes and the backends share Value ids and caches), and a thread
+# that waited finds the variant another thread just compiled instead of compiling it again. Compiled
+# programs run without it.
+COMPILE_LOCK = threading.RLock()
 
 
 class RecompileWarning(UserWarning):
@@ -84,7 +90,8 @@ def make_runner(v: Variant):
 
     State is written back only after the whole program ran, so a failing call leaves it untouched."""
     ns: dict = {"_prog_run": v.program.run, "_make": T.Tensor._make, "_unflatten": unflatten,
-                "_structure": v.structure, "_interrupted": interrupt.raised_interrupt, "_deferred": interrupt.deferred}
+                "_structure": v.structure, "_interrupted": interrupt.raised_interrupt, "_deferred": interrupt.deferred,
+                "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
         name = f"_o{len(ns)}"
@@ -92,10 +99,15 @@ def make_runner(v: Variant):
         return name
 
     reads = ", ".join(b.expr(obj) for b in v.bindings)
+    # while another thread traces (or did since the first read), inputs it captured may hold its Values:
+    # `_settle` waits for that trace to end (tensor._concrete_values).
     # Ctrl-C inside a kernel surfaces as a SystemError: raise the KeyboardInterrupt behind it (nothing was
     # written back yet). A program that updates state in place cannot be undone halfway, so there Ctrl-C is held
     # until the step and its write-back are complete: state is always as before a call or as after it.
-    body = ["try:", f"    outs = _prog_run([{reads}])", "except SystemError as e:",
+    what = repr(f"compiled {v.traced.name}")
+    body = ["ev = _T._trace_events", f"ins = [{reads}]", "if _tracing or ev != _T._trace_events:",
+            f"    ins = _settle({what}, lambda: [{reads}])",
+            "try:", "    outs = _prog_run(ins)", "except SystemError as e:",
             "    ki = _interrupted(e)", "    if ki is None:", "        raise", "    raise ki from None"]
     for b, idx in v.writes:
         body += [f"box = {b.box_expr(obj)}", f"box.value = outs[{idx}]", "box.version += 1"]
@@ -167,7 +179,7 @@ class CompiledFunction:
             keys.append(k)
             if k[0] == "T":
                 aliases.append(first_of.setdefault(id(a._box), i))
-        return (autograd._grad_enabled, tuple(keys), tuple(aliases))
+        return (not autograd._off or autograd._mode.enabled, tuple(keys), tuple(aliases))  # (grad mode)
 
     def __call__(self, *args, **kwargs):
         args = self._bind(args, kwargs)
@@ -179,8 +191,12 @@ class CompiledFunction:
         candidates = self.variants.get(key, ())
         for i, v in enumerate(candidates):
             if v.guard_failure(args) is None:
-                if i:  # most recently used first: a steady loop checks one variant's guards per call
-                    candidates.insert(0, candidates.pop(i))
+                if i and COMPILE_LOCK.acquire(blocking=False):  # (busy: another thread compiles; skip it)
+                    try:  # most recently used first: a steady loop checks one variant's guards per call
+                        if i < len(candidates) and candidates[i] is v:  # (unchanged meanwhile)
+                            candidates.insert(0, candidates.pop(i))
+                    finally:
+                        COMPILE_LOCK.release()
                 return self._run(v, args)
         return self._compile_and_run(args, key)
 
@@ -224,7 +240,7 @@ class CompiledFunction:
             if self.fallback == "eager":
                 if str(e) not in self._warned:
                     self._warned.add(str(e))
-                    warnings.warn(f"{self.__name__} runs eagerly: {e}", FallbackWarning, stacklevel=4)
+                    _warn_user(f"{self.__name__} runs eagerly: {e}", FallbackWarning)
                 self.eager_keys.add(key)
                 return None
             raise
@@ -281,9 +297,30 @@ class CompiledFunction:
         return variant
 
     def _compile_and_run(self, args, key):
-        reason = self._why_new(args, key)
-        if len(self.history) >= self.cache_limit:
+        with COMPILE_LOCK:  # one compile at a time in the process (ids, caches); the first run compiles kernels
+            variant = self._lookup(args, key)  # compiled by another thread while this one waited?
+            if variant is None and key not in self.eager_keys:
+                reason = self._why_new(args, key)
+                if len(self.history) >= self.cache_limit:
+                    over_limit = True
+                else:
+                    over_limit = False
+                    variant = self._compile_first_run(args, key, reason)
+                    if variant is not None:
+                        out, variant.first_out = variant.first_out, None
+                        return out
+            if variant is not None:
+                return self._run(variant, args)
+        # eager calls run outside the lock: user code must not hold up other threads' compiles
+        if key in self.eager_keys:
+            return self.fn(*args)
+        if over_limit:
             return self._over_limit(args, reason)
+        self.eager_calls += 1
+        return self.fn(*args)
+
+    def _compile_first_run(self, args, key, reason) -> Variant | None:
+        """Compile a variant for this call and run it once (its output in `first_out`); None: run eagerly."""
         number = len(self.history) + 1
         if self.history:
             log.emit(f"recompiling {self.__name__} (variant {number}, cache_limit={self.cache_limit}): {reason}")
@@ -293,17 +330,16 @@ class CompiledFunction:
         with interrupt.deferred(), log.CompileProgress(what) as progress:
             variant = self.compile_variant(args, key, reason)
             if variant is None:
-                self.eager_calls += 1
-                return self.fn(*args)
+                return None  # this call runs eagerly
             self._add(variant)
-            out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
+            variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
                  + f"; first call {_ms(time.perf_counter() - progress.t0)}", at=log.VERBOSE)
         rss1 = log.rss_bytes()
         variant.rss_added = None if rss0 is None or rss1 is None else rss1 - rss0
         variant.first_call_s = time.perf_counter() - progress.t0
-        return out
+        return variant
 
     def _compile_summary(self, variant) -> str:
         stats = getattr(variant.program, "cache_stats", None)
@@ -323,9 +359,9 @@ class CompiledFunction:
             self._limit_warned = True
             self.log.append(f"cache_limit={self.cache_limit} reached: calls that match no variant run eagerly "
                             f"(first because {reason})")
-            warnings.warn(f"{self.__name__} reached cache_limit={self.cache_limit} compiled variants; calls that "
-                          f"match none of them now run eagerly (slower). This call: {reason}. "
-                          f"{self._churn(reason)}", RecompileWarning, stacklevel=4)
+            _warn_user(f"{self.__name__} reached cache_limit={self.cache_limit} compiled variants; calls that "
+                       f"match none of them now run eagerly (slower). This call: {reason}. {self._churn(reason)}",
+                       RecompileWarning)
         return self.fn(*args)
 
     def _churn(self, reason: str) -> str:
@@ -340,6 +376,9 @@ class CompiledFunction:
             fix = "keep module modes, optimizer settings and the tensors the function reaches fixed between calls"
         return (f"What kept changing: {top}. To fix: {fix}, or raise the limit with "
                 f"tracejit.compile(..., cache_limit=N). step.log lists every recompile.")
+
+    def _lookup(self, args, key) -> Variant | None:
+        return next((v for v in self.variants.get(key, ()) if v.guard_failure(args) is None), None)
 
     def _add(self, variant):
         self.history.append(variant)
@@ -361,6 +400,17 @@ class CompiledFunction:
         if stage not in v.stages:
             raise KeyError(f"no stage {stage!r}; stages are {list(v.stages)}")
         return v.stages[stage]
+
+
+_PACKAGE_DIR = __file__.rsplit("/compiler/", 1)[0]
+
+
+def _warn_user(message: str, category) -> None:
+    """warnings.warn attributed to the user's line: the first frame outside tracejit (and its generated code)."""
+    level, f = 1, sys._getframe(0)
+    while f is not None and f.f_code.co_filename.startswith((_PACKAGE_DIR, "<tracejit")):
+        f, level = f.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _reason_subject(reason: str) -> str:
@@ -404,13 +454,14 @@ def explain(fn, *args, **kwargs) -> Explanation:
     cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
     args = cf._bind(args, kwargs)
     key = cf._key(args)
-    variant = next((v for v in cf.variants.get(key, ()) if v.guard_failure(args) is None), None)
-    if variant is None:
-        variant = cf.compile_variant(args, key)
+    with COMPILE_LOCK:
+        variant = cf._lookup(args, key)
         if variant is None:
-            return Explanation(f"{cf.__name__}: this call runs eagerly ({cf.log[-1] if cf.log else 'fallback'})",
-                               None)
-        cf._add(variant)
+            variant = cf.compile_variant(args, key)
+            if variant is None:
+                return Explanation(f"{cf.__name__}: this call runs eagerly "
+                                   f"({cf.log[-1] if cf.log else 'fallback'})", None)
+            cf._add(variant)
     return Explanation(explain_variant(cf, variant), variant)
 
 

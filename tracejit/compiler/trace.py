@@ -266,17 +266,23 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
     """Run `fn(*args)` under a Tracer. Returns (tracer, structure, writes, grad_sets)."""
     tracer = Tracer(name, state)
     tracer.consts = []
-    for i, a in enumerate(args):
-        if isinstance(a, T.Tensor):
-            tracer.lift_arg(a, i, arg_names[i])
-    prev = T.set_tracer(tracer)
-    try:
-        result = fn(*args)
-        structure, writes, grad_sets = tracer.finish(result)
-        new_state = tracer.new_state()
-    finally:
-        T.set_tracer(prev)
-        tracer.restore()
+    # One trace at a time in the process: the captured tensors hold this trace's Values until restore(), and
+    # an eager op in another thread that meets one waits on this lock (tensor.py). The tracer is installed
+    # before the first Value goes into a box and removed after the last one is gone.
+    with T.TRACE_LOCK:
+        prev = T.set_tracer(tracer)
+        try:
+            for i, a in enumerate(args):
+                if isinstance(a, T.Tensor):
+                    tracer.lift_arg(a, i, arg_names[i])
+            result = fn(*args)
+            structure, writes, grad_sets = tracer.finish(result)
+            new_state = tracer.new_state()
+        finally:
+            try:
+                tracer.restore()
+            finally:
+                T.set_tracer(prev)
     return tracer, structure, writes, grad_sets, new_state
 
 
