@@ -26,7 +26,8 @@ from .dump import Dumper, dump_root
 from .ir import count_by_kind, print_graph, verify
 from .passes import PIPELINE, run_pipeline
 from .state import StateIndex
-from .trace import describe_arg, trace, unflatten
+from .trace import describe_arg, side_effect_note, trace, unflatten
+from .watch import SideEffectWarning
 
 T = sys.modules["tracejit.tensor"]
 
@@ -124,6 +125,7 @@ class CompiledFunction:
         self.eager_calls = 0
         self.log: list[str] = []
         self._warned = set()
+        self._noted = False
         self._last: Variant | None = None
         try:
             self._sig = inspect.signature(fn)
@@ -204,12 +206,12 @@ class CompiledFunction:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         state = StateIndex(self.fn, args)
-        saved_opt_state = [(opt, {p: dict(st) for p, st in opt.state.items()}) for _, opt in state.optimizers]
         names = [self._arg_name(i) for i in range(len(args))]
         try:
             tracer, structure, writes, grad_sets, new_state = trace(self.fn, args, names, state, self.__name__)
         except TraceError as e:
-            _restore_opt_state(saved_opt_state)
+            state.restore_optimizer_state()
+            state.undo_python_state()
             if self.fallback == "eager":
                 if str(e) not in self._warned:
                     self._warned.add(str(e))
@@ -218,15 +220,17 @@ class CompiledFunction:
                 return None
             raise
         except BaseException:
-            _restore_opt_state(saved_opt_state)
+            state.restore_optimizer_state()
             raise
         if new_state:
             # e.g. an optimizer's first step creates its state lazily: run this call eagerly and trace the
             # steady state on the next call (tracing it now would bake "create" into every call)
-            _restore_opt_state(saved_opt_state)
+            state.restore_optimizer_state()
+            state.undo_python_state()
             self.log.append(f"call ran eagerly: it creates state ({', '.join(new_state[:3])}...)")
             return None
         timings["trace"] = time.perf_counter() - t0
+        self._note_python_effects(tracer.watch)
         graph = verify(tracer.builder.graph)
         variant_no = len(self.history) + 1
         root = dump_root(self.dump)
@@ -260,7 +264,8 @@ class CompiledFunction:
             stage_graphs=stage_graphs, program=program, bindings=bindings,
             writes=[(b, i) for b, i in writes], grad_sets=grad_sets, structure=structure,
             n_returns=len(g.returns()), out_types=[v.type for v in g.outputs],
-            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards()),
+            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards(),
+                                             tracer.watch.guards()),
             box_guards=box_guards, runner=None,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
             total_time=time.perf_counter() - t0)
@@ -268,6 +273,19 @@ class CompiledFunction:
             dumper.text("explain.txt", explain_variant(self, variant) + "\n")
             variant.dump_dir = dumper.dir
         return variant
+
+    def _note_python_effects(self, watch):
+        """Once per function: the log says Python side effects run at trace time only; assigning a global or
+        nonlocal variable (a counter) warns, once per variable, since the compiled calls will not."""
+        if not self._noted:
+            self._noted = True
+            self.log.append(side_effect_note(self.__name__, watch.notes))
+        for kind, name, loc in watch.global_writes():
+            if (kind, name) not in self._warned:
+                self._warned.add((kind, name))
+                warnings.warn(f"{self.__name__} assigns the {kind} variable {name!r} (at {loc}): Python "
+                              f"statements run only while the function is traced, not on every compiled call",
+                              SideEffectWarning, stacklevel=5)
 
     def _compile_and_run(self, args, key):
         variant = self.compile_variant(args, key)
@@ -305,12 +323,6 @@ class CompiledFunction:
         if stage not in v.stages:
             raise KeyError(f"no stage {stage!r}; stages are {list(v.stages)}")
         return v.stages[stage]
-
-
-def _restore_opt_state(saved):
-    for opt, st in saved:
-        opt.state.clear()
-        opt.state.update(st)
 
 
 def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fallback: str | None = None,
@@ -372,11 +384,13 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     sg = v.state_guard
     if sg.mods:
         lines.append(f"  {len(sg.mods)} modules in " +
-                     ", ".join(sorted({'train' if t else 'eval' for _, t, _ in sg.mods})) + " mode")
+                     ", ".join(sorted({'train' if m[1] else 'eval' for m in sg.mods})) + " mode")
     if sg.grads:
         lines.append(f"  .grad presence of {len(sg.grads)} tensors ({sum(h for _, h in sg.grads)} with a .grad)")
     if sg.opts:
         lines.append("  optimizer settings of " + ", ".join(type(o).__name__ for o, _, _ in sg.opts))
+    if sg.py:
+        lines.append("  Python values read: " + ", ".join(f"{what} {n}" for _, n, _, _, what in sg.py))
     lines.append(f"  {len(v.box_guards)} captured tensors keep their shape and dtype")
     lines.append(f"inputs: {n_args} arguments, {len(state_names)} captured state, {n_const} constants")
     for s in state_names:

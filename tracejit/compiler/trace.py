@@ -8,6 +8,7 @@ leaves no trace on the user's objects.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -18,6 +19,7 @@ from ..errors import TraceError, shape_str, user_location
 from ..ops import TensorType
 from .ir import GraphBuilder, Value
 from .state import StateIndex
+from .watch import Watch
 
 T = sys.modules["tracejit.tensor"]
 
@@ -146,7 +148,9 @@ class Tracer:
         return [(self.ref(t), had) for t, kind, had in self.grad_first_access.values() if kind == "get"]
 
     def on_module_call(self, module) -> None:
-        self.modules_called[id(module)] = module
+        if id(module) not in self.modules_called:
+            self.modules_called[id(module)] = module
+            self.state.add_module(module)  # however it was reached: its parameters' grads are known as such
 
     # ---- lifting
     consts: list
@@ -210,6 +214,17 @@ class Tracer:
                 found.append(name)  # a box that held no array before the trace: created inside it
         return found
 
+    def kept_tensors(self) -> list[str]:
+        """Places reachable from the function (attributes, containers, globals it assigned) that now hold a
+        tensor computed by the trace: each call would need its own value there, which a replay cannot
+        give (the state it should have been is a graph output: return the tensor instead)."""
+        lifted = self.lifted
+
+        def is_traced(t):
+            return isinstance(t._box.value, Value) and id(t._box) not in lifted
+
+        return self.state.computed_tensors(is_traced, self.watch.written_values())
+
     def restore(self) -> None:
         for lifted in self.lifted.values():
             lifted.box.value = lifted.orig
@@ -263,11 +278,25 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
     for i, a in enumerate(args):
         if isinstance(a, T.Tensor):
             tracer.lift_arg(a, i, arg_names[i])
+    tracer.watch = watch = Watch(fn, state, name)
     prev = T.set_tracer(tracer)
     try:
-        result = fn(*args)
+        with watch:
+            result = fn(*args)
+        watch.check()  # Python/NumPy random draws, optimizer settings assigned in the step: TraceError
         structure, writes, grad_sets = tracer.finish(result)
         new_state = tracer.new_state()
+        kept = [] if new_state else tracer.kept_tensors()
+        if kept:
+            roots = {re.split(r"[.\[]", k)[0] for k in kept}
+            where = next((loc for _, n, loc in watch.global_writes() if n in roots), None)
+            code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+            if where is None and code is not None:
+                where = f"{code.co_filename}:{code.co_firstlineno}"
+            raise TraceError(
+                f"{name} keeps a tensor it computed in {', '.join(kept[:3])} (at {where}): a compiled call "
+                f"cannot store a new value there on every call. Return the tensor from the function instead "
+                f"(or update an existing tensor in place with copy_)")
     finally:
         T.set_tracer(prev)
         tracer.restore()
@@ -278,3 +307,12 @@ def describe_arg(a) -> str:
     if isinstance(a, T.Tensor):
         return f"{a.dtype.short}{shape_str(a.shape)}" + (" requires_grad" if a.requires_grad else "")
     return repr(a)
+
+
+def side_effect_note(name: str, effects=()) -> str:
+    """The one-time note for a function's first compilation: Python side effects run at trace time only."""
+    s = (f"{name}: Python statements in a compiled function (print, logging, callbacks, counters, time.time()) "
+         f"run only while it is traced; later calls replay its tensor operations")
+    if effects:
+        s += " (here: " + "; ".join(effects[:4]) + ")"
+    return s
