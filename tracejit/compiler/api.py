@@ -331,6 +331,12 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
 
     backend: 'cpu' (Numba kernels), 'reference' (NumPy interpreter), 'cuda'; dump: a directory for IR
     dumps (or TRACEJIT_DUMP); fallback='eager' runs untraceable functions eagerly with a warning.
+
+    Later calls replay the traced tensor operations: Python code in `fn` (print, logging, callbacks,
+    counters, time.time()) runs only while it is traced. Python values it reads are guarded (arguments,
+    and the globals and closure variables it reads: plain values by value, objects by identity), so a change
+    retraces; Python's `random`, NumPy's global generator and schedulers stepped inside `fn` are refused
+    with a TraceError naming the line. See the README's "Compile" section.
     """
     if fn is None:
         return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,

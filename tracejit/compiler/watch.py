@@ -395,10 +395,33 @@ class Watch:
         """(code, globals) of the user's code that ran (or, without the hook, the function's own code)."""
         if self.used_hook:
             return [(c, g) for c, g in self.codes.items() if not is_library(c.co_filename)]
+        return self._static_codes()
+
+    def _static_codes(self) -> list:
+        """Without the hook: the function, the user's functions it names, and the methods of the user's
+        module classes it reaches (where a forward() would draw)."""
+        funcs = []
         fn = inspect.unwrap(getattr(self.fn, "__func__", self.fn))
         if isinstance(fn, types.FunctionType):
-            return [(c, fn.__globals__) for c in _nested_codes(fn.__code__, [])]
-        return []
+            funcs.append(fn)
+            from .state import _referenced_objects
+
+            funcs += [x for _, x in _referenced_objects(fn) if isinstance(x, types.FunctionType)]
+        classes = []
+        for _, m in self.state.modules:
+            for sub in m.modules():
+                classes += [c for c in type(sub).__mro__ if c not in classes]
+        for c in classes:
+            funcs += [f for f in vars(c).values() if isinstance(f, types.FunctionType)]
+        out, seen = [], set()
+        for f in funcs:
+            if is_library(f.__code__.co_filename):
+                continue
+            for c in _nested_codes(f.__code__, []):
+                if c not in seen:
+                    seen.add(c)
+                    out.append((c, f.__globals__))
+        return out
 
     def check(self) -> None:
         """After the call returned: raise a TraceError for Python-level randomness (generators whose draws
@@ -436,6 +459,8 @@ class Watch:
     def _find_site(self, gen):
         """(call, 'file:line') of the first place the user's code that ran seems to call generator `gen`."""
         np_random = np.random
+        # the name the walk found it under (`rng`, `self.rng` -> `rng`): a load of that name, then the method
+        known = next((n.rsplit(".", 1)[-1] for n, r in self.state.py_rngs if r is gen), None)
         for code, g in self.executed_user_codes():
             facts = code_facts(code)
             for name in facts.reads:  # from numpy.random import rand / from random import randint
@@ -444,6 +469,8 @@ class Watch:
                     line = _first_line_loading(code, name)
                     return f"{name}()", f"{code.co_filename}:{line}"
             for line, prev_op, prev_arg, attr in facts.attr_sites:
+                if known is not None and prev_arg == known and prev_op != "LOAD_CONST":
+                    return f"{prev_arg}.{attr}()", f"{code.co_filename}:{line}"
                 base = None
                 if prev_op == "LOAD_GLOBAL":
                     base = g.get(prev_arg)
@@ -461,7 +488,9 @@ class Watch:
     def global_writes(self) -> list[tuple[str, str, str]]:
         """('global' or 'nonlocal', name, 'file:line') of the variables the user's code that ran assigns."""
         out = []
-        for code, _ in self.executed_user_codes():
+        # without the hook, only the function's own code surely ran
+        codes = self.executed_user_codes() if self.used_hook else self._static_codes()[:1]
+        for code, _ in codes:
             facts = code_facts(code)
             for n, line in facts.writes.items():
                 out.append(("global", n, f"{code.co_filename}:{line}"))
