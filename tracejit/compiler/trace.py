@@ -214,16 +214,26 @@ class Tracer:
                 found.append(name)  # a box that held no array before the trace: created inside it
         return found
 
-    def kept_tensors(self) -> list[str]:
-        """Places reachable from the function (attributes, containers, globals it assigned) that now hold a
-        tensor computed by the trace: each call would need its own value there, which a replay cannot
-        give (the state it should have been is a graph output: return the tensor instead)."""
+    def check_kept_tensors(self, fn) -> None:
+        """TraceError if places reachable from the function (attributes, containers, globals it assigned)
+        now hold a tensor computed by the trace: each call would need its own value there, which a replay
+        cannot give (`losses.append(loss)`: return the tensor instead)."""
         lifted = self.lifted
 
         def is_traced(t):
             return isinstance(t._box.value, Value) and id(t._box) not in lifted
 
-        return self.state.computed_tensors(is_traced, self.watch.written_values())
+        kept = self.state.computed_tensors(is_traced, self.watch.written_values())
+        if not kept:
+            return
+        roots = {re.split(r"[.\[]", k)[0] for k in kept}
+        where = next((loc for _, n, loc in self.watch.global_writes() if n in roots), None)
+        code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+        if where is None and code is not None:
+            where = f"{code.co_filename}:{code.co_firstlineno}"
+        raise TraceError(f"{self.builder.graph.name} keeps a tensor it computed in {', '.join(kept[:3])} (at "
+                         f"{where}): a compiled call cannot store a new value there on every call. Return the "
+                         f"tensor from the function instead (or update an existing tensor in place with copy_)")
 
     def restore(self) -> None:
         for lifted in self.lifted.values():
@@ -286,17 +296,8 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
         watch.check()  # Python/NumPy random draws, optimizer settings assigned in the step: TraceError
         structure, writes, grad_sets = tracer.finish(result)
         new_state = tracer.new_state()
-        kept = [] if new_state else tracer.kept_tensors()
-        if kept:
-            roots = {re.split(r"[.\[]", k)[0] for k in kept}
-            where = next((loc for _, n, loc in watch.global_writes() if n in roots), None)
-            code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-            if where is None and code is not None:
-                where = f"{code.co_filename}:{code.co_firstlineno}"
-            raise TraceError(
-                f"{name} keeps a tensor it computed in {', '.join(kept[:3])} (at {where}): a compiled call "
-                f"cannot store a new value there on every call. Return the tensor from the function instead "
-                f"(or update an existing tensor in place with copy_)")
+        if not new_state:
+            tracer.check_kept_tensors(fn)
     finally:
         T.set_tracer(prev)
         tracer.restore()
