@@ -802,3 +802,21 @@ def test_under_another_profiler_detection_falls_back_to_state_comparison():
         sys.setprofile(None)
     assert "random.randint()" in str(e.value) and line_of(DynamicNet.forward, "# the draw") in str(e.value)
     assert_same_run(run(prog_optimizer_as_attribute_of_an_argument, False), compiled)
+
+
+def test_numpy_draws_by_another_thread_during_a_trace_are_not_blamed_on_the_step():
+    import threading
+
+    x = tracejit.ones(3)
+
+    def draw():
+        np.random.rand(3)
+
+    def f(x):  # stands for any other thread drawing while this one traces
+        t = threading.Thread(target=draw)
+        t.start()
+        t.join()
+        return x * 2
+
+    cf = tracejit.compile(f, backend="reference")
+    assert np.array_equal(cf(x).numpy(), [2, 2, 2])

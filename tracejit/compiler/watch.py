@@ -21,8 +21,12 @@ costs tracing time, never a compiled call) and decides case by case:
 - optimizers whose `step()`/`zero_grad()` run are added to the StateIndex, however they were reached, so
   lazily created optimizer state is always found.
 
-When another profiler is installed (`sys.getprofile()` is set) the hook is not: detection then falls back
-to comparing generator states before and after the trace, and the line is found in the function's code.
+NumPy's generators are Cython, invisible to a profile hook: their states are compared before and after the
+trace (NumPy's global one and those the StateIndex walk found), and the line is found in the bytecode of the
+code that ran (`np.random.rand`, `from numpy.random import rand`, `rng.normal`); a change with no such call
+site in the code that ran was another thread's draw and is left alone. When another profiler is installed
+(`sys.getprofile()` is set) the hook is not: Python's generators are then compared likewise, and the line is
+looked for in the function's own code and its module classes' methods.
 """
 
 from __future__ import annotations
@@ -435,14 +439,18 @@ class Watch:
             # call); 3 references = rng_uses' tuple, `gen` here and getrefcount's argument
             if sys.getrefcount(gen) > 3:
                 problems.append((gen, before, f"{call} at {loc}"))
+        unknown = ("a call", f"{self.name}'s code (line not found)")
         if not self.used_hook:
             for gen, before in self._py_before:
                 if not _same(before, _rng_state(gen)):
-                    call, loc = self._find_site(gen)
+                    call, loc = self._find_site(gen) or unknown
                     problems.append((gen, before, f"{call} at {loc}"))
         for gen, _, before in self._np_before:
             if not _same(before, _rng_state(gen)):
-                call, loc = self._find_site(gen)
+                site = self._find_site(gen)
+                if site is None and self.used_hook:
+                    continue  # no code that ran calls it: another thread drew meanwhile
+                call, loc = site or unknown
                 problems.append((gen, before, f"{call} at {loc}"))
         if problems:
             for gen, before, _ in problems:
@@ -457,11 +465,18 @@ class Watch:
         return _rng_what(gen)
 
     def _find_site(self, gen):
-        """(call, 'file:line') of the first place the user's code that ran seems to call generator `gen`."""
+        """(call, 'file:line') of the first place the code that ran (the user's first, then libraries')
+        seems to call generator `gen`, or None."""
+        codes = self.executed_user_codes()
+        if self.used_hook:
+            codes += [(c, g) for c, g in self.codes.items() if is_library(c.co_filename)]
+        return self._site_in(gen, codes)
+
+    def _site_in(self, gen, codes):
         np_random = np.random
         # the name the walk found it under (`rng`, `self.rng` -> `rng`): a load of that name, then the method
         known = next((n.rsplit(".", 1)[-1] for n, r in self.state.py_rngs if r is gen), None)
-        for code, g in self.executed_user_codes():
+        for code, g in codes:
             facts = code_facts(code)
             for name in facts.reads:  # from numpy.random import rand / from random import randint
                 v = g.get(name)
@@ -483,7 +498,7 @@ class Watch:
                         return f"{base.__name__}.{attr}()", f"{code.co_filename}:{line}"
                 elif base is gen:
                     return f"{prev_arg}.{attr}()", f"{code.co_filename}:{line}"
-        return "a call", f"{self.name}'s code (line not found)"
+        return None
 
     def global_writes(self) -> list[tuple[str, str, str]]:
         """('global' or 'nonlocal', name, 'file:line') of the variables the user's code that ran assigns."""
