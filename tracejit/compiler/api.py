@@ -205,8 +205,8 @@ class CompiledFunction:
         reason = self._why_new(args, key)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        state = StateIndex(self.fn, args)
         names = [self._arg_name(i) for i in range(len(args))]
+        state = StateIndex(self.fn, args, names)
         try:
             tracer, structure, writes, grad_sets, new_state = trace(self.fn, args, names, state, self.__name__)
         except TraceError as e:

@@ -1,8 +1,10 @@
 """Finding the state a function can reach: modules, optimizers and generators referenced by its code.
 
 Used to give lifted tensors readable names (`fc.weight`, `opt.state[fc.weight].exp_avg`), to know whose
-`.grad` a box is, to find lazily created optimizer state, and to build the guards on module train/eval
-flags, `.grad` presence and optimizer hyperparameters.
+`.grad` a box is, to find lazily created optimizer state and tensors a step kept (`losses.append(loss)`), to
+undo what a discarded trace did to lists and plain globals, and to build the guards on module train/eval
+flags and submodules, `.grad` presence, optimizer hyperparameters, the slots (attributes, dict and list
+items) modules and optimizers were found in, and the Python values the trace read (from watch.Watch).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class StateIndex:
     (`add_optimizer`, from `watch.Watch`), so state reached in ways the walk cannot see is still found.
     """
 
-    def __init__(self, fn, args=()):
+    def __init__(self, fn, args=(), arg_names=()):
         from ..random import default_generator
 
         self.modules: list = []
@@ -135,7 +137,8 @@ class StateIndex:
         self._slots: dict[int, tuple] = {}  # id(module/optimizer) -> (container, key, object, name)
         self._lists: list = []  # (list, its length): undone if a discarded trace appended to it
         self._plain = _plain_slots(fn)  # (globals dict or cell, name, value): undone likewise
-        self._roots = _referenced_objects(fn) + [(f"arg{i}", a) for i, a in enumerate(args)]
+        self._roots = _referenced_objects(fn) + [
+            (arg_names[i] if i < len(arg_names) else f"arg{i}", a) for i, a in enumerate(args)]
         self._walk(self._roots, self._on_found)
         for _, obj in self._roots:
             if isinstance(obj, T.Tensor) and obj.requires_grad:
