@@ -390,7 +390,7 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     sg = v.state_guard
     if sg.mods:
         lines.append(f"  {len(sg.mods)} modules in " +
-                     ", ".join(sorted({'train' if m[1] else 'eval' for m in sg.mods})) + " mode")
+                     ", ".join(sorted({'train' if t else 'eval' for _, t, _ in sg.mods})) + " mode")
     if sg.grads:
         lines.append(f"  .grad presence of {len(sg.grads)} tensors ({sum(h for _, h in sg.grads)} with a .grad)")
     if sg.opts:

@@ -365,12 +365,12 @@ class StateGuard:
     Kept flat and compared field by field on every call, building a sentence only on a mismatch (linreg's
     guard check 2.1 -> ~1.2 us a call)."""
 
-    __slots__ = ("mods", "grads", "opts", "slots", "py")
+    __slots__ = ("mods", "children", "grads", "opts", "slots", "py")
 
     def __init__(self, modules, grad_guards, optimizers, slots=(), python_guards=()):
+        self.mods = [(m, m.training, _ident(m)) for m in modules]
         # a container module's children are compared by identity: a replaced submodule has other parameters
-        self.mods = [(m, m.training, _ident(m), list(m._modules.values()) if m._modules else None)
-                     for m in modules]
+        self.children = [(m, list(m._modules.values())) for m in modules if m._modules]
         self.grads = list(grad_guards)  # (TensorRef, whether it had a .grad)
         self.opts = [(opt, len(opt.state), _hyper(opt)[0]) for _, opt in optimizers]
         self.slots = list(slots)  # (container, key, object, name)
@@ -378,12 +378,13 @@ class StateGuard:
 
     def check(self, args) -> str | None:
         """None when everything matches, else a sentence saying what changed."""
-        for m, t, ident, children in self.mods:
+        for m, t, ident in self.mods:
             if m.training != t:
                 return f"{type(m).__name__} switched to {'train' if m.training else 'eval'} mode"
             if _ident(m) != ident:
                 return f"a parameter or buffer of {type(m).__name__} was replaced by another tensor"
-            if children is not None and list(m._modules.values()) != children:
+        for m, children in self.children:
+            if list(m._modules.values()) != children:
                 return f"a submodule of {type(m).__name__} was replaced"
         for ref, had in self.grads:
             p = ref.get(args)
