@@ -668,6 +668,7 @@ def test_global_counter_runs_at_trace_time_only_with_a_warning():
     assert COUNTER == 2
     side = [x for x in w if issubclass(x.category, SideEffectWarning)]
     assert len(side) == 1 and "'COUNTER'" in str(side[0].message)
+    assert side[0].filename == __file__  # attributed to the caller of the compiled step (run() here)
     assert line_of(prog_step_counting_in_a_global, "# the count") in str(side[0].message)
     assert any("run only while it is traced" in line for line in compiled[2].log)
 

@@ -27,7 +27,7 @@ from .ir import count_by_kind, print_graph, verify
 from .passes import PIPELINE, run_pipeline
 from .state import StateIndex
 from .trace import describe_arg, side_effect_note, trace, unflatten
-from .watch import SideEffectWarning
+from .watch import SideEffectWarning, warn_at_user
 
 T = sys.modules["tracejit.tensor"]
 
@@ -283,9 +283,9 @@ class CompiledFunction:
         for kind, name, loc in watch.global_writes():
             if (kind, name) not in self._warned:
                 self._warned.add((kind, name))
-                warnings.warn(f"{self.__name__} assigns the {kind} variable {name!r} (at {loc}): Python "
-                              f"statements run only while the function is traced, not on every compiled call",
-                              SideEffectWarning, stacklevel=5)
+                warn_at_user(f"{self.__name__} assigns the {kind} variable {name!r} (at {loc}): Python "
+                             f"statements run only while the function is traced, not on every compiled call",
+                             SideEffectWarning)
 
     def _compile_and_run(self, args, key):
         variant = self.compile_variant(args, key)

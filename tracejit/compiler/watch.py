@@ -41,6 +41,7 @@ import sys
 import sysconfig
 import time
 import types
+import warnings
 
 import numpy as np
 
@@ -86,6 +87,16 @@ def is_library(filename: str) -> bool:
             r = os.path.abspath(filename).startswith(_library_prefixes())
         _lib_cache[filename] = r
     return r
+
+
+def warn_at_user(message: str, category) -> None:
+    """warnings.warn attributed to the user's line: the first frame outside tracejit and its generated code."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    level, f = 1, sys._getframe(0)
+    while f is not None and (os.path.abspath(f.f_code.co_filename).startswith(pkg)
+                             or f.f_code.co_filename.startswith("<tracejit")):
+        f, level = f.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _location(frame) -> str:
