@@ -290,6 +290,17 @@ def _guard_kind(v):
 
 # ------------------------------------------------------------------------------------------ the watch
 
+def guarded(handler, *args) -> None:
+    """Run a hook handler: its TraceError reaches the user's code (that is the point); any other error is a
+    bug of the watch, which must not break the user's program, so it is dropped."""
+    try:
+        handler(*args)
+    except TraceError:
+        raise
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class Watch:
     """Installed around `fn(*args)` while it is traced (see the module docstring)."""
 
@@ -341,13 +352,13 @@ class Watch:
                     codes[code] = frame.f_globals
                 h = special.get(code)
                 if h is not None:
-                    h(frame)
+                    guarded(h, frame)
             elif event == "c_call":
                 s = getattr(arg, "__self__", None)
                 if type(s) in rng_types:
-                    on_rng(frame, arg, s)
+                    guarded(on_rng, frame, arg, s)
                 elif arg in noted:
-                    on_noted(frame, arg)
+                    guarded(on_noted, frame, arg)
 
         sys.setprofile(hook)
         self.hooked = self.used_hook = True
