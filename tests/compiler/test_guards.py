@@ -367,7 +367,7 @@ def test_a_slow_compile_says_what_is_compiling_and_then_what_it_cost(capsys, mon
     assert started.is_set()
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == "tracejit: compiling slow (first call) ...", err
-    assert err[1].startswith("tracejit: compiled slow (first call) in 0.") and "ran once, while tracing" in err[1]
+    assert err[1].startswith("tracejit: compiled slow (first call) in 0.") and "run only while it is traced" in err[1]
 
 
 def test_compile_lines_go_above_an_active_tqdm_bar(capsys, monkeypatch):

@@ -15,7 +15,6 @@ import re
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -30,7 +29,8 @@ from .dump import Dumper, dump_root
 from .ir import count_by_kind, print_graph, verify
 from .passes import PIPELINE, run_pipeline
 from .state import StateIndex
-from .trace import describe_arg, trace, unflatten
+from .trace import describe_arg, side_effect_note, trace, unflatten
+from .watch import SideEffectWarning, warn_at_user
 
 T = sys.modules["tracejit.tensor"]
 
@@ -147,6 +147,7 @@ class CompiledFunction:
         self.log: list[str] = []
         self._warned = set()
         self._limit_warned = False
+        self._noted = False
         self._last: Variant | None = None
         try:
             self._sig = inspect.signature(fn)
@@ -230,30 +231,32 @@ class CompiledFunction:
         reason = reason or self._why_new(args, key)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        state = StateIndex(self.fn, args)
-        saved_opt_state = [(opt, {p: dict(st) for p, st in opt.state.items()}) for _, opt in state.optimizers]
         names = [self._arg_name(i) for i in range(len(args))]
+        state = StateIndex(self.fn, args, names)
         try:
             tracer, structure, writes, grad_sets, new_state = trace(self.fn, args, names, state, self.__name__)
         except TraceError as e:
-            _restore_opt_state(saved_opt_state)
+            state.restore_optimizer_state()
+            state.undo_python_state()
             if self.fallback == "eager":
                 if str(e) not in self._warned:
                     self._warned.add(str(e))
-                    _warn_user(f"{self.__name__} runs eagerly: {e}", FallbackWarning)
+                    warn_at_user(f"{self.__name__} runs eagerly: {e}", FallbackWarning)
                 self.eager_keys.add(key)
                 return None
             raise
         except BaseException:
-            _restore_opt_state(saved_opt_state)
+            state.restore_optimizer_state()
             raise
         if new_state:
             # e.g. an optimizer's first step creates its state lazily: run this call eagerly and trace the
             # steady state on the next call (tracing it now would bake "create" into every call)
-            _restore_opt_state(saved_opt_state)
+            state.restore_optimizer_state()
+            state.undo_python_state()
             self.log.append(f"call ran eagerly: it creates state ({', '.join(new_state[:3])}...)")
             return None
         timings["trace"] = time.perf_counter() - t0
+        self._note_python_effects(tracer.watch)
         graph = verify(tracer.builder.graph)
         variant_no = len(self.history) + 1
         root = dump_root(self.dump)
@@ -287,7 +290,8 @@ class CompiledFunction:
             stage_graphs=stage_graphs, program=program, bindings=bindings,
             writes=[(b, i) for b, i in writes], grad_sets=grad_sets, structure=structure,
             n_returns=len(g.returns()), out_types=[v.type for v in g.outputs],
-            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards()),
+            state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards(),
+                                             tracer.watch.guards()),
             box_guards=box_guards, runner=None,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
             total_time=time.perf_counter() - t0)
@@ -295,6 +299,19 @@ class CompiledFunction:
             dumper.text("explain.txt", explain_variant(self, variant) + "\n")
             variant.dump_dir = dumper.dir
         return variant
+
+    def _note_python_effects(self, watch):
+        """Once per function: the log says Python side effects run at trace time only; assigning a global or
+        nonlocal variable (a counter) warns, once per variable, since the compiled calls will not."""
+        if not self._noted:
+            self._noted = True
+            self.log.append(side_effect_note(self.__name__, watch.notes))
+        for kind, name, loc in watch.global_writes():
+            if (kind, name) not in self._warned:
+                self._warned.add((kind, name))
+                warn_at_user(f"{self.__name__} assigns the {kind} variable {name!r} (at {loc}): Python "
+                             f"statements run only while the function is traced, not on every compiled call",
+                             SideEffectWarning)
 
     def _compile_and_run(self, args, key):
         with COMPILE_LOCK:  # one compile at a time in the process (ids, caches); the first run compiles kernels
@@ -347,8 +364,8 @@ class CompiledFunction:
         if stats is not None:
             n, hits = stats()
             kernels = f": {n} kernels, {hits} from the cache" if n else ""
-        first = (f"; Python side effects in {self.__name__} (print, callbacks, counters) ran once, while tracing, "
-                 f"and do not run on compiled calls") if variant.number == 1 else ""
+        note = next((line for line in self.log if line.startswith(f"{self.__name__}: Python statements")), None)
+        first = "; " + note.split(": ", 1)[1] if variant.number == 1 and note else ""
         return kernels + first
 
     def _over_limit(self, args, reason):
@@ -359,7 +376,7 @@ class CompiledFunction:
             self._limit_warned = True
             self.log.append(f"cache_limit={self.cache_limit} reached: calls that match no variant run eagerly "
                             f"(first because {reason})")
-            _warn_user(f"{self.__name__} reached cache_limit={self.cache_limit} compiled variants; calls that "
+            warn_at_user(f"{self.__name__} reached cache_limit={self.cache_limit} compiled variants; calls that "
                        f"match none of them now run eagerly (slower). This call: {reason}. {self._churn(reason)}",
                        RecompileWarning)
         return self.fn(*args)
@@ -402,26 +419,9 @@ class CompiledFunction:
         return v.stages[stage]
 
 
-_PACKAGE_DIR = __file__.rsplit("/compiler/", 1)[0]
-
-
-def _warn_user(message: str, category) -> None:
-    """warnings.warn attributed to the user's line: the first frame outside tracejit (and its generated code)."""
-    level, f = 1, sys._getframe(0)
-    while f is not None and f.f_code.co_filename.startswith((_PACKAGE_DIR, "<tracejit")):
-        f, level = f.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
-
 def _reason_subject(reason: str) -> str:
     """What a recompile reason is about: "argument 0 ('x')" of "argument 0 ('x') changed from ... to ..."."""
     return re.split(r" (?:changed|switched|was replaced|no longer|now has|is missing|hyperparameters)", reason)[0]
-
-
-def _restore_opt_state(saved):
-    for opt, st in saved:
-        opt.state.clear()
-        opt.state.update(st)
 
 
 def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fallback: str | None = None,
@@ -430,6 +430,12 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
 
     backend: 'cpu' (Numba kernels), 'reference' (NumPy interpreter), 'cuda'; dump: a directory for IR
     dumps (or TRACEJIT_DUMP); fallback='eager' runs untraceable functions eagerly with a warning.
+
+    Later calls replay the traced tensor operations: Python code in `fn` (print, logging, callbacks,
+    counters, time.time()) runs only while it is traced. Python values it reads are guarded (arguments,
+    and the globals and closure variables it reads: plain values by value, objects by identity), so a change
+    retraces; Python's `random`, NumPy's global generator and schedulers stepped inside `fn` are refused
+    with a TraceError naming the line. See the README's "Compile" section.
     """
     if fn is None:
         return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,
@@ -502,6 +508,8 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
         lines.append(f"  .grad presence of {len(sg.grads)} tensors ({sum(h for _, h in sg.grads)} with a .grad)")
     if sg.opts:
         lines.append("  optimizer settings of " + ", ".join(type(o).__name__ for o, _, _ in sg.opts))
+    if sg.py:
+        lines.append("  Python values read: " + ", ".join(f"{what} {n}" for _, n, _, _, what in sg.py))
     lines.append(f"  {len(v.box_guards)} captured tensors keep their shape and dtype")
     lines.append(f"inputs: {n_args} arguments, {len(state_names)} captured state, {n_const} constants")
     for s in state_names:

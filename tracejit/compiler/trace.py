@@ -8,6 +8,7 @@ leaves no trace on the user's objects.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -18,6 +19,7 @@ from ..errors import TraceError, shape_str, user_location
 from ..ops import TensorType
 from .ir import GraphBuilder, Value
 from .state import StateIndex
+from .watch import Watch
 
 T = sys.modules["tracejit.tensor"]
 
@@ -152,7 +154,9 @@ class Tracer:
         return [(self.ref(t), had) for t, kind, had in self.grad_first_access.values() if kind == "get"]
 
     def on_module_call(self, module) -> None:
-        self.modules_called[id(module)] = module
+        if id(module) not in self.modules_called:
+            self.modules_called[id(module)] = module
+            self.state.add_module(module)  # however it was reached: its parameters' grads are known as such
 
     # ---- lifting
     consts: list
@@ -216,6 +220,27 @@ class Tracer:
                 found.append(name)  # a box that held no array before the trace: created inside it
         return found
 
+    def check_kept_tensors(self, fn) -> None:
+        """TraceError if places reachable from the function (attributes, containers, globals it assigned)
+        now hold a tensor computed by the trace: each call would need its own value there, which a replay
+        cannot give (`losses.append(loss)`: return the tensor instead)."""
+        lifted = self.lifted
+
+        def is_traced(t):
+            return isinstance(t._box.value, Value) and id(t._box) not in lifted
+
+        kept = self.state.computed_tensors(is_traced, self.watch.written_values())
+        if not kept:
+            return
+        roots = {re.split(r"[.\[]", k)[0] for k in kept}
+        where = next((loc for _, n, loc in self.watch.global_writes() if n in roots), None)
+        code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+        if where is None and code is not None:
+            where = f"{code.co_filename}:{code.co_firstlineno}"
+        raise TraceError(f"{self.builder.graph.name} keeps a tensor it computed in {', '.join(kept[:3])} (at "
+                         f"{where}): a compiled call cannot store a new value there on every call. Return the "
+                         f"tensor from the function instead (or update an existing tensor in place with copy_)")
+
     def restore(self) -> None:
         for lifted in self.lifted.values():
             lifted.box.value = lifted.orig
@@ -266,6 +291,7 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
     """Run `fn(*args)` under a Tracer. Returns (tracer, structure, writes, grad_sets)."""
     tracer = Tracer(name, state)
     tracer.consts = []
+    tracer.watch = watch = Watch(fn, state, name)
     # One trace at a time in the process: the captured tensors hold this trace's Values until restore(), and
     # an eager op in another thread that meets one waits on this lock (tensor.py). The tracer is installed
     # before the first Value goes into a box and removed after the last one is gone.
@@ -275,9 +301,13 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
             for i, a in enumerate(args):
                 if isinstance(a, T.Tensor):
                     tracer.lift_arg(a, i, arg_names[i])
-            result = fn(*args)
+            with watch:
+                result = fn(*args)
+            watch.check()  # Python/NumPy random draws, optimizer settings assigned in the step: TraceError
             structure, writes, grad_sets = tracer.finish(result)
             new_state = tracer.new_state()
+            if not new_state:
+                tracer.check_kept_tensors(fn)
         finally:
             try:
                 tracer.restore()
@@ -290,3 +320,12 @@ def describe_arg(a) -> str:
     if isinstance(a, T.Tensor):
         return f"{a.dtype.short}{shape_str(a.shape)}" + (" requires_grad" if a.requires_grad else "")
     return repr(a)
+
+
+def side_effect_note(name: str, effects=()) -> str:
+    """The one-time note for a function's first compilation: Python side effects run at trace time only."""
+    s = (f"{name}: Python statements in a compiled function (print, logging, callbacks, counters, time.time()) "
+         f"run only while it is traced; later calls replay its tensor operations")
+    if effects:
+        s += " (here: " + "; ".join(effects[:4]) + ")"
+    return s
