@@ -1,0 +1,25 @@
+"""Run the test suite (or any command) as if on an older CPU: with this folder on PYTHONPATH and
+TRACEJIT_FAKE_ISA=avx2 (no AVX-512) or sse4.2 (no AVX at all), LLVM -- and so every Numba kernel, tracejit's
+GEMM shape included -- sees only that ISA's features, in this process and in every subprocess a test starts.
+
+    NUMBA_CACHE_DIR=/tmp/nc-avx2 TRACEJIT_CACHE_DIR=/tmp/tj-avx2 TRACEJIT_FAKE_ISA=avx2 \\
+        PYTHONPATH=tests/isa python -m pytest -n 2 -q -p no:cacheprovider
+
+Give such a run its own NUMBA_CACHE_DIR: Numba keys its cache on the real CPU's name."""
+
+import os
+
+_OFF = {"avx2": ("avx512",), "sse4.2": ("avx512", "avx", "fma", "f16c")}
+_isa = os.environ.get("TRACEJIT_FAKE_ISA", "")
+if _isa:
+    import llvmlite.binding as _llvm
+
+    _real = _llvm.get_host_cpu_features
+
+    def _restricted():
+        features = _real()
+        for name in [k for k in features if k.startswith(_OFF[_isa])]:
+            features[name] = False
+        return features
+
+    _llvm.get_host_cpu_features = _restricted
