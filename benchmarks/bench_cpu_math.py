@@ -1,5 +1,5 @@
 """Benchmarks for the CPU backend's math library and threading setup (a script, not a test):
-a fused tanh*sigmoid+exp chain (cpu_math vs libm vs NumPy), launch overhead and GEMM -> kernel -> GEMM per
+a fused tanh*sigmoid+exp chain (vecmath vs libm vs NumPy), launch overhead and GEMM -> kernel -> GEMM per
 threading layer, each layer in its own interpreter. Run: python benchmarks/bench_cpu_math.py [--quick]
 """
 
@@ -21,8 +21,8 @@ from numba import prange
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracejit.compiler.backends import threads  # noqa: E402
-from tracejit.compiler.backends.cpu_math import exp_f32, sigmoid_f32, tanh_f32  # noqa: E402
+from tracejit.compiler.backends.cpu import threads  # noqa: E402
+from tracejit.compiler.backends.cpu.vecmath import exp_f32, sigmoid_f32, tanh_f32  # noqa: E402
 
 F1 = np.float32(1.0)
 JIT = dict(parallel=True, fastmath=True, error_model="numpy")
@@ -91,8 +91,8 @@ def bench_chain(n: int) -> None:
     nbytes = 2 * x.nbytes
     print(f"y = tanh(x)*sigmoid(x) + exp(-x*x), {n} float32, {threads.get_num_threads()} threads "
           f"({threads.info()['layer']}); median / best of 30")
-    for label, fn in [("parallel copy (bandwidth floor)", copy), ("njit parallel + cpu_math", chain_cpu_math),
-                      ("njit serial + cpu_math", chain_cpu_math_serial),
+    for label, fn in [("parallel copy (bandwidth floor)", copy), ("njit parallel + vecmath", chain_cpu_math),
+                      ("njit serial + vecmath", chain_cpu_math_serial),
                       ("njit parallel + math.tanh/exp", chain_libm), ("NumPy", chain_numpy)]:
         med, best = best_ms(fn, x, y)
         if fn is not copy:

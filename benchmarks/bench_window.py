@@ -1,4 +1,4 @@
-"""Window-op kernels (cpu_window, cpu_window_bwd) against the NumPy references, on LeNet's and a conv
+"""Window-op kernels (window.conv, window.backward) against the NumPy references, on LeNet's and a conv
 block's layers: fused conv+bias+ReLU+2x2 max-pool forward, and the whole backward chain behind it.
 
     .venv/bin/python benchmarks/bench_window.py [--reps 30] [--threads N] [--json out.json]
@@ -20,10 +20,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tracejit import ref_kernels as K  # noqa: E402
-from tracejit.compiler.backends import blas  # noqa: E402
-from tracejit.compiler.backends import cpu_window as W  # noqa: E402
-from tracejit.compiler.backends import cpu_window_bwd as B  # noqa: E402
-from tracejit.compiler.backends import cpu_window_pool as P  # noqa: E402
+from tracejit.compiler.backends.cpu.blas import control as blas  # noqa: E402
+from tracejit.compiler.backends.cpu.window import backward as B  # noqa: E402
+from tracejit.compiler.backends.cpu.window import conv as W  # noqa: E402
+from tracejit.compiler.backends.cpu.window import pool as P  # noqa: E402
 
 PEAK_FLOPS = 205e9
 PEAK_BYTES = 42.6e9

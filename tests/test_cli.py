@@ -132,8 +132,10 @@ def _fake_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(numba_dir))
     monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(numba_dir))
     dirs = cache.numba_dirs()
-    generated, package = Path(dirs["generated"]), Path(dirs["package"])
-    assert generated.parent == numba_dir and package.parent == numba_dir and generated != package
+    generated, packages = Path(dirs["generated"]), [Path(p) for p in dirs["package"]]
+    # one location per folder of the backends package (backends/, cpu/, cpu/blas/, cpu/window/)
+    assert len(packages) >= 4 and all(p.parent == numba_dir for p in packages) and generated not in packages
+    package = packages[0]
     d.mkdir()
     generated.mkdir(parents=True)
     package.mkdir(parents=True)
@@ -141,11 +143,17 @@ def _fake_caches(tmp_path, monkeypatch):
         (d / f"k_{key}.py").write_text("x" * 1000)
         (generated / f"k_{key}.kernel-4.py311.nbi").write_bytes(b"i" * 100)
         (generated / f"k_{key}.kernel-4.py311.1.nbc").write_bytes(b"c" * 400_000)
-    for name in ("cpu_math.exp_f32-79", "cpu_blas._blas_gemm-57"):
+    for name in ("vecmath.exp_f32-79", "calls._blas_gemm-57"):
         (package / f"{name}.py311.nbi").write_bytes(b"i" * 100)
         (package / f"{name}.py311.1.nbc").write_bytes(b"c" * 100_000)
     (d / "notes.txt").write_text("mine")
     return d, generated, package
+
+
+def cache_numba_dirs():
+    from tracejit.compiler.backends import cache
+
+    return cache.numba_dirs()
 
 
 def test_cache_lists_locations_sizes_and_entries(tmp_path, monkeypatch, capsys):
@@ -157,7 +165,8 @@ def test_cache_lists_locations_sizes_and_entries(tmp_path, monkeypatch, capsys):
     assert "    2 kernels, 0.0 MB" in lines
     assert f"  Numba machine code, generated kernels: {generated} [NUMBA_CACHE_DIR]" in lines
     assert "    2 functions, 0.8 MB" in lines
-    assert f"  Numba machine code, tracejit's own kernels: {package} [NUMBA_CACHE_DIR]" in lines
+    n = len(cache_numba_dirs()["package"])
+    assert f"  Numba machine code, tracejit's own kernels: {package.parent} ({n} folders) [NUMBA_CACHE_DIR]" in lines
     assert "    2 functions, 0.2 MB" in lines
     assert main(["cache", "--info"]) == 0 and capsys.readouterr().out == out
 
@@ -182,5 +191,5 @@ def test_cache_command_in_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"generated kernel sources: {tmp_path / 'cache'} [TRACEJIT_CACHE_DIR]" in proc.stdout
     assert f"Numba machine code, generated kernels: {tmp_path / 'nb' / 'cache_'}" in proc.stdout
-    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb' / 'backends_'}" in proc.stdout
+    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb'} (4 folders)" in proc.stdout
     assert not (tmp_path / "cache").exists()  # looking creates nothing

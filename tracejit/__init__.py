@@ -52,7 +52,7 @@ float = float32  # noqa: A001
 double = float64
 half = float16
 long = int64
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name):
@@ -62,7 +62,7 @@ def __getattr__(name):
 
         return getattr(api, name)
     if name in ("set_num_threads", "get_num_threads"):
-        from .compiler.backends import threads
+        from .compiler.backends.cpu import threads
 
         return getattr(threads, name)
     if name == "compiler":

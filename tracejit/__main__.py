@@ -70,7 +70,10 @@ def cmd_info(ns) -> int:
     import numpy
 
     import tracejit
-    from tracejit.compiler.backends import available, blas, cache, cpu_blas, threads
+    from tracejit.compiler.backends import available, cache
+    from tracejit.compiler.backends.cpu import threads
+    from tracejit.compiler.backends.cpu.blas import calls as cpu_blas
+    from tracejit.compiler.backends.cpu.blas import control as blas
 
     info = threads.configure()
     print(f"tracejit {tracejit.__version__}  python {sys.version.split()[0]}  numpy {numpy.__version__}  "

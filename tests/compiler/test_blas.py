@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracejit.compiler.backends import blas
+from tracejit.compiler.backends.cpu.blas import control as blas
 
 SCIPY = "/v/lib/site-packages/scipy.libs/libscipy_openblas-1.so"
 NUMPY = "/v/lib/site-packages/numpy.libs/libscipy_openblas64_-2.so"

@@ -21,8 +21,10 @@ import pytest  # noqa: E402
 import tracejit  # noqa: E402
 import tracejit.nn as nn  # noqa: E402
 import tracejit.nn.functional as F  # noqa: E402
-from tracejit.compiler.backends import cpu, threads  # noqa: E402
-from tracejit.compiler.backends.cpu import render, render_multi  # noqa: E402
+from tracejit.compiler.backends import cpu  # noqa: E402
+from tracejit.compiler.backends.cpu import render as cpu_render  # noqa: E402
+from tracejit.compiler.backends.cpu import threads  # noqa: E402
+from tracejit.compiler.backends.cpu.render import render, render_multi  # noqa: E402
 from tracejit.compiler.backends.kernel import lower  # noqa: E402
 from tracejit.compiler.backends.reference import run_graph  # noqa: E402
 from tracejit.compiler.ir import FUSED, parse_graph  # noqa: E402
@@ -170,7 +172,7 @@ def test_render_same_shape_chain_is_one_flat_loop():
 
 
 def test_render_small_space_is_serial_and_large_space_uses_prange(monkeypatch):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
+    monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     small = source_of(SMALL_CHAIN)
     assert "parallel=False" in small
     assert "prange" not in small
@@ -207,7 +209,7 @@ def test_render_float64_kernel_uses_float64_library_and_constants():
 
 
 def test_render_reductions_inner_accumulator_and_ordered_outer_partials(monkeypatch):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
+    monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     src = source_of(REDUCE_BOTH)
     assert "numba.prange(" in src
     # the inner-dim sum accumulates locally; the outer-dim sum writes per-block partials that are
@@ -379,7 +381,7 @@ def test_casts_to_int_and_bool():
 
 
 def test_large_elementwise_chain_runs_in_parallel(monkeypatch):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
+    monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     # 2**17 elements: above the parallel threshold; a tanh/sigmoid/exp chain and its gradient
     rng = np.random.default_rng(0)
     x = rng.standard_normal(1 << 17).astype(np.float32)
@@ -776,7 +778,7 @@ def test_same_step_from_the_same_state_is_bit_identical():
 
 
 def test_parallel_reductions_are_bit_identical_at_any_thread_count(monkeypatch):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
+    monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 1 << 16)  # the sizes below straddle this threshold
     if threads.max_threads() < 2:
         pytest.skip("needs a pool of at least 2 threads")
     rng = np.random.default_rng(0)

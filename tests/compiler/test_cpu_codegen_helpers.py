@@ -12,9 +12,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tracejit  # noqa: E402
-from tracejit.compiler.backends import blas, cache, cpu, cpu_views  # noqa: E402
-from tracejit.compiler.backends.cpu_segment_blas import gemm_nt, gemm_nt_par  # noqa: E402
-from tracejit.compiler.backends.cpu_views import view  # noqa: E402
+from tracejit.compiler.backends import cache  # noqa: E402
+from tracejit.compiler.backends.cpu import program as cpu_program  # noqa: E402
+from tracejit.compiler.backends.cpu import render as cpu_render  # noqa: E402
+from tracejit.compiler.backends.cpu import views as cpu_views  # noqa: E402
+from tracejit.compiler.backends.cpu.blas import control as blas  # noqa: E402
+from tracejit.compiler.backends.cpu.blas.segment import gemm_nt, gemm_nt_par  # noqa: E402
+from tracejit.compiler.backends.cpu.views import view  # noqa: E402
 
 
 @numba.njit
@@ -95,7 +99,7 @@ def test_gemm_nt_par_blocks_cover_the_product_for_every_layout(m, n, ta, tb):
 
 def test_big_gemms_in_segments_are_split_over_the_pool_and_equal_eager(monkeypatch):
     monkeypatch.setattr(blas, "SPLIT_GEMM_FLOPS", 100.0)  # every GEMM below counts as big
-    monkeypatch.setattr(cpu.threads, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(cpu_program.threads, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 4)).astype(np.float32)
     w = rng.standard_normal((5, 4)).astype(np.float32)
@@ -110,7 +114,7 @@ def test_big_gemms_in_segments_are_split_over_the_pool_and_equal_eager(monkeypat
     got = cf(*args)
     for g_, w_ in zip(got, want):
         np.testing.assert_allclose(g_.numpy(), w_.numpy(), rtol=1e-5, atol=1e-5)
-    steps = [s for s, *_ in cf.latest().program.plan if isinstance(s, cpu.SegmentStep)]
+    steps = [s for s, *_ in cf.latest().program.plan if isinstance(s, cpu_program.SegmentStep)]
     text = "\n".join(s.source for s in steps)
     assert text.count("G.gemm_nt_par(") == 3 and "G.gemm_nt(" not in text
     assert all(s.uses_threads and s.blas_threads == 1 for s in steps if "gemm_nt_par" in s.source)
@@ -133,7 +137,7 @@ def test_segment_source_uses_views_and_direct_gemm_and_equals_eager():
     got = cf(*args)
     for g_, w_ in zip(got, want):
         np.testing.assert_allclose(g_.numpy(), w_.numpy(), rtol=1e-5, atol=1e-5)
-    sources = [s.source for s, *_ in cf.latest().program.plan if isinstance(s, cpu.SegmentStep)]
+    sources = [s.source for s, *_ in cf.latest().program.plan if isinstance(s, cpu_program.SegmentStep)]
     assert sources, "no segment ran"
     text = "\n".join(sources)
     assert ".reshape(" not in text and ".fill(" not in text
@@ -181,7 +185,7 @@ def _packed_steps(monkeypatch, make_opt, wide=8, steps=3):
     """Compiled vs eager training steps with the optimizer update forced into its own (packed) kernel."""
     import tracejit.nn.functional as F
 
-    monkeypatch.setattr(cpu, "INPLACE_MIN", 0)
+    monkeypatch.setattr(cpu_program, "INPLACE_MIN", 0)
     rng = np.random.default_rng(0)
     x = tracejit.tensor(rng.standard_normal((5, 6)).astype(np.float32))
     y = tracejit.tensor(rng.integers(0, 3, 5))
@@ -208,7 +212,7 @@ def _packed_steps(monkeypatch, make_opt, wide=8, steps=3):
     for (name, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
     kernels = [s for s, *_ in cf.latest().program.plan
-               if isinstance(s, cpu.KernelStep) and s.node.attrs.get("kind") == "multi"]
+               if isinstance(s, cpu_program.KernelStep) and s.node.attrs.get("kind") == "multi"]
     assert len(kernels) == 1 and kernels[0].rows is not None, "the update did not run as one packed kernel"
     return kernels[0].source
 
@@ -233,7 +237,7 @@ def test_adam_update_in_a_packed_kernel(monkeypatch):
 
 
 def test_a_large_parameter_keeps_its_own_parallel_block(monkeypatch):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 40)  # fc1.weight (6x8=48) runs its own prange block
+    monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 40)  # fc1.weight (6x8=48) runs its own prange block
     src = _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
     assert "numba.prange" in src and "parallel=True" in src and src.count("for m") == 1
 
@@ -255,7 +259,7 @@ def test_a_read_only_input_of_a_packed_kernel_is_copied_not_refused(monkeypatch)
 
 def _last_packed_step(monkeypatch):
     captured = []
-    monkeypatch.setattr(cpu.KernelStep, "__init__", _capturing(cpu.KernelStep.__init__, captured))
+    monkeypatch.setattr(cpu_program.KernelStep, "__init__", _capturing(cpu_program.KernelStep.__init__, captured))
     _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.2, momentum=0.8))
     (step,) = [s for s in captured if s.rows is not None]
     return step
@@ -286,13 +290,13 @@ def test_row_reductions_store_their_accumulator_without_filling_first():
     from tracejit.compiler.ir import parse_graph
 
     (node,) = parse_graph(ROW_REDUCTIONS).nodes
-    src = cpu.render(lower(node), "kernel")
+    src = cpu_render.render(lower(node), "kernel")
     assert "fi0" not in src and "fi1" not in src  # no fill loops
     assert "o0[i0, 0] = acc0" in src and "o1[i0, 0] = acc1" in src
     x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
     x[2, 3] = np.nan
     x[4] = -np.inf
-    fn, _ = cache.load(cpu.PRELUDE + src, "kernel")
+    fn, _ = cache.load(cpu_render.PRELUDE + src, "kernel")
     s, m = np.empty((6, 1), np.float32), np.empty((6, 1), np.float32)
     fn.py_func(x, s, m)  # the Python semantics of the rendered text
     np.testing.assert_allclose(s[:, 0], x.sum(1), rtol=1e-6)
@@ -328,13 +332,13 @@ def test_movement_ops_in_segments_are_loops_and_equal_eager(case):
     got = got if isinstance(got, tuple) else (got,)
     for g_, w_ in zip(got, want):
         np.testing.assert_allclose(g_.numpy(), w_.numpy(), rtol=1e-5, atol=1e-5)
-    sources = [s.source for s, *_ in cf.latest().program.plan if isinstance(s, cpu.SegmentStep)]
+    sources = [s.source for s, *_ in cf.latest().program.plan if isinstance(s, cpu_program.SegmentStep)]
     assert sources
     for call in ("np.full", "np.broadcast_to", "np.concatenate", "np.transpose", "np.ascontiguousarray", "[...]"):
         assert all(call not in src for src in sources), call
 
 
 def test_large_parameters_of_a_group_share_one_parallel_loop(monkeypatch):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 20)  # fc1.weight (48) and fc2.weight (24): one prange, run per row
+    monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 20)  # fc1.weight (48) and fc2.weight (24): one prange, run per row
     src = _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
     assert src.count("numba.prange") == 1 and src.count("for m") == 2  # the weights' loop and the biases'

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from tracejit.compiler.backends import cpu_blas, cpu_gemm
+from tracejit.compiler.backends.cpu.blas import calls as cpu_blas
+from tracejit.compiler.backends.cpu.blas import gemm as cpu_gemm
 
 MR, NR, KC = cpu_gemm.MR, cpu_gemm.NR, cpu_gemm.KC
 
@@ -93,7 +94,7 @@ def test_choice_follows_the_environment_and_the_cpu(monkeypatch):
 
 PROBE = """
 import numpy as np
-from tracejit.compiler.backends import cpu_blas
+from tracejit.compiler.backends.cpu.blas import calls as cpu_blas
 a = np.arange(6, dtype=np.float32).reshape(2, 3); b = np.ones((3, 2), np.float32); out = np.empty((2, 2), np.float32)
 cpu_blas.gemm(a, b, out)
 print(cpu_blas.sgemm_choice()[0], out.ravel().tolist())
@@ -123,7 +124,8 @@ def restricted():
     return f
 llvm.get_host_cpu_features = restricted
 import numpy as np
-from tracejit.compiler.backends import cpu_blas, cpu_gemm
+from tracejit.compiler.backends.cpu.blas import calls as cpu_blas
+from tracejit.compiler.backends.cpu.blas import gemm as cpu_gemm
 shapes = eval(sys.argv[2])
 print(cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR, cpu_blas.sgemm_choice()[0])
 print("arrays", cpu_gemm.self_check(cpu_gemm.sgemm_arrays, shapes=shapes))
@@ -179,7 +181,7 @@ def test_a_kernel_that_fails_the_self_check_falls_back_to_openblas(monkeypatch):
 @pytest.mark.parametrize("m,n", [(40, 12), (12, 40)])  # split along rows, then along columns
 @pytest.mark.parametrize("relu", [0, 1])
 def test_linear_epilogue_adds_bias_and_relu_on_every_block(m, n, relu):
-    from tracejit.compiler.backends import cpu_segment_blas as G
+    from tracejit.compiler.backends.cpu.blas import segment as G
 
     rng = np.random.default_rng(m + relu)
     k = 9

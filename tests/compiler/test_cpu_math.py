@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from tracejit.compiler.backends import cpu_math
+from tracejit.compiler.backends.cpu import vecmath as cpu_math
 
 N = 1_000_001
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from tracejit import ref_kernels as K
-from tracejit.compiler.backends import cpu_window as W
-from tracejit.compiler.backends import cpu_window_bwd as B
-from tracejit.compiler.backends import cpu_window_pool as P
+from tracejit.compiler.backends.cpu.window import backward as B
+from tracejit.compiler.backends.cpu.window import conv as W
+from tracejit.compiler.backends.cpu.window import pool as P
 
 F32, F64 = np.float32, np.float64
 

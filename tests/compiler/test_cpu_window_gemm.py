@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tracejit import ref_kernels as K
-from tracejit.compiler.backends import cpu_window_gemm as G
+from tracejit.compiler.backends.cpu.window import im2col as G
 
 from .test_cpu_window import F32, F64, close, conv_ref, data, make, out_shape, reduction
 

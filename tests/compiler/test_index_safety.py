@@ -340,7 +340,7 @@ def test_max_pool_gradient_with_large_windows(k, conv, backend):
 @pytest.mark.parametrize("k", [16, 17, 20, 300])
 def test_cpu_pool_argmax_type_holds_the_window(k):
     from tracejit import ref_kernels as K
-    from tracejit.compiler.backends import cpu_window_pool as P
+    from tracejit.compiler.backends.cpu.window import pool as P
 
     dtype = P.argmax_dtype((k, k))
     assert np.iinfo(dtype).max >= k * k - 1 and (k > 16 or dtype == np.uint8)

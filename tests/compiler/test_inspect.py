@@ -112,7 +112,7 @@ def test_explain_compiles_without_running(mlp_setup):
     assert "variant 1" in str(e) and e.variant is not None
     assert all(p.grad is None for p in plain.parameters())  # explained, not run
     # which float32 GEMM the step's matmuls call, and why
-    from tracejit.compiler.backends.cpu_blas import sgemm_choice, sgemm_description
+    from tracejit.compiler.backends.cpu.blas.calls import sgemm_choice, sgemm_description
 
     assert f"float32 GEMMs: {sgemm_description()}" in str(e)
     assert sgemm_choice()[1] in sgemm_description()

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tracejit.compiler.backends import threads
+from tracejit.compiler.backends.cpu import threads
 
 ROOT = Path(__file__).resolve().parents[2]
 
 KERNEL = """
 import json, numba, numpy as np
-from tracejit.compiler.backends import threads
+from tracejit.compiler.backends.cpu import threads
 
 @numba.njit(parallel=True)
 def add_one(x):
@@ -93,7 +93,7 @@ def test_keeps_a_layer_that_already_launched():
 def test_forced_layer_and_bad_settings():
     out = child("print(json.dumps(threads.configure()))", TRACEJIT_THREADING_LAYER="workqueue")
     assert out["layer"] == "workqueue"
-    bad = subprocess.run([sys.executable, "-c", "from tracejit.compiler.backends import threads; "
+    bad = subprocess.run([sys.executable, "-c", "from tracejit.compiler.backends.cpu import threads; "
                           "threads.configure()"], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "TRACEJIT_NUM_THREADS": "many"})
     assert bad.returncode != 0 and "TRACEJIT_NUM_THREADS" in bad.stderr

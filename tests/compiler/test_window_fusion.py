@@ -129,9 +129,9 @@ def test_compiled_cnn_steps_equal_eager(backend):
 
 
 def test_memory_plan_updates_optimizer_state_in_place_but_never_a_users_array(monkeypatch):
-    from tracejit.compiler.backends import cpu
+    from tracejit.compiler.backends.cpu import program as cpu_program
 
-    monkeypatch.setattr(cpu, "INPLACE_MIN", 0)  # this model is small: make its update a step of its own
+    monkeypatch.setattr(cpu_program, "INPLACE_MIN", 0)  # this model is small: make its update a step of its own
     cf, model, opt, (x, y) = compiled_variant("cpu")
     g = cf.latest().graph
     multi = [n for n in g.nodes if n.attrs.get("kind") == "multi"]
@@ -151,9 +151,9 @@ def test_memory_plan_updates_optimizer_state_in_place_but_never_a_users_array(mo
 
 
 def test_in_place_update_reads_and_writes_one_buffer_and_copies_arrays_it_does_not_own(monkeypatch):
-    from tracejit.compiler.backends import cpu
+    from tracejit.compiler.backends.cpu import program as cpu_program
 
-    monkeypatch.setattr(cpu, "INPLACE_MIN", 0)
+    monkeypatch.setattr(cpu_program, "INPLACE_MIN", 0)
     model, opt, step = make()
     x, y = data()
     step(x, y)  # eager: creates the momentum buffers

@@ -315,7 +315,7 @@ def _machine() -> dict:
 def _threads_info(modes: Iterable[str]) -> dict:
     out = {}
     if any(m in ("cpu", "cuda") for m in modes):
-        from ..compiler.backends import threads
+        from ..compiler.backends.cpu import threads
 
         i = threads.info()
         out["tracejit"] = f"{i.get('threads')} ({i.get('layer')})"
@@ -334,7 +334,8 @@ def _blas_info(modes: Iterable[str]) -> dict:
     """The BLAS the compiled GEMMs called and its kernels, and a warning when OPENBLAS_CORETYPE held them back."""
     if not any(m in ("cpu", "cuda") for m in modes):
         return {}
-    from ..compiler.backends import blas, cpu_blas
+    from ..compiler.backends.cpu.blas import calls as cpu_blas
+    from ..compiler.backends.cpu.blas import control as blas
 
     libs = blas.describe()
     used = next((b for b in libs if b["used"]), None)

@@ -341,7 +341,7 @@ def build_html(records: list[Record], script: str, args: list[str], exit_code: i
     import numpy
 
     from .. import __version__
-    from ..compiler.backends import threads
+    from ..compiler.backends.cpu import threads
 
     shown = [r for r in records if r.calls or r.cf.history]
     th = threads.info()

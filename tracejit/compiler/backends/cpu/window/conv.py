@@ -1,7 +1,7 @@
 """Numba kernels for conv2d forward: direct convolution with fused bias, ReLU and max-pool(+uint8 argmax)
 epilogues. The CPU backend calls the Python functions below; they write preallocated outputs and pass only
-int shape parameters, so one compiled kernel per dtype serves every shape. Backward: ``cpu_window_bwd``;
-standalone pooling: ``cpu_window_pool``.
+int shape parameters, so one compiled kernel per dtype serves every shape. Backward: ``window.backward``;
+standalone pooling: ``window.pool``.
 
 Measured (benchmarks/bench_window.py, 2 cores AVX-512, TBB, float32, median of 30, load < 1.7; NumPy
 im2col reference in brackets; floor at 205 GFLOP/s): conv+bias+ReLU+2x2 pool+argmax on
@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 try:  # TBB layer and thread count before the first parallel launch (see threads.py)
-    from . import threads as _threads
+    from .. import threads as _threads
 
     _threads.configure()
 except ImportError:  # pragma: no cover - the backend's threading module is optional here
@@ -392,7 +392,7 @@ def __getattr__(name: str):
     """Standalone pooling lives in cpu_window_pool (which imports this module's helpers, so it cannot be
     imported at the top); its entry points stay reachable as cpu_window.<name>."""
     if name in _POOLING:
-        from . import cpu_window_pool
+        from . import pool as cpu_window_pool
 
         return getattr(cpu_window_pool, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

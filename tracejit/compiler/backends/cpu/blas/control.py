@@ -16,7 +16,7 @@ Which kernels the BLAS runs matters as much: `describe()` says which library the
 with which core kernels, and `pinned_note()` warns when OPENBLAS_CORETYPE holds OpenBLAS to older ones than
 the CPU supports (on a 2-core AVX-512 EPYC, `OPENBLAS_CORETYPE=Haswell` made 128x784 @ 784x512 take 1.13 ->
 1.68 ms on one thread and the MLP benchmark step 1.5 -> 2.4 ms). On such CPUs compiled float32 GEMMs run
-tracejit's own kernel anyway (`cpu_blas.sgemm_choice`); float64 ones and NumPy's do not.
+tracejit's own kernel anyway (`blas.calls.sgemm_choice`); float64 ones and NumPy's do not.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _max = 1
 _current = None
 BIG_GEMM_FLOPS = float(os.environ.get("TRACEJIT_BLAS_2T_FLOPS", "40e6"))  # see module doc
 # Generated segments split GEMMs this big over Numba's pool, one BLAS thread per block
-# (cpu_segment_blas.gemm_nt_par); `inf` gives them all BLAS threads above BIG_GEMM_FLOPS instead.
+# (blas.segment.gemm_nt_par); `inf` gives them all BLAS threads above BIG_GEMM_FLOPS instead.
 # 4 MFLOP: LeNet's fully connected layers (64x400x120, 6 MFLOP) split too, its three segments 0.39 -> 0.31 ms;
 # 1 MFLOP measured the same.
 SPLIT_GEMM_FLOPS = float(os.environ.get("TRACEJIT_SPLIT_GEMM_FLOPS", "4e6"))

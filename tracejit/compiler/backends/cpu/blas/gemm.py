@@ -14,7 +14,7 @@ thread, median of 40-200 calls through Numba, 2-core Zen 5 VM (the VM's phases m
 
 Split over two threads inside a training step, where OpenBLAS's packing of each half costs it more, this GEMM
 made the MLP benchmark step 10-20% faster than OpenBLAS's SkylakeX kernels, and against its Haswell kernels
-2.4 -> 1.8 ms (LeNet 3.7 -> 2.0 ms). So `cpu_blas` calls it for float32 on AVX-512 CPUs.
+2.4 -> 1.8 ms (LeNet 3.7 -> 2.0 ms). So `blas.calls` calls it for float32 on AVX-512 CPUs.
 
 How (the Goto/BLIS scheme, in miniature): for each KC-deep slice of K, B's slice is packed into NR-wide
 column panels [KC][NR] and A's rows, MC at a time, into MR-high row panels [KC][MR] (transposed operands are
@@ -26,7 +26,7 @@ operands is read and nothing outside C written, and no edge block is copied.
 
 Operands whose rows both run along k with few output columns (weight gradients: 75 x 892 @ 892 x 6) are
 dot products instead (`_gemm_dots`), and small operands are read where they lie rather than packed.
-`cpu_blas` decides when this GEMM runs instead of OpenBLAS and how generated code reaches it.
+`blas.calls` decides when this GEMM runs instead of OpenBLAS and how generated code reaches it.
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
 
 
 def sgemm_c(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
-    """`sgemm_arrays` on raw pointers: the C entry that `cpu_blas` compiles as a cfunc and registers under its
+    """`sgemm_arrays` on raw pointers: the C entry that `blas.calls` compiles as a cfunc and registers under its
     external symbol (defined here so that edits to this kernel invalidate that cfunc's cache)."""
     if m <= 0 or n <= 0:
         return
@@ -350,7 +350,7 @@ def sgemm_c(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
 
 # Products that cross every blocking edge of the kernel in this CPU's shape: MR-row blocks and the shorter edge
 # kernels, MC row groups, NR-wide panels with a masked edge, several KC slices, each layout, and the dot-product
-# path. `cpu_blas` runs them through the compiled entry once per process before it routes GEMMs here; the tests
+# path. `blas.calls` runs them through the compiled entry once per process before it routes GEMMs here; the tests
 # run them for every ISA shape the machine can execute.
 SELF_CHECK_SHAPES = ((MC + MR + 1, NR + 5, KC + 44), (2 * MC + 3, 3 * NR, 2 * KC + 7), (MR + 1, NR - 3, 9),
                      (3, 70, 5))

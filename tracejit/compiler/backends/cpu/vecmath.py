@@ -1,6 +1,6 @@
 """Vectorizable scalar math for generated CPU kernels: range reduction + polynomial in plain arithmetic,
 so LLVM vectorizes a loop that calls these (libm's expf/tanhf stay scalar). Generated modules import the
-functions by name (``from tracejit.compiler.backends.cpu_math import exp_f32, ...``); ``FUNCS`` maps op names.
+functions by name (``from tracejit.compiler.backends.cpu import vecmath as M``); ``FUNCS`` maps op names.
 
 Accuracy, max error against float64 NumPy/SciPy on the same input, in ulp of the correctly rounded
 result. float32, exhaustive over all 2**32 inputs: exp 1.02 (subnormal results included), log 0.83

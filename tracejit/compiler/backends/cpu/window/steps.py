@@ -1,5 +1,5 @@
 """CPU steps for window ops: each primitive window node, and each pattern `fuse_window` forms, becomes a
-call into the Numba kernel library (cpu_window, cpu_window_bwd) writing preallocated outputs.
+call into the Numba kernel library (window.conv, window.backward) writing preallocated outputs.
 
 Also matmul through BLAS (`np.matmul` into a preallocated output).
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Node
-from . import blas
-from . import cpu_window as W
-from . import cpu_window_bwd as WB
-from . import cpu_window_gemm as WG
+from ....ir import Node
+from ..blas import control as blas
+from . import backward as WB
+from . import conv as W
+from . import im2col as WG
 
 
 def as_c(a):
@@ -25,7 +25,7 @@ def _conv_kw(a):
 
 
 def _by_gemm(a, x_shape, w_shape, backward=False) -> bool:
-    """Whether the per-image GEMM kernels (cpu_window_gemm) run this conv (or its backward) rather than the
+    """Whether the per-image GEMM kernels (window.im2col) run this conv (or its backward) rather than the
     direct ones."""
     return WG.prefer(x_shape, w_shape, W._pair(a["stride"]), W._pair(a["padding"]), W._pair(a["dilation"]),
                      a["groups"], backward)
@@ -33,7 +33,7 @@ def _by_gemm(a, x_shape, w_shape, backward=False) -> bool:
 
 def _gemm_grads(a, outs, x_shape, w_shape, label, g_at, x_at=None, w_at=None, dx=False, dw=False, db=False):
     """A step computing the requested conv gradients (in that order) from a plain output gradient with
-    cpu_window_gemm; x or w, where the node does not take it, is a shape-only placeholder never read."""
+    window.im2col; x or w, where the node does not take it, is a shape-only placeholder never read."""
     pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
     def grads(args):

@@ -1,8 +1,8 @@
 """Numba kernels for standalone max and avg pooling (ops max_pool2d, avg_pool2d and their gradients):
 any kernel, stride, padding, dilation and ceil_mode, one parallel task per (image, channel) plane.
-Pooling fused behind a conv lives in ``cpu_window``, which also re-exports these entry points.
+Pooling fused behind a conv lives in ``window.conv``, which also re-exports these entry points.
 
-Measured (benchmarks/bench_window.py, as in cpu_window; NumPy reference in brackets):
+Measured (benchmarks/bench_window.py, as in window.conv; NumPy reference in brackets):
   max_pool2d 2x2 [64,6,28,28]: forward+argmax 0.13-0.23 ms [5.4-5.9], backward 0.14-0.19 ms [2.9-3.3]
   max_pool2d 3x3/2 pad 1 [32,32,32,32]: forward 1.5-2.8 ms [29-30], backward 0.59-0.77 ms [17-19]
   avg_pool2d 3x3/2 pad 1: forward 1.1-2.2 ms [14-15], backward 2.6-2.8 ms [2.6-3.8]
@@ -14,8 +14,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from ...ref_kernels import pool_out_hw as _ref_pool_out_hw
-from .cpu_window import _NO_ARGMAX, FASTMATH, _check, _pair
+from .....ref_kernels import pool_out_hw as _ref_pool_out_hw
+from .conv import _NO_ARGMAX, FASTMATH, _check, _pair
 
 __all__ = [
     "argmax_dtype", "avg_pool2d_backward", "avg_pool2d_forward", "max_pool2d_backward", "max_pool2d_forward",

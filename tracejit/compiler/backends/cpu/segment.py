@@ -3,7 +3,7 @@ generated function, so a step costs one dispatch from Python instead of one per 
 
 Serial loop kernels are inlined into the segment function (one compilation unit compiles faster than
 many small ones); parallel kernels stay separate `parallel=True` functions the segment calls; matmul is
-`np.dot` (BLAS); movement ops are views or copies; index/random ops call `cpu_index` helpers.
+`np.dot` (BLAS); movement ops are views or copies; index/random ops call `index` helpers.
 Window ops (their own kernel library) and anything else run as Python steps between segments.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-from ... import dtypes as D
-from ...ops import index_message
-from ..ir import Graph, Node
-from .kernel import LoweringError, lower
+from .... import dtypes as D
+from ....ops import index_message
+from ...ir import Graph, Node
+from ..kernel import LoweringError, lower
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
 SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
@@ -53,7 +53,7 @@ def _shape(t) -> str:
 
 
 def _reshaped(expr: str, shape, known=None) -> str:
-    """`expr` (a C-contiguous array, of shape `known` if given) seen with `shape`. `cpu_views.view`, not
+    """`expr` (a C-contiguous array, of shape `known` if given) seen with `shape`. `views.view`, not
     `.reshape`: Numba's reshape lowers to ~200 lines of IR per call, which doubled segment compile times."""
     shape = tuple(int(x) for x in shape)
     if known is not None and tuple(int(x) for x in known) == shape:
@@ -268,7 +268,7 @@ class SegmentSource:
         self._gemm_call("gemm_bias_act", x, w, n.outputs[0], epilogue)
 
     def _gemm_call(self, fn: str, x, w, out, extra: str):
-        """out = x @ w through cpu_segment_blas.`fn` (its arguments before `out` extended by `extra`), or
+        """out = x @ w through blas.segment.`fn` (its arguments before `out` extended by `extra`), or
         `fn`_par, split over the pool, when the product is big enough."""
         (m, k), n_ = x.shape, w.shape[1]
         self.max_gemm_flops = max(self.max_gemm_flops, 2.0 * m * n_ * k)

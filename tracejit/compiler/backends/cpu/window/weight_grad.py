@@ -1,7 +1,7 @@
 """Numba kernels for conv2d's weight and bias gradients: dw[o, c, i, j] as dot products of the output
 gradient G against the padded input at one shared row pitch, two output channels per pass so each input
 load feeds both; partial sums over fixed batch blocks keep the bits independent of the thread count.
-Called through ``cpu_window_bwd`` (timings there).
+Called through ``window.backward`` (timings there).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu_window import FASTMATH
+from .conv import FASTMATH
 
 _serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 _parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)

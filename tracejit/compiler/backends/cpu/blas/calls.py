@@ -2,7 +2,7 @@
 np.dot copies it or takes a slow path: 6.4 ms vs 1.5 ms for 128x784 @ 784x512 on one thread).
 
 float64 calls Numba's own `numba_xxgemm` helper (SciPy's BLAS, resolved by symbol name at link time); float32
-calls the symbol `tracejit_sgemm`, which this module points at OpenBLAS or at tracejit's own GEMM (cpu_gemm)
+calls the symbol `tracejit_sgemm`, which this module points at OpenBLAS or at tracejit's own GEMM (blas.gemm)
 when it is imported (`sgemm_choice`). Either way callers stay cacheable: Numba links neither into them.
 Row-major C = A @ B is column-major C^T = B^T @ A^T.
 """
@@ -19,7 +19,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import cpu_gemm
+from . import gemm as cpu_gemm
 
 _xxgemm = types.ExternalFunction(
     "numba_xxgemm",
@@ -115,7 +115,7 @@ SELF_CHECK_TOL = 1e-5
 
 
 def _check_entry(fn) -> float:
-    """cpu_gemm.self_check through the compiled C entry itself (the code generated code will call): ~1 ms."""
+    """blas.gemm.self_check through the compiled C entry itself (the code generated code will call): ~1 ms."""
     import ctypes
 
     def via_entry(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
@@ -134,7 +134,7 @@ _SGEMM_CHOICE = _register()  # before any caller of the symbol is compiled or lo
 def sgemm_choice() -> tuple[str, str]:
     """(which float32 GEMM compiled code runs: "tracejit" or "openblas", why). On AVX-512 CPUs tracejit's own
     GEMM: one thread, it matches OpenBLAS's SkylakeX kernels on the MLP's shapes and trails them on tiny ones
-    (cpu_gemm's table); in the benchmark's MLP step, where each GEMM is split over the threads, it made the step
+    (blas.gemm's table); in the benchmark's MLP step, where each GEMM is split over the threads, it made the step
     10-20% faster (against jax.jit: 1.10-1.23x vs 0.98-1.03x, three alternations), LeNet the same; and it does not
     depend on OPENBLAS_CORETYPE. Elsewhere OpenBLAS; TRACEJIT_SGEMM chooses either."""
     return _SGEMM_CHOICE

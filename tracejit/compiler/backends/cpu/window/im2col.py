@@ -15,7 +15,7 @@ Each thread owns its scratch buffers (L2-sized for LeNet) and calls single-threa
 matrix kernels at these sizes); BLAS threads must be 1 while these kernels run (the steps set it), as
 OpenBLAS's own threads would spin against the TBB workers.
 
-Why: the direct kernels (cpu_window, cpu_window_dw) run their taps over the output rows, and on short rows
+Why: the direct kernels (window.conv, window.weight_grad) run their taps over the output rows, and on short rows
 that is mostly loop overhead; these per-image GEMMs run at 130-200 GFLOP/s on 2 cores (205 peak). Best of
 30 calls, 2 cores, float32, two runs (direct kernels in brackets):
   LeNet conv2 x[64,6,14,14] w[16,6,5,5]  forward+pool 0.29-0.36 ms [0.50-0.75]; backward dx, dw, db
@@ -31,9 +31,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas
-from .cpu_blas import gemm_beta, sgemm_choice
-from .cpu_window import FASTMATH, _epilogue, padded_input
+from ..blas import control as blas
+from ..blas.calls import gemm_beta, sgemm_choice
+from .conv import FASTMATH, _epilogue, padded_input
 
 __all__ = ["conv_backward", "conv_forward", "prefer"]
 
@@ -282,7 +282,7 @@ def _threads() -> int:
 # 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
 # the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
-# With tracejit's own float32 GEMM (cpu_gemm, where OpenBLAS is held to older kernels), which reads a short-row
+# With tracejit's own float32 GEMM (blas.gemm, where OpenBLAS is held to older kernels), which reads a short-row
 # weight matrix and the im2col runs where they lie, the GEMM path wins the forward on long runs too (2-core
 # Zen 5, ms, GEMM vs direct: LeNet conv1 L = 892 0.37 vs 0.39; the 32x32 conv block, L = 1086, 1.33 vs 1.70).
 MAX_RUN_OWN_GEMM = 2048

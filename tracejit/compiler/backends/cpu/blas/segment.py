@@ -3,7 +3,7 @@
 A segment's matmul operands are C-contiguous arrays or transposes of them, so the renderer passes the BLAS
 transpose flags and leading dimensions as constants and `gemm_nt` is one BLAS call: no layout checks and no
 np.dot fallback. That is a compile-time matter: Numba links a callee's whole code into each caller and
-optimizes it again there, and the fallback path of `cpu_blas.gemm` (np.dot, slice assignment with formatted
+optimizes it again there, and the fallback path of `blas.calls.gemm` (np.dot, slice assignment with formatted
 error messages) cost every LeNet segment that called it ~0.6-0.8 s of LLVM time on a cold cache.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .cpu_blas import gemm_at  # the one BLAS call, declared once
+from .calls import gemm_at  # the one BLAS call, declared once
 
 
 @numba.njit(cache=True)

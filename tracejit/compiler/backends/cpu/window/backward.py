@@ -1,10 +1,10 @@
 """Numba kernels for conv2d's backward chain: max-pool/ReLU backward, input, weight and bias gradients.
 
 The chain writes one zero-padded output gradient G: the input gradient is a stride-1 conv of G with the
-flipped, transposed weight (``cpu_window``'s forward kernel), or GEMM + col2im where that would mostly
+flipped, transposed weight (``window.conv``'s forward kernel), or GEMM + col2im where that would mostly
 multiply padding; the weight gradient dots G against the padded input at the same row pitch.
 
-Measured (benchmarks/bench_window.py, as in cpu_window): pool/ReLU backward + dw + db (+ dx) from the
+Measured (benchmarks/bench_window.py, as in window.conv): pool/ReLU backward + dw + db (+ dx) from the
 pooled gradient, vs the NumPy references (max_pool2d_grad * mask, conv2d_grad_input/weight, sum):
   LeNet conv1 (no dx)   0.66-0.73 ms  [9.5-10.5 ms]  floor 0.22 ms
   LeNet conv2           1.4-1.8 ms    [5.2-6.0 ms]   floor 0.30 ms
@@ -17,18 +17,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas
-from .cpu_window import (
-    _NO_ARGMAX,
-    FASTMATH,
-    _check,
-    _pair,
-    conv_out_hw,
-    conv_s1_kernel,
-    pad_into,
-    padded_input,
-)
-from .cpu_window_dw import _DW_BATCH_BLOCK, bias_grad_kernel, conv_dw_s1_kernel, conv_dw_strided_kernel
+from ..blas import control as blas
+from .conv import _NO_ARGMAX, FASTMATH, _check, _pair, conv_out_hw, conv_s1_kernel, pad_into, padded_input
+from .weight_grad import _DW_BATCH_BLOCK, bias_grad_kernel, conv_dw_s1_kernel, conv_dw_strided_kernel
 
 __all__ = [
     "conv2d_backward", "conv2d_grad_bias", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_pool_backward",

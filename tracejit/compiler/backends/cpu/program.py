@@ -1,0 +1,330 @@
+"""The CPU backend's Program: one step per fused node or generated segment, loaded through the disk cache and
+run in order, with NumPy/BLAS for the nodes that are not loop kernels (matmul, movement, index).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+from ....ops import index_error
+from ... import interrupt
+from ...ir import Graph, Node
+from ...runtime import Program
+from .. import cache
+from ..kernel import LoweringError, lower
+from ..reference import ref_step
+from . import render as R
+from . import threads
+from .blas import control as blas
+from .blas.calls import sgemm_description
+from .index import IndexCheckFailed
+from .render import PRELUDE, SEGMENT_PRELUDE, _render_block, packable, render_multi, render_packed
+from .segment import SegmentSource, segment_io, split_segments
+from .views import addresses
+from .window.steps import as_c, window_step
+
+INPLACE_MIN = 1 << 14  # elements of optimizer state below which in-place updates are not worth a step
+
+
+class KernelStep:
+    """Runs one Numba function holding one or more loop kernels: reshape inputs (free views), allocate
+    outputs, call it. `parts` = (member node, LoopKernel, member-input -> step-input index map).
+    With `rows` (a `render_packed` kernel) the function takes one table of the arrays' addresses instead."""
+
+    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, owned: dict | None = None,
+                 rows: list | None = None, aliased: set = frozenset()):
+        self.node, self.fn, self.source, self.hit = node, fn, source, hit
+        # in-place pairs the source writes through the input's own variable: they always get one buffer
+        self.aliased = aliased
+        # (output position, input position) pairs memory_plan allows to share a buffer, honoured only for
+        # arrays this program produced itself last call (`owned`): a user's array is never written into
+        self.inplace = node.attrs.get("inplace", ()) if owned is not None else ()
+        self.owned = owned
+        out_pos = {v.id: i for i, v in enumerate(node.outputs)}
+        self.loads, self.outs, order = [], [], []
+        for member, k, in_map in parts:
+            self.loads += [(in_map[a.source], a.shape) for a in k.loads]
+            for r in k.results:
+                v = member.outputs[r.array.source]
+                self.outs.append((v.type.shape, v.type.dtype.np, r.array.shape))
+                order.append(out_pos[v.id])
+        self.out_order = [order.index(i) for i in range(len(node.outputs))]
+        self.first_call_s: float | None = None
+        # render_packed's rows -> positions in (loads + results), the order of its address table
+        self.rows = None
+        if rows is not None:
+            first_load, first_out, nl, no = [], [], 0, len(self.loads)
+            for _, k, _ in parts:
+                first_load.append(nl)
+                first_out.append(no)
+                nl, no = nl + len(k.loads), no + len(k.results)
+            self.rows = [first_load[t] + p if p < len(parts[t][1].loads) else
+                         first_out[t] + p - len(parts[t][1].loads) for t, p in rows]
+
+    def __call__(self, args):
+        outs = [None] * len(self.outs)
+        copied = False
+        for oi, ii in self.inplace:
+            a = args[ii]
+            if self.owned.get(id(a)) is a and a.flags.c_contiguous:
+                outs[self.out_order[oi]] = a
+            elif (oi, ii) in self.aliased:  # not ours to write into: the kernel updates a copy instead
+                if not copied:
+                    args, copied = list(args), True
+                args[ii] = outs[self.out_order[oi]] = np.array(a, order="C")
+        outs = [np.empty(shape, dtype) if o is None else o for o, (shape, dtype, _) in zip(outs, self.outs)]
+        t0 = time.perf_counter() if self.first_call_s is None else 0.0
+        if self.rows is not None:
+            # the table needs 1-D arrays (one Numba type); any 1-D array of the right size will do
+            flat = [as_c(args[src]) for src, _ in self.loads] + outs
+            flat = [a if a.ndim == 1 else a.reshape(-1) for a in flat]
+            arrays = [flat[i] for i in self.rows]  # alive until the kernel returns
+            try:
+                call = [addresses(arrays)]
+            except numba.core.errors.TypingError:  # a read-only or unaligned input: another Numba type
+                call = [addresses([a if a.flags.writeable and a.flags.aligned else a.copy() for a in arrays])]
+        else:
+            call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
+            call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
+        self.fn(*call)  # the first call loads (or compiles) it: a damaged Numba cache entry is a miss (numba_cache)
+        if self.first_call_s is None:
+            self.first_call_s = time.perf_counter() - t0
+            interrupt.check()  # a Ctrl-C held while Numba compiled this kernel
+        return [outs[i] for i in self.out_order]
+
+
+def _alias_map(node: Node, parts: list) -> tuple:
+    """For render_packed: per member kernel {result j: load l} of memory_plan's in-place pairs (the result
+    array written over the load's, same shape), and the set of (output, input) pairs that covers."""
+    pairs = dict(node.attrs.get("inplace", ()))
+    out_pos = {v.id: i for i, v in enumerate(node.outputs)}
+    aliases, aliased = [], set()
+    for member, k, in_map in parts:
+        alias = {}
+        for j, r in enumerate(k.results):
+            oi = out_pos[member.outputs[r.array.source].id]
+            ii = pairs.get(oi)
+            if ii is None or r.mode != "store":
+                continue
+            loads = [lj for lj, a in enumerate(k.loads) if in_map[a.source] == ii and a.shape == r.array.shape]
+            if len(loads) == 1 and loads[0] not in alias.values():
+                alias[j] = loads[0]
+                aliased.add((oi, ii))
+        aliases.append(alias)
+    return aliases, aliased
+
+
+class CpuProgram(Program):
+    owned: dict
+
+    def run(self, inputs: list) -> list:
+        outs = super().run(inputs)
+        if not self.tracks_ownership:
+            return outs
+        counts: dict[int, int] = {}
+        for a in outs:
+            counts[id(a)] = counts.get(id(a), 0) + 1
+        # arrays handed out exactly once (each becomes one tensor's storage) may be updated in place next call
+        self.owned.clear()
+        self.owned.update((id(a), a) for a in outs if counts[id(a)] == 1 and isinstance(a, np.ndarray))
+        return outs
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(generated kernels, how many of them were already in the source cache)."""
+        ks = [s for s, *_ in self.plan if isinstance(s, (SegmentStep, KernelStep))]
+        return len(ks), sum(1 for k in ks if k.hit)
+
+    def describe(self) -> str:
+        steps = [s for s, *_ in self.plan]
+        segs = [s for s in steps if isinstance(s, SegmentStep)]
+        ks = [s for s in steps if isinstance(s, KernelStep)]
+        native = len(steps) - len(segs) - len(ks)
+        lines = [f"steps: {len(segs)} generated segment functions, {len(ks)} loop kernels, "
+                 f"{native} library/NumPy steps (window kernels, BLAS)"]
+        comp = [k.first_call_s for k in segs + ks if k.first_call_s is not None]
+        hits = sum(1 for k in segs + ks if k.hit)
+        lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; "
+                     f"source cache hits {hits}/{len(segs) + len(ks)}")
+        if any(n.op.name == "matmul" or n.attrs.get("kind") == "window" for n in _all_nodes(self.graph)):
+            lines.append(f"  float32 GEMMs: {sgemm_description()}")
+        for f in self.fallbacks:
+            lines.append(f"  ran with NumPy: {f}")
+        return "\n".join(lines)
+
+
+def _all_nodes(g: Graph):
+    for n in g.nodes:
+        yield n
+        if n.body is not None:
+            yield from _all_nodes(n.body)
+
+
+class SegmentStep:
+    """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
+    compile it (first call), the run falls back to one step per node, and the reason is kept."""
+
+    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=()):
+        self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
+        self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
+        self.first_call_s: float | None = None
+        self.uses_threads = uses_threads  # the generated function takes the pool's thread count last
+        self.checks = list(checks)  # the source's index checks: number -> (error, message)
+
+    def _args(self, args):
+        arrays = [as_c(a) for a in args]
+        if self.uses_threads:
+            arrays.append(numba.get_num_threads())
+        return arrays
+
+    def __call__(self, args):
+        try:
+            return self._call(args)
+        except IndexCheckFailed as e:  # an index out of range: the error eager code raises, with its value
+            k, value = e.args
+            raise index_error(value, *self.checks[k]) from None
+
+    def _call(self, args):
+        if self.first_call_s is None:
+            t0 = time.perf_counter()
+            try:
+                if self.blas_threads:
+                    blas.set_threads(self.blas_threads)
+                out = self.fn(*self._args(args))
+            except numba.core.errors.NumbaError as e:
+                self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
+                self.fn = self.fallback()
+                self.uses_threads = False
+                out = self.fn(*args)
+            self.first_call_s = time.perf_counter() - t0
+            interrupt.check()  # a Ctrl-C held while Numba compiled this segment
+            return out
+        if self.blas_threads:
+            blas.set_threads(self.blas_threads)
+        return self.fn(*self._args(args))
+
+
+def _per_node(nodes, make_step, inputs, outputs):
+    """A Python function running `nodes` one step each (the fallback for a segment)."""
+    prog = Program(Graph("segment", list(inputs), list(nodes), list(outputs), {}, [None] * len(outputs)),
+                   make_step)
+
+    def run(*arrays):
+        return prog.run(list(arrays))
+    return run
+
+
+def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True) -> CpuProgram:
+    threads.configure()  # threading layer and count must be set before the first parallel launch
+    fallbacks: list[str] = []
+    counter = [0]
+    t_render = [0.0]
+    owned: dict = {}
+
+    def make_step(node: Node):
+        kind = node.attrs.get("kind") if node.body is not None else None
+        if kind not in ("elementwise", "reduce", "multi"):
+            step = window_step(node)
+            if step is None and kind is not None:
+                fallbacks.append(f"{node.body.name}: no native kernel for pattern {node.attrs.get('pattern')}")
+            return step or ref_step(node)
+        t0 = time.perf_counter()
+        try:
+            members = node.body.nodes if kind == "multi" else [node]
+            pos = {v.id: i for i, v in enumerate(node.inputs)}
+            parts = []
+            for t, m in enumerate(members):
+                k = lower(m, prefix=f"v{t}_" if kind == "multi" else "v")
+                parts.append((m, k, [pos[v.id] for v in m.inputs]))
+            kernels = [k for _, k, _ in parts]
+            rows, aliased = None, set()
+            if kind == "multi" and packable(kernels):
+                aliases, aliased = _alias_map(node, parts)
+                src, rows = render_packed(kernels, "kernel", aliases)
+            else:
+                src = render_multi(kernels, "kernel")
+            fn, hit = cache.load(PRELUDE + src, "kernel")
+        except LoweringError as e:
+            fallbacks.append(f"{node.body.name}: {e}")
+            return ref_step(node)
+        finally:
+            t_render[0] += time.perf_counter() - t0
+        counter[0] += 1
+        if dumper:
+            dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
+        return KernelStep(node, parts, fn, src, hit, owned if kind == "multi" else None, rows, aliased)
+
+    if not segments:
+        prog = CpuProgram(graph, make_step)
+    else:
+        prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render))
+    prog.fallbacks = fallbacks
+    prog.owned = owned
+    prog.tracks_ownership = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
+    if timings is not None:
+        timings["render+load"] = t_render[0]
+    return prog
+
+
+def _is_native(n: Node) -> bool:
+    """Nodes that get a step of their own rather than joining a segment: window kernels (their library),
+    parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
+    them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
+    if n.body is not None and n.attrs.get("kind") == "multi":
+        # its own step so it can write state in place (memory_plan), which a segment cannot decide per call;
+        # for tiny models the extra dispatch costs more than fresh allocations save
+        size = sum(_space_numel(m) for m in n.body.nodes)
+        return size >= R.PARALLEL_MIN or (bool(n.attrs.get("inplace")) and size >= INPLACE_MIN)
+    if n.body is not None and n.attrs.get("kind") in ("elementwise", "reduce"):
+        return _space_numel(n) >= R.PARALLEL_MIN
+    return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None
+
+
+def _space_numel(n: Node) -> int:
+    for m in n.body.nodes:
+        if m.op.name in ("sum", "amax"):
+            return m.inputs[0].type.numel
+        if m.op.name not in ("full", "reshape", "expand"):
+            return m.outputs[0].type.numel
+    return 0
+
+
+def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> list:
+    units = []
+    parts = split_segments(graph, _is_native)
+    reads_after: list[set] = [set() for _ in parts]
+    seen: set = set()
+    for i in range(len(parts) - 1, -1, -1):
+        reads_after[i] = set(seen)
+        kind, item = parts[i]
+        for n in (item if kind == "segment" else [item]):
+            seen.update(v.id for v in n.inputs)
+    graph_outputs = {v.id for v in graph.outputs}
+    for i, (kind, item) in enumerate(parts):
+        if kind == "node":
+            units.append((make_step(item), item.inputs, item.outputs))
+            continue
+        ins, outs = segment_io(item, reads_after[i], graph_outputs)
+        if not outs and not any(n.body is None and n.op.name == "check_index" for n in item):
+            continue
+        t0 = time.perf_counter()
+        seg = SegmentSource(item, ins, outs, R.PARALLEL_MIN, render_multi, _render_block, R.FASTMATH,
+                            blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"))
+        src = seg.source()
+        fn, hit = cache.load(SEGMENT_PRELUDE + src, "segment")
+        t_render[0] += time.perf_counter() - t0
+        counter[0] += 1
+        label = f"segment {counter[0]} ({len(item)} nodes)"
+        if dumper:
+            dumper.kernel(f"{counter[0]:02d}_segment", SEGMENT_PRELUDE + src)
+        # a segment without GEMMs leaves BLAS alone (0): toggling OpenBLAS between 1 and 2 threads costs
+        # ~20 us a switch, and the MLP step switched 4 times. GEMMs split over the pool run 1-thread BLAS.
+        nthreads = (0 if not seg.max_gemm_flops else 1 if seg.has_parallel or seg.uses_threads
+                    else blas.threads_for(seg.max_gemm_flops))
+        step = SegmentStep(fn, src, hit, nthreads,
+                           lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
+                           label, fallbacks, seg.uses_threads, seg.checks)
+        units.append((step, ins, outs))
+    return units

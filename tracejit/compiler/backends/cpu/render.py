@@ -1,0 +1,368 @@
+"""Loop-kernel source for the CPU backend: a fused elementwise/reduce body (kernel.LoopKernel) rendered as a Numba
+function, one or several per generated module, and the preludes every generated module starts with.
+
+`render(kernel, name)` is pure (testable without compiling); `program.compile_graph` loads and runs them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .... import dtypes as D
+from .. import cache, kernel
+from ..kernel import LoopKernel, LoweringError, Result, Stmt
+
+# Elements below which threads cost more than they save: a launch costs 2-60 us, and between the MLP's
+# 2-thread GEMMs a TBB kernel over 128x512 left its worker spinning against OpenBLAS's threads (MLP step
+# 3.5 -> 3.1 ms best, 3.9 -> 3.5 ms p25 with 1 << 18 instead of 1 << 16, two interleaved A/B runs)
+PARALLEL_MIN = 1 << 18
+CHUNKS = 16  # fixed outer blocks: reductions combine per-block partials in order -> same bits at any thread count
+FASTMATH = '{"contract", "arcp", "afn", "reassoc", "nsz"}'  # not nnan/ninf: NaN and inf keep their meaning
+
+_SUFFIX = {D.float32: "f32", D.float64: "f64"}
+
+
+def _np_type(dtype) -> str:
+    return {D.float32: "np.float32", D.float64: "np.float64", D.int64: "np.int64", D.bool_: "np.bool_"}[dtype]
+
+
+def _math(fn, a, dtype):
+    sfx = _SUFFIX.get(dtype)
+    if sfx is None:
+        raise LoweringError(f"{fn} needs a floating-point operand")
+    return f"M.{fn}_{sfx}({a})"
+
+
+def _expr(op: str, args: tuple, dtype, attrs, in_dtype) -> str:
+    a = args
+    zero = f"Z_{dtype.short}"
+    one = f"O_{dtype.short}"
+    simple = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+              "neg": "(-{0})", "abs": "abs({0})", "pow": "({0} ** {1})",
+              "eq": "({0} == {1})", "ne": "({0} != {1})", "lt": "({0} < {1})", "le": "({0} <= {1})",
+              "gt": "({0} > {1})", "ge": "({0} >= {1})", "where": "({1} if {0} else {2})",
+              "logical_not": "(not {0})",
+              "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
+              "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})",
+              "relu": "({0} if not ({0} < " + zero + ") else " + zero + ")",
+              "sign": "(" + one + " if {0} > " + zero + " else (-" + one + " if {0} < " + zero + " else {0}))"}
+    if op in simple:
+        return simple[op].format(*a)
+    if op in ("exp", "log", "tanh", "sigmoid", "erf", "sin", "cos"):
+        return _math(op, a[0], dtype)
+    if op == "sqrt":
+        return f"np.sqrt({a[0]})"
+    if op == "cast":
+        if dtype is D.bool_:
+            return f"({a[0]} != 0)"
+        return f"{_np_type(dtype)}({a[0]})"
+    raise LoweringError(f"no CPU rendering for {op}")
+
+
+def _index(shape, lv: str = "i") -> str:
+    idx = [f"{lv}{d}" if s != 1 else "0" for d, s in enumerate(shape)]
+    return ", ".join(idx)
+
+
+def _identity(mode, dtype) -> str:
+    if mode == "sum":
+        return f"Z_{dtype.short}"
+    return {D.float32: "np.float32(-np.inf)", D.float64: "-np.inf", D.int64: "np.int64(-(2**63))",
+            D.bool_: "False"}[dtype]
+
+
+def _combine(mode, target, value) -> str:
+    if mode == "sum":
+        return f"{target} += {value}"
+    # NaN wins, as in NumPy's max: a NaN value replaces the target, and a NaN target stays
+    return f"{target} = {value} if ({value} > {target} or {value} != {value}) else {target}"
+
+
+def render(k: LoopKernel, name: str, parallel: bool | None = None) -> str:
+    """Numba source for one loop kernel: `def name(a0.., o0..)` writing into preallocated outputs."""
+    return render_multi([k], name, [parallel])
+
+
+def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
+    """One Numba function running several loop kernels in sequence (one launch from Python).
+
+    Arguments are every kernel's loads (kernel after kernel), then every kernel's results."""
+    consts: dict[str, str] = {}
+    params: list[str] = []
+    results: list[str] = []
+    blocks: list[str] = []
+    par_any = False
+    for t, k in enumerate(kernels):
+        par = parallel[t] if parallel and parallel[t] is not None else k.numel() >= PARALLEL_MIN
+        par_any |= par
+        tag = "" if len(kernels) == 1 else f"{t}_"
+        a, o, lines = _render_block(k, tag, par, consts)
+        params += a
+        results += o
+        blocks += lines
+    head = [f"{c} = {v}" for c, v in consts.items()]
+    lines = [f"@numba.njit(parallel={par_any}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
+             f"def {name}({', '.join(params + results)}):"] + blocks
+    return "\n".join(head + [""] + lines) + "\n"
+
+
+def render_packed(kernels: list, name: str, aliases: list | None = None) -> tuple:
+    """One Numba function for a multi-tensor kernel (the optimizer update) that takes ONE argument: an int64
+    table [rows, 2] of (address, element count) of every array it reads or writes, filled per call by
+    `views.addresses`. Returns (source, rows) with rows[r] = (kernel index, position): position p <
+    len(loads) is that kernel's load p, else its result p - len(loads).
+
+    Why: compile time. Numba's unboxing code for 60 array arguments took ~0.4 s of LLVM time (superlinear in
+    the count), and one loop nest per parameter ~0.05 s each (a parallel one ~1 s). 1-D elementwise kernels
+    with the same body and parallelism (the parameters of a param group) share ONE loop nest run over their
+    rows; others keep their own block with constant sizes.
+
+    aliases[t] = {result j: load l} for results written in place over a load (memory_plan's pairs): the
+    result is the load's array variable itself. With two names for one buffer LLVM's runtime alias check
+    fails and the loop runs its scalar fallback (LeNet's SGD update 35 vs 14 us, the MLP's Adam 218 vs 161 us);
+    the step then always hands over one buffer (a copy where it may not write into the input)."""
+    consts: dict[str, str] = {}
+    par = [k.numel() >= PARALLEL_MIN for k in kernels]
+    aliases = aliases or [{} for _ in kernels]
+    groups: dict = {}
+    for t, k in enumerate(kernels):
+        key = (par[t], tuple(sorted(aliases[t].items()))) + _group_key(k) if _shareable(k) else ("own", t)
+        groups.setdefault(key, []).append(t)
+    lines: list[str] = []
+    rows: list[tuple] = []
+    for g, members in enumerate(groups.values()):
+        tag = f"{g}_"
+        k = _renamed(kernels[members[0]], f"v{tag}")
+        width = len(k.loads) + len(k.results)
+        arrays = [a for a in k.loads] + [r.array for r in k.results]
+        base = len(rows)
+        rows += [(t, p) for t in members for p in range(width)]
+        alias = aliases[members[0]]
+        nl = len(k.loads)
+        if len(members) == 1:
+            A, O, block = _render_block(k, tag, par[members[0]], consts)
+            lines += [f"    {nm} = {A[alias[p - nl]]}" if p - nl in alias else
+                      f"    {nm} = array_at(P[{base + p}, 0], {math.prod(arr.shape)}, {_np_type(arr.dtype)})"
+                      for p, (nm, arr) in enumerate(zip(A + O, arrays))]
+            lines += block
+            continue
+        dyn = LoopKernel((f"n{tag}",), k.loads, k.stmts, k.results)
+        A, O, block = _render_block(dyn, tag, par[members[0]], consts)
+        lines.append(f"    for m{tag} in range({len(members)}):")
+        lines.append(f"        r{tag} = {base} + m{tag} * {width}")
+        lines += [f"        {nm} = {A[alias[p - nl]]}" if p - nl in alias else
+                  f"        {nm} = array_at(P[r{tag} + {p}, 0], P[r{tag} + {p}, 1], {_np_type(arr.dtype)})"
+                  for p, (nm, arr) in enumerate(zip(A + O, arrays))]
+        lines.append(f"        n{tag} = P[r{tag} + {len(k.loads)}, 1]")
+        lines += ["    " + ln for ln in block]
+    head = [f"{c} = {v}" for c, v in consts.items()]
+    src = [f"@numba.njit(parallel={any(par)}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
+           f"def {name}(P):"] + lines
+    return "\n".join(head + [""] + src) + "\n", rows
+
+
+def packable(kernels: list) -> bool:
+    """Kernels `render_packed` takes: 1-D loops whose arrays share one float dtype."""
+    dtypes = {a.dtype for k in kernels for a in list(k.loads) + [r.array for r in k.results]}
+    return len(dtypes) == 1 and dtypes <= set(_SUFFIX) and all(len(k.space) == 1 for k in kernels)
+
+
+def _shareable(k: LoopKernel) -> bool:
+    return len(k.space) == 1 and all(r.mode == "store" for r in k.results)
+
+
+def _renamed(k: LoopKernel, prefix: str) -> LoopKernel:
+    """`k` with its scalar variables named {prefix}0, {prefix}1, ... in statement order."""
+    names = {s.var: f"{prefix}{i}" for i, s in enumerate(k.stmts)}
+    stmts = [Stmt(names[s.var], s.op, s.args if s.op in ("load", "const") else tuple(names[a] for a in s.args),
+                  s.dtype, s.attrs) for s in k.stmts]
+    results = [Result(r.array, names[r.var], r.mode) for r in k.results]
+    return LoopKernel(k.space, k.loads, stmts, results)
+
+
+def _group_key(k: LoopKernel) -> tuple:
+    """Equal for kernels whose loop bodies are the same text (sizes aside): they can share one loop nest."""
+    consts: dict[str, str] = {}
+    named = _renamed(k, "v")
+    _, _, lines = _render_block(LoopKernel(("n",), k.loads, named.stmts, named.results), "", False, consts)
+    return tuple(lines), tuple(consts.items())
+
+
+def _tanh_sigmoid_pairs(stmts) -> dict:
+    """{var: (tanh var, sigmoid var)} at the first of each tanh/sigmoid pair of one argument, {var: None} at the
+    second: `_render_block` emits one `tanh_sigmoid` call there and nothing here."""
+    first: dict = {}
+    pairs: dict = {}
+    for s in stmts:
+        if s.op in ("tanh", "sigmoid") and s.dtype in _SUFFIX:
+            key = (s.args[0], s.dtype)
+            other = first.get(key)
+            if other is not None and other.op != s.op and other.var not in pairs:
+                t, g = (other, s) if other.op == "tanh" else (s, other)
+                pairs[other.var] = (t.var, g.var)
+                pairs[s.var] = None
+            elif other is None:
+                first[key] = s
+    return pairs
+
+
+def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
+    """Loop-nest lines (at function-body indent) for kernel `k`; every name carries `tag`, so several
+    blocks can share one function. Returns (load array names, result array names, lines)."""
+    lv, cv = f"i{tag}", f"c{tag}"  # loop variables: per block, so their types never have to unify
+    r = len(k.space)
+    space = k.space
+    A = [f"a{tag}{i}" for i in range(len(k.loads))]
+    O = [f"o{tag}{j}" for j in range(len(k.results))]
+    body: list[str] = []
+    # loop-invariant statements (scalar loads, constants and what only they feed, e.g. Adam's
+    # 1 - beta1**step) run once before the loops: LLVM cannot hoist them past the stores (aliasing)
+    hoisted: list[str] = []
+    invariant: set[str] = set()
+    paired = _tanh_sigmoid_pairs(k.stmts)
+    for s in k.stmts:
+        if s.op == "load" and all(d == 1 for d in k.loads[s.args[0]].shape) or s.op == "const" or (
+                s.op not in ("load", "const") and all(a in invariant for a in s.args)):
+            invariant.add(s.var)
+            target = hoisted
+        else:
+            target = body
+        if s.op == "load":
+            arr = k.loads[s.args[0]]
+            target.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape, lv)}]")
+        elif s.var in paired:  # tanh and sigmoid of one value: one call computes both (one exp)
+            if paired[s.var] is not None:
+                tanh_var, sig_var = paired[s.var]
+                target.append(f"{tanh_var}, {sig_var} = M.tanh_sigmoid_{s.dtype.short}({s.args[0]})")
+        elif s.op == "const":
+            value = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
+            cname = next((c for c, v in consts.items() if v == value), None)
+            if cname is None:
+                cname = f"K{len(consts)}"
+                consts[cname] = value
+            target.append(f"{s.var} = {cname}")
+        else:
+            target.append(f"{s.var} = {_expr(s.op, s.args, s.dtype, s.attrs, None)}")
+    reds = [j for j, res in enumerate(k.results) if res.mode != "store"]
+    # reductions over the outer dim write per-block partials (combined in order after the loop);
+    # reductions over the innermost dim keep a local accumulator around that loop
+    # (serial kernels need no blocks: their summation order is fixed whatever the thread count)
+    outer_red = [j for j in reds if space[0] > 1 and k.results[j].array.shape[0] == 1] if parallel else []
+    inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
+    # (a symbolic first dim, from render_packed, is split into CHUNKS blocks)
+    nch = (CHUNKS if isinstance(space[0], str) else min(space[0], CHUNKS)) if (parallel or outer_red) else 1
+    # an inner-dim reduction that keeps every other dim gets each output element from one accumulator:
+    # it is stored, with no fill beforehand (same bits: the accumulator starts from the identity)
+    direct = [j for j in inner_red
+              if j not in outer_red and tuple(k.results[j].array.shape[:-1]) == tuple(space[:-1])]
+    lines: list[str] = ["    " + h for h in hoisted]
+    ind = "    "
+    for j in reds:
+        res = k.results[j]
+        if j in direct:
+            continue
+        # a flat loop, not .fill(): each fill signature is one more Numba overload to compile and link
+        size = int(np.prod(res.array.shape))
+        lines.append(f"{ind}f{tag}{j} = view({O[j]}, ({size},))")
+        lines.append(f"{ind}for fi{tag}{j} in range({size}):")
+        lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
+        if j in outer_red:
+            shape = (nch,) + tuple(res.array.shape)
+            lines.append(f"{ind}p{tag}{j} = empty({shape}, {_np_type(res.array.dtype)})")
+            lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch * size},))")
+            lines.append(f"{ind}for fi{tag}{j} in range({nch * size}):")
+            lines.append(f"{ind}    pi{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
+
+    def target(j, drop_last=False):
+        idx = _index(k.results[j].array.shape, lv).split(", ")
+        if drop_last:
+            idx[-1] = "0"
+        idx = ", ".join(idx)
+        return f"p{tag}{j}[{cv}, {idx}]" if j in outer_red else f"{O[j]}[{idx}]"
+
+    headers = []
+    if nch > 1:
+        loop = "numba.prange" if parallel else "range"
+        lines.append(f"{ind}for {cv} in {loop}({nch}):")
+        ind += "    "
+        # unsigned bounds: with signed ones Numba keeps negative-index wraparound code, which stops
+        # LLVM from vectorizing the loop (measured 13 ms vs 1.5 ms for an exp over 2**22 floats)
+        headers.append(f"for {lv}0 in range(np.uint64(({cv} * {space[0]}) // {nch}), "
+                       f"np.uint64((({cv} + 1) * {space[0]}) // {nch})):")
+    else:
+        headers.append(f"for {lv}0 in range({space[0]}):")
+    headers += [f"for {lv}{d} in range({space[d]}):" for d in range(1, r)]
+    for d, h in enumerate(headers):
+        if d == r - 1:
+            for j in inner_red:
+                lines.append(f"{ind}acc{tag}{j} = {_acc_init(k.results[j])}")
+        lines.append(ind + h)
+        ind += "    "
+    lines.extend(ind + b for b in body)
+    for j, res in enumerate(k.results):
+        if res.mode == "store":
+            lines.append(f"{ind}{O[j]}[{_index(res.array.shape, lv)}] = {res.var}")
+        elif j in inner_red:
+            lines.append(f"{ind}{_combine(res.mode, f'acc{tag}{j}', res.var)}")
+        else:
+            lines.append(f"{ind}{_combine(res.mode, target(j), res.var)}")
+    ind = ind[:-4]
+    for j in inner_red:
+        res = k.results[j]
+        if j in direct:
+            lines.append(f"{ind}{target(j, drop_last=True)} = acc{tag}{j}")
+        else:
+            lines.append(f"{ind}{_combine(res.mode, target(j, drop_last=True), f'acc{tag}{j}')}")
+    for j in outer_red:
+        res = k.results[j]
+        m = int(np.prod(res.array.shape))
+        lines.append(f"    of{tag}{j} = view({O[j]}, ({m},))")
+        lines.append(f"    pf{tag}{j} = view(p{tag}{j}, ({nch}, {m}))")
+        lines.append(f"    for {cv} in range({nch}):")
+        lines.append(f"        for {lv}m in range({m}):")
+        lines.append(f"            {_combine(res.mode, f'of{tag}{j}[{lv}m]', f'pf{tag}{j}[{cv}, {lv}m]')}")
+    return A, O, lines
+
+
+def _acc_init(res) -> str:
+    # same-width accumulator: LLVM vectorizes it into per-lane partial sums (a float64 one was 2.5x slower)
+    return _identity(res.mode, res.array.dtype)
+
+
+_PACKAGE = __name__.rpartition(".")[0]  # this backend's package, by its real name
+
+
+def _import(module: str, alias: str) -> str:
+    """`from <package> import <name> as alias` for helper `module` (dotted, relative to this backend's package):
+    generated code names its helpers by where they really are, so a move cannot leave it importing stale paths.
+    (Names, not imports: rendering must not load the helpers' Numba code.)"""
+    package, _, name = f"{_PACKAGE}.{module}".rpartition(".")
+    return f"from {package} import {name} as {alias}\n"
+
+
+# Generated kernels call these modules' Numba functions, and Numba compiles those into each kernel's cached
+# machine code while keying that cache on the kernel's own file: the fingerprint of the backend's files
+# (this folder, recursively, and the kernel description it lowers) in every prelude makes an edited helper
+# miss the cache instead of running on in its old form.
+FINGERPRINT = cache.fingerprint(os.path.dirname(os.path.abspath(__file__)), kernel.__file__)
+
+SEGMENT_PRELUDE_EXTRA = _import("blas.calls", "B") + _import("blas.segment", "G") + _import("index", "H")
+
+PRELUDE = (f"# tracejit cpu backend, files {FINGERPRINT}\n"
+           "import numpy as np\n"
+           "import numba\n"
+           + _import("vecmath", "M")
+           + f"from {_PACKAGE}.views import array_at, empty, view\n"
+           + """
+Z_f32, O_f32 = np.float32(0), np.float32(1)
+Z_f64, O_f64 = np.float64(0), np.float64(1)
+Z_i64, O_i64 = np.int64(0), np.int64(1)
+Z_bool, O_bool = False, True
+
+""")
+
+
+SEGMENT_PRELUDE = PRELUDE + SEGMENT_PRELUDE_EXTRA
