@@ -184,7 +184,7 @@ def test_double_backward_through_conv2d_and_avg_pool(rng):
 
 
 def _conv(x, w):
-    from tracejit.tensor import apply
+    from tracejit.dispatch import apply
 
     y = apply(OPS["conv2d"], x, w, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2)
     return apply(OPS["avg_pool2d"], y, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=True)

@@ -8,8 +8,8 @@ import re
 import pytest
 
 import tracejit as tj
+from tracejit.dispatch import apply
 from tracejit.ops import OPS
-from tracejit.tensor import apply
 
 HERE = os.path.basename(__file__)
 

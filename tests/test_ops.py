@@ -18,8 +18,8 @@ import pytest
 import tracejit as tj
 from tracejit import dtypes as D
 from tracejit.autograd import gradcheck
+from tracejit.dispatch import apply
 from tracejit.ops import OPS, Kind
-from tracejit.tensor import apply
 
 try:
     import torch

@@ -13,11 +13,10 @@ import pytest
 import tracejit as tj
 import tracejit.nn as nn
 import tracejit.nn.functional as F
+from tracejit import dispatch as T  # noqa: E402
 from tracejit.compiler.api import CompiledFunction
 from tracejit.compiler.trace import trace as trace_fn
 from tracejit.errors import TraceError
-
-T = sys.modules["tracejit.tensor"]  # (the package attribute `tensor` is the factory function)
 
 WAIT = 30  # seconds: only reached when something is broken (an event never comes)
 

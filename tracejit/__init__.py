@@ -23,13 +23,10 @@ from .random import (
     seed,
 )
 from .serialization import load, save
-from .tensor import (
-    Size,
-    Tensor,
+from ._tensor import Size, Tensor, cat, concat, matmul, stack, where
+from .factories import (
     arange,
     as_tensor,
-    cat,
-    concat,
     empty,
     empty_like,
     eye,
@@ -37,12 +34,9 @@ from .tensor import (
     full,
     full_like,
     linspace,
-    matmul,
     ones,
     ones_like,
-    stack,
     tensor,
-    where,
     zeros,
     zeros_like,
 )

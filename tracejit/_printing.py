@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from . import dtypes as D
+from .dispatch import _concrete_or_none, current_tracer
 
 PRECISION, THRESHOLD, EDGEITEMS, LINEWIDTH = 4, 1000, 3, 80
 
@@ -112,7 +113,6 @@ def _add_suffixes(text: str, suffixes, indent: int) -> str:
 
 
 def tensor_repr(t) -> str:
-    from .tensor import _concrete_or_none, current_tracer
 
     prefix = "tensor("
     if current_tracer() is not None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Tensor, _from_array
+from ._tensor import Tensor
+from .dispatch import _from_array
 from .utils.data import Dataset
 
 __all__ = ["MNIST", "CIFAR10", "SyntheticImages", "read_idx", "download_url", "download_and_extract_archive",

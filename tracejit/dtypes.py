@@ -1,4 +1,4 @@
-"""dtypes and PyTorch's type-promotion rules.
+"""dtypes, PyTorch's type-promotion rules, and TensorType (a value's static shape and dtype).
 
 A DType wraps a NumPy dtype with the short name the IR prints (`f32`, `i64`, ...).
 
@@ -9,6 +9,9 @@ holding BF16 tensors load as float32 with a warning (serialization.py).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -127,3 +130,42 @@ def result_type(*operands) -> DType:
         elif g.category > result.category:
             result = g
     return result
+
+
+@dataclass(frozen=True, eq=False)
+class TensorType:
+    """Static type of a value: shape and dtype.
+
+    Compared and hashed on every compiled call (the variant key holds the arguments' types), so equality
+    tries identity first and the hash is computed once (kept out of pickles: DType hashes by identity)."""
+
+    shape: tuple
+    dtype: DType
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not TensorType:
+            return NotImplemented
+        return self.dtype is other.dtype and self.shape == other.shape
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.shape, self.dtype))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {"shape": self.shape, "dtype": self.dtype}
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype.short}[{','.join(map(str, self.shape))}]"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .tensor import Tensor, tensor
+from ._tensor import Tensor
+from .factories import tensor
 
 __all__ = ["exp", "log", "sqrt", "rsqrt", "abs", "neg", "tanh", "sigmoid", "relu", "sin", "cos", "erf", "sign",
            "pow", "clamp", "clip", "maximum", "minimum", "sum", "mean", "max", "min", "amax", "amin", "argmax",

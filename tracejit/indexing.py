@@ -10,18 +10,19 @@ import math
 import numpy as np
 
 from . import dtypes as D
+from .dispatch import TensorBase as Tensor
+from .dispatch import _concrete_or_none, _from_array, apply
 from .errors import OpError, shape_str, user_location
+from .factories import tensor
 from .ops import OPS, first_bad_index, index_error
 
 
 def _is_adv(i):
-    from .tensor import Tensor
 
     return isinstance(i, (Tensor, list, np.ndarray))
 
 
 def getitem(x, index):
-    from .tensor import apply
 
     if not isinstance(index, tuple):
         index = (index,)
@@ -77,7 +78,6 @@ def getitem(x, index):
 
 
 def _is_mask(i):
-    from .tensor import Tensor
 
     if isinstance(i, Tensor):
         return i.dtype is D.bool_
@@ -91,7 +91,6 @@ def _masks_to_indices(x, index):
     """A bool mask over k dims becomes k integer index arrays (its nonzero()), as in NumPy and PyTorch.
 
     The result shape depends on the mask's values, so this is eager only."""
-    from .tensor import Tensor, _from_array
 
     if not any(_is_mask(i) for i in index):
         return index
@@ -131,7 +130,6 @@ def _dims_of(index):
 
 def _advanced(y, advs):
     """Integer-array indexing at positions `advs` of y, with NumPy's placement rule."""
-    from .tensor import Tensor, tensor
 
     idxs = []
     for _, i in advs:
@@ -170,13 +168,12 @@ def _advanced(y, advs):
 
 
 def _wrap_negative(t, size):
-    from .tensor import _concrete_or_none, where
 
     t = check_index(t, -size, size, f"index {{value}} is out of bounds for dimension with size {size}")
     a = _concrete_or_none(t)
     if a is not None and (a.size == 0 or a.min() >= 0):
         return t
-    return where(t < 0, t + size, t)
+    return (t + size).where(t < 0, t)
 
 
 def check_index(t, low: int, high: int, message: str, ignore: int | None = None, error: str = "index"):
@@ -185,7 +182,6 @@ def check_index(t, low: int, high: int, message: str, ignore: int | None = None,
     A concrete index is checked here. A traced one gets a `check_index` node in front of its readers, so the
     compiled program stops with the same error (ops.index_error: `message` with the first bad value and the
     user's line, of the class `error` names) before a bad index reaches a kernel or any state is written."""
-    from .tensor import _concrete_or_none, apply
 
     a = _concrete_or_none(t)
     if a is not None:
@@ -199,7 +195,6 @@ def check_index(t, low: int, high: int, message: str, ignore: int | None = None,
 
 def take(y, idx, axis):
     """y[:, ..., idx, ...] along `axis` with an index tensor of any shape, via gather."""
-    from .tensor import apply
 
     s = tuple(idx.shape)
     if not s:

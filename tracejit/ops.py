@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
+from . import dispatch as _dispatch  # gradient rules make ops through the one dispatch point
 from . import dtypes as D
 from . import ref_kernels as K
+from .dtypes import TensorType  # noqa: F401 (the static type ops infer; also tracejit.ops.TensorType)
 from .errors import OpError, OpIndexError, OpTypeError, TargetIndexError, shape_str
 
 
@@ -29,45 +31,6 @@ class Kind(enum.Enum):
     WINDOW = "window"
     INDEX = "index"
     RANDOM = "random"
-
-
-@dataclass(frozen=True, eq=False)
-class TensorType:
-    """Static type of a value: shape and dtype.
-
-    Compared and hashed on every compiled call (the variant key holds the arguments' types), so equality
-    tries identity first and the hash is computed once (kept out of pickles: DType hashes by identity)."""
-
-    shape: tuple
-    dtype: D.DType
-
-    def __eq__(self, other) -> bool:
-        if self is other:
-            return True
-        if other.__class__ is not TensorType:
-            return NotImplemented
-        return self.dtype is other.dtype and self.shape == other.shape
-
-    def __hash__(self) -> int:
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash((self.shape, self.dtype))
-            object.__setattr__(self, "_hash", h)
-        return h
-
-    def __getstate__(self) -> dict:
-        return {"shape": self.shape, "dtype": self.dtype}
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def __str__(self) -> str:
-        return f"{self.dtype.short}[{','.join(map(str, self.shape))}]"
 
 
 @dataclass(frozen=True)
@@ -138,14 +101,6 @@ def unbroadcast(g, shape):
     return g.reshape(shape) if tuple(g.shape) != tuple(shape) else g
 
 
-def _T():
-    # `from . import tensor` would find the package attribute `tracejit.tensor`, which __init__ rebinds to
-    # the factory function; the module is what the gradient rules need
-    import importlib
-
-    return importlib.import_module(".tensor", __package__)
-
-
 # ----------------------------------------------------------------------------------------------- elementwise
 
 
@@ -206,7 +161,7 @@ def _pow_grad(c, g):
     out = c.output()
     ga = unbroadcast(g * b * a.pow(b - 1.0), c.in_types[0].shape)
     # d/db a**b = a**b * log(a); define it as 0 where a == 0 (as PyTorch does for the common b > 0 case)
-    safe_log = _T().where(a > 0, a, _T().ones_like(a)).log()
+    safe_log = a.where(a > 0, 1.0).log()
     gb = unbroadcast(g * out * safe_log, c.in_types[1].shape)
     return [ga, gb]
 
@@ -258,8 +213,7 @@ def _where_infer(c, a, b):
 
 def _where_grad(c, g):
     cond = c.input(0)
-    zero = _T().zeros_like(g)
-    return [None, _g_ub(c, 1, _T().where(cond, g, zero)), _g_ub(c, 2, _T().where(cond, zero, g))]
+    return [None, _g_ub(c, 1, g.where(cond, 0.0)), _g_ub(c, 2, g.masked_fill(cond, 0.0))]
 
 
 WHERE = _op("where", Kind.ELEMENTWISE, _where_infer, np.where, _where_grad, "select({0}, {1}, {2})")
@@ -536,7 +490,7 @@ def _conv_attrs(c):
 
 def _conv2d_grad(c, g):
     x, w = c.input(0), c.input(1)
-    T = _T()
+    T = _dispatch
     gx = T.apply(CONV2D_GRAD_INPUT, g, w, input_shape=c.in_types[0].shape, **_conv_attrs(c))
     gw = T.apply(CONV2D_GRAD_WEIGHT, x, g, weight_shape=c.in_types[1].shape, **_conv_attrs(c))
     return [gx, gw]
@@ -544,14 +498,14 @@ def _conv2d_grad(c, g):
 
 def _conv2d_grad_input_grad(c, gg):
     # grad_input(g, w) is bilinear: <grad_input(g, w), gg> = <g, conv2d(gg, w)>
-    T = _T()
+    T = _dispatch
     return [T.apply(CONV2D, gg, c.input(1), **_conv_attrs(c)),
             T.apply(CONV2D_GRAD_WEIGHT, gg, c.input(0), weight_shape=c.in_types[1].shape, **_conv_attrs(c))]
 
 
 def _conv2d_grad_weight_grad(c, gg):
     # <grad_weight(x, g), gg> = <g, conv2d(x, gg)>
-    T = _T()
+    T = _dispatch
     return [T.apply(CONV2D_GRAD_INPUT, c.input(1), gg, input_shape=c.in_types[0].shape, **_conv_attrs(c)),
             T.apply(CONV2D, c.input(0), gg, **_conv_attrs(c))]
 
@@ -582,7 +536,7 @@ def _pool_infer(name):
 
 
 MAX_POOL2D = _op("max_pool2d", Kind.WINDOW, _pool_infer("max_pool2d"), K.max_pool2d,
-                 lambda c, g: [_T().apply(MAX_POOL2D_GRAD, c.input(0), g, **c.attrs)])
+                 lambda c, g: [_dispatch.apply(MAX_POOL2D_GRAD, c.input(0), g, **c.attrs)])
 MAX_POOL2D_GRAD = _op("max_pool2d_grad", Kind.WINDOW, lambda x, g, **a: TensorType(x.shape, x.dtype),
                       K.max_pool2d_grad, None,
                       doc="routes g to the first maximum of each window of x")
@@ -603,13 +557,13 @@ MAX_POOL2D_GRAD_ARGMAX = _op(
     lambda g, idx, input_shape, **a: TensorType(tuple(input_shape), g.dtype), K.max_pool2d_grad_argmax, None,
     doc="routes g to the window positions stored by max_pool2d_argmax (compact-form backward)")
 AVG_POOL2D = _op("avg_pool2d", Kind.WINDOW, _pool_infer("avg_pool2d"), K.avg_pool2d,
-                 lambda c, g: [_T().apply(AVG_POOL2D_GRAD, g, input_shape=c.in_types[0].shape,
+                 lambda c, g: [_dispatch.apply(AVG_POOL2D_GRAD, g, input_shape=c.in_types[0].shape,
                                           **c.attrs)])
 AVG_POOL2D_GRAD = _op("avg_pool2d_grad", Kind.WINDOW,
                       lambda g, input_shape, **a: TensorType(tuple(input_shape), g.dtype),
                       K.avg_pool2d_grad,
                       # linear in g; its adjoint is avg_pool2d itself
-                      lambda c, gg: [_T().apply(AVG_POOL2D, gg, **{k: v for k, v in c.attrs.items()
+                      lambda c, gg: [_dispatch.apply(AVG_POOL2D, gg, **{k: v for k, v in c.attrs.items()
                                                                    if k != "input_shape"})])
 
 # ----------------------------------------------------------------------------------------------- index
@@ -677,7 +631,7 @@ def _gather_ref(x, idx, axis):
 
 
 GATHER = _op("gather", Kind.INDEX, _gather_infer, _gather_ref,
-             lambda c, g: [_T().apply(SCATTER_ADD, c.input(1), g, axis=c.attrs["axis"],
+             lambda c, g: [_dispatch.apply(SCATTER_ADD, c.input(1), g, axis=c.attrs["axis"],
                                       shape=c.in_types[0].shape), None])
 
 
@@ -695,7 +649,7 @@ def _scatter_add_ref(idx, src, axis, shape):
 
 
 SCATTER_ADD = _op("scatter_add", Kind.INDEX, _scatter_add_infer, _scatter_add_ref,
-                  lambda c, g: [None, _T().apply(GATHER, g, c.input(0), axis=c.attrs["axis"])],
+                  lambda c, g: [None, _dispatch.apply(GATHER, g, c.input(0), axis=c.attrs["axis"])],
                   doc="zeros(shape) with src added at idx along axis")
 
 # ----------------------------------------------------------------------------------------------- random

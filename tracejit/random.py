@@ -12,8 +12,10 @@ import math
 import numpy as np
 
 from . import dtypes as D
+from .autograd.mode import no_grad
+from .dispatch import TensorBase as Tensor
+from .dispatch import _from_array, _sizes, apply
 from .ops import OPS, TensorType
-from .tensor import Tensor, _from_array, _sizes, apply
 
 DEFAULT_SEED = 67280421310721
 
@@ -48,7 +50,6 @@ class Generator:
 
     def _draw(self, shape, dtype):
         n = math.prod(shape)
-        from .autograd import no_grad
 
         with no_grad():
             u = apply(OPS["uniform"], self.state, shape=tuple(shape), dtype=dtype)
@@ -91,15 +92,11 @@ def randn(*size, generator=None, dtype=None, requires_grad=False, device=None):
     dt = _float(dtype)
     n = math.prod(shape)
     half = (n + 1) // 2
-    from .autograd import no_grad
-
     with no_grad():
         u = (generator or default_generator)._draw((2, half), dt)
         r = ((1.0 - u[0]).log() * -2.0).sqrt()
         theta = u[1] * (2.0 * math.pi)
-        from .tensor import cat
-
-        z = cat([r * theta.cos(), r * theta.sin()])
+        z = apply(OPS["cat"], r * theta.cos(), r * theta.sin(), axis=0)
         if z.shape[0] != n:
             z = z[:n]
         z = z.reshape(shape)
@@ -114,8 +111,6 @@ def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
         low, high, size = 0, low, high
     u = (generator or default_generator)._draw(_sizes((size,)) if not isinstance(size, int) else (size,),
                                                D.float64)
-    from .autograd import no_grad
-
     with no_grad():
         v = (u * float(high - low)).to(D.int64) + int(low)
     return v if dtype is None else v.to(dtype)

@@ -29,7 +29,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import dtypes as D
-from .tensor import Tensor, _from_array
+from ._tensor import Tensor
+from .dispatch import _from_array
 
 __all__ = ["save", "load"]
 

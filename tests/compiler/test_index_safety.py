@@ -15,9 +15,9 @@ import tracejit
 import tracejit.nn as nn
 import tracejit.nn.functional as F
 from tracejit import dtypes as D
+from tracejit.dispatch import apply
 from tracejit.errors import OpIndexError, TargetIndexError
 from tracejit.ops import OPS
-from tracejit.tensor import apply
 
 from .conftest import assert_same_state, snapshot
 

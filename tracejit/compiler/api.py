@@ -12,16 +12,16 @@ import builtins
 import functools
 import inspect
 import re
-import sys
 import threading
 import time
 from collections import Counter
 
 import numpy as np
 
-import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
-
-from .. import autograd
+from .. import dispatch as T
+from .._tensor import Tensor
+from ..autograd.mode import _mode as _grad_mode
+from ..autograd.mode import _off as _grad_off
 from ..errors import TraceError
 from . import interrupt, log
 from .backends import get_backend
@@ -31,8 +31,6 @@ from .passes import PIPELINE, run_pipeline
 from .state import StateIndex
 from .trace import describe_arg, side_effect_note, trace, unflatten
 from .watch import SideEffectWarning, warn_at_user
-
-T = sys.modules["tracejit.tensor"]
 
 DEFAULT_BACKEND = "cpu"
 # Held while a variant is traced and compiled and while `variants` changes (calls only read it): one compile
@@ -70,14 +68,14 @@ class Variant:
 
 
 def _arg_key(a):
-    if isinstance(a, T.Tensor):
+    if isinstance(a, Tensor):
         return ("T", a._box.type, a.requires_grad)
     if isinstance(a, np.ndarray):
         return None
     if a is None or isinstance(a, (bool, int, float, str)):
         return ("V", type(a), a)
     if isinstance(a, (tuple, list)):
-        if any(isinstance(x, T.Tensor) for x in a):
+        if any(isinstance(x, Tensor) for x in a):
             return None
         return ("S", type(a), tuple(_arg_key(x) for x in a))
     return ("O", id(a))
@@ -89,7 +87,7 @@ def make_runner(v: Variant):
     of Python per step around the program, which is most of what a tiny compiled step costs).
 
     State is written back only after the whole program ran, so a failing call leaves it untouched."""
-    ns: dict = {"_prog_run": v.program.run, "_make": T.Tensor._make, "_unflatten": unflatten,
+    ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_unflatten": unflatten,
                 "_structure": v.structure, "_interrupted": interrupt.raised_interrupt, "_deferred": interrupt.deferred,
                 "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values}
 
@@ -180,7 +178,7 @@ class CompiledFunction:
             keys.append(k)
             if k[0] == "T":
                 aliases.append(first_of.setdefault(id(a._box), i))
-        return (not autograd._off or autograd._mode.enabled, tuple(keys), tuple(aliases))  # (grad mode)
+        return (not _grad_off or _grad_mode.enabled, tuple(keys), tuple(aliases))  # (grad mode)
 
     def __call__(self, *args, **kwargs):
         args = self._bind(args, kwargs)

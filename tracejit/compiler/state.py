@@ -15,10 +15,7 @@ import types
 
 import numpy as np
 
-import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
-
-T = sys.modules["tracejit.tensor"]
-
+from .._tensor import Tensor
 
 
 def _is_module(x):
@@ -141,7 +138,7 @@ class StateIndex:
             (arg_names[i] if i < len(arg_names) else f"arg{i}", a) for i, a in enumerate(args)]
         self._walk(self._roots, self._on_found)
         for _, obj in self._roots:
-            if isinstance(obj, T.Tensor) and obj.requires_grad:
+            if isinstance(obj, Tensor) and obj.requires_grad:
                 self._add_params([obj])
         for name, g in self.generators:
             self._names.setdefault(id(g.state._box), name)
@@ -165,7 +162,7 @@ class StateIndex:
 
         visit = self._visit
         d1 = depth + 1
-        if isinstance(obj, T.Tensor):
+        if isinstance(obj, Tensor):
             found("tensor", name, obj, where)
         elif _is_module(obj):
             found("module", name, obj, where)
@@ -254,13 +251,13 @@ class StateIndex:
         self._saved_opt.append((opt, {p: dict(st) for p, st in opt.state.items()}))
         for gi, group in enumerate(opt.param_groups):
             lr = group.tensor("lr") if hasattr(group, "tensor") else None
-            if isinstance(lr, T.Tensor):
+            if isinstance(lr, Tensor):
                 self._names.setdefault(id(lr._box), f"{name}.param_groups[{gi}].lr")
             for p in group["params"]:
                 pname = self._names.get(id(p._box), f"param{len(self._names)}")
                 self._names.setdefault(id(p._box), pname)
                 for key, t in opt.state.get(p, {}).items():
-                    if isinstance(t, T.Tensor):
+                    if isinstance(t, Tensor):
                         self._names.setdefault(id(t._box), f"{name}.state[{pname}].{key}")
             self._add_params(group["params"])
 
@@ -333,7 +330,7 @@ class StateIndex:
         for name, opt in self.optimizers:
             for p, st in opt.state.items():
                 for key, t in st.items():
-                    if isinstance(t, T.Tensor):
+                    if isinstance(t, Tensor):
                         yield f"{name}.state[{self._names.get(id(p._box), '?')}].{key}", t
         for name, m in self.modules:
             for bname, b in m.named_buffers():

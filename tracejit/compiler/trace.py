@@ -9,19 +9,16 @@ leaves no trace on the user's objects.
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 
-import tracejit.tensor  # noqa: F401  (the package attribute `tensor` is the factory function)
-
+from .. import dispatch as T
+from .._tensor import Tensor
 from ..errors import TraceError, shape_str, user_location
 from ..ops import TensorType
 from .ir import GraphBuilder, Value
 from .state import StateIndex
 from .watch import Watch
-
-T = sys.modules["tracejit.tensor"]
 
 
 class TensorRef:
@@ -106,7 +103,7 @@ class Tracer:
         self.grad_first_access: dict[int, tuple] = {}
         self.arg_of: dict[int, int] = {}  # id(argument tensor) -> position
 
-    # ---- hooks called from tensor.py
+    # ---- hooks called from dispatch.py and _tensor.py
     def add_node(self, op, inputs, attrs, out_type: TensorType) -> Value:
         types = [t._box.type for t in inputs]
         if out_type.dtype.name == "float16" or any(t.dtype.name == "float16" for t in types):
@@ -198,7 +195,7 @@ class Tracer:
         for lifted in list(self.lifted.values()):
             if lifted.box.value is not lifted.value:
                 writes.append((lifted.binding, len(b.graph.outputs)))
-                b.add_output(self.value_of(T.Tensor._from_box(lifted.box)), lifted.binding.name)
+                b.add_output(self.value_of(Tensor._from_box(lifted.box)), lifted.binding.name)
         grad_sets = []  # (owner tensor, output index or None to clear)
         for t, orig in self.grad_sets.values():
             final = t._grad
@@ -257,7 +254,7 @@ def _dtype_of(arr):
 
 def _flatten(obj, leaves):
     """Pytree of tensors -> structure with ('leaf', i) placeholders; leaves appended to `leaves`."""
-    if isinstance(obj, T.Tensor):
+    if isinstance(obj, Tensor):
         leaves.append(obj)
         return ("leaf", len(leaves) - 1)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
@@ -293,13 +290,13 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
     tracer.consts = []
     tracer.watch = watch = Watch(fn, state, name)
     # One trace at a time in the process: the captured tensors hold this trace's Values until restore(), and
-    # an eager op in another thread that meets one waits on this lock (tensor.py). The tracer is installed
+    # an eager op in another thread that meets one waits on this lock (dispatch.py). The tracer is installed
     # before the first Value goes into a box and removed after the last one is gone.
     with T.TRACE_LOCK:
         prev = T.set_tracer(tracer)
         try:
             for i, a in enumerate(args):
-                if isinstance(a, T.Tensor):
+                if isinstance(a, Tensor):
                     tracer.lift_arg(a, i, arg_names[i])
             with watch:
                 result = fn(*args)
@@ -317,7 +314,7 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
 
 
 def describe_arg(a) -> str:
-    if isinstance(a, T.Tensor):
+    if isinstance(a, Tensor):
         return f"{a.dtype.short}{shape_str(a.shape)}" + (" requires_grad" if a.requires_grad else "")
     return repr(a)
 

@@ -12,12 +12,14 @@ import warnings
 import numpy as np
 
 from .. import dtypes as D
+from .._tensor import Tensor, where
 from ..autograd import no_grad
+from ..dispatch import _concrete_or_none, apply
 from ..errors import OpError, OpTypeError, TargetIndexError, TraceError, shape_str, user_location  # noqa: F401
+from ..factories import arange, tensor
 from ..indexing import check_index
 from ..ops import OPS, check_same_dtype
 from ..random import rand
-from ..tensor import Tensor, _concrete_or_none, apply, arange, tensor, where
 
 __all__ = [
     "relu", "relu6", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
+from .._tensor import Tensor
 from ..autograd import no_grad
+from ..dispatch import _concrete_or_none
 from ..dtypes import float64
 from ..errors import TraceError
+from ..factories import tensor as _tensor
 from ..random import rand
-from ..tensor import Tensor, _concrete_or_none
-from ..tensor import tensor as _tensor
 
 __all__ = ["calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
            "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"]

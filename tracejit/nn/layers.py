@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 from .. import dtypes as D
-from ..tensor import Tensor, empty, ones, tensor, zeros
+from .._tensor import Tensor
+from ..factories import empty, ones, tensor, zeros
 from . import functional as F
 from . import init
 from .module import Module, Parameter

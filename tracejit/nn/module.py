@@ -10,8 +10,10 @@ from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator
 
 from .. import dtypes as D
+from .._tensor import Tensor
 from ..autograd import no_grad
-from ..tensor import Tensor, current_tracer, empty
+from ..dispatch import current_tracer
+from ..factories import empty
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict"]
 
@@ -360,7 +362,7 @@ class Module:
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Copy values in place (tensor identity is kept); returns (missing_keys, unexpected_keys)."""
-        from ..tensor import tensor as _tensor
+        from ..factories import tensor as _tensor
 
         own = self.state_dict(keep_vars=True)
         missing = [k for k in own if k not in state_dict]

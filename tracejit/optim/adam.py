@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import dtypes as D
+from .._tensor import Tensor
 from ..autograd import no_grad
-from ..tensor import Tensor, zeros, zeros_like
+from ..factories import zeros, zeros_like
 from .optimizer import Optimizer
 
 

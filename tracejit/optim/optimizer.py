@@ -14,9 +14,10 @@ from itertools import chain
 from typing import Any
 
 from .. import dtypes as D
+from .._tensor import Tensor
 from ..autograd import enable_grad, no_grad
 from ..errors import shape_str
-from ..tensor import Tensor, full, tensor
+from ..factories import full, tensor
 
 
 class _RequiredParameter:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._tensor import Tensor
 from ..autograd import no_grad
-from ..tensor import Tensor
 from .optimizer import Optimizer
 
 

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as D
+from .._tensor import Tensor, stack
+from ..dispatch import _concrete_or_none, _from_array
+from ..factories import tensor
 from ..random import Generator, default_generator, randint, randperm
-from ..tensor import Tensor, _concrete_or_none, _from_array, stack, tensor
 
 __all__ = ["Dataset", "TensorDataset", "ConcatDataset", "Subset", "random_split", "Sampler",
            "SequentialSampler", "RandomSampler", "BatchSampler", "DataLoader", "default_collate",

@@ -1,166 +1,15 @@
-"""Tape-as-data autograd: grad mode, tape entries, backward(), grad(), gradcheck.
-
-A tape entry is data — (op, inputs, attrs, output) — never a closure, so the backward pass is inspectable
-and, because gradient rules are written with tensor ops, traceable by the compiler.
-"""
+"""The autograd engine: backward(), grad(), gradcheck. Walks tape entries (tape.py) in reverse topological
+order and calls each op's gradient rule, accumulating with ordinary tensor ops (so backward traces too)."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import threading
-
 import numpy as np
 
-from .errors import shape_str
-
-
-class _GradMode(threading.local):
-    enabled = True  # the class attribute is every thread's starting mode
-
-
-_mode = _GradMode()  # grad mode is per thread (as PyTorch's): an evaluating thread never changes another's
-# The threads whose grad mode is off right now (by thread id). While it is empty (the common case) every
-# thread's mode is on, and the hot readers (`tensor.apply`) skip the thread-local lookup:
-# `not _off or _mode.enabled`. Each thread adds or removes only its own id, with single set operations
-# (atomic, no lock), whenever its own mode changes: a thread whose mode is off always finds the set nonempty.
-# (A thread that ends inside no_grad leaves its id behind: that only costs the fast path.)
-_off: set = set()
-
-
-def is_grad_enabled() -> bool:
-    return not _off or _mode.enabled
-
-
-def _set_mode(mode: bool) -> bool:
-    """Set this thread's grad mode; returns the previous one."""
-    prev = _mode.enabled
-    if mode != prev:
-        if mode:
-            _mode.enabled = True
-            _off.discard(threading.get_ident())
-        else:
-            _off.add(threading.get_ident())
-            _mode.enabled = False
-    return prev
-
-
-class set_grad_enabled(contextlib.ContextDecorator):
-    """Context manager / decorator that sets this thread's grad mode (``with tracejit.no_grad(): ...``)."""
-
-    def __init__(self, mode: bool):
-        self.mode = bool(mode)
-        self.prev = None
-
-    def __enter__(self):
-        self.prev = _set_mode(self.mode)
-        return self
-
-    def __exit__(self, *exc):
-        _set_mode(self.prev)
-        return False
-
-    def _recreate_cm(self):
-        # a decorated function gets a fresh context per call: one shared `prev` would let two threads
-        # calling it at once restore each other's mode
-        return set_grad_enabled(self.mode)
-
-
-class no_grad(set_grad_enabled):
-    """Disable gradient recording. Use as ``with no_grad():`` or as ``@no_grad()``."""
-
-    def __init__(self, fn=None):
-        super().__init__(False)
-        if callable(fn):  # allow bare @no_grad
-            self._fn = fn
-            functools.update_wrapper(self, fn)
-
-    def __call__(self, *args, **kwargs):
-        if hasattr(self, "_fn"):
-            with set_grad_enabled(False):
-                return self._fn(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class enable_grad(set_grad_enabled):
-    def __init__(self):
-        super().__init__(True)
-
-
-class inference_mode(no_grad):
-    pass
-
-
-def _camel(name: str) -> str:
-    return "".join(p.capitalize() for p in name.split("_"))
-
-
-class TapeEntry:
-    """One recorded op: what backward needs to call `op.grad`. Exposed to users as ``tensor.grad_fn``."""
-
-    __slots__ = ("op", "inputs", "attrs", "in_types", "out_type", "versions", "out_box", "out_version",
-                 "next", "freed", "__weakref__")
-
-    def __init__(self, op, inputs, attrs, out):
-        self.op = op
-        self.inputs = inputs
-        self.attrs = attrs
-        self.in_types = [t._type for t in inputs]
-        self.out_type = out._type
-        self.versions = [t._box.version for t in inputs]
-        self.out_box = out._box
-        self.out_version = out._box.version
-        # where each input's gradient goes: its own tape entry (captured now, in-place ops may rebind it
-        # later) or, for a leaf that requires grad, the tensor itself
-        self.next = [(t.grad_fn if t.grad_fn is not None else t) if t.requires_grad else None
-                     for t in inputs]
-        self.freed = False
-
-    def name(self) -> str:
-        return f"{_camel(self.op.name)}Backward0"
-
-    def __repr__(self) -> str:
-        return f"<{self.name()}>"
-
-    @property
-    def next_functions(self):
-        return tuple((n if isinstance(n, TapeEntry) else None, 0) for n in self.next)
-
-
-class GradContext:
-    """What a gradient rule sees: attrs, input/output types, and version-checked saved tensors."""
-
-    __slots__ = ("entry", "attrs", "in_types", "out_type")
-
-    def __init__(self, entry: TapeEntry):
-        self.entry = entry
-        self.attrs = entry.attrs
-        self.in_types = entry.in_types
-        self.out_type = entry.out_type
-
-    def _modified(self, what, version, expected):
-        raise RuntimeError(
-            f"one of the variables needed for gradient computation has been modified by an inplace "
-            f"operation: {what} of {self.entry.name()} ({self.entry.op.name}) is at version {version}; "
-            f"expected version {expected} instead. Use out-of-place ops (x = x + y rather than x.add_(y)) "
-            f"or .clone() before modifying it.")
-
-    def input(self, i: int):
-        t = self.entry.inputs[i]
-        if t._box.version != self.entry.versions[i]:
-            self._modified(f"input {i} of shape {shape_str(t.shape)}", t._box.version,
-                           self.entry.versions[i])
-        return t
-
-    def output(self):
-        from .tensor import Tensor
-
-        box = self.entry.out_box
-        if box.version != self.entry.out_version:
-            self._modified(f"the output of shape {shape_str(self.out_type.shape)}", box.version,
-                           self.entry.out_version)
-        return Tensor._from_box(box)
-
+from ..dispatch import TensorBase as Tensor
+from ..errors import shape_str
+from ..factories import ones_like, tensor
+from .mode import set_grad_enabled
+from .tape import GradContext, TapeEntry
 
 _FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved tensors after "
               "they have already been freed). Saved intermediate values of the graph are freed when you "
@@ -195,8 +44,6 @@ def _topo_entries(roots):
 
 def _run(outputs, grad_outputs, retain_graph, create_graph, capture=None):
     """The engine. Accumulates into leaves' .grad, or (capture = tensors) returns their gradients."""
-    from .tensor import Tensor
-
     grads: dict[int, Tensor] = {}
     leaf_grads: dict[int, Tensor] = {}
     leaves: dict[int, Tensor] = {}
@@ -258,7 +105,6 @@ def _acc(store, key, g):
 
 
 def _default_grads(outputs, grad_outputs, who):
-    from .tensor import Tensor, ones_like
 
     if grad_outputs is None:
         grad_outputs = [None] * len(outputs)
@@ -281,8 +127,6 @@ def _default_grads(outputs, grad_outputs, who):
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
     """Accumulate d(tensors)/d(leaf) into every leaf's ``.grad`` (``tensors`` may be one tensor)."""
-    from .tensor import Tensor
-
     if isinstance(tensors, Tensor):
         tensors = [tensors]
         grad_tensors = None if grad_tensors is None else [grad_tensors]
@@ -297,8 +141,6 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     >>> tracejit.autograd.grad((x * x).sum(), x)
     (tensor([6.]),)
     """
-    from .tensor import Tensor
-
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     single = isinstance(inputs, Tensor)
     inputs = [inputs] if single else list(inputs)
@@ -331,7 +173,6 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
 
     Checks the full Jacobian: one backward pass per output element, two evaluations per input element.
     """
-    from .tensor import Tensor, tensor
 
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]

@@ -1,146 +1,30 @@
-"""Tensor and the one dispatch point, `apply`.
-
-A Tensor points at a Box: its value (a NumPy array when eager, an IR Value while tracing), its static
-type and a version counter. `.data`/`.detach()` share the box, so in-place updates through them are seen
-by the original. In-place ops never write into arrays: they compute a new value and rebind the box, which
-is what makes tracing (functionalization) and eager agree.
+"""The Tensor API: `tracejit.Tensor` (arithmetic, comparisons, views, reductions, in-place ops, autograd
+entry points) and the tensor functions its methods share (where, matmul, cat, stack). Every op goes through
+`dispatch.apply`; tensors are made by dispatch and factories.py.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections import namedtuple
 
 import numpy as np
 
 from . import autograd
 from . import dtypes as D
+from ._printing import tensor_repr
+from .autograd.mode import _mode as _grad_mode
+from .autograd.mode import _off as _grad_off
+from .dispatch import Box, TensorBase, _concrete_values, _ctx, _py, _sizes, _tracing, apply
+from .dtypes import TensorType
 from .errors import OpError, OpTypeError, TraceError, shape_str, user_location
-from .ops import OPS, TensorType
-
-# ---------------------------------------------------------------------------------------------- trace context
-
-
-class _TraceContext(threading.local):
-    tracer = None  # this thread's active compiler.trace.Tracer (the class attribute: every thread's start)
-
-
-# The trace context is per thread, like grad mode (the only other global): a thread compiling a function
-# never captures another thread's eager ops.
-_ctx = _TraceContext()
-# The threads tracing right now (by thread id). While it is empty (eager code, compiled calls) readers skip
-# the thread-local lookup: `_ctx.tracer if _tracing else None`. A thread adds or removes only its own id,
-# with single set operations (atomic), when it installs or removes its tracer: a tracing thread always
-# finds the set nonempty.
-_tracing: set = set()
-# Held by the thread that traces (compiler.trace.trace): one trace at a time in the process. While a trace
-# runs, the tensors it captured (a model's parameters, the default generator's state) hold its graph's
-# Values instead of arrays; an eager op in another thread that meets one waits here for the trace to end.
-TRACE_LOCK = threading.RLock()
-TRACE_WAIT_S = 60.0  # how long it waits before calling it a deadlock (the trace waiting on that thread)
-# Bumped when any thread starts or stops tracing (under TRACE_LOCK). An eager op reads it before reading
-# its inputs' arrays and checks it with `_tracing` afterwards: unchanged and nobody tracing means no trace
-# could have put a Value into them in between.
-_trace_events = 0
-
-
-def current_tracer():
-    """This thread's active Tracer, or None."""
-    return _ctx.tracer if _tracing else None
-
-
-def set_tracer(tracer):
-    """Install `tracer` (or None) for this thread; returns the previous one."""
-    global _trace_events
-    with TRACE_LOCK:
-        prev = _ctx.tracer
-        _trace_events += 1  # before a trace is listed / after it is gone: see _concrete_values
-        if tracer is not None:
-            _tracing.add(threading.get_ident())
-            _ctx.tracer = tracer
-        else:
-            _ctx.tracer = None
-            _tracing.discard(threading.get_ident())
-        return prev
-
-
-def _concrete_values(what, read):
-    """`read()` (the arrays an eager op or a compiled call is about to use) in a thread that does not trace,
-    while another thread may: a Value found there was put by the running trace (the tensor is state of the
-    function it compiles), so wait for that trace to end, which restores the arrays, and read again."""
-    from .compiler.ir import Value  # (loaded: a trace ran)
-
-    deadline = time.monotonic() + TRACE_WAIT_S
-    while True:
-        vals = read()
-        traced = next((v for v in vals if isinstance(v, Value)), None)
-        if traced is None:
-            return vals
-        left = deadline - time.monotonic()
-        if not _tracing or left <= 0 or not TRACE_LOCK.acquire(timeout=left):
-            why = (f"another thread's trace did not end within {TRACE_WAIT_S:g} s (does it wait for this "
-                   f"thread?)" if _tracing else "it was created inside a compiled function and kept")
-            raise TraceError(f"{what}: a tensor of type {traced.type} holds a traced value, not an array (at "
-                             f"{user_location()}): {why}")
-        TRACE_LOCK.release()
-
-
-class Box:
-    """Storage shared by a tensor and its `.data` / `.detach()` aliases."""
-
-    __slots__ = ("value", "type", "version", "__weakref__")
-
-    def __init__(self, value, type_: TensorType):
-        self.value = value
-        self.type = type_
-        self.version = 0
-
-
-# ----------------------------------------------------------------------------------------------- dispatch
-
-
-def apply(op, *inputs, **attrs):
-    """Run primitive `op` on tensors: eagerly with `op.ref`, or by appending a node to the trace.
-
-    Records a tape entry when grad mode is on and an input requires grad.
-    """
-    try:
-        out_type = op.infer(*[t._box.type for t in inputs], **attrs)
-    except OpError as e:
-        raise type(e)(f"{e} (at {user_location()})") from None
-    tracer = _ctx.tracer if _tracing else None
-    if tracer is not None:
-        value = tracer.add_node(op, inputs, attrs, out_type)
-    else:
-        events = _trace_events
-        vals = [t._box.value for t in inputs]
-        if _tracing or events != _trace_events:  # another thread traces (or did): its Values may be there
-            vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs])
-        value = op.ref(*vals, **attrs)
-        if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
-            value = np.asarray(value, dtype=out_type.dtype.np)
-    out = Tensor._make(value, out_type)
-    if (not autograd._off or autograd._mode.enabled) and op.grad is not None and out_type.dtype.is_floating_point:
-        for t in inputs:
-            if t.requires_grad:
-                out.requires_grad = True
-                out.grad_fn = autograd.TapeEntry(op, list(inputs), attrs, out)
-                break
-    return out
+from .factories import full, ones_like, tensor
+from .indexing import check_index, getitem
+from .ops import OPS, broadcast_shapes, check_same_dtype, index_message
 
 
 def _scalar(value, dtype):
     return apply(OPS["full"], shape=(), value=_py(value, dtype), dtype=dtype)
-
-
-def _py(value, dtype):
-    if dtype is D.bool_:
-        return bool(value)
-    if dtype is D.int64:
-        return int(value)
-    return float(value)
 
 
 def _as_operand(x, dtype):
@@ -175,18 +59,14 @@ def _dims(dim, ndim):
     return axes if ndim else ()  # a 0-d tensor accepts dim 0 / -1, as in PyTorch, and has no axis to reduce
 
 
-def _sizes(args):
-    if len(args) == 1 and isinstance(args[0], (tuple, list)):
-        return tuple(int(s) for s in args[0])
-    return tuple(int(s) for s in args)
-
-
 MinMax = namedtuple("MinMax", ["values", "indices"])
 
 # ----------------------------------------------------------------------------------------------- Tensor
 
+# ----------------------------------------------------------------------------------------------- Tensor
 
-class Tensor:
+
+class Tensor(TensorBase):
     """An n-dimensional array with autograd, PyTorch-style.
 
     >>> x = tracejit.tensor([[1.0, 2.0]], requires_grad=True)
@@ -198,28 +78,6 @@ class Tensor:
 
     def __init__(self, *args, **kwargs):
         raise TypeError("create tensors with tracejit.tensor(data), tracejit.zeros(...), ... ")
-
-    @classmethod
-    def _make(cls, value, type_, requires_grad=False):
-        t = object.__new__(cls)
-        t._box = Box(value, type_)
-        t.requires_grad = requires_grad
-        t.grad_fn = None
-        t._grad = None
-        return t
-
-    @classmethod
-    def _from_box(cls, box):
-        t = object.__new__(Tensor)
-        t._box = box
-        t.requires_grad = False
-        t.grad_fn = None
-        t._grad = None
-        return t
-
-    @classmethod
-    def _from_box_value(cls, other):
-        return cls._make(other._box.value, other._box.type)
 
     # ---- metadata
     @property
@@ -371,7 +229,6 @@ class Tensor:
         return int(self.item())
 
     def __repr__(self):
-        from ._printing import tensor_repr
 
         return tensor_repr(self)
 
@@ -863,13 +720,10 @@ class Tensor:
         return tuple(t.squeeze(d) for t in self.split(1, d))
 
     def __getitem__(self, index):
-        from .indexing import getitem
 
         return getitem(self, index)
 
     def gather(self, dim, index):
-        from .indexing import check_index
-        from .ops import index_message
 
         axis = _norm_dim(dim, self.ndim)
         if isinstance(index, Tensor) and index.dtype is D.int64 and index.ndim == self.ndim:
@@ -878,8 +732,6 @@ class Tensor:
         return apply(OPS["gather"], self, index, axis=axis)
 
     def index_select(self, dim, index):
-        from .indexing import check_index
-        from .ops import index_message
 
         d = _norm_dim(dim, self.ndim)
         if isinstance(index, Tensor) and index.dtype is D.int64:
@@ -890,7 +742,7 @@ class Tensor:
     # ---- in-place (functionalized: compute, then rebind the box)
     def _inplace(self, compute, name):
         """Rebind this tensor's box to `compute(current value)`; bumps the version counter."""
-        grad_on = not autograd._off or autograd._mode.enabled  # (is_grad_enabled, inlined)
+        grad_on = not _grad_off or _grad_mode.enabled  # (is_grad_enabled, inlined)
         if grad_on and self.requires_grad and self.is_leaf:
             raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
                                f"operation (shape {shape_str(self.shape)}); wrap it in tracejit.no_grad() "
@@ -962,12 +814,14 @@ class Tensor:
         return self._inplace(lambda s: src.to(self.dtype).expand(tuple(self.shape)).clone(), "copy_")
 
     def uniform_(self, a=0.0, b=1.0, generator=None):
-        from .random import rand
+
+        from .random import rand  # (random imports nothing of this module; its generator needs Tensor made)
 
         return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype)
                              * (b - a) + a, "uniform_")
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
+
         from .random import randn
 
         return self._inplace(lambda s: randn(tuple(self.shape), generator=generator, dtype=self.dtype) * std
@@ -1021,8 +875,6 @@ def matmul(a, b, _opname="matmul"):
     """Matrix product with PyTorch's rules for 1-D operands and broadcast batch dimensions.
 
     Both operands must have one dtype (as in PyTorch; nothing is promoted)."""
-    from .ops import check_same_dtype
-
     if not isinstance(b, Tensor):
         b = tensor(b)
     try:
@@ -1045,8 +897,6 @@ def matmul(a, b, _opname="matmul"):
     if b.ndim == 2 and a.ndim > 2:
         lead = tuple(a.shape[:-1])
         return apply(OPS["matmul"], a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],))
-    from .ops import broadcast_shapes
-
     try:
         batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
     except OpError:
@@ -1056,104 +906,6 @@ def matmul(a, b, _opname="matmul"):
     a = a.expand(batch + tuple(a.shape[-2:]))
     b = b.expand(batch + tuple(b.shape[-2:]))
     return apply(OPS["matmul"], a, b)
-
-
-def _from_array(arr, requires_grad=False):
-    """Wrap a concrete array; while tracing it becomes a constant of the graph."""
-    dt = D.from_numpy(arr.dtype)
-    if arr.dtype != dt.np:
-        arr = arr.astype(dt.np)
-    tracer = current_tracer()
-    if tracer is not None:
-        t = Tensor._make(tracer.constant(arr), TensorType(arr.shape, dt))
-    else:
-        t = Tensor._make(arr, TensorType(arr.shape, dt))
-    if requires_grad:
-        t.requires_grad_(True)
-    return t
-
-
-def tensor(data, dtype=None, requires_grad=False, device=None):
-    """Build a tensor from a number, list or array (a copy). Floats default to float32."""
-    if isinstance(data, Tensor):
-        arr = data._concrete("tensor(tensor)")
-    else:
-        arr = np.array(data)
-        if arr.dtype == object:
-            try:
-                arr = np.array([np.asarray(x) for x in data])
-            except (TypeError, ValueError):
-                raise TypeError(f"tensor(): could not convert {type(data).__name__} to a tensor") from None
-    if dtype is not None:
-        arr = arr.astype(D.as_dtype(dtype).np)
-    elif arr.dtype.kind == "f" and not (isinstance(data, np.ndarray) and arr.dtype in (np.float64, np.float16)):
-        arr = arr.astype(np.float32)  # Python floats default to float32; float64/float16 arrays keep theirs
-    return _from_array(np.array(arr), requires_grad)
-
-
-def as_tensor(data, dtype=None):
-    if isinstance(data, Tensor) and (dtype is None or data.dtype is D.as_dtype(dtype)):
-        return data
-    return tensor(data, dtype=dtype)
-
-
-def from_numpy(arr):
-    """Wrap a NumPy array (float64 stays float64, as in PyTorch)."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"from_numpy expects an np.ndarray, got {type(arr).__name__}")
-    return _from_array(arr)
-
-
-def full(size, fill_value, dtype=None, requires_grad=False, device=None):
-    dt = D.as_dtype(dtype) if dtype is not None else D.scalar_dtype(fill_value)
-    with autograd.no_grad():
-        t = apply(OPS["full"], shape=tuple(_sizes((size,)) if not isinstance(size, int) else (size,)),
-                  value=_py(fill_value, dt), dtype=dt)
-    return t.requires_grad_(True) if requires_grad else t
-
-
-def zeros(*size, dtype=None, requires_grad=False, device=None):
-    return full(_sizes(size), 0.0, dtype=dtype or D.default_float, requires_grad=requires_grad)
-
-
-def ones(*size, dtype=None, requires_grad=False, device=None):
-    return full(_sizes(size), 1.0, dtype=dtype or D.default_float, requires_grad=requires_grad)
-
-
-empty = zeros
-
-
-def zeros_like(t, dtype=None, requires_grad=False):
-    return full(tuple(t.shape), 0, dtype=dtype or t.dtype, requires_grad=requires_grad)
-
-
-def ones_like(t, dtype=None, requires_grad=False):
-    return full(tuple(t.shape), 1, dtype=dtype or t.dtype, requires_grad=requires_grad)
-
-
-empty_like = zeros_like
-
-
-def full_like(t, fill_value, dtype=None, requires_grad=False):
-    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad)
-
-
-def arange(start, end=None, step=1, dtype=None, requires_grad=False):
-    if end is None:
-        start, end = 0, start
-    if dtype is None:
-        is_float = any(isinstance(v, float) for v in (start, end, step))
-        dtype = D.default_float if is_float else D.int64
-    return _from_array(np.arange(start, end, step).astype(D.as_dtype(dtype).np), requires_grad)
-
-
-def linspace(start, end, steps, dtype=None, requires_grad=False):
-    dt = D.as_dtype(dtype) if dtype is not None else D.default_float
-    return _from_array(np.linspace(start, end, steps).astype(dt.np), requires_grad)
-
-
-def eye(n, m=None, dtype=None):
-    return _from_array(np.eye(n, m, dtype=(dtype and D.as_dtype(dtype) or D.default_float).np))
 
 
 def cat(tensors, dim=0):
@@ -1182,9 +934,3 @@ def stack(tensors, dim=0):
                           f"{shape_str(tensors[0].shape)} and {shape_str(t.shape)} (at {user_location()})")
     d = _norm_dim(dim, tensors[0].ndim + 1)
     return cat([t.unsqueeze(d) for t in tensors], d)
-
-
-def _concrete_or_none(t):
-    """The array behind `t` when it is concrete (eager), else None (traced)."""
-    v = t._box.value
-    return v if isinstance(v, np.ndarray) and current_tracer() is None else None

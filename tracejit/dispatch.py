@@ -1,0 +1,205 @@
+"""The one dispatch point, `apply`, and the state it consults: the per-thread trace context, grad mode (in
+autograd.mode) and the Box a tensor's storage lives in.
+
+`apply(op, *inputs, **attrs)` infers the output type with the op table's rule, then runs `op.ref` on the inputs'
+arrays (eager) or appends a node to this thread's trace, and records a tape entry when grad mode is on and an
+input requires grad. Everything that makes tensors -- the Tensor API (_tensor.py), factories (factories.py),
+indexing, random, autograd's engine, the op table's gradient rules -- goes through here; this module imports
+none of them (`TensorBase` is the part of Tensor it needs; `_tensor.Tensor` subclasses it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from . import dtypes as D
+from .autograd.mode import _mode as _grad_mode
+from .autograd.mode import _off as _grad_off
+from .autograd.tape import TapeEntry
+from .dtypes import TensorType
+from .errors import OpError, TraceError, user_location
+
+
+class _TraceContext(threading.local):
+    tracer = None  # this thread's active compiler.trace.Tracer (the class attribute: every thread's start)
+
+
+# The trace context is per thread, like grad mode (the only other global): a thread compiling a function
+# never captures another thread's eager ops.
+_ctx = _TraceContext()
+# The threads tracing right now (by thread id). While it is empty (eager code, compiled calls) readers skip
+# the thread-local lookup: `_ctx.tracer if _tracing else None`. A thread adds or removes only its own id,
+# with single set operations (atomic), when it installs or removes its tracer: a tracing thread always
+# finds the set nonempty.
+_tracing: set = set()
+# Held by the thread that traces (compiler.trace.trace): one trace at a time in the process. While a trace
+# runs, the tensors it captured (a model's parameters, the default generator's state) hold its graph's
+# Values instead of arrays; an eager op in another thread that meets one waits here for the trace to end.
+TRACE_LOCK = threading.RLock()
+TRACE_WAIT_S = 60.0  # how long it waits before calling it a deadlock (the trace waiting on that thread)
+# Bumped when any thread starts or stops tracing (under TRACE_LOCK). An eager op reads it before reading
+# its inputs' arrays and checks it with `_tracing` afterwards: unchanged and nobody tracing means no trace
+# could have put a Value into them in between.
+_trace_events = 0
+
+
+def current_tracer():
+    """This thread's active Tracer, or None."""
+    return _ctx.tracer if _tracing else None
+
+
+def set_tracer(tracer):
+    """Install `tracer` (or None) for this thread; returns the previous one."""
+    global _trace_events
+    with TRACE_LOCK:
+        prev = _ctx.tracer
+        _trace_events += 1  # before a trace is listed / after it is gone: see _concrete_values
+        if tracer is not None:
+            _tracing.add(threading.get_ident())
+            _ctx.tracer = tracer
+        else:
+            _ctx.tracer = None
+            _tracing.discard(threading.get_ident())
+        return prev
+
+
+def _concrete_values(what, read):
+    """`read()` (the arrays an eager op or a compiled call is about to use) in a thread that does not trace,
+    while another thread may: a Value found there was put by the running trace (the tensor is state of the
+    function it compiles), so wait for that trace to end, which restores the arrays, and read again."""
+    from .compiler.ir import Value  # (loaded: a trace ran)
+
+    deadline = time.monotonic() + TRACE_WAIT_S
+    while True:
+        vals = read()
+        traced = next((v for v in vals if isinstance(v, Value)), None)
+        if traced is None:
+            return vals
+        left = deadline - time.monotonic()
+        if not _tracing or left <= 0 or not TRACE_LOCK.acquire(timeout=left):
+            why = (f"another thread's trace did not end within {TRACE_WAIT_S:g} s (does it wait for this "
+                   f"thread?)" if _tracing else "it was created inside a compiled function and kept")
+            raise TraceError(f"{what}: a tensor of type {traced.type} holds a traced value, not an array (at "
+                             f"{user_location()}): {why}")
+        TRACE_LOCK.release()
+
+
+class Box:
+    """Storage shared by a tensor and its `.data` / `.detach()` aliases."""
+
+    __slots__ = ("value", "type", "version", "__weakref__")
+
+    def __init__(self, value, type_: TensorType):
+        self.value = value
+        self.type = type_
+        self.version = 0
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+
+
+def apply(op, *inputs, **attrs):
+    """Run primitive `op` on tensors: eagerly with `op.ref`, or by appending a node to the trace.
+
+    Records a tape entry when grad mode is on and an input requires grad.
+    """
+    try:
+        out_type = op.infer(*[t._box.type for t in inputs], **attrs)
+    except OpError as e:
+        raise type(e)(f"{e} (at {user_location()})") from None
+    tracer = _ctx.tracer if _tracing else None
+    if tracer is not None:
+        value = tracer.add_node(op, inputs, attrs, out_type)
+    else:
+        events = _trace_events
+        vals = [t._box.value for t in inputs]
+        if _tracing or events != _trace_events:  # another thread traces (or did): its Values may be there
+            vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs])
+        value = op.ref(*vals, **attrs)
+        if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
+            value = np.asarray(value, dtype=out_type.dtype.np)
+    out = _Tensor._make(value, out_type)
+    if (not _grad_off or _grad_mode.enabled) and op.grad is not None and out_type.dtype.is_floating_point:
+        for t in inputs:
+            if t.requires_grad:
+                out.requires_grad = True
+                out.grad_fn = TapeEntry(op, list(inputs), attrs, out)
+                break
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- tensors
+
+_Tensor = None  # the Tensor class (tracejit._tensor.Tensor, TensorBase's one subclass): what apply makes
+
+
+class TensorBase:
+    """What dispatch, autograd and the compiler need of a tensor: its Box (storage, static type, version), grad
+    state, and how to make one. The API -- arithmetic, views, reductions, .backward() -- is its subclass
+    `tracejit.Tensor` (_tensor.py); every tensor is an instance of that subclass."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        global _Tensor
+        if TensorBase in cls.__bases__:  # Tensor itself (not Parameter and other subclasses of it)
+            _Tensor = cls
+
+    @classmethod
+    def _make(cls, value, type_, requires_grad=False):
+        t = object.__new__(_Tensor)
+        t._box = Box(value, type_)
+        t.requires_grad = requires_grad
+        t.grad_fn = None
+        t._grad = None
+        return t
+
+    @classmethod
+    def _from_box(cls, box):
+        t = object.__new__(_Tensor)
+        t._box = box
+        t.requires_grad = False
+        t.grad_fn = None
+        t._grad = None
+        return t
+
+    @classmethod
+    def _from_box_value(cls, other):
+        return cls._make(other._box.value, other._box.type)
+
+
+def _from_array(arr, requires_grad=False):
+    """Wrap a concrete array; while tracing it becomes a constant of the graph."""
+    dt = D.from_numpy(arr.dtype)
+    if arr.dtype != dt.np:
+        arr = arr.astype(dt.np)
+    tracer = current_tracer()
+    if tracer is not None:
+        t = _Tensor._make(tracer.constant(arr), TensorType(arr.shape, dt))
+    else:
+        t = _Tensor._make(arr, TensorType(arr.shape, dt))
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _concrete_or_none(t):
+    """The array behind `t` when it is concrete (eager), else None (traced)."""
+    v = t._box.value
+    return v if isinstance(v, np.ndarray) and current_tracer() is None else None
+
+
+def _sizes(args):
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(int(s) for s in args[0])
+    return tuple(int(s) for s in args)
+
+
+def _py(value, dtype):
+    if dtype is D.bool_:
+        return bool(value)
+    if dtype is D.int64:
+        return int(value)
+    return float(value)
