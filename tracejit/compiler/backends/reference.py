@@ -30,6 +30,9 @@ def ref_step(node: Node):
     return step
 
 
+SCALAR_SPELLING = None  # no generated code: each op runs its `ref`
+
+
 def run_graph(graph: Graph, inputs: list) -> list:
     return Program(graph, ref_step).run(inputs)
 

@@ -1,6 +1,7 @@
 """The CPU backend: Numba kernels on CPU threads.
 
     render.py    fused elementwise/reduce nodes (kernel.LoopKernel) as Numba loop source; the preludes
+    spelling.py  how generated code spells the scalar vocabulary (tracejit/scalar.py) the op table's exprs use
     segment.py   runs of nodes as ONE generated function (a step costs one dispatch)
     program.py   the Program: steps in order, loaded through the disk cache (../cache.py)
     vecmath.py   vectorizable float32/float64 exp, log, tanh, ... that generated loops call
@@ -13,6 +14,7 @@
                  steps that call them for window nodes (steps.py)
 """
 
+from .spelling import SPELLING as SCALAR_SPELLING  # noqa: F401
 
 
 def __getattr__(name):
