@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from ..compiler import api
-from ..compiler.ir import Graph, count_by_kind, print_graph, to_dot
+from ..compiler.ir import Graph, count_by_kind, fused_label, print_graph, to_dot
 from .record import Record
 
 _e = html.escape
@@ -122,7 +122,7 @@ def _step_rows(program) -> list[tuple]:
         if hasattr(step, "source"):
             runs = "generated Numba function"
         elif body is not None and getattr(step, "label", None) is None:
-            runs = f"NumPy (interpreted {single.attrs.get('kind', 'fused')} group)"
+            runs = f"NumPy (interpreted {fused_label(single)} group)"
         else:
             runs = "library step"
         if ns is None:
@@ -259,7 +259,7 @@ def _section_fusion(v, program) -> str:
         if n.body is None:
             continue
         outs = ", ".join(str(o.type) for o in n.outputs)
-        rows.append([str(k), f"<code>{_e(n.body.name)}</code>", _e(str(n.attrs.get("kind", "?"))),
+        rows.append([str(k), f"<code>{_e(n.body.name)}</code>", _e(fused_label(n)),
                      str(len(_flat_ops(n.body))), f"<code>{_e(_ops_summary(n.body, 12))}</code>", _e(outs),
                      _e(runs_by_node.get(id(n), "?"))])
     parts = [f"<h4>Fusion groups ({len(rows)} in the final graph of {len(g.nodes)} nodes)</h4>"]

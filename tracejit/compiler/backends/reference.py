@@ -30,6 +30,11 @@ def ref_step(node: Node):
     return step
 
 
+def supports(pattern, attrs) -> bool:
+    """Every fusion pattern: a fused node runs here through its body, op by op."""
+    return True
+
+
 SCALAR_SPELLING = None  # no generated code: each op runs its `ref`
 
 

@@ -2,6 +2,7 @@
 
     render.py    fused elementwise/reduce nodes (kernel.LoopKernel) as Numba loop source; the preludes
     spelling.py  how generated code spells the scalar vocabulary (tracejit/scalar.py) the op table's exprs use
+    capabilities.py  supports(pattern, attrs): the window/GEMM patterns its kernels run (the passes ask)
     segment.py   runs of nodes as ONE generated function (a step costs one dispatch)
     program.py   the Program: steps in order, loaded through the disk cache (../cache.py)
     vecmath.py   vectorizable float32/float64 exp, log, tanh, ... that generated loops call
@@ -14,6 +15,7 @@
                  steps that call them for window nodes (steps.py)
 """
 
+from .capabilities import supports  # noqa: F401 (the fusion passes ask the compile target)
 from .spelling import SPELLING as SCALAR_SPELLING  # noqa: F401
 
 
