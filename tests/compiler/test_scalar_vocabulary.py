@@ -107,3 +107,20 @@ def test_casts_and_integer_ops_compiled_on_cpu_equal_eager():
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.dtype == w.dtype, i
         np.testing.assert_array_equal(g.numpy(), w.numpy(), err_msg=f"output {i}")
+
+
+def test_non_finite_constants_compile_on_cpu():
+    # a constant's spelling once printed np.float32(-inf): a NameError in the generated module
+    def fn(a):
+        return (a.maximum(tj.full((4,), float("-inf"))) * 2, a + float("inf"), a.masked_fill(a > 1, float("nan")),
+                tj.full((3,), float("-inf")) * 1)
+
+    x = tj.from_numpy(np.arange(4, dtype=np.float32))
+    cf = tj.compile(fn, backend="cpu")
+    got = cf(x)
+    assert cf.latest().program.fallbacks == []
+    g = cf.latest().graph
+    assert any(n.op.name == "full" for n in g.nodes)  # a full the segment fills itself
+    assert any(m.op.name == "full" for n in g.nodes if n.body is not None for m in n.body.nodes)  # one in a loop
+    for out, want in zip(got, fn(x)):
+        np.testing.assert_array_equal(out.numpy(), want.numpy())

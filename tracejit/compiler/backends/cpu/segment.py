@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 
 from .... import dtypes as D
+from .... import scalar
 from ....ops import index_message
 from ...ir import FusedKind, Graph, Node, Pattern
 from ..kernel import LoweringError, lower
 from .capabilities import supports
+from .spelling import SPELLING
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
 SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
@@ -183,7 +185,7 @@ class SegmentSource:
             idx = ", ".join(f"{s}:{e}:{st}" for s, e, st in zip(a["starts"], a["stops"], a["steps"]))
             L.append(f"    {self._def(out)} = {self.var(n.inputs[0])}[{idx}]")
         elif name == "full":
-            value = repr(bool(a["value"])) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a['value']!r})"
+            value = SPELLING["constant"](scalar.Ctx(out.dtype, (), a))  # full's value as the op table declares it
             self._fill(self._alloc(out), out.shape, value)
         elif name == "matmul":
             x, w = n.inputs

@@ -8,6 +8,8 @@ Every spelling keeps its function's NaN/inf rules under render.FASTMATH (which l
 
 from __future__ import annotations
 
+import math
+
 from .... import dtypes as D
 from ..kernel import LoweringError
 
@@ -15,7 +17,8 @@ SUFFIX = {D.float32: "f32", D.float64: "f64"}  # vecmath's functions per float d
 
 
 def np_type(dtype) -> str:
-    return {D.float32: "np.float32", D.float64: "np.float64", D.int64: "np.int64", D.bool_: "np.bool_"}[dtype]
+    return {D.float32: "np.float32", D.float64: "np.float64", D.int64: "np.int64", D.bool_: "np.bool_",
+            D.uint8: "np.uint8"}[dtype]
 
 
 def _vecmath(fn: str):
@@ -43,7 +46,12 @@ def _cast(ctx, a):
 
 def _constant(ctx):
     value = ctx.attrs["value"]
-    return repr(bool(value)) if ctx.dtype is D.bool_ else f"{np_type(ctx.dtype)}({value!r})"
+    if ctx.dtype is D.bool_:
+        return repr(bool(value))
+    if isinstance(value, float) and not math.isfinite(value):  # repr gives inf / nan: not names in generated code
+        value = "np.nan" if math.isnan(value) else "np.inf" if value > 0 else "-np.inf"
+        return f"{np_type(ctx.dtype)}({value})"
+    return f"{np_type(ctx.dtype)}({value!r})"
 
 
 SPELLING = {
