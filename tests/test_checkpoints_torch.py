@@ -283,3 +283,73 @@ def test_a_pytorch_state_dict_loads_into_the_same_tracejit_layer(tmp_path):
     import safetensors.torch
 
     assert safetensors.torch.load_file(str(tmp_path / "mine.safetensors"))["weight"].shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------------------------- the tutorials
+
+_QUICKSTART = '''
+import tracejit as torch
+from tracejit import nn
+from tracejit.utils.data import DataLoader
+from tracejit import datasets
+from tracejit.transforms import ToTensor
+
+training_data = datasets.FashionMNIST(root=ROOT, train=True, download=True, transform=ToTensor())
+test_data = datasets.FashionMNIST(root=ROOT, train=False, download=True, transform=ToTensor())
+train_dataloader = DataLoader(training_data, batch_size=4, shuffle=True, num_workers=2)
+test_dataloader = DataLoader(test_data, batch_size=4)
+for X, y in test_dataloader:
+    shapes = (tuple(X.shape), tuple(y.shape), y.dtype)
+    break
+
+class NeuralNetwork(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(nn.Linear(28 * 28, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.linear_relu_stack(self.flatten(x))
+
+model = NeuralNetwork()
+loss_fn = nn.CrossEntropyLoss()
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+for X, y in train_dataloader:
+    loss = loss_fn(model(X), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+model.eval()
+correct = 0
+with torch.no_grad():
+    for X, y in test_dataloader:
+        correct += (model(X).argmax(1) == y).type(torch.float).sum().item()
+
+torch.save(model.state_dict(), OUT + "/model_weights.pth")
+model2 = NeuralNetwork()
+model2.load_state_dict(torch.load(OUT + "/model_weights.pth", weights_only=True))
+model2.eval()
+torch.save(model, OUT + "/model.pth")
+model3 = torch.load(OUT + "/model.pth", weights_only=False)
+classes = test_data.classes
+x, y = test_data[0][0], test_data[0][1]
+with torch.no_grad():
+    predicted = [classes[m(x).argmax(1).item()] for m in (model, model2, model3)]
+'''
+
+
+def test_the_quickstart_and_save_load_tutorials_run_unchanged(tmp_path, monkeypatch):
+    import types
+
+    from test_datasets import _write_mnist
+
+    _write_mnist(tmp_path / "FashionMNIST" / "raw", n_train=12, n_test=5, gz=True)
+    script = types.ModuleType("quickstart")  # a real module, as a script's __main__ is: its classes pickle
+    monkeypatch.setitem(sys.modules, "quickstart", script)
+    scope = script.__dict__
+    scope.update(ROOT=str(tmp_path), OUT=str(tmp_path))
+    exec(compile(_QUICKSTART, "quickstart.py", "exec"), scope)
+    assert scope["shapes"] == ((4, 1, 28, 28), (4,), tj.int64)
+    assert 0 <= scope["correct"] <= 5
+    assert len(set(scope["predicted"])) == 1 and scope["predicted"][0] in scope["classes"]
+    assert type(scope["model3"]).__name__ == "NeuralNetwork"
