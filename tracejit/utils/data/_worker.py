@@ -1,8 +1,8 @@
 """What runs inside a DataLoader worker process: seeding, the fetch loop, and errors sent back with their traceback.
 
 A worker receives tasks ``(tag, index, sampler_output)`` on its own queue and answers ``(tag, index, result)`` on
-the shared result queue, where result is the pickled batch or an `ExceptionWrapper`. ``None`` ends it; so does
-the death of the process that started it.
+the shared result queue, where result is the pickled batch or an `ExceptionWrapper`. ``None`` or the loader's
+`done` event ends it; so does the death of the process that started it.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _one_thread() -> None:
         pass
 
 
-def _worker_loop(spec: Any, index_queue: Any, data_queue: Any, worker_id: int, num_workers: int,
+def _worker_loop(spec: Any, index_queue: Any, data_queue: Any, done: Any, worker_id: int, num_workers: int,
                  base_seed: int, parent_pid: int) -> None:
     """Serve fetch tasks until told to stop. `spec` is ``(fetcher, worker_init_fn)`` (the fetcher holds the
     dataset and collate_fn), pickled to bytes when the process was not forked."""
@@ -117,7 +117,7 @@ def _worker_loop(spec: Any, index_queue: Any, data_queue: Any, worker_id: int, n
                 if os.getppid() != parent_pid:  # the loader's process is gone: nobody will read our results
                     break
                 continue
-            if task is None:
+            if task is None or done.is_set():
                 break
             tag, idx, index = task
             if init_error is not None:

@@ -116,6 +116,7 @@ class _WorkerPool:
                     f"{type(e).__name__}: {e}. Define them at module level (not as lambdas or local functions), "
                     f"or pass multiprocessing_context='fork' where forking is safe") from e
         self.data_queue = ctx.Queue()
+        self.done = ctx.Event()  # set at shutdown: workers drop the tasks still queued instead of loading them
         self.index_queues = []
         self.workers = []
         self.shut = False
@@ -123,7 +124,7 @@ class _WorkerPool:
             for worker_id in range(loader.num_workers):
                 index_queue = ctx.Queue()
                 index_queue.cancel_join_thread()  # never block this process's exit on tasks a dead worker left
-                w = ctx.Process(target=_worker_loop, args=(spec, index_queue, self.data_queue, worker_id,
+                w = ctx.Process(target=_worker_loop, args=(spec, index_queue, self.data_queue, self.done, worker_id,
                                                            loader.num_workers, base_seed, os.getpid()),
                                 daemon=True, name=f"tracejit-data-worker-{worker_id}")
                 w.start()
@@ -146,6 +147,7 @@ class _WorkerPool:
         if self.shut:
             return
         self.shut = True
+        self.done.set()
         for q in self.index_queues:
             try:
                 q.put(None)
