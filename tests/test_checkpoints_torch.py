@@ -153,8 +153,13 @@ def test_views_outside_their_storage_are_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match=r"reaches element 6 of a storage of 4"):
         tj.load(tmp_path / "oob.pt")
     _zip_checkpoint(tmp_path / "short.pt", _rebuild_pickle(4, 0, (4,), (1,)), [("0", data[:8])])
-    with pytest.raises(pickle.UnpicklingError, match="should hold 4 elements of 4 bytes, but has 8 bytes"):
+    with pytest.raises(pickle.UnpicklingError, match="storage 0 should hold 16 bytes, but its record has 8 bytes"):
         tj.load(tmp_path / "short.pt")
+    legacy = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+    legacy += pickle.dumps({"little_endian": True}, protocol=2) + _rebuild_pickle(255, 0, (255,), (1,))
+    (tmp_path / "huge.legacy").write_bytes(legacy)  # 255 floats claimed, fewer bytes in the whole file
+    with pytest.raises(pickle.UnpicklingError, match="storage 0 claims 255 elements, more than the file holds"):
+        tj.load(tmp_path / "huge.legacy")
     _zip_checkpoint(tmp_path / "missing.pt", _rebuild_pickle(4, 0, (4,), (1,)))
     with pytest.raises(pickle.UnpicklingError, match="storage record archive/data/0 is missing"):
         tj.load(tmp_path / "missing.pt")

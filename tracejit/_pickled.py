@@ -206,10 +206,13 @@ class _TorchFile:
     """The tensor-rebuilding half of reading one PyTorch file: persistent ids -> storages, and PyTorch's
     _rebuild_* functions as functions that return tracejit tensors."""
 
-    def __init__(self, name: str, read_record: Callable[[str], bytes] | None, byteorder: str = "little"):
+    def __init__(self, name: str, read_record: Callable[[str, int], bytes] | None, byteorder: str = "little",
+                 max_bytes: int | None = None):
         self.name = name
-        self.read_record = read_record  # zip: storage key -> bytes; legacy: None (storages come after the pickle)
+        # zip: (storage key, expected bytes) -> bytes; legacy: None (the storages follow the pickle)
+        self.read_record = read_record
         self.byteorder = byteorder
+        self.max_bytes = max_bytes  # legacy: what is left of the file bounds every storage
         self.storages: dict[str, _Storage] = {}
         self.bf16 = False
 
@@ -228,9 +231,13 @@ class _TorchFile:
             raise pickle.UnpicklingError(f"{self.name}: storage {key} has a bad size {numel!r}")
         storage = self.storages.get(key)
         if storage is None:
+            nbytes = numel * kind.dtype.itemsize
+            if self.max_bytes is not None and nbytes > self.max_bytes:
+                raise pickle.UnpicklingError(f"{self.name}: storage {key} claims {numel} elements, more than the file "
+                                             f"holds")
             storage = self.storages[key] = _Storage(kind, numel, key)
             if self.read_record is not None:
-                storage.set(self.read_record(key), self.byteorder)
+                storage.set(self.read_record(key, nbytes), self.byteorder)
             self.bf16 |= kind.bf16
         view = pid[5] if len(pid) == 6 else None
         if view is not None:  # legacy: (view_key, offset, view_numel)
@@ -396,10 +403,14 @@ def load_torch_zip(data: BinaryIO, name: str, weights_only: bool) -> Any:
             if byteorder not in ("little", "big"):
                 raise RuntimeError(f"tracejit.load: {name} records an unknown byte order {byteorder!r}")
 
-        def read_record(key: str) -> bytes:
+        def read_record(key: str, nbytes: int) -> bytes:
             record = f"{prefix}data/{key}"
             if record not in names:
                 raise pickle.UnpicklingError(f"{name}: the storage record {record} is missing")
+            size = zf.getinfo(record).file_size
+            if size != nbytes:  # checked before reading: a record is never inflated beyond what the tensor needs
+                raise pickle.UnpicklingError(f"{name}: storage {key} should hold {nbytes} bytes, but its record has "
+                                             f"{size} bytes (the file is truncated or corrupted)")
             return zf.read(record)
 
         torch_file = _TorchFile(name, read_record, byteorder)
@@ -411,10 +422,10 @@ def load_torch_zip(data: BinaryIO, name: str, weights_only: bool) -> Any:
     return out
 
 
-def load_torch_legacy(f: BinaryIO, name: str, weights_only: bool) -> Any:
+def load_torch_legacy(f: BinaryIO, name: str, weights_only: bool, size: int) -> Any:
     """PyTorch's pre-1.6 stream: magic, protocol, system info, the object, the storage keys, then each storage as
-    an int64 element count and its little-endian bytes."""
-    torch_file = _TorchFile(name, None)
+    an int64 element count and its little-endian bytes. `size` is the file's length in bytes."""
+    torch_file = _TorchFile(name, None, max_bytes=size)
 
     def unpickler(persistent: bool) -> pickle.Unpickler:
         return _RestrictedUnpickler(f, name, torch_file.globals(), torch_file.persistent_load if persistent else None,

@@ -357,7 +357,7 @@ def _load_bytes(fh: BinaryIO, size: int, name: str, weights_only: bool) -> Any:
     if head.startswith(b"PK\x03\x04"):
         return _unpickling(lambda: _pickled.load_torch_zip(fh, name, weights_only), name)
     if _pickled.is_torch_legacy(head):
-        return _unpickling(lambda: _pickled.load_torch_legacy(fh, name, weights_only), name)
+        return _unpickling(lambda: _pickled.load_torch_legacy(fh, name, weights_only, size), name)
     return _load_safetensors(fh, size, name)
 
 
