@@ -217,7 +217,6 @@ class LBFGS(Optimizer):
         self._set_param(x)
         return loss, flat_grad
 
-    @no_grad()
     def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
         """Up to ``max_iter`` L-BFGS iterations; returns the loss the closure gave first."""
         if current_tracer() is not None:
@@ -230,8 +229,10 @@ class LBFGS(Optimizer):
             raise RuntimeError("LBFGS.step() requires a closure that reevaluates the model and returns the loss")
         if len(self.param_groups) != 1:
             raise AssertionError(f"Expected exactly one param_group, but got {len(self.param_groups)}")
-        user_closure = closure
+        with no_grad():
+            return self._step(closure)
 
+    def _step(self, user_closure: Callable[[], Any]) -> Any:
         def closure():
             with enable_grad():  # the closure always runs with grad enabled
                 return user_closure()
