@@ -62,7 +62,6 @@ def test_sigint_during_compiled_steps_is_a_keyboard_interrupt_with_state_before_
     x, y = tracejit.randn(128, width), tracejit.randint(0, 10, (128,))
     for _ in range(3):
         step(x, y)
-    interrupts = 0
     gc.disable()  # a KeyboardInterrupt raised inside a gc callback (hypothesis installs one) would be swallowed
     try:
         _interrupt_steps(step, model, opt, x, y, interrupts_wanted=12)
