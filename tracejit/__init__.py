@@ -63,8 +63,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(".compiler", __name__)
-    if name == "datasets":
+    if name in ("datasets", "transforms"):
         import importlib
 
-        return importlib.import_module(".datasets", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'tracejit' has no attribute {name!r}")
