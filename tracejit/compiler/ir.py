@@ -97,8 +97,9 @@ class Graph:
 # ----------------------------------------------------------------------------------------------- fused nodes
 
 
-class FusedKind(enum.Enum):
-    """What a fused node's body is, and so how a backend runs it."""
+class FusedKind(enum.StrEnum):
+    """What a fused node's body is, and so how a backend runs it. (A StrEnum, so code that still compares with
+    the text form's strings reads it right; nodes are built and verified with the enum.)"""
 
     ELEMENTWISE = "elementwise"  # elementwise ops over one iteration space (+ copied constants and views): one loop
     REDUCE = "reduce"  # the same with sum/amax results (backends.kernel.lower takes both)
@@ -118,7 +119,7 @@ class FusedKind(enum.Enum):
         return self in (FusedKind.ELEMENTWISE, FusedKind.REDUCE, FusedKind.MULTI)
 
 
-class Pattern(enum.Enum):
+class Pattern(enum.StrEnum):
     """A window/GEMM group fuse_window forms: the body's ops, and the attrs a backend's kernel reads (`.attrs`).
     Backends say which they run natively (`supports(pattern, attrs)`); any other runs its body op by op."""
 
