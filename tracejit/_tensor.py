@@ -920,8 +920,9 @@ def parse_to(args, kwargs, who="to"):
         if args and isinstance(args[0], bool):
             copy = args.pop(0)
     if args:
-        raise TypeError(f"{who}() received an invalid combination of arguments: {', '.join(type(a).__name__ for a in args)}"
-                        f" left over (expected a device, a dtype or a tensor)")
+        left = ", ".join(type(a).__name__ for a in args)
+        raise TypeError(f"{who}() received an invalid combination of arguments: {left} left over (expected a "
+                        f"device, a dtype or a tensor)")
     if dev is not None:
         dev = storage_device(dev)
     return dev, (None if dtype is None else D.as_dtype(dtype)), copy

@@ -103,7 +103,9 @@ def _typename(x) -> str:
 
 
 def _parse(spec: str) -> tuple[str, int | None]:
-    m = _SPEC.match(spec.strip())
+    if not spec:
+        raise RuntimeError("Device string must not be empty")
+    m = _SPEC.match(spec)
     if m is None:
         raise RuntimeError(f"Invalid device string: {spec!r}")
     kind, idx = m.group(1), m.group(2)

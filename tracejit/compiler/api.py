@@ -77,6 +77,11 @@ class Variant:
         return None
 
 
+    def inputs(self, args) -> list:
+        """The program's input buffers for a call with `args` (what the runner reads, on the program's device)."""
+        return [transfer(b.read(args), b.device, self.device) for b in self.bindings]
+
+
 def _arg_key(a):
     if isinstance(a, Tensor):
         return ("T", a._box.type, a.requires_grad, a._box.device)

@@ -212,9 +212,8 @@ def _cuda_factory():
     try:
         importlib.import_module("tracejit.compiler.backends.cuda")
     except ModuleNotFoundError:
-        raise BackendUnavailable("backend 'cuda' is not available yet: tracejit's CUDA backend "
-                                 "(compiler/backends/cuda/) is not written; compiled and eager tensors run on the "
-                                 "CPU") from None
+        raise BackendUnavailable("backend 'cuda' is not available yet: tracejit has no CUDA backend "
+                                 "(compiler/backends/cuda/); tensors and compiled functions run on the CPU") from None
     return _module_factory("tracejit.compiler.backends.cuda", "CudaBackend")()
 
 
