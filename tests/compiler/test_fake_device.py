@@ -386,3 +386,22 @@ def test_the_registry_lists_backends_and_cuda_says_why_it_is_not_available(fake)
     cpu.synchronize()
     ref = get_backend("reference")
     assert ref.device is CPU and ref.describe()["lines"]
+
+
+def test_the_report_of_a_fake_device_program_reads_only_the_protocol(fake, tmp_path):
+    from tracejit.report import make_report
+
+    script = tmp_path / "train_fake.py"
+    script.write_text(
+        "import tracejit\nimport tracejit.nn as nn\nimport tracejit.nn.functional as F\n"
+        "tracejit.manual_seed(0)\nmodel = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).to('fake')\n"
+        "opt = tracejit.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)\n\n\n@tracejit.compile\n"
+        "def train_step(x, y):\n    opt.zero_grad()\n    loss = F.cross_entropy(model(x), y)\n    loss.backward()\n"
+        "    opt.step()\n    return loss\n\n\nx = tracejit.randn(6, 4, device='fake')\n"
+        "y = tracejit.tensor([0, 1, 2, 1, 0, 2], device='fake')\nfor _ in range(3):\n    train_step(x, y)\n")
+    out = tmp_path / "report.html"
+    assert make_report(str(script), [], str(out), repeat=1) == 0
+    page = out.read_text()
+    assert "backend <code>fake</code> on fake:0" in page and "fake: fake:0" in page
+    assert "not profiled" not in page and "Per-kernel time" in page and "generated kernel" in page
+    assert "speedup:" in page
