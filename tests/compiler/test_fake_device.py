@@ -405,3 +405,24 @@ def test_the_report_of_a_fake_device_program_reads_only_the_protocol(fake, tmp_p
     assert "backend <code>fake</code> on fake:0" in page and "fake: fake:0" in page
     assert "not profiled" not in page and "Per-kernel time" in page and "generated kernel" in page
     assert "speedup:" in page
+
+
+def test_checkpoints_of_a_model_on_the_fake_device_round_trip_through_the_host(fake, tmp_path):
+    torch.manual_seed(0)
+    m = nn.Linear(3, 2).to("fake")
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    m(torch.ones(4, 3, device="fake")).sum().backward()
+    opt.step()
+    torch.save({"model": m.state_dict(), "opt": opt.state_dict()}, tmp_path / "ck.pt")
+    ck = torch.load(tmp_path / "ck.pt")
+    assert all(t.device is CPU for t in ck["model"].values())  # loaded on the host
+    m2 = nn.Linear(3, 2).to("fake")
+    m2.load_state_dict(ck["model"])  # copied into the parameters where they live
+    opt2 = torch.optim.Adam(m2.parameters(), lr=0.1)
+    opt2.load_state_dict(ck["opt"])
+    for p, q in zip(m.parameters(), m2.parameters()):
+        assert q.device == torch.device(FAKE) and isinstance(q._box.value, FakeBuffer)
+        np.testing.assert_array_equal(_np(q), _np(p))
+        s = opt2.state[q]
+        assert s["exp_avg"].device == torch.device(FAKE) and s["step"].device is CPU  # as PyTorch
+        np.testing.assert_array_equal(_np(s["exp_avg_sq"]), _np(opt.state[p]["exp_avg_sq"]))
