@@ -426,3 +426,9 @@ def test_checkpoints_of_a_model_on_the_fake_device_round_trip_through_the_host(f
         s = opt2.state[q]
         assert s["exp_avg"].device == torch.device(FAKE) and s["step"].device is CPU  # as PyTorch
         np.testing.assert_array_equal(_np(s["exp_avg_sq"]), _np(opt.state[p]["exp_avg_sq"]))
+
+
+def test_gradcheck_runs_on_the_fake_device(fake):
+    x = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64, device="fake", requires_grad=True)
+    w = torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64, device="fake", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: (w @ x.tanh()).exp(), (x, w))
