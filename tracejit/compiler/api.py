@@ -76,7 +76,6 @@ class Variant:
             self.device_moves = T._device_moves
         return None
 
-
     def inputs(self, args) -> list:
         """The program's input buffers for a call with `args` (what the runner reads, on the program's device)."""
         return [transfer(b.read(args), b.device, self.device) for b in self.bindings]
