@@ -64,12 +64,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(".compiler", __name__)
-    if name in ("cuda", "accelerator", "backends"):
+    if name in ("datasets", "transforms", "cuda", "accelerator", "backends"):
         import importlib
 
-        return importlib.import_module("." + name, __name__)
-    if name == "datasets":
-        import importlib
-
-        return importlib.import_module(".datasets", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'tracejit' has no attribute {name!r}")

@@ -432,3 +432,11 @@ def test_gradcheck_runs_on_the_fake_device(fake):
     x = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64, device="fake", requires_grad=True)
     w = torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64, device="fake", requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w: (w @ x.tanh()).exp(), (x, w))
+
+
+def test_a_whole_model_on_the_fake_device_pickles_its_values_from_the_host(fake, tmp_path):
+    m = nn.Linear(3, 2).to("fake")
+    torch.save(m, tmp_path / "m.pt")
+    m2 = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert m2.weight.device is CPU and isinstance(m2.weight, nn.Parameter)
+    np.testing.assert_array_equal(m2.weight.detach().numpy(), _np(m.weight))
