@@ -23,6 +23,7 @@ import numpy as np
 
 from . import dtypes as D
 from ._tensor import Tensor
+from .devices import CPU, to_host
 from .dispatch import Box, TensorBase, _from_array
 
 __all__ = ["add_safe_globals", "clear_safe_globals", "get_safe_globals", "safe_globals", "PICKLE_MAGIC"]
@@ -72,11 +73,17 @@ class TensorPickler(pickle.Pickler):
             state = {k: v for k, v in obj.__dict__.items() if k not in _TENSOR_FIELDS}
             return _rebuild_tensor, (type(obj), obj._box, obj.requires_grad), state or None
         if isinstance(obj, Box):
-            if not isinstance(obj.value, np.ndarray):
+            value = obj.value
+            if obj.device is not CPU and not isinstance(value, np.ndarray):
+                from .compiler.ir import Value  # (a tensor on a device: the compiler is loaded)
+
+                if not isinstance(value, Value):
+                    value = to_host(value, obj.device)  # saved from the host; it loads on the CPU
+            if not isinstance(value, np.ndarray):
                 raise TypeError("pickling a tensor needs its value, which is not known while tracing")
             dt = obj.type.dtype
-            raw = np.ascontiguousarray(obj.value, dtype=dt.np.newbyteorder("<")).tobytes()
-            return _rebuild_box, (raw, dt.name, tuple(obj.value.shape))
+            raw = np.ascontiguousarray(value, dtype=dt.np.newbyteorder("<")).tobytes()
+            return _rebuild_box, (raw, dt.name, tuple(value.shape))
         return NotImplemented
 
 

@@ -38,9 +38,9 @@ def test_every_elementwise_op_declares_its_value_in_the_vocabulary():
 @pytest.mark.parametrize("name", backends.available())
 def test_every_registered_backend_spells_every_elementwise_op(name):
     backend = backends.get_backend(name)
-    assert hasattr(backend, "SCALAR_SPELLING"), f"backend {name} must say how it spells the scalar vocabulary " \
+    assert hasattr(backend, "scalar_spelling"), f"backend {name} must say how it spells the scalar vocabulary " \
                                                 f"(a dict), or None when it interprets ops with their refs"
-    table = backend.SCALAR_SPELLING
+    table = backend.scalar_spelling
     if table is None:
         return
     lacking = {op_name: sorted(S.missing(table, [op.expr])) for op_name, op in ELEMENTWISE.items()

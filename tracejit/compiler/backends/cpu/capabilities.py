@@ -36,4 +36,4 @@ def supports(pattern: ir.Pattern, attrs: dict) -> bool | str:
         return _pool(attrs)
     if pattern in (Pattern.GRAD_WEIGHT_BIAS, Pattern.LINEAR):
         return True
-    return f"no CPU kernel for pattern {pattern.value}"
+    return f"no CPU kernel for pattern {pattern}"
