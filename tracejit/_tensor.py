@@ -11,11 +11,15 @@ from collections import namedtuple
 import numpy as np
 
 from . import autograd
+from . import dispatch as _dispatch
 from . import dtypes as D
 from ._printing import tensor_repr
 from .autograd.mode import _mode as _grad_mode
 from .autograd.mode import _off as _grad_off
-from .dispatch import Box, TensorBase, _concrete_values, _ctx, _py, _sizes, _tracing, apply
+from .devices import CPU, storage_device
+from .devices import device as _device_cls
+from .devices import to_host as _to_host
+from .dispatch import Box, TensorBase, _concrete_values, _ctx, _py, _rebind, _sizes, _tracing, apply, move
 from .dtypes import TensorType
 from .errors import OpError, OpTypeError, TraceError, shape_str, user_location
 from .factories import full, ones_like, tensor
@@ -110,7 +114,25 @@ class Tensor(TensorBase):
 
     @property
     def device(self):
-        return "cpu"
+        """The device the storage lives on: ``device(type='cpu')``, ``device(type='cuda', index=0)``, ..."""
+        return self._box.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._box.device.type == "cuda"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self._box.device is CPU
+
+    @property
+    def is_meta(self) -> bool:
+        return False
+
+    def get_device(self) -> int:
+        """The device index (-1 on the CPU), as PyTorch."""
+        d = self._box.device
+        return -1 if d is CPU else d.index
 
     @property
     def is_leaf(self) -> bool:
@@ -154,8 +176,7 @@ class Tensor(TensorBase):
     def data(self, other):
         if _tracing and (tracer := _ctx.tracer) is not None:
             tracer.before_mutation(self)
-        self._box.value = other._box.value
-        self._box.type = other._box.type
+        _rebind(self._box, other._box.value, other._box.type, other._box.device)
 
     def detach(self):
         return Tensor._from_box(self._box)
@@ -182,22 +203,33 @@ class Tensor(TensorBase):
 
     # ---- values out (not traceable)
     def _concrete(self, what):
+        """The tensor's values as a NumPy array (its own array on the CPU; a host copy, through the device's
+        backend, elsewhere). TraceError while tracing."""
         here = _tracing and _ctx.tracer is not None
         value = self._box.value
         if not here and not isinstance(value, np.ndarray):
             value = _concrete_values(what, lambda: [self._box.value])[0]  # (another thread's trace?)
+            if self._box.device is not CPU:
+                return _to_host(value, self._box.device)
         if here or not isinstance(value, np.ndarray):
             raise TraceError(f"{what} needs the tensor's value, which is not known while tracing "
                              f"(at {user_location()}); keep it outside the compiled function, return the "
                              f"tensor instead, or use fallback='eager'")
         return value
 
+    def _host_only(self):
+        if self._box.device is not CPU:
+            raise TypeError(f"can't convert {self._box.device} device type tensor to numpy. Use Tensor.cpu() to "
+                            f"copy the tensor to host memory first.")
+
     def numpy(self):
+        self._host_only()
         if self.requires_grad:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy()")
         return self._concrete("numpy()")
 
     def __array__(self, dtype=None, copy=None):
+        self._host_only()
         a = self._concrete("numpy conversion")
         return a if dtype is None else a.astype(dtype)
 
@@ -239,15 +271,17 @@ class Tensor(TensorBase):
 
     # ---- conversion
     def to(self, *args, **kwargs):
-        dtype = kwargs.get("dtype")
-        for a in args:
-            if isinstance(a, D.DType):
-                dtype = a
-            elif isinstance(a, Tensor):
-                dtype = a.dtype
-        if dtype is None or dtype is self.dtype:
-            return self
-        return apply(OPS["cast"], self, dtype=D.as_dtype(dtype))
+        """``to(dtype)``, ``to(device, dtype=None)``, ``to(other)`` (its device and dtype), with ``copy=True``
+        for a copy even when nothing changes; ``non_blocking`` is accepted. Differentiable."""
+        dev, dtype, copy = parse_to(args, kwargs, "Tensor.to")
+        out = self
+        if dtype is not None and dtype is not self.dtype:
+            out = apply(OPS["cast"], self, dtype=dtype)
+        if dev is not None and dev is not out._box.device:
+            out = move(out, dev)
+        if copy and out is self:
+            out = self.clone()
+        return out
 
     def type(self, dtype=None):
         return self.dtype.name if dtype is None else self.to(D.as_dtype(dtype))
@@ -273,10 +307,12 @@ class Tensor(TensorBase):
         return self.to(other.dtype)
 
     def cpu(self):
-        return self
+        return move(self, CPU)
 
-    def cuda(self, *a, **k):
-        return self
+    def cuda(self, device=None, non_blocking=False):
+        """A copy on the CUDA device (`device`: an index or a cuda device); an error where CUDA is not
+        available."""
+        return move(self, _cuda_device(device))
 
     def clone(self):
         out = apply(OPS["reshape"], self, shape=tuple(self.shape))
@@ -753,7 +789,7 @@ class Tensor(TensorBase):
         if grad_on:
             # the op that computes the new value may save its input for backward: give it the old value
             # under its own box (no copy: arrays are never written), which the rebinding below leaves alone
-            src = Tensor._from_box(Box(self._box.value, self._box.type))
+            src = Tensor._from_box(Box(self._box.value, self._box.type, self._box.device))
             src._box.version = self._box.version
             src.requires_grad, src.grad_fn = self.requires_grad, self.grad_fn
         result = compute(src)
@@ -762,6 +798,8 @@ class Tensor(TensorBase):
                           f"shape {shape_str(result.shape)} (at {user_location()})")
         if result.dtype is not self.dtype:
             result = result.to(self.dtype)
+        if _dispatch._on_devices and result._box.device is not self._box.device:
+            result = move(result, self._box.device)  # in place: the storage stays where it is (copy_ moves)
         self._box.value = result._box.value
         self._box.version += 1
         if result.requires_grad:
@@ -803,7 +841,8 @@ class Tensor(TensorBase):
                                    f"{shape_str(value.shape)}")
             return self._inplace(lambda s: value.reshape(()).to(self.dtype).expand(tuple(self.shape)),
                                  "fill_")
-        return self._inplace(lambda s: full(tuple(self.shape), value, dtype=self.dtype), "fill_")
+        return self._inplace(lambda s: full(tuple(self.shape), value, dtype=self.dtype, device=self.device),
+                             "fill_")
 
     def zero_(self):
         return self.fill_(0)
@@ -817,15 +856,15 @@ class Tensor(TensorBase):
 
         from .random import rand  # (random imports nothing of this module; its generator needs Tensor made)
 
-        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype)
-                             * (b - a) + a, "uniform_")
+        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype,
+                                            device=self.device) * (b - a) + a, "uniform_")
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
 
         from .random import randn
 
-        return self._inplace(lambda s: randn(tuple(self.shape), generator=generator, dtype=self.dtype) * std
-                             + mean, "normal_")
+        return self._inplace(lambda s: randn(tuple(self.shape), generator=generator, dtype=self.dtype,
+                                             device=self.device) * std + mean, "normal_")
 
     def __iadd__(self, o):
         return self.add_(o)
@@ -838,6 +877,55 @@ class Tensor(TensorBase):
 
     def __itruediv__(self, o):
         return self.div_(o)
+
+
+def _cuda_device(d=None):
+    if d is None:
+        return storage_device("cuda")
+    if isinstance(d, int) and not isinstance(d, bool):
+        return storage_device(_device_cls("cuda", d))
+    dev = _device_cls(d)
+    if dev.type != "cuda":
+        raise RuntimeError(f"Invalid device, must be cuda device, got {dev}")
+    return storage_device(dev)
+
+
+def parse_to(args, kwargs, who="to"):
+    """(device or None, dtype or None, copy) of PyTorch's ``.to(...)`` arguments: ``to(dtype)``,
+    ``to(device=None, dtype=None)``, ``to(tensor)``, with ``non_blocking``/``copy``/``memory_format`` keywords."""
+    kwargs = dict(kwargs)
+    dev = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    copy = bool(kwargs.pop("copy", False))
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"{who}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+    args = list(args)
+    if args and isinstance(args[0], Tensor):
+        other = args.pop(0)
+        dev, dtype = other._box.device, other.dtype
+    elif args and not isinstance(args[0], D.DType) and args[0] not in (float, int, bool) and \
+            (isinstance(args[0], (str, _device_cls)) or (isinstance(args[0], int) and not isinstance(args[0], bool))
+             or args[0] is None):
+        if dev is not None:
+            raise TypeError(f"{who}() got multiple values for argument 'device'")
+        dev = args.pop(0)
+    if args and (isinstance(args[0], D.DType) or args[0] in (float, int, bool)):
+        if dtype is not None:
+            raise TypeError(f"{who}() got multiple values for argument 'dtype'")
+        dtype = args.pop(0)
+    if args and isinstance(args[0], bool):  # to(dtype, non_blocking, copy), as PyTorch's positional form
+        args.pop(0)
+        if args and isinstance(args[0], bool):
+            copy = args.pop(0)
+    if args:
+        left = ", ".join(type(a).__name__ for a in args)
+        raise TypeError(f"{who}() received an invalid combination of arguments: {left} left over (expected a "
+                        f"device, a dtype or a tensor)")
+    if dev is not None:
+        dev = storage_device(dev)
+    return dev, (None if dtype is None else D.as_dtype(dtype)), copy
 
 
 class Size(tuple):

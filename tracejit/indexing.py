@@ -10,8 +10,9 @@ import math
 import numpy as np
 
 from . import dtypes as D
+from .devices import CPU
 from .dispatch import TensorBase as Tensor
-from .dispatch import _concrete_or_none, _from_array, apply
+from .dispatch import _concrete_or_none, _from_array, apply, move
 from .errors import OpError, shape_str, user_location
 from .factories import tensor
 from .ops import OPS, first_bad_index, index_error
@@ -139,6 +140,8 @@ def _advanced(y, advs):
         if t.dtype is not D.int64:
             raise IndexError(f"tensors used as indices must be long or bool, got {t.dtype.name} of shape "
                              f"{shape_str(t.shape)} (at {user_location()})")
+        if t._box.device is CPU and y._box.device is not CPU:
+            t = move(t, y._box.device)  # CPU indices serve a tensor on any device, as in PyTorch
         idxs.append(t)
     positions = [p for p, _ in advs]
     from .ops import broadcast_shapes

@@ -15,6 +15,7 @@ from . import dtypes as D
 from .autograd.mode import no_grad
 from .dispatch import TensorBase as Tensor
 from .dispatch import _from_array, _sizes, apply
+from .factories import _placed
 from .ops import OPS, TensorType
 
 DEFAULT_SEED = 67280421310721
@@ -24,6 +25,7 @@ class Generator:
     """A random stream: ``g = tracejit.Generator().manual_seed(0); tracejit.rand(3, generator=g)``."""
 
     def __init__(self, device="cpu", seed=DEFAULT_SEED):
+        # one counter-based stream serves every device: draws are made on the host and moved where asked
         self.state = Tensor._make(np.array([seed, 0], dtype=np.int64), TensorType((2,), D.int64))
         self._seed = seed
 
@@ -83,7 +85,7 @@ def _float(dtype):
 def rand(*size, generator=None, dtype=None, requires_grad=False, device=None):
     """Uniform numbers in [0, 1)."""
     u = (generator or default_generator)._draw(_sizes(size), _float(dtype))
-    return u.requires_grad_(True) if requires_grad else u
+    return _placed(u, device, requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, requires_grad=False, device=None):
@@ -100,7 +102,7 @@ def randn(*size, generator=None, dtype=None, requires_grad=False, device=None):
         if z.shape[0] != n:
             z = z[:n]
         z = z.reshape(shape)
-    return z.requires_grad_(True) if requires_grad else z
+    return _placed(z, device, requires_grad)
 
 
 def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
@@ -113,23 +115,26 @@ def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
                                                D.float64)
     with no_grad():
         v = (u * float(high - low)).to(D.int64) + int(low)
-    return v if dtype is None else v.to(dtype)
+    return _placed(v if dtype is None else v.to(dtype), device)
 
 
-def randperm(n, generator=None, dtype=None):
+def randperm(n, generator=None, dtype=None, device=None):
     """A random permutation of 0..n-1 (eager only: it sorts)."""
     u = (generator or default_generator)._draw((n,), D.float64)
-    return _from_array(np.argsort(u.numpy(), kind="stable").astype(np.int64))
+    perm = _from_array(np.argsort(u.numpy(), kind="stable").astype(np.int64))
+    return _placed(perm if dtype is None else perm.to(dtype), device)
 
 
-def rand_like(t, generator=None, dtype=None):
-    return rand(tuple(t.shape), generator=generator, dtype=dtype or t.dtype)
+def rand_like(t, generator=None, dtype=None, device=None):
+    return rand(tuple(t.shape), generator=generator, dtype=dtype or t.dtype,
+                device=t._box.device if device is None else device)
 
 
-def randn_like(t, generator=None, dtype=None):
-    return randn(tuple(t.shape), generator=generator, dtype=dtype or t.dtype)
+def randn_like(t, generator=None, dtype=None, device=None):
+    return randn(tuple(t.shape), generator=generator, dtype=dtype or t.dtype,
+                 device=t._box.device if device is None else device)
 
 
 def bernoulli(p, generator=None):
     """1.0 with probability p (elementwise), else 0.0."""
-    return (rand(tuple(p.shape), generator=generator, dtype=p.dtype) < p).to(p.dtype)
+    return (rand(tuple(p.shape), generator=generator, dtype=p.dtype, device=p._box.device) < p).to(p.dtype)

@@ -338,7 +338,7 @@ class Optimizer:
                              f"{where[1]}) has shape {shape_str(value.shape)}, but the parameter has shape "
                              f"{shape_str(p.shape)}")
         dtype = p.dtype if p.dtype.is_floating_point and value.dtype.is_floating_point else value.dtype
-        return tensor(value.detach(), dtype=dtype)
+        return tensor(value.detach(), dtype=dtype, device=p.device)  # on the parameter's device, as PyTorch
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
