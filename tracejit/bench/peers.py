@@ -1,4 +1,5 @@
-"""The same workloads in PyTorch eager, torch.compile and jax.jit, from the same initial arrays.
+"""The same workloads in PyTorch eager, torch.compile and jax.jit, from the same initial arrays (lstm and gpt in
+seq_peers.py).
 
 Peers are optional (`pip install 'tracejit[peers]'`): `availability()` says which import, and a missing
 one is skipped with a note, never an error.
@@ -341,3 +342,9 @@ _JAX: dict[str, Callable[[dict, dict], Built]] = {
     "lenet": _jax_lenet, "mlp": _jax_mlp, "ewchain": _jax_ewchain, "convblock": _jax_convblock,
     "linreg": _jax_linreg,
 }
+
+
+from .seq_peers import SEQ_JAX, SEQ_TORCH  # noqa: E402 (written with the helpers above)
+
+_TORCH.update(SEQ_TORCH)
+_JAX.update(SEQ_JAX)

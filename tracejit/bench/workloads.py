@@ -1,4 +1,5 @@
-"""The benchmark workloads (lenet, mlp, ewchain, convblock, linreg) written once for tracejit.
+"""The benchmark workloads (lenet, mlp, ewchain, convblock, linreg; lstm and gpt in seq_workloads.py) written once
+for tracejit.
 
 Each workload draws its initial weights and data as NumPy arrays, so every mode and every peer
 (`peers.py`) starts from identical numbers and their losses can be cross-checked.
@@ -262,6 +263,10 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("linreg", "Linear(1,1), MSE, SGD lr 0.01, batch 64: 1000 tiny steps timed as one unit",
              "{steps} steps", _linreg_config, _linreg_arrays, _linreg_build),
 ]}
+
+from .seq_workloads import SEQ_WORKLOADS  # noqa: E402 (written with the helpers above)
+
+WORKLOADS.update(SEQ_WORKLOADS)
 
 
 def build_tracejit(workload: Workload, cfg: dict, arrays: dict, mode: str) -> Built:

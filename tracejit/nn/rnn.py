@@ -253,11 +253,12 @@ class RNNBase(Module):
         b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
         w_hr = params[-1] if self.proj_size > 0 else None
         steps = x.shape[0]
-        # the input projection of every step as one matmul: [T, B, in] @ [in, G]
-        xw = x.matmul(w_ih.t())
+        # the input projection of every step as one matmul: [T * B, in] @ [in, G], each step's rows a slice
+        batch = x.shape[1]
+        xw = x.reshape(steps * batch, x.shape[2]).matmul(w_ih.t())
         if b_ih is not None:
             xw = xw + b_ih
-        xs = xw.unbind(0)
+        xs = [xw.narrow(0, t * batch, batch) for t in range(steps)]
         outs: list = [None] * steps
         for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
             if self.mode == "LSTM":

@@ -10,6 +10,7 @@ import time
 
 from ..ir import Graph, verify
 from .context import targeting
+from .combine_pieces import combine_pieces
 from .cse import cse
 from .dce import dce
 from .fuse_elementwise import fuse_elementwise
@@ -22,6 +23,7 @@ PIPELINE = [
     dce,
     cse,
     simplify,
+    combine_pieces,
     dce,
     fuse_window,
     dce,

@@ -3,7 +3,9 @@ into `fused` nodes, each run as one kernel.
 
 Keeps true: a group is placed at the position of its last member and is only formed when no value it
 produces is needed by an outside node before that position (so order stays topological); constants
-(`full`) and reshape/expand views of group inputs are copied into the bodies that read them; every value
+(`full`) and reshape/expand/slice views of group inputs are copied into the bodies that read them (a kernel
+reads a slice where it lies); a `cat` of values one group computes over its whole space joins that group (the
+kernel stores each piece into its place: an LSTM cell's four gate gradients into one [B, 4H] array); every value
 a group produces that something outside reads becomes an output of the fused node. Why neighbours were
 not fused is recorded in `graph.notes`.
 """
@@ -14,7 +16,7 @@ from ...ops import Kind
 from ..ir import FusedKind, Graph, Node, fused
 
 REDUCTIONS = ("sum", "amax")
-VIEWS = ("reshape", "expand")
+VIEWS = ("reshape", "expand", "slice")
 
 
 def _is_ew(n: Node) -> bool:
@@ -122,6 +124,8 @@ def fuse_elementwise(g: Graph) -> Graph:
         if _is_red(n):
             target.reductions.add(n.outputs[0].id)
 
+    _absorb_cats(nodes, producer, consumers, group_of, notes, legal)
+
     # emit: each group at the position of its last member
     emit_at = {grp.last: grp for grp in groups}
     new_nodes = []
@@ -135,6 +139,26 @@ def fuse_elementwise(g: Graph) -> Graph:
     result = g.replace(nodes=new_nodes)
     result.notes = notes
     return result
+
+
+def _absorb_cats(nodes, producer, consumers, group_of, notes, legal) -> None:
+    """A `cat` whose inputs are all values one group computes over its whole space joins that group."""
+    for i, n in enumerate(nodes):
+        if n.body is not None or n.op.name != "cat" or i in group_of:
+            continue
+        grps = {id(group_of.get(producer.get(v.id, -1))) for v in n.inputs}
+        grp = group_of.get(producer.get(n.inputs[0].id, -1))
+        if grp is None or len(grps) != 1 or len(set(v.id for v in n.inputs)) != len(n.inputs):
+            continue
+        if any(tuple(v.shape) != tuple(grp.space) or v.id in grp.reductions for v in n.inputs):
+            continue
+        why = legal(set(grp.members) | {i}, i)
+        if why is not None:
+            notes.append(f"not fused: cat (node {i}) into its pieces' kernel: {why}")
+            continue
+        grp.members.append(i)
+        grp.last = i
+        group_of[i] = grp
 
 
 def _build(grp: _Group, nodes, producer, consumers, out_ids) -> Node:

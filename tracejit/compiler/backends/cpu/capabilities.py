@@ -12,6 +12,9 @@ from .... import dtypes as D
 from ... import ir
 from ...ir import Pattern
 
+# the kernel.lower extensions this backend renders (render.py): sliced loads / stores into a cat (strided arrays),
+# and row kernels (softmax, layer norm: reductions read back in the same kernel)
+LOOP_FEATURES = frozenset({"strided", "rows"})
 MAX_POOL = 15  # the fused conv/pool kernels take square pool windows up to 15 x 15 (argmax a*k + b in uint8)
 FLOATS = (D.float32, D.float64)  # what the window kernels and the GEMMs compute in
 

@@ -20,10 +20,10 @@ from . import render as R
 from . import threads
 from .blas import control as blas
 from .blas.calls import sgemm_description
-from .capabilities import supports
+from .capabilities import LOOP_FEATURES, supports
 from .index import IndexCheckFailed
 from .render import PRELUDE, SEGMENT_PRELUDE, _render_block, packable, render_multi, render_packed
-from .segment import SegmentSource, segment_io, split_segments
+from .segment import SegmentSource, input_offsets, segment_io, split_segments
 from .views import addresses
 from .window.steps import as_c, window_step
 
@@ -47,12 +47,14 @@ class KernelStep:
         out_pos = {v.id: i for i, v in enumerate(node.outputs)}
         self.loads, self.outs, order = [], [], []
         for member, k, in_map in parts:
-            self.loads += [(in_map[a.source], a.shape) for a in k.loads]
+            self.loads += [(in_map[a.source], a.arg_shape) for a in k.loads]
             for r in k.results:
                 v = member.outputs[r.array.source]
-                self.outs.append((v.type.shape, v.type.dtype.np, r.array.shape))
+                self.outs.append((v.type.shape, v.type.dtype.np, r.array.arg_shape))
                 order.append(out_pos[v.id])
         self.out_order = [order.index(i) for i in range(len(node.outputs))]
+        # several results may write one output (pieces of a cat it produces): they share its array
+        self.share = [order.index(pos) for pos in order]
         self.first_call_s: float | None = None
         # render_packed's rows -> positions in (loads + results), the order of its address table
         self.rows = None
@@ -76,7 +78,9 @@ class KernelStep:
                 if not copied:
                     args, copied = list(args), True
                 args[ii] = outs[self.out_order[oi]] = np.array(a, order="C")
-        outs = [np.empty(shape, dtype) if o is None else o for o, (shape, dtype, _) in zip(outs, self.outs)]
+        for j, (shape, dtype, _) in enumerate(self.outs):
+            first = self.share[j]
+            outs[j] = outs[first] if first < j else np.empty(shape, dtype) if outs[j] is None else outs[j]
         t0 = time.perf_counter() if self.first_call_s is None else 0.0
         if self.rows is not None:
             # the table needs 1-D arrays (one Numba type); any 1-D array of the right size will do
@@ -168,8 +172,11 @@ class SegmentStep:
     """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
     compile it (first call), the run falls back to one step per node, and the reason is kept."""
 
-    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=()):
+    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=(),
+                 offsets=()):
         self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
+        # inputs passed flat from an element offset on (segment.input_offsets): (position, offset)
+        self.offsets = [(i, off) for i, off in enumerate(offsets) if off]
         self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
         self.first_call_s: float | None = None
         self.uses_threads = uses_threads  # the generated function takes the pool's thread count last
@@ -177,6 +184,8 @@ class SegmentStep:
 
     def _args(self, args):
         arrays = [as_c(a) for a in args]
+        for i, off in self.offsets:
+            arrays[i] = arrays[i].reshape(-1)[off:]
         if self.uses_threads:
             arrays.append(numba.get_num_threads())
         return arrays
@@ -199,6 +208,7 @@ class SegmentStep:
                 self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
                 self.fn = self.fallback()
                 self.uses_threads = False
+                self.offsets = []
                 out = self.fn(*args)
             self.first_call_s = time.perf_counter() - t0
             interrupt.check()  # a Ctrl-C held while Numba compiled this segment
@@ -240,7 +250,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
             pos = {v.id: i for i, v in enumerate(node.inputs)}
             parts = []
             for t, m in enumerate(members):
-                k = lower(m, prefix=f"v{t}_" if kind is FusedKind.MULTI else "v")
+                k = lower(m, prefix=f"v{t}_" if kind is FusedKind.MULTI else "v", features=LOOP_FEATURES)
                 parts.append((m, k, [pos[v.id] for v in m.inputs]))
             kernels = [k for _, k, _ in parts]
             rows, aliased = None, set()
@@ -314,8 +324,9 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
         if not outs and not any(n.body is None and n.op.name == "check_index" for n in item):
             continue
         t0 = time.perf_counter()
+        offsets = input_offsets(item, ins)
         seg = SegmentSource(item, ins, outs, R.PARALLEL_MIN, render_multi, _render_block, R.FASTMATH,
-                            blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"))
+                            blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"), offsets)
         src = seg.source()
         fn, hit = cache.load(SEGMENT_PRELUDE + src, "segment")
         t_render[0] += time.perf_counter() - t0
@@ -329,6 +340,6 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
                     else blas.threads_for(seg.max_gemm_flops))
         step = SegmentStep(fn, src, hit, nthreads,
                            lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
-                           label, fallbacks, seg.uses_threads, seg.checks)
+                           label, fallbacks, seg.uses_threads, seg.checks, offsets)
         units.append((step, ins, outs))
     return units

@@ -39,6 +39,17 @@ def _index(shape, lv: str = "i") -> str:
     return ", ".join(idx)
 
 
+def _at(arr, lv: str) -> str:
+    """The subscript of `arr` at the loop variables: a multi-index, or a strided array's flat offset."""
+    if arr.strides is None:
+        return _index(arr.shape, lv)
+    terms = [str(arr.offset)] if arr.offset else []
+    for d, (n, st) in enumerate(zip(arr.shape, arr.strides)):
+        if n != 1 and st:
+            terms.append(f"{lv}{d}" if st == 1 else f"{lv}{d} * {st}")
+    return " + ".join(terms) or "0"
+
+
 def _identity(mode, dtype) -> str:
     if mode == "sum":
         return f"Z_{dtype.short}"
@@ -139,7 +150,8 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
 def packable(kernels: list) -> bool:
     """Kernels `render_packed` takes: 1-D loops whose arrays share one float dtype."""
     dtypes = {a.dtype for k in kernels for a in list(k.loads) + [r.array for r in k.results]}
-    return len(dtypes) == 1 and dtypes <= set(SUFFIX) and all(len(k.space) == 1 for k in kernels)
+    return len(dtypes) == 1 and dtypes <= set(SUFFIX) and all(len(k.space) == 1 and k.rows is None and
+                                                              not k.is_strided() for k in kernels)
 
 
 def _shareable(k: LoopKernel) -> bool:
@@ -186,6 +198,10 @@ def _tanh_sigmoid_pairs(stmts) -> dict:
 def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
     """Loop-nest lines (at function-body indent) for kernel `k`; every name carries `tag`, so several
     blocks can share one function. Returns (load array names, result array names, lines)."""
+    if k.rows is not None:
+        return _render_rows(k, tag, parallel, consts)
+    if k.is_strided():
+        parallel = False  # flat offsets are int64: the unsigned chunk bounds below would make them float
     lv, cv = f"i{tag}", f"c{tag}"  # loop variables: per block, so their types never have to unify
     r = len(k.space)
     space = k.space
@@ -207,7 +223,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
             target = body
         if s.op == "load":
             arr = k.loads[s.args[0]]
-            target.append(f"{s.var} = {A[s.args[0]]}[{_index(arr.shape, lv)}]")
+            target.append(f"{s.var} = {A[s.args[0]]}[{_at(arr, lv)}]")
         elif s.var in paired:  # tanh and sigmoid of one value: one call computes both (one exp)
             if paired[s.var] is not None:
                 tanh_var, sig_var = paired[s.var]
@@ -279,7 +295,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     lines.extend(ind + b for b in body)
     for j, res in enumerate(k.results):
         if res.mode == "store":
-            lines.append(f"{ind}{O[j]}[{_index(res.array.shape, lv)}] = {res.var}")
+            lines.append(f"{ind}{O[j]}[{_at(res.array, lv)}] = {res.var}")
         elif j in inner_red:
             lines.append(f"{ind}{_combine(res.mode, f'acc{tag}{j}', res.var)}")
         else:
@@ -300,6 +316,168 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         lines.append(f"        for {lv}m in range({m}):")
         lines.append(f"            {_combine(res.mode, f'of{tag}{j}[{lv}m]', f'pf{tag}{j}[{cv}, {lv}m]')}")
     return A, O, lines
+
+
+def _const_name(value: str, consts: dict) -> str:
+    cname = next((c for c, v in consts.items() if v == value), None)
+    if cname is None:
+        cname = f"K{len(consts)}"
+        consts[cname] = value
+    return cname
+
+
+def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple:
+    """A row kernel (kernel.LoopKernel.rows): for each row, as many loops over its elements as the row statements
+    need -- each loop computes what its row reductions read (recomputing cheap element values rather than
+    storing them), the last one stores the element results -- with per-row statements between the loops.
+
+    Rows run in parallel (fixed chunks of the first row dim) only when every result keeps every row dim, so that
+    no two rows write one element; an accumulation across rows (a column sum) makes it serial."""
+    lv, cv = f"i{tag}", f"c{tag}"
+    rows, space = k.rows, k.space
+    A = [f"a{tag}{i}" for i in range(len(k.loads))]
+    O = [f"o{tag}{j}" for j in range(len(k.results))]
+    dtypes = {s.var: s.dtype for s in k.stmts}
+    by_var = {s.var: s for s in k.stmts}
+
+    def row_array(arr) -> bool:
+        return all(d == 1 for d in arr.shape[rows:])
+
+    level, ready, need = {}, {}, {}  # 'row'/'elem'; row var -> loop after which it is known; elem var -> first loop
+    invariant: set[str] = set()
+    for s in k.stmts:
+        if s.op == "const" or (s.op == "load" and all(d == 1 for d in k.loads[s.args[0]].shape)):
+            level[s.var], ready[s.var] = "row", -1
+            invariant.add(s.var)
+        elif s.op == "load":
+            if row_array(k.loads[s.args[0]]):
+                level[s.var], ready[s.var] = "row", -1
+            else:
+                level[s.var], need[s.var] = "elem", 0
+        elif s.op in ("rowsum", "rowmax"):
+            level[s.var], ready[s.var] = "row", need[s.args[0]]
+        elif all(level[a] == "row" for a in s.args):
+            level[s.var], ready[s.var] = "row", max((ready[a] for a in s.args), default=-1)
+            if all(a in invariant for a in s.args):
+                invariant.add(s.var)
+        else:
+            level[s.var] = "elem"
+            need[s.var] = max((ready[a] + 1 if level[a] == "row" else need[a] for a in s.args), default=0)
+    row_results = [j for j, res in enumerate(k.results) if row_array(res.array) and res.mode != "store"
+                   and all(d == n for d, n in zip(res.array.shape[:rows], space[:rows]))]
+    for j in row_results:  # a row reduction stored, not read: it runs in the loop that can compute its value
+        ready[f"rr{tag}{j}"] = need.get(k.results[j].var, 0)
+    elem_results = [j for j, res in enumerate(k.results) if j not in row_results and
+                    (res.mode != "store" or not row_array(res.array) or level[res.var] == "elem")]
+    phases = [ready[s.var] for s in k.stmts if s.op in ("rowsum", "rowmax")] + \
+        [ready[f"rr{tag}{j}"] for j in row_results]
+    # the element results are stored in the last loop, which must come after everything they read
+    last = max(phases + [need[k.results[j].var] if level[k.results[j].var] == "elem" else
+                         ready[k.results[j].var] + 1 for j in elem_results], default=0)
+    # a result accumulated across rows (or one element written by several rows) makes the rows serial
+    across = any(any(d == 1 and n > 1 for d, n in zip(k.results[j].array.shape[:rows], space[:rows]))
+                 for j in range(len(k.results)) if j not in row_results and k.results[j].mode != "store")
+    parallel = parallel and not across and rows > 0 and space[0] > 1 and not k.is_strided()
+    lines: list[str] = []
+    ind = "    "
+
+    def emit_stmt(s, out: list, indent: str) -> None:
+        if s.op == "load":
+            out.append(f"{indent}{s.var} = {A[s.args[0]]}[{_at(k.loads[s.args[0]], lv)}]")
+        elif s.op == "const":
+            value = SPELLING["constant"](scalar.Ctx(s.dtype, (), {"value": s.args[0]}))
+            out.append(f"{indent}{s.var} = {_const_name(value, consts)}")
+        else:
+            out.append(f"{indent}{s.var} = {_scalar(s, dtypes)}")
+
+    for s in k.stmts:  # constants and scalar loads: once
+        if s.var in invariant:
+            emit_stmt(s, lines, ind)
+    for j in elem_results:  # accumulations into the outputs start from the identity
+        res = k.results[j]
+        if res.mode != "store":
+            size = int(np.prod(res.array.shape))
+            lines.append(f"{ind}f{tag}{j} = view({O[j]}, ({size},))")
+            lines.append(f"{ind}for fi{tag}{j} in range({size}):")
+            lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
+    if parallel:
+        nch = min(space[0], CHUNKS)
+        lines.append(f"{ind}for {cv} in numba.prange({nch}):")
+        ind += "    "
+        lines.append(f"{ind}for {lv}0 in range(({cv} * {space[0]}) // {nch}, (({cv} + 1) * {space[0]}) // {nch}):")
+    else:
+        lines.append(f"{ind}for {lv}0 in range({space[0]}):" if rows > 0 else f"{ind}if True:")
+    ind += "    "
+    for d in range(1, rows):
+        lines.append(f"{ind}for {lv}{d} in range({space[d]}):")
+        ind += "    "
+    emitted = set(invariant)
+    row_stmts = [s for s in k.stmts if level[s.var] == "row" and s.var not in invariant and
+                 s.op not in ("rowsum", "rowmax")]
+
+    def row_stmts_ready(upto: int) -> None:
+        for s in row_stmts:
+            if s.var not in emitted and ready[s.var] <= upto and all(a in emitted for a in s.args):
+                emit_stmt(s, lines, ind)
+                emitted.add(s.var)
+
+    row_stmts_ready(-1)
+    for p in range(last + 1):
+        reds = [s for s in k.stmts if s.op in ("rowsum", "rowmax") and ready[s.var] == p]
+        rr = [j for j in row_results if ready[f"rr{tag}{j}"] == p]
+        wanted = [s.args[0] for s in reds] + [k.results[j].var for j in rr]
+        if p == last:
+            wanted += [k.results[j].var for j in elem_results]
+        needed = set()
+        for v in wanted:
+            needed |= _deps(v, by_var)
+        elem = [s for s in k.stmts if level[s.var] == "elem" and s.var in needed]
+        for s in reds:
+            lines.append(f"{ind}acc{s.var} = {_identity('sum' if s.op == 'rowsum' else 'max', s.dtype)}")
+        for j in rr:
+            lines.append(f"{ind}accr{tag}{j} = {_identity(k.results[j].mode, k.results[j].array.dtype)}")
+        inner = ind
+        for d in range(rows, len(space)):
+            lines.append(f"{inner}for {lv}{d} in range({space[d]}):")
+            inner += "    "
+        for s in elem:
+            emit_stmt(s, lines, inner)
+        for s in reds:
+            lines.append(f"{inner}{_combine('sum' if s.op == 'rowsum' else 'max', f'acc{s.var}', s.args[0])}")
+        for j in rr:
+            lines.append(f"{inner}{_combine(k.results[j].mode, f'accr{tag}{j}', k.results[j].var)}")
+        if p == last:
+            for j in elem_results:
+                res = k.results[j]
+                if res.mode == "store":
+                    lines.append(f"{inner}{O[j]}[{_at(res.array, lv)}] = {res.var}")
+                else:
+                    lines.append(f"{inner}{_combine(res.mode, f'{O[j]}[{_index(res.array.shape, lv)}]', res.var)}")
+        for s in reds:
+            lines.append(f"{ind}{s.var} = acc{s.var}")
+            emitted.add(s.var)
+        row_stmts_ready(p)
+    row_stmts_ready(last)
+    for j in row_results:
+        lines.append(f"{ind}{O[j]}[{_index(k.results[j].array.shape, lv)}] = accr{tag}{j}")
+    for j, res in enumerate(k.results):
+        if j not in elem_results and j not in row_results:  # a row value stored once per row
+            lines.append(f"{ind}{O[j]}[{_index(res.array.shape, lv)}] = {res.var}")
+    return A, O, lines
+
+
+def _deps(var: str, by_var: dict) -> set:
+    """`var` and every statement variable it is computed from."""
+    out, stack = set(), [var]
+    while stack:
+        v = stack.pop()
+        if v in out or v not in by_var:
+            continue
+        out.add(v)
+        s = by_var[v]
+        if s.op not in ("load", "const"):
+            stack.extend(s.args)
+    return out
 
 
 def _acc_init(res) -> str:

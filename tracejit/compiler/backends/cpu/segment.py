@@ -16,7 +16,7 @@ from .... import scalar
 from ....ops import index_message
 from ...ir import FusedKind, Graph, Node, Pattern
 from ..kernel import LoweringError, lower
-from .capabilities import supports
+from .capabilities import LOOP_FEATURES, supports
 from .spelling import SPELLING
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
@@ -35,7 +35,7 @@ def renderable(node: Node) -> bool:
         try:
             members = node.body.nodes if node.fused_kind is FusedKind.MULTI else [node]
             for m in members:
-                lower(m)
+                lower(m, features=LOOP_FEATURES)
         except LoweringError:
             return False
         return True
@@ -69,13 +69,50 @@ def _three(shape, axis):
     return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
 
 
+def _lowered(nodes: list) -> dict:
+    """id(member node) -> its LoopKernel, for the loop kernels among `nodes`."""
+    out = {}
+    for n in nodes:
+        if n.body is not None and n.pattern is None:
+            for m in (n.body.nodes if n.fused_kind is FusedKind.MULTI else [n]):
+                out[id(m)] = lower(m, prefix="v", features=LOOP_FEATURES)
+    return out
+
+
+def input_offsets(nodes: list, inputs: list) -> list:
+    """Per segment input: the flat element offset it is passed from (0: the whole array). An input that the
+    segment only reads through strided loads at offsets >= k is passed from element k on, so that the segments of
+    successive time steps (each reading its own slice of one projection) have the same text and compile once."""
+    pos = {v.id: i for i, v in enumerate(inputs)}
+    low: dict[int, int] = {}
+    other: set[int] = set()
+    kernels = _lowered(nodes)
+    for n in nodes:
+        members = [n] if n.body is None or n.pattern is not None else \
+            (n.body.nodes if n.fused_kind is FusedKind.MULTI else [n])
+        for m in members:
+            k = kernels.get(id(m))
+            if k is None:
+                other.update(v.id for v in m.inputs)
+                continue
+            for a in k.loads:
+                vid = m.inputs[a.source].id
+                if a.strides is None:
+                    other.add(vid)
+                else:
+                    low[vid] = min(low.get(vid, a.offset), a.offset)
+    return [low.get(v.id, 0) if v.id not in other else 0 for v in inputs]
+
+
 class SegmentSource:
     """Generated module text for one segment, and how to call it."""
 
     def __init__(self, nodes: list, inputs: list, outputs: list, parallel_min: int, render_multi, render_block,
-                 fastmath: str, split_gemm_flops: float = float("inf")):
+                 fastmath: str, split_gemm_flops: float = float("inf"), offsets: list | None = None):
         self.nodes, self.inputs, self.outputs = nodes, inputs, outputs
         self.name = {}
+        # inputs the caller passes flat from an element offset on (input_offsets): their loads subtract it
+        self.offsets = {v.id: off for v, off in zip(inputs, offsets or [0] * len(inputs)) if off}
         for i, v in enumerate(inputs):
             self.name[v.id] = f"in{i}"
         # value ids known C-contiguous: the caller makes every input contiguous
@@ -293,15 +330,24 @@ class SegmentSource:
         for m in members:
             self._k += 1
             tag = f"{self._k}_"
-            k = lower(m, prefix=f"v{tag}")
+            k = lower(m, prefix=f"v{tag}", features=LOOP_FEATURES)
             par = k.numel() >= self.parallel_min
-            loads = [self._as(n.inputs[pos[m.inputs[a.source].id]], a.shape) for a in k.loads]
+            loads = []
+            for a in k.loads:
+                v = n.inputs[pos[m.inputs[a.source].id]]
+                skip = self.offsets.get(v.id, 0)
+                if skip:  # passed from element `skip` on, flat
+                    a.offset -= skip
+                    a.size -= skip
+                    loads.append(self.var(v))
+                else:
+                    loads.append(self._as(v, a.arg_shape))
             outs = []
             for r in k.results:
                 v = m.outputs[r.array.source]
                 if v.id not in out_names:
                     out_names[v.id] = self._alloc(v)
-                outs.append(_reshaped(out_names[v.id], r.array.shape, v.shape))
+                outs.append(_reshaped(out_names[v.id], r.array.arg_shape, v.shape))
             if par:
                 self.has_parallel = True
                 fname = f"kernel_{self._k}"
@@ -323,17 +369,23 @@ class SegmentSource:
         return "\n".join(head + [""] + self.kernels + [""] + body) + "\n"
 
 
+def _contraction(n: Node) -> bool:
+    return n.pattern is Pattern.LINEAR or (n.body is None and n.op.name == "matmul")
+
+
 def split_segments(g: Graph, native) -> list:
     """Group the graph's nodes into [('segment', [nodes]) | ('node', node)] in order.
 
-    `native(node)` says a node has its own (non-segment) step, e.g. a window kernel."""
+    `native(node)` says a node has its own (non-segment) step, e.g. a window kernel. A segment also ends before
+    each GEMM: the layers of a model and the time steps of a recurrent layer then make segments of the same text,
+    which compile once (an LSTM's 35 steps, a Transformer's 4 blocks)."""
     out: list = []
     run: list = []
     blocks = 0
     for n in g.nodes:
         if renderable(n) and not native(n):
             loops = len(n.body.nodes) if n.fused_kind is FusedKind.MULTI else int(n.body is not None)
-            if run and blocks + loops > MAX_BLOCKS:  # bound the function size: LLVM time grows faster than linear
+            if run and (blocks + loops > MAX_BLOCKS or _contraction(n)):  # bound the function size: LLVM time grows faster than linear
                 out.append(("segment", run))
                 run, blocks = [], 0
             run.append(n)
