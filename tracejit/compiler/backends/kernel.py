@@ -241,13 +241,13 @@ def lower(node: Node, prefix: str = "v", features=frozenset()) -> LoopKernel:
         name = n.op.name
         if name == "full":
             consts[out.id] = (n.attrs["value"], n.attrs["dtype"])
-        elif name in ("reshape", "expand", "slice"):
+        elif name in ("reshape", "expand", "slice", "permute"):
             src = n.inputs[0]
-            if src.id in consts and name != "slice":
+            if src.id in consts and name in ("reshape", "expand"):
                 consts[out.id] = consts[src.id]
             elif src.id in views:
                 views[out.id] = _view_op(views[src.id], n, features)
-            elif src.id in scalars and name != "slice" and (
+            elif src.id in scalars and name in ("reshape", "expand") and (
                     tuple(out.shape) == tuple(src.shape) or (scalars[src.id] in row_vars and (
                         tuple(out.shape) in (row_nk, row_kd) or (name == "expand" and out.shape == space)))):
                 scalars[out.id] = scalars[src.id]  # a row value seen with or without its reduced dims: one scalar
@@ -318,13 +318,23 @@ def _is_row_load(stmts, loads, var, rows) -> bool:
 
 
 def _view_op(w: _View, n: Node, features) -> _View:
-    """The view `n` (reshape, expand or slice) makes of view `w`."""
+    """The view `n` (reshape, expand, permute or slice) makes of view `w`."""
     name, out = n.op.name, n.outputs[0]
     if name == "expand":
         # an expand keeps the source's shape: its size-1 dims are what broadcasts
         lead = out.type.ndim - len(w.shape)
         strides = None if w.strides is None else (0,) * lead + tuple(w.strides)
         return _View(w.src, _pad(w.shape, out.type.ndim), w.size, strides, w.offset, True)
+    if name == "permute":
+        if "strided" not in features:
+            raise LoweringError("a permuted input (strided load)")
+        dims = n.attrs["dims"]
+        strides = w.with_strides()
+        shape = tuple(w.shape[d] for d in dims)
+        new = tuple(strides[d] for d in dims)
+        if not w.expanded and w.offset == 0 and new == _contiguous(shape):
+            return _View(w.src, shape, w.size)
+        return _View(w.src, shape, w.size, new, w.offset, w.expanded)
     if w.expanded:
         raise LoweringError(f"{name} of a broadcast view")
     if name == "reshape":

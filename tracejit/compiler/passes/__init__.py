@@ -15,6 +15,7 @@ from .cse import cse
 from .dce import dce
 from .fuse_elementwise import fuse_elementwise
 from .fuse_optimizer import fuse_optimizer
+from .fuse_rows import fuse_rows
 from .fuse_window import fuse_window
 from .memory_plan import memory_plan
 from .simplify import simplify
@@ -29,6 +30,7 @@ PIPELINE = [
     dce,
     fuse_elementwise,
     dce,
+    fuse_rows,
     fuse_optimizer,
     memory_plan,
 ]

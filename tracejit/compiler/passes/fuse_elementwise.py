@@ -3,7 +3,7 @@ into `fused` nodes, each run as one kernel.
 
 Keeps true: a group is placed at the position of its last member and is only formed when no value it
 produces is needed by an outside node before that position (so order stays topological); constants
-(`full`) and reshape/expand/slice views of group inputs are copied into the bodies that read them (a kernel
+(`full`) and reshape/expand/slice/permute views of group inputs are copied into the bodies that read them (a kernel
 reads a slice where it lies); a `cat` of values one group computes over its whole space joins that group (the
 kernel stores each piece into its place: an LSTM cell's four gate gradients into one [B, 4H] array); every value
 a group produces that something outside reads becomes an output of the fused node. Why neighbours were
@@ -12,11 +12,13 @@ not fused is recorded in `graph.notes`.
 
 from __future__ import annotations
 
+import math
+
 from ...ops import Kind
 from ..ir import FusedKind, Graph, Node, fused
 
 REDUCTIONS = ("sum", "amax")
-VIEWS = ("reshape", "expand", "slice")
+VIEWS = ("reshape", "expand", "slice", "permute")
 
 
 def _is_ew(n: Node) -> bool:
@@ -136,9 +138,47 @@ def fuse_elementwise(g: Graph) -> Graph:
                 new_nodes.append(_build(grp, nodes, producer, consumers, out_ids))
             continue
         new_nodes.append(n)
-    result = g.replace(nodes=new_nodes)
+    result = g.replace(nodes=_merge_small_neighbours(new_nodes, notes))
     result.notes = notes
     return result
+
+
+SMALL = 4096  # elements: neighbouring kernels this small run as one (an optimizer's per-parameter step counts)
+
+
+def _merge_small_neighbours(nodes: list, notes: list) -> list:
+    """Consecutive elementwise groups over one small space become one kernel (nothing runs between them, so
+    the merged node's position keeps the order topological)."""
+    out: list = []
+    merged = 0
+    for n in nodes:
+        prev = out[-1] if out else None
+        if prev is not None and n.fused_kind is FusedKind.ELEMENTWISE and prev.fused_kind is FusedKind.ELEMENTWISE:
+            space = _group_space(n)
+            if space is not None and space == _group_space(prev) and math.prod(space) <= SMALL:
+                out[-1] = _concat(prev, n)
+                merged += 1
+                continue
+        out.append(n)
+    if merged:
+        notes.append(f"fuse_elementwise: {merged} small neighbouring kernels merged into the kernel before them")
+    return out
+
+
+def _group_space(n: Node):
+    for m in n.body.nodes:
+        if _is_ew(m):
+            return tuple(m.outputs[0].shape)
+    return None
+
+
+def _concat(a: Node, b: Node) -> Node:
+    produced = {v.id for v in a.outputs}
+    inputs = list(a.inputs) + [v for v in b.inputs if v.id not in produced and v not in a.inputs]
+    nodes = list(a.body.nodes) + [m for m in b.body.nodes if not any(m is x for x in a.body.nodes)]
+    outputs = list(a.outputs) + list(b.outputs)
+    body = Graph(a.body.name, inputs, nodes, outputs, {}, [None] * len(outputs))
+    return fused(FusedKind.ELEMENTWISE, inputs, outputs, body)
 
 
 def _absorb_cats(nodes, producer, consumers, group_of, notes, legal) -> None:

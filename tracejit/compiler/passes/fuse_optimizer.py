@@ -3,12 +3,14 @@ optimizer-state updates, new .grad values) moves to the end of the step and join
 kernel, so the whole optimizer update is a single launch.
 
 Keeps true: a moved kernel's inputs are all defined before the end, and nothing inside the graph reads
-its outputs, so order stays topological; member kernels keep their own bodies (run in sequence).
+its outputs, so order stays topological; member kernels keep their own bodies (run in sequence). The small
+kernels left next to each other by the move (per-parameter step counts) then merge as fuse_elementwise's do.
 """
 
 from __future__ import annotations
 
 from ..ir import FusedKind, Graph, fused
+from .fuse_elementwise import _merge_small_neighbours
 
 
 def fuse_optimizer(g: Graph) -> Graph:
@@ -27,7 +29,9 @@ def fuse_optimizer(g: Graph) -> Graph:
     outputs = [v for n in sinks for v in n.outputs]
     body = Graph("optimizer", inputs, list(sinks), outputs, {}, [None] * len(outputs))
     node = fused(FusedKind.MULTI, inputs, outputs, body)
-    result = g.replace(nodes=[n for n in g.nodes if id(n) not in sink_ids] + [node])
-    result.notes = [f"fuse_optimizer: {len(sinks)} write-back kernels "
-                    f"({sum(len(n.outputs) for n in sinks)} tensors) run as one multi-tensor kernel"]
+    notes = [f"fuse_optimizer: {len(sinks)} write-back kernels "
+             f"({sum(len(n.outputs) for n in sinks)} tensors) run as one multi-tensor kernel"]
+    rest = _merge_small_neighbours([n for n in g.nodes if id(n) not in sink_ids], notes)
+    result = g.replace(nodes=rest + [node])
+    result.notes = notes
     return result

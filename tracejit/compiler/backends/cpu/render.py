@@ -417,7 +417,8 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
 
     def row_stmts_ready(upto: int) -> None:
         for s in row_stmts:
-            if s.var not in emitted and ready[s.var] <= upto and all(a in emitted for a in s.args):
+            if s.var not in emitted and ready[s.var] <= upto and (
+                    s.op in ("load", "const") or all(a in emitted for a in s.args)):
                 emit_stmt(s, lines, ind)
                 emitted.add(s.var)
 

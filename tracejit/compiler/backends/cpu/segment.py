@@ -120,6 +120,9 @@ class SegmentSource:
         self.fortran = set()  # value ids known F-contiguous (2-D transposes)
         self.transpose_of: dict[int, str] = {}  # F-contiguous value id -> name of the C array it transposes
         self.copies: dict[int, str] = {}  # value id -> name of its C-contiguous copy
+        # batched transposes (last two dims swapped) of C-contiguous arrays, not made until something other than
+        # a batched matmul (which reads them with a transpose flag) needs them: value id -> (source name, node)
+        self.virtual: dict[int, tuple] = {}
         self.consts: dict[str, str] = {}
         self.kernels: list[str] = []
         self.lines: list[str] = []
@@ -135,6 +138,11 @@ class SegmentSource:
             self._emit(n)
 
     def var(self, v) -> str:
+        if v.id not in self.name and v.id in self.virtual:
+            src, shape = self.virtual.pop(v.id)
+            o = self._alloc(v)  # needed as an array after all: the copy loop
+            nd = len(shape)
+            self._copy(o, shape, None, src, lambda q: q[:nd - 2] + [q[nd - 1], q[nd - 2]])
         return self.name[v.id]
 
     def _def(self, v) -> str:
@@ -144,8 +152,9 @@ class SegmentSource:
 
     def _c(self, v) -> str:
         """An expression for `v` that is C-contiguous (a copy loop, made once, when `v` is not)."""
+        name = self.var(v)  # (a virtual transpose becomes an array here)
         if v.id in self.contiguous:
-            return self.var(v)
+            return name
         if v.id not in self.copies:
             name = self.copies[v.id] = f"cc{v.id}"
             self.lines.append(f"    {name} = empty({_shape(v.shape)}, {_np(v.dtype)})")
@@ -185,6 +194,13 @@ class SegmentSource:
             return self.transpose_of[v.id], 1, v.shape[0]
         return self._c(v), 0, v.shape[1]
 
+    def _batch_operand(self, v) -> tuple:
+        """(flat C-contiguous buffer, transposed flag, leading dimension) of a batched matmul operand."""
+        if v.id in self.virtual and v.id not in self.name:
+            src, shape = self.virtual[v.id]
+            return f"view({src}, ({v.type.numel},))", 1, shape[-2]
+        return self._as(v, (v.type.numel,)), 0, v.shape[-1]
+
     def _alloc(self, v) -> str:
         name = self._def(v)
         self.lines.append(f"    {name} = empty({_shape(v.shape)}, {_np(v.dtype)})")
@@ -208,6 +224,9 @@ class SegmentSource:
                 if n.inputs[0].id in self.contiguous:
                     self.fortran.add(out.id)  # BLAS takes a transposed C array without a copy
                     self.transpose_of[out.id] = src
+            elif len(a["dims"]) > 2 and tuple(a["dims"]) == tuple(range(len(a["dims"]) - 2)) + \
+                    (len(a["dims"]) - 1, len(a["dims"]) - 2) and n.inputs[0].id in self.contiguous:
+                self.virtual[out.id] = (src, tuple(out.shape))  # a batched transpose: made only if needed
             else:
                 dims = tuple(a["dims"])
                 o = self._alloc(out)  # a copy: np.transpose's overload took ~3 s to compile per process
@@ -235,14 +254,20 @@ class SegmentSource:
                 L.append(f"    B.gemm({xs}, {ws}, {o})")
             else:
                 b = math.prod(out.shape[:-2])
-                L.append(f"    _x = {self._as(x, (b,) + tuple(x.shape[-2:]))}")
-                L.append(f"    _w = {self._as(w, (b,) + tuple(w.shape[-2:]))}")
-                L.append(f"    _o = {self._as(out, (b,) + tuple(out.shape[-2:]))}")
                 (m, k), n_ = x.shape[-2:], w.shape[-1]
-                L.append(f"    for _b in range({b}):")
-                if min(m, n_, k) > 0:
-                    L.append(f"        G.gemm_nt(0, 0, {m}, {n_}, {k}, _x[_b], {k}, _w[_b], {n_}, _o[_b])")
+                if min(m, n_, k) > 0:  # one GEMM per batch entry, transposed operands read in place
+                    (xa, ta, lda), (wb, tb, ldb) = self._batch_operand(x), self._batch_operand(w)
+                    args = f"{ta}, {tb}, {b}, {m}, {n_}, {k}, {xa}, {lda}, {wb}, {ldb}, {self._as(out, (out.type.numel,))}"
+                    if 2.0 * out.type.numel * k >= self.split_gemm_flops and b > 1:
+                        self.uses_threads = True
+                        L.append(f"    G.bgemm_par({args}, nt_)")
+                    else:
+                        L.append(f"    G.bgemm({args})")
                 else:
+                    L.append(f"    _x = {self._as(x, (b,) + tuple(x.shape[-2:]))}")
+                    L.append(f"    _w = {self._as(w, (b,) + tuple(w.shape[-2:]))}")
+                    L.append(f"    _o = {self._as(out, (b,) + tuple(out.shape[-2:]))}")
+                    L.append(f"    for _b in range({b}):")
                     L.append("        B.gemm(_x[_b], _w[_b], _o[_b])")
         elif name == "check_index":
             idx = n.inputs[0]
@@ -279,11 +304,13 @@ class SegmentSource:
         elif name == "cat":
             o = self._alloc(out)
             axis = a["axis"] % len(out.shape)
+            rows, inner = math.prod(out.shape[:axis]), math.prod(out.shape[axis + 1:])
             start = 0
-            for part in n.inputs:
-                def at(q, start=start):
-                    return [f"{start} + {v}" if d == axis and start else v for d, v in enumerate(q)]
-                self._copy(o, part.shape, at, self.var(part), None)
+            for part in n.inputs:  # each piece: `rows` contiguous runs of its elements into the output's rows
+                width = part.shape[axis] * inner
+                if width and rows:
+                    L.append(f"    H.copy_block({_reshaped(o, (out.type.numel,), out.shape)}, {out.shape[axis] * inner}, "
+                             f"{start * inner}, {self._as(part, (part.type.numel,))}, {width}, {rows})")
                 start += part.shape[axis]
         elif name == "pad":
             o = self._alloc(out)

@@ -83,3 +83,20 @@ def gemm_bias_act_par(ta, tb, m, n, k, a, lda, b, ldb, bias, relu, out, parts):
 def gemm_nt_par(ta, tb, m, n, k, a, lda, b, ldb, out, parts):
     """gemm_nt split over the pool: `gemm_bias_act_par` without an epilogue."""
     gemm_bias_act_par(ta, tb, m, n, k, a, lda, b, ldb, np.empty(0, out.dtype), -1, out, parts)
+
+
+@numba.njit(cache=True)
+def bgemm(ta, tb, batch, m, n, k, a, lda, b, ldb, out):
+    """A batched matmul: out[p] = op(a[p]) @ op(b[p]) for p < batch, over flat C-contiguous buffers holding
+    `batch` blocks of m*k, k*n and m*n elements (a transposed operand is its block's transpose, as in gemm_nt):
+    the batch's attention scores and weighted values without copying transposed keys."""
+    for p in range(batch):
+        gemm_at(ta, tb, m, n, k, a, p * m * k, lda, b, p * k * n, ldb, out, p * m * n, n, out.dtype.type(0))
+
+
+@numba.njit(parallel=True, cache=True)
+def bgemm_par(ta, tb, batch, m, n, k, a, lda, b, ldb, out, parts):
+    """`bgemm` with the batch split into `parts` runs, one per thread of the pool (BLAS set to one thread)."""
+    for q in numba.prange(parts):
+        for p in range(q * batch // parts, (q + 1) * batch // parts):
+            gemm_at(ta, tb, m, n, k, a, p * m * k, lda, b, p * k * n, ldb, out, p * m * n, n, out.dtype.type(0))
