@@ -518,11 +518,20 @@ def explain(fn, *args, **kwargs) -> Explanation:
 
 
 def _memory_words(v: Variant) -> str:
-    """What a variant costs in memory: its planned buffers (memory_plan's note) and what compiling and loading its
-    kernels added to the process (measured around its first call; kernels shared with other variants cost once)."""
+    """What a variant costs in memory: memory_plan's planned peak (node by node, with reuse) against what eager
+    allocates; what the runtime holds (its arena: step results in buffers allocated once, reused every call) and
+    still allocates per call; and what compiling and loading its kernels added to the process (measured around
+    its first call; kernels shared with other variants cost once)."""
     plan = next((n.split(": ", 1)[1] for n in v.graph.notes if n.startswith("memory_plan:")), None)
+    parts = [f"planned: {plan}" if plan else "no memory plan"]
+    mem = getattr(v.program, "memory", None)
+    if mem is not None:
+        m = mem()
+        parts.append(f"runtime arena: {m['arena_bytes'] / 1e6:.2f} MB in {m['arena_buffers']} buffers for "
+                     f"{m['arena_values']} step results (allocated once, reused by every call); "
+                     f"{m['per_call_bytes'] / 1e6:.2f} MB of step results allocated per call (returned values, "
+                     f"state not updated in place, generated segments' own arrays)")
     added = getattr(v, "rss_added", None)
-    parts = [plan or "no memory plan"]
     if added is None:
         parts.append("its first call has not run yet (that is when kernels are compiled or loaded)")
     else:
