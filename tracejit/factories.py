@@ -53,15 +53,16 @@ def from_numpy(arr):
     """A tensor sharing `arr`'s memory, as in PyTorch: writes into the array show in the tensor, and in-place
     ops on the tensor (and compiled steps that update it) write into the array (see _shared.py).
 
-    Float64 stays float64. Arrays of dtypes tracejit does not store (int32, uint8, ...) raise: a converted
-    copy could not share memory; use ``tracejit.tensor(arr)`` for a copy."""
+    Float64 stays float64. An array of a dtype tracejit does not store (int32, uint8, ...) cannot be shared: the
+    tensor is a converted copy, and a warning says so (``from_numpy(img).float() / 255`` still works)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"expected np.ndarray (got {type(arr).__name__})")
     if arr.dtype not in _NATIVE:
         have = D.from_numpy(arr.dtype)  # (raises for dtypes with no tracejit counterpart at all)
-        raise TypeError(f"from_numpy: tracejit has no {arr.dtype} dtype (it would store the values as "
-                        f"{have.name}), so the tensor could not share the array's memory as PyTorch's does; "
-                        f"use tracejit.tensor(arr) for a converted copy, or arr.astype(np.{np.dtype(have.np).name})")
+        warnings.warn(f"from_numpy: tracejit has no {arr.dtype} dtype, so the tensor is a copy (in {have.name}) that "
+                      f"does not share memory with the array (unlike PyTorch, writes into one are not seen by the "
+                      f"other); use tracejit.tensor(arr) to say that a copy is meant", UserWarning, stacklevel=2)
+        return _from_array(arr.astype(have.np))
     t = _from_array(arr)
     if t._box.value is arr:  # (not while tracing: there the array is a constant of the graph)
         if arr.flags.writeable:
