@@ -495,6 +495,33 @@ print(x.new_ones(2), x.new_zeros((1, 2)), x.new_full((2,), 3), x.new_tensor([1, 
 print(torch.norm(torch.tensor([3., 4.])), torch.tensor([[1., 2.], [3., 4.]]).tril())
 '''
 
+EXAMPLES_SNIPPETS = '''
+# pytorch/examples forward_forward: overlay the label on the input
+x = torch.tensor([[0.5, 0.2, 0.9, 0.1], [0.3, 0.8, 0.4, 0.6]])
+y = torch.tensor([1, 3])
+x_ = x.clone()
+x_[:, :2] *= 0.0
+x_[range(x.shape[0]), y] = x.max()
+print(x_, x[range(2), y])
+print(x / (x.norm(2, 1, keepdim=True) + 1e-4))
+# pytorch/examples regression: poly_desc formats 0-d tensors
+W = torch.tensor([[1.5], [-2.25], [0.125]])
+b = torch.tensor([0.5])
+result = 'y = '
+for i, w in enumerate(W.view(-1)):
+    result += '{:+.2f} x^{} '.format(w, i + 1)
+result += '{:+.2f}'.format(b[0])
+print(result)
+# word_language_model: the square subsequent mask and positional encoding slices
+mask = torch.triu(torch.ones(4, 4) * float('-inf'), diagonal=1)
+print(mask)
+pe = torch.zeros(3, 4)
+position = torch.arange(0, 3, dtype=torch.float).unsqueeze(1)
+pe[:, 0::2] = torch.sin(position)
+pe[:, 1::2] = torch.cos(position)
+print(pe)
+'''
+
 
 def _run_program(src, module):
     buf = io.StringIO()
@@ -503,7 +530,8 @@ def _run_program(src, module):
     return re.sub(r"\b(torch|tracejit)\.", "T.", buf.getvalue())
 
 
-@pytest.mark.parametrize("src", [TENSORS_TUTORIAL, AUTOGRAD_TUTORIAL], ids=["tensors", "autograd"])
+@pytest.mark.parametrize("src", [TENSORS_TUTORIAL, AUTOGRAD_TUTORIAL, EXAMPLES_SNIPPETS],
+                         ids=["tensors", "autograd", "examples"])
 def test_tutorial_programs_print_what_pytorch_prints(src):
     # (rand_like results are overwritten by out= before they are printed: the output is deterministic)
     assert _run_program(src, tj) == _run_program(src, torch)
@@ -601,3 +629,71 @@ def test_positional_encoding_and_masking_patterns_compile():
     w.grad = None
     assert loss_c == step(x, 2).item()
     np.testing.assert_array_equal(g_c, w.grad.numpy())
+
+
+# ----------------------------------------------------------------------------------------------- more methods
+
+MORE = {
+    "abs_": lambda T, x: (x * 1).abs_(),
+    "neg_": lambda T, x: (x * 1).neg_(),
+    "exp_": lambda T, x: (x * 1).exp_(),
+    "sigmoid_": lambda T, x: (x * 1).sigmoid_(),
+    "tanh_": lambda T, x: (x * 1).tanh_(),
+    "relu_": lambda T, x: (x * 1).relu_(),
+    "masked_fill_": lambda T, x: (x * 1).masked_fill_(x > 0.5, -1.0),
+    "clamp_min": lambda T, x: x.clamp_min(0.1),
+    "clamp_max_": lambda T, x: (x * 1).clamp_max_(0.2),
+    "addcmul": lambda T, x: T.addcmul(x, x, x, value=0.5),
+    "addcdiv": lambda T, x: x.addcdiv(x, x + 2, value=2),
+    "lerp": lambda T, x: T.lerp(x, x * 3, 0.25),
+    "dot": lambda T, x: T.dot(x[0], x[1]),
+    "mv": lambda T, x: T.mv(x, x[0]),
+    "outer": lambda T, x: T.outer(x[0], x[1, :2]),
+    "logsumexp": lambda T, x: T.logsumexp(x * 50, 1),
+    "logsumexp-keepdim": lambda T, x: x.logsumexp(0, keepdim=True),
+    "isnan": lambda T, x: T.isnan(T.log(x - 0.5)),
+    "isinf": lambda T, x: T.isinf(1 / (x * 0)),
+    "isfinite": lambda T, x: T.isfinite(T.log(x - 0.5)),
+    "logical": lambda T, x: (T.logical_and(x > 0.3, x < 0.7), T.logical_or(x > 0.9, x < 0.1),
+                             T.logical_xor(x > 0.3, x < 0.7)),
+    "count_nonzero": lambda T, x: (T.count_nonzero(x > 0.5), (x > 0.5).count_nonzero(1)),
+    "flip": lambda T, x: T.flip(x, (0, 1)),
+    "fliplr": lambda T, x: x.fliplr(),
+    "tile": lambda T, x: T.tile(x, (2,)),
+    "repeat_interleave": lambda T, x: (x.repeat_interleave(2), x.repeat_interleave(3, dim=1)),
+    "movedim": lambda T, x: T.movedim(x.reshape(1, 3, 4), 0, -1),
+    "broadcast": lambda T, x: (T.broadcast_to(x[0], (2, 4)), *T.broadcast_tensors(x[:, :1], x[0])),
+    "stacks": lambda T, x: (T.hstack([x, x]), T.vstack([x[0], x[1]]), T.hstack([x[0], x[1]])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE))
+def test_more_methods_match_torch(case, rng):
+    base = rng.random((3, 4))
+    out = []
+    for T in (tj, torch):
+        x = T.tensor(base, requires_grad=True)
+        with np.errstate(all="ignore"):  # (log of negatives, 1/0: nan and inf, silently as in PyTorch)
+            y = MORE[case](T, x)
+        ys = y if isinstance(y, tuple) else (y,)
+        floats = [t for t in ys if t.dtype == T.float32 and t.requires_grad]
+        if floats:
+            sum(((t * t).sum() for t in floats), T.tensor(0.0)).backward()
+        out.append((ys, x.grad))
+    _same(out[0][0], out[1][0], rtol=1e-5)
+    if out[1][1] is not None:
+        _same(out[0][1], out[1][1], rtol=1e-5)
+
+
+def test_layout_queries_and_value_comparisons_match_torch():
+    for T in (tj, torch):
+        x = T.ones(2, 3, 4)
+        assert x.is_contiguous() and x.stride() == (12, 4, 1) and x.stride(1) == 4 and x.ndimension() == 3
+        assert x.nbytes == 96 and x.itemsize == 4 and not x.is_complex() and x.is_signed()
+        assert isinstance(x.data_ptr(), int)
+        assert T.allclose(x, x + 1e-9) and not T.allclose(x, x + 1) and T.equal(x, x * 1)
+        assert not T.equal(x, T.ones(2, 3)) and T.is_floating_point(x)
+        assert T.finfo(T.float32).eps == np.finfo(np.float32).eps and T.get_default_dtype() == T.float32
+        assert T.iinfo(T.int64).max == 2 ** 63 - 1
+        with pytest.raises(RuntimeError, match="1D tensors expected"):
+            T.dot(x, x)

@@ -13,8 +13,10 @@ import numpy as np
 
 from . import autograd, linalg
 from . import dtypes as D
+from ._more import MoreMethods
 from ._printing import tensor_repr
 from ._shared import SharedBox, share
+from ._views import ViewLink, check_view_inplace, refresh_view, write_through
 from .autograd.mode import _mode as _grad_mode
 from .autograd.mode import _off as _grad_off
 from .dispatch import Box, TensorBase, _concrete_values, _ctx, _from_array, _py, _sizes, _tracing, apply
@@ -68,7 +70,7 @@ MinMax = namedtuple("MinMax", ["values", "indices"])
 # ----------------------------------------------------------------------------------------------- Tensor
 
 
-class Tensor(TensorBase):
+class Tensor(TensorBase, MoreMethods):
     """An n-dimensional array with autograd, PyTorch-style.
 
     >>> x = tracejit.tensor([[1.0, 2.0]], requires_grad=True)
@@ -850,7 +852,7 @@ class Tensor(TensorBase):
     def _inplace(self, compute, name):
         """Rebind this tensor's box to `compute(current value)`; bumps the version counter. On a view (basic
         indexing, reshape, permute, ...) the new value is then written into its base, as PyTorch's views share
-        memory with their base (see `_write_through`)."""
+        memory with their base (see _views.py)."""
         grad_on = not _grad_off or _grad_mode.enabled  # (is_grad_enabled, inlined)
         if grad_on and self.requires_grad and self.is_leaf:
             raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
@@ -858,8 +860,8 @@ class Tensor(TensorBase):
                                f"or use .data")
         view = self._view
         if view is not None:
-            self._check_view_inplace(name, grad_on)
-            self._refresh_view()
+            check_view_inplace(self, name, grad_on)
+            refresh_view(self)
         if _tracing and (tracer := _ctx.tracer) is not None:
             tracer.before_mutation(self)
         box = self._box
@@ -890,65 +892,14 @@ class Tensor(TensorBase):
             self.requires_grad = True
             self.grad_fn = result.grad_fn
         if view is not None:
-            self._write_through(grad_on)
+            write_through(self, grad_on)
         return self
 
-    # ---- views: what ties a view to its base (`_view`, a ViewLink), so that in-place ops on it reach the base.
-    # Reading a view gives its value as of when it last matched its base (tracejit views do not see later writes
-    # into the base); an in-place op on it first re-derives it from the base if the base changed since, then
-    # writes the result back into the base.
-
+    # ---- views: see _views.py
     def _as_view_of(self, base, kind, data=None):
         if self is not base:
             self._view = ViewLink(base, kind, data, False, self)
         return self
-
-    def _check_view_inplace(self, name, grad_on):
-        t, detached = self, False
-        while t._view is not None:
-            link = t._view
-            if link.kind == "expand" and not link.is_detached:
-                raise RuntimeError(f"{name}: unsupported operation: more than one element of the written-to "
-                                   f"tensor refers to a single memory location (an expanded tensor, shape "
-                                   f"{shape_str(t.shape)}). Please clone() the tensor before performing the "
-                                   f"operation (at {user_location()})")
-            detached = detached or link.is_detached
-            t = link.base
-        if grad_on and not detached and t.requires_grad and t.is_leaf:
-            raise RuntimeError(f"{name}: a view of a leaf Variable that requires grad is being used in an in-place "
-                               f"operation (base shape {shape_str(t.shape)}); wrap it in tracejit.no_grad() or use "
-                               f".data (at {user_location()})")
-
-    def _refresh_view(self):
-        """Re-derive this view from its base if the base was written since (by another view, or itself)."""
-        link = self._view
-        base = link.base
-        if base._view is not None:
-            base._refresh_view()
-        if base._box.version == link.base_version:
-            return
-        src = base.detach() if link.is_detached else base
-        with autograd.set_grad_enabled(not link.is_detached and autograd.is_grad_enabled()):
-            fresh = _derive_view(src, link.kind, link.data, tuple(self.shape))
-        if _tracing and (tracer := _ctx.tracer) is not None:
-            tracer.before_mutation(self)
-        self._box.value = fresh._box.value
-        self._box.version += 1
-        if not link.is_detached and not (self.requires_grad and self.is_leaf):  # (a leaf stays one)
-            self.requires_grad, self.grad_fn = fresh.requires_grad, fresh.grad_fn
-        link.synced(self)
-
-    def _write_through(self, grad_on):
-        link = self._view
-        target = link.base.detach() if link.is_detached else link.base
-        with autograd.set_grad_enabled(grad_on and not link.is_detached):
-            if link.kind == "index":
-                target._inplace(lambda s: index_put(s, link.data, self), "setitem")
-            elif link.kind == "reshape":
-                target.copy_(self.reshape(tuple(target.shape)))
-            elif link.kind == "permute":
-                target.copy_(self.permute(tuple(np.argsort(link.data).tolist())))
-        link.synced(self)
 
     def __setitem__(self, index, value):
         link = value._view if isinstance(value, Tensor) else None
@@ -1029,43 +980,6 @@ class Tensor(TensorBase):
 
     def __itruediv__(self, o):
         return self.div_(o)
-
-
-class ViewLink:
-    """What makes a tensor a view of `base`: how it was taken (`kind`: "index" -- basic indexing or narrow, `data`
-    the index --, "reshape", "permute" -- `data` the dims --, "expand"), whether it is a detached alias
-    (``.detach()``/``.data`` of a view: writes reach the base without autograd), and the versions of base and
-    view when they last matched."""
-
-    __slots__ = ("base", "kind", "data", "is_detached", "base_version", "own_version")
-
-    def __init__(self, base, kind, data, detached, view):
-        self.base, self.kind, self.data, self.is_detached = base, kind, data, detached
-        self.synced(view)
-
-    def synced(self, view):
-        self.base_version, self.own_version = self.base._box.version, view._box.version
-
-    def in_sync(self, view) -> bool:
-        return self.base._box.version == self.base_version and view._box.version == self.own_version
-
-    def detached(self):
-        link = object.__new__(ViewLink)
-        for k in ViewLink.__slots__:
-            setattr(link, k, getattr(self, k))
-        link.is_detached = True
-        return link
-
-
-def _derive_view(base, kind, data, shape):
-    """The view `kind`/`data` of `base` (of shape `shape`), computed afresh."""
-    if kind == "index":
-        return base[data]
-    if kind == "reshape":
-        return base.reshape(shape)
-    if kind == "permute":
-        return base.permute(data)
-    return base.expand(shape)
 
 
 class Size(tuple):

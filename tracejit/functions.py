@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from ._tensor import Tensor
+import numpy as np
+
+from . import dtypes as D
+from ._tensor import Tensor, cat
 from .factories import tensor
 from .linalg import tensor_norm
+from .ops import broadcast_shapes
 
 __all__ = ["exp", "log", "sqrt", "rsqrt", "abs", "neg", "tanh", "sigmoid", "relu", "sin", "cos", "erf", "sign",
            "pow", "clamp", "clip", "maximum", "minimum", "sum", "mean", "max", "min", "amax", "amin", "argmax",
@@ -12,7 +16,10 @@ __all__ = ["exp", "log", "sqrt", "rsqrt", "abs", "neg", "tanh", "sigmoid", "relu
            "squeeze", "unsqueeze", "gather", "add", "sub", "mul", "div", "eq", "ne", "lt", "le", "gt", "ge",
            "mm", "bmm", "numel", "square", "logical_not", "split", "chunk", "unbind", "is_tensor", "t",
            "all", "any", "masked_fill", "index_select", "narrow", "log1p", "clone", "detach",
-           "norm", "tril", "triu"]
+           "norm", "tril", "triu", "flip", "dot", "mv", "outer", "logsumexp", "isnan", "isinf", "isfinite",
+           "logical_and", "logical_or", "logical_xor", "count_nonzero", "allclose", "equal", "tile",
+           "repeat_interleave", "movedim", "moveaxis", "addcmul", "addcdiv", "lerp", "broadcast_to", "hstack", "vstack",
+           "broadcast_tensors", "is_floating_point", "finfo", "iinfo", "get_default_dtype"]
 
 
 def _method(name, out_arg=True):
@@ -112,3 +119,53 @@ def norm(input, p="fro", dim=None, keepdim=False, out=None, dtype=None):
 
 def is_tensor(x) -> bool:
     return isinstance(x, Tensor)
+flip = _method("flip", out_arg=False)
+dot = _method("dot")
+mv = _method("mv")
+outer = _method("outer")
+logsumexp = _method("logsumexp")
+isnan = _method("isnan", out_arg=False)
+isinf = _method("isinf", out_arg=False)
+isfinite = _method("isfinite", out_arg=False)
+logical_and = _method("logical_and")
+logical_or = _method("logical_or")
+logical_xor = _method("logical_xor")
+count_nonzero = _method("count_nonzero", out_arg=False)
+allclose = _method("allclose", out_arg=False)
+equal = _method("equal", out_arg=False)
+tile = _method("tile", out_arg=False)
+repeat_interleave = _method("repeat_interleave", out_arg=False)
+movedim = _method("movedim", out_arg=False)
+moveaxis = _method("moveaxis", out_arg=False)
+addcmul = _method("addcmul")
+addcdiv = _method("addcdiv")
+lerp = _method("lerp")
+broadcast_to = _method("broadcast_to", out_arg=False)
+is_floating_point = _method("is_floating_point", out_arg=False)
+
+
+def hstack(tensors, *, out=None):
+    tensors = list(tensors)
+    return cat(tensors, 0 if tensors and tensors[0].ndim == 1 else 1, out=out)
+
+
+def vstack(tensors, *, out=None):
+    return cat([t.reshape(1, -1) if t.ndim < 2 else t for t in tensors], 0, out=out)
+
+
+def broadcast_tensors(*tensors):
+    shape = broadcast_shapes("broadcast_tensors", *[tuple(t.shape) for t in tensors])
+    return tuple(t.expand(shape) for t in tensors)
+
+
+def finfo(dtype=None):
+    """Machine limits of a floating-point dtype (eps, max, min, tiny, ...), as NumPy's finfo."""
+    return np.finfo(D.as_dtype(dtype or D.default_float).np)
+
+
+def iinfo(dtype):
+    return np.iinfo(D.as_dtype(dtype).np)
+
+
+def get_default_dtype():
+    return D.default_float

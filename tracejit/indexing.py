@@ -22,10 +22,18 @@ def _is_adv(i):
     return isinstance(i, (Tensor, list, np.ndarray))
 
 
-def getitem(x, index):
-
+def _as_tuple(index):
+    """The index as a tuple, a `range` in it as the list of its ints (as PyTorch: ``x[range(n), y]``)."""
     if not isinstance(index, tuple):
         index = (index,)
+    if any(isinstance(i, range) for i in index):
+        index = tuple(list(i) if isinstance(i, range) else i for i in index)
+    return index
+
+
+def getitem(x, index):
+
+    index = _as_tuple(index)
     index = _masks_to_indices(x, index)
     index = _expand_ellipsis(x, index)
     starts, stops, steps, out_shape, adv = _plan(x, index)
@@ -228,8 +236,7 @@ def take(y, idx, axis):
 
 def index_put(x, index, value):
     """The tensor `x` would be after ``x[index] = value`` (x itself is left alone)."""
-    if not isinstance(index, tuple):
-        index = (index,)
+    index = _as_tuple(index)
     value = _put_value(x, value, strict=any(_is_adv(i) for i in index))
     out = _mask_put(x, index, value)
     if out is not None:
