@@ -1,5 +1,6 @@
 """Datasets, samplers, collation and the DataLoader: coverage of every sample, shuffling reproducible
-from the generator, drop_last, collation of tuples/dicts/numbers/arrays."""
+from the generator, drop_last, collation of tuples/dicts/numbers/arrays; worker processes (same batches and
+order, per-worker seeds, errors with the worker traceback, persistent workers, start methods, dead workers)."""
 
 import collections
 
@@ -171,3 +172,262 @@ def test_subset_random_split_concat():
 def test_tensor_dataset_size_mismatch():
     with pytest.raises(ValueError, match="Size mismatch"):
         TensorDataset(tj.zeros(3), tj.zeros(4))
+
+
+# ----------------------------------------------------------------------------------------------- worker processes
+# Datasets live at module level so that "forkserver"/"spawn" workers can unpickle them.
+
+
+class Traced(Dataset):
+    """Each sample says which process loaded it, with draws from tracejit's, Python's and NumPy's generators."""
+
+    def __init__(self, n=12, fail_at=(), key_error_at=(), exit_at=(), sleep_at=()):
+        self.n, self.fail_at, self.key_error_at = n, fail_at, key_error_at
+        self.exit_at, self.sleep_at = exit_at, sleep_at
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        import os
+        import random
+        import time
+
+        from tracejit.utils.data import get_worker_info
+
+        if i in self.fail_at:
+            raise ValueError(f"sample {i} is broken")
+        if i in self.key_error_at:
+            raise KeyError(f"no label for sample {i}")
+        if i in self.exit_at:
+            os._exit(3)
+        if i in self.sleep_at:
+            time.sleep(0.6)
+        info = get_worker_info()
+        return {"i": i, "x": tj.tensor([float(i), 2.0 * i]), "pid": os.getpid(),
+                "worker": -1 if info is None else info.id, "seed": -1 if info is None else info.seed,
+                "tj": float(tj.rand(1).item()), "py": random.random(), "np": float(np.random.rand())}
+
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+
+
+class RaisesOddly(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise NeedsTwoArgs(1, 2)
+
+
+def _set_flag(worker_id):
+    import tracejit.utils.data as data
+
+    data.get_worker_info().dataset.flag = 100 + worker_id
+
+
+class Flagged(Dataset):
+    flag = None
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.flag
+
+
+def _epoch(loader):
+    return [{k: (v.tolist() if isinstance(v, tj.Tensor) else v) for k, v in b.items()} for b in loader]
+
+
+@pytest.mark.parametrize("kw", [dict(batch_size=5, shuffle=True), dict(batch_size=4, shuffle=True, drop_last=True),
+                                dict(batch_size=None, shuffle=True), dict(batch_size=3)])
+def test_workers_load_the_same_batches_in_the_same_order(kw):
+    import os
+
+    ds = Traced(n=13)
+    ref = DataLoader(ds, generator=tj.Generator().manual_seed(5), **kw)
+    par = DataLoader(ds, generator=tj.Generator().manual_seed(5), num_workers=2, **kw)
+    for _ in range(2):  # two epochs: each draws a fresh order, the same one with and without workers
+        a, b = _epoch(ref), _epoch(par)
+        assert [x["i"] for x in a] == [x["i"] for x in b] and [x["x"] for x in a] == [x["x"] for x in b]
+        assert len(b) == len(par)
+        pids = {p for x in b for p in (x["pid"] if isinstance(x["pid"], list) else [x["pid"]])}
+        assert len(pids) == 2 and os.getpid() not in pids  # really loaded by two other processes
+    tensors = TensorDataset(tj.arange(20).float().reshape(10, 2), tj.arange(10))
+    for xb, yb in DataLoader(tensors, batch_size=3, shuffle=True, num_workers=2):
+        assert xb.dtype is tj.float32 and xb.numpy()[:, 0].tolist() == (yb.numpy() * 2).tolist()
+
+
+def test_worker_seeds_are_per_worker_and_reproducible():
+    def run():
+        loader = DataLoader(Traced(n=8), batch_size=2, num_workers=2, generator=tj.Generator().manual_seed(9))
+        return [(w, s, t, p, n) for b in loader
+                for w, s, t, p, n in zip(b["worker"].tolist(), b["seed"].tolist(), b["tj"].tolist(),
+                                         b["py"].tolist(), b["np"].tolist())]
+
+    a, b = run(), run()
+    assert a == b  # the loader's generator decides the base seed, so the workers' draws repeat
+    seeds = {w: s for w, s, *_ in a}
+    assert sorted(seeds) == [0, 1] and seeds[1] == seeds[0] + 1  # worker k: base seed + k, as PyTorch
+    draws = [t for _, _, t, _, _ in a]
+    assert len(set(draws)) == len(draws)  # the two workers' tracejit streams differ
+    assert {w for w, *_ in a} == {0, 1} and len({p for *_, p, _ in a}) == len(a)
+    with_other_seed = DataLoader(Traced(n=4), batch_size=2, num_workers=2, generator=tj.Generator().manual_seed(10))
+    assert [b["tj"].tolist() for b in with_other_seed] != [[t for *_, t, _, _ in a][:2], [t for *_, t, _, _ in a][2:4]]
+
+
+def test_worker_errors_are_raised_here_with_the_worker_traceback():
+    loader = DataLoader(Traced(n=8, fail_at=(5,), key_error_at=(7,)), batch_size=2, num_workers=2)
+    it = iter(loader)
+    assert next(it)["i"].tolist() == [0, 1] and next(it)["i"].tolist() == [2, 3]
+    with pytest.raises(ValueError) as err:
+        next(it)
+    text = str(err.value)
+    assert text.startswith("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call")
+    assert "in __getitem__" in text and 'raise ValueError(f"sample {i} is broken")' in text
+    assert text.rstrip().endswith("ValueError: sample 5 is broken")
+    with pytest.raises(KeyError) as err:  # the loader goes on after an error, as PyTorch's does
+        next(it)
+    assert "Caught KeyError in DataLoader worker process 1." in str(err.value) and "\\n" not in str(err.value)
+    with pytest.raises(StopIteration):
+        next(it)
+    with pytest.raises(RuntimeError, match=r"(?s)Caught NeedsTwoArgs in DataLoader worker process 0.*NeedsTwoArgs"):
+        next(iter(DataLoader(RaisesOddly(), num_workers=1)))  # a type that cannot take one message
+
+
+def test_worker_init_fn_runs_in_each_worker():
+    out = [b.tolist() for b in DataLoader(Flagged(), batch_size=1, num_workers=2, worker_init_fn=_set_flag)]
+    assert out == [[100], [101], [100], [101]]  # tasks go to the workers in turn
+    err = DataLoader(Flagged(), num_workers=1, worker_init_fn=lambda w: 1 / 0)
+    with pytest.raises(ZeroDivisionError, match="Caught ZeroDivisionError in DataLoader worker process 0"):
+        list(err)
+
+
+def test_persistent_workers_serve_every_epoch_and_drop_an_abandoned_epochs_batches():
+    loader = DataLoader(Traced(n=10), batch_size=2, num_workers=2, persistent_workers=True, prefetch_factor=3)
+    first = iter(loader)
+    assert next(first)["i"].tolist() == [0, 1]  # abandoned: 5 more tasks were in flight
+    pids = set()
+    for _ in range(2):
+        batches = list(loader)
+        assert [b["i"].tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+        pids |= {p for b in batches for p in b["pid"].tolist()}
+    assert len(pids) == 2  # the same two processes every epoch
+    assert loader._pool is not None and not loader._pool.shut
+    loader._pool.shutdown()
+    assert all(not w.is_alive() for w in loader._pool.workers)
+
+
+def test_forkserver_and_spawn_workers():
+    ds = Traced(n=6)
+    expected = [b["i"].tolist() for b in DataLoader(ds, batch_size=2)]
+    fs = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="forkserver", in_order=False)
+    assert sorted(b["i"].tolist() for b in fs) == expected  # in_order=False: as they come
+    sp = DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context="spawn")
+    assert [b["i"].tolist() for b in sp] == expected
+    unpicklable = DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context="forkserver",
+                             collate_fn=lambda b: b)
+    with pytest.raises(RuntimeError, match=r"starts its workers by 'forkserver'.*pickling failed.*module level"):
+        iter(unpicklable)
+
+
+def test_openmp_in_this_process_makes_workers_start_by_forkserver(monkeypatch):
+    import multiprocessing as mp
+
+    from tracejit.utils.data import dataloader
+
+    monkeypatch.setattr(dataloader, "_fork_hazard", lambda: "OpenMP has run parallel kernels in this process")
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: "fork")
+    assert dataloader._resolve_context(None).get_start_method() == "forkserver"
+    with pytest.warns(RuntimeWarning, match="workers are forked as asked, but OpenMP"):
+        dataloader._resolve_context(mp.get_context("fork"))
+    monkeypatch.setattr(dataloader, "_fork_hazard", lambda: None)
+    assert dataloader._resolve_context(None).get_start_method() == "fork"
+
+
+_OMP_SCRIPT = """
+import numba, numpy as np
+from tracejit.compiler.backends.cpu import threads
+from tracejit.utils.data import dataloader
+
+@numba.njit(parallel=True)
+def total(a):
+    s = 0.0
+    for i in numba.prange(a.shape[0]):
+        s += a[i]
+    return s
+
+assert dataloader._fork_hazard() is None
+assert threads.configure()["layer"] == "omp" and total(np.ones(10)) == 10.0
+print(dataloader._resolve_context(None).get_start_method(), dataloader._fork_hazard())
+"""
+
+
+def test_openmp_parallel_kernels_are_detected_as_a_fork_hazard(tmp_path):
+    # DESIGN.md: after OpenMP ran, a forked child that runs a parallel kernel is killed (measured: such workers die
+    # by SIGTERM, and the same loader with forkserver workers runs their parallel kernels fine)
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRACEJIT_THREADING_LAYER="omp", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = subprocess.run([sys.executable, "-c", _OMP_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "forkserver OpenMP has run parallel kernels in this process, and a forked child " \
+                                 "that runs one is killed"
+
+
+def test_dead_worker_and_timeout_are_errors_not_hangs():
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly \(exit code"):
+        list(DataLoader(Traced(n=4, exit_at=(2,)), batch_size=1, num_workers=1))
+    with pytest.raises(RuntimeError, match=r"DataLoader timed out after 0.3 seconds"):
+        list(DataLoader(Traced(n=2, sleep_at=(0,)), batch_size=1, num_workers=1, timeout=0.3))
+
+
+def test_worker_options_are_checked_as_pytorch_checks_them():
+    ds = Traced(n=4)
+    with pytest.raises(ValueError, match="prefetch_factor option could only be specified in multiprocessing"):
+        DataLoader(ds, prefetch_factor=2)
+    with pytest.raises(ValueError, match="persistent_workers option needs num_workers > 0"):
+        DataLoader(ds, persistent_workers=True)
+    with pytest.raises(ValueError, match="timeout option should be non-negative"):
+        DataLoader(ds, timeout=-1)
+    with pytest.raises(ValueError, match="num_workers option should be non-negative"):
+        DataLoader(ds, num_workers=-1)
+    with pytest.raises(ValueError, match="should specify a valid start method"):
+        DataLoader(ds, num_workers=1, multiprocessing_context="threads")
+    with pytest.raises(ValueError, match="multiprocessing_context can only be used with multi-process loading"):
+        DataLoader(ds, multiprocessing_context="spawn")
+    loader = DataLoader(ds, batch_size=2, num_workers=2, pin_memory=True, pin_memory_device="")
+    assert loader.prefetch_factor == 2 and len(loader) == 2 and len(iter(loader)) == 2
+    assert [b["i"].tolist() for b in DataLoader(ds, batch_size=2, pin_memory=True)] == [[0, 1], [2, 3]]
+
+
+def test_random_split_fractions_and_subset_random_sampler():
+    from tracejit.utils.data import SubsetRandomSampler
+
+    ds = TensorDataset(tj.arange(10))
+    # floor(10 * 0.25) = 2 twice and floor(10 * 0.5) = 5: the remainder goes to the first split
+    assert [len(p) for p in random_split(ds, [0.25, 0.25, 0.5], generator=tj.Generator().manual_seed(0))] == [3, 2, 5]
+    with pytest.raises(ValueError, match="Fraction at index 1 is not between 0 and 1"):
+        random_split(ds, [0.75, 1.25, -1.0])
+    with pytest.warns(UserWarning, match="Length of split at index 1 is 0"):
+        random_split(TensorDataset(tj.arange(1)), [0.5, 0.5])
+    a = random_split(ds, [4, 6], generator=tj.Generator().manual_seed(7))
+    b = random_split(ds, [4, 6], generator=tj.Generator().manual_seed(7))
+    assert a[0].indices == b[0].indices and sorted(a[0].indices + a[1].indices) == list(range(10))
+    s = SubsetRandomSampler([3, 5, 7], generator=tj.Generator().manual_seed(0))
+    assert sorted(s) == [3, 5, 7] and len(s) == 3
+
+
+def test_default_collate_copies_mapping_types():
+    class Record(dict):
+        pass
+
+    out = default_collate([Record(a=1), Record(a=2)])
+    assert type(out) is Record and out["a"].tolist() == [1, 2]
+    od = default_collate([collections.OrderedDict(b=1.0, a=2.0)] * 2)
+    assert isinstance(od, collections.OrderedDict) and list(od) == ["b", "a"] and od["a"].dtype is tj.float64

@@ -1,4 +1,4 @@
-"""MNIST and CIFAR-10 readers on small files written in the official formats, download verification
+"""MNIST, Fashion-MNIST and CIFAR-10 readers on small files written in the official formats, download verification
 and extraction through file:// URLs, and the SyntheticImages dataset."""
 
 import gzip
@@ -166,6 +166,27 @@ def test_mnist_download_verifies_and_decompresses(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="checksum mismatch"):
         D.MNIST(tmp_path / "other", download=True)
     assert os.listdir(tmp_path / "other" / "MNIST" / "raw") == []
+
+
+def test_fashion_mnist_reads_its_own_folder_and_names_its_classes(tmp_path, monkeypatch):
+    arrays = _write_mnist(tmp_path / "FashionMNIST" / "raw", n_train=4, n_test=2, gz=True)
+    ds = D.FashionMNIST(tmp_path)
+    assert isinstance(ds, D.MNIST) and len(ds) == 4 and len(D.FashionMNIST(tmp_path, train=False)) == 2
+    img, label = ds[3]
+    np.testing.assert_array_equal(img.numpy()[0], arrays["train"][0][3].astype(np.float32) / 255)
+    assert label == arrays["train"][1][3] and img.shape == (1, 28, 28)
+    assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and len(ds.classes) == 10
+    assert ds.class_to_idx["Sneaker"] == 7 and D.MNIST.classes[7] == "7 - seven"
+    with pytest.raises(RuntimeError, match="Dataset not found"):
+        D.MNIST(tmp_path)  # MNIST looks in MNIST/raw, not in FashionMNIST/raw
+    # download: the four official names (with Fashion-MNIST's own checksums) into FashionMNIST/raw
+    assert [n for n, _ in D.FashionMNIST.resources] == [n for n, _ in D.MNIST.resources]
+    assert D.FashionMNIST.resources[0][1] == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+    mirror = tmp_path / "FashionMNIST" / "raw"
+    monkeypatch.setattr(D.FashionMNIST, "mirrors", [mirror.as_uri() + "/"])
+    monkeypatch.setattr(D.FashionMNIST, "resources", [(n, _md5(mirror / (n))) for n, _ in D.MNIST.resources])
+    fresh = D.FashionMNIST(tmp_path / "data", train=False, download=True)
+    assert len(fresh) == 2 and os.path.isfile(tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte")
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10

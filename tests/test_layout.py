@@ -60,7 +60,7 @@ def test_the_op_table_imports_no_tensor_code():
 
 CORE = ("tracejit.dispatch", "tracejit.ops", "tracejit.autograd", "tracejit.dtypes", "tracejit.errors",
         "tracejit.indexing", "tracejit._printing", "tracejit.random", "tracejit.factories", "tracejit._tensor",
-        "tracejit.ref_kernels")
+        "tracejit.ref_kernels", "tracejit.devices")
 
 
 def test_the_core_imports_nothing_by_name_at_run_time():
@@ -102,6 +102,27 @@ def test_layers_do_not_reach_up(layer, forbidden):
     bad = {(m, d) for m, deps in GRAPH.items() if _under(m, layer) for d in deps
            if any(_under(d, f) for f in forbidden)}
     assert not bad, "\n".join(f"{m} imports {d}" for m, d in sorted(bad))
+
+
+def test_only_the_backend_protocol_is_read_outside_the_backends():
+    # report, bench, the command line and the compiler's front half read Backend/Program attributes, never a
+    # backend's modules (tracejit.set_num_threads, PyTorch's CPU thread setting, is the one door into cpu/)
+    allowed = {"tracejit"}
+    bad = {(m, d) for m, deps in GRAPH.items() if not _under(m, "tracejit.compiler.backends") and m not in allowed
+           for d in deps if _under(d, "tracejit.compiler.backends") and d != "tracejit.compiler.backends"
+           and not _under(d, "tracejit.compiler.backends.cache")}
+    assert not bad, "\n".join(f"{m} imports {d}" for m, d in sorted(bad))
+
+
+def test_the_backend_registry_and_the_devices_import_no_numba():
+    # asking which backends exist, or whether CUDA is available, must not load Numba (eager users never do)
+    import subprocess
+    import sys
+
+    code = ("import sys, tracejit; from tracejit.compiler import backends; tracejit.cuda.is_available(); "
+            "tracejit.device('cuda:1'); backends.available.__name__; assert 'numba' not in sys.modules, 'numba'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_no_module_reaches_others_through_sys_modules_by_name():

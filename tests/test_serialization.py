@@ -4,6 +4,7 @@ and clear errors for corrupted or foreign files."""
 import collections
 import json
 import os
+import pickle
 import re
 
 import numpy as np
@@ -110,10 +111,18 @@ def test_file_objects(tmp_path):
     assert back["n"] == 3 and back["x"].tolist() == [1.0, 2.0]
 
 
-def test_unsupported_objects_are_rejected_with_their_location(tmp_path):
-    with pytest.raises(TypeError, match=r"object at optim\.hook"):
-        tj.save({"optim": {"hook": object()}}, tmp_path / "x.safetensors")
-    assert not os.path.exists(tmp_path / "x.safetensors")
+def test_objects_safetensors_cannot_hold_are_pickled_and_refused_on_a_weights_only_load(tmp_path):
+    # as torch.save: any picklable object can be saved; loading a pickle needs weights_only=False (PyTorch >= 2.6)
+    tj.save({"optim": {"hook": collections.Counter("aab")}, "w": tj.ones(2)}, tmp_path / "x.pt")
+    back = tj.load(tmp_path / "x.pt")  # Counter is on the weights-only allowlist, as in PyTorch
+    assert back["optim"]["hook"]["a"] == 2 and back["w"].tolist() == [1.0, 1.0]
+    tj.save({"hook": re.compile("a+")}, tmp_path / "y.pt")
+    with pytest.raises(pickle.UnpicklingError, match=r"(?s)y\.pt' needs the global re\._compile.*weights_only=False"):
+        tj.load(tmp_path / "y.pt")
+    assert tj.load(tmp_path / "y.pt", weights_only=False)["hook"].pattern == "a+"
+    with pytest.raises(TypeError, match=r"neither a tree of tensors.*nor picklable"):
+        tj.save({"f": lambda: 1}, tmp_path / "z.pt")
+    assert not os.path.exists(tmp_path / "z.pt")
 
 
 def _listing(d):
@@ -163,8 +172,11 @@ def test_new_file_has_normal_permissions(tmp_path):
 
 def test_not_a_safetensors_file(tmp_path):
     path = tmp_path / "model.pt"
-    path.write_bytes(b"PK\x03\x04 this is a zip file, as torch.save writes")
+    path.write_bytes(b"\x89PNG this is an image")
     with pytest.raises(RuntimeError, match=r"model\.pt.*not a readable safetensors checkpoint"):
+        tj.load(path)
+    path.write_bytes(b"PK\x03\x04 a zip file's start, as torch.save writes, and then garbage")
+    with pytest.raises(RuntimeError, match=r"model\.pt.*damaged zip file"):
         tj.load(path)
 
 

@@ -70,32 +70,30 @@ def cmd_info(ns) -> int:
     import numpy
 
     import tracejit
-    from tracejit.compiler.backends import available, cache
-    from tracejit.compiler.backends.cpu import threads
-    from tracejit.compiler.backends.cpu.blas import calls as cpu_blas
-    from tracejit.compiler.backends.cpu.blas import control as blas
+    from tracejit.compiler.backends import BackendUnavailable, cache, get_backend, registered
 
-    info = threads.configure()
     print(f"tracejit {tracejit.__version__}  python {sys.version.split()[0]}  numpy {numpy.__version__}  "
           f"numba {numba.__version__}")
-    print(f"threads: {info.get('threads')} ({info.get('layer')} threading layer); set TRACEJIT_NUM_THREADS to change")
     d = cache.configured_dir()
     print(f"kernel cache: {d} ({cache.size_bytes() / 1e6:.1f} MB); set TRACEJIT_CACHE_DIR to move it, "
           "`python -m tracejit cache` for details")
-    used = [b for b in blas.describe() if b["used"]]
-    for b in used:
-        print(f"BLAS for compiled GEMMs: {b['library']}, {b['kernels']} kernels ({b['path']})")
-    print(f"float32 GEMMs: {cpu_blas.sgemm_description()}; set {cpu_blas.ENV_SGEMM}=tracejit or openblas to choose")
-    note = blas.pinned_note()
-    if note:
-        print(f"warning: {note}")
-    print(f"backends: {', '.join(available())}")
-    try:
-        from numba import cuda
-
-        print(f"CUDA: {'available' if cuda.is_available() else 'not available'}")
-    except Exception as e:  # numba-cuda missing or broken
-        print(f"CUDA: not available ({type(e).__name__})")
+    ok, missing = [], []
+    for name in registered():
+        try:
+            b = get_backend(name)
+        except BackendUnavailable as e:
+            missing.append((name, str(e)))
+            continue
+        ok.append(name)
+        desc = b.describe()
+        print(f"backend {name}: {desc.get('device')}")
+        for line in desc.get("lines", ()):
+            print(f"  {line}")
+        for w in desc.get("warnings", ()):
+            print(f"  warning: {w}")
+    print(f"backends: {', '.join(ok)}" + "".join(f"; {n}: not available ({why})" for n, why in missing))
+    print(f"CUDA: {'available' if tracejit.cuda.is_available() else 'not available'} "
+          f"(tracejit.cuda.is_available(); devices: {tracejit.cuda.device_count()})")
     return 0
 
 

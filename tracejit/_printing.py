@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from . import dtypes as D
+from .devices import CPU
 from .dispatch import _concrete_or_none, current_tracer
 
 PRECISION, THRESHOLD, EDGEITEMS, LINEWIDTH = 4, 1000, 3, 80
@@ -126,6 +127,8 @@ def tensor_repr(t) -> str:
         if arr.size == 0 and arr.ndim != 1:
             suffixes.append(f"size={tuple(arr.shape)}")
     empty = arr is not None and arr.size == 0
+    if t._box.device is not CPU:
+        suffixes.append(f"device='{t._box.device}'")
     if t.dtype is not D.float32 and (empty or t.dtype not in (D.int64, D.bool_)):
         suffixes.append(f"dtype=tracejit.{t.dtype.name}")
     if t.grad_fn is not None:

@@ -12,6 +12,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import autograd, linalg
+from . import dispatch as _dispatch
 from . import dtypes as D
 from ._more import MoreMethods
 from ._printing import tensor_repr
@@ -19,11 +20,14 @@ from ._shared import SharedBox, share
 from ._views import ViewLink, check_view_inplace, refresh_view, write_through
 from .autograd.mode import _mode as _grad_mode
 from .autograd.mode import _off as _grad_off
-from .dispatch import Box, TensorBase, _concrete_values, _ctx, _from_array, _py, _sizes, _tracing, apply
+from .devices import CPU, storage_device
+from .devices import device as _device_cls
+from .devices import to_host as _to_host
+from .dispatch import Box, TensorBase, _concrete_values, _ctx, _py, _rebind, _sizes, _tracing, apply, move
 from .dtypes import TensorType
 from .errors import OpError, OpTypeError, TraceError, shape_str, user_location
 from .factories import full, ones_like, size_arg, tensor
-from .indexing import _expand_ellipsis, check_index, getitem, index_put
+from .indexing import _expand_ellipsis, check_index, constant_like, getitem, index_put
 from .ops import OPS, broadcast_shapes, check_same_dtype, index_message
 
 
@@ -115,7 +119,25 @@ class Tensor(TensorBase, MoreMethods):
 
     @property
     def device(self):
-        return "cpu"
+        """The device the storage lives on: ``device(type='cpu')``, ``device(type='cuda', index=0)``, ..."""
+        return self._box.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._box.device.type == "cuda"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self._box.device is CPU
+
+    @property
+    def is_meta(self) -> bool:
+        return False
+
+    def get_device(self) -> int:
+        """The device index (-1 on the CPU), as PyTorch."""
+        d = self._box.device
+        return -1 if d is CPU else d.index
 
     @property
     def is_leaf(self) -> bool:
@@ -165,8 +187,7 @@ class Tensor(TensorBase, MoreMethods):
         # PyTorch swaps the storage: an array NumPy holds through the old one is no longer this tensor's
         if type(box) is SharedBox:
             box.__class__ = Box
-        box.value = other._box.value
-        box.type = other._box.type
+        _rebind(box, other._box.value, other._box.type, other._box.device)
         if type(other._box) is SharedBox:
             share(box)  # ... while NumPy's view of the new storage now is
 
@@ -198,19 +219,29 @@ class Tensor(TensorBase, MoreMethods):
 
     # ---- values out (not traceable)
     def _concrete(self, what):
+        """The tensor's values as a NumPy array (its own array on the CPU; a host copy, through the device's
+        backend, elsewhere). TraceError while tracing."""
         here = _tracing and _ctx.tracer is not None
         value = self._box.value
         if not here and not isinstance(value, np.ndarray):
             value = _concrete_values(what, lambda: [self._box.value])[0]  # (another thread's trace?)
+            if self._box.device is not CPU:
+                return _to_host(value, self._box.device)
         if here or not isinstance(value, np.ndarray):
             raise TraceError(f"{what} needs the tensor's value, which is not known while tracing "
                              f"(at {user_location()}); keep it outside the compiled function, return the "
                              f"tensor instead, or use fallback='eager'")
         return value
 
+    def _host_only(self):
+        if self._box.device is not CPU:
+            raise TypeError(f"can't convert {self._box.device} device type tensor to numpy. Use Tensor.cpu() to "
+                            f"copy the tensor to host memory first.")
+
     def numpy(self, *, force=False):
         """The tensor's array, sharing memory with it as in PyTorch: in-place ops on the tensor write into the
         array, and writes into the array show in the tensor (see _shared.py)."""
+        self._host_only()
         if self.requires_grad and not force:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
                                "instead.")
@@ -228,6 +259,7 @@ class Tensor(TensorBase, MoreMethods):
 
     def __array__(self, dtype=None, copy=None):
         # np.asarray(t) shares memory, as t.numpy() (PyTorch's __array__ is numpy())
+        self._host_only()
         if copy:
             a = self._concrete("numpy conversion")
             return a.astype(dtype) if dtype is not None else a.copy()
@@ -284,16 +316,20 @@ class Tensor(TensorBase, MoreMethods):
 
     # ---- new tensors like this one (its dtype unless given)
     def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
-        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad,
+                      device=self._box.device if device is None else device)
 
     def new_full(self, size, fill_value, *, dtype=None, device=None, requires_grad=False):
-        return full(size, fill_value, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return full(size, fill_value, dtype=dtype or self.dtype, requires_grad=requires_grad,
+                    device=self._box.device if device is None else device)
 
     def new_zeros(self, *sizes, size=None, dtype=None, device=None, requires_grad=False):
-        return self.new_full(size_arg("new_zeros", sizes, size), 0, dtype=dtype, requires_grad=requires_grad)
+        return self.new_full(size_arg("new_zeros", sizes, size), 0, dtype=dtype, device=device,
+                             requires_grad=requires_grad)
 
     def new_ones(self, *sizes, size=None, dtype=None, device=None, requires_grad=False):
-        return self.new_full(size_arg("new_ones", sizes, size), 1, dtype=dtype, requires_grad=requires_grad)
+        return self.new_full(size_arg("new_ones", sizes, size), 1, dtype=dtype, device=device,
+                             requires_grad=requires_grad)
 
     new_empty = new_zeros
 
@@ -315,23 +351,27 @@ class Tensor(TensorBase, MoreMethods):
         if _tracing and (tracer := _ctx.tracer) is not None:
             tracer.before_mutation(self)
         result = result.to(self.dtype)
-        self._box.value = result._box.value  # (a NumPy-shared array of another shape is not this one's any more)
-        self._box.type = result._box.type
+        if result._box.device is not self._box.device:
+            result = move(result, self._box.device)
+        # (a NumPy-shared array of another shape is not this tensor's storage any more: see _shared.py)
+        _rebind(self._box, result._box.value, result._box.type, self._box.device)
         self._box.version += 1
         self._view = None
         return self
 
     # ---- conversion
     def to(self, *args, **kwargs):
-        dtype = kwargs.get("dtype")
-        for a in args:
-            if isinstance(a, D.DType):
-                dtype = a
-            elif isinstance(a, Tensor):
-                dtype = a.dtype
-        if dtype is None or dtype is self.dtype:
-            return self
-        return apply(OPS["cast"], self, dtype=D.as_dtype(dtype))
+        """``to(dtype)``, ``to(device, dtype=None)``, ``to(other)`` (its device and dtype), with ``copy=True``
+        for a copy even when nothing changes; ``non_blocking`` is accepted. Differentiable."""
+        dev, dtype, copy = parse_to(args, kwargs, "Tensor.to")
+        out = self
+        if dtype is not None and dtype is not self.dtype:
+            out = apply(OPS["cast"], self, dtype=dtype)
+        if dev is not None and dev is not out._box.device:
+            out = move(out, dev)
+        if copy and out is self:
+            out = self.clone()
+        return out
 
     def type(self, dtype=None):
         return self.dtype.name if dtype is None else self.to(D.as_dtype(dtype))
@@ -357,10 +397,12 @@ class Tensor(TensorBase, MoreMethods):
         return self.to(other.dtype)
 
     def cpu(self):
-        return self
+        return move(self, CPU)
 
-    def cuda(self, *a, **k):
-        return self
+    def cuda(self, device=None, non_blocking=False):
+        """A copy on the CUDA device (`device`: an index or a cuda device); an error where CUDA is not
+        available."""
+        return move(self, _cuda_device(device))
 
     def clone(self):
         out = apply(OPS["reshape"], self, shape=tuple(self.shape))
@@ -660,7 +702,7 @@ class Tensor(TensorBase, MoreMethods):
                                f"{shape_str(self.shape)} (at {user_location()})")
         r, c = self.shape[-2:]
         keep = np.tri(r, c, diagonal, dtype=bool) if lower else ~np.tri(r, c, diagonal - 1, dtype=bool)
-        return where(_from_array(keep), self, False if self.dtype is D.bool_ else 0)
+        return where(constant_like(self, keep), self, False if self.dtype is D.bool_ else 0)
 
     def tril(self, diagonal=0):
         return self._triangle("tril", diagonal, True)
@@ -873,7 +915,7 @@ class Tensor(TensorBase, MoreMethods):
             old = box.value
             if type(box) is SharedBox and isinstance(old, np.ndarray):
                 old = old.copy()
-            src = Tensor._from_box(Box(old, box.type))
+            src = Tensor._from_box(Box(old, box.type, box.device))
             src._box.version = box.version
             src.requires_grad, src.grad_fn = self.requires_grad, self.grad_fn
         result = compute(src)
@@ -886,6 +928,8 @@ class Tensor(TensorBase, MoreMethods):
             # (fill_, zero_, copy_ of a constant on a tensor in the graph: it stays in the graph, with zero
             # gradient to what it was, as in PyTorch -- not with the op that made its old value)
             result = where(True, result, src)
+        if _dispatch._on_devices and result._box.device is not box.device:
+            result = move(result, box.device)  # in place: the storage stays where it is (copy_ moves)
         box.value = result._box.value
         box.version += 1
         if result.requires_grad:
@@ -945,7 +989,8 @@ class Tensor(TensorBase, MoreMethods):
                                    f"{shape_str(value.shape)}")
             return self._inplace(lambda s: value.reshape(()).to(self.dtype).expand(tuple(self.shape)),
                                  "fill_")
-        return self._inplace(lambda s: full(tuple(self.shape), value, dtype=self.dtype), "fill_")
+        return self._inplace(lambda s: full(tuple(self.shape), value, dtype=self.dtype, device=self.device),
+                             "fill_")
 
     def zero_(self):
         return self.fill_(0)
@@ -959,15 +1004,15 @@ class Tensor(TensorBase, MoreMethods):
 
         from .random import rand  # (random imports nothing of this module; its generator needs Tensor made)
 
-        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype)
-                             * (b - a) + a, "uniform_")
+        return self._inplace(lambda s: rand(tuple(self.shape), generator=generator, dtype=self.dtype,
+                                            device=self.device) * (b - a) + a, "uniform_")
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
 
         from .random import randn
 
-        return self._inplace(lambda s: randn(tuple(self.shape), generator=generator, dtype=self.dtype) * std
-                             + mean, "normal_")
+        return self._inplace(lambda s: randn(tuple(self.shape), generator=generator, dtype=self.dtype,
+                                             device=self.device) * std + mean, "normal_")
 
     def __iadd__(self, o):
         return self.add_(o)
@@ -980,6 +1025,55 @@ class Tensor(TensorBase, MoreMethods):
 
     def __itruediv__(self, o):
         return self.div_(o)
+
+
+def _cuda_device(d=None):
+    if d is None:
+        return storage_device("cuda")
+    if isinstance(d, int) and not isinstance(d, bool):
+        return storage_device(_device_cls("cuda", d))
+    dev = _device_cls(d)
+    if dev.type != "cuda":
+        raise RuntimeError(f"Invalid device, must be cuda device, got {dev}")
+    return storage_device(dev)
+
+
+def parse_to(args, kwargs, who="to"):
+    """(device or None, dtype or None, copy) of PyTorch's ``.to(...)`` arguments: ``to(dtype)``,
+    ``to(device=None, dtype=None)``, ``to(tensor)``, with ``non_blocking``/``copy``/``memory_format`` keywords."""
+    kwargs = dict(kwargs)
+    dev = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    copy = bool(kwargs.pop("copy", False))
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"{who}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+    args = list(args)
+    if args and isinstance(args[0], Tensor):
+        other = args.pop(0)
+        dev, dtype = other._box.device, other.dtype
+    elif args and not isinstance(args[0], D.DType) and args[0] not in (float, int, bool) and \
+            (isinstance(args[0], (str, _device_cls)) or (isinstance(args[0], int) and not isinstance(args[0], bool))
+             or args[0] is None):
+        if dev is not None:
+            raise TypeError(f"{who}() got multiple values for argument 'device'")
+        dev = args.pop(0)
+    if args and (isinstance(args[0], D.DType) or args[0] in (float, int, bool)):
+        if dtype is not None:
+            raise TypeError(f"{who}() got multiple values for argument 'dtype'")
+        dtype = args.pop(0)
+    if args and isinstance(args[0], bool):  # to(dtype, non_blocking, copy), as PyTorch's positional form
+        args.pop(0)
+        if args and isinstance(args[0], bool):
+            copy = args.pop(0)
+    if args:
+        left = ", ".join(type(a).__name__ for a in args)
+        raise TypeError(f"{who}() received an invalid combination of arguments: {left} left over (expected a "
+                        f"device, a dtype or a tensor)")
+    if dev is not None:
+        dev = storage_device(dev)
+    return dev, (None if dtype is None else D.as_dtype(dtype)), copy
 
 
 class Size(tuple):

@@ -1,7 +1,8 @@
-"""MNIST and CIFAR-10 read from their official files, plus SyntheticImages (learnable, offline).
+"""MNIST, Fashion-MNIST and CIFAR-10 read from their official files, plus SyntheticImages (learnable, offline).
 
 Items are ``(image, label)`` with the image a float32 tensor in [0, 1] of shape [C, H, W] — what
-torchvision gives after ``ToTensor()``; there is no PIL here, so `transform` receives that tensor.
+torchvision gives after ``ToTensor()``; `transform` receives that tensor (tracejit's ``ToTensor`` passes it
+through, so torchvision pipelines such as ``Compose([RandomCrop(32, 4), ToTensor(), Normalize(m, s)])`` work).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from ._tensor import Tensor
 from .dispatch import _from_array
 from .utils.data import Dataset
 
-__all__ = ["MNIST", "CIFAR10", "SyntheticImages", "read_idx", "download_url", "download_and_extract_archive",
-           "extract_archive", "check_integrity"]
+__all__ = ["MNIST", "FashionMNIST", "CIFAR10", "SyntheticImages", "read_idx", "download_url",
+           "download_and_extract_archive", "extract_archive", "check_integrity"]
 
 # ----------------------------------------------------------------------------------------------- downloads
 
@@ -268,14 +269,19 @@ class MNIST(Dataset):
         images = read_idx(self._find(f"{prefix}-images-idx3-ubyte"), expected_magic=2051)
         labels = read_idx(self._find(f"{prefix}-labels-idx1-ubyte"), expected_magic=2049)
         if images.shape[0] != labels.shape[0]:
-            raise RuntimeError(f"MNIST: {images.shape[0]} images but {labels.shape[0]} labels in {self.root}")
+            raise RuntimeError(f"{type(self).__name__}: {images.shape[0]} images but {labels.shape[0]} labels in "
+                               f"{self.root}")
         self.data = images.astype(np.uint8)
         self._labels = labels.astype(np.int64)
         self.targets = _from_array(self._labels)
 
     @property
     def raw_folder(self) -> str:
-        return os.path.join(self.root, "MNIST", "raw")
+        return os.path.join(self.root, type(self).__name__, "raw")
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
 
     def _find(self, name: str) -> str:
         for folder in (self.raw_folder, self.root):
@@ -308,7 +314,7 @@ class MNIST(Dataset):
                 except (urllib.error.URLError, OSError, RuntimeError) as e:
                     errors.append(f"{mirror + file}: {e}")
             else:
-                raise RuntimeError("MNIST download failed:\n  " + "\n  ".join(errors))
+                raise RuntimeError(f"{type(self).__name__} download failed:\n  " + "\n  ".join(errors))
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -321,6 +327,21 @@ class MNIST(Dataset):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
+
+
+class FashionMNIST(MNIST):
+    """Zalando's Fashion-MNIST: MNIST's file format and shapes, ten kinds of clothing (`classes`), read from
+    ``root/FashionMNIST/raw`` (or directly from ``root``)."""
+
+    mirrors = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+    resources = [
+        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    ]
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
 
 
 class CIFAR10(Dataset):

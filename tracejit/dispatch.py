@@ -15,10 +15,12 @@ import time
 
 import numpy as np
 
+from . import devices as _devices
 from . import dtypes as D
 from .autograd.mode import _mode as _grad_mode
 from .autograd.mode import _off as _grad_off
 from .autograd.tape import TapeEntry
+from .devices import CPU, mixed_devices_message
 from .dtypes import TensorType
 from .errors import OpError, TraceError, user_location
 
@@ -88,14 +90,66 @@ def _concrete_values(what, read):
 
 
 class Box:
-    """Storage shared by a tensor and its `.data` / `.detach()` aliases."""
+    """Storage shared by a tensor and its `.data` / `.detach()` aliases: `value` (a NumPy array on the CPU, a
+    backend's buffer on another device, a graph Value while traced), its static type, version and device."""
 
-    __slots__ = ("value", "type", "version", "__weakref__")
+    __slots__ = ("value", "type", "version", "device", "__weakref__")
 
-    def __init__(self, value, type_: TensorType):
+    def __init__(self, value, type_: TensorType, device=CPU):
         self.value = value
         self.type = type_
         self.version = 0
+        self.device = device
+
+
+# True once a tensor has lived on a device other than the CPU in this process: until then `apply` skips the
+# device checks (the CPU path pays one global read).
+_on_devices = False
+# Bumped whenever a Box moves to another device in place (Module.to, `.data =`): compiled variants check the
+# devices of the state they captured only when it changed since they last looked.
+_device_moves = 0
+
+
+def _rebind(box, value, type_, device) -> None:
+    """Give `box` new storage (value, type and device), keeping its identity (aliases and captures follow)."""
+    global _device_moves, _on_devices
+    if device is not box.device:
+        _device_moves += 1
+        if device is not CPU:
+            _on_devices = True
+    box.value = value
+    box.type = type_
+    box.device = device
+
+
+def _device_of(what, inputs):
+    """The device an op on `inputs` runs on: theirs, where all agree; a CPU 0-d tensor goes with any device
+    (as in PyTorch). Tensors on two devices: PyTorch's error, naming both."""
+    dev = None
+    for t in inputs:
+        b = t._box
+        d = b.device
+        if d is CPU and not b.type.shape:
+            continue
+        if dev is None:
+            dev = d
+        elif d is not dev:
+            raise OpError(f"{what}: {mixed_devices_message(dev, d)} (at {user_location()})")
+    if dev is None:
+        return CPU
+    return dev
+
+
+def _apply_on(dev, tracer, op, inputs, attrs, out_type):
+    """`apply` for a device other than the CPU: a node while tracing, else the device backend's eager op."""
+    if tracer is not None:
+        value = tracer.add_node(op, inputs, attrs, out_type)
+    else:
+        vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs]) if _tracing else \
+            [t._box.value for t in inputs]
+        vals = [v if t._box.device is dev else _devices.transfer(v, t._box.device, dev) for t, v in zip(inputs, vals)]
+        value = _devices.backend_for(dev).run_eager(op, vals, attrs, out_type)
+    return _Tensor._make_on(value, out_type, dev)
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
@@ -111,17 +165,20 @@ def apply(op, *inputs, **attrs):
     except OpError as e:
         raise type(e)(f"{e} (at {user_location()})") from None
     tracer = _ctx.tracer if _tracing else None
-    if tracer is not None:
-        value = tracer.add_node(op, inputs, attrs, out_type)
+    if _on_devices and (dev := _device_of(op.name, inputs)) is not CPU:
+        out = _apply_on(dev, tracer, op, inputs, attrs, out_type)
     else:
-        events = _trace_events
-        vals = [t._box.value for t in inputs]
-        if _tracing or events != _trace_events:  # another thread traces (or did): its Values may be there
-            vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs])
-        value = op.ref(*vals, **attrs)
-        if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
-            value = np.asarray(value, dtype=out_type.dtype.np)
-    out = _Tensor._make(value, out_type)
+        if tracer is not None:
+            value = tracer.add_node(op, inputs, attrs, out_type)
+        else:
+            events = _trace_events
+            vals = [t._box.value for t in inputs]
+            if _tracing or events != _trace_events:  # another thread traces (or did): its Values may be there
+                vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs])
+            value = op.ref(*vals, **attrs)
+            if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
+                value = np.asarray(value, dtype=out_type.dtype.np)
+        out = _Tensor._make(value, out_type)
     if (not _grad_off or _grad_mode.enabled) and op.grad is not None and out_type.dtype.is_floating_point:
         for t in inputs:
             if t.requires_grad:
@@ -157,6 +214,19 @@ class TensorBase:
         return t
 
     @classmethod
+    def _make_on(cls, value, type_, device, requires_grad=False):
+        """`_make` for storage on `device` (a buffer of that device's backend, or a traced Value)."""
+        global _on_devices
+        t = object.__new__(_Tensor)
+        t._box = Box(value, type_, device)
+        t.requires_grad = requires_grad
+        t.grad_fn = None
+        t._grad = None
+        if device is not CPU:
+            _on_devices = True
+        return t
+
+    @classmethod
     def _from_box(cls, box):
         t = object.__new__(_Tensor)
         t._box = box
@@ -167,7 +237,8 @@ class TensorBase:
 
     @classmethod
     def _from_box_value(cls, other):
-        return cls._make(other._box.value, other._box.type)
+        b = other._box
+        return cls._make_on(b.value, b.type, b.device)
 
 
 def _from_array(arr, requires_grad=False):
@@ -186,9 +257,48 @@ def _from_array(arr, requires_grad=False):
 
 
 def _concrete_or_none(t):
-    """The array behind `t` when it is concrete (eager), else None (traced)."""
+    """The values of `t` as a NumPy array when they are known (eager; a host copy for a tensor on another
+    device), else None (traced)."""
     v = t._box.value
-    return v if isinstance(v, np.ndarray) and current_tracer() is None else None
+    if isinstance(v, np.ndarray) or t._box.device is CPU:
+        return v if isinstance(v, np.ndarray) and current_tracer() is None else None
+    from .compiler.ir import Value  # (a tensor on a device: a backend is loaded, and with it the compiler)
+
+    if isinstance(v, Value) or current_tracer() is not None:
+        return None
+    return _devices.to_host(v, t._box.device)
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+class _ToCopy:
+    """What the tape records for a move between devices (not an op of the table: it has no kernel, and a trace
+    sees no node -- the traced value only changes device). Its gradient moves back."""
+
+    name = "_to_copy"
+
+    @staticmethod
+    def grad(ctx, g):
+        return [move(g, ctx.attrs["device"])]
+
+
+def move(t, dev):
+    """`t` with its storage on device `dev` (a copy; `t` itself when it is there already). Differentiable."""
+    src = t._box.device
+    if src is dev:
+        return t
+    tracer = current_tracer()
+    if tracer is not None:
+        value = tracer.value_of(t)  # the same graph value: one program runs a compiled function on one device
+    else:
+        value = _concrete_values("to(device)", lambda: [t._box.value])[0] if _tracing else t._box.value
+        value = _devices.transfer(value, src, dev)
+    out = _Tensor._make_on(value, t._box.type, dev)
+    if t.requires_grad and (not _grad_off or _grad_mode.enabled):
+        out.requires_grad = True
+        out.grad_fn = TapeEntry(_ToCopy, [t], {"device": src}, out)
+    return out
 
 
 def _sizes(args):

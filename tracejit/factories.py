@@ -1,5 +1,9 @@
 """Tensor factories: `tensor`, `as_tensor`, `from_numpy`, `zeros`, `ones`, `full`, `empty`, `*_like`, `arange`,
 `linspace`, `eye`. They make tensors through dispatch (`_from_array`, `apply`) and never import the Tensor API.
+
+Every factory takes `device=` (a device, a string such as "cuda:0", or None for the default device, see
+`tracejit.set_default_device`); `*_like` default to their argument's device. Values are made on the host and
+moved there.
 """
 
 from __future__ import annotations
@@ -8,18 +12,31 @@ import warnings
 
 import numpy as np
 
+from . import devices as _devices
 from . import dtypes as D
 from ._shared import share
 from .autograd.mode import no_grad
+from .devices import CPU, storage_device
 from .dispatch import TensorBase as Tensor
-from .dispatch import _from_array, _py, _sizes, apply
+from .dispatch import _from_array, _py, _sizes, apply, move
 from .ops import OPS
+
+
+def _placed(t, device, requires_grad=False):
+    """`t` (made on the CPU) on `device` (None: the default device), then a leaf requiring grad if asked."""
+    if device is not None or _devices._default is not CPU:
+        dev = storage_device(device)
+        if dev is not CPU:
+            t = move(t, dev)
+    return t.requires_grad_(True) if requires_grad else t
 
 
 def tensor(data, dtype=None, requires_grad=False, device=None):
     """Build a tensor from a number, list or array (a copy). Floats default to float32."""
     if isinstance(data, Tensor):
         arr = data._concrete("tensor(tensor)")
+        if device is None and data._box.device is not CPU:
+            device = data._box.device
     else:
         arr = np.array(data)
         if arr.dtype == object:
@@ -31,18 +48,22 @@ def tensor(data, dtype=None, requires_grad=False, device=None):
         arr = arr.astype(D.as_dtype(dtype).np)
     elif arr.dtype.kind == "f" and not (isinstance(data, np.ndarray) and arr.dtype in (np.float64, np.float16)):
         arr = arr.astype(np.float32)  # Python floats default to float32; float64/float16 arrays keep theirs
-    return _from_array(np.array(arr), requires_grad)
+    return _placed(_from_array(np.array(arr)), device, requires_grad)
 
 
 def as_tensor(data, dtype=None, device=None):
-    """`data` as a tensor without a copy where possible: a tensor of that dtype is returned as is, and a NumPy
-    array of a tracejit dtype shares its memory (as `from_numpy`); anything else is converted (`tensor`)."""
-    if isinstance(data, Tensor) and (dtype is None or data.dtype is D.as_dtype(dtype)):
-        return data
-    if (isinstance(data, np.ndarray) and data.dtype in _NATIVE
+    """`data` as a tensor without a copy where possible: a tensor of that dtype (and device) is returned as is,
+    and a NumPy array of a tracejit dtype shares its memory (as `from_numpy`) when it stays on the CPU; anything
+    else is converted (`tensor`)."""
+    if isinstance(data, Tensor):
+        dev = None if device is None else storage_device(device)
+        if (dtype is None or data.dtype is D.as_dtype(dtype)) and (dev is None or dev is data._box.device):
+            return data
+        return data.to(device=dev, dtype=dtype)
+    if (isinstance(data, np.ndarray) and data.dtype in _NATIVE and storage_device(device) is CPU
             and (dtype is None or D.as_dtype(dtype).np == data.dtype)):
         return from_numpy(data)
-    return tensor(data, dtype=dtype)
+    return tensor(data, dtype=dtype, device=device)
 
 
 _NATIVE = {np.dtype(np.bool_), np.dtype(np.int64), np.dtype(np.float16), np.dtype(np.float32),
@@ -95,55 +116,62 @@ def full(size, fill_value, *, out=None, dtype=None, layout=None, device=None, re
     with no_grad():
         t = apply(OPS["full"], shape=tuple(_sizes((size,)) if not isinstance(size, int) else (size,)),
                   value=_py(fill_value, dt), dtype=dt)
-    return _out("full", t.requires_grad_(True) if requires_grad else t, out)
+    return _out("full", _placed(t, device, requires_grad), out)
 
 
 def zeros(*sizes, size=None, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False):
     return _out("zeros", full(size_arg("zeros", sizes, size), 0.0, dtype=dtype or D.default_float,
-                              requires_grad=requires_grad), out)
+                              requires_grad=requires_grad, device=device), out)
 
 
 def ones(*sizes, size=None, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False):
     return _out("ones", full(size_arg("ones", sizes, size), 1.0, dtype=dtype or D.default_float,
-                             requires_grad=requires_grad), out)
+                             requires_grad=requires_grad, device=device), out)
 
 
 def empty(*sizes, size=None, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False,
           memory_format=None):
     """Uninitialized in PyTorch; zeros here (deterministic)."""
     return _out("empty", full(size_arg("empty", sizes, size), 0.0, dtype=dtype or D.default_float,
-                              requires_grad=requires_grad), out)
+                              requires_grad=requires_grad, device=device), out)
 
 
-def zeros_like(t, dtype=None, requires_grad=False):
-    return full(tuple(t.shape), 0, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def _like_device(t, device):
+    return t._box.device if device is None else device
 
 
-def ones_like(t, dtype=None, requires_grad=False):
-    return full(tuple(t.shape), 1, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def zeros_like(t, dtype=None, requires_grad=False, device=None):
+    return full(tuple(t.shape), 0, dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=_like_device(t, device))
+
+
+def ones_like(t, dtype=None, requires_grad=False, device=None):
+    return full(tuple(t.shape), 1, dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=_like_device(t, device))
 
 
 empty_like = zeros_like
 
 
-def full_like(t, fill_value, dtype=None, requires_grad=False):
-    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def full_like(t, fill_value, dtype=None, requires_grad=False, device=None):
+    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=_like_device(t, device))
 
 
-def arange(start, end=None, step=1, dtype=None, requires_grad=False):
+def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None):
     if end is None:
         start, end = 0, start
     if dtype is None:
         is_float = any(isinstance(v, float) for v in (start, end, step))
         dtype = D.default_float if is_float else D.int64
-    return _from_array(np.arange(start, end, step).astype(D.as_dtype(dtype).np), requires_grad)
+    return _placed(_from_array(np.arange(start, end, step).astype(D.as_dtype(dtype).np)), device, requires_grad)
 
 
-def linspace(start, end, steps, dtype=None, requires_grad=False):
+def linspace(start, end, steps, dtype=None, requires_grad=False, device=None):
     dt = D.as_dtype(dtype) if dtype is not None else D.default_float
-    return _from_array(np.linspace(start, end, steps).astype(dt.np), requires_grad)
+    return _placed(_from_array(np.linspace(start, end, steps).astype(dt.np)), device, requires_grad)
 
 
 def eye(n, m=None, *, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False):
-    t = _from_array(np.eye(n, m, dtype=(dtype and D.as_dtype(dtype) or D.default_float).np), requires_grad)
-    return _out("eye", t, out)
+    arr = np.eye(n, m, dtype=(dtype and D.as_dtype(dtype) or D.default_float).np)
+    return _out("eye", _placed(_from_array(arr), device, requires_grad), out)

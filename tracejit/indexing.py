@@ -10,8 +10,9 @@ import math
 import numpy as np
 
 from . import dtypes as D
+from .devices import CPU
 from .dispatch import TensorBase as Tensor
-from .dispatch import _concrete_or_none, _from_array, _py, apply
+from .dispatch import _concrete_or_none, _from_array, _py, apply, move
 from .errors import OpError, shape_str, user_location
 from .factories import tensor
 from .ops import OPS, first_bad_index, index_error
@@ -159,6 +160,8 @@ def _advanced(y, advs):
         if t.dtype is not D.int64:
             raise IndexError(f"tensors used as indices must be long or bool, got {t.dtype.name} of shape "
                              f"{shape_str(t.shape)} (at {user_location()})")
+        if t._box.device is CPU and y._box.device is not CPU:
+            t = move(t, y._box.device)  # CPU indices serve a tensor on any device, as in PyTorch
         idxs.append(t)
     positions = [p for p, _ in advs]
     from .ops import broadcast_shapes
@@ -260,8 +263,14 @@ def _put_value(x, value, strict):
     if isinstance(value, (bool, int, float, np.number, np.bool_)):
         return apply(OPS["full"], shape=(), value=_py(value, x.dtype), dtype=x.dtype)
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tensor(value, dtype=x.dtype)
+        return tensor(value, dtype=x.dtype, device=x._box.device)
     raise TypeError(f"can't assign a {type(value).__name__} to a tracejit tensor (at {user_location()})")
+
+
+def constant_like(x, arr):
+    """The NumPy array `arr` as a constant tensor on `x`'s device (a graph constant while tracing)."""
+    t = _from_array(arr)
+    return t if x._box.device is CPU else move(t, x._box.device)
 
 
 def _strip_ones(v):
@@ -279,7 +288,7 @@ def _mask_put(x, index, value):
     n_ellipsis = sum(i is Ellipsis for i in index)
     if rest or not _is_mask(index[0]) or n_ellipsis > 1:
         return None
-    m = index[0] if isinstance(index[0], Tensor) else tensor(np.asarray(index[0]))
+    m = index[0] if isinstance(index[0], Tensor) else constant_like(x, np.asarray(index[0]))
     if m.ndim == 0 or m.ndim + len(index) - 1 - n_ellipsis > x.ndim:
         return None
     if tuple(m.shape) != tuple(x.shape[:m.ndim]):
@@ -324,14 +333,14 @@ def _basic_put(x, starts, stops, steps, target, value):
         positions = np.arange(x.numel(), dtype=np.int64).reshape(tuple(x.shape))[where_].reshape(-1)
         inv = np.zeros(x.numel(), dtype=np.int64)
         inv[positions] = np.arange(positions.size, dtype=np.int64)
-        full = take(v.reshape(-1), _from_array(inv), 0).reshape(tuple(x.shape))
-    return full.where(_from_array(mask), x)
+        full = take(v.reshape(-1), constant_like(x, inv), 0).reshape(tuple(x.shape))
+    return full.where(constant_like(x, mask), x)
 
 
 def _advanced_put(x, index, value):
     n = x.numel()
     # the flat position in x of every element x[index] reads: indexing an arange applies every rule once
-    lin = getitem(_from_array(np.arange(n, dtype=np.int64).reshape(tuple(x.shape))), index)
+    lin = getitem(constant_like(x, np.arange(n, dtype=np.int64).reshape(tuple(x.shape))), index)
     target = tuple(lin.shape)
     v = _strip_ones(value)
     try:
@@ -352,8 +361,8 @@ def _advanced_put(x, index, value):
         inv[known] = np.arange(known.size, dtype=np.int64)
         mask = np.zeros(n, dtype=bool)
         mask[known] = True
-        full = take(vals, _from_array(inv), 0)
-        return full.where(_from_array(mask), x.reshape(-1)).reshape(tuple(x.shape))
+        full = take(vals, constant_like(x, inv), 0)
+        return full.where(constant_like(x, mask), x.reshape(-1)).reshape(tuple(x.shape))
     # places that may repeat: PyTorch leaves the result undefined; here each place gets the mean of the values
     # written to it (exactly the value where it is written once), in eager and compiled runs alike
     fv = vals if x.dtype.is_floating_point else vals.to(D.float64)

@@ -15,6 +15,7 @@ from . import dtypes as D
 from .autograd.mode import no_grad
 from .dispatch import TensorBase as Tensor
 from .dispatch import _from_array, _sizes, apply
+from .factories import _placed
 from .ops import OPS, TensorType, broadcast_shapes
 
 DEFAULT_SEED = 67280421310721
@@ -24,6 +25,7 @@ class Generator:
     """A random stream: ``g = tracejit.Generator().manual_seed(0); tracejit.rand(3, generator=g)``."""
 
     def __init__(self, device="cpu", seed=DEFAULT_SEED):
+        # one counter-based stream serves every device: draws are made on the host and moved where asked
         self.state = Tensor._make(np.array([seed, 0], dtype=np.int64), TensorType((2,), D.int64))
         self._seed = seed
 
@@ -91,7 +93,7 @@ def _shape(who, sizes, size):
 def rand(*sizes, size=None, generator=None, dtype=None, requires_grad=False, device=None):
     """Uniform numbers in [0, 1)."""
     u = (generator or default_generator)._draw(_shape("rand", sizes, size), _float(dtype))
-    return u.requires_grad_(True) if requires_grad else u
+    return _placed(u, device, requires_grad)
 
 
 def randn(*sizes, size=None, generator=None, dtype=None, requires_grad=False, device=None):
@@ -109,7 +111,7 @@ def randn(*sizes, size=None, generator=None, dtype=None, requires_grad=False, de
             z = z[:n]
         z = z.reshape(shape)
     z._view = None  # a fresh tensor, not a view of the draw it was cut from
-    return z.requires_grad_(True) if requires_grad else z
+    return _placed(z, device, requires_grad)
 
 
 def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
@@ -122,26 +124,30 @@ def randint(low, high=None, size=(), generator=None, dtype=None, device=None):
                                                D.float64)
     with no_grad():
         v = (u * float(high - low)).to(D.int64) + int(low)
-    return v if dtype is None else v.to(dtype)
+    return _placed(v if dtype is None else v.to(dtype), device)
 
 
-def randperm(n, generator=None, dtype=None):
+def randperm(n, generator=None, dtype=None, device=None):
     """A random permutation of 0..n-1 (eager only: it sorts)."""
     u = (generator or default_generator)._draw((n,), D.float64)
-    return _from_array(np.argsort(u.numpy(), kind="stable").astype(np.int64))
+    perm = _from_array(np.argsort(u.numpy(), kind="stable").astype(np.int64))
+    return _placed(perm if dtype is None else perm.to(dtype), device)
 
 
-def rand_like(t, generator=None, dtype=None):
-    return rand(tuple(t.shape), generator=generator, dtype=dtype or t.dtype)
+def rand_like(t, generator=None, dtype=None, device=None):
+    return rand(tuple(t.shape), generator=generator, dtype=dtype or t.dtype,
+                device=t._box.device if device is None else device)
 
 
-def randn_like(t, generator=None, dtype=None):
-    return randn(tuple(t.shape), generator=generator, dtype=dtype or t.dtype)
+def randn_like(t, generator=None, dtype=None, device=None):
+    return randn(tuple(t.shape), generator=generator, dtype=dtype or t.dtype,
+                 device=t._box.device if device is None else device)
 
 
 def bernoulli(p, generator=None):
     """1.0 with probability p (elementwise), else 0.0."""
-    return (rand(tuple(p.shape), generator=generator, dtype=p.dtype) < p).to(p.dtype)
+    return (rand(tuple(p.shape), generator=generator, dtype=p.dtype, device=p._box.device) < p).to(p.dtype)
+
 
 
 _NORMAL_FORMS = ("normal() received an invalid combination of arguments - got ({got}), but expected one of:\n"
@@ -164,7 +170,8 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, out=None, dtype=None
             raise TypeError(_NORMAL_FORMS.format(got=f"{type(mean).__name__}, {type(std).__name__}"))
         if std < 0:
             raise RuntimeError(f"normal expects std >= 0.0, but found std {std:g}")
-        z = randn(_sizes((size,)) if not isinstance(size, int) else (size,), generator=generator, dtype=dtype)
+        z = randn(_sizes((size,)) if not isinstance(size, int) else (size,), generator=generator, dtype=dtype,
+                  device=device)
         with no_grad():
             z = z * float(std) + float(mean) if (std, mean) != (1, 0) else z
         z = z.requires_grad_(True) if requires_grad else z
@@ -183,7 +190,7 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, out=None, dtype=None
     elif std < 0:
         raise RuntimeError(f"normal expects std >= 0.0, but found std {std:g}")
     shape = broadcast_shapes("normal", tuple(mean.shape) if tm else (), tuple(std.shape) if ts else ())
-    z = randn(shape, generator=generator, dtype=ref.dtype)
+    z = randn(shape, generator=generator, dtype=ref.dtype, device=ref._box.device)
     with no_grad():
         r = z * (std.detach() if ts else float(std)) + (mean.detach() if tm else float(mean))
     for p in (mean, std):  # in the graph with zero gradient, as PyTorch's NormalBackward

@@ -1,5 +1,9 @@
 """Checkpoints: ``save``/``load`` of nested state dicts in the safetensors format, written atomically.
 
+Objects the format cannot hold (a whole module: ``save(model, path)``) are pickled instead, and ``load`` reads
+PyTorch's own ``.pt``/``.pth`` files without PyTorch; pickles load *weights only* unless ``weights_only=False``
+is passed, as in PyTorch >= 2.6 (see `tracejit._pickled`).
+
 Tensors are safetensors tensors under flattened dotted keys (a model state dict file loads directly in
 other frameworks); everything else is JSON in the file's metadata. A crash mid-save never leaves a
 half-written checkpoint: the file is written beside the target, fsynced, then renamed over it. The temporary
@@ -18,6 +22,7 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import secrets
 import socket
@@ -28,11 +33,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import _pickled
 from . import dtypes as D
+from ._pickled import add_safe_globals, clear_safe_globals, get_safe_globals, safe_globals
 from ._tensor import Tensor
 from .dispatch import _from_array
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "add_safe_globals", "clear_safe_globals", "get_safe_globals", "safe_globals",
+           "dumps_tensors"]
 
 STRUCTURE_KEY = "tracejit.structure"
 CHECKSUM_KEY = "tracejit.crc32"
@@ -50,6 +58,10 @@ _MAX_HEADER = 100_000_000  # safetensors' own limit
 
 
 # ----------------------------------------------------------------------------------------------- encoding
+
+
+class _NotAWeightsTree(TypeError):
+    """The object holds something the safetensors format cannot store (it is pickled instead)."""
 
 
 class _Encoder:
@@ -81,7 +93,7 @@ class _Encoder:
             items = []
             for k, v in obj.items():
                 if not (k is None or isinstance(k, (bool, int, float, str))):
-                    raise TypeError(f"tracejit.save: dict keys must be str, int, float, bool or None; got "
+                    raise _NotAWeightsTree(f"tracejit.save: dict keys must be str, int, float, bool or None; got "
                                     f"{type(k).__name__} at {_where(path)}")
                 items.append([k, self.encode(v, path + [str(k)])])
             node = {"dict": items}
@@ -92,7 +104,7 @@ class _Encoder:
             return {"tuple": [self.encode(v, path + [str(i)]) for i, v in enumerate(obj)]}
         if isinstance(obj, list):
             return [self.encode(v, path + [str(i)]) for i, v in enumerate(obj)]
-        raise TypeError(f"tracejit.save: cannot store an object of type {type(obj).__name__} at "
+        raise _NotAWeightsTree(f"tracejit.save: cannot store an object of type {type(obj).__name__} at "
                         f"{_where(path)}; checkpoints hold tensors, NumPy arrays, numbers, strings, None, "
                         f"dtypes and dicts/lists/tuples of them")
 
@@ -106,7 +118,7 @@ class _Encoder:
             key = f"{base}#{n}"
         arr = np.asarray(array(), order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         if arr.dtype.newbyteorder("<") not in _CODE_OF:
-            raise TypeError(f"tracejit.save: arrays of dtype {arr.dtype} cannot be stored ({_where(path)})")
+            raise _NotAWeightsTree(f"tracejit.save: arrays of dtype {arr.dtype} cannot be stored ({_where(path)})")
         if arr.dtype.byteorder == ">":  # safetensors is little-endian
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         self.tensors[key] = arr
@@ -154,19 +166,30 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 # ----------------------------------------------------------------------------------------------- save
 
 
-def save(obj: Any, f: PathLike | BinaryIO, *, metadata: dict[str, str] | None = None) -> None:
-    """Write `obj` (a tensor, or dicts/lists/tuples of tensors, arrays, numbers, strings) to `f`.
+def save(obj: Any, f: PathLike | BinaryIO, pickle_module: Any = None, pickle_protocol: int = 2,
+         _use_new_zipfile_serialization: bool = True, _disable_byteorder_record: bool = False, *,
+         metadata: dict[str, str] | None = None) -> None:
+    """Write `obj` to `f`: a tensor, or dicts/lists/tuples of tensors, arrays, numbers, strings, in the
+    safetensors format; anything else (a whole model, an argparse Namespace, ...) as a pickle.
 
-    >>> tracejit.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3},
-    ...               "ckpt.safetensors")
-    >>> ckpt = tracejit.load("ckpt.safetensors")
+    >>> tracejit.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3}, "ckpt.pt")
+    >>> ckpt = tracejit.load("ckpt.pt")
+    >>> tracejit.save(model, "model.pt")                      # pickled: the class must be importable
+    >>> model = tracejit.load("model.pt", weights_only=False)  # and loading it runs code from the file
 
     A path is written atomically: either the old file or the complete new one exists afterwards; temporary
     files that killed saves to the same path left behind are removed. `metadata` adds string entries to
-    the safetensors header.
+    the safetensors header. The other arguments are accepted for ``torch.save`` compatibility.
     """
     enc = _Encoder()
-    structure = enc.encode(obj, [])
+    try:
+        structure = enc.encode(obj, [])
+    except _NotAWeightsTree:
+        if metadata:
+            raise TypeError("tracejit.save: metadata= needs a safetensors checkpoint (tensors, numbers, strings "
+                            "and containers), but this object is pickled") from None
+        _save_pickle(obj, f)
+        return
     meta = dict(metadata or {})
     for k, v in meta.items():
         if not (isinstance(k, str) and isinstance(v, str)):
@@ -179,7 +202,25 @@ def save(obj: Any, f: PathLike | BinaryIO, *, metadata: dict[str, str] | None = 
     if hasattr(f, "write"):
         _write(f, enc.tensors, meta)
         return
-    _atomic_save(enc.tensors, meta, os.fspath(f))
+    _atomic_write(os.fspath(f), lambda out: _write(out, enc.tensors, meta))
+
+
+def _save_pickle(obj: Any, f: PathLike | BinaryIO) -> None:
+    try:
+        data = _pickled.PICKLE_MAGIC + _pickled.dumps(obj)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise TypeError(f"tracejit.save: {type(obj).__name__} is neither a tree of tensors (stored as safetensors) "
+                        f"nor picklable: {e}") from None
+    if hasattr(f, "write"):
+        f.write(data)
+    else:
+        _atomic_write(os.fspath(f), lambda out: out.write(data))
+
+
+def dumps_tensors(obj: Any) -> bytes:
+    """`obj` pickled with tracejit tensors as their values (``pickle.loads`` rebuilds them); what DataLoader
+    workers send."""
+    return _pickled.dumps(obj)
 
 
 def _write(f: BinaryIO, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
@@ -209,7 +250,7 @@ def _tmp_prefix(path: str) -> str:
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 
 
-def _atomic_save(tensors: dict[str, np.ndarray], meta: dict[str, str], path: str) -> None:
+def _atomic_write(path: str, write: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     _remove_orphans(path)
     tmp = os.path.join(directory, f"{_tmp_prefix(path)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
@@ -217,7 +258,7 @@ def _atomic_save(tensors: dict[str, np.ndarray], meta: dict[str, str], path: str
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write(f, tensors, meta)
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # the data must be on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
@@ -286,27 +327,55 @@ class _Unreadable(ValueError):
     """The file is not a valid safetensors file (the message says what is wrong)."""
 
 
-def load(f: PathLike | BinaryIO, map_location: Any = None, weights_only: bool | None = None,
-         mmap: bool | None = None) -> Any:
-    """Read a checkpoint written by `save` (or any safetensors file, as a flat name -> tensor dict).
+def load(f: PathLike | BinaryIO, map_location: Any = None, pickle_module: Any = None, *,
+         weights_only: bool | None = None, mmap: bool | None = None, **pickle_load_args: Any) -> Any:
+    """Read a checkpoint written by `save`, any safetensors file (as a flat name -> tensor dict), or a
+    file written by ``torch.save`` (without PyTorch: its tensors become tracejit tensors).
 
-    `map_location`, `weights_only` and `mmap` are accepted for ``torch.load`` compatibility: everything
-    is loaded on the CPU, and nothing but tensors and JSON values can be in the file. BF16 tensors load as
-    float32 (exactly; with a warning), other integer types as int64.
+    Pickled files (whole objects, PyTorch's files) load *weights only* by default, as in PyTorch >= 2.6:
+    only tensors, dtypes, numbers, strings and containers are rebuilt, and any other global the file names
+    is refused before it could run (`add_safe_globals` allowlists one). ``weights_only=False`` unpickles
+    everything, which can run arbitrary code: only for files you trust. Everything loads on the CPU
+    (`map_location` and `mmap` are accepted for compatibility). BF16 tensors load as float32 (exactly; with a
+    warning), other integer types as int64.
     """
     name = repr(getattr(f, "name", "<file object>")) if hasattr(f, "read") else repr(os.fspath(f))
+    weights_only = True if weights_only is None else bool(weights_only)
+    if hasattr(f, "read"):
+        data = f.read()
+        return _load_bytes(io.BytesIO(data), len(data), name, weights_only)
+    with open(os.fspath(f), "rb") as fh:
+        return _load_bytes(fh, os.fstat(fh.fileno()).st_size, name, weights_only)
+
+
+def _load_bytes(fh: BinaryIO, size: int, name: str, weights_only: bool) -> Any:
+    head = fh.read(32)
+    fh.seek(0)
+    if head.startswith(_pickled.PICKLE_MAGIC):
+        fh.seek(len(_pickled.PICKLE_MAGIC))
+        return _unpickling(lambda: _pickled.load_tracejit_pickle(fh, name, weights_only), name)
+    if head.startswith(b"PK\x03\x04"):
+        return _unpickling(lambda: _pickled.load_torch_zip(fh, name, weights_only), name)
+    if _pickled.is_torch_legacy(head):
+        return _unpickling(lambda: _pickled.load_torch_legacy(fh, name, weights_only, size), name)
+    return _load_safetensors(fh, size, name)
+
+
+def _unpickling(read: Any, name: str) -> Any:
     try:
-        if hasattr(f, "read"):
-            data = f.read()
-            meta, arrays, bf16 = _read(io.BytesIO(data), len(data))
-        else:
-            with open(os.fspath(f), "rb") as fh:
-                meta, arrays, bf16 = _read(fh, os.fstat(fh.fileno()).st_size)
-    except (_Unreadable, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise RuntimeError(f"tracejit.load: {name} is not a readable safetensors checkpoint (it is "
-                           f"truncated, corrupted or in another format): {e}") from None
+        return read()
+    except pickle.UnpicklingError:
+        raise
+    except (EOFError, ValueError, KeyError, IndexError) as e:
+        raise RuntimeError(f"tracejit.load: {name} is a damaged pickle checkpoint: {type(e).__name__}: {e}") from None
+
+
+def _load_safetensors(fh: BinaryIO, size: int, name: str) -> Any:
+    try:
+        meta, arrays, bf16 = _read(fh, size)
+    except _Unreadable as e:
+        raise RuntimeError(f"tracejit.load: {name} is not a readable safetensors checkpoint, nor a PyTorch or "
+                           f"tracejit pickle (it is truncated, corrupted or in another format): {e}") from None
     expected = meta.get(CHECKSUM_KEY)
     if expected is not None and _checksum(arrays) != expected:
         raise RuntimeError(f"tracejit.load: {name} is corrupted: the tensor data does not match the checksum "
@@ -315,7 +384,7 @@ def load(f: PathLike | BinaryIO, map_location: Any = None, weights_only: bool | 
         listed = ", ".join(repr(k) for k in bf16[:5]) + (f" and {len(bf16) - 5} more" if len(bf16) > 5 else "")
         warnings.warn(f"tracejit.load: {name} holds bfloat16 tensors ({listed}); tracejit has no bfloat16 "
                       f"dtype, so they are loaded as float32 (exactly: every bfloat16 value is a float32 value) "
-                      f"and a later save writes them as float32", UserWarning, stacklevel=2)
+                      f"and a later save writes them as float32", UserWarning, stacklevel=4)
         for k in bf16:
             arrays[k] = (arrays[k].astype(np.uint32) << 16).view(np.float32)
     tensors = {k: _from_array(a) for k, a in arrays.items()}

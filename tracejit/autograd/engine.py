@@ -193,7 +193,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
     outs = run(inputs)
     for i in diff:
         x = inputs[i]
-        base = x.detach().numpy().astype(np.float64)
+        base = x.detach()._concrete("gradcheck").astype(np.float64)  # (host values, whatever the device)
         num_cols = []
         for k in range(base.size):
             cols = []
@@ -202,8 +202,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
                 pert[k] += sign * eps
                 args = list(inputs)
                 # same requires_grad and grad mode as the real call: `fn` may itself differentiate
-                args[i] = tensor(pert.reshape(base.shape), dtype=x.dtype, requires_grad=True)
-                cols.append([o.detach().numpy().astype(np.float64).reshape(-1) for o in run(args)])
+                args[i] = tensor(pert.reshape(base.shape), dtype=x.dtype, requires_grad=True, device=x._box.device)
+                cols.append([o.detach()._concrete("gradcheck").astype(np.float64).reshape(-1) for o in run(args)])
             num_cols.append([(a - b) / (2 * eps) for a, b in zip(*cols)])
         for oi, o in enumerate(outs):
             if not o.dtype.is_floating_point:
@@ -213,10 +213,10 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
             for r in range(o.numel()):
                 go = np.zeros(o.numel())
                 go[r] = 1.0
-                g = grad([o], [x], [tensor(go.reshape(o.shape), dtype=o.dtype)], retain_graph=True,
-                         allow_unused=True)[0]
+                g = grad([o], [x], [tensor(go.reshape(o.shape), dtype=o.dtype, device=o._box.device)],
+                         retain_graph=True, allow_unused=True)[0]
                 if g is not None:
-                    analytical[r] = g.numpy().reshape(-1)
+                    analytical[r] = g._concrete("gradcheck").reshape(-1)
             if not np.allclose(analytical, numerical, atol=atol, rtol=rtol):
                 if raise_exception:
                     err = np.abs(analytical - numerical).max()

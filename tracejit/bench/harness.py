@@ -129,18 +129,11 @@ def _describe(e: BaseException) -> str:
 
 
 def _cuda_note() -> str | None:
-    try:
-        from numba import cuda
-
-        if not cuda.is_available():
-            return "no CUDA GPU (numba.cuda.is_available() is False)"
-    except Exception as e:  # numba-cuda missing or broken
-        return f"numba.cuda unusable ({_describe(e)})"
     from ..compiler.backends import get_backend
 
     try:
         get_backend("cuda")
-    except Exception as e:
+    except Exception as e:  # the backend says why it cannot run here (no GPU, numba-cuda missing, not written)
         return _describe(e)
     return None
 
@@ -315,10 +308,9 @@ def _machine() -> dict:
 def _threads_info(modes: Iterable[str]) -> dict:
     out = {}
     if any(m in ("cpu", "cuda") for m in modes):
-        from ..compiler.backends.cpu import threads
+        from ..compiler.backends import get_backend
 
-        i = threads.info()
-        out["tracejit"] = f"{i.get('threads')} ({i.get('layer')})"
+        out["tracejit"] = get_backend("cpu").describe().get("threads")
     if any(m in ("torch", "torch.compile") for m in modes) and "torch" in sys.modules:
         import torch
 
@@ -334,17 +326,9 @@ def _blas_info(modes: Iterable[str]) -> dict:
     """The BLAS the compiled GEMMs called and its kernels, and a warning when OPENBLAS_CORETYPE held them back."""
     if not any(m in ("cpu", "cuda") for m in modes):
         return {}
-    from ..compiler.backends.cpu.blas import calls as cpu_blas
-    from ..compiler.backends.cpu.blas import control as blas
+    from ..compiler.backends import get_backend
 
-    libs = blas.describe()
-    used = next((b for b in libs if b["used"]), None)
-    sgemm, why = cpu_blas.sgemm_choice()
-    used = used and f"{used['library']} ({used['kernels']} kernels)"
-    f32 = "tracejit's own" if sgemm == "tracejit" else used
-    return {"libraries": libs, "used": used, "sgemm": sgemm, "sgemm_why": why,
-            "summary": f"float32 {f32}, float64 {used}",
-            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "warning": blas.pinned_note(libs)}
+    return dict(get_backend("cpu").describe().get("blas") or {})
 
 
 def _summary(case: Case, threshold: float) -> dict:

@@ -22,9 +22,10 @@ from .. import dispatch as T
 from .._tensor import Tensor
 from ..autograd.mode import _mode as _grad_mode
 from ..autograd.mode import _off as _grad_off
-from ..errors import TraceError
+from ..devices import CPU, mixed_devices_message, transfer
+from ..errors import OpError, TraceError
 from . import interrupt, log
-from .backends import get_backend
+from .backends import backend_name_for_device, get_backend
 from .dump import Dumper, dump_root
 from .ir import count_by_kind, print_graph, verify
 from .passes import PIPELINE, run_pipeline
@@ -62,14 +63,27 @@ class Variant:
             if b.kind == "box":
                 if b.ref.type != t:
                     return f"{b.name} changed type from {t} to {b.ref.type}"
-            elif b.kind == "grad" and (b.ref.get(args)._grad is None or b.ref.get(args)._grad._box.type != t):
-                return f"{b.name} is missing or changed type"
+            elif b.kind == "grad":
+                g = b.ref.get(args)._grad
+                if g is None or g._box.type != t:
+                    return f"{b.name} is missing or changed type"
+                if g._box.device is not b.device:
+                    return f"{b.name} moved from {b.device} to {g._box.device}"
+        if self.device_moves != T._device_moves:  # some tensor moved to another device in place since last look
+            for b, _ in self.box_guards:
+                if b.kind == "box" and b.ref.device is not b.device:
+                    return f"{b.name} moved from {b.device} to {b.ref.device}"
+            self.device_moves = T._device_moves
         return None
+
+    def inputs(self, args) -> list:
+        """The program's input buffers for a call with `args` (what the runner reads, on the program's device)."""
+        return [transfer(b.read(args), b.device, self.device) for b in self.bindings]
 
 
 def _arg_key(a):
     if isinstance(a, Tensor):
-        return ("T", a._box.type, a.requires_grad)
+        return ("T", a._box.type, a.requires_grad, a._box.device)
     if isinstance(a, np.ndarray):
         return None
     if a is None or isinstance(a, (bool, int, float, str)):
@@ -87,16 +101,31 @@ def make_runner(v: Variant):
     of Python per step around the program, which is most of what a tiny compiled step costs).
 
     State is written back only after the whole program ran, so a failing call leaves it untouched."""
-    ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_unflatten": unflatten,
-                "_structure": v.structure, "_interrupted": interrupt.raised_interrupt, "_deferred": interrupt.deferred,
-                "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values}
+    ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_make_on": Tensor._make_on,
+                "_unflatten": unflatten, "_structure": v.structure, "_interrupted": interrupt.raised_interrupt,
+                "_deferred": interrupt.deferred, "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values,
+                "_xfer": transfer}
+    named: dict[int, str] = {}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
-        name = f"_o{len(ns)}"
+        if id(o) in named:
+            return named[id(o)]
+        name = named[id(o)] = f"_o{len(ns)}"
         ns[name] = o
         return name
 
-    reads = ", ".join(b.expr(obj) for b in v.bindings)
+    here = v.device  # where the program's buffers live: storage elsewhere is moved on the way in and out
+
+    def moved(expr, src, dst):
+        return expr if src is dst else f"_xfer({expr}, {obj(src)}, {obj(dst)})"
+
+    def made(idx):
+        d = v.out_devices[idx]
+        out = moved(f"outs[{idx}]", here, d)
+        return f"_make({out}, {obj(v.out_types[idx])})" if d is CPU else \
+            f"_make_on({out}, {obj(v.out_types[idx])}, {obj(d)})"
+
+    reads = ", ".join(moved(b.expr(obj), b.device, here) for b in v.bindings)
     # while another thread traces (or did since the first read), inputs it captured may hold its Values:
     # `_settle` waits for that trace to end (tensor._concrete_values).
     # Ctrl-C inside a kernel surfaces as a SystemError: raise the KeyboardInterrupt behind it (nothing was
@@ -108,13 +137,14 @@ def make_runner(v: Variant):
             "try:", "    outs = _prog_run(ins)", "except SystemError as e:",
             "    ki = _interrupted(e)", "    if ki is None:", "        raise", "    raise ki from None"]
     for b, idx in v.writes:
-        body += [f"box = {b.box_expr(obj)}", f"box.value = outs[{idx}]", "box.version += 1"]
+        body += [f"box = {b.box_expr(obj)}", f"box.value = {moved(f'outs[{idx}]', here, b.device)}",
+                 "box.version += 1"]
     for ref, idx, _ in v.grad_sets:
-        value = "None" if idx is None else f"_make(outs[{idx}], {obj(v.out_types[idx])})"
+        value = "None" if idx is None else made(idx)
         body.append(f"{ref.expr(obj)}._grad = {value}")
-    leaves = ", ".join(f"_make(outs[{i}], {obj(v.out_types[i])})" for i in range(v.n_returns))
+    leaves = ", ".join(made(i) for i in range(v.n_returns))
     body.append(f"result = _unflatten(_structure, [{leaves}])")
-    if getattr(v.program, "tracks_ownership", False):
+    if v.program.updates_in_place:
         body = ["with _deferred():"] + ["    " + line for line in body]
     lines = ["def run(args):"] + ["    " + line for line in body] + ["    return result"]
     exec(builtins.compile("\n".join(lines) + "\n", f"<tracejit runner {v.number}>", "exec"), ns)
@@ -132,8 +162,9 @@ class CompiledFunction:
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", "fn")
         functools.update_wrapper(self, fn)
+        # backend=None: each variant runs on the backend of the device its tensors live on ("cpu" on the CPU)
         self.backend_name = backend or DEFAULT_BACKEND
-        self.backend = get_backend(self.backend_name)
+        self.backend = get_backend(backend) if backend is not None else None
         self.dump = dump
         self.fallback = fallback
         self.cache_limit = cache_limit
@@ -256,6 +287,7 @@ class CompiledFunction:
         timings["trace"] = time.perf_counter() - t0
         self._note_python_effects(tracer.watch)
         graph = verify(tracer.builder.graph)
+        backend_name, backend = self._backend_for(tracer)
         variant_no = len(self.history) + 1
         root = dump_root(self.dump)
         dumper = Dumper(root, self.__name__, variant_no) if root else None
@@ -273,13 +305,14 @@ class CompiledFunction:
                 dumper.stage(f"{i:02d}_{p.__name__}", g)
         timings["passes"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        program = self.backend.compile_graph(g, dumper=dumper, timings=timings)
+        program = backend.compile(g, dumper=dumper, timings=timings)
         timings["backend"] = time.perf_counter() - t2
         bind_of = {lf.value.id: lf.binding for lf in tracer.lifted.values()}
         from .trace import Binding
 
-        for v, arr in tracer.consts:
-            bind_of[v.id] = Binding("const", arr, "const")
+        here = backend.device
+        for v, arr in tracer.consts:  # host arrays: moved once to where the program runs
+            bind_of[v.id] = Binding("const", arr if here is CPU else backend.to_device(arr), "const", here)
         bindings = [bind_of[v.id] for v in g.inputs]
         box_guards = [(b, lf.value.type) for lf in tracer.lifted.values()
                       for b in [lf.binding] if b.kind in ("box", "grad")]
@@ -291,12 +324,30 @@ class CompiledFunction:
             state_guard=state.guard_snapshot(tracer.modules_called.values(), tracer.grad_guards(),
                                              tracer.watch.guards()),
             box_guards=box_guards, runner=None,
-            arg_desc=[describe_arg(a) for a in args], timings=timings, backend=self.backend_name,
+            arg_desc=[describe_arg(a) for a in args], timings=timings, backend=backend_name, device=here,
+            out_devices=list(tracer.out_devices), device_moves=T._device_moves,
             total_time=time.perf_counter() - t0)
         if dumper:
             dumper.text("explain.txt", explain_variant(self, variant) + "\n")
             variant.dump_dir = dumper.dir
         return variant
+
+    def _backend_for(self, tracer):
+        """(name, backend) that runs this variant: the one asked for, else the backend of the device where the
+        traced tensors (arguments and captured state) live. Two such devices: PyTorch's error, naming both and
+        a tensor on each. CPU tensors may join a program on another device (0-d hyperparameters, the generator's
+        state): they are moved on each call."""
+        where: dict = {}
+        for lf in tracer.lifted.values():
+            if lf.binding.device is not CPU:
+                where.setdefault(lf.binding.device, lf.binding.name)
+        if len(where) > 1:
+            (d1, n1), (d2, n2) = list(where.items())[:2]
+            raise OpError(f"{self.__name__}: {mixed_devices_message(d1, d2)} ({n1} is on {d1}, {n2} on {d2})")
+        if self.backend is not None:
+            return self.backend_name, self.backend
+        name = backend_name_for_device(next(iter(where), CPU))
+        return name, get_backend(name)
 
     def _note_python_effects(self, watch):
         """Once per function: the log says Python side effects run at trace time only; assigning a global or
@@ -357,11 +408,8 @@ class CompiledFunction:
         return variant
 
     def _compile_summary(self, variant) -> str:
-        stats = getattr(variant.program, "cache_stats", None)
-        kernels = ""
-        if stats is not None:
-            n, hits = stats()
-            kernels = f": {n} kernels, {hits} from the cache" if n else ""
+        n, hits = variant.program.cache_stats()
+        kernels = f": {n} kernels, {hits} from the cache" if n else ""
         note = next((line for line in self.log if line.startswith(f"{self.__name__}: Python statements")), None)
         first = "; " + note.split(": ", 1)[1] if variant.number == 1 and note else ""
         return kernels + first
@@ -493,7 +541,8 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     n_const = sum(1 for m in metas if m.get("const"))
     state_names = [m["state"] for m in metas if "state" in m]
     writes = [m for m, _ in g.writes()] + [name for _, idx, name in v.grad_sets if idx is None]
-    lines = [f"{cf.__name__} — variant {v.number} (backend {v.backend}); compiled because: {v.reason}"]
+    on = "" if v.device is CPU else f" on {v.device}"
+    lines = [f"{cf.__name__} — variant {v.number} (backend {v.backend}{on}); compiled because: {v.reason}"]
     lines.append("guards:")
     for i, d in enumerate(v.arg_desc):
         lines.append(f"  argument {cf._arg_name(i)}: {d}")
@@ -519,9 +568,7 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     for name, sgph in v.stage_graphs:
         counts = ", ".join(f"{k} {n}" for k, n in sorted(count_by_kind(sgph).items()))
         lines.append(f"  {name:<18} {len(sgph.nodes):>5} nodes  ({counts})")
-    extra = getattr(v.program, "describe", None)
-    if extra:
-        lines.append(extra())
+    lines.append(v.program.describe())
     lines.append("memory: " + _memory_words(v))
     lines.append("time: " + ", ".join(f"{k} {_ms(t)}" for k, t in v.timings.items()) +
                  f"; total {_ms(v.total_time)}")

@@ -250,9 +250,11 @@ class StateIndex:
         self.optimizers.append((name, opt))
         self._saved_opt.append((opt, {p: dict(st) for p, st in opt.state.items()}))
         for gi, group in enumerate(opt.param_groups):
-            lr = group.tensor("lr") if hasattr(group, "tensor") else None
-            if isinstance(lr, Tensor):
-                self._names.setdefault(id(lr._box), f"{name}.param_groups[{gi}].lr")
+            for key, value in getattr(group, "_tensors", {}).items():  # lr, and settings a scheduler cycles
+                for k, t in enumerate(value if isinstance(value, tuple) else (value,)):
+                    if isinstance(t, Tensor):
+                        suffix = f"[{k}]" if isinstance(value, tuple) else ""
+                        self._names.setdefault(id(t._box), f"{name}.param_groups[{gi}].{key}{suffix}")
             for p in group["params"]:
                 pname = self._names.get(id(p._box), f"param{len(self._names)}")
                 self._names.setdefault(id(p._box), pname)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import dispatch as T
 from .._tensor import Tensor
+from ..devices import CPU
 from ..errors import TraceError, shape_str, user_location
 from ..ops import TensorType
 from .ir import GraphBuilder, Value
@@ -38,14 +39,16 @@ class TensorRef:
 
 
 class Binding:
-    """Where a graph input comes from on each call (and where a write-back goes)."""
+    """Where a graph input comes from on each call (and where a write-back goes), and the device its storage
+    was on when traced (the runner moves it where the program runs, when that is elsewhere)."""
 
-    __slots__ = ("kind", "ref", "name")
+    __slots__ = ("kind", "ref", "name", "device")
 
-    def __init__(self, kind: str, ref, name: str):
+    def __init__(self, kind: str, ref, name: str, device=CPU):
         self.kind = kind  # 'arg' (ref = arg index), 'box' (ref = Box), 'grad' (ref = owner TensorRef), 'const'
         self.ref = ref
         self.name = name
+        self.device = device
 
     def read(self, args):
         k = self.kind
@@ -82,10 +85,10 @@ class Binding:
 
 
 class Lifted:
-    __slots__ = ("box", "orig", "orig_version", "value", "binding")
+    __slots__ = ("box", "orig", "orig_version", "orig_device", "value", "binding")
 
     def __init__(self, box, value, binding):
-        self.box, self.orig, self.orig_version = box, box.value, box.version
+        self.box, self.orig, self.orig_version, self.orig_device = box, box.value, box.version, box.device
         self.value = value
         self.binding = binding
 
@@ -165,18 +168,18 @@ class Tracer:
             return
         v = self.builder.add_input(box.type, {"arg": name})
         self.defined.add(v.id)
-        self.lifted[id(box)] = Lifted(box, v, Binding("arg", index, name))
+        self.lifted[id(box)] = Lifted(box, v, Binding("arg", index, name, box.device))
         box.value = v
 
     def _lift(self, t) -> Value:
         box = t._box
-        if not isinstance(box.value, np.ndarray):
+        if box.device is CPU and not isinstance(box.value, np.ndarray):
             raise TraceError(f"cannot trace a tensor holding {type(box.value).__name__}")
         owner = self.state.grad_owner(box)
         if owner is not None:
-            binding = Binding("grad", self.ref(owner), self.state.name_or_new(owner._box) + ".grad")
+            binding = Binding("grad", self.ref(owner), self.state.name_or_new(owner._box) + ".grad", box.device)
         else:
-            binding = Binding("box", box, self.state.name_or_new(box))
+            binding = Binding("box", box, self.state.name_or_new(box), box.device)
         v = self.builder.add_input(box.type, {"state": binding.name})
         self.defined.add(v.id)
         self.lifted[id(box)] = Lifted(box, v, binding)
@@ -185,17 +188,21 @@ class Tracer:
 
     # ---- end of trace
     def finish(self, result):
-        """Declare outputs: returned tensors, then write-backs. Returns (structure, writes, grad_clears)."""
+        """Declare outputs: returned tensors, then write-backs. Returns (structure, writes, grad_clears).
+        `out_devices[i]`: the device output i's tensor was on in the trace (where the runner puts it)."""
         b = self.builder
         leaves: list = []
         structure = _flatten(result, leaves)
+        self.out_devices = devices = []
         for t in leaves:
             b.add_output(self.value_of(t), None)
+            devices.append(t._box.device)
         writes = []  # (binding, output index)
         for lifted in list(self.lifted.values()):
             if lifted.box.value is not lifted.value:
                 writes.append((lifted.binding, len(b.graph.outputs)))
                 b.add_output(self.value_of(Tensor._from_box(lifted.box)), lifted.binding.name)
+                devices.append(lifted.binding.device)
         grad_sets = []  # (owner tensor, output index or None to clear)
         for t, orig in self.grad_sets.values():
             final = t._grad
@@ -207,6 +214,7 @@ class Tracer:
             else:
                 grad_sets.append((self.ref(t), len(b.graph.outputs), name))
                 b.add_output(self.value_of(final), name)
+                devices.append(final._box.device)
         return structure, writes, grad_sets
 
     def new_state(self) -> list[str]:
@@ -242,6 +250,7 @@ class Tracer:
         for lifted in self.lifted.values():
             lifted.box.value = lifted.orig
             lifted.box.version = lifted.orig_version
+            lifted.box.device = lifted.orig_device
         for t, orig in self.grad_sets.values():
             t._grad = orig
 
@@ -315,7 +324,8 @@ def trace(fn, args, arg_names, state: StateIndex, name: str):
 
 def describe_arg(a) -> str:
     if isinstance(a, Tensor):
-        return f"{a.dtype.short}{shape_str(a.shape)}" + (" requires_grad" if a.requires_grad else "")
+        return (f"{a.dtype.short}{shape_str(a.shape)}" + (" requires_grad" if a.requires_grad else "")
+                + ("" if a._box.device is CPU else f" on {a._box.device}"))
     return repr(a)
 
 

@@ -216,13 +216,13 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     return out.squeeze(0) if unbatched else out
 
 
-def _adaptive_matrix(size: int, out: int, dtype) -> Tensor:
+def _adaptive_matrix(size: int, out: int, dtype, device=None) -> Tensor:
     """[out, size] averaging matrix over PyTorch's windows [floor(i*size/out), ceil((i+1)*size/out))."""
     m = np.zeros((out, size))
     for i in range(out):
         a, b = (i * size) // out, -((-(i + 1) * size) // out)
         m[i, a:b] = 1.0 / (b - a)
-    return tensor(m, dtype=dtype)
+    return tensor(m, dtype=dtype, device=device)
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
@@ -236,7 +236,8 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
         out = avg_pool2d(x, (h // oh, w // ow))
     else:
         # overlapping windows of unequal sizes: two small matmuls with constant averaging matrices
-        out = _adaptive_matrix(h, oh, x.dtype).matmul(x.matmul(_adaptive_matrix(w, ow, x.dtype).t()))
+        out = _adaptive_matrix(h, oh, x.dtype, x.device).matmul(x.matmul(_adaptive_matrix(w, ow, x.dtype,
+                                                                                           x.device).t()))
     return out.squeeze(0) if unbatched else out
 
 
@@ -251,7 +252,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
         return input
     if p == 1.0:
         return input * 0.0
-    keep = rand(tuple(input.shape), dtype=input.dtype) >= p
+    keep = rand(tuple(input.shape), dtype=input.dtype, device=input.device) >= p
     return input * (keep.to(input.dtype) * (1.0 / (1.0 - p)))
 
 
@@ -329,7 +330,7 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
         num_classes = int(values.max()) + 1 if values.size else 0
     tensor = check_index(tensor, 0, num_classes, f"one_hot: class values must be in [0, {num_classes}), got {{value}}",
                          error="target")
-    return (tensor.unsqueeze(-1) == arange(num_classes)).long()
+    return (tensor.unsqueeze(-1) == arange(num_classes, device=tensor.device)).long()
 
 
 # ----------------------------------------------------------------------------------------------- losses

@@ -48,9 +48,9 @@ class Linear(Module):
         self.in_features = in_features
         self.out_features = out_features
         dt = _factory_dtype(dtype)
-        self.weight = Parameter(empty((out_features, in_features), dtype=dt))
+        self.weight = Parameter(empty((out_features, in_features), dtype=dt, device=device))
         if bias:
-            self.bias = Parameter(empty(out_features, dtype=dt))
+            self.bias = Parameter(empty(out_features, dtype=dt, device=device))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
@@ -103,9 +103,10 @@ class Conv2d(Module):
         self.groups = groups
         self.padding_mode = padding_mode
         dt = _factory_dtype(dtype)
-        self.weight = Parameter(empty((out_channels, in_channels // groups) + self.kernel_size, dtype=dt))
+        self.weight = Parameter(empty((out_channels, in_channels // groups) + self.kernel_size, dtype=dt,
+                                      device=device))
         if bias:
-            self.bias = Parameter(empty(out_channels, dtype=dt))
+            self.bias = Parameter(empty(out_channels, dtype=dt, device=device))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
@@ -199,18 +200,18 @@ class _BatchNorm(Module):
         self.track_running_stats = track_running_stats
         dt = _factory_dtype(dtype)
         if affine:
-            self.weight = Parameter(ones(num_features, dtype=dt))
+            self.weight = Parameter(ones(num_features, dtype=dt, device=device))
             if bias:
-                self.bias = Parameter(zeros(num_features, dtype=dt))
+                self.bias = Parameter(zeros(num_features, dtype=dt, device=device))
             else:
                 self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
         if track_running_stats:
-            self.register_buffer("running_mean", zeros(num_features, dtype=dt))
-            self.register_buffer("running_var", ones(num_features, dtype=dt))
-            self.register_buffer("num_batches_tracked", tensor(0, dtype=D.int64))
+            self.register_buffer("running_mean", zeros(num_features, dtype=dt, device=device))
+            self.register_buffer("running_var", ones(num_features, dtype=dt, device=device))
+            self.register_buffer("num_batches_tracked", tensor(0, dtype=D.int64, device=device))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)

@@ -10,7 +10,7 @@ from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator
 
 from .. import dtypes as D
-from .._tensor import Tensor
+from .._tensor import Tensor, _cuda_device, parse_to
 from ..autograd import no_grad
 from ..dispatch import current_tracer
 from ..factories import empty
@@ -61,15 +61,15 @@ def _typename(value) -> str:
     return f"tracejit.{value.dtype.name}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def _parse_to(args, kwargs) -> D.DType | None:
-    """The dtype in ``.to(...)`` arguments (devices are accepted and ignored: tracejit is CPU/compiled)."""
-    dtype = kwargs.get("dtype")
-    for a in args:
-        if isinstance(a, Tensor):
-            dtype = a.dtype
-        elif isinstance(a, D.DType) or a in (float, int, bool):
-            dtype = D.as_dtype(a)
-    return None if dtype is None else D.as_dtype(dtype)
+def _convert(t: Tensor, dev, dtype) -> None:
+    """Give `t` new storage on `dev` / of `dtype` (floating point tensors only are cast), keeping the object."""
+    new = t.data
+    if dtype is not None and t.dtype.is_floating_point and t.dtype is not dtype:
+        new = new.to(dtype)
+    if dev is not None:
+        new = new.to(dev)
+    if new._box is not t._box:
+        t.data = new  # rebinds the shared box: aliases and compiled functions that captured it follow
 
 
 class Module:
@@ -313,18 +313,19 @@ class Module:
 
     # ---- dtype / device
     def to(self, *args, **kwargs) -> Module:
-        """Cast floating-point parameters and buffers in place (identity kept); devices are no-ops."""
-        dtype = _parse_to(args, kwargs)
+        """Move parameters and buffers to a device and/or cast the floating-point ones, in place, as PyTorch:
+        ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)``. The Parameter and buffer objects
+        are kept (their storage is replaced), and so are their ``.grad`` tensors, moved along."""
+        dev, dtype, _ = parse_to(args, kwargs, "Module.to")
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"nn.Module.to only accepts floating point dtypes, but got desired dtype={dtype}")
-        if dtype is None:
+        if dev is None and dtype is None:
             return self
         with no_grad():
             for t in list(self.parameters()) + list(self.buffers()):
-                if t.dtype.is_floating_point and t.dtype is not dtype:
-                    t.data = t.data.to(dtype)  # rebinds the shared box: the Parameter object is kept
-                    if t.grad is not None:
-                        t.grad = t.grad.to(dtype)
+                _convert(t, dev, dtype)
+                if t._grad is not None:
+                    _convert(t._grad, dev, dtype)
         return self
 
     def float(self) -> Module:
@@ -337,10 +338,10 @@ class Module:
         return self.to(D.float16)
 
     def cpu(self) -> Module:
-        return self
+        return self.to("cpu")
 
     def cuda(self, device=None) -> Module:
-        return self
+        return self.to(_cuda_device(device))
 
     def type(self, dst_type) -> Module:
         return self.to(D.as_dtype(dst_type))

@@ -63,7 +63,7 @@ class Adam(Optimizer):
         loss = self._closure_loss(closure)
         for group in self.param_groups:
             lr = group.tensor("lr")
-            beta1, beta2 = group["betas"]
+            beta1, beta2 = group.hyper("betas")  # float64 tensors once a scheduler cycles them (OneCycleLR)
             eps, weight_decay, amsgrad = group["eps"], group["weight_decay"], group["amsgrad"]
             maximize, decoupled = group["maximize"], group["decoupled_weight_decay"]
             for p in group["params"]:

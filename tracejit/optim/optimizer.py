@@ -37,43 +37,91 @@ class ParamGroup(dict):
     numbers; ``group['lr'] = x`` also writes ``x`` into ``group.tensor('lr')`` with an eager in-place
     update, so that tensor keeps its identity and a compiled ``step()`` sees the new value as an input.
 
+    Other settings are constants of a compiled step (a change bumps ``version``: a retrace) until
+    ``group.mirror(key)`` makes them tensor-valued too, as a scheduler that cycles ``momentum`` or
+    ``betas`` every step does (OneCycleLR). Mirrored settings other than the lr are float64 tensors,
+    so ``1 - beta`` and ``beta ** step`` are PyTorch's Python-double numbers, cast to the parameter's
+    dtype where they meet it (as a Python float is); optimizers read them with ``group.hyper(key)``.
+
     >>> g = opt.param_groups[0]; t = g.tensor('lr'); g['lr'] = 0.01
     >>> g['lr'], g.tensor('lr') is t
     (0.01, True)
     """
 
     TENSOR_KEYS = ("lr",)
+    tensor_keys: tuple[str, ...] = TENSOR_KEYS  # per group (set by the optimizer that makes it)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__()
-        self._tensors: dict[str, Tensor] = {}
+        self._tensors: dict[str, Any] = {}
         self.update(*args, **kwargs)
 
-    def tensor(self, key: str = "lr") -> Tensor:
-        """The 0-d float32 tensor that mirrors ``self[key]`` (what ``step()`` computes with)."""
+    @classmethod
+    def _make(cls, items: dict[str, Any], tensor_keys: Iterable[str] = TENSOR_KEYS) -> ParamGroup:
+        """A group whose ``tensor_keys`` are mirrored into tensors (set before the first item arrives)."""
+        group = cls.__new__(cls)
+        dict.__init__(group)
+        group._tensors = {}
+        group.tensor_keys = tuple(tensor_keys)
+        group.update(items)
+        return group
+
+    def mirror(self, key: str) -> Any:
+        """Make setting ``key`` tensor-valued from now on (a scheduler about to change it every step):
+        later assignments write the tensor in place instead of retracing. Returns ``tensor(key)``."""
+        if key not in self.tensor_keys:
+            if key not in self:
+                raise KeyError(f"param group has no setting {key!r}")
+            self.tensor_keys = (*self.tensor_keys, key)
+            self[key] = dict.__getitem__(self, key)
+            self.version = getattr(self, "version", 0) + 1  # a constant of the trace becomes an input
+        return self.tensor(key)
+
+    def hyper(self, key: str) -> Any:
+        """What ``step()`` computes with: the tensor(s) of a mirrored setting, else its Python value."""
+        t = self._tensors.get(key)
+        return t if t is not None else self[key]
+
+    def tensor(self, key: str = "lr") -> Any:
+        """The 0-d tensor that mirrors ``self[key]`` (what ``step()`` computes with); for a tuple-valued
+        setting (``betas``) a tuple of 0-d tensors."""
         if key not in self._tensors:
             raise KeyError(f"param group has no tensor-valued hyperparameter {key!r} "
-                           f"(tensor-valued keys: {', '.join(self.TENSOR_KEYS)})")
+                           f"(tensor-valued keys: {', '.join(self.tensor_keys)})")
         return self._tensors[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key in self.TENSOR_KEYS:
+        if key in self.tensor_keys:
+            old = dict.get(self, key)
             value = self._write(key, value)
+            if key != "lr" and old is not None and _zero_pattern(old) != _zero_pattern(value):
+                self.version = getattr(self, "version", 0) + 1  # e.g. momentum on/off: another trace
         else:
             # settings other than the lr are constants in a compiled step: a change must retrace
             self.version = getattr(self, "version", 0) + 1
         super().__setitem__(key, value)
 
-    def _write(self, key: str, value: Any) -> float:
-        if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"Tensor {key} must be 1-element, got shape {shape_str(value.shape)}")
-            value = value.item()
-        value = float(value)
+    def _write(self, key: str, value: Any) -> Any:
+        dtype = D.float32 if key == "lr" else D.float64
+        if isinstance(value, (tuple, list)):
+            values = tuple(_scalar(key, v) for v in value)
+            ts = self._tensors.get(key)
+            if not (isinstance(ts, tuple) and len(ts) == len(values)):
+                with no_grad():
+                    self._tensors[key] = tuple(full((), v, dtype=dtype) for v in values)
+            else:
+                with no_grad():
+                    for t, v in zip(ts, values):
+                        t.fill_(v)
+            return values
+        if value is None:  # (a setting some optimizers leave unset): nothing to mirror
+            self._tensors.pop(key, None)
+            return value
+        value = _scalar(key, value)
         t = self._tensors.get(key)
-        if t is None:
+        if t is None or isinstance(t, tuple):
             with no_grad():
-                self._tensors[key] = full((), value, dtype=D.float32)
+                self._tensors[key] = full((), value, dtype=dtype)
         else:
             with no_grad():
                 t.fill_(value)  # in place: the tensor a compiled step captured stays the one that changes
@@ -96,15 +144,33 @@ class ParamGroup(dict):
     def __reduce__(self):
         # copies (and unpickled groups) get a tensor of their own: a shared one would let writing the
         # copy's lr change the original's
-        return (ParamGroup, (dict(self),))
+        return (ParamGroup._make, (dict(self), self.tensor_keys))
+
+
+def _scalar(key: str, value: Any) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {key} must be 1-element, got shape {shape_str(value.shape)}")
+        value = value.item()
+    return float(value)
+
+
+def _zero_pattern(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return tuple(v == 0 for v in value)
+    return value == 0
 
 
 class Optimizer:
     """Base class of all optimizers (PyTorch's ``torch.optim.Optimizer`` contract).
 
     Subclasses implement ``step()``, reading the learning rate as ``group.tensor('lr')`` and keeping
-    per-parameter state in ``self.state[p]`` as tensors updated in place.
+    per-parameter state in ``self.state[p]`` as tensors updated in place, and the other settings a
+    scheduler may change between compiled steps (``momentum``, ``betas``) as ``group.hyper(key)``.
+    ``TENSOR_HYPERPARAMETERS`` names the settings mirrored into tensors from the start.
     """
+
+    TENSOR_HYPERPARAMETERS: tuple[str, ...] = ("lr",)
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]):
         self.defaults = defaults
@@ -144,7 +210,8 @@ class Optimizer:
                                 f"{type(p).__name__}")
             if not p.is_leaf:
                 raise ValueError("can't optimize a non-leaf Tensor")
-        group = ParamGroup({k: v for k, v in param_group.items() if k != "params"})
+        group = ParamGroup._make({k: v for k, v in param_group.items() if k != "params"},
+                                 self.TENSOR_HYPERPARAMETERS)
         group["params"] = params
         if names is not None:
             group["param_names"] = names
@@ -271,7 +338,7 @@ class Optimizer:
                              f"{where[1]}) has shape {shape_str(value.shape)}, but the parameter has shape "
                              f"{shape_str(p.shape)}")
         dtype = p.dtype if p.dtype.is_floating_point and value.dtype.is_floating_point else value.dtype
-        return tensor(value.detach(), dtype=dtype)
+        return tensor(value.detach(), dtype=dtype, device=p.device)  # on the parameter's device, as PyTorch
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

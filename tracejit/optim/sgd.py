@@ -49,6 +49,7 @@ class SGD(Optimizer):
         for group in self.param_groups:
             lr = group.tensor("lr")
             momentum, dampening = group["momentum"], group["dampening"]
+            momentum_v = group.hyper("momentum")  # a tensor once a scheduler cycles it (OneCycleLR)
             weight_decay, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
             for p in group["params"]:
                 if p.grad is None:
@@ -63,8 +64,8 @@ class SGD(Optimizer):
                         buf = grad.detach().clone()
                         state["momentum_buffer"] = buf
                     else:
-                        buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                    grad = grad.add(buf, alpha=momentum) if nesterov else buf
+                        buf.mul_(momentum_v).add_(grad, alpha=1 - dampening)
+                    grad = grad + buf * momentum_v if nesterov else buf
                 # PyTorch writes p.add_(grad, alpha=-lr); alpha must be a number, lr is a tensor here
                 p.sub_(grad * lr)
         return loss

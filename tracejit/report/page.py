@@ -86,50 +86,19 @@ def _ops_summary(g: Graph, limit: int = 8) -> str:
     return " + ".join(ops[:limit]) + (f" + … ({len(ops)} ops)" if len(ops) > limit else "")
 
 
-def _step_nodes(program) -> list:
-    """The graph nodes each step of `program.plan` runs, None where unknown. From the step's `.nodes` or
-    `.node`; else from the values each step writes (recorded while the program was built: a step runs the
-    nodes after the previous step's up to the last one producing a value it writes); else one per node."""
-    nodes = program.graph.nodes
-    units = getattr(program, "_report_units", None)
-    by_units: list = [None] * len(program.plan)
-    if units is not None and len(units) == len(program.plan):
-        producer = {v.id: i for i, n in enumerate(nodes) for v in n.outputs}
-        start = 0
-        for k, (_, outs) in enumerate(units):
-            end = max((producer[v.id] + 1 for v in outs if v.id in producer), default=start)
-            by_units[k] = nodes[start:end] if end > start else None
-            start = max(start, end)
-    elif len(program.plan) == len(nodes):
-        by_units = [[n] for n in nodes]
-    out = []
-    for k, (step, *_rest) in enumerate(program.plan):
-        ns = getattr(step, "nodes", None)
-        if ns is None and getattr(step, "node", None) is not None:
-            ns = [step.node]
-        out.append(list(ns) if ns is not None else by_units[k])
-    return out
+_RUNS = {"generated": "generated kernel", "library": "library step", "interpreted": "NumPy (interpreted)"}
 
 
 def _step_rows(program) -> list[tuple]:
-    """(index, label, what runs it, ops, step, nodes or None) for each step of a Program's plan."""
+    """(index, label, what runs it, ops, StepInfo, nodes or None) for each step of a Program (its `steps()`)."""
     rows = []
-    for k, ((step, *_rest), ns) in enumerate(zip(program.plan, _step_nodes(program))):
-        single = ns[0] if ns and len(ns) == 1 else None
-        body = single.body if single is not None else None
-        label = getattr(step, "label", None) or (body.name if body is not None else single.op.name if single
-                                                 else type(step).__name__)
-        if hasattr(step, "source"):
-            runs = "generated Numba function"
-        elif body is not None and getattr(step, "label", None) is None:
-            runs = f"NumPy (interpreted {single.attrs.get('kind', 'fused')} group)"
-        else:
-            runs = "library step"
-        if ns is None:
-            ops = ""
-        else:
-            ops = _ops_summary(Graph("step", [], ns, []))
-        rows.append((k, label, runs, ops, step, ns))
+    for st in program.steps():
+        ns = list(st.nodes) if st.nodes is not None else None
+        runs = _RUNS.get(st.runs, st.runs)
+        if st.runs == "interpreted" and ns and len(ns) == 1 and ns[0].body is not None:
+            runs = f"NumPy (interpreted {ns[0].attrs.get('kind', 'fused')} group)"
+        ops = "" if ns is None else _ops_summary(Graph("step", [], ns, []))
+        rows.append((st.index, st.label, runs, ops, st, ns))
     return rows
 
 
@@ -174,11 +143,11 @@ _PHASES = ("trace", "passes", "backend")
 
 def _first_calls(program) -> float:
     """Seconds the generated functions took on their first call (Numba compiles or loads them then)."""
-    return sum(getattr(s, "first_call_s", None) or 0.0 for s, *_ in program.plan if hasattr(s, "source"))
+    return sum(s.first_call_s or 0.0 for s in program.steps() if s.source is not None)
 
 
 def _section_compile_time(v, program) -> str:
-    ks = [(k, label, step) for k, label, _, _, step, _ in _step_rows(program) if hasattr(step, "source")]
+    ks = [(k, label, step) for k, label, _, _, step, _ in _step_rows(program) if step.source is not None]
     numba_s = _first_calls(program)
     total = v.total_time + numba_s  # the bars: shares of the time to the first compiled result
 
@@ -205,8 +174,8 @@ def _section_compile_time(v, program) -> str:
     if ks:
         krows = []
         for k, label, s in ks:
-            fc = getattr(s, "first_call_s", None)
-            hit = getattr(s, "hit", None)
+            fc = s.first_call_s
+            hit = s.cache_hit
             krows.append([str(k), f"<code>{_e(label)}</code>", _num(fc * 1e3) if fc is not None else "not run",
                           "hit" if hit else "miss" if hit is not None else "?"])
         html_ += _details(f"Numba compile/load per generated function ({plural(len(ks), 'function')})",
@@ -277,13 +246,13 @@ def _section_fusion(v, program) -> str:
 
 
 def _section_kernels(program) -> str:
-    ks = [(k, label, step) for k, label, _, _, step, _ in _step_rows(program) if hasattr(step, "source")]
+    ks = [(k, label, step) for k, label, _, _, step, _ in _step_rows(program) if step.source is not None]
     if not ks:
         return ("<h4>Generated source</h4><p class='muted'>this backend generates no kernel source (steps run "
                 "through NumPy / libraries)</p>")
     parts = [f"<h4>Generated source ({plural(len(ks), 'function')})</h4>"]
     for k, label, step in ks:
-        fc = getattr(step, "first_call_s", None)
+        fc = step.first_call_s
         when = f", first call {fc * 1e3:.1f} ms" if fc is not None else ""
         parts.append(_details(f"step {k}: {label}{when}", _pre(step.source)))
     return "".join(parts)
@@ -306,7 +275,8 @@ def _section_variant(r: Record, v, fid: str) -> str:
     program = v.program
     runs = r.variant_runs.get(v.number, 0)
     parts = [f"<h3 id='{fid}-v{v.number}'>Variant {v.number} — compiled because: {_e(v.reason)}</h3>",
-             f"<p>backend <code>{_e(str(getattr(v, 'backend', '?')))}</code>, {runs} compiled runs during the "
+             f"<p>backend <code>{_e(str(getattr(v, 'backend', '?')))}</code> on {_e(str(program.device))}, "
+             f"{runs} compiled runs during the "
              f"script, {len(v.traced.nodes)} traced nodes → {len(v.graph.nodes)} in the final graph, "
              f"{plural(len(program.plan), 'step')}</p>"]
     try:
@@ -341,10 +311,17 @@ def build_html(records: list[Record], script: str, args: list[str], exit_code: i
     import numpy
 
     from .. import __version__
-    from ..compiler.backends.cpu import threads
+    from ..compiler.backends import get_backend
 
     shown = [r for r in records if r.calls or r.cf.history]
-    th = threads.info()
+    used = sorted({v.backend for r in shown for v in r.cf.history} or {"cpu"})
+    runs_on = []
+    for name in used:
+        try:
+            d = get_backend(name).describe()
+        except Exception as e:  # a report should not die on a description
+            d = {"device": f"? ({type(e).__name__})"}
+        runs_on.append(f"{name}: {d.get('device')}" + (f", {d['threads']} threads" if d.get("threads") else ""))
     toc = []
     for i, r in enumerate(shown):
         vs = "".join(f"<li><a href='#f{i}-v{v.number}'>variant {v.number}: {_e(v.reason)}</a></li>"
@@ -363,8 +340,8 @@ def build_html(records: list[Record], script: str, args: list[str], exit_code: i
     head = (f"<h1>tracejit report</h1><p><code>{_e(shlex.join([script] + list(args)))}</code> — "
             f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}, script ran {elapsed_s:.1f} s, exit status {exit_code}</p>"
             f"<p class='muted'>tracejit {_e(__version__)}, Python {_e(platform.python_version())}, NumPy "
-            f"{_e(numpy.__version__)}, Numba {_e(numba.__version__)}, {_e(str(th.get('threads')))} threads "
-            f"({_e(str(th.get('layer')))} layer), {_e(platform.machine())}</p>")
+            f"{_e(numpy.__version__)}, Numba {_e(numba.__version__)}, {_e(platform.machine())}; "
+            f"{_e('; '.join(runs_on))}</p>")
     note = ("<p class='note'>Step times and per-kernel times were measured after the script finished, with the "
             "arguments of each function's last call. Running the extra eager and compiled steps changed the "
             "model's state (parameters, optimizer buffers): acceptable for a report, but the state the script "

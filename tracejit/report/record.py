@@ -12,7 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from ..compiler import api, runtime
+from ..compiler import api
 
 # ----------------------------------------------------------------------------------------------- recording
 
@@ -73,21 +73,11 @@ class Recorder:
             return out
 
         CF.__init__, CF.__call__, CF._run = __init__, __call__, _run
-
-        def program_init(p, *a, **k):
-            init_p(p, *a, **k)
-            units = k.get("units", a[2] if len(a) > 2 else None)
-            if units is not None:  # which values each step reads and writes: maps steps back to nodes
-                p._report_units = [(tuple(ins), tuple(outs)) for _, ins, outs in units]
-
-        init_p = self._saved_program = runtime.Program.__init__
-        runtime.Program.__init__ = program_init
         return self
 
     def __exit__(self, *exc) -> None:
         CF = api.CompiledFunction
         CF.__init__, CF.__call__, CF._run = self._saved
-        runtime.Program.__init__ = self._saved_program
 
 
 def run_script(script: str, args: list[str], recorder: Recorder) -> tuple[int, str | None]:
@@ -130,8 +120,7 @@ def profile_variants(r: Record, repeat: int) -> None:
             r.profiles[v.number] = f"not profiled: {why}"
             continue
         try:
-            arrays = [b.read(args) for b in v.bindings]
-            r.profiles[v.number] = v.program.profile(arrays, repeat)
+            r.profiles[v.number] = v.program.profile(v.inputs(args), repeat)
         except Exception as e:  # a report should not die on one variant
             r.profiles[v.number] = f"not profiled: {type(e).__name__}: {e}"
 

@@ -1,39 +1,222 @@
-"""Backends: each turns an optimized Graph into a Program (`program.run(arrays) -> arrays`).
+"""Backends: one object per backend behind one protocol (`Backend`), registered by name.
 
-`reference` interprets with the op table's NumPy refs (the oracle); `cpu` renders Numba kernels.
+    compile(graph, dumper=None, timings=None) -> Program     (compiler/runtime.py: run, profile, steps, ...)
+    alloc(shape, dtype) -> buffer        to_device(ndarray) -> buffer        to_host(buffer) -> ndarray
+    synchronize()                        describe() -> dict (what runs: device, threads, BLAS, ...)
+    supports(pattern, attrs) -> True | reason   (fusion passes ask this instead of hard-coding one backend's limits)
+    run_eager(op, buffers, attrs, out_type) -> buffer        (how an eager op runs on the backend's device)
+
+A backend's buffers live on its `device`. The CPU's are plain NumPy arrays; another backend's are whatever it
+chooses, and nothing outside it looks inside them: tensors read values through `to_host` (tracejit/device.py).
+
+`reference` interprets graphs with the op table's NumPy refs (the oracle); `cpu` renders Numba kernels (cpu/);
+`cuda` is registered and says why it is not available yet. This module imports no Numba: asking which backends
+exist, or whether CUDA is available, stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
-from . import numba_cache
+import numpy as np
 
-numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
-
-_BACKENDS = {
-    "reference": "tracejit.compiler.backends.reference",
-    "cpu": "tracejit.compiler.backends.cpu",
-    "cuda": "tracejit.compiler.backends.cuda",
-}
+from ... import devices as _device
+from ...devices import CPU, DeviceUnavailableError
 
 
-def get_backend(name: str):
-    """The backend module for `name`; it provides `compile_graph(graph, dumper=None, timings=None)`."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_BACKENDS)}")
+class BackendUnavailable(DeviceUnavailableError):
+    """The backend is registered but cannot run in this process (the message says why)."""
+
+
+class Backend:
+    """The protocol every backend implements. Subclasses set `name` and `device`, and implement `compile`;
+    the rest has host-memory defaults (buffers are NumPy arrays on the host)."""
+
+    name: str = "?"
+    device = CPU  # where this backend's buffers live
+
+    # ---- compiling
+    def compile(self, graph, dumper=None, timings=None):
+        """An optimized Graph -> a Program (compiler/runtime.py) that runs it on this backend's buffers."""
+        raise NotImplementedError
+
+    def supports(self, pattern, attrs) -> bool | str:
+        """True when this backend has a kernel for the fused-node `pattern` with `attrs`; else the reason it
+        does not (the fusion pass then leaves the nodes unfused and records the reason in the dump)."""
+        return True
+
+    # ---- memory
+    def alloc(self, shape, dtype):
+        """A new, uninitialized buffer of `shape` and tracejit `dtype` on this backend's device."""
+        return np.empty(tuple(shape), dtype.np)
+
+    def to_device(self, array: np.ndarray):
+        """A buffer on this device holding `array`'s values (host backends may return `array` itself)."""
+        return array
+
+    def to_host(self, buffer) -> np.ndarray:
+        """The values of `buffer` as a NumPy array (a copy for device backends; the array itself on the host)."""
+        return buffer
+
+    def synchronize(self) -> None:
+        """Wait until all work queued on this device is done (profiling, timing). Host backends: nothing."""
+
+    # ---- eager ops
+    def run_eager(self, op, buffers: list, attrs: dict, out_type):
+        """Run `op` on `buffers` (on this device) eagerly; returns a new buffer (never one of the inputs'
+        storage: in-place updates would reach it). Default: to_host -> op.ref -> to_device."""
+        r = op.ref(*[self.to_host(b) for b in buffers], **attrs)
+        if not isinstance(r, np.ndarray) or r.dtype != out_type.dtype.np:
+            r = np.asarray(r, dtype=out_type.dtype.np)
+        return self.to_device(r)
+
+    # ---- what runs
+    def describe(self) -> dict:
+        """What runs, as JSON-able data: "device" (str), "threads" (str or None), "lines" (human-readable
+        facts, what `python -m tracejit info` prints), "warnings" (list of str); backends add their own keys."""
+        return {"device": str(self.device), "threads": None, "lines": [], "warnings": []}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.device}>"
+
+
+# name -> (factory, device it serves or None); factories are called once, on first use
+_REGISTRY: dict[str, tuple[Callable[[], Backend], object]] = {}
+_INSTANCES: dict[str, Backend] = {}
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def register_backend(name: str, factory: Callable[[], Backend], device=None) -> None:
+    """Register `factory() -> Backend` under `name`. With `device` ("fake", "cuda:0", a device type of its own is
+    accepted in device strings from now on), tensors on that device keep their storage in this backend's buffers,
+    and compiled functions whose tensors live there run on it. Registering a name again replaces it."""
+    dev = None
+    if device is not None:
+        kind = str(device).split(":")[0]
+        _device.add_device_type(kind)
+        dev = _device.device(device)
+        if dev.index is None:
+            dev = _device.device(dev.type, 0)
+    _REGISTRY[name] = (factory, dev)
+    _INSTANCES.pop(name, None)
+    _UNAVAILABLE.pop(name, None)
+    _device._forget_backends()
+
+
+def unregister_backend(name: str) -> None:
+    _REGISTRY.pop(name, None)
+    _INSTANCES.pop(name, None)
+    _UNAVAILABLE.pop(name, None)
+    _device._forget_backends()
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as `name` (made on first use); BackendUnavailable says why it cannot run here."""
+    b = _INSTANCES.get(name)
+    if b is not None:
+        return b
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}")
+    if name in _UNAVAILABLE:
+        raise BackendUnavailable(_UNAVAILABLE[name])
+    factory, _ = _REGISTRY[name]
     try:
-        return importlib.import_module(_BACKENDS[name])
-    except ImportError as e:
-        raise RuntimeError(f"backend {name!r} is not available: {e}") from e
+        b = factory()
+    except (ImportError, BackendUnavailable) as e:
+        why = str(e) if isinstance(e, BackendUnavailable) else f"backend {name!r} is not available: {e}"
+        _UNAVAILABLE[name] = why
+        raise BackendUnavailable(why) from e
+    _INSTANCES[name] = b
+    return b
 
 
 def available() -> list[str]:
+    """Names of the registered backends that can run in this process."""
     out = []
-    for name in _BACKENDS:
+    for name in _REGISTRY:
         try:
             get_backend(name)
             out.append(name)
-        except RuntimeError:
+        except BackendUnavailable:
             pass
     return out
+
+
+def registered() -> list[str]:
+    return list(_REGISTRY)
+
+
+def backend_name_for_device(dev) -> str:
+    """The name of the backend that compiled functions use for tensors on `dev` ("cpu" on the CPU)."""
+    if dev is CPU:
+        return "cpu"
+    for name, (_, d) in _REGISTRY.items():
+        if d is dev:
+            return name
+    kinds = [n for n, (_, d) in _REGISTRY.items() if d is not None and d.type == dev.type]
+    if kinds:
+        raise DeviceUnavailableError(f"no tracejit backend holds tensors on {dev} (backends for {dev.type}: "
+                                     f"{', '.join(str(_REGISTRY[n][1]) for n in kinds)})")
+    if dev.type == "cuda":
+        raise DeviceUnavailableError("Torch not compiled with CUDA enabled: tracejit has no CUDA backend yet "
+                                     "(tracejit.cuda.is_available() is False); use the CPU")
+    raise DeviceUnavailableError(f"tracejit has no backend for device type {dev.type!r}; use the CPU")
+
+
+def backend_for_device(dev) -> Backend:
+    """The backend holding tensors on `dev` (not the CPU); DeviceUnavailableError names the device and why."""
+    name = backend_name_for_device(dev)
+    try:
+        return get_backend(name)
+    except BackendUnavailable as e:
+        if dev.type == "cuda":
+            raise DeviceUnavailableError(f"Torch not compiled with CUDA enabled: {e}") from None
+        raise DeviceUnavailableError(f"{dev}: {e}") from None
+
+
+def device_type_available(kind: str) -> bool:
+    """Whether tensors of device type `kind` can live in this process (a backend for it is registered and
+    available)."""
+    for name, (_, d) in _REGISTRY.items():
+        if d is not None and d.type == kind:
+            try:
+                get_backend(name)
+                return True
+            except BackendUnavailable:
+                pass
+    return False
+
+
+def device_count(kind: str) -> int:
+    """How many devices of type `kind` have an available backend."""
+    n = 0
+    for name, (_, d) in _REGISTRY.items():
+        if d is not None and d.type == kind:
+            try:
+                get_backend(name)
+                n += 1
+            except BackendUnavailable:
+                pass
+    return n
+
+
+def _module_factory(module: str, cls: str):
+    def make():
+        return getattr(importlib.import_module(module), cls)()
+    return make
+
+
+def _cuda_factory():
+    # the CUDA backend is its own issue: until its folder exists, say so (and never import numba.cuda for it)
+    try:
+        importlib.import_module("tracejit.compiler.backends.cuda")
+    except ModuleNotFoundError:
+        raise BackendUnavailable("backend 'cuda' is not available yet: tracejit has no CUDA backend "
+                                 "(compiler/backends/cuda/); tensors and compiled functions run on the CPU") from None
+    return _module_factory("tracejit.compiler.backends.cuda", "CudaBackend")()
+
+
+register_backend("reference", _module_factory("tracejit.compiler.backends.reference", "ReferenceBackend"))
+register_backend("cpu", _module_factory("tracejit.compiler.backends.cpu", "CpuBackend"))
+register_backend("cuda", _cuda_factory, device="cuda:0")

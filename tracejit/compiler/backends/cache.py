@@ -32,6 +32,8 @@ from ..._version import __version__
 from . import numba_cache
 from .numba_cache import MEMORY_PREFIX, warn_once
 
+numba_cache.install()  # generated kernels are cached Numba functions: damaged cache files are misses
+
 
 def fingerprint(*paths: str) -> str:
     """Hash of the .py files under `paths` (folders, recursively, or single files): a backend puts it into its

@@ -1,15 +1,18 @@
 """The reference backend: interprets a Graph with each op's NumPy `ref` (exact eager semantics).
 
 It is the oracle for every other backend and for pass tests; fused nodes are interpreted through
-their bodies, so graphs after any pass run here.
+their bodies, so graphs after any pass run here. Its buffers are host NumPy arrays (the CPU device).
 """
 
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 
 from ..ir import Graph, Node
 from ..runtime import Program
+from . import Backend
 
 
 def ref_step(node: Node):
@@ -36,3 +39,16 @@ def run_graph(graph: Graph, inputs: list) -> list:
 
 def compile_graph(graph: Graph, dumper=None, timings=None) -> Program:
     return Program(graph, ref_step)
+
+
+class ReferenceBackend(Backend):
+    """NumPy on the host, one op at a time: slow, exact, and available everywhere."""
+
+    name = "reference"
+
+    def compile(self, graph: Graph, dumper=None, timings=None) -> Program:
+        return compile_graph(graph, dumper, timings)
+
+    def describe(self) -> dict:
+        return {"device": "cpu", "threads": None, "warnings": [],
+                "lines": [f"reference: NumPy {np.__version__} op by op on the host ({platform.machine()})"]}

@@ -11,8 +11,54 @@
                  (control.py), GEMMs for generated segments (segment.py)
     window/      conv2d/pooling kernels and their backward (conv, backward, weight_grad, im2col, pool) and the
                  steps that call them for window nodes (steps.py)
+
+`CpuBackend` (below) is the backend object (compiler/backends: the protocol); its buffers are NumPy arrays.
 """
 
+from .. import Backend, numba_cache
+
+numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
+
+
+class CpuBackend(Backend):
+    """Numba kernels on CPU threads; buffers are plain NumPy arrays (the CPU device)."""
+
+    name = "cpu"
+
+    def compile(self, graph, dumper=None, timings=None):
+        from .program import compile_graph
+
+        return compile_graph(graph, dumper=dumper, timings=timings)
+
+    def supports(self, pattern, attrs) -> bool | str:
+        return True
+
+    def describe(self) -> dict:
+        import os
+        import platform
+
+        from . import threads
+        from .blas import calls, control
+
+        th = threads.configure()
+        libs = control.describe()
+        used = next((b for b in libs if b["used"]), None)
+        sgemm, why = calls.sgemm_choice()
+        used_s = used and f"{used['library']} ({used['kernels']} kernels)"
+        f32 = "tracejit's own" if sgemm == "tracejit" else used_s
+        note = control.pinned_note(libs)
+        lines = [f"threads: {th.get('threads')} ({th.get('layer')} threading layer); set TRACEJIT_NUM_THREADS to "
+                 f"change"]
+        lines += [f"BLAS for compiled GEMMs: {b['library']}, {b['kernels']} kernels ({b['path']})"
+                  for b in libs if b["used"]]
+        lines.append(f"float32 GEMMs: {calls.sgemm_description()}; set {calls.ENV_SGEMM}=tracejit or openblas to "
+                     f"choose")
+        return {"device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+                "threads": f"{th.get('threads')} ({th.get('layer')})", "threading": th,
+                "lines": lines, "warnings": [note] if note else [],
+                "blas": {"libraries": libs, "used": used_s, "sgemm": sgemm, "sgemm_why": why,
+                         "summary": f"float32 {f32}, float64 {used_s}",
+                         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "warning": note}}
 
 
 def __getattr__(name):

@@ -262,7 +262,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
         prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render))
     prog.fallbacks = fallbacks
     prog.owned = owned
-    prog.tracks_ownership = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
+    prog.tracks_ownership = prog.updates_in_place = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
     if timings is not None:
         timings["render+load"] = t_render[0]
     return prog

@@ -1,0 +1,16 @@
+"""Datasets, samplers, collation and the DataLoader, following ``torch.utils.data``.
+
+Shuffling draws ``tracejit.randperm`` from the loader's generator (or the default one), so
+``tracejit.manual_seed`` makes every epoch's order reproducible; ``num_workers=N`` loads in N processes
+with the same batches in the same order.
+"""
+
+from ._worker import WorkerInfo, get_worker_info
+from .collate import default_collate, default_convert
+from .dataloader import DataLoader
+from .dataset import ConcatDataset, Dataset, Subset, TensorDataset, random_split
+from .sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler, SubsetRandomSampler
+
+__all__ = ["Dataset", "TensorDataset", "ConcatDataset", "Subset", "random_split", "Sampler", "SequentialSampler",
+           "RandomSampler", "SubsetRandomSampler", "BatchSampler", "DataLoader", "default_collate",
+           "default_convert", "get_worker_info", "WorkerInfo"]
