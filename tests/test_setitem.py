@@ -353,3 +353,51 @@ def test_views_of_captured_state_write_back_from_compiled_steps():
         x = tj.full((3, 4), float(i + 1))
         assert step(w_e, x).item() == compiled(x).item()
     assert w_e.tolist() == w_c.tolist()
+
+
+# ----------------------------------------------------------------------------------------------- other devices
+
+
+@pytest.fixture
+def fake():
+    fake_device = pytest.importorskip("compiler.fake_device")  # (tests/compiler/fake_device.py)
+    yield fake_device.install()
+    fake_device.uninstall()
+    tj.set_default_device(None)
+
+
+DEVICE_CASES = ["column-scalar", "strided-cols", "mask-scalar", "mask-list", "index-pairs", "iadd-augmented",
+                "view-row-inplace", "view-reshape"]
+
+
+@pytest.mark.parametrize("case", DEVICE_CASES)
+def test_assignment_on_another_device_equals_the_cpu(fake, case):
+    fn = CASES[case]
+    x = tj.tensor(BASE.copy(), dtype=tj.float64).to("fake")
+    fn(tj, x)
+    assert str(x.device) == "fake:0"
+    np.testing.assert_array_equal(x.cpu().numpy(), _arr(_run(tj, fn, BASE)))
+
+
+def test_api_factories_and_triangles_on_another_device(fake):
+    x = tj.tensor(BASE[:3, :3].copy()).to("fake")
+    for y in (x.tril(), x.triu(1), x.new_ones(2), x.new_tensor([1.0]), tj.normal(x, 1.0), x.norm(dim=1),
+              x.flip(0), tj.zeros(size=(2,), device="fake")):
+        assert str(y.device) == "fake:0"
+    np.testing.assert_array_equal(x.tril().cpu().numpy(), np.tril(BASE[:3, :3]))
+
+
+def test_compiled_assignment_on_another_device(fake):
+    @tj.compile
+    def step(x, v):
+        y = x * 1.0
+        y[:, 1] = v
+        y[y < 0] = 0.0
+        y[:, ::2] *= 2.0
+        return y
+
+    x, v = tj.tensor(BASE.copy()), tj.arange(4.0)
+    want = step(x, v).numpy()
+    got = step(x.to("fake"), v.to("fake"))
+    assert str(got.device) == "fake:0"
+    np.testing.assert_array_equal(got.cpu().numpy(), want)

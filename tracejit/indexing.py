@@ -252,6 +252,13 @@ def index_put(x, index, value):
 
 
 def _put_value(x, value, strict):
+    v = _put_value_here(x, value, strict)
+    if v._box.device is not x._box.device:  # (a number, or a CPU tensor written into a tensor elsewhere)
+        v = move(v, x._box.device)
+    return v
+
+
+def _put_value_here(x, value, strict):
     if isinstance(value, Tensor):
         if value.dtype is not x.dtype:
             if strict:  # (PyTorch's index_put_ does not convert a tensor; basic indexing copies, converting)
