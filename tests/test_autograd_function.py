@@ -374,3 +374,14 @@ def test_variable_is_an_alias_that_returns_a_tensor():
         assert not w.requires_grad and w.grad_fn is None
         with pytest.raises(TypeError):
             T.autograd.Variable([1.0])
+
+
+def test_gradcheck_and_autograd_grad_through_functions():
+    F = functions(tj)
+    x = tj.tensor([0.3, -0.7, 1.1], dtype=tj.float64, requires_grad=True)
+    y = tj.tensor([0.5, 0.2, -0.4], dtype=tj.float64, requires_grad=True)
+    assert tj.autograd.gradcheck(F["LegendrePolynomial3"].apply, (x,))
+    assert tj.autograd.gradcheck(lambda a, b: F["Scale"].apply(a, 1.5, b), (x, y))
+    mid = F["LegendrePolynomial3"].apply(x)
+    (g_mid,) = tj.autograd.grad((mid * 3).sum(), mid)  # a Function's output as the input asked about
+    assert g_mid.tolist() == [3.0, 3.0, 3.0]

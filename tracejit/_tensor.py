@@ -190,6 +190,7 @@ class Tensor(TensorBase, MoreMethods):
         _rebind(box, other._box.value, other._box.type, other._box.device)
         if type(other._box) is SharedBox:
             share(box)  # ... while NumPy's view of the new storage now is
+        self._view = None  # (and a view given new storage no longer views its base)
 
     def detach(self):
         t = Tensor._from_box(self._box)
