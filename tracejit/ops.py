@@ -2,7 +2,8 @@
 
 Each record has its kind (drives fusion), `infer` (shape/dtype rule and the user's error on misuse),
 `ref` (the NumPy reference: eager kernel, reference backend, test oracle), `grad` (written with tensor
-ops, so it traces) and, for elementwise ops, the scalar expression every backend renders.
+ops, so it traces) and, for elementwise ops, the scalar expression every code-generating backend spells
+(`expr`, written in the vocabulary of tracejit/scalar.py, whose functions state their NaN/inf rules).
 Nothing else defines an op; composites (softmax, linear, ...) are written with these.
 """
 
@@ -19,6 +20,7 @@ from scipy import special
 from . import dispatch as _dispatch  # gradient rules make ops through the one dispatch point
 from . import dtypes as D
 from . import ref_kernels as K
+from . import scalar as S
 from .dtypes import TensorType  # noqa: F401 (the static type ops infer; also tracejit.ops.TensorType)
 from .errors import OpError, OpIndexError, OpTypeError, TargetIndexError, shape_str
 
@@ -35,14 +37,15 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class OpDef:
-    """One primitive op. `expr` is the scalar expression ({0}, {1}, ... are inputs) for ELEMENTWISE ops."""
+    """One primitive op. `expr`, for ELEMENTWISE ops only, is its value at one index as a scalar expression
+    over the op's inputs (S.X, S.Y, S.Z) in the vocabulary of tracejit/scalar.py; backends spell it."""
 
     name: str
     kind: Kind
     infer: Callable = field(repr=False)
     ref: Callable = field(repr=False)
     grad: Callable | None = field(default=None, repr=False)
-    expr: str | None = None
+    expr: S.Expr | None = None
     doc: str = ""
 
     def __repr__(self) -> str:
@@ -129,22 +132,22 @@ def _g_ub(ctx, i, g):
     return unbroadcast(g, ctx.in_types[i].shape)
 
 
-NEG = _unary("neg", np.negative, lambda c, g: [-g], "(-{0})", float_only=False)
-EXP = _unary("exp", np.exp, lambda c, g: [g * c.output()], "exp({0})")
-LOG = _unary("log", np.log, lambda c, g: [g / c.input(0)], "log({0})")
-SQRT = _unary("sqrt", np.sqrt, lambda c, g: [g / (c.output() * 2.0)], "sqrt({0})")
-ABS = _unary("abs", np.abs, lambda c, g: [g * c.input(0).sign()], "abs({0})", float_only=False)
-SIGN = _unary("sign", np.sign, None, "sign({0})", float_only=False)
-TANH = _unary("tanh", np.tanh, lambda c, g: [g * (1.0 - c.output() * c.output())], "tanh({0})")
+NEG = _unary("neg", np.negative, lambda c, g: [-g], S.neg(S.X), float_only=False)
+EXP = _unary("exp", np.exp, lambda c, g: [g * c.output()], S.exp(S.X))
+LOG = _unary("log", np.log, lambda c, g: [g / c.input(0)], S.log(S.X))
+SQRT = _unary("sqrt", np.sqrt, lambda c, g: [g / (c.output() * 2.0)], S.sqrt(S.X))
+ABS = _unary("abs", np.abs, lambda c, g: [g * c.input(0).sign()], S.abs_(S.X), float_only=False)
+SIGN = _unary("sign", np.sign, None, S.sign(S.X), float_only=False)
+TANH = _unary("tanh", np.tanh, lambda c, g: [g * (1.0 - c.output() * c.output())], S.tanh(S.X))
 SIGMOID = _unary("sigmoid", lambda x: special.expit(x),
-                 lambda c, g: [g * c.output() * (1.0 - c.output())], "sigmoid({0})")
+                 lambda c, g: [g * c.output() * (1.0 - c.output())], S.sigmoid(S.X))
 RELU = _unary("relu", lambda x: np.maximum(x, x.dtype.type(0)),
-              lambda c, g: [g * (c.output() > 0).to(g.dtype)], "relu({0})", float_only=False)
-SIN = _unary("sin", np.sin, lambda c, g: [g * c.input(0).cos()], "sin({0})")
-COS = _unary("cos", np.cos, lambda c, g: [-(g * c.input(0).sin())], "cos({0})")
+              lambda c, g: [g * (c.output() > 0).to(g.dtype)], S.relu(S.X), float_only=False)
+SIN = _unary("sin", np.sin, lambda c, g: [g * c.input(0).cos()], S.sin(S.X))
+COS = _unary("cos", np.cos, lambda c, g: [-(g * c.input(0).sin())], S.cos(S.X))
 ERF = _unary("erf", lambda x: special.erf(x),
              lambda c, g: [g * (c.input(0) * c.input(0) * -1.0).exp() * (2.0 / math.sqrt(math.pi))],
-             "erf({0})")
+             S.erf(S.X))
 
 
 def _logical_not_infer(x):
@@ -153,7 +156,7 @@ def _logical_not_infer(x):
     return x
 
 
-LOGICAL_NOT = _op("logical_not", Kind.ELEMENTWISE, _logical_not_infer, np.logical_not, None, "lnot({0})")
+LOGICAL_NOT = _op("logical_not", Kind.ELEMENTWISE, _logical_not_infer, np.logical_not, None, S.not_(S.X))
 
 
 def _pow_grad(c, g):
@@ -167,11 +170,11 @@ def _pow_grad(c, g):
 
 
 ADD = _op("add", Kind.ELEMENTWISE, _binary_infer("add"), np.add,
-          lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, g)], "({0} + {1})")
+          lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, g)], S.add(S.X, S.Y))
 SUB = _op("sub", Kind.ELEMENTWISE, _binary_infer("sub"), np.subtract,
-          lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, -g)], "({0} - {1})")
+          lambda c, g: [_g_ub(c, 0, g), _g_ub(c, 1, -g)], S.sub(S.X, S.Y))
 MUL = _op("mul", Kind.ELEMENTWISE, _binary_infer("mul"), np.multiply,
-          lambda c, g: [_g_ub(c, 0, g * c.input(1)), _g_ub(c, 1, g * c.input(0))], "({0} * {1})")
+          lambda c, g: [_g_ub(c, 0, g * c.input(1)), _g_ub(c, 1, g * c.input(0))], S.mul(S.X, S.Y))
 def _div(a, b):
     with np.errstate(divide="ignore", invalid="ignore"):  # x/0 is inf and 0/0 nan, silently, as in PyTorch
         return np.divide(a, b)
@@ -179,9 +182,9 @@ def _div(a, b):
 
 DIV = _op("div", Kind.ELEMENTWISE, _binary_infer("div", float_only=True), _div,
           lambda c, g: [_g_ub(c, 0, g / c.input(1)),
-                        _g_ub(c, 1, -(g * c.output()) / c.input(1))], "({0} / {1})")
+                        _g_ub(c, 1, -(g * c.output()) / c.input(1))], S.div(S.X, S.Y))
 POW = _op("pow", Kind.ELEMENTWISE, _binary_infer("pow", float_only=True), np.power, _pow_grad,
-          "pow({0}, {1})")
+          S.pow_(S.X, S.Y))
 
 
 def _minmax_grad(c, g, pick_first):
@@ -192,15 +195,14 @@ def _minmax_grad(c, g, pick_first):
 
 
 MAXIMUM = _op("maximum", Kind.ELEMENTWISE, _binary_infer("maximum"), np.maximum,
-              lambda c, g: _minmax_grad(c, g, True), "maximum({0}, {1})")
+              lambda c, g: _minmax_grad(c, g, True), S.maximum(S.X, S.Y))
 MINIMUM = _op("minimum", Kind.ELEMENTWISE, _binary_infer("minimum"), np.minimum,
-              lambda c, g: _minmax_grad(c, g, False), "minimum({0}, {1})")
+              lambda c, g: _minmax_grad(c, g, False), S.minimum(S.X, S.Y))
 
-_CMP = {"eq": (np.equal, "=="), "ne": (np.not_equal, "!="), "lt": (np.less, "<"),
-        "le": (np.less_equal, "<="), "gt": (np.greater, ">"), "ge": (np.greater_equal, ">=")}
-for _name, (_fn, _sym) in _CMP.items():
-    _op(_name, Kind.ELEMENTWISE, _binary_infer(_name, out_dtype=D.bool_), _fn, None,
-        "({0} " + _sym + " {1})")
+_CMP = {"eq": (np.equal, S.eq), "ne": (np.not_equal, S.ne), "lt": (np.less, S.lt),
+        "le": (np.less_equal, S.le), "gt": (np.greater, S.gt), "ge": (np.greater_equal, S.ge)}
+for _name, (_fn, _scalar) in _CMP.items():
+    _op(_name, Kind.ELEMENTWISE, _binary_infer(_name, out_dtype=D.bool_), _fn, None, _scalar(S.X, S.Y))
 EQ, NE, LT, LE, GT, GE = (OPS[n] for n in _CMP)
 
 
@@ -216,7 +218,7 @@ def _where_grad(c, g):
     return [None, _g_ub(c, 1, g.where(cond, 0.0)), _g_ub(c, 2, g.masked_fill(cond, 0.0))]
 
 
-WHERE = _op("where", Kind.ELEMENTWISE, _where_infer, np.where, _where_grad, "select({0}, {1}, {2})")
+WHERE = _op("where", Kind.ELEMENTWISE, _where_infer, np.where, _where_grad, S.select(S.X, S.Y, S.Z))
 
 
 def _cast_grad(c, g):
@@ -230,7 +232,7 @@ def _cast(x, dtype):
 
 
 CAST = _op("cast", Kind.ELEMENTWISE, lambda x, dtype: TensorType(x.shape, dtype), _cast, _cast_grad,
-           "cast({0})")
+           S.cast(S.X))
 
 
 def _full_infer(shape, value, dtype):
@@ -238,7 +240,7 @@ def _full_infer(shape, value, dtype):
 
 
 FULL = _op("full", Kind.ELEMENTWISE, _full_infer,
-           lambda shape, value, dtype: np.full(shape, value, dtype=dtype.np), None, "{value}",
+           lambda shape, value, dtype: np.full(shape, value, dtype=dtype.np), None, S.constant(),
            doc="a constant broadcast to `shape`")
 
 # ----------------------------------------------------------------------------------------------- reductions

@@ -71,6 +71,13 @@ class FakeBackend(Backend):
     def compile(self, graph, dumper=None, timings=None):
         return FakeProgram(get_backend(self.inner).compile(graph, dumper, timings), self.device)
 
+    def supports(self, pattern, attrs):
+        return get_backend(self.inner).supports(pattern, attrs)  # its programs are the inner backend's
+
+    @property
+    def scalar_spelling(self):
+        return get_backend(self.inner).scalar_spelling
+
     def alloc(self, shape, dtype):
         return FakeBuffer(np.empty(tuple(shape), dtype.np))
 

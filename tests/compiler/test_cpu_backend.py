@@ -27,7 +27,7 @@ from tracejit.compiler.backends.cpu import threads  # noqa: E402
 from tracejit.compiler.backends.cpu.render import render, render_multi  # noqa: E402
 from tracejit.compiler.backends.kernel import lower  # noqa: E402
 from tracejit.compiler.backends.reference import run_graph  # noqa: E402
-from tracejit.compiler.ir import FUSED, parse_graph  # noqa: E402
+from tracejit.compiler.ir import FusedKind, parse_graph  # noqa: E402
 from tracejit.compiler.passes import run_pipeline  # noqa: E402
 from tracejit.ops import OPS, Kind  # noqa: E402
 
@@ -44,7 +44,7 @@ def fused_node(text: str):
     """The single fused node of a one-node graph written as IR text."""
     g = parse_graph(text)
     (node,) = g.nodes
-    assert node.op is FUSED
+    assert node.fused_kind is not None
     return node
 
 
@@ -820,7 +820,7 @@ def test_sgd_momentum_update_of_every_parameter_is_one_kernel():
         step(t(MLP_X), t(MLP_Y))
     assert_ran_compiled(step, eager_calls=1)
     g = step.history[-1].graph
-    multi = [n for n in g.nodes if n.body is not None and n.attrs.get("kind") == "multi"]
+    multi = [n for n in g.nodes if n.fused_kind is FusedKind.MULTI]
     assert len(multi) == 1
     produced = {v.id for v in multi[0].outputs}
     n_params = len(list(model.parameters()))

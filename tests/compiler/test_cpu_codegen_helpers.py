@@ -19,6 +19,7 @@ from tracejit.compiler.backends.cpu import views as cpu_views  # noqa: E402
 from tracejit.compiler.backends.cpu.blas import control as blas  # noqa: E402
 from tracejit.compiler.backends.cpu.blas.segment import gemm_nt, gemm_nt_par  # noqa: E402
 from tracejit.compiler.backends.cpu.views import view  # noqa: E402
+from tracejit.compiler.ir import FusedKind  # noqa: E402
 
 
 @numba.njit
@@ -212,7 +213,7 @@ def _packed_steps(monkeypatch, make_opt, wide=8, steps=3):
     for (name, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
     kernels = [s for s, *_ in cf.latest().program.plan
-               if isinstance(s, cpu_program.KernelStep) and s.node.attrs.get("kind") == "multi"]
+               if isinstance(s, cpu_program.KernelStep) and s.node.fused_kind is FusedKind.MULTI]
     assert len(kernels) == 1 and kernels[0].rows is not None, "the update did not run as one packed kernel"
     return kernels[0].source
 

@@ -11,12 +11,16 @@ import tracejit.nn.functional as F
 from tracejit import dtypes as D
 from tracejit.compiler.backends.reference import run_graph
 from tracejit.compiler.ir import (
-    FUSED,
+    FUSED_OPS,
+    FusedKind,
     Graph,
     Node,
+    Pattern,
     Value,
     VerifyError,
+    count_by_kind,
     format_attr,
+    fused_label,
     parse_attrs,
     parse_graph,
     parse_type,
@@ -24,7 +28,7 @@ from tracejit.compiler.ir import (
     to_dot,
     verify,
 )
-from tracejit.ops import TensorType
+from tracejit.ops import Kind, TensorType
 
 from .conftest import MLP, BNDropCNN, batches, make_train_step
 
@@ -61,7 +65,8 @@ def test_hand_written_ir_round_trips_exactly():
     assert [v.type for v in g.inputs] == [TensorType((4, 3), D.float32), TensorType((3, 2), D.float32),
                                           TensorType((), D.float32), TensorType((2,), D.int64)]
     fused = g.nodes[2]
-    assert fused.op is FUSED and fused.attrs == {"kind": "reduce"} and len(fused.outputs) == 2
+    assert fused.fused_kind is FusedKind.REDUCE and fused.attrs == {"kind": FusedKind.REDUCE}
+    assert fused.op.kind.value == "reduce" and len(fused.outputs) == 2
     assert [n.op.name for n in fused.body.nodes] == ["mul", "sum"]
     assert fused.body.nodes[1].attrs == {"axes": (1,), "keepdim": True}
     pad = g.nodes[3]
@@ -125,6 +130,60 @@ def test_parse_errors_name_the_line():
         parse_graph(undefined)
     with pytest.raises(ValueError, match="missing '}'"):
         parse_graph(HAND_WRITTEN.rsplit("}", 1)[0])
+
+
+WINDOW_TEXT = """graph f(%x: f32[2,1,6,6], %w: f32[3,1,3,3], %m: f32[2,8]) {
+  %p: f32[2,3,2,2], %i: u8[2,3,2,2] = fused(%x, %w) {kind='window', pattern='conv_pool', relu=False, bias=False, \
+pool=(2, 2), pool_stride=(2, 2), pool_padding=(0, 0), pool_dilation=(1, 1), ceil_mode=False, stride=(1, 1), \
+padding=(0, 0), dilation=(1, 1), groups=1}
+    body conv_pool_1(%a: f32[2,1,6,6], %b: f32[3,1,3,3]) {
+      %c: f32[2,3,4,4] = conv2d(%a, %b) {stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1}
+      %d: f32[2,3,2,2] = max_pool2d(%c) {kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1), \
+ceil_mode=False}
+      %e: u8[2,3,2,2] = max_pool2d_argmax(%c) {kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1), \
+ceil_mode=False}
+      return %d, %e
+    }
+  %t: f32[8,2] = permute(%m) {dims=(1, 0)}
+  %q: f32[2,2] = fused(%m, %t) {kind='contraction', pattern='linear', relu=False}
+    body linear_2(%u: f32[2,8], %v: f32[8,2]) {
+      %r: f32[2,2] = matmul(%u, %v)
+      %s: f32[2,2] = add(%r, %r)
+      return %s
+    }
+  return %p, %i, %q
+}"""  # (a backslash ends a line that continues on the next: the text form has one line per node)
+
+
+def test_fused_kinds_and_patterns_are_typed_and_round_trip():
+    g = _assert_round_trip(WINDOW_TEXT)
+    conv, _, lin = g.nodes
+    assert conv.fused_kind is FusedKind.WINDOW and conv.pattern is Pattern.CONV_POOL
+    assert lin.fused_kind is FusedKind.CONTRACTION and lin.pattern is Pattern.LINEAR
+    # the node's op kind is the group's: a window or GEMM group is not elementwise
+    assert conv.op.kind is Kind.WINDOW and lin.op.kind is Kind.CONTRACTION
+    assert fused_label(conv) == "window conv_pool" and g.nodes[1].fused_kind is None and g.nodes[1].pattern is None
+    assert count_by_kind(g) == {"fused window": 1, "fused contraction": 1, "movement": 1}
+
+
+def test_verify_and_the_parser_reject_untyped_or_incomplete_fused_nodes():
+    g = parse_graph(WINDOW_TEXT)
+    conv = g.nodes[0]
+    no_stride = {k: v for k, v in conv.attrs.items() if k != "pool_stride"}
+    for attrs, match in [({**conv.attrs, "kind": "window"}, "is not a FusedKind"),
+                         (no_stride, r"lacks attrs \['pool_stride'\]"),
+                         ({**conv.attrs, "pattern": Pattern.LINEAR}, "needs a Pattern of its kind"),
+                         ({"kind": FusedKind.WINDOW}, "needs a Pattern of its kind")]:
+        bad = g.replace(nodes=[Node(conv.op, conv.inputs, attrs, conv.outputs, conv.body)] + g.nodes[1:])
+        with pytest.raises(VerifyError, match=match):
+            verify(bad)
+    with pytest.raises(VerifyError, match="is not a FusedKind matching its op"):
+        verify(g.replace(nodes=[Node(FUSED_OPS[FusedKind.ELEMENTWISE], conv.inputs, conv.attrs, conv.outputs,
+                                     conv.body)] + g.nodes[1:]))
+    with pytest.raises(ValueError, match="needs kind= one of"):
+        parse_graph(WINDOW_TEXT.replace("kind='window'", "kind='conv'"))
+    with pytest.raises(ValueError, match="needs kind= one of"):
+        parse_graph(WINDOW_TEXT.replace("pattern='linear'", "pattern='gemm'"))
 
 
 # --------------------------------------------------------------------------------------- traced graphs

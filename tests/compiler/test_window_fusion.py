@@ -14,7 +14,7 @@ import tracejit as tj  # noqa: E402
 import tracejit.nn as nn  # noqa: E402
 import tracejit.nn.functional as F  # noqa: E402
 from tracejit.compiler.backends.reference import run_graph  # noqa: E402
-from tracejit.compiler.ir import parse_graph, verify  # noqa: E402
+from tracejit.compiler.ir import FusedKind, Pattern, parse_graph, verify  # noqa: E402
 from tracejit.compiler.passes.fuse_window import fuse_window  # noqa: E402
 
 
@@ -64,18 +64,18 @@ def compiled_variant(backend):
 def test_each_conv_block_is_one_kernel_forward_and_backward():
     cf, *_ = compiled_variant("reference")
     g = cf.latest().graph
-    patterns = [n.attrs.get("pattern") for n in g.nodes if n.body is not None and n.attrs.get("kind") == "window"]
+    patterns = [n.pattern.value for n in g.nodes if n.pattern is not None]
     # forward: one kernel per conv block (conv+bias+relu+pool+argmax); backward: one kernel per block too
     # (unpool, relu mask, dw, db, and dx for the second block; the first sees the data, which needs none);
     # the classifier's Linear: one GEMM with its bias epilogue
     assert sorted(patterns) == ["conv_pool", "conv_pool", "conv_pool_backward", "conv_pool_backward", "linear"]
     prims = [n.op.name for n in g.nodes if n.body is None]
     assert not {"conv2d", "max_pool2d", "max_pool2d_grad", "conv2d_grad_weight", "conv2d_grad_input"} & set(prims)
-    bwd = [n for n in g.nodes if n.attrs.get("pattern") == "conv_pool_backward"]
+    bwd = [n for n in g.nodes if n.pattern is Pattern.CONV_POOL_BACKWARD]
     assert [[v.shape for v in n.outputs] for n in bwd] == [[(2, 4, 6, 6), (6, 4, 3, 3), (6,)],  # conv2: dx, dw, db
                                                            [(4, 3, 3, 3), (4,)]]  # conv1: dw, db
     assert [n.attrs["input_grad"] for n in bwd] == [True, False]
-    fwd = next(n for n in g.nodes if n.attrs.get("pattern") == "conv_pool")
+    fwd = next(n for n in g.nodes if n.pattern is Pattern.CONV_POOL)
     assert [o.dtype.name for o in fwd.outputs] == ["float32", "uint8"]  # pooled values + compact argmax
     assert [b.op.name for b in fwd.body.nodes][-2:] == ["max_pool2d", "max_pool2d_argmax"]
 
@@ -134,7 +134,7 @@ def test_memory_plan_updates_optimizer_state_in_place_but_never_a_users_array(mo
     monkeypatch.setattr(cpu_program, "INPLACE_MIN", 0)  # this model is small: make its update a step of its own
     cf, model, opt, (x, y) = compiled_variant("cpu")
     g = cf.latest().graph
-    multi = [n for n in g.nodes if n.attrs.get("kind") == "multi"]
+    multi = [n for n in g.nodes if n.fused_kind is FusedKind.MULTI]
     assert len(multi) == 1  # the whole SGD update is one kernel
     pairs = multi[0].attrs["inplace"]
     assert len(pairs) == 2 * len(list(model.parameters()))  # every parameter and momentum buffer
@@ -200,7 +200,7 @@ def test_linear_layers_become_one_gemm_with_a_bias_and_relu_epilogue():
     out = fuse_window(g)
     verify(out)
     fused = [n for n in out.nodes if n.body is not None]
-    assert [(n.attrs["pattern"], n.attrs["relu"]) for n in fused] == [("linear", True), ("linear", False)]
+    assert [(n.pattern, n.attrs["relu"]) for n in fused] == [(Pattern.LINEAR, True), (Pattern.LINEAR, False)]
     first, second = fused
     # the first keeps relu (its pre-activation is read only by relu), the second takes the bias through its view
     # and the operand order add(bias, product); the relu output stays a graph output
@@ -238,8 +238,8 @@ def test_mlp_forward_is_one_node_per_linear_layer_on_cpu():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     g = cf.latest().graph
-    assert [(n.attrs.get("pattern"), n.attrs.get("relu")) for n in g.nodes if n.body is not None] == \
-        [("linear", True), ("linear", False)]
+    assert [(n.pattern, n.attrs.get("relu")) for n in g.nodes if n.body is not None] == \
+        [(Pattern.LINEAR, True), (Pattern.LINEAR, False)]
 
 
 def test_linear_fusion_follows_a_bias_through_several_views():
@@ -256,7 +256,7 @@ graph f(%0: f32[8,20] {arg: x}, %1: f32[20,4] {arg: w}, %2: f32[4] {arg: b}) {
     out = fuse_window(g)
     verify(out)
     (node,) = out.nodes
-    assert node.attrs["pattern"] == "linear" and [b.op.name for b in node.body.nodes] == [
+    assert node.pattern is Pattern.LINEAR and [b.op.name for b in node.body.nodes] == [
         "matmul", "reshape", "expand", "add"]
     args = [np.random.default_rng(1).standard_normal(v.shape).astype(np.float32) for v in g.inputs]
     np.testing.assert_allclose(run_graph(out, args)[0], run_graph(g, args)[0], rtol=1e-6, atol=1e-6)

@@ -298,7 +298,7 @@ class CompiledFunction:
         stage_graphs = [("traced", graph)]
         g = graph
         for i, p in enumerate(self.passes if self.passes is not None else PIPELINE, start=1):
-            g = run_pipeline(g, [p], None, timings)
+            g = run_pipeline(g, [p], None, timings, target=backend)
             stage_graphs.append((p.__name__, g))
             stages[p.__name__] = print_graph(g)
             if dumper:

@@ -1,12 +1,15 @@
 """The IR: a flat SSA list of primitive ops, like a jaxpr, with a text form that parses back.
 
 `Graph(inputs, nodes, outputs)`; `Node(op, inputs, attrs, outputs)`; `Value(id, type)`. Nodes are
-immutable; passes build new graphs. A fused node carries its body (another Graph) and prints it indented.
+immutable; passes build new graphs. A fused node carries its body (another Graph) and prints it indented;
+what it is -- its `FusedKind` and, for window and GEMM groups, its `Pattern` -- is the typed contract between the
+fusion passes and the backends (`fused(...)` builds one, `Node.fused_kind` / `Node.pattern` read it).
 """
 
 from __future__ import annotations
 
 import ast
+import enum
 import math
 import re
 from dataclasses import dataclass, field
@@ -51,6 +54,16 @@ class Node:
     def output(self) -> Value:
         return self.outputs[0]
 
+    @property
+    def fused_kind(self) -> FusedKind | None:
+        """What a fused node holds (None for a primitive)."""
+        return self.attrs["kind"] if self.body is not None else None
+
+    @property
+    def pattern(self) -> Pattern | None:
+        """The window/GEMM pattern a fused node implements (None for loop groups and primitives)."""
+        return self.attrs.get("pattern") if self.body is not None else None
+
 
 @dataclass
 class Graph:
@@ -81,6 +94,55 @@ class Graph:
         return print_graph(self)
 
 
+# ----------------------------------------------------------------------------------------------- fused nodes
+
+
+class FusedKind(enum.StrEnum):
+    """What a fused node's body is, and so how a backend runs it. (A StrEnum, so code that still compares with
+    the text form's strings reads it right; nodes are built and verified with the enum.)"""
+
+    ELEMENTWISE = "elementwise"  # elementwise ops over one iteration space (+ copied constants and views): one loop
+    REDUCE = "reduce"  # the same with sum/amax results (backends.kernel.lower takes both)
+    MULTI = "multi"  # ELEMENTWISE fused nodes run in sequence as one launch (fuse_optimizer: the parameter updates)
+    WINDOW = "window"  # a conv/pool chain, named by its Pattern
+    CONTRACTION = "contraction"  # a GEMM with an epilogue, named by its Pattern
+
+    @property
+    def op_kind(self) -> Kind:
+        """The op-table kind the group as a whole has (what its node's `op.kind` says)."""
+        return {FusedKind.REDUCE: Kind.REDUCE, FusedKind.WINDOW: Kind.WINDOW,
+                FusedKind.CONTRACTION: Kind.CONTRACTION}.get(self, Kind.ELEMENTWISE)
+
+    @property
+    def is_loop(self) -> bool:
+        """Loop groups: their body lowers to loop kernels; window and GEMM groups name a Pattern instead."""
+        return self in (FusedKind.ELEMENTWISE, FusedKind.REDUCE, FusedKind.MULTI)
+
+
+class Pattern(enum.StrEnum):
+    """A window/GEMM group fuse_window forms: the body's ops, and the attrs a backend's kernel reads (`.attrs`).
+    Backends say which they run natively (`supports(pattern, attrs)`); any other runs its body op by op."""
+
+    CONV_POOL = "conv_pool"  # conv2d (+ bias) (+ relu) + max_pool2d, writing the pooled values and the argmax
+    UNPOOL = "unpool"  # max_pool2d's backward from that argmax (+ relu's mask from the pooled values)
+    CONV_POOL_BACKWARD = "conv_pool_backward"  # unpool + conv2d_grad_weight + bias sum (+ conv2d_grad_input)
+    GRAD_WEIGHT_BIAS = "grad_weight_bias"  # conv2d_grad_weight + the bias gradient's sum
+    LINEAR = "linear"  # 2-D matmul + bias (+ relu) as one GEMM with an epilogue
+
+    @property
+    def kind(self) -> FusedKind:
+        return FusedKind.CONTRACTION if self is Pattern.LINEAR else FusedKind.WINDOW
+
+    @property
+    def attrs(self) -> tuple:
+        """The attributes a node of this pattern carries (beyond kind and pattern)."""
+        conv = ("stride", "padding", "dilation", "groups")
+        pool = ("relu", "pool", "pool_stride", "pool_padding", "pool_dilation", "ceil_mode")
+        return {Pattern.CONV_POOL: pool + ("bias",) + conv, Pattern.UNPOOL: pool,
+                Pattern.CONV_POOL_BACKWARD: pool + ("input_grad",) + conv, Pattern.GRAD_WEIGHT_BIAS: conv,
+                Pattern.LINEAR: ("relu",)}[self]
+
+
 def _no_infer(*a, **k):
     raise TypeError("a fused node's types come from its body")
 
@@ -89,9 +151,27 @@ def _no_ref(*a, **k):
     raise TypeError("a fused node runs through its body")
 
 
-# The container of a fusion group: not a primitive (it has no semantics of its own), so it lives here
-# rather than in the op table; `attrs['kind']` says which pass formed it.
-FUSED = OpDef("fused", Kind.ELEMENTWISE, _no_infer, _no_ref, None, None, "a group of ops run as one kernel")
+# The containers of fusion groups: not primitives (they have no semantics of their own), so they live here
+# rather than in the op table. One per FusedKind, so that `op.kind` is the group's (a conv/pool group is WINDOW,
+# not ELEMENTWISE); all print as `fused` with their kind among the attrs.
+FUSED_OPS = {k: OpDef("fused", k.op_kind, _no_infer, _no_ref, None, None, f"a fused {k.value} group run as one kernel")
+             for k in FusedKind}
+
+
+def fused(kind: FusedKind | Pattern, inputs, outputs, body: Graph, **attrs) -> Node:
+    """A fused node: `kind` is a loop kind or a Pattern (its kind follows); attrs are the pattern's."""
+    head = {"kind": kind.kind, "pattern": kind} if isinstance(kind, Pattern) else {"kind": kind}
+    return Node(FUSED_OPS[head["kind"]], tuple(inputs), {**head, **attrs}, tuple(outputs), body)
+
+
+def is_fused(n: Node) -> bool:
+    return n.body is not None
+
+
+def fused_label(n: Node) -> str:
+    """'elementwise', 'window conv_pool', ... for a fused node."""
+    p = n.pattern
+    return n.fused_kind.value + (f" {p.value}" if p is not None else "")
 
 
 class GraphBuilder:
@@ -122,6 +202,8 @@ class GraphBuilder:
 def format_attr(v) -> str:
     if isinstance(v, D.DType):
         return v.short
+    if isinstance(v, FusedKind | Pattern):
+        return repr(v.value)  # parsed back by the attribute's name (`_fused_attrs`)
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, float):
@@ -263,8 +345,22 @@ _NODE_RE = re.compile(r"^\s*(.+?)\s*=\s*([\w.]+)\((.*?)\)\s*(\{.*\})?\s*$")
 def parse_graph(text: str, ops: dict | None = None) -> Graph:
     """Parse the text form back into a Graph (fused-node bodies included)."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    g, end = _parse_block(lines, 0, {}, ops or {**OPS, "fused": FUSED})
+    g, end = _parse_block(lines, 0, {}, ops or OPS)
     return g
+
+
+def _fused_attrs(attrs: dict, line: int) -> dict:
+    """A parsed fused node's attrs with kind and pattern as the enums they stand for."""
+    out = dict(attrs)
+    try:
+        out["kind"] = FusedKind(attrs["kind"])
+        if "pattern" in attrs:
+            out["pattern"] = Pattern(attrs["pattern"])
+    except (KeyError, ValueError) as e:
+        kinds = [k.value for k in FusedKind]
+        raise ValueError(f"line {line}: a fused node needs kind= one of {kinds} (and a known pattern= for "
+                         f"window and contraction groups): {e}") from None
+    return out
 
 
 def _parse_block(lines, i, env, ops):
@@ -306,10 +402,12 @@ def _parse_block(lines, i, env, ops):
         if not nm:
             raise ValueError(f"line {i + 1}: cannot parse {line!r}")
         outs_text, opname, args_text, attrs_text = nm.groups()
-        if opname not in ops:
+        if opname not in ops and opname != "fused":
             raise ValueError(f"line {i + 1}: unknown op {opname!r}")
         inputs = tuple(_lookup(env, a, i) for a in _split_top(args_text))
         attrs = parse_attrs(attrs_text[1:-1]) if attrs_text else {}
+        if opname == "fused":
+            attrs = _fused_attrs(attrs, i + 1)
         outs = []
         for o in _split_top(outs_text):
             name, t = o.split(":", 1)
@@ -322,7 +420,10 @@ def _parse_block(lines, i, env, ops):
         i += 1
         if i < len(lines) and _HEADER_RE.match(lines[i]) and _HEADER_RE.match(lines[i]).group(1) == "body":
             body, i = _parse_block(lines, i, {}, ops)
-        g.nodes.append(Node(ops[opname], inputs, attrs, tuple(outs), body))
+        if opname == "fused" and body is None:
+            raise ValueError(f"line {i + 1}: a fused node needs its body on the lines after it")
+        op = FUSED_OPS[attrs["kind"]] if opname == "fused" else ops[opname]
+        g.nodes.append(Node(op, inputs, attrs, tuple(outs), body))
     raise ValueError("unterminated graph: missing '}'")
 
 
@@ -352,6 +453,7 @@ def verify(g: Graph) -> Graph:
             if v.id not in defined:
                 raise VerifyError(f"{g.name}: node {k} ({n.op.name}) uses %{v.name or v.id} before its definition")
         if n.body is not None:
+            _verify_fused(g, k, n)
             verify(n.body)
             if [v.type for v in n.body.inputs] != [v.type for v in n.inputs]:
                 raise VerifyError(f"{g.name}: node {k} ({n.op.name}) body inputs do not match its inputs")
@@ -374,6 +476,21 @@ def verify(g: Graph) -> Graph:
     return g
 
 
+def _verify_fused(g: Graph, k: int, n: Node) -> None:
+    kind, pattern = n.attrs.get("kind"), n.attrs.get("pattern")
+    where = f"{g.name}: node {k} (fused {n.body.name})"
+    if not isinstance(kind, FusedKind) or n.op is not FUSED_OPS[kind]:
+        raise VerifyError(f"{where}: kind {kind!r} is not a FusedKind matching its op (build it with ir.fused)")
+    if pattern is not None or not kind.is_loop:
+        if not isinstance(pattern, Pattern) or pattern.kind is not kind:
+            raise VerifyError(f"{where}: a {kind.value} group needs a Pattern of its kind, got {pattern!r}")
+        missing = [a for a in pattern.attrs if a not in n.attrs]
+        if missing:
+            raise VerifyError(f"{where}: pattern {pattern.value} lacks attrs {missing}")
+    if kind is FusedKind.MULTI and not all(m.fused_kind is FusedKind.ELEMENTWISE for m in n.body.nodes):
+        raise VerifyError(f"{where}: a multi group's body holds only elementwise groups")
+
+
 # ----------------------------------------------------------------------------------------------- queries
 
 
@@ -381,7 +498,7 @@ def count_by_kind(g: Graph) -> dict:
     counts: dict[str, int] = {}
     for n in g.nodes:
         if n.body is not None:
-            k = f"fused {n.attrs.get('kind', '?')}"
+            k = f"fused {n.fused_kind.value}"
         else:
             k = n.op.kind.value if isinstance(n.op.kind, Kind) else str(n.op.kind)
         counts[k] = counts.get(k, 0) + 1

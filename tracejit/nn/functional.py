@@ -13,19 +13,21 @@ import numpy as np
 
 from .. import dtypes as D
 from .._tensor import Tensor, where
+from ..autograd import is_grad_enabled as _grad_enabled
 from ..autograd import no_grad
 from ..dispatch import _concrete_or_none, apply
 from ..errors import OpError, OpTypeError, TargetIndexError, TraceError, shape_str, user_location  # noqa: F401
 from ..factories import arange, tensor
 from ..indexing import check_index
-from ..ops import OPS, check_same_dtype
+from ..ops import OPS, broadcast_shapes, check_same_dtype
 from ..random import rand
 
 __all__ = [
     "relu", "relu6", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",
     "log_softmax", "linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "dropout",
     "batch_norm", "flatten", "pad", "one_hot", "cross_entropy", "nll_loss", "mse_loss", "l1_loss",
-    "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "dropout1d", "dropout2d", "dropout3d",
+    "group_norm", "conv_transpose2d",
 ]
 
 
@@ -182,6 +184,53 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     return out.squeeze(0) if unbatched else out
 
 
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """The adjoint of conv2d ("deconvolution"): weight [C_in, C_out/groups, kH, kW], output side
+    (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1.
+
+    It is conv2d's input gradient with the weight used as is (the conv2d_grad_input primitive).
+    """
+    _check_dtypes("conv_transpose2d", input, weight, bias)
+    x, unbatched = _batched(input, "conv_transpose2d")
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    output_padding, dilation = _pair(output_padding, "output_padding"), _pair(dilation, "dilation")
+    if weight.ndim != 4:
+        raise OpError(f"conv_transpose2d: expected a 4-D weight [C_in, C_out/groups, kH, kW], got "
+                      f"{shape_str(weight.shape)}")
+    n, cin, h, w = x.shape
+    if weight.shape[0] != cin or cin % groups:
+        raise OpError(f"Given transposed=1, weight of size {shape_str(weight.shape)}, expected input"
+                      f"{shape_str(x.shape)} to have {weight.shape[0]} channels, but got {cin} channels instead "
+                      f"(groups={groups})")
+    cout = weight.shape[1] * groups
+    if bias is not None and tuple(bias.shape) != (cout,):
+        raise OpError(f"Given transposed=1, weight of size {shape_str(weight.shape)}, expected bias to be "
+                      f"1-dimensional with {cout} elements, but got bias of size {shape_str(bias.shape)} instead")
+    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+        raise OpError(f"output padding must be smaller than either stride or dilation, but got "
+                      f"output_padding_height: {output_padding[0]} output_padding_width: {output_padding[1]} "
+                      f"stride_height: {stride[0]} stride_width: {stride[1]} dilation_height: {dilation[0]} "
+                      f"dilation_width: {dilation[1]}")
+    k = weight.shape[2:]
+    full = tuple((size - 1) * s + d * (kk - 1) + 1 for size, s, d, kk in zip((h, w), stride, dilation, k))
+    out_hw = tuple(f - 2 * p + op for f, p, op in zip(full, padding, output_padding))
+    if min(out_hw) <= 0:
+        raise OpError(f"conv_transpose2d: input {shape_str(x.shape)} with weight {shape_str(weight.shape)}, "
+                      f"stride {stride}, padding {padding} gives an empty output {out_hw}")
+    attrs = dict(stride=stride, dilation=dilation, groups=int(groups))
+    if all(op < s for op, s in zip(output_padding, stride)):
+        out = apply(OPS["conv2d_grad_input"], x, weight, input_shape=(n, cout) + out_hw, padding=padding, **attrs)
+    else:
+        # output_padding >= stride (allowed when dilation is larger): conv2d of the wanted output would not give
+        # back H rows, so compute the unpadded result and crop (or zero-extend) it to the output window
+        out = apply(OPS["conv2d_grad_input"], x, weight, input_shape=(n, cout) + full, padding=(0, 0), **attrs)
+        out = pad(out, (-padding[1], out_hw[1] + padding[1] - full[1], -padding[0], out_hw[0] + padding[0] - full[0]))
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1)
+    return out.squeeze(0) if unbatched else out
+
+
 def _pool_stride(stride, kernel: tuple) -> tuple:
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         return kernel
@@ -256,6 +305,68 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     return input * (keep.to(input.dtype) * (1.0 / (1.0 - p)))
 
 
+def _feature_dropout(input: Tensor, p: float, training: bool) -> Tensor:
+    """Zero whole channels (dim 1 of [N, C, ...]) with probability p, scaling the rest by 1/(1-p)."""
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    if input.ndim < 2:
+        raise OpError(f"Feature dropout requires at least 2 dimensions in the input, got {shape_str(input.shape)}")
+    keep = rand(tuple(input.shape[:2]) + (1,) * (input.ndim - 2), dtype=input.dtype) >= p
+    return input * (keep.to(input.dtype) * (1.0 / (1.0 - p)))
+
+
+def _check_p(p: float) -> None:
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Channel-wise dropout of [N, C, L] (or unbatched [C, L]) inputs."""
+    _check_p(p)
+    if input.ndim not in (2, 3):
+        raise OpError(f"dropout1d: Expected 2D or 3D input, but received a {input.ndim}D input. Note that dropout1d "
+                      f"exists to provide channel-wise dropout on inputs with 1 spatial dimension, a channel "
+                      f"dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
+    if input.ndim == 2:
+        return _feature_dropout(input.unsqueeze(0), p, training).squeeze(0)
+    return _feature_dropout(input, p, training)
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Channel-wise dropout of [N, C, H, W] inputs; a 3-D input is taken as [N, C, L], as PyTorch does (with its
+    warning)."""
+    _check_p(p)
+    if input.ndim not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {input.ndim}-D input to dropout2d, which is deprecated and will "
+                      f"result in an error in a future release. To retain the behavior and silence this warning, "
+                      f"please use dropout instead. Note that dropout2d exists to provide channel-wise dropout on "
+                      f"inputs with 2 spatial dimensions, a channel dimension, and an optional batch dimension "
+                      f"(i.e. 3D or 4D inputs).", stacklevel=2)
+    if input.ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
+                      "This behavior will change in a future release to interpret the input as one without a "
+                      "batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout behavior, "
+                      "please switch to using dropout1d instead.", stacklevel=2)
+    return _feature_dropout(input, p, training)
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Channel-wise dropout of [N, C, D, H, W] (or unbatched [C, D, H, W]) inputs."""
+    _check_p(p)
+    if input.ndim not in (4, 5):
+        warnings.warn(f"dropout3d: Received a {input.ndim}-D input to dropout3d, which is deprecated and will "
+                      f"result in an error in a future release. To retain the behavior and silence this warning, "
+                      f"please use dropout instead. Note that dropout3d exists to provide channel-wise dropout on "
+                      f"inputs with 3 spatial dimensions, a channel dimension, and an optional batch dimension "
+                      f"(i.e. 4D or 5D inputs).", stacklevel=2)
+    if input.ndim != 5:
+        return _feature_dropout(input.unsqueeze(0), p, training).squeeze(0)
+    return _feature_dropout(input, p, training)
+
+
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
                momentum: float | Tensor = 0.1, eps: float = 1e-5) -> Tensor:
@@ -284,6 +395,36 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         centered = input - running_mean.reshape(shape)
         var = running_var
     out = centered * (var + eps).rsqrt().reshape(shape)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalize each sample over groups of channels (C / num_groups channels and all spatial positions),
+    then scale and shift per channel. The same in training and evaluation (no running statistics)."""
+    if input.ndim < 2:
+        raise OpError(f"Expected at least 2 dimensions for input tensor but received {input.ndim}")
+    n, c = input.shape[:2]
+    if num_groups <= 0 or c % num_groups:
+        raise OpError(f"Expected number of channels in input to be divisible by num_groups, but got input of shape "
+                      f"{shape_str(input.shape)} and num_groups={num_groups}")
+    spatial = math.prod(input.shape[2:])
+    if n * c // num_groups * spatial == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{[n * c // num_groups, num_groups] + list(input.shape[2:])}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise OpError(f"Expected {name} to be a vector of size equal to the number of channels in input, but "
+                          f"got {name} of shape {shape_str(t.shape)} and input of shape {shape_str(input.shape)}")
+    x = input.reshape(n, num_groups, c // num_groups * spatial)
+    centered = x - x.mean(-1, keepdim=True)
+    var = (centered * centered).mean(-1, keepdim=True)
+    out = (centered * (var + eps).rsqrt()).reshape(tuple(input.shape))
+    shape = (1, c) + (1,) * (input.ndim - 2)
     if weight is not None:
         out = out * weight.reshape(shape)
     if bias is not None:
@@ -484,9 +625,32 @@ def _clamped_log(x: Tensor) -> Tensor:
     return where(positive, where(positive, x, 1.0).log(), -100.0).clamp(min=-100.0)
 
 
+def _log1p(u: Tensor) -> Tensor:
+    """log(1 + u), accurate for tiny u (the value of log(w) * u / (w - 1), w = 1 + u, as in Goldberg's trick);
+    its derivatives are those of log(1 + u)."""
+    w = u + 1.0
+    plain = where(w > 0, w, 1.0).log()
+    same = w == 1.0
+    accurate = where(same, u, plain * (u / where(same, 1.0, w - 1.0)))
+    return plain + (accurate - plain).detach()
+
+
+def _bce_terms(x: Tensor, y: Tensor) -> Tensor:
+    """PyTorch's pointwise BCE: (y - 1) * max(log1p(-x), -100) - y * max(log(x), -100)."""
+    log_1mx = where(x < 1.0, _log1p(-where(x < 1.0, x, 0.0)), -100.0).clamp(min=-100.0)
+    return (y - 1.0) * log_1mx - y * _clamped_log(x)
+
+
+_BCE_EPSILON = float(np.float32(1e-12))  # PyTorch's EPSILON, a C float, also for double inputs
+
+
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
                          reduce=None, reduction: str = "mean") -> Tensor:
-    """-(y log x + (1 - y) log(1 - x)) for probabilities x in [0, 1]."""
+    """-(y log x + (1 - y) log(1 - x)) for probabilities x in [0, 1], each log clamped at -100 as PyTorch.
+
+    The input's gradient is PyTorch's (x - y) / max(x (1 - x), 1e-12): the derivative of the formula where
+    x (1 - x) >= 1e-12 (so double backward works there), that constant-clamped value at x = 0 or 1.
+    """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
     if tuple(target.shape) != tuple(input.shape):
@@ -497,8 +661,18 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
         raise OpError(f"binary_cross_entropy: all elements of input should be between 0 and 1 (got values in "
                       f"[{values.min():g}, {values.max():g}]); apply sigmoid first or use "
                       f"binary_cross_entropy_with_logits")
-    loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))
+    if input.requires_grad and _grad_enabled():
+        inside = input * (1.0 - input) >= _BCE_EPSILON
+        xd = input.detach()
+        edge = _bce_terms(xd, target) + (input - xd) * ((xd - target.detach()) / _BCE_EPSILON)
+        loss = where(inside, _bce_terms(where(inside, input, 0.5), target), edge)
+    else:
+        loss = _bce_terms(input, target)
     if weight is not None:
+        if tuple(broadcast_shapes("binary_cross_entropy", tuple(target.shape), tuple(weight.shape))) \
+                != tuple(target.shape):
+            raise OpError(f"binary_cross_entropy: weight of shape {shape_str(weight.shape)} does not broadcast to "
+                          f"the target's shape {shape_str(target.shape)}")
         loss = loss * weight
     return _reduce(loss, reduction)
 
@@ -518,3 +692,12 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction)
+
+
+# composites grouped by idea in their own modules (they use the helpers above), re-exported here as PyTorch has them
+from ._distance import cosine_similarity, pairwise_distance  # noqa: E402
+from ._losses import huber_loss, kl_div, smooth_l1_loss, triplet_margin_loss  # noqa: E402
+from ._resample import interpolate, upsample, upsample_bilinear, upsample_nearest  # noqa: E402
+
+__all__ += ["cosine_similarity", "pairwise_distance", "huber_loss", "kl_div", "smooth_l1_loss",
+            "triplet_margin_loss", "interpolate", "upsample", "upsample_bilinear", "upsample_nearest"]

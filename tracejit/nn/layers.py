@@ -1,4 +1,5 @@
-"""Layers: Linear, Conv2d, pooling, BatchNorm, Dropout, activations, Flatten, Identity.
+"""Layers: Linear, Conv2d, ConvTranspose2d, pooling, BatchNorm, GroupNorm, Dropout(1d/2d/3d), activations,
+Flatten, Identity.
 
 Each is a thin Module over nn.functional holding its parameters and buffers; constructors, defaults,
 initialization and reprs follow PyTorch.
@@ -16,9 +17,9 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = [
-    "Identity", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
-    "BatchNorm2d", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Softplus", "Sigmoid",
-    "Tanh", "Softmax", "LogSoftmax", "Flatten", "Unflatten",
+    "Identity", "Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
+    "BatchNorm2d", "GroupNorm", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "ReLU", "ReLU6", "LeakyReLU",
+    "ELU", "GELU", "SiLU", "Softplus", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Unflatten",
 ]
 
 
@@ -128,6 +129,83 @@ class Conv2d(Module):
             s += f", padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class ConvTranspose2d(Module):
+    """Transposed 2-D convolution ("deconvolution") over [N, C, H, W]; weight [in, out/groups, kH, kW].
+
+    ``forward(input, output_size=None)``: output_size picks the output_padding, as in PyTorch.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}')
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.transposed = True
+        self.output_padding = _pair(output_padding)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        dt = _factory_dtype(dtype)
+        self.weight = Parameter(empty((in_channels, out_channels // groups) + self.kernel_size, dtype=dt))
+        if bias:
+            self.bias = Parameter(empty(out_channels, dtype=dt))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    reset_parameters = Conv2d.reset_parameters
+
+    def _output_padding(self, input: Tensor, output_size) -> tuple:
+        if output_size is None:
+            return self.output_padding
+        output_size = list(output_size)
+        batched = input.ndim == 4
+        lead = 2 if batched else 1
+        if len(output_size) == lead + 2:
+            output_size = output_size[lead:]
+        if len(output_size) != 2:
+            raise ValueError(f"ConvTranspose2D: for {input.ndim}D input, output_size must have 2 or {lead + 2} "
+                             f"elements (got {len(output_size)})")
+        min_sizes = [(input.shape[d + lead] - 1) * self.stride[d] - 2 * self.padding[d]
+                     + self.dilation[d] * (self.kernel_size[d] - 1) + 1 for d in range(2)]
+        max_sizes = [m + s - 1 for m, s in zip(min_sizes, self.stride)]
+        for size, lo, hi in zip(output_size, min_sizes, max_sizes):
+            if size < lo or size > hi:
+                raise ValueError(f"requested an output size of {output_size}, but valid sizes range from {min_sizes} "
+                                 f"to {max_sizes} (for an input of {input.shape[lead:]})")
+        return tuple(int(s) - m for s, m in zip(output_size, min_sizes))
+
+    def forward(self, input: Tensor, output_size=None) -> Tensor:
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                  self._output_padding(input, output_size), self.groups, self.dilation)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:
@@ -271,9 +349,45 @@ class BatchNorm2d(_BatchNorm):
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
 
 
-class Dropout(Module):
-    """Zeroes elements with probability p while training (scaling the rest by 1/(1-p)); identity in eval."""
+class GroupNorm(Module):
+    """Group normalization: statistics per sample over groups of channels; per-channel affine weight/bias."""
 
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
+                 dtype=None, *, bias: bool = True) -> None:
+        super().__init__()
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        dt = _factory_dtype(dtype)
+        if affine:
+            self.weight = Parameter(empty(num_channels, dtype=dt))
+            if bias:
+                self.bias = Parameter(empty(num_channels, dtype=dt))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
+
+
+class _DropoutNd(Module):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if p < 0 or p > 1:
@@ -281,11 +395,36 @@ class Dropout(Module):
         self.p = p
         self.inplace = inplace
 
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout(_DropoutNd):
+    """Zeroes elements with probability p while training (scaling the rest by 1/(1-p)); identity in eval."""
+
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout(input, self.p, self.training)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
+
+class Dropout1d(_DropoutNd):
+    """Zeroes whole channels of [N, C, L] (or [C, L]) inputs with probability p while training."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout1d(input, self.p, self.training)
+
+
+class Dropout2d(_DropoutNd):
+    """Zeroes whole channels of [N, C, H, W] inputs with probability p while training."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout2d(input, self.p, self.training)
+
+
+class Dropout3d(_DropoutNd):
+    """Zeroes whole channels of [N, C, D, H, W] (or [C, D, H, W]) inputs with probability p while training."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout3d(input, self.p, self.training)
 
 
 class _Activation(Module):

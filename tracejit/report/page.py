@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from ..compiler import api
-from ..compiler.ir import Graph, count_by_kind, print_graph, to_dot
+from ..compiler.ir import Graph, count_by_kind, fused_label, print_graph, to_dot
 from .record import Record
 
 _e = html.escape
@@ -96,7 +96,7 @@ def _step_rows(program) -> list[tuple]:
         ns = list(st.nodes) if st.nodes is not None else None
         runs = _RUNS.get(st.runs, st.runs)
         if st.runs == "interpreted" and ns and len(ns) == 1 and ns[0].body is not None:
-            runs = f"NumPy (interpreted {ns[0].attrs.get('kind', 'fused')} group)"
+            runs = f"NumPy (interpreted {fused_label(ns[0])} group)"
         ops = "" if ns is None else _ops_summary(Graph("step", [], ns, []))
         rows.append((st.index, st.label, runs, ops, st, ns))
     return rows
@@ -228,7 +228,7 @@ def _section_fusion(v, program) -> str:
         if n.body is None:
             continue
         outs = ", ".join(str(o.type) for o in n.outputs)
-        rows.append([str(k), f"<code>{_e(n.body.name)}</code>", _e(str(n.attrs.get("kind", "?"))),
+        rows.append([str(k), f"<code>{_e(n.body.name)}</code>", _e(fused_label(n)),
                      str(len(_flat_ops(n.body))), f"<code>{_e(_ops_summary(n.body, 12))}</code>", _e(outs),
                      _e(runs_by_node.get(id(n), "?"))])
     parts = [f"<h4>Fusion groups ({len(rows)} in the final graph of {len(g.nodes)} nodes)</h4>"]

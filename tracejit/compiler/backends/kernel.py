@@ -1,8 +1,9 @@
 """Backend-neutral kernel description: a fused elementwise/reduce body lowered to one loop nest.
 
 A LoopKernel iterates over an index space; it loads each input array at that index (broadcast dims read
-index 0), evaluates scalar statements in the op table's expression vocabulary, stores elementwise
-outputs and accumulates reductions. Adjacent dims that every array treats alike are merged, so
+index 0), evaluates scalar statements -- each an elementwise op whose value the op table declares once
+(`OPS[op].expr`, in tracejit/scalar.py's vocabulary; a backend spells it) --, stores elementwise outputs and
+accumulates reductions. Adjacent dims that every array treats alike are merged, so
 `[N, C, H, W] + bias[1, C, 1, 1]` becomes a rank-3 nest and a same-shape chain a rank-1 loop.
 """
 
@@ -29,7 +30,7 @@ class LoopArray:
 @dataclass
 class Stmt:
     var: str
-    op: str  # an op name, or 'load' / 'const'
+    op: str  # an ELEMENTWISE op's name (its value: OPS[op].expr), or 'load' / 'const'
     args: tuple  # variable names, or (array index,) for load, or (value,) for const
     dtype: object
     attrs: dict = field(default_factory=dict)
@@ -61,7 +62,7 @@ def _pad(shape, rank):
 
 
 def lower(node: Node, prefix: str = "v") -> LoopKernel:
-    """Lower a `fused` node (elementwise/reduce body) to a LoopKernel over its iteration space.
+    """Lower a fused ELEMENTWISE or REDUCE node (ir.FusedKind) to a LoopKernel over its iteration space.
 
     Scalar variables are named `{prefix}{n}` (distinct prefixes let several kernels share a function)."""
     body = node.body

@@ -45,9 +45,14 @@ class ReferenceBackend(Backend):
     """NumPy on the host, one op at a time: slow, exact, and available everywhere."""
 
     name = "reference"
+    scalar_spelling = None  # no generated code: each op runs its `ref`
 
     def compile(self, graph: Graph, dumper=None, timings=None) -> Program:
         return compile_graph(graph, dumper, timings)
+
+    def supports(self, pattern, attrs) -> bool:
+        """Every fusion pattern: a fused node runs here through its body, op by op."""
+        return True
 
     def describe(self) -> dict:
         return {"device": "cpu", "threads": None, "warnings": [],

@@ -1,10 +1,15 @@
-"""The pass pipeline: plain `Graph -> Graph` functions, run in this order, verified and dumped after each."""
+"""The pass pipeline: plain `Graph -> Graph` functions, run in this order, verified and dumped after each.
+
+`run_pipeline(..., target=backend)` runs them for a backend: fusion passes ask it which window/GEMM patterns it
+runs natively (context.supports); without a target they fuse every pattern that matches structurally.
+"""
 
 from __future__ import annotations
 
 import time
 
 from ..ir import Graph, verify
+from .context import targeting
 from .cse import cse
 from .dce import dce
 from .fuse_elementwise import fuse_elementwise
@@ -27,11 +32,13 @@ PIPELINE = [
 ]
 
 
-def run_pipeline(g: Graph, passes=None, dumper=None, timings=None, check=True) -> Graph:
-    """Run `passes` (default PIPELINE) over `g`; verify after each; record per-pass time in `timings`."""
+def run_pipeline(g: Graph, passes=None, dumper=None, timings=None, check=True, target=None) -> Graph:
+    """Run `passes` (default PIPELINE) over `g` for backend `target` (None: none in particular); verify after
+    each; record per-pass time in `timings`."""
     for i, p in enumerate(PIPELINE if passes is None else passes, start=1):
         t0 = time.perf_counter()
-        g = p(g)
+        with targeting(target):
+            g = p(g)
         if check:
             verify(g)
         if timings is not None:

@@ -11,7 +11,7 @@ not fused is recorded in `graph.notes`.
 from __future__ import annotations
 
 from ...ops import Kind
-from ..ir import FUSED, Graph, Node
+from ..ir import FusedKind, Graph, Node, fused
 
 REDUCTIONS = ("sum", "amax")
 VIEWS = ("reshape", "expand")
@@ -171,9 +171,9 @@ def _build(grp: _Group, nodes, producer, consumers, out_ids) -> Node:
         for v in nodes[m].outputs:
             if v.id in out_ids or any(c not in mset for c in consumers.get(v.id, ())):
                 outputs.append(v)
-    kind = "reduce" if any(_is_red(nodes[m]) for m in members) else "elementwise"
-    body = Graph(f"{kind}_{members[0]}", body_inputs, body_nodes, outputs, {}, [None] * len(outputs))
-    return Node(FUSED, tuple(body_inputs), {"kind": kind}, tuple(outputs), body)
+    kind = FusedKind.REDUCE if any(_is_red(nodes[m]) for m in members) else FusedKind.ELEMENTWISE
+    body = Graph(f"{kind.value}_{members[0]}", body_inputs, body_nodes, outputs, {}, [None] * len(outputs))
+    return fused(kind, body_inputs, outputs, body)
 
 
 def _view_ok(nodes, producer, p, mset) -> bool:

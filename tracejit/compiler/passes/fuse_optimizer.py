@@ -8,12 +8,12 @@ its outputs, so order stays topological; member kernels keep their own bodies (r
 
 from __future__ import annotations
 
-from ..ir import FUSED, Graph, Node
+from ..ir import FusedKind, Graph, fused
 
 
 def fuse_optimizer(g: Graph) -> Graph:
     read = {v.id for n in g.nodes for v in n.inputs}
-    sinks = [n for n in g.nodes if n.body is not None and n.attrs.get("kind") == "elementwise"
+    sinks = [n for n in g.nodes if n.fused_kind is FusedKind.ELEMENTWISE
              and not any(v.id in read for v in n.outputs)]
     if len(sinks) < 2:
         return g
@@ -26,7 +26,7 @@ def fuse_optimizer(g: Graph) -> Graph:
                 inputs.append(v)
     outputs = [v for n in sinks for v in n.outputs]
     body = Graph("optimizer", inputs, list(sinks), outputs, {}, [None] * len(outputs))
-    node = Node(FUSED, tuple(inputs), {"kind": "multi"}, tuple(outputs), body)
+    node = fused(FusedKind.MULTI, inputs, outputs, body)
     result = g.replace(nodes=[n for n in g.nodes if id(n) not in sink_ids] + [node])
     result.notes = [f"fuse_optimizer: {len(sinks)} write-back kernels "
                     f"({sum(len(n.outputs) for n in sinks)} tensors) run as one multi-tensor kernel"]

@@ -6,14 +6,16 @@ its bias and activation applied as an epilogue, on each block of the output whil
 Keeps true: the rewritten forward no longer materializes the conv/relu activations — backward reads the
 pooled output and the argmax instead, which is exact because the gradient of max-pool reaches only the
 argmax position, where relu's output equals the pooled value. Patterns that do not match exactly (an
-activation read elsewhere, padding in the pool, ...) are left alone and the reason is noted.
+activation read elsewhere, ...) are left alone and the reason is noted; so are patterns the target backend does not
+run natively (context.supports: e.g. the CPU kernels take square pools without padding), with its reason.
 """
 
 from __future__ import annotations
 
 from ... import dtypes as D
 from ...ops import OPS, TensorType
-from ..ir import FUSED, Graph, Node, Value
+from ..ir import Graph, Node, Pattern, Value, fused
+from .context import supports, target_name
 
 VIEWS = ("reshape", "expand")
 
@@ -58,6 +60,21 @@ def _bias_root(ix, v, channels):
     return None
 
 
+def _refused(pattern: Pattern, attrs: dict, dtype) -> str | None:
+    """None when the target runs `pattern` natively, else the note's reason. The backend sees the attrs the node
+    would carry plus the dtype it computes in."""
+    answer = supports(pattern, {**attrs, "dtype": dtype})
+    if answer is True:
+        return None
+    return f"the {target_name()} backend does not run {pattern.value} natively: {answer}"
+
+
+def _pool_attrs(a: dict) -> dict:
+    """A max_pool2d node's attrs as a conv_pool / unpool node carries them (in full, square or not)."""
+    return {"pool": tuple(a["kernel"]), "pool_stride": tuple(a["stride"]), "pool_padding": tuple(a["padding"]),
+            "pool_dilation": tuple(a.get("dilation", (1, 1))), "ceil_mode": bool(a.get("ceil_mode", False))}
+
+
 def fuse_window(g: Graph) -> Graph:
     ix = _Index(g)
     replace: dict[int, Node | None] = {}  # node index -> new node (None = delete)
@@ -85,11 +102,9 @@ def fuse_window(g: Graph) -> Graph:
 
 def _match_forward(ix, mi, m, replace, notes) -> str | None:
     a = m.attrs
-    k, s = a["kernel"], a["stride"]
-    if a["padding"] != (0, 0) or tuple(a.get("dilation", (1, 1))) != (1, 1) or a.get("ceil_mode"):
-        return "pool with padding/dilation/ceil_mode"
-    if k[0] != k[1] or s[0] != s[1] or k[0] > 15:
-        return "non-square pool window"
+    k = a["kernel"]
+    if k[0] * k[1] > 256:
+        return f"a {k[0]}x{k[1]} window has more positions than a uint8 argmax holds (256)"
     r = m.inputs[0]
     ri, rn = ix.prod(r)
     relu = rn is not None and rn.body is None and rn.op.name == "relu"
@@ -117,8 +132,6 @@ def _match_forward(ix, mi, m, replace, notes) -> str | None:
         ai = None
     else:
         return "its input is not conv2d (+ bias) (+ relu)"
-    if cn.outputs[0].dtype not in (D.float32, D.float64):
-        return "conv2d is not floating point"
     if relu and not ix.only_use(pre, ri):
         return "the pre-activation is also read elsewhere"
     # who else reads the pool input r: only max_pool2d_grad(r, g) and relu's mask gt(r, 0) are understood
@@ -151,9 +164,20 @@ def _match_forward(ix, mi, m, replace, notes) -> str | None:
             return "relu's mask does not multiply the unpooled gradient"
         if not ix.only_use(ix.nodes[grad_node].outputs[0], mask_mul):
             return "the unpooled gradient is also read elsewhere"
+    # ---- what the target runs natively: both halves, or neither (the forward drops what max_pool2d_grad reads)
+    pooling = _pool_attrs(a)
+    conv_attrs = {key: cn.attrs[key] for key in ("stride", "padding", "dilation", "groups")}
+    fwd_attrs = {"relu": relu, "bias": bias is not None, **pooling, **conv_attrs}
+    bwd_attrs = {"relu": relu, **pooling}
+    dtype = m.outputs[0].dtype
+    why = _refused(Pattern.CONV_POOL, fwd_attrs, dtype) or (
+        _refused(Pattern.UNPOOL, bwd_attrs, dtype) if grad_node is not None else None)
+    if why:
+        return why
     # ---- forward: conv2d -> (+bias) -> (relu) -> max_pool2d + argmax, one node at the pool's place
     x, w = cn.inputs
-    pool_attrs = {"kernel": k, "stride": s, "padding": (0, 0), "dilation": (1, 1), "ceil_mode": False}
+    pool_attrs = {"kernel": tuple(k), "stride": tuple(a["stride"]), "padding": pooling["pool_padding"],
+                  "dilation": pooling["pool_dilation"], "ceil_mode": pooling["ceil_mode"]}
     idx = Value(TensorType(m.outputs[0].shape, D.uint8))
     body_nodes = [cn] + [ix.nodes[j] for j in reversed(chain)]
     if ai is not None:
@@ -163,10 +187,7 @@ def _match_forward(ix, mi, m, replace, notes) -> str | None:
     body_nodes += [m, Node(OPS["max_pool2d_argmax"], (r,), dict(pool_attrs), (idx,))]
     ins = [x, w] + ([bias] if bias is not None else [])
     body = Graph(f"conv_pool_{mi}", ins, body_nodes, [m.outputs[0], idx], {}, [None, None])
-    conv_attrs = {key: cn.attrs[key] for key in ("stride", "padding", "dilation", "groups")}
-    fwd = Node(FUSED, tuple(ins), {"kind": "window", "pattern": "conv_pool", "relu": relu, "bias": bias is not None,
-                                   "pool": k[0], "pool_stride": s[0], **conv_attrs},
-               (m.outputs[0], idx), body)
+    fwd = fused(Pattern.CONV_POOL, ins, (m.outputs[0], idx), body, **fwd_attrs)
     for j in [ci] + chain + ([ai] if ai is not None else []) + ([ri] if relu else []):
         replace[j] = None
     replace[mi] = fwd
@@ -192,8 +213,7 @@ def _match_forward(ix, mi, m, replace, notes) -> str | None:
                            {"input_shape": r.shape, **pool_attrs}, (result,)))
         bins = [gm, idx] + ([pooled] if relu else [])
         bbody = Graph(f"unpool_{grad_node}", bins, bnodes, [result], {}, [None])
-        bwd = Node(FUSED, tuple(bins), {"kind": "window", "pattern": "unpool", "relu": relu, "pool": k[0],
-                                        "pool_stride": s[0]}, (result,), bbody)
+        bwd = fused(Pattern.UNPOOL, bins, (result,), bbody, **bwd_attrs)
         at = mask_mul if relu else grad_node
         replace[grad_node] = None
         for j in extra:
@@ -227,14 +247,14 @@ def _fuse_conv_backward(ix, replace, notes):
     unpooled gradient: one kernel that never stores the [N, O, OH, OW] gradient of the conv output."""
     placed = {id(n): i for i, n in replace.items() if n is not None}
     for ui, un in list(replace.items()):
-        if un is None or un.attrs.get("pattern") != "unpool":
+        if un is None or un.pattern is not Pattern.UNPOOL:
             continue
         d = un.outputs[0]
         if d.id in ix.outputs:
             continue
         users = ix.uses(d)
         wb = [replace[i] for i in users if i in replace and replace[i] is not None
-              and replace[i].attrs.get("pattern") == "grad_weight_bias"]
+              and replace[i].pattern is Pattern.GRAD_WEIGHT_BIAS]
         wb_idx = [placed[id(n)] for n in wb]
         gi = [i for i in users if i not in replace and ix.nodes[i].body is None
               and ix.nodes[i].op.name == "conv2d_grad_input" and ix.nodes[i].inputs[0] is d]
@@ -250,17 +270,20 @@ def _fuse_conv_backward(ix, replace, notes):
         if any(u < at and u not in group for v in outs for u in ix.uses(v)):
             notes.append(f"not fused: unpool (node {ui}) with the conv gradients: a gradient is needed earlier")
             continue
+        attrs = {k: un.attrs[k] for k in Pattern.UNPOOL.attrs}
+        attrs.update({k: w_node.attrs[k] for k in Pattern.GRAD_WEIGHT_BIAS.attrs}, input_grad=bool(gi))
+        why = _refused(Pattern.CONV_POOL_BACKWARD, attrs, d.dtype)
+        if why:
+            notes.append(f"not fused: unpool (node {ui}) with the conv gradients: {why}")
+            continue
         x, g = w_node.inputs
         w = ix.nodes[gi[0]].inputs[1] if gi else None
         ins = [x] + ([w] if w is not None else []) + list(un.inputs)
         body_nodes = list(un.body.nodes) + ([ix.nodes[gi[0]]] if gi else []) + list(w_node.body.nodes)
         body = Graph(f"conv_pool_backward_{ui}", ins, body_nodes, outs, {}, [None] * len(outs))
-        attrs = {k: v for k, v in w_node.attrs.items() if k != "pattern"}
-        attrs.update(pattern="conv_pool_backward", relu=un.attrs["relu"], pool=un.attrs["pool"],
-                     pool_stride=un.attrs["pool_stride"], input_grad=bool(gi))
         for i in group:
             replace[i] = None
-        replace[at] = Node(FUSED, tuple(ins), attrs, tuple(outs), body)
+        replace[at] = fused(Pattern.CONV_POOL_BACKWARD, ins, outs, body, **attrs)
 
 
 def _fuse_weight_bias(ix, replace, notes):
@@ -279,25 +302,28 @@ def _fuse_weight_bias(ix, replace, notes):
                 notes.append(f"not fused: conv2d_grad_weight (node {wi}) and bias sum (node {si}): "
                              f"one is needed before the other")
                 continue
+            attrs = {k: wn.attrs[k] for k in Pattern.GRAD_WEIGHT_BIAS.attrs}
+            why = _refused(Pattern.GRAD_WEIGHT_BIAS, attrs, wn.outputs[0].dtype)
+            if why:
+                notes.append(f"not fused: conv2d_grad_weight (node {wi}) and bias sum (node {si}): {why}")
+                break
             ins = list(wn.inputs)
             outs = [wn.outputs[0], sn.outputs[0]]
             body = Graph(f"conv_grad_weight_{wi}", ins, [wn, sn], outs, {}, [None, None])
-            attrs = {"kind": "window", "pattern": "grad_weight_bias",
-                     **{k: wn.attrs[k] for k in ("stride", "padding", "dilation", "groups")}}
             replace[first] = None
-            replace[last] = Node(FUSED, tuple(ins), attrs, tuple(outs), body)
+            replace[last] = fused(Pattern.GRAD_WEIGHT_BIAS, ins, outs, body, **attrs)
             break
 
 
 def _fuse_linear(ix, replace, notes):
-    """matmul(x, w) [2-D, float] -> add(., bias [N], or a view of it) -> relu?, each read only by the next:
-    one node at the last one's place, pattern "linear". relu's gradient reads relu's output, which the fused
+    """matmul(x, w) [2-D] -> add(., bias [N], or a view of it) -> relu?, each read only by the next:
+    one node at the last one's place, Pattern.LINEAR. relu's gradient reads relu's output, which the fused
     node still produces."""
     for mi, mn in enumerate(ix.nodes):
         if mn.body is not None or mn.op.name != "matmul" or mi in replace:
             continue
         mm = mn.outputs[0]
-        if len(mm.shape) != 2 or mm.dtype not in (D.float32, D.float64):
+        if len(mm.shape) != 2:
             continue
         uses = ix.uses(mm)
         if len(uses) != 1 or ix.nodes[uses[0]].body is not None or ix.nodes[uses[0]].op.name != "add":
@@ -324,11 +350,15 @@ def _fuse_linear(ix, replace, notes):
             rn = ix.nodes[users[0]]
             if rn.body is None and rn.op.name == "relu" and users[0] not in replace:
                 ri = users[0]
+        why = _refused(Pattern.LINEAR, {"relu": ri is not None}, mm.dtype)
+        if why:
+            notes.append(f"not fused: matmul (node {mi}) with add (node {ai}): {why}")
+            continue
         out = ix.nodes[ri].outputs[0] if ri is not None else pre
         body_nodes = [mn] + [ix.nodes[j] for j in reversed(chain)] + [an] + ([ix.nodes[ri]] if ri is not None else [])
         ins = [mn.inputs[0], mn.inputs[1], bias]
         body = Graph(f"linear_{mi}", ins, body_nodes, [out], {}, [None])
-        node = Node(FUSED, tuple(ins), {"kind": "window", "pattern": "linear", "relu": ri is not None}, (out,), body)
+        node = fused(Pattern.LINEAR, ins, (out,), body, relu=ri is not None)
         for j in [mi, ai] + chain:
             replace[j] = None
         replace[ri if ri is not None else ai] = node

@@ -12,7 +12,7 @@ memory (eager).
 
 from __future__ import annotations
 
-from ..ir import Graph, Node
+from ..ir import FusedKind, Graph, Node
 
 RAISES = ("check_index", "gather", "scatter_add")  # nodes that raise on an index out of range
 
@@ -99,7 +99,7 @@ def memory_plan(g: Graph) -> Graph:
     last_raise = max((i for i, n in enumerate(g.nodes) if n.body is None and n.op.name in RAISES), default=-1)
     notes = []
     for i, n in enumerate(g.nodes):
-        if n.body is not None and n.attrs.get("kind") == "multi":
+        if n.fused_kind is FusedKind.MULTI:
             pairs = _inplace_pairs(g, n, later[i])
             if pairs and i < last_raise:
                 notes.append(f"memory_plan: no in-place state updates for node {i}: {g.nodes[last_raise].op.name} "

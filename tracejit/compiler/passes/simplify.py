@@ -115,7 +115,7 @@ def _identity(n, ins, out, defs):
 
 def _fold(n, ins, out, defs):
     """Elementwise op on constants -> one `full` node."""
-    if n.op.kind is not Kind.ELEMENTWISE or n.op.name == "full" or not ins:
+    if n.body is not None or n.op.kind is not Kind.ELEMENTWISE or n.op.name == "full" or not ins:
         return None
     vals = [_const(defs, v) for v in ins]
     if any(v is None for v in vals):

@@ -1,6 +1,8 @@
 """The CPU backend: Numba kernels on CPU threads.
 
     render.py    fused elementwise/reduce nodes (kernel.LoopKernel) as Numba loop source; the preludes
+    spelling.py  how generated code spells the scalar vocabulary (tracejit/scalar.py) the op table's exprs use
+    capabilities.py  supports(pattern, attrs): the window/GEMM patterns its kernels run (the passes ask)
     segment.py   runs of nodes as ONE generated function (a step costs one dispatch)
     program.py   the Program: steps in order, loaded through the disk cache (../cache.py)
     vecmath.py   vectorizable float32/float64 exp, log, tanh, ... that generated loops call
@@ -16,6 +18,8 @@
 """
 
 from .. import Backend, numba_cache
+from .capabilities import supports as _supports
+from .spelling import SPELLING
 
 numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
 
@@ -24,6 +28,7 @@ class CpuBackend(Backend):
     """Numba kernels on CPU threads; buffers are plain NumPy arrays (the CPU device)."""
 
     name = "cpu"
+    scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
 
     def compile(self, graph, dumper=None, timings=None):
         from .program import compile_graph
@@ -31,7 +36,7 @@ class CpuBackend(Backend):
         return compile_graph(graph, dumper=dumper, timings=timings)
 
     def supports(self, pattern, attrs) -> bool | str:
-        return True
+        return _supports(pattern, attrs)  # its kernels' limits: capabilities.py
 
     def describe(self) -> dict:
         import os

@@ -11,7 +11,7 @@ import numpy as np
 
 from ....ops import index_error
 from ... import interrupt
-from ...ir import Graph, Node
+from ...ir import FusedKind, Graph, Node
 from ...runtime import Program
 from .. import cache
 from ..kernel import LoweringError, lower
@@ -20,6 +20,7 @@ from . import render as R
 from . import threads
 from .blas import control as blas
 from .blas.calls import sgemm_description
+from .capabilities import supports
 from .index import IndexCheckFailed
 from .render import PRELUDE, SEGMENT_PRELUDE, _render_block, packable, render_multi, render_packed
 from .segment import SegmentSource, segment_io, split_segments
@@ -148,7 +149,8 @@ class CpuProgram(Program):
         hits = sum(1 for k in segs + ks if k.hit)
         lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; "
                      f"source cache hits {hits}/{len(segs) + len(ks)}")
-        if any(n.op.name == "matmul" or n.attrs.get("kind") == "window" for n in _all_nodes(self.graph)):
+        if any(n.op.name == "matmul" or n.fused_kind in (FusedKind.WINDOW, FusedKind.CONTRACTION)
+               for n in _all_nodes(self.graph)):
             lines.append(f"  float32 GEMMs: {sgemm_description()}")
         for f in self.fallbacks:
             lines.append(f"  ran with NumPy: {f}")
@@ -224,23 +226,25 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
     owned: dict = {}
 
     def make_step(node: Node):
-        kind = node.attrs.get("kind") if node.body is not None else None
-        if kind not in ("elementwise", "reduce", "multi"):
+        kind = node.fused_kind
+        if kind is None or not kind.is_loop:
             step = window_step(node)
             if step is None and kind is not None:
-                fallbacks.append(f"{node.body.name}: no native kernel for pattern {node.attrs.get('pattern')}")
+                why = supports(node.pattern, {**node.attrs, "dtype": node.outputs[0].dtype})
+                fallbacks.append(f"{node.body.name}: no native kernel for pattern {node.pattern.value}"
+                                 + ("" if why is True else f" ({why})"))
             return step or ref_step(node)
         t0 = time.perf_counter()
         try:
-            members = node.body.nodes if kind == "multi" else [node]
+            members = node.body.nodes if kind is FusedKind.MULTI else [node]
             pos = {v.id: i for i, v in enumerate(node.inputs)}
             parts = []
             for t, m in enumerate(members):
-                k = lower(m, prefix=f"v{t}_" if kind == "multi" else "v")
+                k = lower(m, prefix=f"v{t}_" if kind is FusedKind.MULTI else "v")
                 parts.append((m, k, [pos[v.id] for v in m.inputs]))
             kernels = [k for _, k, _ in parts]
             rows, aliased = None, set()
-            if kind == "multi" and packable(kernels):
+            if kind is FusedKind.MULTI and packable(kernels):
                 aliases, aliased = _alias_map(node, parts)
                 src, rows = render_packed(kernels, "kernel", aliases)
             else:
@@ -254,7 +258,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
         counter[0] += 1
         if dumper:
             dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
-        return KernelStep(node, parts, fn, src, hit, owned if kind == "multi" else None, rows, aliased)
+        return KernelStep(node, parts, fn, src, hit, owned if kind is FusedKind.MULTI else None, rows, aliased)
 
     if not segments:
         prog = CpuProgram(graph, make_step)
@@ -272,12 +276,12 @@ def _is_native(n: Node) -> bool:
     """Nodes that get a step of their own rather than joining a segment: window kernels (their library),
     parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
     them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
-    if n.body is not None and n.attrs.get("kind") == "multi":
+    if n.fused_kind is FusedKind.MULTI:
         # its own step so it can write state in place (memory_plan), which a segment cannot decide per call;
         # for tiny models the extra dispatch costs more than fresh allocations save
         size = sum(_space_numel(m) for m in n.body.nodes)
         return size >= R.PARALLEL_MIN or (bool(n.attrs.get("inplace")) and size >= INPLACE_MIN)
-    if n.body is not None and n.attrs.get("kind") in ("elementwise", "reduce"):
+    if n.fused_kind in (FusedKind.ELEMENTWISE, FusedKind.REDUCE):
         return _space_numel(n) >= R.PARALLEL_MIN
     return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None
 

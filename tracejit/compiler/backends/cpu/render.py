@@ -12,8 +12,11 @@ import os
 import numpy as np
 
 from .... import dtypes as D
+from .... import scalar
+from ....ops import OPS
 from .. import cache, kernel
 from ..kernel import LoopKernel, LoweringError, Result, Stmt
+from .spelling import SPELLING, SUFFIX, np_type
 
 # Elements below which threads cost more than they save: a launch costs 2-60 us, and between the MLP's
 # 2-thread GEMMs a TBB kernel over 128x512 left its worker spinning against OpenBLAS's threads (MLP step
@@ -22,44 +25,13 @@ PARALLEL_MIN = 1 << 18
 CHUNKS = 16  # fixed outer blocks: reductions combine per-block partials in order -> same bits at any thread count
 FASTMATH = '{"contract", "arcp", "afn", "reassoc", "nsz"}'  # not nnan/ninf: NaN and inf keep their meaning
 
-_SUFFIX = {D.float32: "f32", D.float64: "f64"}
-
-
-def _np_type(dtype) -> str:
-    return {D.float32: "np.float32", D.float64: "np.float64", D.int64: "np.int64", D.bool_: "np.bool_"}[dtype]
-
-
-def _math(fn, a, dtype):
-    sfx = _SUFFIX.get(dtype)
-    if sfx is None:
-        raise LoweringError(f"{fn} needs a floating-point operand")
-    return f"M.{fn}_{sfx}({a})"
-
-
-def _expr(op: str, args: tuple, dtype, attrs, in_dtype) -> str:
-    a = args
-    zero = f"Z_{dtype.short}"
-    one = f"O_{dtype.short}"
-    simple = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
-              "neg": "(-{0})", "abs": "abs({0})", "pow": "({0} ** {1})",
-              "eq": "({0} == {1})", "ne": "({0} != {1})", "lt": "({0} < {1})", "le": "({0} <= {1})",
-              "gt": "({0} > {1})", "ge": "({0} >= {1})", "where": "({1} if {0} else {2})",
-              "logical_not": "(not {0})",
-              "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
-              "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})",
-              "relu": "({0} if not ({0} < " + zero + ") else " + zero + ")",
-              "sign": "(" + one + " if {0} > " + zero + " else (-" + one + " if {0} < " + zero + " else {0}))"}
-    if op in simple:
-        return simple[op].format(*a)
-    if op in ("exp", "log", "tanh", "sigmoid", "erf", "sin", "cos"):
-        return _math(op, a[0], dtype)
-    if op == "sqrt":
-        return f"np.sqrt({a[0]})"
-    if op == "cast":
-        if dtype is D.bool_:
-            return f"({a[0]} != 0)"
-        return f"{_np_type(dtype)}({a[0]})"
-    raise LoweringError(f"no CPU rendering for {op}")
+def _scalar(s: Stmt, dtypes: dict) -> str:
+    """The text of statement `s`: its op's scalar expression (the op table's `expr`) in this backend's spelling."""
+    ctx = scalar.Ctx(s.dtype, tuple(dtypes.get(a) for a in s.args), s.attrs)
+    try:
+        return scalar.spell(OPS[s.op].expr, SPELLING, s.args, ctx)
+    except KeyError as e:
+        raise LoweringError(f"no CPU rendering for {s.op}: {e}") from None
 
 
 def _index(shape, lv: str = "i") -> str:
@@ -145,7 +117,7 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
         if len(members) == 1:
             A, O, block = _render_block(k, tag, par[members[0]], consts)
             lines += [f"    {nm} = {A[alias[p - nl]]}" if p - nl in alias else
-                      f"    {nm} = array_at(P[{base + p}, 0], {math.prod(arr.shape)}, {_np_type(arr.dtype)})"
+                      f"    {nm} = array_at(P[{base + p}, 0], {math.prod(arr.shape)}, {np_type(arr.dtype)})"
                       for p, (nm, arr) in enumerate(zip(A + O, arrays))]
             lines += block
             continue
@@ -154,7 +126,7 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
         lines.append(f"    for m{tag} in range({len(members)}):")
         lines.append(f"        r{tag} = {base} + m{tag} * {width}")
         lines += [f"        {nm} = {A[alias[p - nl]]}" if p - nl in alias else
-                  f"        {nm} = array_at(P[r{tag} + {p}, 0], P[r{tag} + {p}, 1], {_np_type(arr.dtype)})"
+                  f"        {nm} = array_at(P[r{tag} + {p}, 0], P[r{tag} + {p}, 1], {np_type(arr.dtype)})"
                   for p, (nm, arr) in enumerate(zip(A + O, arrays))]
         lines.append(f"        n{tag} = P[r{tag} + {len(k.loads)}, 1]")
         lines += ["    " + ln for ln in block]
@@ -167,7 +139,7 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
 def packable(kernels: list) -> bool:
     """Kernels `render_packed` takes: 1-D loops whose arrays share one float dtype."""
     dtypes = {a.dtype for k in kernels for a in list(k.loads) + [r.array for r in k.results]}
-    return len(dtypes) == 1 and dtypes <= set(_SUFFIX) and all(len(k.space) == 1 for k in kernels)
+    return len(dtypes) == 1 and dtypes <= set(SUFFIX) and all(len(k.space) == 1 for k in kernels)
 
 
 def _shareable(k: LoopKernel) -> bool:
@@ -196,12 +168,14 @@ def _tanh_sigmoid_pairs(stmts) -> dict:
     second: `_render_block` emits one `tanh_sigmoid` call there and nothing here."""
     first: dict = {}
     pairs: dict = {}
+    fn = {}
     for s in stmts:
-        if s.op in ("tanh", "sigmoid") and s.dtype in _SUFFIX:
+        fn[s.var] = scalar.head(OPS[s.op].expr) if s.op in OPS else None
+        if fn[s.var] in ("tanh", "sigmoid") and s.dtype in SUFFIX:
             key = (s.args[0], s.dtype)
             other = first.get(key)
-            if other is not None and other.op != s.op and other.var not in pairs:
-                t, g = (other, s) if other.op == "tanh" else (s, other)
+            if other is not None and fn[other.var] != fn[s.var] and other.var not in pairs:
+                t, g = (other, s) if fn[other.var] == "tanh" else (s, other)
                 pairs[other.var] = (t.var, g.var)
                 pairs[s.var] = None
             elif other is None:
@@ -223,6 +197,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     hoisted: list[str] = []
     invariant: set[str] = set()
     paired = _tanh_sigmoid_pairs(k.stmts)
+    dtypes = {s.var: s.dtype for s in k.stmts}
     for s in k.stmts:
         if s.op == "load" and all(d == 1 for d in k.loads[s.args[0]].shape) or s.op == "const" or (
                 s.op not in ("load", "const") and all(a in invariant for a in s.args)):
@@ -238,14 +213,14 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
                 tanh_var, sig_var = paired[s.var]
                 target.append(f"{tanh_var}, {sig_var} = M.tanh_sigmoid_{s.dtype.short}({s.args[0]})")
         elif s.op == "const":
-            value = f"{_np_type(s.dtype)}({s.args[0]!r})" if s.dtype is not D.bool_ else repr(bool(s.args[0]))
+            value = SPELLING["constant"](scalar.Ctx(s.dtype, (), {"value": s.args[0]}))
             cname = next((c for c, v in consts.items() if v == value), None)
             if cname is None:
                 cname = f"K{len(consts)}"
                 consts[cname] = value
             target.append(f"{s.var} = {cname}")
         else:
-            target.append(f"{s.var} = {_expr(s.op, s.args, s.dtype, s.attrs, None)}")
+            target.append(f"{s.var} = {_scalar(s, dtypes)}")
     reds = [j for j, res in enumerate(k.results) if res.mode != "store"]
     # reductions over the outer dim write per-block partials (combined in order after the loop);
     # reductions over the innermost dim keep a local accumulator around that loop
@@ -271,7 +246,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
         if j in outer_red:
             shape = (nch,) + tuple(res.array.shape)
-            lines.append(f"{ind}p{tag}{j} = empty({shape}, {_np_type(res.array.dtype)})")
+            lines.append(f"{ind}p{tag}{j} = empty({shape}, {np_type(res.array.dtype)})")
             lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch * size},))")
             lines.append(f"{ind}for fi{tag}{j} in range({nch * size}):")
             lines.append(f"{ind}    pi{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")

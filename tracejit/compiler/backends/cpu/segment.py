@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 
 from .... import dtypes as D
+from .... import scalar
 from ....ops import index_message
-from ...ir import Graph, Node
+from ...ir import FusedKind, Graph, Node, Pattern
 from ..kernel import LoweringError, lower
+from .capabilities import supports
+from .spelling import SPELLING
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
 SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
@@ -22,14 +25,15 @@ SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "
 
 
 def renderable(node: Node) -> bool:
-    if node.body is not None and node.attrs.get("pattern") == "linear":  # GEMM + bias (+ relu) epilogue
+    if node.pattern is Pattern.LINEAR:  # GEMM + bias (+ relu) epilogue
         x, w, _ = node.inputs
-        return node.outputs[0].dtype in (D.float32, D.float64) and min(x.shape + w.shape) > 0
+        return supports(Pattern.LINEAR, {**node.attrs, "dtype": node.outputs[0].dtype}) is True and \
+            min(x.shape + w.shape) > 0
     if node.body is not None:
-        if node.attrs.get("kind") not in ("elementwise", "reduce", "multi"):
+        if not node.fused_kind.is_loop:
             return False
         try:
-            members = node.body.nodes if node.attrs["kind"] == "multi" else [node]
+            members = node.body.nodes if node.fused_kind is FusedKind.MULTI else [node]
             for m in members:
                 lower(m)
         except LoweringError:
@@ -152,7 +156,7 @@ class SegmentSource:
 
     def _emit(self, n: Node):
         L = self.lines
-        if n.body is not None and n.attrs.get("pattern") == "linear":
+        if n.pattern is Pattern.LINEAR:
             return self._emit_linear(n)
         if n.body is not None:
             return self._emit_loops(n)
@@ -181,7 +185,7 @@ class SegmentSource:
             idx = ", ".join(f"{s}:{e}:{st}" for s, e, st in zip(a["starts"], a["stops"], a["steps"]))
             L.append(f"    {self._def(out)} = {self.var(n.inputs[0])}[{idx}]")
         elif name == "full":
-            value = repr(bool(a["value"])) if out.dtype is D.bool_ else f"{_np(out.dtype)}({a['value']!r})"
+            value = SPELLING["constant"](scalar.Ctx(out.dtype, (), a))  # full's value as the op table declares it
             self._fill(self._alloc(out), out.shape, value)
         elif name == "matmul":
             x, w = n.inputs
@@ -283,8 +287,7 @@ class SegmentSource:
             self.lines.append(f"    G.{fn}({args})")
 
     def _emit_loops(self, n: Node):
-        kind = n.attrs["kind"]
-        members = n.body.nodes if kind == "multi" else [n]
+        members = n.body.nodes if n.fused_kind is FusedKind.MULTI else [n]
         pos = {v.id: i for i, v in enumerate(n.inputs)}
         out_names = {}
         for m in members:
@@ -329,7 +332,7 @@ def split_segments(g: Graph, native) -> list:
     blocks = 0
     for n in g.nodes:
         if renderable(n) and not native(n):
-            loops = len(n.body.nodes) if n.body is not None and n.attrs["kind"] == "multi" else int(n.body is not None)
+            loops = len(n.body.nodes) if n.fused_kind is FusedKind.MULTI else int(n.body is not None)
             if run and blocks + loops > MAX_BLOCKS:  # bound the function size: LLVM time grows faster than linear
                 out.append(("segment", run))
                 run, blocks = [], 0

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....ir import Node
+from ....ir import Node, Pattern
 from ..blas import control as blas
+from ..capabilities import supports
 from . import backward as WB
 from . import conv as W
 from . import im2col as WG
@@ -75,11 +76,13 @@ def window_step(node: Node):
     """A step for `node`, or None when it is not a window node this backend runs natively."""
     a = node.attrs
     if node.body is not None:
-        pattern = a.get("pattern")
+        pattern = node.pattern
+        if pattern is None or supports(pattern, {**a, "dtype": node.outputs[0].dtype}) is not True:
+            return None  # formed for another target: the body runs op by op
         outs = node.outputs
-        if pattern == "conv_pool":
+        if pattern is Pattern.CONV_POOL:
             kw = _conv_kw(a)
-            relu, k, s, has_bias = a["relu"], a["pool"], a["pool_stride"], a["bias"]
+            relu, k, s, has_bias = a["relu"], a["pool"][0], a["pool_stride"][0], a["bias"]
             if _by_gemm(a, node.inputs[0].shape, node.inputs[1].shape):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
@@ -97,8 +100,8 @@ def window_step(node: Node):
                                       relu=relu, pool_k=k, pool_s=s, **kw)
                 return pooled, idx
             return _label(conv_pool, "conv2d+bias+relu+max_pool2d" if relu else "conv2d+bias+max_pool2d")
-        if pattern == "unpool":
-            relu, k, s = a["relu"], a["pool"], a["pool_stride"]
+        if pattern is Pattern.UNPOOL:
+            relu, k, s = a["relu"], a["pool"][0], a["pool_stride"][0]
 
             def unpool(args):
                 out = np.empty(outs[0].type.shape, outs[0].type.dtype.np)
@@ -106,9 +109,9 @@ def window_step(node: Node):
                 WB.maxpool_relu_backward(as_c(args[0]), as_c(args[1]), pooled, out, relu=relu, pool_k=k, pool_s=s)
                 return (out,)
             return _label(unpool, "max_pool2d backward (argmax) + relu mask")
-        if pattern == "conv_pool_backward":
+        if pattern is Pattern.CONV_POOL_BACKWARD:
             kw = _conv_kw(a)
-            relu, k, s, has_dx = a["relu"], a["pool"], a["pool_stride"], a["input_grad"]
+            relu, k, s, has_dx = a["relu"], a["pool"][0], a["pool_stride"][0], a["input_grad"]
             x_shape = node.inputs[0].shape
             w_shape = outs[1].shape if has_dx else outs[0].shape
             if _by_gemm(a, x_shape, w_shape, backward=True):
@@ -147,7 +150,7 @@ def window_step(node: Node):
                                         pool_s=s, **kw)
                 return res
             return _label(conv_pool_backward, "unpool+relu+conv2d backward (dw, db)")
-        if pattern == "grad_weight_bias":
+        if pattern is Pattern.GRAD_WEIGHT_BIAS:
             kw = _conv_kw(a)
             x_shape, w_shape = node.inputs[0].shape, outs[0].shape
             if _by_gemm(a, x_shape, w_shape, backward=True):

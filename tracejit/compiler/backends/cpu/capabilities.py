@@ -1,0 +1,39 @@
+"""What the CPU backend runs natively: `supports(pattern, attrs) -> True | reason`.
+
+The fusion passes ask this (through the compile target, passes/context.py) before they form a window or GEMM
+group, so these limits live with the kernels that have them rather than in the passes. `attrs` are the attrs the
+fused node would carry (ir.Pattern.attrs) plus `dtype`, the dtype the group computes in. The same answer guards
+the steps (window/steps.py): a pattern formed without this target in mind runs its body op by op instead.
+"""
+
+from __future__ import annotations
+
+from .... import dtypes as D
+from ... import ir
+from ...ir import Pattern
+
+MAX_POOL = 15  # the fused conv/pool kernels take square pool windows up to 15 x 15 (argmax a*k + b in uint8)
+FLOATS = (D.float32, D.float64)  # what the window kernels and the GEMMs compute in
+
+
+def _pool(attrs: dict) -> bool | str:
+    k, s = tuple(attrs["pool"]), tuple(attrs["pool_stride"])
+    if tuple(attrs["pool_padding"]) != (0, 0) or tuple(attrs["pool_dilation"]) != (1, 1) or attrs["ceil_mode"]:
+        return (f"its kernels pool without padding, dilation or ceil_mode (padding {attrs['pool_padding']}, "
+                f"dilation {attrs['pool_dilation']}, ceil_mode {attrs['ceil_mode']})")
+    if k[0] != k[1] or s[0] != s[1]:
+        return f"its kernels take square pool windows and strides (kernel {k}, stride {s})"
+    if k[0] > MAX_POOL:
+        return f"its kernels take pool windows up to {MAX_POOL}x{MAX_POOL} (kernel {k})"
+    return True
+
+
+def supports(pattern: ir.Pattern, attrs: dict) -> bool | str:
+    dtype = attrs.get("dtype")
+    if dtype is not None and dtype not in FLOATS:
+        return f"its window and GEMM kernels compute in float32 or float64, not {dtype.name}"
+    if pattern in (Pattern.CONV_POOL, Pattern.UNPOOL, Pattern.CONV_POOL_BACKWARD):
+        return _pool(attrs)
+    if pattern in (Pattern.GRAD_WEIGHT_BIAS, Pattern.LINEAR):
+        return True
+    return f"no CPU kernel for pattern {pattern}"
