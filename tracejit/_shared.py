@@ -40,10 +40,17 @@ class SharedBox(Box):
     value = property(_raw.__get__, _set_value)
 
 
+# True once any box was shared in this process: from then on a compiled call's write-back (which copies into
+# shared arrays) holds Ctrl-C until it is complete, so that state is never left half written (compiler/api.py)
+ever = False
+
+
 def share(box) -> None:
     """Make `box` (holding a concrete array) shared with NumPy from now on."""
+    global ever
     if type(box) is Box:
         box.__class__ = SharedBox
+        ever = True
 
 
 def is_shared(box) -> bool:
