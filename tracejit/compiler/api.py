@@ -18,6 +18,7 @@ from collections import Counter
 
 import numpy as np
 
+from .. import _shared
 from .. import dispatch as T
 from .._tensor import Tensor
 from ..autograd.mode import _mode as _grad_mode
@@ -104,7 +105,7 @@ def make_runner(v: Variant):
     ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_make_on": Tensor._make_on,
                 "_unflatten": unflatten, "_structure": v.structure, "_interrupted": interrupt.raised_interrupt,
                 "_deferred": interrupt.deferred, "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values,
-                "_xfer": transfer}
+                "_xfer": transfer, "_shared": _shared}
     named: dict[int, str] = {}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
@@ -136,9 +137,16 @@ def make_runner(v: Variant):
             f"    ins = _settle({what}, lambda: [{reads}])",
             "try:", "    outs = _prog_run(ins)", "except SystemError as e:",
             "    ki = _interrupted(e)", "    if ki is None:", "        raise", "    raise ki from None"]
+    writes = []
     for b, idx in v.writes:
-        body += [f"box = {b.box_expr(obj)}", f"box.value = {moved(f'outs[{idx}]', here, b.device)}",
-                 "box.version += 1"]
+        writes += [f"box = {b.box_expr(obj)}", f"box.value = {moved(f'outs[{idx}]', here, b.device)}",
+                   "box.version += 1"]
+    if writes and not v.program.updates_in_place:
+        # a box whose array NumPy shares (t.numpy(), from_numpy) is written by copying into that array
+        # (tracejit/_shared.py): once any exists, the write-back holds Ctrl-C too, so it is never left halfway
+        writes = ["if _shared.ever:", "    with _deferred():"] + ["        " + w for w in writes] + \
+                 ["else:"] + ["    " + w for w in writes]
+    body += writes
     for ref, idx, _ in v.grad_sets:
         value = "None" if idx is None else made(idx)
         body.append(f"{ref.expr(obj)}._grad = {value}")
