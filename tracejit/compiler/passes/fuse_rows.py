@@ -60,16 +60,33 @@ def _fits(nodes, space: tuple, rows: int) -> bool:
     """Every op of `nodes` iterates over `space` or over one value per row; every reduction reads `space`."""
     row_nk = space[:rows]
     row_kd = row_nk + (1,) * (len(space) - rows)
+    # values with one value per row (the kernel keeps them as row scalars): a reduction may not read them
+    defined = {v.id for n in nodes for v in n.outputs}
+    def row_shaped(v):
+        return len(v.shape) == len(space) and all(d == 1 for d in v.shape[rows:])
+
+    per_row = {v.id for n in nodes for v in n.inputs if v.id not in defined and row_shaped(v)}
+    read = {v.id for n in nodes for v in n.inputs}
     for n in nodes:
         name = n.op.name
+        out = n.outputs[0]
         if name in REDUCTIONS:
-            if tuple(n.inputs[0].shape) != space:
+            if tuple(n.inputs[0].shape) != space or n.inputs[0].id in per_row:
                 return False
+            if out.id in read:
+                per_row.add(out.id)
+        elif name == "full":
+            per_row.add(out.id)
+        elif name in ("reshape", "expand"):  # (a view of an input is loaded in the space's rank)
+            if n.inputs[0].id in per_row or (n.inputs[0].id not in defined and row_shaped(out)):
+                per_row.add(out.id)
         elif name in VIEWS or name in ("slice", "cat", "permute"):
             continue
         elif n.op.kind.name == "ELEMENTWISE":
-            if tuple(n.outputs[0].shape) not in (space, row_nk, row_kd):
+            if tuple(out.shape) not in (space, row_nk, row_kd):
                 return False
+            if tuple(out.shape) != space or (n.inputs and all(v.id in per_row for v in n.inputs)):
+                per_row.add(out.id)
         else:
             return False
     return True
