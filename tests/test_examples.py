@@ -71,3 +71,14 @@ def test_train_lenet_runs_as_a_script():
                           "reference", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "test accuracy" in res.stdout
+
+
+def test_char_lm_trains_a_compiled_lstm_and_prints_a_sample(capsys):
+    out = load_example("char_lm").main(["--quick", "--backend", "reference"])
+    losses = out["losses"]
+    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1  # it learns
+    assert out["variants"] == 1  # fixed bptt chunks: one compiled variant
+    assert len(out["sample"]) == 30 and set(out["sample"]) <= set(out["chars"])
+    printed = capsys.readouterr().out
+    assert "step   40  loss" in printed and "sample: " in printed

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from .peers import _jax_loop, _jax_params, _torch_module, _torch_value
 from .workloads import Built
 

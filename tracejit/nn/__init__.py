@@ -4,13 +4,13 @@
 """
 
 from . import functional, init, modules, parameter, utils  # noqa: F401  (modules: PyTorch's paths, nn.modules.linear...)
+from .attention import *  # noqa: F401,F403
 from .distance import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential  # noqa: F401
-from .upsampling import *  # noqa: F401,F403
-from .sparse import *  # noqa: F401,F403
 from .normalization import *  # noqa: F401,F403
 from .rnn import *  # noqa: F401,F403
-from .attention import *  # noqa: F401,F403
+from .sparse import *  # noqa: F401,F403
 from .transformer import *  # noqa: F401,F403
+from .upsampling import *  # noqa: F401,F403

@@ -78,7 +78,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     scores = query.matmul(key.transpose(-2, -1)) * scale
     safe = False
     if is_causal:
-        scores = scores.masked_fill(causal_mask(L, S, query.device).logical_not(), -math.inf)
+        future = tensor(np.triu(np.ones((L, S), dtype=bool), 1), device=query.device)  # ~causal_mask
+        scores = scores.masked_fill(future, -math.inf)
     elif attn_mask is not None:
         if attn_mask.dtype is D.bool_:
             scores = scores.masked_fill(attn_mask.logical_not(), -math.inf)

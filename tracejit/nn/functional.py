@@ -695,12 +695,12 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
 
 
 # composites grouped by idea in their own modules (they use the helpers above), re-exported here as PyTorch has them
-from ._distance import cosine_similarity, pairwise_distance  # noqa: E402
-from ._losses import huber_loss, kl_div, smooth_l1_loss, triplet_margin_loss  # noqa: E402
-from ._resample import interpolate, upsample, upsample_bilinear, upsample_nearest  # noqa: E402
 from ._attention import multi_head_attention_forward, scaled_dot_product_attention  # noqa: E402
+from ._distance import cosine_similarity, pairwise_distance  # noqa: E402
 from ._embedding import embedding  # noqa: E402
+from ._losses import huber_loss, kl_div, smooth_l1_loss, triplet_margin_loss  # noqa: E402
 from ._normalization import layer_norm, rms_norm  # noqa: E402
+from ._resample import interpolate, upsample, upsample_bilinear, upsample_nearest  # noqa: E402
 
 __all__ += ["cosine_similarity", "pairwise_distance", "huber_loss", "kl_div", "smooth_l1_loss",
             "triplet_margin_loss", "interpolate", "upsample", "upsample_bilinear", "upsample_nearest",

@@ -41,6 +41,9 @@ class Backend:
         """An optimized Graph -> a Program (compiler/runtime.py) that runs it on this backend's buffers."""
         raise NotImplementedError
 
+    # the passes may compute float sums in another order than eager code for this backend (combine_pieces)
+    reorders_sums = True
+
     def supports(self, pattern, attrs) -> bool | str:
         """True when this backend has a kernel for the fused-node `pattern` with `attrs`; else the reason it
         does not (the fusion pass then leaves the nodes unfused and records the reason in the dump)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ...ops import Kind
 from ..ir import Node
 
+
 class LoweringError(ValueError):
     """The body cannot be expressed as one loop nest (a backend then runs it another way)."""
 

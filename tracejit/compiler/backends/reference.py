@@ -45,6 +45,7 @@ class ReferenceBackend(Backend):
     """NumPy on the host, one op at a time: slow, exact, and available everywhere."""
 
     name = "reference"
+    reorders_sums = False  # the oracle: eager's summation order
     scalar_spelling = None  # no generated code: each op runs its `ref`
 
     def compile(self, graph: Graph, dumper=None, timings=None) -> Program:

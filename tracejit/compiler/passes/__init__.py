@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 from ..ir import Graph, verify
-from .context import targeting
 from .combine_pieces import combine_pieces
+from .context import targeting
 from .cse import cse
 from .dce import dce
 from .fuse_elementwise import fuse_elementwise

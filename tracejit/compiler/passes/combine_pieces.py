@@ -16,13 +16,15 @@ read one array), else by position.
 In the other direction, an elementwise op whose result is only read through slices (the gates of an LSTM step,
 its time steps) is computed per slice on slices of its inputs (`slice(f(a, b))` -> `f(slice(a), slice(b))`,
 and `slice(slice(x))` -> one slice): the pieces then fuse into the kernels that read them and the whole result is
-never materialized. Keeps true: values (up to float summation order), types and outputs.
+never materialized. Keeps true: values (up to float summation order, and exactly for a target that keeps eager's
+order -- the reference backend: then only pads become a cat), types and outputs.
 """
 
 from __future__ import annotations
 
 from ...ops import OPS, TensorType
 from ..ir import Graph, Node, Value
+from . import context
 from .cse import cse
 from .dce import dce
 
@@ -82,8 +84,9 @@ def _pad_axis(n: Node) -> int | None:
 
 
 class _Rewriter:
-    def __init__(self, g: Graph):
+    def __init__(self, g: Graph, reorder: bool):
         self.ix = _Index(g)
+        self.reorder = reorder  # may a sum be computed in another order (one GEMM over all steps)?
         self.new: list[Node] = []  # emitted in place of the root
         # existing concatenations along axis 0: frozenset of piece ids -> their order
         self.cats: dict[frozenset, list] = {}
@@ -193,6 +196,8 @@ class _Rewriter:
         if name == "pad":
             axis = _pad_axis(n)
             return None if axis is None else ("pad", axis)
+        if not self.reorder:  # only pads: their cat is exact
+            return None
         if name == "matmul" and len(out_type.shape) == 2:
             return ("matmul",)
         if name == "sum" and 0 in n.attrs["axes"] and n.inputs[0].shape:
@@ -220,8 +225,8 @@ class _Rewriter:
                 rest += vs
             else:
                 combined.append(out)
-        if not combined:
-            return None
+        if not combined or (not self.reorder and (rest or len(combined) > 1)):
+            return None  # (the sum in another order: only for targets that accept that)
         values = combined + sorted(rest, key=lambda v: terms.index(v))
         acc = values[0]
         for v in values[1:]:
@@ -293,6 +298,49 @@ def push_slices(g: Graph) -> tuple[Graph, int]:
     return (g.replace(nodes=nodes), count) if count else (g, 0)
 
 
+def _merge_groups(src: tuple, dst: tuple) -> list | None:
+    """For a reshape that only merges neighbouring dims: per `dst` dim, the `src` dims it merges; else None."""
+    groups, i = [], 0
+    for d in dst:
+        grp, size = [], 1
+        while i < len(src) and (not grp or size < d):
+            grp.append(i)
+            size *= src[i]
+            i += 1
+        if size != d:
+            return None
+        groups.append(grp)
+    return groups if i == len(src) else None
+
+
+def _sum_through_permute(ix: _Index, n: Node) -> list | None:
+    """sum(reshape(permute(x)), axes) whose reshape merges dims that are all summed or kept alone, in x's order:
+    the sum over x's own dims (a loop kernel reads x where it lies; a permuted view merged by a reshape it cannot
+    address), then a reshape to the result's shape."""
+    r = ix.prim(n.inputs[0], "reshape")
+    p = ix.prim(r.inputs[0], "permute") if r is not None else None
+    if p is None:
+        return None
+    x, dims = p.inputs[0], tuple(p.attrs["dims"])
+    groups = _merge_groups(tuple(p.outputs[0].shape), tuple(r.outputs[0].shape))
+    axes = set(n.attrs["axes"])
+    if groups is None:
+        return None
+    summed, kept = [], []
+    for d, grp in enumerate(groups):
+        if d in axes:
+            summed += [dims[i] for i in grp]
+        elif len(grp) == 1:
+            kept.append(dims[grp[0]])
+        else:
+            return None
+    if kept != sorted(kept):
+        return None
+    t = TensorType(tuple(s for i, s in enumerate(x.shape) if i not in summed), n.outputs[0].type.dtype)
+    total = _node("sum", (x,), {"axes": tuple(sorted(summed)), "keepdim": False}, t)
+    return [total, _node("reshape", total.outputs, {"shape": tuple(n.outputs[0].shape)}, n.outputs[0])]
+
+
 def combine_pieces(g: Graph) -> Graph:
     pushed = 0
     for _ in range(16):  # each sweep moves slices one op further up
@@ -301,9 +349,15 @@ def combine_pieces(g: Graph) -> Graph:
         if not count:
             break
         g = dce(g)
-    rw = _Rewriter(g)
+    rw = _Rewriter(g, context.reorders_sums())
     nodes, notes = [], []
     for n in g.nodes:
+        if rw.reorder and n.body is None and n.op.name == "sum":
+            new = _sum_through_permute(rw.ix, n)
+            if new is not None:
+                nodes.extend(new)
+                notes.append("combine_pieces: a sum of a permuted, merged view over the original dims")
+                continue
         t = n.outputs[0].type if len(n.outputs) == 1 else None
         if t is not None and _is_add(n, t):
             out = n.outputs[0]

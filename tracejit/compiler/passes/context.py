@@ -47,3 +47,10 @@ def supports(pattern, attrs: dict) -> bool | str:
     if answer is True:
         return True
     return str(answer) if answer else f"pattern {pattern.value} is not supported"
+
+
+def reorders_sums() -> bool:
+    """May the passes compute a float sum in another order than eager code (one GEMM over the concatenated time
+    steps for a sum of per-step GEMMs)? Yes with no target; a backend that is an exact oracle says no."""
+    t = _TARGET.get()
+    return t is None or bool(getattr(t, "reorders_sums", True))

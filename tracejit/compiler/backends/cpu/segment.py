@@ -83,7 +83,6 @@ def input_offsets(nodes: list, inputs: list) -> list:
     """Per segment input: the flat element offset it is passed from (0: the whole array). An input that the
     segment only reads through strided loads at offsets >= k is passed from element k on, so that the segments of
     successive time steps (each reading its own slice of one projection) have the same text and compile once."""
-    pos = {v.id: i for i, v in enumerate(inputs)}
     low: dict[int, int] = {}
     other: set[int] = set()
     kernels = _lowered(nodes)
@@ -267,7 +266,8 @@ class SegmentSource:
                 (m, k), n_ = x.shape[-2:], w.shape[-1]
                 if min(m, n_, k) > 0:  # one GEMM per batch entry, transposed operands read in place
                     (xa, ta, lda), (wb, tb, ldb) = self._batch_operand(x), self._batch_operand(w)
-                    args = f"{ta}, {tb}, {b}, {m}, {n_}, {k}, {xa}, {lda}, {wb}, {ldb}, {self._as(out, (out.type.numel,))}"
+                    args = (f"{ta}, {tb}, {b}, {m}, {n_}, {k}, {xa}, {lda}, {wb}, {ldb}, "
+                            f"{self._as(out, (out.type.numel,))}")
                     if 2.0 * out.type.numel * k >= self.split_gemm_flops and b > 1:
                         self.uses_threads = True
                         L.append(f"    G.bgemm_par({args}, nt_)")
@@ -319,8 +319,9 @@ class SegmentSource:
             for part in n.inputs:  # each piece: `rows` contiguous runs of its elements into the output's rows
                 width = part.shape[axis] * inner
                 if width and rows:
-                    L.append(f"    H.copy_block({_reshaped(o, (out.type.numel,), out.shape)}, {out.shape[axis] * inner}, "
-                             f"{start * inner}, {self._as(part, (part.type.numel,))}, {width}, {rows})")
+                    L.append(f"    H.copy_block({_reshaped(o, (out.type.numel,), out.shape)}, "
+                             f"{out.shape[axis] * inner}, {start * inner}, "
+                             f"{self._as(part, (part.type.numel,))}, {width}, {rows})")
                 start += part.shape[axis]
         elif name == "pad":
             o = self._alloc(out)
@@ -422,7 +423,8 @@ def split_segments(g: Graph, native) -> list:
     for n in g.nodes:
         if renderable(n) and not native(n):
             loops = len(n.body.nodes) if n.fused_kind is FusedKind.MULTI else int(n.body is not None)
-            if run and (blocks + loops > MAX_BLOCKS or _contraction(n)):  # bound the function size: LLVM time grows faster than linear
+            # bound the function size (LLVM time grows faster than linear); a GEMM starts a new segment
+            if run and (blocks + loops > MAX_BLOCKS or _contraction(n)):
                 out.append(("segment", run))
                 run, blocks = [], 0
             run.append(n)
