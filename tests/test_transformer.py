@@ -10,12 +10,11 @@ import math
 
 import numpy as np
 import pytest
+from test_rnn import TOL, arr, check_backward, flat, leaves, twin
 
 import tracejit as tj
 import tracejit.nn as nn
 import tracejit.nn.functional as F
-
-from test_rnn import TOL, arr, check_backward, flat, leaves, twin
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
