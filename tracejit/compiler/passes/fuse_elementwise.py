@@ -41,6 +41,7 @@ class _Group:
         self.space = space
         self.members: list[int] = []
         self.reductions: set[int] = set()  # value ids produced by reductions (not readable inside)
+        self.reads: set[int] = set()  # value ids its members read
         self.last = -1
 
 
@@ -105,8 +106,7 @@ def fuse_elementwise(g: Graph) -> Graph:
             # sibling fusion: join the latest group over the same space that reads a common input
             for grp in reversed(groups):
                 if grp.space == space and grp.members and not (ins & grp.reductions) and \
-                        legal(set(grp.members) | {i}, i) is None and \
-                        any(v.id in ins for m in grp.members for v in nodes[m].inputs):
+                        not ins.isdisjoint(grp.reads) and legal(set(grp.members) | {i}, i) is None:
                     candidates = [grp]
                     break
         if candidates:
@@ -114,6 +114,7 @@ def fuse_elementwise(g: Graph) -> Graph:
             for other in candidates[1:]:
                 target.members.extend(other.members)
                 target.reductions |= other.reductions
+                target.reads |= other.reads
                 for m in other.members:
                     group_of[m] = target
                 groups.remove(other)
@@ -121,6 +122,7 @@ def fuse_elementwise(g: Graph) -> Graph:
             target = _Group(space)
             groups.append(target)
         target.members.append(i)
+        target.reads |= ins
         target.last = i
         group_of[i] = target
         if _is_red(n):
