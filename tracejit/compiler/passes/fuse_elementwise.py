@@ -35,7 +35,7 @@ def _space(n: Node) -> tuple:
 
 
 class _Group:
-    __slots__ = ("space", "members", "reductions", "last")
+    __slots__ = ("space", "members", "reductions", "reads", "last")
 
     def __init__(self, space):
         self.space = space
