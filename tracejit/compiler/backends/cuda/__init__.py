@@ -1,0 +1,99 @@
+"""The CUDA backend: numba.cuda kernels generated from the same fused nodes as the CPU's, on device buffers.
+
+    driver.py        whether CUDA runs here (numba-cuda, driver, GPU, or the simulator) and what it is
+    memory.py        CudaBuffer (flat device array + shape) and the caching pool that recycles device memory
+    spelling.py      the scalar vocabulary spelled for numba.cuda; devmath.py the `M` math it calls
+    launch.py        launch configurations from shapes (small ones in the simulator)
+    render.py        loop kernels: fused elementwise, block-tree reductions (+ a second pass), multi-tensor
+    templates.py     movement copies, GEMM + epilogue, conv/pool forward and backward, index/random kernels
+    blas.py          cuBLAS through CuPy where installed (zero-copy), else templates.gemm
+    capabilities.py  supports(pattern, attrs): the window/GEMM patterns its kernels take
+    program.py       CudaProgram (a step per node, index checks, in-place optimizer state) and eager ops
+
+`CudaBackend` (below) is the backend object. Making it raises BackendUnavailable, with the reason and how to
+check, where CUDA cannot run (no numba-cuda, no driver, no GPU); under NUMBA_ENABLE_CUDASIM=1 it runs in Numba's
+simulator. Parameters, gradients, optimizer state and BatchNorm statistics of a model moved with `.to("cuda")`
+stay on the GPU between compiled calls: only arguments come in and only what the user reads goes out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....devices import device as _device
+from .. import Backend
+from . import driver
+from .capabilities import supports as _supports
+from .spelling import SPELLING
+
+
+class CudaBackend(Backend):
+    """Generated numba.cuda kernels on one GPU (`cuda:0`); buffers are memory.CudaBuffer."""
+
+    name = "cuda"
+    scalar_spelling = SPELLING
+
+    def __init__(self):
+        self.cuda = driver.cuda()  # raises BackendUnavailable with the reason
+        self.device = _device("cuda", 0)
+        from .memory import Memory
+
+        self.mem = Memory(self.cuda)
+        self._eager = None
+
+    @property
+    def simulated(self) -> bool:
+        return driver.simulated()
+
+    # ---- compiling
+    def compile(self, graph, dumper=None, timings=None):
+        from .program import compile_graph
+
+        return compile_graph(graph, self, dumper=dumper, timings=timings)
+
+    def supports(self, pattern, attrs) -> bool | str:
+        return _supports(pattern, attrs)
+
+    # ---- memory
+    def alloc(self, shape, dtype):
+        return self.mem.empty(shape, dtype.np)
+
+    def to_device(self, array: np.ndarray):
+        return self.mem.to_device(array)
+
+    def to_host(self, buffer) -> np.ndarray:
+        return self.mem.to_host(buffer)
+
+    def synchronize(self) -> None:
+        self.cuda.synchronize()
+
+    def empty_cache(self) -> None:
+        self.mem.pool.clear()
+
+    # ---- eager ops
+    def run_eager(self, op, buffers: list, attrs: dict, out_type):
+        """Elementwise ops, reductions, movement, matmul and conv run on the GPU through the same kernels as
+        compiled code (one small cached program per op and shapes); the rest (index ops, pooling, random) take
+        the host round trip of the default, with the op's exact eager errors."""
+        if self._eager is None:
+            from .program import Eager
+
+            self._eager = Eager(self)
+        r = self._eager.run(op, buffers, attrs, out_type)
+        if r is not None:
+            return r
+        return super().run_eager(op, buffers, attrs, out_type)
+
+    # ---- what runs
+    def describe(self) -> dict:
+        info = driver.device_info()
+        from . import blas
+
+        lines = [f"GPU: {info.get('name')}" + (f", {info['memory_gb']} GB, compute capability "
+                                                f"{info.get('compute_capability')}, {info.get('sms')} SMs"
+                                                if "memory_gb" in info else ""),
+                 f"driver {info.get('driver')}, CUDA runtime {info.get('runtime')}, numba-cuda {info.get('numba_cuda')}"
+                 if not info.get("simulator") else f"numba-cuda {info.get('numba_cuda')} (NUMBA_ENABLE_CUDASIM=1)",
+                 f"GEMMs: {blas.describe()}"]
+        return {"device": str(self.device) + (f" ({info.get('name')})" if info.get("name") else ""),
+                "threads": None, "lines": lines, "warnings": [], "gpu": info}
