@@ -245,7 +245,7 @@ class CudaProgram(Program):
     def raise_if_flagged(self) -> None:
         if self.flags is None:
             return
-        host = self.mem.to_host(self.flags)
+        host = self.flags.data.copy_to_host()
         bad = [k for k in range(len(self.checks)) if host[k] != np.iinfo(np.int64).max]
         if not bad:
             return
@@ -273,6 +273,11 @@ class CudaProgram(Program):
         comp = [s.first_call_s for s in steps if getattr(s, "first_call_s", None) is not None]
         n, hits = self.cache_stats()
         lines.append(f"  CUDA compile/load + first run: {sum(comp) * 1e3:.0f} ms; source cache hits {hits}/{n}")
+        counts: dict[str, int] = {}
+        for s in steps:
+            if getattr(s, "n_launches", 0):
+                counts[s.label] = counts.get(s.label, 0) + s.n_launches
+        lines.append("  kernels (launches): " + ", ".join(f"{lb} x{n}" if n > 1 else lb for lb, n in counts.items()))
         if any(isinstance(s, GemmStep) for s in steps):
             lines.append(f"  GEMMs: {blas.describe()}")
         for f in self.fallbacks:

@@ -1,0 +1,8 @@
+"""The CUDA backend's tests. sim/ runs under Numba's CUDA simulator, which must be switched on before numba.cuda is
+first imported: test_simulator.py runs it in a subprocess with NUMBA_ENABLE_CUDASIM=1, and a plain pytest run
+(without that variable) does not collect it here. test_gpu.py needs a real GPU (marked `cuda`, deselected by
+default: `pytest -m cuda`)."""
+
+import os
+
+collect_ignore_glob = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["sim/*"]
