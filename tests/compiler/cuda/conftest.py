@@ -5,4 +5,4 @@ default: `pytest -m cuda`)."""
 
 import os
 
-collect_ignore_glob = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["sim/*"]
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["sim"]

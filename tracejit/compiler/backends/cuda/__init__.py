@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....devices import device as _device
-from .. import Backend
+from .. import Backend, BackendUnavailable
 from . import driver
 from .capabilities import supports as _supports
 from .spelling import SPELLING
@@ -34,12 +34,24 @@ class CudaBackend(Backend):
     scalar_spelling = SPELLING
 
     def __init__(self):
-        self.cuda = driver.cuda()  # raises BackendUnavailable with the reason
+        why = driver.probe()  # cheap (no Numba import): is_available() asks this
+        if why is not None:
+            raise BackendUnavailable(why)
         self.device = _device("cuda", 0)
-        from .memory import Memory
+        self._mem = self._eager = None
 
-        self.mem = Memory(self.cuda)
-        self._eager = None
+    @property
+    def cuda(self):
+        """numba.cuda, imported on first use (BackendUnavailable if that fails)."""
+        return driver.cuda()
+
+    @property
+    def mem(self):
+        if self._mem is None:
+            from .memory import Memory
+
+            self._mem = Memory(self.cuda)
+        return self._mem
 
     @property
     def simulated(self) -> bool:

@@ -30,13 +30,59 @@ def numba_cuda_version() -> str | None:
 
 
 def simulated() -> bool:
-    """True when numba.cuda runs in the simulator (decided when numba.cuda is first imported)."""
-    if "sim" not in _state:
+    """True when numba.cuda runs (or will run) in the simulator: NUMBA_ENABLE_CUDASIM=1 when numba.cuda is
+    first imported."""
+    if "sim" in _state:
+        return _state["sim"]
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
+
+
+def probe() -> str | None:
+    """None when CUDA can run here, else why not and how to check -- cheaply, without importing Numba (asking
+    `tracejit.cuda.is_available()` must not cost an eager user Numba's import): numba-cuda installed, and either
+    the simulator or a driver library that initializes and sees a GPU (asked through ctypes, as numba-cuda would)."""
+    if "probe" not in _state:
+        _state["probe"] = _probe()
+    return _state["probe"]
+
+
+def _probe() -> str | None:
+    if importlib.util.find_spec("numba_cuda") is None:
+        # numba's own numba.cuda is deprecated and unmaintained: tracejit runs on NVIDIA's numba-cuda only
+        return f"CUDA is not available to tracejit: numba-cuda is not installed; {INSTALL}; then {CHECK}"
+    if simulated():
+        return None
+    why = _driver_problem()
+    if why is None:
+        return None
+    return (f"CUDA is not available to tracejit: {why}; {CHECK}. Without a GPU, NUMBA_ENABLE_CUDASIM=1 (set before "
+            f"tracejit is imported) runs the CUDA backend in Numba's simulator, slowly")
+
+
+def _driver_problem() -> str | None:
+    import ctypes
+
+    lib = None
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib"):
         try:
-            cuda()
-        except BackendUnavailable:
-            return False
-    return _state.get("sim", False)
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return "no NVIDIA driver was found (libcuda, the driver library, is not on this machine)"
+    try:
+        rc = lib.cuInit(0)
+        if rc != 0:
+            return f"the NVIDIA driver did not initialize (cuInit returned error {rc})"
+        n = ctypes.c_int(0)
+        rc = lib.cuDeviceGetCount(ctypes.byref(n))
+    except (AttributeError, OSError) as e:
+        return f"the NVIDIA driver library could not be used ({e})"
+    if rc != 0 or n.value == 0:
+        return "the NVIDIA driver is installed but sees no GPU" + (" (CUDA_VISIBLE_DEVICES hides them)"
+                                                                   if "CUDA_VISIBLE_DEVICES" in os.environ else "")
+    return None
 
 
 def cuda():
@@ -44,7 +90,7 @@ def cuda():
     mod = _state.get("module")
     if mod is not None:
         return mod
-    why = _state.get("why")
+    why = probe() or _state.get("why")
     if why is not None:
         raise BackendUnavailable(why)
     try:
@@ -57,10 +103,6 @@ def cuda():
 
 
 def _load():
-    if importlib.util.find_spec("numba_cuda") is None:
-        # numba's own numba.cuda is deprecated and unmaintained: tracejit runs on NVIDIA's numba-cuda only
-        raise BackendUnavailable(f"CUDA is not available to tracejit: numba-cuda is not installed; {INSTALL}; "
-                                 f"then {CHECK}")
     try:
         from numba import config
         from numba import cuda as nc
@@ -75,9 +117,8 @@ def _load():
     except Exception:  # noqa: BLE001 -- numba raises several kinds here; all mean "no"
         ok = False
     if not ok:
-        raise BackendUnavailable(f"CUDA is not available to tracejit: {_driver_problem(nc)}; {CHECK}. Without a GPU, "
-                                 f"NUMBA_ENABLE_CUDASIM=1 (set before tracejit is imported) runs the CUDA backend in "
-                                 f"Numba's simulator, slowly")
+        raise BackendUnavailable(f"CUDA is not available to tracejit: the driver sees a GPU but numba-cuda "
+                                 f"{numba_cuda_version()} cannot use it ({_numba_problem()}); {CHECK}")
     return nc
 
 
@@ -86,20 +127,14 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _driver_problem(nc) -> str:
-    """Why numba-cuda says no: the driver's own words, first line only."""
+def _numba_problem() -> str:
     try:
         from numba.cuda.cudadrv.driver import driver
 
-        n = driver.get_device_count()
-        if n == 0:
-            return "the NVIDIA driver is installed but sees no GPU"
-        return f"the NVIDIA driver sees {n} GPU(s) but none is usable by numba-cuda {numba_cuda_version()}"
+        driver.get_device_count()
+        return "numba-cuda's driver check failed"
     except Exception as e:  # noqa: BLE001
-        text, full = _first_line(e), str(e)
-        if "cannot be found" in full or "not found" in full:
-            return "no NVIDIA driver was found (libcuda, the driver library, is not on this machine)"
-        return f"the NVIDIA driver could not be used ({text})"
+        return _first_line(e)
 
 
 def device_info() -> dict:
