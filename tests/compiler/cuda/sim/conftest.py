@@ -1,11 +1,13 @@
-"""Fixtures for the simulated CUDA tests (NUMBA_ENABLE_CUDASIM=1 in this process: see ../test_simulator.py)."""
+"""Fixtures for the simulated CUDA tests (NUMBA_ENABLE_CUDASIM=1 in this process: see ../test_simulator.py; on a
+real GPU ../test_gpu.py runs them with TRACEJIT_CUDA_TESTS=gpu)."""
 
 import os
 
 import numpy as np
 import pytest
 
-assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run these through tests/compiler/cuda/test_simulator.py"
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+assert SIM or os.environ.get("TRACEJIT_CUDA_TESTS") == "gpu", "run these through tests/compiler/cuda/test_simulator.py"
 
 import tracejit  # noqa: E402
 from tracejit.compiler.backends.cuda import launch  # noqa: E402
