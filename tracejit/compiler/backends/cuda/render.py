@@ -398,12 +398,19 @@ def render_multi(kernels: list, name: str) -> Rendered:
 
 
 def load(rendered_source: str, names: list):
-    """Import PRELUDE + source through the disk cache; ({name: kernel}, hit)."""
+    """Import PRELUDE + source through the disk cache; ({name: kernel}, hit, text). Where numba-cuda cannot cache
+    the module (no writable cache location: cache.py compiles it from memory) the kernels compile uncached."""
     text = PRELUDE + rendered_source
     mods = {}
     hit = True
     for n in names:
-        fn, h = cache.load(text, n)
+        try:
+            fn, h = cache.load(text, n)
+        except RuntimeError as e:
+            if "cannot cache" not in str(e):
+                raise
+            text = text.replace(JIT, "@cuda.jit")
+            fn, h = cache.load(text, n)
         mods[n] = fn
         hit = hit and h
     return mods, hit, text
