@@ -191,5 +191,5 @@ def test_cache_command_in_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"generated kernel sources: {tmp_path / 'cache'} [TRACEJIT_CACHE_DIR]" in proc.stdout
     assert f"Numba machine code, generated kernels: {tmp_path / 'nb' / 'cache_'}" in proc.stdout
-    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb'} (4 folders)" in proc.stdout
+    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb'} (5 folders)" in proc.stdout
     assert not (tmp_path / "cache").exists()  # looking creates nothing

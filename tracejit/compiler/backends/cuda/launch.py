@@ -18,7 +18,8 @@ class Limits:
         self.threads = 32 if sim else 256  # elementwise block size
         self.max_blocks = 3 if sim else 32 * max(1, sm_count())  # grid-stride beyond this
         self.reduce_threads = 32 if sim else 256  # largest block of a block reduction (a power of two)
-        self.tile = 8 if sim else 16  # GEMM tile (tile x tile threads)
+        # GEMM blocking: tile x tile threads, each computing reg x reg outputs, k in steps of bk
+        self.tile, self.reg, self.bk = (2, 2, 4) if sim else (16, 4, 16)
         # the smallest block: a warp on a GPU; in the simulator every thread costs a Python thread, so tiny
         # kernels get as few as they need
         self.min_threads = 1 if sim else 32
@@ -72,13 +73,16 @@ def split(rows: int, length: int, threads: int) -> int:
     return max(1, min(want, -(-length // (threads * 4)), 64))
 
 
-def tile(m: int, n: int) -> int:
-    """GEMM tile edge: the limit, or in the simulator the smallest power of two covering the output."""
+def gemm_blocking(m: int, n: int, batch: int = 1) -> tuple[int, int, int]:
+    """(threads per block edge, outputs per thread edge, k step) of the tiled GEMM: the largest register block
+    that still gives every SM a tile (a 256 x 120 product in 64 x 64 tiles would keep 8 of 132 SMs busy), and no
+    block larger than the output."""
     lim = limits()
-    t = lim.tile
-    while lim.min_threads == 1 and t > 1 and t // 2 >= max(m, n):
-        t //= 2
-    return t
+    reg = lim.reg
+    while reg > 1 and (lim.tile * reg // 2 >= max(m, n) or
+                       batch * -(-m // (lim.tile * reg)) * -(-n // (lim.tile * reg)) < lim.max_blocks // 32):
+        reg //= 2
+    return lim.tile, reg, lim.bk
 
 
 def rows(n_rows: int) -> int:

@@ -39,6 +39,7 @@ from .capabilities import supports
 from .memory import CudaBuffer
 
 RAISES = ("check_index", "gather", "scatter_add")
+DTYPES = (D.float32, D.float64, D.int64, D.bool_, D.uint8)  # what generated kernels read and write
 
 
 class Step:
@@ -326,6 +327,9 @@ class CudaProgram(Program):
         return HostStep(self, node, why)
 
     def _make_step(self, node: Node):
+        odd = [v.dtype.name for v in list(node.inputs) + list(node.outputs) if v.dtype not in DTYPES]
+        if odd:
+            raise LoweringError(f"the CUDA kernels take {', '.join(d.name for d in DTYPES)}, not {odd[0]}")
         kind = node.fused_kind
         if kind is not None and kind.is_loop:
             return self._loop_step(node)
@@ -438,14 +442,15 @@ class CudaProgram(Program):
         n = w.shape[-1]
         batch = math.prod(x.shape[:-2])
         dtype = out.dtype
+        if k == 0:  # an empty sum
+            if bias:
+                raise LoweringError("a linear layer with an empty inner dimension")
+            return Step(self, node, "matmul (empty inner dimension: zeros)", TM.fill(name, batch * m * n, 0, dtype),
+                        [out.type])
         if blas.usable(dtype) and min(m, n, k) > 0:
             epi = TM.epilogue(name + "_epilogue", m, n, dtype, relu) if bias else None
             return GemmStep(self, node, label.replace("GEMM", "cuBLAS GEMM"), (batch, m, n, k, ta, tb), epi)
         r = TM.gemm(name, batch, m, n, k, ta, tb, dtype, bias, relu)
-        if k == 0:  # an empty sum: zeros (+ bias)
-            r = TM.fill(name, batch * m * n, 0, dtype) if not bias else None
-            if r is None:
-                raise LoweringError("linear with an empty inner dimension")
         return Step(self, node, label + (" (transposed operand read in place)" if ta or tb else ""), r, [out.type])
 
     def _primitive_step(self, node: Node):
@@ -590,7 +595,8 @@ class Eager:
         self.steps: dict = {}
 
     def run(self, op, buffers, attrs, out_type):
-        if op.name not in EAGER_ON_DEVICE or any(not isinstance(b, CudaBuffer) for b in buffers):
+        if op.name not in EAGER_ON_DEVICE or any(not isinstance(b, CudaBuffer) for b in buffers) or \
+                out_type.dtype not in DTYPES or any(D.from_numpy(b.dtype) not in DTYPES for b in buffers):
             return None
         key = (op.name, _freeze(attrs), tuple((b.shape, b.dtype.str) for b in buffers))
         prog = self.steps.get(key)

@@ -125,52 +125,96 @@ def fill(name: str, n: int, value, dtype) -> Rendered:
 
 def gemm(name: str, batch: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, dtype, bias: bool,
          relu: bool) -> Rendered:
-    """c[b] = a[b] @ b[b] (+ bias[col]) (relu): tiles of TILE x TILE outputs per block, the k dimension in steps
-    of TILE through shared memory. a is [batch, m, k] ([batch, k, m] when trans_a); b is [batch, k, n] ([batch,
-    n, k] when trans_b)."""
+    """c[b] = a[b] @ b[b] (+ bias[col]) (relu). a is [batch, m, k] ([batch, k, m] when trans_a); b is [batch, k, n]
+    ([batch, n, k] when trans_b).
+
+    Register-blocked tiles: a block of TY x TX threads computes a (TY*R) x (TX*R) tile of c, each thread R x R
+    outputs (rows ty + TY*i, cols tx + TX*j) in unrolled scalar accumulators; the k dimension goes through shared
+    memory BK at a time, every thread loading its share of the A and B tiles (zeros outside the matrices). The
+    bias and ReLU epilogue is applied to the accumulators before the store."""
     if m * n * k <= launch.limits().gemm_simple_max:
         return _gemm_simple(name, batch, m, n, k, trans_a, trans_b, dtype, bias, relu)
-    T = launch.tile(m, n)
-    mt, nt = -(-m // T), -(-n // T)
+    TX, R, BK = launch.gemm_blocking(m, n, batch)
+    TY = TX
+    BM = BN = TX * R
+    nthreads = TX * TY
+    mt, nt = -(-m // BM), -(-n // BN)
     tiles = batch * mt * nt
     z = f"Z_{dtype.short}"
-    a_at = f"bt * {m * k} + ka * {m} + row" if trans_a else f"bt * {m * k} + row * {k} + ka"
-    b_at = f"bt * {k * n} + col * {k} + kb" if trans_b else f"bt * {k * n} + kb * {n} + col"
+    nb = nb_type(dtype)
+
+    def a_at(r, c):  # element (row r, k c) of a[bt]
+        return f"abase + ({c}) * {m} + ({r})" if trans_a else f"abase + ({r}) * {k} + ({c})"
+
+    def b_at(r, c):  # element (k r, col c) of b[bt]
+        return f"bbase + ({c}) * {k} + ({r})" if trans_b else f"bbase + ({r}) * {n} + ({c})"
+
     params = ["a", "b"] + (["bias"] if bias else []) + ["c"]
     L = [JIT, f"def {name}({', '.join(params)}):",
-         f"    sa = cuda.shared.array(({T}, {T}), {nb_type(dtype)})",
-         f"    sb = cuda.shared.array(({T}, {T}), {nb_type(dtype)})",
+         f"    sa = cuda.shared.array(({BK}, {BM}), {nb})",
+         f"    sb = cuda.shared.array(({BK}, {BN}), {nb})",
          "    tx = cuda.threadIdx.x",
          "    ty = cuda.threadIdx.y",
+         f"    tid = ty * {TX} + tx",
          f"    for tile in range(cuda.blockIdx.x, {tiles}, cuda.gridDim.x):",
          f"        bt = tile // {mt * nt}",
          f"        rem = tile - bt * {mt * nt}",
-         f"        row = (rem // {nt}) * {T} + ty",
-         f"        col = (rem % {nt}) * {T} + tx",
-         f"        acc = {z}",
-         f"        for k0 in range(0, {k}, {T}):",
-         "            ka = k0 + tx",
-         "            kb = k0 + ty",
-         f"            if row < {m} and ka < {k}:",
-         f"                sa[ty, tx] = a[{a_at}]",
-         "            else:",
-         f"                sa[ty, tx] = {z}",
-         f"            if kb < {k} and col < {n}:",
-         f"                sb[ty, tx] = b[{b_at}]",
-         "            else:",
-         f"                sb[ty, tx] = {z}",
-         "            cuda.syncthreads()",
-         f"            for kk in range({T}):",
-         "                acc += sa[ty, kk] * sb[kk, tx]",
-         "            cuda.syncthreads()",
-         f"        if row < {m} and col < {n}:"]
-    if bias:
-        L.append("            acc = acc + bias[col]")
-    if relu:
-        L.append(f"            acc = acc if not (acc < {z}) else {z}")
-    L.append(f"            c[bt * {m * n} + row * {n} + col] = acc")
+         f"        row0 = (rem // {nt}) * {BM}",
+         f"        col0 = (rem % {nt}) * {BN}",
+         f"        abase = bt * {m * k}",
+         f"        bbase = bt * {k * n}"]
+    L += [f"        c{i}_{j} = {z}" for i in range(R) for j in range(R)]
+    L += [f"        for k0 in range(0, {k}, {BK}):"]
+    # A tile: BM x BK elements, stored k-major (sa[kk, r]); B tile: BK x BN (sb[kk, c])
+    for q in range(-(-(BM * BK) // nthreads)):
+        e = f"tid + {q * nthreads}" if q else "tid"
+        L += [f"            e = {e}"]
+        if (q + 1) * nthreads > BM * BK:
+            L += [f"            if e < {BM * BK}:"]
+            ind = "                "
+        else:
+            ind = "            "
+        # consecutive threads read consecutive elements of the operand's contiguous dim
+        if trans_a:
+            L += [f"{ind}r = e % {BM}", f"{ind}kk = e // {BM}"]
+        else:
+            L += [f"{ind}kk = e % {BK}", f"{ind}r = e // {BK}"]
+        L += [f"{ind}if row0 + r < {m} and k0 + kk < {k}:",
+              f"{ind}    sa[kk, r] = a[{a_at('row0 + r', 'k0 + kk')}]",
+              f"{ind}else:", f"{ind}    sa[kk, r] = {z}"]
+    for q in range(-(-(BN * BK) // nthreads)):
+        e = f"tid + {q * nthreads}" if q else "tid"
+        L += [f"            e = {e}"]
+        if (q + 1) * nthreads > BN * BK:
+            L += [f"            if e < {BN * BK}:"]
+            ind = "                "
+        else:
+            ind = "            "
+        if trans_b:
+            L += [f"{ind}kk = e % {BK}", f"{ind}cc = e // {BK}"]
+        else:
+            L += [f"{ind}cc = e % {BN}", f"{ind}kk = e // {BN}"]
+        L += [f"{ind}if k0 + kk < {k} and col0 + cc < {n}:",
+              f"{ind}    sb[kk, cc] = b[{b_at('k0 + kk', 'col0 + cc')}]",
+              f"{ind}else:", f"{ind}    sb[kk, cc] = {z}"]
+    L += ["            cuda.syncthreads()",
+          f"            for kk in range({BK}):"]
+    L += [f"                a{i} = sa[kk, ty + {TY * i}]" for i in range(R)]
+    L += [f"                b{j} = sb[kk, tx + {TX * j}]" for j in range(R)]
+    L += [f"                c{i}_{j} += a{i} * b{j}" for i in range(R) for j in range(R)]
+    L += ["            cuda.syncthreads()"]
+    for i in range(R):
+        L += [f"        row = row0 + ty + {TY * i}", f"        if row < {m}:"]
+        for j in range(R):
+            L += [f"            col = col0 + tx + {TX * j}", f"            if col < {n}:",
+                  f"                v = c{i}_{j}"]
+            if bias:
+                L.append("                v = v + bias[col]")
+            if relu:
+                L.append(f"                v = v if not (v < {z}) else {z}")
+            L.append(f"                c[bt * {m * n} + row * {n} + col] = v")
     args = [("in", 0), ("in", 1)] + ([("in", 2)] if bias else []) + [("out", 0)]
-    return Rendered("\n".join(L) + "\n", [Launch(name, args, launch.rows(tiles), (T, T))] if tiles and k else [])
+    return Rendered("\n".join(L) + "\n", [Launch(name, args, launch.rows(tiles), (TX, TY))] if tiles and k else [])
 
 
 def _gemm_simple(name, batch, m, n, k, trans_a, trans_b, dtype, bias, relu) -> Rendered:
