@@ -33,6 +33,7 @@ class Limits:
         # pass: when the rows alone would leave the GPU idle
         self.split_min_len = 64 if sim else 16384
         self.split_rows = 2 if sim else 2 * max(1, sm_count())
+        self.max_split = 64 if sim else 4 * max(1, sm_count())  # blocks sharing one row: a few per SM
 
 
 _limits: list = []
@@ -69,8 +70,8 @@ def split(rows: int, length: int, threads: int) -> int:
     lim = limits()
     if length < lim.split_min_len or rows >= lim.split_rows:
         return 1
-    want = -(-lim.split_rows // rows)
-    return max(1, min(want, -(-length // (threads * 4)), 64))
+    want = -(-2 * lim.split_rows // rows)
+    return max(1, min(want, -(-length // (threads * 4)), lim.max_split))
 
 
 def gemm_blocking(m: int, n: int, batch: int = 1) -> tuple[int, int, int]:
