@@ -28,7 +28,6 @@ import warnings
 import numpy as np
 
 from .... import dtypes as D
-from ....devices import device as _device
 from ....ops import OPS, Kind, TensorType, index_error, index_message
 from ...ir import FusedKind, Graph, Node, Pattern, Value, fused, users
 from ...runtime import Program
@@ -543,11 +542,7 @@ class _PassThrough:
 def _is_gemm(n: Node, v: Value) -> bool:
     if n.body is None:
         return n.op.name == "matmul"
-    return n.pattern is Pattern.LINEAR and v in n.inputs[:2] and blas_free_operand(n, v)
-
-
-def blas_free_operand(n: Node, v: Value) -> bool:
-    return n.inputs[2] is not v
+    return n.pattern is Pattern.LINEAR and v in n.inputs[:2] and n.inputs[2] is not v  # (not also its bias)
 
 
 def _conv_hw(x_shape, w_shape, a) -> tuple:
@@ -617,5 +612,3 @@ class Eager:
             r = copy
         return r
 
-
-__all__ = ["CudaProgram", "compile_graph", "Eager", "_device"]

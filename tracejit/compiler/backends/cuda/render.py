@@ -27,7 +27,7 @@ from .. import cache, kernel
 from ..kernel import LoopKernel, LoweringError, Stmt
 from . import launch
 from .driver import numba_cuda_version
-from .spelling import SPELLING, constant_text, np_type
+from .spelling import SPELLING, constant_text
 
 _PACKAGE = __name__.rpartition(".")[0]
 FINGERPRINT = cache.fingerprint(os.path.dirname(os.path.abspath(__file__)), kernel.__file__)
@@ -414,11 +414,3 @@ def load(rendered_source: str, names: list):
         mods[n] = fn
         hit = hit and h
     return mods, hit, text
-
-
-def dtype_suffix(dtype) -> str:
-    return dtype.short
-
-
-__all__ = ["PRELUDE", "Launch", "Rendered", "render_loop", "render_multi", "load", "np_type", "offset", "strides",
-           "decompose", "identity", "combine", "nb_type"]

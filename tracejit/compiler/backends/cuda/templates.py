@@ -13,7 +13,7 @@ import math
 
 from .... import dtypes as D
 from . import launch
-from .render import JIT, Launch, Rendered, decompose, identity, nb_type, strides
+from .render import JIT, Launch, Rendered, decompose, nb_type, strides
 from .spelling import constant_text
 
 
@@ -539,8 +539,3 @@ def uniform(name: str, n: int, dtype) -> Rendered:
     src = consts + "\n".join([JIT, f"def {name}(state, o):"] + head + _loop(n, body)) + "\n"
     blocks, threads = launch.elementwise(n)
     return Rendered(src, [Launch(name, [("in", 0), ("out", 0)], blocks, threads)] if n else [])
-
-
-__all__ = ["permute", "expand", "slice_", "pad", "cat", "fill", "gemm", "epilogue", "conv2d", "conv_pool", "unpool",
-           "conv_grad_input", "conv_grad_weight", "check_index", "gather", "scatter_add", "argmax", "uniform",
-           "conv_consts", "three", "identity"]
