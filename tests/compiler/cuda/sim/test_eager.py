@@ -60,6 +60,9 @@ def test_eager_ops_on_cuda_run_through_device_kernels_and_equal_the_cpu(rng):
         want, got = f(a, b), f(ga, gb)
         assert got.device == CUDA and isinstance(got._box.value, CudaBuffer), i
         np.testing.assert_allclose(host(got), host(want), rtol=1e-5, atol=1e-6, err_msg=str(i))
+    x4 = tj.from_numpy(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
+    for f in (lambda t: F.max_pool2d(t, 2), lambda t: F.avg_pool2d(t, 3, 1, 1), lambda t: F.conv2d(t, t[:, :, :2, :2])):
+        np.testing.assert_allclose(host(f(x4.cuda())), host(f(x4)), rtol=1e-5, atol=1e-6)
     assert backend.host_eager_ops == {}  # all of these ran on the device
     idx = tj.tensor([0, 2]).cuda()
     got = ga[idx]  # an index op: the host round trip, with eager's checks

@@ -251,10 +251,25 @@ def test_pooling_with_ties_and_nan_follows_the_first_maximum(rng):
     _compare(f, x, w, gout, rtol=0, atol=0)
 
 
-def test_plain_pooling_without_a_cuda_kernel_runs_on_the_host_and_says_so(rng):
-    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
-    v = _compare(lambda x: F.avg_pool2d(x, 2) * 2, x, expect_host=("avg_pool2d",))
-    assert "ran on the host: avg_pool2d" in v.program.describe()
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=2, stride=1, dilation=2),
+                                dict(kernel_size=3, stride=2, ceil_mode=True),
+                                dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))])
+def test_plain_max_and_avg_pooling_forward_and_backward(kw, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    x[0, 0, 1, 1] = x[0, 0, 1, 2]  # a tie: the first maximum wins
+
+    def f(x):
+        x = x.requires_grad_()
+        m = F.max_pool2d(x * 1.5, **kw)  # not after a conv: no fused group
+        avg_kw = {k: v for k, v in kw.items() if k != "dilation"}
+        a = F.avg_pool2d(x, **avg_kw) + F.avg_pool2d(x, count_include_pad=False, **avg_kw)
+        gx, = tj.autograd.grad((m * m).sum() + (a * a).sum(), [x])
+        return m, a, gx
+
+    v = _compare(f, x, rtol=1e-5, atol=1e-5)
+    labels = _labels(v)
+    assert {"max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad"} <= set(labels), labels
 
 
 # ------------------------------------------------------------------------------------------- optimizer

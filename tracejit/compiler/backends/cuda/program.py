@@ -11,8 +11,10 @@ What runs where:
   slice, pad, cat, full are copy/fill kernels, and a 2-D transpose read only by GEMMs is no kernel at all (the
   GEMM reads it transposed); matmul (tiled GEMM, or cuBLAS through CuPy); conv2d and its two gradients;
   gather, scatter_add, argmax, check_index, uniform;
-- anything else (plain max/avg pooling and their gradients, max_pool2d_argmax): a host round trip through the
-  op's NumPy ref, listed in `fallbacks` (explain prints them).
+- pooling outside a fused group (any stride, padding, dilation, ceil_mode) and its gradients: gathers, one
+  thread per output element;
+- anything else (dtypes the kernels do not take, e.g. float16): a host round trip through the op's NumPy ref,
+  listed in `fallbacks` (explain prints them).
 Index checks record the first bad position in a small device array of flags; the program reads it (one small
 copy, a synchronization) right after the last node that can raise, before any state is written in place, and
 raises the eager error.
@@ -494,6 +496,9 @@ class CudaProgram(Program):
             c = TM.conv_consts(ins[0].shape, out.shape, ins[1].shape[2:], a)
             return Step(self, node, "conv2d_grad_weight", TM.conv_grad_weight(name, c, dtype, bias=False),
                         [out.type])
+        if name_ in ("max_pool2d", "max_pool2d_argmax", "max_pool2d_grad", "max_pool2d_grad_argmax", "avg_pool2d",
+                     "avg_pool2d_grad"):
+            return self._pool_step(node, name)
         if name_ == "argmax":
             return Step(self, node, "argmax", TM.argmax(name, ins[0].shape, a["axis"] % max(1, len(ins[0].shape))),
                         [out.type])
@@ -516,6 +521,32 @@ class CudaProgram(Program):
             return Step(self, node, "scatter_add", TM.scatter_add(name, ins[0].shape, out.shape, ax, dtype, k),
                         [out.type], check=(k, 0))
         return self._host(node, f"no CUDA kernel for {name_}")
+
+    def _pool_step(self, node: Node, name: str):
+        """Pooling outside a fused conv group: window maxima (and argmax), their gradient as a gather from the
+        argmax (recomputed into a temporary for max_pool2d_grad: two launches), average pooling and its gradient."""
+        op, a, out = node.op.name, node.attrs, node.outputs[0]
+        dtype = out.dtype if op != "max_pool2d_argmax" else node.inputs[0].dtype
+        if op == "max_pool2d":
+            r = TM.pool_max(name, node.inputs[0].shape, out.shape[2:], a, dtype, value_arg=("out", 0))
+        elif op == "max_pool2d_argmax":
+            r = TM.pool_max(name, node.inputs[0].shape, out.shape[2:], a, dtype, idx_arg=("out", 0),
+                            idx_type="np.uint8")
+        elif op == "max_pool2d_grad":  # (x, g): the argmax of each window of x, then g routed to it
+            x, g = node.inputs
+            first = TM.pool_max(name + "_argmax", x.shape, g.shape[2:], a, dtype, idx_arg=("tmp", 0))
+            second = TM.pool_grad_from_argmax(name, x.shape, g.shape[2:], a, dtype, ("in", 1), ("tmp", 0),
+                                              ("out", 0))
+            r = render.Rendered(first.source + "\n\n" + second.source, first.launches + second.launches,
+                                [(g.type.numel, D.int64)])
+        elif op == "max_pool2d_grad_argmax":  # (g, idx)
+            g = node.inputs[0]
+            r = TM.pool_grad_from_argmax(name, out.shape, g.shape[2:], a, dtype, ("in", 0), ("in", 1), ("out", 0))
+        elif op == "avg_pool2d":
+            r = TM.avg_pool(name, node.inputs[0].shape, out.shape[2:], a, dtype)
+        else:  # avg_pool2d_grad (g)
+            r = TM.avg_pool_grad(name, out.shape, node.inputs[0].shape[2:], a, dtype)
+        return Step(self, node, op, r, [out.type])
 
     def _check(self, error: str, message: str) -> int:
         self.checks.append((error, message))
@@ -568,7 +599,7 @@ def compile_graph(graph: Graph, backend, dumper=None, timings=None) -> CudaProgr
 
 EAGER_ON_DEVICE = {name for name, op in OPS.items() if op.kind is Kind.ELEMENTWISE} | {
     "sum", "amax", "argmax", "reshape", "permute", "expand", "slice", "pad", "cat", "matmul", "conv2d",
-    "conv2d_grad_input", "conv2d_grad_weight"}
+    "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad"}
 
 
 def _freeze(v):

@@ -539,3 +539,106 @@ def uniform(name: str, n: int, dtype) -> Rendered:
     src = consts + "\n".join([JIT, f"def {name}(state, o):"] + head + _loop(n, body)) + "\n"
     blocks, threads = launch.elementwise(n)
     return Rendered(src, [Launch(name, [("in", 0), ("out", 0)], blocks, threads)] if n else [])
+
+
+# ------------------------------------------------------------------------------------------- plain pooling
+
+
+def _pool_geometry(x_shape, out_hw, a: dict) -> dict:
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = _pair(a["kernel"]), _pair(a["stride"]), _pair(a["padding"])
+    dh, dw = _pair(a.get("dilation") or (1, 1))
+    return dict(N=n, C=c, H=h, W=w, OH=out_hw[0], OW=out_hw[1], KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dh,
+                DW=dw)
+
+
+def pool_max(name: str, x_shape, out_hw, a: dict, dtype, value_arg=None, idx_arg=None, idx_type="np.int64",
+             x_arg=("in", 0)) -> Rendered:
+    """max_pool2d (any stride, padding, dilation, ceil_mode): each window's maximum and/or the position of its
+    first maximum (NaN wins; padding counts as -inf), one thread per output, as the op refs."""
+    p = _pool_geometry(x_shape, out_hw, a)
+    neg = f"np.{'float32' if dtype is D.float32 else 'float64'}(-np.inf)"
+    names = {0: "n", 1: "c", 2: "oh", 3: "ow"}
+    body = decompose("i", [0, 1, 2, 3], (p["N"], p["C"], p["OH"], p["OW"]), names, "        ", "t")
+    body += [f"        best = {neg}", "        arg = 0", f"        base = (n * {p['C']} + c) * {p['H']}",
+             f"        for pa in range({p['KH']}):", f"            ih = oh * {p['SH']} - {p['PH']} + pa * {p['DH']}",
+             f"            for pb in range({p['KW']}):",
+             f"                iw = ow * {p['SW']} - {p['PW']} + pb * {p['DW']}",
+             f"                v = x[(base + ih) * {p['W']} + iw] if ih >= 0 and ih < {p['H']} and iw >= 0 and "
+             f"iw < {p['W']} else {neg}",
+             "                if (pa == 0 and pb == 0) or v > best or (v != v and best == best):",
+             "                    best = v", f"                    arg = pa * {p['KW']} + pb"]
+    params, args = ["x"], [x_arg]
+    if value_arg is not None:
+        body.append("        o[i] = best")
+        params.append("o")
+        args.append(value_arg)
+    if idx_arg is not None:
+        body.append(f"        idx[i] = {idx_type}(arg)")
+        params.append("idx")
+        args.append(idx_arg)
+    return _ew(name, params, p["N"] * p["C"] * p["OH"] * p["OW"], body, args)
+
+
+def pool_grad_from_argmax(name: str, x_shape, out_hw, a: dict, dtype, g_arg, idx_arg, out_arg) -> Rendered:
+    """dx[n, c, h, w] = sum of g over the windows whose stored argmax is (h, w): a gather over the windows that
+    hold (h, w) (any stride, padding, dilation), one thread per element of dx."""
+    p = _pool_geometry(x_shape, out_hw, a)
+    names = {0: "n", 1: "c", 2: "h", 3: "w"}
+    body = decompose("i", [0, 1, 2, 3], x_shape, names, "        ", "t")
+    body += [f"        acc = Z_{dtype.short}", f"        base = (n * {p['C']} + c) * {p['OH']}",
+             f"        for pa in range({p['KH']}):", f"            th = h + {p['PH']} - pa * {p['DH']}",
+             f"            if th >= 0 and th % {p['SH']} == 0 and th // {p['SH']} < {p['OH']}:",
+             f"                oh = th // {p['SH']}", f"                for pb in range({p['KW']}):",
+             f"                    tw = w + {p['PW']} - pb * {p['DW']}",
+             f"                    if tw >= 0 and tw % {p['SW']} == 0 and tw // {p['SW']} < {p['OW']}:",
+             f"                        j = (base + oh) * {p['OW']} + tw // {p['SW']}",
+             f"                        if idx[j] == pa * {p['KW']} + pb:", "                            acc += g[j]",
+             "        o[i] = acc"]
+    return _ew(name, ["g", "idx", "o"], math.prod(x_shape), body, [g_arg, idx_arg, out_arg])
+
+
+def _avg_divisor(p: dict, a: dict, dtype, oh: str, ow: str) -> list:
+    """Lines leaving in `div` the divisor of window (oh, ow), as ref_kernels._avg_divisor."""
+    lines = []
+    for d, o in (("h", oh), ("w", ow)):
+        D_ = d.upper()
+        lines += [f"s{d} = {o} * {p['S' + D_]} - {p['P' + D_]}", f"e{d} = min(s{d} + {p['K' + D_]}, {p[D_]} + "
+                  f"{p['P' + D_]})"]
+        if a.get("count_include_pad", True):
+            lines.append(f"n{d} = e{d} - s{d}")
+        else:
+            lines.append(f"n{d} = min(e{d}, {p[D_]}) - max(s{d}, 0)")
+    lines.append(f"div = np.{'float32' if dtype is D.float32 else 'float64'}(nh * nw)")
+    return lines
+
+
+def avg_pool(name: str, x_shape, out_hw, a: dict, dtype) -> Rendered:
+    p = _pool_geometry(x_shape, out_hw, {**a, "dilation": (1, 1)})
+    names = {0: "n", 1: "c", 2: "oh", 3: "ow"}
+    body = decompose("i", [0, 1, 2, 3], (p["N"], p["C"], p["OH"], p["OW"]), names, "        ", "t")
+    body += [f"        acc = Z_{dtype.short}", f"        base = (n * {p['C']} + c) * {p['H']}",
+             f"        for pa in range({p['KH']}):", f"            ih = oh * {p['SH']} - {p['PH']} + pa",
+             f"            if ih >= 0 and ih < {p['H']}:", f"                for pb in range({p['KW']}):",
+             f"                    iw = ow * {p['SW']} - {p['PW']} + pb",
+             f"                    if iw >= 0 and iw < {p['W']}:",
+             f"                        acc += x[(base + ih) * {p['W']} + iw]"]
+    body += ["        " + ln for ln in _avg_divisor(p, a, dtype, "oh", "ow")]
+    body.append("        o[i] = acc / div")
+    return _ew(name, ["x", "o"], p["N"] * p["C"] * p["OH"] * p["OW"], body, [("in", 0), ("out", 0)])
+
+
+def avg_pool_grad(name: str, x_shape, out_hw, a: dict, dtype) -> Rendered:
+    p = _pool_geometry(x_shape, out_hw, {**a, "dilation": (1, 1)})
+    names = {0: "n", 1: "c", 2: "h", 3: "w"}
+    body = decompose("i", [0, 1, 2, 3], x_shape, names, "        ", "t")
+    body += [f"        acc = Z_{dtype.short}", f"        base = (n * {p['C']} + c) * {p['OH']}",
+             f"        for pa in range({p['KH']}):", f"            th = h + {p['PH']} - pa",
+             f"            if th >= 0 and th % {p['SH']} == 0 and th // {p['SH']} < {p['OH']}:",
+             f"                oh = th // {p['SH']}", f"                for pb in range({p['KW']}):",
+             f"                    tw = w + {p['PW']} - pb",
+             f"                    if tw >= 0 and tw % {p['SW']} == 0 and tw // {p['SW']} < {p['OW']}:",
+             f"                        ow = tw // {p['SW']}"]
+    body += ["                        " + ln for ln in _avg_divisor(p, a, dtype, "oh", "ow")]
+    body += ["                        acc += g[(base + oh) * " + str(p["OW"]) + " + ow] / div", "        o[i] = acc"]
+    return _ew(name, ["g", "o"], math.prod(x_shape), body, [("in", 0), ("out", 0)])
