@@ -5,10 +5,12 @@
     spelling.py      the scalar vocabulary spelled for numba.cuda; devmath.py the `M` math it calls
     launch.py        launch configurations from shapes (small ones in the simulator)
     render.py        loop kernels: fused elementwise, block-tree reductions (+ a second pass), multi-tensor
-    templates.py     movement copies, GEMM + epilogue, conv/pool forward and backward, index/random kernels
+    templates.py     movement copies, fills, GEMM + epilogue, index/random kernels
+    window.py        conv2d and its gradients, conv+relu+pool forward with its argmax, unpool, plain pooling
     blas.py          cuBLAS through CuPy where installed (zero-copy), else templates.gemm
     capabilities.py  supports(pattern, attrs): the window/GEMM patterns its kernels take
-    program.py       CudaProgram (a step per node, index checks, in-place optimizer state) and eager ops
+    program.py       CudaProgram: a step per node (steps.py), index checks, in-place optimizer state
+    eager.py         eager ops on CUDA tensors through the same kernels
 
 `CudaBackend` (below) is the backend object. Making it raises BackendUnavailable, with the reason and how to
 check, where CUDA cannot run (no numba-cuda, no driver, no GPU); under NUMBA_ENABLE_CUDASIM=1 it runs in Numba's
@@ -89,7 +91,7 @@ class CudaBackend(Backend):
         compiled code (one small cached program per op and shapes); the rest (index ops, pooling, random) take
         the host round trip of the default, with the op's exact eager errors."""
         if self._eager is None:
-            from .program import Eager
+            from .eager import Eager
 
             self._eager = Eager(self)
         r = self._eager.run(op, buffers, attrs, out_type)

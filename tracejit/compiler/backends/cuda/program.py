@@ -25,183 +25,21 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 
 import numpy as np
 
 from .... import dtypes as D
-from ....ops import OPS, Kind, TensorType, index_error, index_message
+from ....ops import Kind, index_error, index_message
 from ...ir import FusedKind, Graph, Node, Pattern, Value, fused, users
 from ...runtime import Program
 from ..kernel import LoweringError, lower
-from . import blas, render
+from . import blas, render, window
 from . import templates as TM
 from .capabilities import supports
-from .memory import CudaBuffer
+from .steps import BodyStep, CheckedStep, GemmStep, HostStep, PassThrough, Step, ViewStep
 
 RAISES = ("check_index", "gather", "scatter_add")
 DTYPES = (D.float32, D.float64, D.int64, D.bool_, D.uint8)  # what generated kernels read and write
-
-
-class Step:
-    """Launches rendered kernels: `launches` = [(configured kernel, arg spec)], arg spec items ('in', i),
-    ('out', j), ('tmp', t), ('flags', None)."""
-
-    runs = "generated"
-
-    def __init__(self, prog, node, label, rendered, out_types, inplace=(), check=None):
-        self.prog, self.node, self.label = prog, node, label
-        self.source = render.PRELUDE + rendered.source if rendered.source else None
-        self.hit = None
-        self.first_call_s = None
-        self.out_types = [(tuple(t.shape), t.dtype.np) for t in out_types]
-        self.temps = [(n, d.np) for n, d in rendered.temps]
-        self.inplace = inplace  # (output, input) pairs that may share a buffer (memory_plan), for owned inputs
-        self.check = check  # (check number, input position of the index) for index checks
-        self.launch_specs = rendered.launches
-        self.launches = []
-        if rendered.launches:
-            fns, self.hit, _ = render.load(rendered.source, sorted({ln.fn for ln in rendered.launches}))
-            with warnings.catch_warnings():
-                # numba-cuda warns about grids too small to fill the GPU: tiny tensors make tiny grids on purpose
-                warnings.simplefilter("ignore")
-                for ln in rendered.launches:
-                    self.launches.append((fns[ln.fn][ln.blocks, ln.threads], tuple(ln.args)))
-        self.n_launches = len(self.launches)
-
-    def __call__(self, args):
-        mem = self.prog.mem
-        outs = [None] * len(self.out_types)
-        for oi, ii in self.inplace:
-            a = args[ii]
-            if self.prog.owned.get(id(a.block)) is a.block:
-                outs[oi] = a
-        outs = [mem.empty(s, d) if o is None else o for o, (s, d) in zip(outs, self.out_types)]
-        temps = [mem.empty((n,), d) for n, d in self.temps]
-        flags = self.prog.flags
-        t0 = time.perf_counter() if self.first_call_s is None else None
-        for fn, spec in self.launches:
-            arrays = []
-            for kind, i in spec:
-                if kind == "in":
-                    arrays.append(args[i].block.arr)
-                elif kind == "out":
-                    arrays.append(outs[i].block.arr)
-                elif kind == "tmp":
-                    arrays.append(temps[i].block.arr)
-                else:
-                    arrays.append(flags.block.arr)
-            fn(*arrays)
-        if t0 is not None:
-            self.prog.sync()
-            self.first_call_s = time.perf_counter() - t0
-        if self.check is not None:
-            self.prog.check_args[self.check[0]] = args[self.check[1]]
-        return outs
-
-
-class ViewStep:
-    """reshape (and a transpose only GEMMs read): the input's storage itself, seen with the output's shape."""
-
-    runs = "library"
-    n_launches = 0
-
-    def __init__(self, node, label, shape=None):
-        self.node, self.label, self.shape = node, label, shape
-
-    def __call__(self, args):
-        a = args[0]
-        return [a if self.shape is None else CudaBuffer(a.block, self.shape, a.dtype)]
-
-
-class GemmStep:
-    """matmul / linear through cuBLAS (CuPy) with the bias+relu epilogue as a following kernel."""
-
-    runs = "library"
-
-    def __init__(self, prog, node, label, gemm_args, epilogue):
-        self.prog, self.node, self.label = prog, node, label
-        self.gemm_args = gemm_args  # (batch, m, n, k, trans_a, trans_b)
-        self.epilogue = Step(prog, node, label + " epilogue", epilogue, node.outputs) if epilogue else None
-        self.source = self.epilogue.source if self.epilogue else None
-        self.hit = self.epilogue.hit if self.epilogue else None
-        self.first_call_s = None
-        self.out_type = (tuple(node.outputs[0].shape), node.outputs[0].dtype.np)
-        self.n_launches = 1 + (1 if self.epilogue else 0)
-
-    def __call__(self, args):
-        out = self.prog.mem.empty(*self.out_type)
-        blas.matmul(args[0], args[1], out, *self.gemm_args)
-        if self.epilogue is not None:
-            for fn, spec in self.epilogue.launches:
-                fn(*[args[i].block.arr if k == "in" else out.block.arr for k, i in spec])
-        return [out]
-
-
-class HostStep:
-    """A node without a CUDA kernel: its inputs copied to the host, the op's NumPy ref, the result copied back."""
-
-    runs = "library"
-    n_launches = 0
-
-    def __init__(self, prog, node, why):
-        self.prog, self.node, self.why = prog, node, why
-        self.label = f"{node.op.name if node.body is None else node.body.name} (host round trip)"
-        if node.body is not None:
-            from ..reference import ref_step
-
-            self.fn = ref_step(node)
-        else:
-            op, attrs, dt = node.op, node.attrs, node.outputs[0].dtype.np
-
-            def fn(arrays):
-                r = op.ref(*arrays, **attrs)
-                return (r if isinstance(r, np.ndarray) and r.dtype == dt else np.asarray(r, dtype=dt),)
-            self.fn = fn
-
-    def __call__(self, args):
-        mem = self.prog.mem
-        host = [mem.to_host(a) for a in args]
-        return [mem.to_device(np.ascontiguousarray(r)) for r in self.fn(host)]
-
-
-class BodyStep:
-    """A fused node the backend has no kernel for, run through its body op by op (each op its own step)."""
-
-    runs = "generated"
-
-    def __init__(self, prog, node, why):
-        self.node, self.why = node, why
-        self.inner = Program(node.body, prog.make_step)
-        self.label = f"{node.body.name} (op by op: {why})"
-        steps = [s for s, *_ in self.inner.plan]
-        srcs = [s.source for s in steps if isinstance(getattr(s, "source", None), str)]
-        self.source = "\n\n".join(srcs) if srcs else None
-        self.hit = all(getattr(s, "hit", True) is not False for s in steps)
-        self.n_launches = sum(getattr(s, "n_launches", 0) for s in steps)
-        self.first_call_s = None
-
-    def __call__(self, args):
-        return self.inner.run(list(args))
-
-
-class CheckedStep:
-    """The last step that can raise an index error, followed by the flag read (see module doc)."""
-
-    def __init__(self, inner, prog):
-        self.inner, self.prog = inner, prog
-        for a in ("runs", "node", "label", "source", "hit", "n_launches"):
-            if hasattr(inner, a):
-                setattr(self, a, getattr(inner, a))
-
-    @property
-    def first_call_s(self):
-        return getattr(self.inner, "first_call_s", None)
-
-    def __call__(self, args):
-        out = self.inner(args)
-        self.prog.raise_if_flagged()
-        return out
 
 
 # ------------------------------------------------------------------------------------------- the program
@@ -388,21 +226,21 @@ class CudaProgram(Program):
             pooled = node.outputs[0]
             k, s = a["pool"][0], a["pool_stride"][0]
             conv_hw = _conv_hw(x.shape, w.shape, a)
-            c = TM.conv_consts(x.shape, w.shape, conv_hw, a)
-            r = TM.conv_pool(name, c, dtype, a["bias"], a["relu"], k, s, pooled.shape[2:])
+            c = window.conv_consts(x.shape, w.shape, conv_hw, a)
+            r = window.conv_pool(name, c, dtype, a["bias"], a["relu"], k, s, pooled.shape[2:])
             return Step(self, node, "conv2d" + ("+bias" if a["bias"] else "") + ("+relu" if a["relu"] else "")
                         + "+max_pool2d (+argmax)", r, [v.type for v in node.outputs])
         if p is Pattern.UNPOOL:
             g = node.inputs[0]
-            r = TM.unpool(name, dtype, node.outputs[0].shape, g.shape[2:], a["pool"][0], a["pool_stride"][0],
+            r = window.unpool(name, dtype, node.outputs[0].shape, g.shape[2:], a["pool"][0], a["pool_stride"][0],
                           a["relu"])
             return Step(self, node, "max_pool2d backward (argmax)" + (" + relu mask" if a["relu"] else ""), r,
                         [v.type for v in node.outputs])
         if p is Pattern.GRAD_WEIGHT_BIAS:
             x, g = node.inputs
             dw = node.outputs[0]
-            c = TM.conv_consts(x.shape, dw.shape, g.shape[2:], a)
-            r = TM.conv_grad_weight(name, c, dtype, weight=True, bias=True)
+            c = window.conv_consts(x.shape, dw.shape, g.shape[2:], a)
+            r = window.conv_grad_weight(name, c, dtype, weight=True, bias=True)
             return Step(self, node, "conv2d_grad_weight+bias", r, [v.type for v in node.outputs])
         if p is Pattern.CONV_POOL_BACKWARD:
             return self._conv_pool_backward(node, name)
@@ -419,15 +257,15 @@ class CudaProgram(Program):
         k, s, relu = a["pool"][0], a["pool_stride"][0], a["relu"]
         conv_hw = _conv_hw(x.shape, w_shape, a)
         dy_shape = (x.shape[0], w_shape[0]) + conv_hw
-        c = TM.conv_consts(x.shape, w_shape, conv_hw, a)
+        c = window.conv_consts(x.shape, w_shape, conv_hw, a)
         gi = 2 if has_dx else 1
         ins = (("in", gi), ("in", gi + 1), ("in", gi + 2))
-        parts = [TM.unpool(f"{name}_unpool", dtype, dy_shape, g.shape[2:], k, s, relu, out_arg=("tmp", 0),
+        parts = [window.unpool(f"{name}_unpool", dtype, dy_shape, g.shape[2:], k, s, relu, out_arg=("tmp", 0),
                            in_args=ins)]
         if has_dx:
-            parts.append(TM.conv_grad_input(f"{name}_dx", c, dtype, g_arg=("tmp", 0), w_arg=("in", 1),
+            parts.append(window.conv_grad_input(f"{name}_dx", c, dtype, g_arg=("tmp", 0), w_arg=("in", 1),
                                             out_arg=("out", 0)))
-        parts.append(TM.conv_grad_weight(f"{name}_dw", c, dtype, weight=True, bias=True, x_arg=("in", 0),
+        parts.append(window.conv_grad_weight(f"{name}_dw", c, dtype, weight=True, bias=True, x_arg=("in", 0),
                                          g_arg=("tmp", 0), dw_arg=("out", 1 if has_dx else 0),
                                          db_arg=("out", 2 if has_dx else 1)))
         r = render.Rendered("\n\n".join(p.source for p in parts), [ln for p in parts for ln in p.launches],
@@ -488,13 +326,13 @@ class CudaProgram(Program):
             if dtype not in (D.float32, D.float64):
                 return self._host(node, f"the CUDA conv kernels compute in float32 or float64, not {dtype.name}")
             if name_ == "conv2d":
-                c = TM.conv_consts(ins[0].shape, ins[1].shape, out.shape[2:], a)
-                return Step(self, node, "conv2d", TM.conv2d(name, c, dtype), [out.type])
+                c = window.conv_consts(ins[0].shape, ins[1].shape, out.shape[2:], a)
+                return Step(self, node, "conv2d", window.conv2d(name, c, dtype), [out.type])
             if name_ == "conv2d_grad_input":
-                c = TM.conv_consts(out.shape, ins[1].shape, ins[0].shape[2:], a)
-                return Step(self, node, "conv2d_grad_input", TM.conv_grad_input(name, c, dtype), [out.type])
-            c = TM.conv_consts(ins[0].shape, out.shape, ins[1].shape[2:], a)
-            return Step(self, node, "conv2d_grad_weight", TM.conv_grad_weight(name, c, dtype, bias=False),
+                c = window.conv_consts(out.shape, ins[1].shape, ins[0].shape[2:], a)
+                return Step(self, node, "conv2d_grad_input", window.conv_grad_input(name, c, dtype), [out.type])
+            c = window.conv_consts(ins[0].shape, out.shape, ins[1].shape[2:], a)
+            return Step(self, node, "conv2d_grad_weight", window.conv_grad_weight(name, c, dtype, bias=False),
                         [out.type])
         if name_ in ("max_pool2d", "max_pool2d_argmax", "max_pool2d_grad", "max_pool2d_grad_argmax", "avg_pool2d",
                      "avg_pool2d_grad"):
@@ -509,7 +347,7 @@ class CudaProgram(Program):
         if name_ == "check_index":
             k = self._check(a.get("error", "index"), a["message"])
             r = TM.check_index(name, ins[0].type.numel, a["low"], a["high"], a.get("ignore"), k)
-            return _PassThrough(Step(self, node, "check_index", r, [], check=(k, 0)))
+            return PassThrough(Step(self, node, "check_index", r, [], check=(k, 0)))
         if name_ == "gather":
             ax = a["axis"]
             k = self._check("index", index_message("gather", ax, ins[0].shape[ax]))
@@ -528,46 +366,29 @@ class CudaProgram(Program):
         op, a, out = node.op.name, node.attrs, node.outputs[0]
         dtype = out.dtype if op != "max_pool2d_argmax" else node.inputs[0].dtype
         if op == "max_pool2d":
-            r = TM.pool_max(name, node.inputs[0].shape, out.shape[2:], a, dtype, value_arg=("out", 0))
+            r = window.pool_max(name, node.inputs[0].shape, out.shape[2:], a, dtype, value_arg=("out", 0))
         elif op == "max_pool2d_argmax":
-            r = TM.pool_max(name, node.inputs[0].shape, out.shape[2:], a, dtype, idx_arg=("out", 0),
+            r = window.pool_max(name, node.inputs[0].shape, out.shape[2:], a, dtype, idx_arg=("out", 0),
                             idx_type="np.uint8")
         elif op == "max_pool2d_grad":  # (x, g): the argmax of each window of x, then g routed to it
             x, g = node.inputs
-            first = TM.pool_max(name + "_argmax", x.shape, g.shape[2:], a, dtype, idx_arg=("tmp", 0))
-            second = TM.pool_grad_from_argmax(name, x.shape, g.shape[2:], a, dtype, ("in", 1), ("tmp", 0),
+            first = window.pool_max(name + "_argmax", x.shape, g.shape[2:], a, dtype, idx_arg=("tmp", 0))
+            second = window.pool_grad_from_argmax(name, x.shape, g.shape[2:], a, dtype, ("in", 1), ("tmp", 0),
                                               ("out", 0))
             r = render.Rendered(first.source + "\n\n" + second.source, first.launches + second.launches,
                                 [(g.type.numel, D.int64)])
         elif op == "max_pool2d_grad_argmax":  # (g, idx)
             g = node.inputs[0]
-            r = TM.pool_grad_from_argmax(name, out.shape, g.shape[2:], a, dtype, ("in", 0), ("in", 1), ("out", 0))
+            r = window.pool_grad_from_argmax(name, out.shape, g.shape[2:], a, dtype, ("in", 0), ("in", 1), ("out", 0))
         elif op == "avg_pool2d":
-            r = TM.avg_pool(name, node.inputs[0].shape, out.shape[2:], a, dtype)
+            r = window.avg_pool(name, node.inputs[0].shape, out.shape[2:], a, dtype)
         else:  # avg_pool2d_grad (g)
-            r = TM.avg_pool_grad(name, out.shape, node.inputs[0].shape[2:], a, dtype)
+            r = window.avg_pool_grad(name, out.shape, node.inputs[0].shape[2:], a, dtype)
         return Step(self, node, op, r, [out.type])
 
     def _check(self, error: str, message: str) -> int:
         self.checks.append((error, message))
         return len(self.checks) - 1
-
-
-class _PassThrough:
-    """check_index: runs its check kernel and returns the index itself."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        for a in ("runs", "node", "label", "source", "hit", "n_launches"):
-            setattr(self, a, getattr(inner, a))
-
-    @property
-    def first_call_s(self):
-        return self.inner.first_call_s
-
-    def __call__(self, args):
-        self.inner(args)
-        return [args[0]]
 
 
 def _is_gemm(n: Node, v: Value) -> bool:
@@ -593,53 +414,3 @@ def compile_graph(graph: Graph, backend, dumper=None, timings=None) -> CudaProgr
     if timings is not None:
         timings["render+load"] = time.perf_counter() - t0
     return prog
-
-
-# ------------------------------------------------------------------------------------------- eager ops
-
-EAGER_ON_DEVICE = {name for name, op in OPS.items() if op.kind is Kind.ELEMENTWISE} | {
-    "sum", "amax", "argmax", "reshape", "permute", "expand", "slice", "pad", "cat", "matmul", "conv2d",
-    "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad"}
-
-
-def _freeze(v):
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    if isinstance(v, float) and v != v:
-        return "nan"
-    return v
-
-
-class Eager:
-    """One op at a time on device buffers, through the same kernels (one small program per op, attrs and
-    shapes; cached)."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.steps: dict = {}
-
-    def run(self, op, buffers, attrs, out_type):
-        if op.name not in EAGER_ON_DEVICE or any(not isinstance(b, CudaBuffer) for b in buffers) or \
-                out_type.dtype not in DTYPES or any(D.from_numpy(b.dtype) not in DTYPES for b in buffers):
-            return None
-        key = (op.name, _freeze(attrs), tuple((b.shape, b.dtype.str) for b in buffers))
-        prog = self.steps.get(key)
-        if prog is None:
-            ins = [Value(TensorType(b.shape, D.from_numpy(b.dtype))) for b in buffers]
-            out = Value(out_type)
-            g = Graph(f"eager_{op.name}", ins, [Node(op, tuple(ins), dict(attrs), (out,))], [out], {}, [None])
-            prog = self.steps[key] = CudaProgram(g, self.backend)
-            if prog.fallbacks:
-                prog = self.steps[key] = False
-        if prog is False:
-            return None
-        (r,) = prog.run(list(buffers))
-        if any(r.block is b.block for b in buffers):  # a view: eager results never share an input's storage
-            copy = self.backend.mem.empty(r.shape, r.dtype)
-            if r.size:
-                copy.data.copy_to_device(r.data)
-            r = copy
-        return r
-
