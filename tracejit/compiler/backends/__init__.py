@@ -5,6 +5,8 @@
     synchronize()                        describe() -> dict (what runs: device, threads, BLAS, ...)
     supports(pattern, attrs) -> True | reason   (fusion passes ask this instead of hard-coding one backend's limits)
     run_eager(op, buffers, attrs, out_type) -> buffer        (how an eager op runs on the backend's device)
+    view(buffer, shape, np_dtype) -> buffer   (the runtime arena's typed views of its raw byte buffers)
+    copied_out(value, arena buffers) -> value or a copy   (optional: device buffers, which NumPy cannot compare)
 
 A backend's buffers live on its `device`. The CPU's are plain NumPy arrays; another backend's are whatever it
 chooses, and nothing outside it looks inside them: tensors read values through `to_host` (tracejit/device.py).

@@ -99,6 +99,23 @@ def test_three_compiled_adam_steps_on_cuda_equal_the_cpu(what):
     # about one launch per node: views launch nothing, the conv backward three (unpool, dx, dw+db)
     extra = 2 * sum(n.pattern is Pattern.CONV_POOL_BACKWARD for n in nodes)
     assert v.program.launches_per_call() <= len(nodes) + extra
+    # intermediates live in the runtime's arena, on the GPU, as the CPU backend's do
+    assert v.program.memory()["arena_values"] > 0
+    assert all(isinstance(b, CudaBuffer) for b in v.program._arenas[0][-1])
+
+
+def test_the_runtime_arena_holds_intermediates_and_returned_views_leave_as_copies(rng):
+    # the GEMM's result is an intermediate (in the arena); the returned reshape of it is a view that must be
+    # copied out, or the next call would overwrite the first call's result
+    f = tj.compile(lambda a, b: ((a @ b).reshape(-1), (a @ b).sum()))
+    a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    first, _ = f(tj.from_numpy(a).to("cuda"), tj.from_numpy(b).to("cuda"))
+    second, _ = f(tj.from_numpy(-a).to("cuda"), tj.from_numpy(b).to("cuda"))
+    np.testing.assert_allclose(host(first), (a @ b).reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(host(second), -(a @ b).reshape(-1), rtol=1e-5)
+    prog = f.latest().program
+    assert prog.memory()["arena_values"] >= 1 and any(prog.arena.escapes)
+    assert first._box.value.block.base is None  # a pool buffer of its own, not an arena view
 
 
 def test_a_step_moves_only_cpu_scalars_between_host_and_device(monkeypatch):

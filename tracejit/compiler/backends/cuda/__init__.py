@@ -73,6 +73,15 @@ class CudaBackend(Backend):
     def alloc(self, shape, dtype):
         return self.mem.empty(shape, dtype.np)
 
+    def view(self, buffer, shape, np_dtype):
+        return self.mem.view(buffer, shape, np_dtype)
+
+    def copied_out(self, value, buffers):
+        """`value` itself, or a copy when it is a view of one of the runtime arena's `buffers` (a returned value
+        must not share memory with the arena, which the next call overwrites)."""
+        base = value.block.base
+        return self.mem.copy(value) if base is not None and any(base is b.block for b in buffers) else value
+
     def to_device(self, array: np.ndarray):
         return self.mem.to_device(array)
 

@@ -24,12 +24,13 @@ POOL_BYTES = 1 << 30  # most bytes the pool keeps cached; beyond this freed arra
 
 
 class Block:
-    """One device array of `n` elements, owned by the buffers that view it."""
+    """One device array of `n` elements, owned by the buffers that view it; `base` is the block whose memory
+    it reinterprets (the runtime arena's typed views of its raw byte buffers), kept alive by it."""
 
-    __slots__ = ("arr", "__weakref__")
+    __slots__ = ("arr", "base", "__weakref__")
 
-    def __init__(self, arr):
-        self.arr = arr
+    def __init__(self, arr, base=None):
+        self.arr, self.base = arr, base
 
 
 class CudaBuffer:
@@ -132,6 +133,19 @@ class Memory:
         if buf.size:
             buf.data.copy_to_device(np.ascontiguousarray(array).reshape(-1))
         return buf
+
+    def view(self, buf: CudaBuffer, shape, np_dtype) -> CudaBuffer:
+        """The start of `buf` (raw bytes: one of the runtime arena's buffers) seen as `shape` and `np_dtype`."""
+        shape, np_dtype = tuple(int(s) for s in shape), np.dtype(np_dtype)
+        n = math.prod(shape) * np_dtype.itemsize
+        return CudaBuffer(Block(buf.block.arr[:n].view(np_dtype), buf.block), shape, np_dtype)
+
+    def copy(self, buf: CudaBuffer) -> CudaBuffer:
+        """A new buffer with `buf`'s values (a device-to-device copy)."""
+        out = self.empty(buf.shape, buf.dtype)
+        if buf.size:
+            out.data.copy_to_device(buf.data)
+        return out
 
     def to_host(self, buf: CudaBuffer) -> np.ndarray:
         if not isinstance(buf, CudaBuffer):

@@ -66,7 +66,8 @@ class CudaProgram(Program):
         self._lazy_t = self._lazy_transposes(graph)
         last = [n for n in graph.nodes if n.body is None and n.op.name in RAISES]
         self._last_raise = last[-1] if last else None
-        super().__init__(graph, self.make_step, synchronize=self.sync)
+        # intermediates live in the runtime's arena (backend.alloc + backend.view), as on the CPU
+        super().__init__(graph, self.make_step, synchronize=self.sync, backend=backend)
         if self.checks:
             self.flags = self.mem.to_device(np.full(len(self.checks), np.iinfo(np.int64).max, np.int64))
         self.updates_in_place = self.tracks_ownership = any(getattr(s, "inplace", ()) for s, *_ in self.plan)
@@ -85,6 +86,13 @@ class CudaProgram(Program):
                 self.owned.clear()
                 self.owned.update((id(a.block), a.block) for a in outs if counts[id(a.block)] == 1)
             return outs
+
+    def _unshared(self, inputs: list) -> list:
+        """`inputs` with the ones a run updates in place copied (profiling writes no user state)."""
+        if not self.updates_in_place:
+            return list(inputs)
+        targets = {ins[ii] for step, ins, *_ in self.plan for _, ii in getattr(step, "inplace", ())}
+        return [self.mem.copy(a) if i in targets else a for i, a in enumerate(inputs)]
 
     def raise_if_flagged(self) -> None:
         if self.flags is None:

@@ -1,7 +1,8 @@
 """The CUDA program's steps: what one node of a compiled graph does when the program runs.
 
-    Step          launches rendered kernels (render.py, templates.py) on the step's buffers, writing fresh outputs
-                  from the pool (or, for the optimizer's owned state, the input buffers themselves)
+    Step          launches rendered kernels (render.py, templates.py) on the step's buffers, writing its outputs
+                  into the runtime arena's views (intermediates), fresh pool buffers (returned values) or, for
+                  the optimizer's owned state, the input buffers themselves
     ViewStep      reshape, and a transpose only GEMMs read: no kernel, the input's storage seen anew
     GemmStep      matmul / linear through cuBLAS (CuPy), the bias+ReLU epilogue as a following kernel
     HostStep      a node the kernels cannot take: host copies, the op's NumPy ref, copied back
@@ -27,6 +28,7 @@ class Step:
     ('out', j), ('tmp', t), ('flags', None)."""
 
     runs = "generated"
+    writes_into = True  # called as step(args, given): results go into the runtime arena's views where given
 
     def __init__(self, prog, node, label, rendered, out_types, inplace=(), check=None):
         self.prog, self.node, self.label = prog, node, label
@@ -48,9 +50,9 @@ class Step:
                     self.launches.append((fns[ln.fn][ln.blocks, ln.threads], tuple(ln.args)))
         self.n_launches = len(self.launches)
 
-    def __call__(self, args):
+    def __call__(self, args, given=()):
         mem = self.prog.mem
-        outs = [None] * len(self.out_types)
+        outs = list(given) if given else [None] * len(self.out_types)
         for oi, ii in self.inplace:
             a = args[ii]
             if self.prog.owned.get(id(a.block)) is a.block:
@@ -84,6 +86,7 @@ class ViewStep:
 
     runs = "library"
     n_launches = 0
+    aliases = {0: (0,)}  # (the runtime arena: the result is a view of the input)
 
     def __init__(self, node, label, shape=None):
         self.node, self.label, self.shape = node, label, shape
@@ -97,6 +100,7 @@ class GemmStep:
     """matmul / linear through cuBLAS (CuPy) with the bias+relu epilogue as a following kernel."""
 
     runs = "library"
+    writes_into = True
 
     def __init__(self, prog, node, label, gemm_args, epilogue):
         self.prog, self.node, self.label = prog, node, label
@@ -108,8 +112,8 @@ class GemmStep:
         self.out_type = (tuple(node.outputs[0].shape), node.outputs[0].dtype.np)
         self.n_launches = 1 + (1 if self.epilogue else 0)
 
-    def __call__(self, args):
-        out = self.prog.mem.empty(*self.out_type)
+    def __call__(self, args, given=()):
+        out = given[0] if given and given[0] is not None else self.prog.mem.empty(*self.out_type)
         blas.matmul(args[0], args[1], out, *self.gemm_args)
         if self.epilogue is not None:
             for fn, spec in self.epilogue.launches:
@@ -122,6 +126,7 @@ class HostStep:
 
     runs = "library"
     n_launches = 0
+    aliases: dict = {}  # fresh buffers
 
     def __init__(self, prog, node, why):
         self.prog, self.node, self.why = prog, node, why
@@ -151,7 +156,7 @@ class BodyStep:
 
     def __init__(self, prog, node, why):
         self.node, self.why = node, why
-        self.inner = Program(node.body, prog.make_step)
+        self.inner = Program(node.body, prog.make_step, backend=prog.backend)  # its own arena, on the GPU
         self.label = f"{node.body.name} (op by op: {why})"
         steps = [s for s, *_ in self.inner.plan]
         srcs = [s.source for s in steps if isinstance(getattr(s, "source", None), str)]
@@ -169,7 +174,7 @@ class CheckedStep:
 
     def __init__(self, inner, prog):
         self.inner, self.prog = inner, prog
-        for a in ("runs", "node", "label", "source", "hit", "n_launches"):
+        for a in ("runs", "node", "label", "source", "hit", "n_launches", "writes_into", "aliases"):
             if hasattr(inner, a):
                 setattr(self, a, getattr(inner, a))
 
@@ -177,14 +182,16 @@ class CheckedStep:
     def first_call_s(self):
         return getattr(self.inner, "first_call_s", None)
 
-    def __call__(self, args):
-        out = self.inner(args)
+    def __call__(self, args, given=()):
+        out = self.inner(args, given) if given else self.inner(args)
         self.prog.raise_if_flagged()
         return out
 
 
 class PassThrough:
     """check_index: runs its check kernel and returns the index itself."""
+
+    aliases = {0: (0,)}  # the index itself
 
     def __init__(self, inner):
         self.inner = inner
