@@ -12,11 +12,12 @@ import tracejit as tj
 import tracejit.nn.functional as F
 from tracejit import scalar as S
 from tracejit.compiler.backends import get_backend
+from tracejit.compiler.backends.cuda import blas
 from tracejit.compiler.ir import FusedKind, Pattern
 from tracejit.dispatch import apply
 from tracejit.ops import OPS, Kind
 
-from .conftest import host, on_cuda
+from .conftest import SIM, host, on_cuda
 
 
 def _compare(fn, *arrays, rtol=1e-5, atol=1e-6, expect_host=()):
@@ -154,8 +155,33 @@ def test_softmax_log_softmax_cross_entropy_forward_and_backward(path, limits, rn
 # ------------------------------------------------------------------------------------------- GEMM
 
 
-@pytest.mark.parametrize("path", ["simple", "tiled"])
-def test_gemm_plain_transposed_batched_and_linear(path, limits, rng):
+class FakeCupy:
+    """CuPy's asarray / matmul over the simulator's device arrays (NumPy arrays underneath, memory shared): the
+    cuBLAS path's wiring -- operands handed over zero-copy, transposed reads, the bias+ReLU epilogue kernel after
+    the GEMM, results written into the runtime arena -- checked without a GPU."""
+
+    __version__ = "(simulated)"
+    calls = 0
+
+    @staticmethod
+    def asarray(a):
+        return a._ary  # the simulator's FakeCUDAArray: the very memory, no copy
+
+    @classmethod
+    def matmul(cls, a, b, out):
+        cls.calls += 1
+        np.matmul(a, b, out=out)
+
+
+@pytest.mark.parametrize("path", ["simple", "tiled", "cublas"])
+def test_gemm_plain_transposed_batched_and_linear(path, limits, rng, monkeypatch):
+    if path == "cublas":
+        if SIM:
+            monkeypatch.setattr(blas, "_state", {"cupy": FakeCupy, "why": None})
+        elif blas._cupy() is None:
+            pytest.skip("CuPy is not installed next to this GPU")
+    else:
+        monkeypatch.setattr(blas, "_state", {"cupy": None, "why": "tracejit's GEMM asked for by the test"})
     if path == "tiled":
         limits.gemm_simple_max = 0
         limits.tile, limits.reg, limits.bk = 2, 2, 3  # several tiles, partial tiles and k steps on tiny shapes
@@ -172,6 +198,11 @@ def test_gemm_plain_transposed_batched_and_linear(path, limits, rng):
 
     v = _compare(f, a, b, w, bias, p, q, c, rtol=1e-5, atol=1e-5)
     labels = _labels(v)
+    if path == "cublas":  # every GEMM through the library, the linear layers' bias (+relu) in a following kernel
+        assert sum("cuBLAS GEMM" in lb for lb in labels) == 6, labels
+        assert "cuBLAS through CuPy" in v.program.describe()
+        assert not SIM or FakeCupy.calls >= 6
+        return
     assert any("transposed operand read in place" in lb for lb in labels), labels
     assert any(n.pattern is Pattern.LINEAR for n in v.graph.nodes)
     assert "transpose (read in place by the GEMM)" in labels
