@@ -265,6 +265,15 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
 ]}
 
 
+def _synchronized(run):
+    def run_and_wait():
+        out = run()
+        tj.cuda.synchronize()
+        return out
+
+    return run_and_wait
+
+
 def build_tracejit(workload: Workload, cfg: dict, arrays: dict, mode: str) -> Built:
     """One tracejit mode of `workload`: 'eager' or a compile backend ('reference', 'cpu', 'cuda')."""
     if mode not in TRACEJIT_MODES:
@@ -273,5 +282,7 @@ def build_tracejit(workload: Workload, cfg: dict, arrays: dict, mode: str) -> Bu
         # as a PyTorch user's GPU code: the model, its state and the data live on the GPU (made there), and the
         # compiled step follows them (only what the user reads comes back)
         with tj.device("cuda"):
-            return workload.build(cfg, arrays, None)
+            built = workload.build(cfg, arrays, None)
+        # kernels run asynchronously: a timed call ends when the GPU has finished it
+        return Built(_synchronized(built.run), built.value)
     return workload.build(cfg, arrays, None if mode == "eager" else mode)
