@@ -162,3 +162,24 @@ def test_generated_kernels_come_from_the_disk_cache_in_a_second_process(tmp_path
     n, hits = map(int, stats[0])
     assert n >= 2 and hits == 0
     assert list(map(int, stats[1])) == [n, n]
+
+
+def test_the_report_page_shows_cuda_kernels_and_launches(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import tracejit as tj, tracejit.nn as nn, tracejit.nn.functional as F\n"
+        "model = nn.Linear(4, 3).to('cuda')\n"
+        "opt = tj.optim.SGD(model.parameters(), lr=0.1)\n"
+        "@tj.compile\n"
+        "def train_step(x, y):\n"
+        "    opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); return loss\n"
+        "x, y = tj.randn(2, 4).to('cuda'), tj.tensor([0, 2]).to('cuda')\n"
+        "for _ in range(2):\n"
+        "    train_step(x, y)\n")
+    out = tmp_path / "r.html"
+    proc = subprocess.run([sys.executable, "-m", "tracejit", "report", "--repeat", "1", str(script), "-o", str(out)],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    page = out.read_text()
+    assert "backend <code>cuda</code> on cuda:0" in page
+    assert "CUDA kernel launches per call" in page and "@cuda.jit(cache=True)" in page
