@@ -75,5 +75,41 @@ def empty_cache() -> None:
         backend_for_device(storage_device("cuda")).empty_cache()
 
 
+class _NoPool:
+    in_use = peak = cached = 0
+
+
+def _pool():
+    """The CUDA backend's memory pool; without CUDA one that holds nothing (PyTorch's statistics are 0 then)."""
+    if not is_available():
+        return _NoPool
+    from .compiler.backends import backend_for_device
+
+    return backend_for_device(storage_device("cuda")).mem.pool
+
+
+def memory_allocated(device=None) -> int:
+    """Bytes of device memory held by live tensors and compiled functions' arenas (torch.cuda.memory_allocated)."""
+    return _pool().in_use
+
+
+def max_memory_allocated(device=None) -> int:
+    """The most `memory_allocated` has been since the start or `reset_peak_memory_stats()`."""
+    return _pool().peak
+
+
+def memory_reserved(device=None) -> int:
+    """memory_allocated plus the freed blocks cached for reuse (`empty_cache()` returns those)."""
+    pool = _pool()
+    return pool.in_use + pool.cached
+
+
+def reset_peak_memory_stats(device=None) -> None:
+    pool = _pool()
+    if pool is not _NoPool:
+        with pool.lock:
+            pool.peak = pool.in_use
+
+
 def is_bf16_supported(including_emulation: bool = True) -> bool:
     return False

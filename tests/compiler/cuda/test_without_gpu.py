@@ -17,6 +17,7 @@ import sys
 import tracejit, tracejit.nn as nn
 assert tracejit.cuda.is_available() is False and tracejit.cuda.device_count() == 0
 assert 'numba' not in sys.modules, 'is_available() imported numba'
+assert tracejit.cuda.memory_allocated() == tracejit.cuda.memory_reserved() == 0  # as PyTorch without CUDA
 for make in (lambda: tracejit.ones(2).to("cuda"), lambda: tracejit.zeros(2, device="cuda"),
              lambda: nn.Linear(2, 2).cuda(), lambda: tracejit.compile(lambda x: x, backend="cuda")):
     try:

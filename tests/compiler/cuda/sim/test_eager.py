@@ -30,6 +30,18 @@ def test_tracejit_cuda_answers():
     assert tj.cuda.is_initialized()
 
 
+def test_memory_statistics_count_live_tensors_and_the_cache():
+    tj.cuda.empty_cache()
+    base = tj.cuda.memory_allocated()
+    x = tj.zeros(1000, device="cuda")  # float32: 4000 bytes
+    assert tj.cuda.memory_allocated() == base + 4000 and tj.cuda.max_memory_allocated() >= base + 4000
+    del x
+    assert tj.cuda.memory_allocated() == base and tj.cuda.memory_reserved() >= base + 4000  # cached for reuse
+    tj.cuda.empty_cache()
+    tj.cuda.reset_peak_memory_stats()
+    assert tj.cuda.memory_reserved() == tj.cuda.max_memory_allocated() == base
+
+
 def test_tensors_move_to_cuda_and_read_through_host_copies():
     x = tj.tensor([[1.0, -2.0], [3.0, 4.5]])
     for y in (x.to("cuda"), x.cuda(), x.to(CUDA), x.to("cuda:0"), x.to(tj.device("cuda"))):

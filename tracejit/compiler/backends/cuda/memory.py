@@ -81,6 +81,7 @@ class Pool:
         self.cuda = cuda
         self.free: dict[tuple, list] = {}
         self.cached = 0
+        self.in_use = self.peak = 0  # bytes of blocks alive (tensors, arenas), and the most since reset
         self.lock = threading.Lock()
         self.allocs = self.reuses = 0
 
@@ -99,12 +100,17 @@ class Pool:
             self.allocs += 1
         b = Block(arr)
         if n:
-            f = weakref.finalize(b, self._release, key, arr, n * dtype.itemsize)
+            nbytes = n * dtype.itemsize
+            with self.lock:
+                self.in_use += nbytes
+                self.peak = max(self.peak, self.in_use)
+            f = weakref.finalize(b, self._release, key, arr, nbytes)
             f.atexit = False
         return b
 
     def _release(self, key, arr, nbytes) -> None:
         with self.lock:
+            self.in_use -= nbytes
             if self.cached + nbytes > POOL_BYTES:
                 return  # dropped: numba frees it
             self.free.setdefault(key, []).append(arr)
