@@ -15,7 +15,9 @@
 `CudaBackend` (below) is the backend object. Making it raises BackendUnavailable, with the reason and how to
 check, where CUDA cannot run (no numba-cuda, no driver, no GPU); under NUMBA_ENABLE_CUDASIM=1 it runs in Numba's
 simulator. Parameters, gradients, optimizer state and BatchNorm statistics of a model moved with `.to("cuda")`
-stay on the GPU between compiled calls: only arguments come in and only what the user reads goes out.
+stay on the GPU between compiled calls: only arguments come in and only what the user reads goes out. A compiled
+step's intermediates live in the runtime's arena (compiler/runtime.py), as the CPU backend's do: `alloc` gives it
+raw device bytes, `view` the typed buffers its steps write into, `copied_out` copies a returned view of it.
 """
 
 from __future__ import annotations
