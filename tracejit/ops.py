@@ -278,7 +278,7 @@ def _sum_grad(c, g):
 
 SUM = _op("sum", Kind.REDUCE, _sum_infer,
           lambda x, axes, keepdim: np.sum(x, axis=axes, keepdims=keepdim,
-                                          dtype=np.int64 if x.dtype.kind in "bi" else x.dtype),
+                                          dtype=np.int64 if x.dtype.kind in "biu" else x.dtype),
           _sum_grad)
 
 
