@@ -48,7 +48,6 @@ float = float32  # noqa: A001
 double = float64
 half = float16
 long = int64
-byte = uint8
 from ._version import __version__
 
 
