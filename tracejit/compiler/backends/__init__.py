@@ -45,6 +45,9 @@ class Backend:
 
     # the passes may compute float sums in another order than eager code for this backend (combine_pieces)
     reorders_sums = True
+    # the kernel.lower extensions its loop kernels render ("strided", "rows"): the passes form the groups that
+    # need them (combine_pieces and views in fuse_elementwise: strided; fuse_rows: rows) only for such a backend
+    loop_features: frozenset = frozenset()
 
     def supports(self, pattern, attrs) -> bool | str:
         """True when this backend has a kernel for the fused-node `pattern` with `attrs`; else the reason it

@@ -46,6 +46,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
     reorders_sums = False  # the oracle: eager's summation order
+    loop_features = frozenset({"strided", "rows"})  # it runs any fused body op by op
     scalar_spelling = None  # no generated code: each op runs its `ref`
 
     def compile(self, graph: Graph, dumper=None, timings=None) -> Program:

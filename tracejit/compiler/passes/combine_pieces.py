@@ -342,6 +342,8 @@ def _sum_through_permute(ix: _Index, n: Node) -> list | None:
 
 
 def combine_pieces(g: Graph) -> Graph:
+    if not context.has_loop_feature("strided"):
+        return g  # its cats and sliced pieces pay only where kernels read and store slices in place
     pushed = 0
     for _ in range(16):  # each sweep moves slices one op further up
         g, count = push_slices(g)

@@ -54,3 +54,9 @@ def reorders_sums() -> bool:
     steps for a sum of per-step GEMMs)? Yes with no target; a backend that is an exact oracle says no."""
     t = _TARGET.get()
     return t is None or bool(getattr(t, "reorders_sums", True))
+
+
+def has_loop_feature(name: str) -> bool:
+    """Does the target's loop kernel lowering render extension `name` ("strided", "rows")? Yes with no target."""
+    t = _TARGET.get()
+    return t is None or name in getattr(t, "loop_features", ())

@@ -16,9 +16,11 @@ import math
 
 from ...ops import Kind
 from ..ir import FusedKind, Graph, Node, fused
+from . import context
 
 REDUCTIONS = ("sum", "amax")
 VIEWS = ("reshape", "expand", "slice", "permute")
+PLAIN_VIEWS = ("reshape", "expand")  # for a target without strided loads
 
 
 def _is_ew(n: Node) -> bool:
@@ -128,7 +130,10 @@ def fuse_elementwise(g: Graph) -> Graph:
         if _is_red(n):
             target.reductions.add(n.outputs[0].id)
 
-    _absorb_cats(nodes, producer, consumers, group_of, notes, legal)
+    strided = context.has_loop_feature("strided")
+    if strided:
+        _absorb_cats(nodes, producer, consumers, group_of, notes, legal)
+    views = VIEWS if strided else PLAIN_VIEWS
 
     # emit: each group at the position of its last member
     emit_at = {grp.last: grp for grp in groups}
@@ -137,7 +142,7 @@ def fuse_elementwise(g: Graph) -> Graph:
         if i in group_of:
             grp = emit_at.get(i)
             if grp is not None:
-                new_nodes.append(_build(grp, nodes, producer, consumers, out_ids))
+                new_nodes.append(_build(grp, nodes, producer, consumers, out_ids, views))
             continue
         new_nodes.append(n)
     result = g.replace(nodes=_merge_small_neighbours(new_nodes, notes))
@@ -203,7 +208,7 @@ def _absorb_cats(nodes, producer, consumers, group_of, notes, legal) -> None:
         group_of[i] = grp
 
 
-def _build(grp: _Group, nodes, producer, consumers, out_ids) -> Node:
+def _build(grp: _Group, nodes, producer, consumers, out_ids, views=VIEWS) -> Node:
     members = sorted(set(grp.members))
     mset = set(members)
     body_nodes: list[Node] = []
@@ -217,7 +222,7 @@ def _build(grp: _Group, nodes, producer, consumers, out_ids) -> Node:
         if p is not None and p in mset:
             return
         if p is not None and nodes[p].body is None and (nodes[p].op.name == "full" or (
-                nodes[p].op.name in VIEWS and _view_ok(nodes, producer, p, mset))):
+                nodes[p].op.name in views and _view_ok(nodes, producer, p, mset, views))):
             if p not in copied:
                 for u in nodes[p].inputs:
                     pull(u)
@@ -242,7 +247,7 @@ def _build(grp: _Group, nodes, producer, consumers, out_ids) -> Node:
     return fused(kind, body_inputs, outputs, body)
 
 
-def _view_ok(nodes, producer, p, mset) -> bool:
+def _view_ok(nodes, producer, p, mset, views=VIEWS) -> bool:
     """A reshape/expand chain rooted at a non-member (or a constant) can be re-done inside a kernel;
     one rooted at a member's value cannot (a kernel computes each value at one index only)."""
     q = producer.get(nodes[p].inputs[0].id) if nodes[p].inputs else None
@@ -251,6 +256,6 @@ def _view_ok(nodes, producer, p, mset) -> bool:
     if q in mset:
         return False
     src = nodes[q]
-    if src.body is None and src.op.name in VIEWS:
-        return _view_ok(nodes, producer, q, mset)
+    if src.body is None and src.op.name in views:
+        return _view_ok(nodes, producer, q, mset, views)
     return True

@@ -15,6 +15,7 @@ value of the earlier one (order stays topological); values read outside stay out
 from __future__ import annotations
 
 from ..ir import FusedKind, Graph, Node, fused
+from . import context
 
 REDUCTIONS = ("sum", "amax")
 VIEWS = ("reshape", "expand", "full")
@@ -93,6 +94,8 @@ def _fits(nodes, space: tuple, rows: int) -> bool:
 
 
 def fuse_rows(g: Graph) -> Graph:
+    if not context.has_loop_feature("rows"):
+        return g  # the target's loop kernels do not loop over a row twice
     nodes = g.nodes
     out_ids = {v.id for v in g.outputs}
     consumers: dict[int, list[int]] = {}

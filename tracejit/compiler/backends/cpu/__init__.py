@@ -18,6 +18,7 @@
 """
 
 from .. import Backend, numba_cache
+from .capabilities import LOOP_FEATURES
 from .capabilities import supports as _supports
 from .spelling import SPELLING
 
@@ -29,6 +30,7 @@ class CpuBackend(Backend):
 
     name = "cpu"
     scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
+    loop_features = LOOP_FEATURES  # strided loads / cat stores and row kernels (render.py)
 
     def compile(self, graph, dumper=None, timings=None):
         from .program import compile_graph
