@@ -1,0 +1,84 @@
+"""Data parallelism across real processes: the scripts in scripts/ run under `mpiexec -n N python -m mpi4py` (the
+MPI the `dev` extra installs: mpi4py and the mpich wheel), 2 ranks and once 3, one thread each. Every rank prints
+`OK <rank> <check>` per check passed; a failed check raises, which aborts the job with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+JOB_TIMEOUT_S = 300  # MPIEXEC_TIMEOUT: a job that hangs is ended by the launcher, and the test fails
+
+
+def mpiexec() -> str:
+    beside = Path(sys.executable).parent / "mpiexec"  # the mpich wheel installs it into the environment
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    assert found, "mpiexec not found: pip install -e '.[dev]' brings mpi4py and the mpich wheel"
+    return found
+
+
+def run_job(script: str, n: int, *args: str, module: bool = True, timeout: int = JOB_TIMEOUT_S,
+            tmp_path=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MPIEXEC_TIMEOUT": str(timeout), "TRACEJIT_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    cmd = [mpiexec(), "-n", str(n), sys.executable] + (["-m", "mpi4py"] if module else []) + \
+          [str(SCRIPTS / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, env=env,
+                          cwd=tmp_path or ROOT)
+
+
+def oks(out: str, n: int) -> dict:
+    """check -> set of ranks that printed OK for it."""
+    found: dict = {}
+    for rank, what in re.findall(r"OK (\d+) (.+?)(?=OK \d+ |\n|$)", out):
+        found.setdefault(what, set()).add(int(rank))
+    return found
+
+
+def assert_ok(p: subprocess.CompletedProcess, n: int, checks: list) -> None:
+    assert p.returncode == 0, f"job failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    found = oks(p.stdout, n)
+    for c in checks + ["done"]:
+        assert found.get(c) == set(range(n)), f"{c}: ranks {found.get(c)} of {n}\n{p.stdout[-3000:]}"
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_collectives(n):
+    p = run_job("collectives.py", n)
+    assert_ok(p, n, ["all_reduce every op and dtype", "broadcast, all_gather, barrier", "compiled collectives",
+                     "DistributedSampler shards"])
+
+
+def test_data_parallel_training_equals_single_process(tmp_path):
+    p = run_job("ddp_train.py", 2, str(tmp_path / "ckpt.safetensors"), tmp_path=tmp_path)
+    assert_ok(p, 2, ["lenet compiled", "lenet ir", "lenet eager", "mlp compiled", "mlp eager", "uneven last batches",
+                     "no_sync accumulation and parameters without gradients", "checkpoint by rank 0"])
+    assert (tmp_path / "ckpt.safetensors").exists()
+    assert not [f for f in os.listdir(tmp_path) if f != "ckpt.safetensors"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("module", [True, False], ids=["python -m mpi4py", "plain python"])
+def test_a_rank_that_raises_ends_the_job_with_its_error(module):
+    # without -m mpi4py tracejit's own excepthook aborts the job (a process group of several ranks exists)
+    p = run_job("failures.py", 2, "raise", module=module, timeout=60)
+    assert p.returncode != 0
+    assert "ValueError: rank 1 fails on purpose" in p.stderr
+    assert "finished" not in p.stdout
+    assert "MPIEXEC_TIMEOUT" not in p.stderr and "timeout" not in p.stderr.lower()  # aborted, not timed out
+
+
+def test_a_collective_whose_peer_never_arrives_times_out_naming_it():
+    p = run_job("failures.py", 3, "timeout", timeout=60)
+    assert p.returncode != 0
+    assert "DistTimeoutError: all_reduce #2 (float32[4], sum) timed out on rank" in p.stderr, p.stderr[-3000:]
+    assert "rank 2 never arrived" in p.stderr
+    assert "failures.py:23" in p.stderr  # the user's line
+    assert "finished" not in p.stdout

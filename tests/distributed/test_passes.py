@@ -1,0 +1,190 @@
+"""The pass rules for collectives, IR text in -> pass -> IR text out: dce keeps them, cse never merges two,
+fusion never groups across one, and overlap_collectives splits all_reduce into a start placed as early as its input
+is complete and a wait placed behind everything that does not need the result -- keeping the collectives' order.
+Graphs run on the reference backend in a world of one rank (values equal before and after each pass)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from tracejit.compiler.backends.reference import run_graph
+from tracejit.compiler.ir import parse_graph, print_graph, verify
+from tracejit.compiler.passes import PIPELINE, run_pipeline
+from tracejit.compiler.passes.cse import cse
+from tracejit.compiler.passes.dce import dce
+from tracejit.compiler.passes.fuse_elementwise import fuse_elementwise
+from tracejit.compiler.passes.overlap_collectives import overlap_collectives
+from tracejit.distributed.group import single_process
+
+
+def ir(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+def run(g, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(v.shape).astype(v.dtype.np) for v in g.inputs]
+    with single_process():
+        return run_graph(g, arrays)
+
+
+def check(pass_, before: str, after: str):
+    g = verify(parse_graph(ir(before)))
+    out = verify(pass_(g))
+    assert print_graph(out) == ir(after)
+    assert print_graph(parse_graph(print_graph(out))) == ir(after)  # the text form parses back
+    for w, r in zip(run(g), run(out)):
+        np.testing.assert_array_equal(r, w)
+    return out
+
+
+def test_dce_keeps_collectives_nothing_reads():
+    check(dce, """
+        graph f(%x: f32[4] {arg: x}) {
+          %1: f32[4] = all_reduce(%x) {reduce='sum'}
+          %2: bool[] = barrier()
+          %3: f32[4] = neg(%x)
+          %4: f32[4] = exp(%x)
+          return %4
+        }""", """
+        graph f(%x: f32[4] {arg: x}) {
+          %1: f32[4] = all_reduce(%x) {reduce='sum'}
+          %2: bool[] = barrier()
+          %4: f32[4] = exp(%x)
+          return %4
+        }""")
+
+
+def test_cse_never_merges_two_collectives():
+    check(cse, """
+        graph f(%x: f32[4] {arg: x}) {
+          %1: f32[4] = all_reduce(%x) {reduce='sum'}
+          %2: f32[4] = all_reduce(%x) {reduce='sum'}
+          %3: f32[4] = exp(%x)
+          %4: f32[4] = exp(%x)
+          %5: f32[4] = add(%1, %2)
+          %6: f32[4] = add(%3, %4)
+          return %5, %6
+        }""", """
+        graph f(%x: f32[4] {arg: x}) {
+          %1: f32[4] = all_reduce(%x) {reduce='sum'}
+          %2: f32[4] = all_reduce(%x) {reduce='sum'}
+          %3: f32[4] = exp(%x)
+          %5: f32[4] = add(%1, %2)
+          %6: f32[4] = add(%3, %3)
+          return %5, %6
+        }""")
+
+
+def test_fusion_does_not_group_across_a_collective():
+    g = verify(parse_graph(ir("""
+        graph f(%x: f32[4] {arg: x}, %y: f32[4] {arg: y}) {
+          %1: f32[4] = exp(%x)
+          %2: f32[4] = broadcast(%y) {src=0}
+          %3: f32[4] = neg(%1)
+          %4: f32[4] = tanh(%x)
+          %5: f32[4] = mul(%3, %2)
+          return %5, %4
+        }""")))
+    out = verify(fuse_elementwise(g))
+    groups = [sorted(m.op.name for m in n.body.nodes) if n.body else n.op.name for n in out.nodes]
+    # exp stays a kernel of its own before the broadcast (not with neg, which reads it, nor tanh, which reads x too)
+    assert groups == [["exp"], "broadcast", ["tanh"], ["mul", "neg"]], print_graph(out)
+    assert any("a collective runs between them" in n for n in out.notes), out.notes
+    for w, r in zip(run(g), run(out)):
+        np.testing.assert_array_equal(r, w)
+    # without the broadcast in between, exp joins them
+    free = verify(parse_graph(ir("""
+        graph f(%x: f32[4] {arg: x}, %y: f32[4] {arg: y}) {
+          %1: f32[4] = exp(%x)
+          %3: f32[4] = neg(%1)
+          %4: f32[4] = tanh(%x)
+          %5: f32[4] = mul(%3, %y)
+          return %5, %4
+        }""")))
+    assert [n.op.name for n in fuse_elementwise(free).nodes] == ["fused"]
+
+
+def test_overlap_starts_early_and_waits_late():
+    out = check(overlap_collectives, """
+        graph step(%x: f32[8] {arg: x}, %w: f32[8] {arg: w}) {
+          %a: f32[8] = exp(%x)
+          %b: f32[8] = mul(%a, %w)
+          %c: f32[8] = tanh(%b)
+          %f: f32[16] = cat(%a, %x) {axis=0}
+          %r: f32[16] = all_reduce(%f) {reduce='avg'}
+          %s: f32[8] = slice(%r) {starts=(0,), stops=(8,), steps=(1,)}
+          %t: f32[8] = add(%s, %c)
+          return %t
+        }""", """
+        graph step(%x: f32[8] {arg: x}, %w: f32[8] {arg: w}) {
+          %a: f32[8] = exp(%x)
+          %f: f32[16] = cat(%a, %x) {axis=0}
+          %0: f32[16] = all_reduce_start(%f) {reduce='avg'}
+          %b: f32[8] = mul(%a, %w)
+          %c: f32[8] = tanh(%b)
+          %r: f32[16] = all_reduce_wait(%0)
+          %s: f32[8] = slice(%r) {starts=(0,), stops=(8,), steps=(1,)}
+          %t: f32[8] = add(%s, %c)
+          return %t
+        }""")
+    assert out.notes == ["overlap_collectives: all_reduce of f32[16] (0.1 KB, avg) starts at node 2 (after cat) and "
+                         "is waited for at node 5; in flight meanwhile: 1 mul, 1 tanh"]
+
+
+def test_overlap_keeps_the_order_in_which_collectives_start():
+    # the second all_reduce's input is ready first, but it starts only after the first one and the broadcast (which
+    # needs the first one's result: so tanh runs while the first is in flight, nothing while the second is)
+    check(overlap_collectives, """
+        graph step(%x: f32[4] {arg: x}, %y: f32[4] {arg: y}) {
+          %p: f32[4] = neg(%y)
+          %a: f32[4] = exp(%x)
+          %r1: f32[4] = all_reduce(%a) {reduce='sum'}
+          %b: f32[4] = broadcast(%r1) {src=0}
+          %r2: f32[4] = all_reduce(%p) {reduce='max'}
+          %c: f32[4] = tanh(%x)
+          %d: f32[4] = add(%b, %r2)
+          %e: f32[4] = add(%d, %c)
+          return %e
+        }""", """
+        graph step(%x: f32[4] {arg: x}, %y: f32[4] {arg: y}) {
+          %p: f32[4] = neg(%y)
+          %a: f32[4] = exp(%x)
+          %0: f32[4] = all_reduce_start(%a) {reduce='sum'}
+          %c: f32[4] = tanh(%x)
+          %r1: f32[4] = all_reduce_wait(%0)
+          %b: f32[4] = broadcast(%r1) {src=0}
+          %1: f32[4] = all_reduce_start(%p) {reduce='max'}
+          %r2: f32[4] = all_reduce_wait(%1)
+          %d: f32[4] = add(%b, %r2)
+          %e: f32[4] = add(%d, %c)
+          return %e
+        }""")
+
+
+def test_a_wait_nothing_reads_still_runs_and_the_pipeline_runs_it():
+    g = verify(parse_graph(ir("""
+        graph f(%x: f32[3, 4] {arg: x}) {
+          %1: f32[3, 4] = all_reduce(%x) {reduce='sum'}
+          %2: f32[3, 4] = exp(%x)
+          %3: f32[3, 4] = mul(%2, %2)
+          return %3
+        }""")))
+    out = run_pipeline(g, PIPELINE)
+    names = [n.op.name for n in out.nodes]
+    assert names.count("all_reduce_start") == names.count("all_reduce_wait") == 1, names
+    assert names.index("all_reduce_start") < names.index("all_reduce_wait")
+    for w, r in zip(run(g), run(out)):
+        np.testing.assert_allclose(r, w, rtol=1e-6)
+
+
+def test_collective_type_errors_name_the_op():
+    with pytest.raises(Exception, match="all_reduce: ReduceOp.AVG needs a floating-point tensor"):
+        verify(parse_graph(ir("""
+            graph f(%x: i64[4] {arg: x}) {
+              %1: i64[4] = all_reduce(%x) {reduce='avg'}
+              return %1
+            }""")))
