@@ -4,6 +4,7 @@ MPI the `dev` extra installs: mpi4py and the mpich wheel), 2 ranks and once 3, o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,3 +83,19 @@ def test_a_collective_whose_peer_never_arrives_times_out_naming_it():
     assert "rank 2 never arrived" in p.stderr
     assert "failures.py:23" in p.stderr  # the user's line
     assert "finished" not in p.stdout
+
+
+def test_bench_data_parallel_mode(tmp_path):
+    out = tmp_path / "dp.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "tracejit", "bench", "--data-parallel", "--quick", "--no-progress",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "efficiency" in p.stdout and "estimate (ring all-reduce" in p.stdout
+    report = json.loads(out.read_text())
+    one, two = report["jobs"]["1"], report["jobs"]["2"]
+    assert (one["batch_per_proc"], two["batch_per_proc"]) == (8, 4)
+    assert one["efficiency"] == 1.0 and 0 < two["efficiency"]
+    assert two["grad_bytes"] == 62006 * 4 and len(two["buckets"]) == 1  # LeNet: one 248 KB bucket
+    assert two["median"]["collectives"] >= 1 and two["allreduce"]["alone_s"] > 0
+    assert [(e["machines"], e["link_gbps"]) for e in report["estimate"]] == [(8, 10), (8, 100), (64, 10), (64, 100)]

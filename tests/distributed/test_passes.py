@@ -135,6 +135,34 @@ def test_overlap_starts_early_and_waits_late():
                          "is waited for at node 5; in flight meanwhile: 1 mul, 1 tanh"]
 
 
+def test_overlap_pulls_forward_what_a_start_needs():
+    # %g (a weight gradient the engine scheduled after the rest of backward) moves up with the bucket's start
+    check(overlap_collectives, """
+        graph step(%x: f32[8] {arg: x}, %w: f32[8] {arg: w}) {
+          %a: f32[8] = exp(%x)
+          %b: f32[8] = mul(%a, %w)
+          %c: f32[8] = tanh(%b)
+          %g: f32[8] = neg(%x)
+          %f: f32[16] = cat(%a, %g) {axis=0}
+          %r: f32[16] = all_reduce(%f) {reduce='sum'}
+          %s: f32[8] = slice(%r) {starts=(8,), stops=(16,), steps=(1,)}
+          %t: f32[8] = add(%s, %c)
+          return %t, %b
+        }""", """
+        graph step(%x: f32[8] {arg: x}, %w: f32[8] {arg: w}) {
+          %a: f32[8] = exp(%x)
+          %g: f32[8] = neg(%x)
+          %f: f32[16] = cat(%a, %g) {axis=0}
+          %0: f32[16] = all_reduce_start(%f) {reduce='sum'}
+          %b: f32[8] = mul(%a, %w)
+          %c: f32[8] = tanh(%b)
+          %r: f32[16] = all_reduce_wait(%0)
+          %s: f32[8] = slice(%r) {starts=(8,), stops=(16,), steps=(1,)}
+          %t: f32[8] = add(%s, %c)
+          return %t, %b
+        }""")
+
+
 def test_overlap_keeps_the_order_in_which_collectives_start():
     # the second all_reduce's input is ready first, but it starts only after the first one and the broadcast (which
     # needs the first one's result: so tanh runs while the first is in flight, nothing while the second is)
@@ -151,9 +179,9 @@ def test_overlap_keeps_the_order_in_which_collectives_start():
           return %e
         }""", """
         graph step(%x: f32[4] {arg: x}, %y: f32[4] {arg: y}) {
-          %p: f32[4] = neg(%y)
           %a: f32[4] = exp(%x)
           %0: f32[4] = all_reduce_start(%a) {reduce='sum'}
+          %p: f32[4] = neg(%y)
           %c: f32[4] = tanh(%x)
           %r1: f32[4] = all_reduce_wait(%0)
           %b: f32[4] = broadcast(%r1) {src=0}

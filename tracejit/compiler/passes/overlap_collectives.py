@@ -1,16 +1,16 @@
-"""overlap_collectives: each all_reduce becomes all_reduce_start + all_reduce_wait. The start (with the nodes that
-only feed it, e.g. the concatenation of a gradient bucket) moves up to where its input is complete; the wait, and
-every node that depends on an all-reduce's result (unpacking the bucket, the optimizer update), move down behind
-all the nodes that do not. The kernels in between run while the message is in flight: DistributedDataParallel's
-gradient buckets overlap the rest of backward.
+"""overlap_collectives: each all_reduce becomes all_reduce_start + all_reduce_wait. The start moves up to the
+earliest point where its input can be complete, pulling forward the nodes that compute it (a gradient bucket's
+gradients and their concatenation: the engine may have scheduled a fully connected layer's weight gradient after
+the convolutions' backward); the wait, and every node that depends on an all-reduce's result (unpacking the bucket,
+the optimizer update), move down behind all the nodes that do not. The kernels in between run while the message is
+in flight: DistributedDataParallel's gradient buckets overlap the rest of backward.
 
-Keeps true: values and outputs are unchanged (the pair computes what all_reduce did); the nodes that do not move
-keep their order, and so do the ones moved down; a start's value is read only by its wait; collectives start in the
-order they were traced (a start moves up no further than the collective before it), the same on every rank, as MPI
-requires.
-What runs between each start and its wait is recorded in `graph.notes`.
+Keeps true: values and outputs are unchanged (the pair computes what all_reduce did); nodes only move to places
+where their inputs are defined, and the ones not pulled up or pushed down keep their order; a start's value is read
+only by its wait; collectives start in the order they were traced (a start moves up no further than the collective
+before it), the same on every rank, as MPI requires. What runs between each start and its wait is recorded in
+`graph.notes`.
 """
-
 from __future__ import annotations
 
 from ...ops import OPS, Kind
@@ -38,59 +38,48 @@ def overlap_collectives(g: Graph) -> Graph:
         return g
     nodes = _split(g.nodes)
     producer = {v.id: i for i, n in enumerate(nodes) for v in n.outputs}
-    consumers: dict[int, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for v in n.inputs:
-            consumers.setdefault(v.id, []).append(i)
-    out_ids = {v.id for v in g.outputs}
-    # moved up: the starts, and nodes whose every reader moves up with them (they only feed a start)
-    hoist: set[int] = set()
-    for i in range(len(nodes) - 1, -1, -1):
-        n = nodes[i]
-        if n.body is None and n.op.name == "all_reduce_start":
-            hoist.add(i)
-            continue
-        if (n.body is None and (n.op.kind is Kind.COLLECTIVE or n.op.name == "check_index")) or \
-                any(v.id in out_ids for v in n.outputs):
-            continue
-        readers = [c for v in n.outputs for c in consumers.get(v.id, ())]
-        if readers and all(c in hoist for c in readers):
-            hoist.add(i)
+
+    def is_collective(n):
+        return n.body is None and n.op.kind is Kind.COLLECTIVE
+
     # moved down: the waits and every node depending on an all-reduce's result (in their order, after the rest)
     late: set[int] = set()
     for i, n in enumerate(nodes):
-        if i in hoist:
-            continue
         if (n.body is None and n.op.name == "all_reduce_wait") or any(producer.get(v.id) in late for v in n.inputs):
             late.add(i)
-    # collectives start in their traced order (a start moves up only behind the collective before it)
+    # collectives start in their traced order: each after the one before it
     before: dict[int, int] = {}
-    last = None
+    prev = None
     for i, n in enumerate(nodes):
-        if n.body is None and n.op.kind is Kind.COLLECTIVE and n.op.name != "all_reduce_wait":
-            if last is not None:
-                before[i] = last
-            last = i
-    avail = {v.id for v in g.inputs}
+        if is_collective(n) and n.op.name != "all_reduce_wait":
+            if prev is not None:
+                before[i] = prev
+            prev = i
+    # each start's ancestors: the pure ones it pulls forward, and the collectives (or late nodes) it must wait for
+    starts = [i for i, n in enumerate(nodes) if n.body is None and n.op.name == "all_reduce_start" and i not in late]
+    cone: dict[int, list] = {}
+    blockers: dict[int, set] = {}
+    for s in starts:
+        seen, stack, block = set(), [s], ({before[s]} if s in before else set())
+        while stack:
+            for v in nodes[stack.pop()].inputs:
+                j = producer.get(v.id)
+                if j is None or j in seen:
+                    continue
+                seen.add(j)
+                if is_collective(nodes[j]) or j in late:
+                    block.add(j)  # not moved: the start waits until it is placed
+                else:
+                    stack.append(j)
+        cone[s], blockers[s] = sorted(seen - block), block
     order: list[int] = []
     done: set[int] = set()
-    pending = sorted(hoist)
+    avail = {v.id for v in g.inputs}
 
-    def ready(i):
-        return all(v.id in avail for v in nodes[i].inputs) and (i not in before or before[i] in done)
-
-    def flush():
-        nonlocal pending
-        moved = True
-        while moved:
-            moved = False
-            for i in pending:
-                if i not in done and ready(i):
-                    order.append(i)
-                    done.add(i)
-                    avail.update(v.id for v in nodes[i].outputs)
-                    moved = True
-            pending = [i for i in pending if i not in done]
+    def emit(i):
+        order.append(i)
+        done.add(i)
+        avail.update(v.id for v in nodes[i].outputs)
 
     def place(i):
         """Emit node i (unless done), after the nodes defining its inputs and the collective before it."""
@@ -101,16 +90,26 @@ def overlap_collectives(g: Graph) -> Graph:
                 place(producer[v.id])
         if i in before:
             place(before[i])
-        order.append(i)
-        done.add(i)
-        avail.update(v.id for v in nodes[i].outputs)
-        flush()
+        emit(i)
 
-    flush()
+    pending = list(starts)
+
+    def pull():
+        """Start every all-reduce, in order, whose inputs can be computed now (their pure ancestors come along)."""
+        while pending and blockers[pending[0]] <= done:
+            s = pending.pop(0)
+            for j in cone[s]:
+                if j not in done:
+                    emit(j)
+            emit(s)
+
+    pull()
     for i in range(len(nodes)):
-        if i not in hoist and i not in late:
-            place(i)
-    for i in sorted(hoist | late):  # what was held back, in order (a wait nothing reads still runs)
+        if i in done or i in late or i in pending:
+            continue
+        place(i)
+        pull()
+    for i in range(len(nodes)):  # what was held back, in order (a wait nothing reads still runs)
         place(i)
     new = [nodes[i] for i in order]
     result = g.replace(nodes=new)
