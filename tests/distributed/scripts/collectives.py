@@ -138,10 +138,39 @@ def sampler():
     ok("DistributedSampler shards")
 
 
+def ddp_buffers():
+    """DDP broadcasts rank 0's parameters at construction and its buffers (BatchNorm statistics) before each
+    forward; eager backward averages the gradients."""
+    import tracejit.nn as nn
+    from tracejit.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(10 + RANK)
+    model = DDP(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
+    w = model.module[0].weight.detach().clone()
+    every = [torch.zeros_like(w) for _ in range(WORLD)]
+    dist.all_gather(every, w)
+    assert all(np.array_equal(e.numpy(), every[0].numpy()) for e in every)
+    x = torch.randn(5, 4) + RANK  # different statistics on every rank
+    model(x).sum().backward()
+    g = model.module[0].weight.grad.clone()
+    mean = model.module[1].running_mean.clone()
+    grads = [torch.zeros_like(g) for _ in range(WORLD)]
+    dist.all_gather(grads, g)
+    assert all(np.array_equal(e.numpy(), grads[0].numpy()) for e in grads)  # averaged: the same everywhere
+    means = [torch.zeros_like(mean) for _ in range(WORLD)]
+    dist.all_gather(means, mean)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # eval: no update, but rank 0's buffers arrive first
+    np.testing.assert_array_equal(model.module[1].running_mean.numpy(), means[0].numpy())
+    ok("DDP broadcasts parameters and buffers")
+
+
 if __name__ == "__main__":
     import sys
 
     all_reduce_every_op_and_dtype()
+    ddp_buffers()
     other_collectives(sys.argv[1] if len(sys.argv) > 1 else None)
     compiled()
     sampler()
