@@ -100,3 +100,14 @@ def test_bench_data_parallel_mode(tmp_path):
     assert two["grad_bytes"] == 62006 * 4 and len(two["buckets"]) == 1  # LeNet: one 248 KB bucket
     assert two["median"]["collectives"] >= 1 and two["allreduce"]["alone_s"] > 0
     assert [(e["machines"], e["link_gbps"]) for e in report["estimate"]] == [(8, 10), (8, 100), (64, 10), (64, 100)]
+
+
+def test_the_ddp_example_trains_on_two_processes(tmp_path):
+    env = {**os.environ, "MPIEXEC_TIMEOUT": "300", "TRACEJIT_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ckpt = tmp_path / "ddp.safetensors"
+    p = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(ROOT / "examples" / "train_ddp.py"),
+                        "--quick", "--checkpoint", str(ckpt)], capture_output=True, text=True, timeout=360, env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    losses = [float(line.split("mean loss ")[1].split()[0]) for line in p.stdout.splitlines() if "mean loss" in line]
+    assert len(losses) == 2 and losses[1] < losses[0]  # printed once (rank 0), and it learns
+    assert "over 2 processes" in p.stdout and "all_reduce of f32[2372]" in p.stdout and ckpt.exists()
