@@ -651,7 +651,7 @@ row("uniform", "negative-seed", lambda r: [np.array([-5, 7], I64)], _py_uniform,
 # ---- collectives, in a world of one rank (tests/distributed runs them across processes under mpiexec)
 
 
-def _same(a, **_):
+def _same(a, *_, **__):
     return a
 
 
@@ -660,7 +660,7 @@ row("all_reduce", "f64-avg", lambda r: [randn(r, 5)], _same, reduce="avg")
 row("all_reduce", "i64-max-strided", lambda r: [strided(ints(r, 2, 3))], _same, reduce="max")
 row("all_reduce", "bool-product", lambda r: [bools(r, 4)], _same, reduce="product")
 row("all_reduce_start", "f32-min", lambda r: [randn(r, 2, 3, dtype=F32)], _same, reduce="min")
-row("all_reduce_wait", "f32", lambda r: [randn(r, 2, 3, dtype=F32)], _same)
+row("all_reduce_wait", "f32", lambda r: [randn(r, 2, 3, dtype=F32), randn(r, 2, 3, dtype=F32)], _same)
 row("broadcast", "f32-noncontig", lambda r: [transposed(randn(r, 3, 2, dtype=F32))], _same, src=0)
 row("all_gather", "i64", lambda r: [ints(r, 2, 3)], _same, world_size=1)
 row("barrier", "no-inputs", lambda r: [], lambda **_: np.array(True), out_dtype=B)

@@ -712,9 +712,15 @@ ALL_REDUCE_START = _op("all_reduce_start", Kind.COLLECTIVE, _all_reduce_infer,
                        lambda x, reduce: _process_group().start_all_reduce(x, reduce),
                        doc="starts all_reduce(x) without waiting: its value may be read only by all_reduce_wait "
                            "(the passes split all_reduce so that communication overlaps the kernels in between)")
-ALL_REDUCE_WAIT = _op("all_reduce_wait", Kind.COLLECTIVE, lambda x: TensorType(x.shape, x.dtype),
-                      lambda x: _process_group().wait(x),
-                      doc="the value of the all_reduce_start it reads, once complete")
+def _wait_infer(h, x):
+    if h != x:
+        raise OpError(f"all_reduce_wait: the started value {h} and the array sent {x} differ")
+    return h
+
+
+ALL_REDUCE_WAIT = _op("all_reduce_wait", Kind.COLLECTIVE, _wait_infer, lambda h, x: _process_group().wait(h),
+                      doc="the value of the all_reduce_start(x) it reads (h), once complete; reading x too keeps the "
+                          "array being sent alive and unwritten (memory planning sees it read) until then")
 BROADCAST = _op("broadcast", Kind.COLLECTIVE, _broadcast_infer, lambda x, src: _process_group().broadcast(x, src),
                 doc="rank src's x on every rank")
 ALL_GATHER = _op("all_gather", Kind.COLLECTIVE, _all_gather_infer,

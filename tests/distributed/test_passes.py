@@ -126,7 +126,7 @@ def test_overlap_starts_early_and_waits_late():
           %0: f32[16] = all_reduce_start(%f) {reduce='avg'}
           %b: f32[8] = mul(%a, %w)
           %c: f32[8] = tanh(%b)
-          %r: f32[16] = all_reduce_wait(%0)
+          %r: f32[16] = all_reduce_wait(%0, %f)
           %s: f32[8] = slice(%r) {starts=(0,), stops=(8,), steps=(1,)}
           %t: f32[8] = add(%s, %c)
           return %t
@@ -156,7 +156,7 @@ def test_overlap_pulls_forward_what_a_start_needs():
           %0: f32[16] = all_reduce_start(%f) {reduce='sum'}
           %b: f32[8] = mul(%a, %w)
           %c: f32[8] = tanh(%b)
-          %r: f32[16] = all_reduce_wait(%0)
+          %r: f32[16] = all_reduce_wait(%0, %f)
           %s: f32[8] = slice(%r) {starts=(8,), stops=(16,), steps=(1,)}
           %t: f32[8] = add(%s, %c)
           return %t, %b
@@ -183,10 +183,10 @@ def test_overlap_keeps_the_order_in_which_collectives_start():
           %0: f32[4] = all_reduce_start(%a) {reduce='sum'}
           %p: f32[4] = neg(%y)
           %c: f32[4] = tanh(%x)
-          %r1: f32[4] = all_reduce_wait(%0)
+          %r1: f32[4] = all_reduce_wait(%0, %a)
           %b: f32[4] = broadcast(%r1) {src=0}
           %1: f32[4] = all_reduce_start(%p) {reduce='max'}
-          %r2: f32[4] = all_reduce_wait(%1)
+          %r2: f32[4] = all_reduce_wait(%1, %p)
           %d: f32[4] = add(%b, %r2)
           %e: f32[4] = add(%d, %c)
           return %e
@@ -216,3 +216,33 @@ def test_collective_type_errors_name_the_op():
               %1: i64[4] = all_reduce(%x) {reduce='avg'}
               return %1
             }""")))
+
+
+def test_the_wait_keeps_the_array_being_sent_read_until_the_message_is_complete():
+    import tracejit as tj
+    import tracejit.distributed as dist
+    import tracejit.nn as nn
+
+    with single_process():
+        model = nn.Linear(4, 3)
+        opt = tj.optim.SGD(model.parameters(), lr=0.1)
+
+        @tj.compile(backend="reference")
+        def step(x):
+            opt.zero_grad()
+            model(x).sum().backward()
+            before = model.weight.reshape(12)  # the weight before the update (a view of it, on the CPU)
+            opt.step()
+            dist.all_reduce(before)
+            return before
+
+        x = tj.randn(2, 4)
+        for _ in range(3):
+            w0 = model.weight.detach().clone()
+            np.testing.assert_array_equal(step(x).numpy(), w0.numpy().reshape(12))
+        g = step.latest().graph
+        start = next(n for n in g.nodes if n.op.name == "all_reduce_start")
+        wait = next(n for n in g.nodes if n.op.name == "all_reduce_wait")
+        assert wait.inputs == (start.outputs[0], start.inputs[0])
+        multi = next(n for n in g.nodes if n.fused_kind is not None and n.fused_kind.value == "multi")
+        assert g.nodes.index(start) < g.nodes.index(multi) < g.nodes.index(wait)  # in flight during the update

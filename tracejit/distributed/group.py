@@ -102,7 +102,9 @@ class ProcessGroup:
         """Start reducing `x` over the ranks; returns the array the result lands in, valid after `wait(it)`."""
         if x.dtype == np.float16:  # no MPI type: reduce in float32 (blocking) and round once
             return self.all_reduce(x.astype(np.float32), reduce).astype(np.float16)
-        send = np.ascontiguousarray(x)
+        # MPI reads `send` until the wait: a view (of a parameter the optimizer may update in place meanwhile, of a
+        # buffer the runtime may reuse) is copied first; an array of its own stays read by the wait's node
+        send = x if x.flags.c_contiguous and x.base is None else np.array(x, order="C")
         recv = np.empty_like(send)
         if self.size == 1:
             recv[...] = send

@@ -58,6 +58,19 @@ def all_reduce_every_op_and_dtype():
     ok("all_reduce every op and dtype")
 
 
+def in_flight_views():
+    """A split all-reduce of a view: writing into the viewed array before the wait does not reach the message."""
+    from tracejit.distributed import group
+
+    g = group.current()
+    base = np.arange(12, dtype=np.float32) * (RANK + 1)
+    h = g.start_all_reduce(base.reshape(3, 4), "sum")
+    base[:] = -1  # (an in-place optimizer update of the parameter being sent)
+    got = g.wait(h)
+    np.testing.assert_array_equal(got, np.arange(12, dtype=np.float32).reshape(3, 4) * sum(range(1, WORLD + 1)))
+    ok("a message in flight is its own copy")
+
+
 def other_collectives(path):
     for src in range(WORLD):
         t = torch.from_numpy(values(RANK, np.float32).copy())
@@ -170,6 +183,7 @@ if __name__ == "__main__":
     import sys
 
     all_reduce_every_op_and_dtype()
+    in_flight_views()
     ddp_buffers()
     other_collectives(sys.argv[1] if len(sys.argv) > 1 else None)
     compiled()

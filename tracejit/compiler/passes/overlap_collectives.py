@@ -27,7 +27,8 @@ def _split(nodes) -> list:
         if n.body is None and n.op.name == "all_reduce":
             h = Value(n.outputs[0].type)
             out.append(Node(OPS["all_reduce_start"], n.inputs, dict(n.attrs), (h,)))
-            out.append(Node(OPS["all_reduce_wait"], (h,), {}, n.outputs))
+            # the wait reads the sent array too: it must stay alive and unwritten while the message is in flight
+            out.append(Node(OPS["all_reduce_wait"], (h, n.inputs[0]), {}, n.outputs))
         else:
             out.append(n)
     return out
