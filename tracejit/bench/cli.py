@@ -62,7 +62,7 @@ def cmd_data_parallel(ns) -> int:
     from .dataparallel import format_report, run_data_parallel
 
     report = run_data_parallel(ns.global_batch, procs=[int(p) for p in ns.procs], steps=ns.steps,
-                               rounds=1 if ns.quick else max(ns.passes, 3), bucket_cap_mb=ns.bucket_cap_mb,
+                               rounds=1 if ns.quick else max(ns.passes, 5), bucket_cap_mb=ns.bucket_cap_mb,
                                quick=ns.quick, progress=not ns.no_progress)
     print(format_report(report))
     if ns.json:
