@@ -2,7 +2,7 @@
 Numba kernels. ``import tracejit as torch`` works for the supported subset.
 """
 
-from . import autograd, nn, optim, utils  # noqa: F401
+from . import autograd, linalg, nn, optim, utils  # noqa: F401
 from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .devices import device, get_default_device, set_default_device
 from .dtypes import DType, bool_, float16, float32, float64, int64
@@ -15,6 +15,7 @@ from .random import (
     default_generator,
     initial_seed,
     manual_seed,
+    normal,
     rand,
     rand_like,
     randint,

@@ -6,14 +6,18 @@ entry points) and the tensor functions its methods share (where, matmul, cat, st
 from __future__ import annotations
 
 import math
+import warnings
 from collections import namedtuple
 
 import numpy as np
 
-from . import autograd
+from . import autograd, linalg
 from . import dispatch as _dispatch
 from . import dtypes as D
+from ._more import MoreMethods
 from ._printing import tensor_repr
+from ._shared import SharedBox, share
+from ._views import ViewLink, check_view_inplace, refresh_view, write_through
 from .autograd.mode import _mode as _grad_mode
 from .autograd.mode import _off as _grad_off
 from .devices import CPU, storage_device
@@ -22,8 +26,8 @@ from .devices import to_host as _to_host
 from .dispatch import Box, TensorBase, _concrete_values, _ctx, _py, _rebind, _sizes, _tracing, apply, move
 from .dtypes import TensorType
 from .errors import OpError, OpTypeError, TraceError, shape_str, user_location
-from .factories import full, ones_like, tensor
-from .indexing import check_index, getitem
+from .factories import full, ones_like, size_arg, tensor
+from .indexing import _expand_ellipsis, check_index, constant_like, getitem, index_put
 from .ops import OPS, broadcast_shapes, check_same_dtype, index_message
 
 
@@ -84,7 +88,7 @@ class _HookHandle:
         self._hooks.pop(self.id, None)
 
 
-class Tensor(TensorBase):
+class Tensor(TensorBase, MoreMethods):
     """An n-dimensional array with autograd, PyTorch-style.
 
     >>> x = tracejit.tensor([[1.0, 2.0]], requires_grad=True)
@@ -93,6 +97,7 @@ class Tensor(TensorBase):
     """
 
     __array_priority__ = 1000  # numpy scalars defer to Tensor operators
+    _view = None  # a ViewLink on views (basic indexing, reshape, permute, ...): see _inplace
 
     def __init__(self, *args, **kwargs):
         raise TypeError("create tensors with tracejit.tensor(data), tracejit.zeros(...), ... ")
@@ -184,16 +189,28 @@ class Tensor(TensorBase):
 
     @property
     def data(self):
-        return Tensor._from_box(self._box)
+        return self.detach()
 
     @data.setter
     def data(self, other):
+        box = self._box
+        if other._box is box:  # `w.data -= x` assigns back the tensor it updated in place
+            return
         if _tracing and (tracer := _ctx.tracer) is not None:
             tracer.before_mutation(self)
-        _rebind(self._box, other._box.value, other._box.type, other._box.device)
+        # PyTorch swaps the storage: an array NumPy holds through the old one is no longer this tensor's
+        if type(box) is SharedBox:
+            box.__class__ = Box
+        _rebind(box, other._box.value, other._box.type, other._box.device)
+        if type(other._box) is SharedBox:
+            share(box)  # ... while NumPy's view of the new storage now is
+        self._view = None  # (and a view given new storage no longer views its base)
 
     def detach(self):
-        return Tensor._from_box(self._box)
+        t = Tensor._from_box(self._box)
+        if self._view is not None:
+            t._view = self._view.detached()  # an in-place op on it still writes into the base, untracked
+        return t
 
     def detach_(self):
         self.grad_fn = None
@@ -247,23 +264,45 @@ class Tensor(TensorBase):
             raise TypeError(f"can't convert {self._box.device} device type tensor to numpy. Use Tensor.cpu() to "
                             f"copy the tensor to host memory first.")
 
-    def numpy(self):
+    def numpy(self, *, force=False):
+        """The tensor's array, sharing memory with it as in PyTorch: in-place ops on the tensor write into the
+        array, and writes into the array show in the tensor (see _shared.py)."""
         self._host_only()
-        if self.requires_grad:
-            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy()")
-        return self._concrete("numpy()")
+        if self.requires_grad and not force:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
+                               "instead.")
+        return self._shared_array("numpy()")
+
+    def _shared_array(self, what):
+        a = self._concrete(what)
+        box = self._box
+        if type(box) is Box:
+            if not a.flags.writeable:  # a broadcast (expand) view: NumPy gets a writable copy, shared from now on
+                a = a.copy()
+                box.value = a
+            share(box)
+        return a
 
     def __array__(self, dtype=None, copy=None):
+        # np.asarray(t) shares memory, as t.numpy() (PyTorch's __array__ is numpy())
         self._host_only()
-        a = self._concrete("numpy conversion")
-        return a if dtype is None else a.astype(dtype)
+        if copy:
+            a = self._concrete("numpy conversion")
+            return a.astype(dtype) if dtype is not None else a.copy()
+        a = self._shared_array("numpy conversion")
+        return a if dtype is None else a.astype(dtype, copy=False)
 
     def item(self):
         a = self._concrete("item()")
         if a.size != 1:
-            raise RuntimeError(f"item(): a Tensor with {a.size} elements cannot be converted to Scalar "
-                               f"(shape {shape_str(a.shape)})")
+            raise RuntimeError(f"a Tensor with {a.size} elements cannot be converted to Scalar "
+                               f"(item() of shape {shape_str(a.shape)})")
         return a.reshape(()).item()
+
+    def _scalar_value(self):
+        if self.numel() != 1:
+            raise ValueError("only one element tensors can be converted to Python scalars")
+        return self.item()
 
     def tolist(self):
         return self._concrete("tolist()").tolist()
@@ -275,10 +314,17 @@ class Tensor(TensorBase):
         return bool(a.reshape(()))
 
     def __float__(self):
-        return float(self.item())
+        return float(self._scalar_value())
 
     def __int__(self):
-        return int(self.item())
+        return int(self._scalar_value())
+
+    def __format__(self, spec):
+        # as PyTorch: a 0-d tensor formats as its Python number ('{:+.2f}'.format(loss), f"{acc}"); others
+        # accept only the empty spec (str(t))
+        if self.ndim == 0 and type(self) is Tensor:
+            return self.detach().item().__format__(spec)
+        return object.__format__(self, spec)
 
     def __index__(self):
         if self.dtype.category != 1:
@@ -293,6 +339,51 @@ class Tensor(TensorBase):
         if not self.ndim:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
+
+    # ---- new tensors like this one (its dtype unless given)
+    def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
+        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad,
+                      device=self._box.device if device is None else device)
+
+    def new_full(self, size, fill_value, *, dtype=None, device=None, requires_grad=False):
+        return full(size, fill_value, dtype=dtype or self.dtype, requires_grad=requires_grad,
+                    device=self._box.device if device is None else device)
+
+    def new_zeros(self, *sizes, size=None, dtype=None, device=None, requires_grad=False):
+        return self.new_full(size_arg("new_zeros", sizes, size), 0, dtype=dtype, device=device,
+                             requires_grad=requires_grad)
+
+    def new_ones(self, *sizes, size=None, dtype=None, device=None, requires_grad=False):
+        return self.new_full(size_arg("new_ones", sizes, size), 1, dtype=dtype, device=device,
+                             requires_grad=requires_grad)
+
+    new_empty = new_zeros
+
+    def _write_out(self, who, result):
+        """`result` written into this tensor, as an op's ``out=`` argument (PyTorch's rules: no autograd,
+        no narrowing cast, a resize with a warning when the shape differs); returns this tensor."""
+        if autograd.is_grad_enabled() and (result.requires_grad or self.requires_grad):
+            raise RuntimeError(f"{who}(): functions with out=... arguments don't support automatic "
+                               f"differentiation, but one of the arguments requires grad.")
+        if result.dtype.category > self.dtype.category:
+            raise RuntimeError(f"{who}: result type {result.dtype.name} can't be cast to the desired output "
+                               f"type {self.dtype.name} (at {user_location()})")
+        if tuple(result.shape) == tuple(self.shape):
+            return self._inplace(lambda s: result, who)
+        if self.numel():
+            warnings.warn(f"{who}: an output with one or more elements was resized since it had shape "
+                          f"{list(self.shape)}, which does not match the required output shape "
+                          f"{list(result.shape)}", UserWarning, stacklevel=3)
+        if _tracing and (tracer := _ctx.tracer) is not None:
+            tracer.before_mutation(self)
+        result = result.to(self.dtype)
+        if result._box.device is not self._box.device:
+            result = move(result, self._box.device)
+        # (a NumPy-shared array of another shape is not this tensor's storage any more: see _shared.py)
+        _rebind(self._box, result._box.value, result._box.type, self._box.device)
+        self._box.version += 1
+        self._view = None
+        return self
 
     # ---- conversion
     def to(self, *args, **kwargs):
@@ -627,6 +718,30 @@ class Tensor(TensorBase):
         s = x - x.amax(dim, keepdim=True).detach()
         return s - s.exp().sum(dim, keepdim=True).log()
 
+    # ---- norms and triangles
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
+        return linalg.tensor_norm(self, p, dim, keepdim, dtype=dtype)
+
+    def _triangle(self, who, diagonal, lower):
+        if self.ndim < 2:
+            raise RuntimeError(f"{who}: input tensor must have at least 2 dimensions, got shape "
+                               f"{shape_str(self.shape)} (at {user_location()})")
+        r, c = self.shape[-2:]
+        keep = np.tri(r, c, diagonal, dtype=bool) if lower else ~np.tri(r, c, diagonal - 1, dtype=bool)
+        return where(constant_like(self, keep), self, False if self.dtype is D.bool_ else 0)
+
+    def tril(self, diagonal=0):
+        return self._triangle("tril", diagonal, True)
+
+    def triu(self, diagonal=0):
+        return self._triangle("triu", diagonal, False)
+
+    def tril_(self, diagonal=0):
+        return self._inplace(lambda s: s.tril(diagonal), "tril_")
+
+    def triu_(self, diagonal=0):
+        return self._inplace(lambda s: s.triu(diagonal), "triu_")
+
     # ---- contraction
     def matmul(self, o):
         return matmul(self, o)
@@ -658,7 +773,7 @@ class Tensor(TensorBase):
         shape = tuple(shape)
         if shape == tuple(self.shape):
             return self
-        return apply(OPS["reshape"], self, shape=shape)
+        return apply(OPS["reshape"], self, shape=shape)._as_view_of(self, "reshape")
 
     view = reshape
 
@@ -682,7 +797,7 @@ class Tensor(TensorBase):
         dims = tuple(_norm_dim(d, self.ndim) for d in _sizes(dims))
         if dims == tuple(range(self.ndim)):
             return self
-        return apply(OPS["permute"], self, dims=dims)
+        return apply(OPS["permute"], self, dims=dims)._as_view_of(self, "permute", dims)
 
     def transpose(self, d0, d1):
         dims = list(range(self.ndim))
@@ -727,7 +842,7 @@ class Tensor(TensorBase):
         shape = tuple(x.shape[i] if s == -1 else s for i, s in enumerate(sizes))
         if shape == tuple(x.shape):
             return x
-        return apply(OPS["expand"], x, shape=shape)
+        return apply(OPS["expand"], x, shape=shape)._as_view_of(self, "expand")
 
     def expand_as(self, other):
         return self.expand(other.shape)
@@ -759,7 +874,8 @@ class Tensor(TensorBase):
         starts = [0] * self.ndim
         stops = list(self.shape)
         starts[d], stops[d] = start, start + length
-        return self._slice(tuple(starts), tuple(stops), (1,) * self.ndim)
+        index = tuple(slice(a, b) for a, b in zip(starts, stops))
+        return self._slice(tuple(starts), tuple(stops), (1,) * self.ndim)._as_view_of(self, "index", index)
 
     def chunk(self, chunks, dim=0):
         size = -(-self.shape[_norm_dim(dim, self.ndim)] // chunks)
@@ -802,20 +918,31 @@ class Tensor(TensorBase):
 
     # ---- in-place (functionalized: compute, then rebind the box)
     def _inplace(self, compute, name):
-        """Rebind this tensor's box to `compute(current value)`; bumps the version counter."""
+        """Rebind this tensor's box to `compute(current value)`; bumps the version counter. On a view (basic
+        indexing, reshape, permute, ...) the new value is then written into its base, as PyTorch's views share
+        memory with their base (see _views.py)."""
         grad_on = not _grad_off or _grad_mode.enabled  # (is_grad_enabled, inlined)
         if grad_on and self.requires_grad and self.is_leaf:
             raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
                                f"operation (shape {shape_str(self.shape)}); wrap it in tracejit.no_grad() "
                                f"or use .data")
+        view = self._view
+        if view is not None:
+            check_view_inplace(self, name, grad_on)
+            refresh_view(self)
         if _tracing and (tracer := _ctx.tracer) is not None:
             tracer.before_mutation(self)
+        box = self._box
         src = self
         if grad_on:
             # the op that computes the new value may save its input for backward: give it the old value
-            # under its own box (no copy: arrays are never written), which the rebinding below leaves alone
-            src = Tensor._from_box(Box(self._box.value, self._box.type, self._box.device))
-            src._box.version = self._box.version
+            # under its own box (no copy: arrays are never written -- except a NumPy-shared one, which the
+            # rebinding below writes into), which the rebinding leaves alone
+            old = box.value
+            if type(box) is SharedBox and isinstance(old, np.ndarray):
+                old = old.copy()
+            src = Tensor._from_box(Box(old, box.type, box.device))
+            src._box.version = box.version
             src.requires_grad, src.grad_fn = self.requires_grad, self.grad_fn
         result = compute(src)
         if tuple(result.shape) != tuple(self.shape):
@@ -823,14 +950,36 @@ class Tensor(TensorBase):
                           f"shape {shape_str(result.shape)} (at {user_location()})")
         if result.dtype is not self.dtype:
             result = result.to(self.dtype)
-        if _dispatch._on_devices and result._box.device is not self._box.device:
-            result = move(result, self._box.device)  # in place: the storage stays where it is (copy_ moves)
-        self._box.value = result._box.value
-        self._box.version += 1
+        if grad_on and self.requires_grad and not result.requires_grad:
+            # (fill_, zero_, copy_ of a constant on a tensor in the graph: it stays in the graph, with zero
+            # gradient to what it was, as in PyTorch -- not with the op that made its old value)
+            result = where(True, result, src)
+        if _dispatch._on_devices and result._box.device is not box.device:
+            result = move(result, box.device)  # in place: the storage stays where it is (copy_ moves)
+        box.value = result._box.value
+        box.version += 1
         if result.requires_grad:
             self.requires_grad = True
             self.grad_fn = result.grad_fn
+        if view is not None:
+            write_through(self, grad_on)
         return self
+
+    # ---- views: see _views.py
+    def _as_view_of(self, base, kind, data=None):
+        if self is not base:
+            self._view = ViewLink(base, kind, data, False, self)
+        return self
+
+    def __setitem__(self, index, value):
+        link = value._view if isinstance(value, Tensor) else None
+        if link is not None and link.base is self and link.kind == "index" and link.in_sync(value):
+            # `x[i] *= 2`: the in-place op on the view x[i] already wrote into x; Python now assigns it back
+            idx = index if isinstance(index, tuple) else (index,)
+            if all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in idx) and \
+                    _expand_ellipsis(self, idx) == link.data:
+                return
+        self._inplace(lambda s: index_put(s, index, value), "setitem")
 
     def add_(self, o, alpha=1):
         return self._inplace(lambda s: s.add(o, alpha=alpha), "add_")
@@ -975,19 +1124,28 @@ def _no_bool_sub(a, b):
                           f"(at {user_location()})")
 
 
-def where(condition, a, b):
+def where(condition, a, b, *, out=None):
     """Elementwise select: `a` where `condition` is true, else `b`."""
     cond = condition if isinstance(condition, Tensor) else tensor(condition)
     if cond.dtype is not D.bool_:
         cond = cond.bool()
     dt = D.result_type(a, b)
-    return apply(OPS["where"], cond, _as_operand(a, dt), _as_operand(b, dt))
+    r = apply(OPS["where"], cond, _as_operand(a, dt), _as_operand(b, dt))
+    return r if out is None else out._write_out("where", r)
 
 
-def matmul(a, b, _opname="matmul"):
+def _fresh(t):
+    """`t`, a reshape of a temporary the caller never sees: not a view of it."""
+    t._view = None
+    return t
+
+
+def matmul(a, b, _opname="matmul", *, out=None):
     """Matrix product with PyTorch's rules for 1-D operands and broadcast batch dimensions.
 
     Both operands must have one dtype (as in PyTorch; nothing is promoted)."""
+    if out is not None:
+        return out._write_out(_opname, matmul(a, b, _opname))
     if not isinstance(b, Tensor):
         b = tensor(b)
     try:
@@ -1002,14 +1160,14 @@ def matmul(a, b, _opname="matmul"):
         raise OpError(f"matmul: shapes {shape_str(a.shape)} and {shape_str(b.shape)} cannot be multiplied "
                       f"({k_a} != {k_b}) (at {user_location()})")
     if a.ndim == 1 and b.ndim == 1:
-        return (a.unsqueeze(0).matmul(b.unsqueeze(1))).reshape(())
+        return _fresh((a.unsqueeze(0).matmul(b.unsqueeze(1))).reshape(()))
     if a.ndim == 1:
-        return matmul(a.unsqueeze(0), b).squeeze(-2)
+        return _fresh(matmul(a.unsqueeze(0), b).squeeze(-2))
     if b.ndim == 1:
-        return matmul(a, b.unsqueeze(1)).squeeze(-1)
+        return _fresh(matmul(a, b.unsqueeze(1)).squeeze(-1))
     if b.ndim == 2 and a.ndim > 2:
         lead = tuple(a.shape[:-1])
-        return apply(OPS["matmul"], a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],))
+        return _fresh(apply(OPS["matmul"], a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],)))
     try:
         batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
     except OpError:
@@ -1021,7 +1179,9 @@ def matmul(a, b, _opname="matmul"):
     return apply(OPS["matmul"], a, b)
 
 
-def cat(tensors, dim=0):
+def cat(tensors, dim=0, *, out=None):
+    if out is not None:
+        return out._write_out("cat", cat(tensors, dim))
     tensors = list(tensors)
     if not tensors:
         raise OpError("cat: expected a non-empty list of Tensors")
@@ -1037,7 +1197,9 @@ def cat(tensors, dim=0):
 concat = cat
 
 
-def stack(tensors, dim=0):
+def stack(tensors, dim=0, *, out=None):
+    if out is not None:
+        return out._write_out("stack", stack(tensors, dim))
     tensors = list(tensors)
     if not tensors:
         raise OpError("stack: expected a non-empty list of Tensors")

@@ -8,10 +8,13 @@ moved there.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import devices as _devices
 from . import dtypes as D
+from ._shared import share
 from .autograd.mode import no_grad
 from .devices import CPU, storage_device
 from .dispatch import TensorBase as Tensor
@@ -49,38 +52,88 @@ def tensor(data, dtype=None, requires_grad=False, device=None):
 
 
 def as_tensor(data, dtype=None, device=None):
+    """`data` as a tensor without a copy where possible: a tensor of that dtype (and device) is returned as is,
+    and a NumPy array of a tracejit dtype shares its memory (as `from_numpy`) when it stays on the CPU; anything
+    else is converted (`tensor`)."""
     if isinstance(data, Tensor):
         dev = None if device is None else storage_device(device)
         if (dtype is None or data.dtype is D.as_dtype(dtype)) and (dev is None or dev is data._box.device):
             return data
         return data.to(device=dev, dtype=dtype)
+    if (isinstance(data, np.ndarray) and data.dtype in _NATIVE and storage_device(device) is CPU
+            and (dtype is None or D.as_dtype(dtype).np == data.dtype)):
+        return from_numpy(data)
     return tensor(data, dtype=dtype, device=device)
 
 
+_NATIVE = {np.dtype(np.bool_), np.dtype(np.int64), np.dtype(np.float16), np.dtype(np.float32),
+           np.dtype(np.float64)}
+
+
 def from_numpy(arr):
-    """Wrap a NumPy array (float64 stays float64, as in PyTorch)."""
+    """A tensor sharing `arr`'s memory, as in PyTorch: writes into the array show in the tensor, and in-place
+    ops on the tensor (and compiled steps that update it) write into the array (see _shared.py).
+
+    Float64 stays float64. An array of a dtype tracejit does not store (int32, uint8, ...) cannot be shared: the
+    tensor is a converted copy, and a warning says so (``from_numpy(img).float() / 255`` still works)."""
     if not isinstance(arr, np.ndarray):
-        raise TypeError(f"from_numpy expects an np.ndarray, got {type(arr).__name__}")
-    return _from_array(arr)
+        raise TypeError(f"expected np.ndarray (got {type(arr).__name__})")
+    if arr.dtype not in _NATIVE:
+        have = D.from_numpy(arr.dtype)  # (raises for dtypes with no tracejit counterpart at all)
+        warnings.warn(f"from_numpy: tracejit has no {arr.dtype} dtype, so the tensor is a copy (in {have.name}) that "
+                      f"does not share memory with the array (unlike PyTorch, writes into one are not seen by the "
+                      f"other); use tracejit.tensor(arr) to say that a copy is meant", UserWarning, stacklevel=2)
+        return _from_array(arr.astype(have.np))
+    t = _from_array(arr)
+    if t._box.value is arr:  # (not while tracing: there the array is a constant of the graph)
+        if arr.flags.writeable:
+            share(t._box)
+        else:
+            warnings.warn("from_numpy: the given NumPy array is not writable; the tensor reads it, and in-place "
+                          "operations on the tensor leave the array unchanged (they replace the tensor's "
+                          "storage)", UserWarning, stacklevel=2)
+    return t
 
 
-def full(size, fill_value, dtype=None, requires_grad=False, device=None):
+def size_arg(who, args, size=None):
+    """The shape a factory was given: positionally (``zeros(2, 3)``, ``zeros((2, 3))``) or as ``size=``."""
+    if size is not None:
+        if args:
+            raise TypeError(f"{who}() got multiple values for argument 'size'")
+        return _sizes((size,)) if not isinstance(size, int) else (int(size),)
+    if not args:
+        raise TypeError(f'{who}() missing 1 required positional arguments: "size"')
+    return _sizes(args)
+
+
+def _out(who, t, out):
+    return t if out is None else out._write_out(who, t)
+
+
+def full(size, fill_value, *, out=None, dtype=None, layout=None, device=None, requires_grad=False,
+         pin_memory=False):
     dt = D.as_dtype(dtype) if dtype is not None else D.scalar_dtype(fill_value)
     with no_grad():
         t = apply(OPS["full"], shape=tuple(_sizes((size,)) if not isinstance(size, int) else (size,)),
                   value=_py(fill_value, dt), dtype=dt)
-    return _placed(t, device, requires_grad)
+    return _out("full", _placed(t, device, requires_grad), out)
 
 
-def zeros(*size, dtype=None, requires_grad=False, device=None):
-    return full(_sizes(size), 0.0, dtype=dtype or D.default_float, requires_grad=requires_grad, device=device)
+def zeros(*sizes, size=None, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False):
+    return _out("zeros", full(size_arg("zeros", sizes, size), 0.0, dtype=dtype or D.default_float,
+                              requires_grad=requires_grad, device=device), out)
 
 
-def ones(*size, dtype=None, requires_grad=False, device=None):
-    return full(_sizes(size), 1.0, dtype=dtype or D.default_float, requires_grad=requires_grad, device=device)
+def ones(*sizes, size=None, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False):
+    return _out("ones", full(size_arg("ones", sizes, size), 1.0, dtype=dtype or D.default_float,
+                             requires_grad=requires_grad, device=device), out)
 
 
-empty = zeros
+def empty(*sizes, size=None, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False,
+          memory_format=None):
+    """Uninitialized in PyTorch; zeros here (deterministic)."""
+    return _out("empty", full(size_arg("empty", sizes, size), 0.0, dtype=dtype or D.default_float,
+                              requires_grad=requires_grad, device=device), out)
 
 
 def _like_device(t, device):
@@ -119,6 +172,6 @@ def linspace(start, end, steps, dtype=None, requires_grad=False, device=None):
     return _placed(_from_array(np.linspace(start, end, steps).astype(dt.np)), device, requires_grad)
 
 
-def eye(n, m=None, dtype=None, device=None, requires_grad=False):
+def eye(n, m=None, *, out=None, dtype=None, layout=None, device=None, requires_grad=False, pin_memory=False):
     arr = np.eye(n, m, dtype=(dtype and D.as_dtype(dtype) or D.default_float).np)
-    return _placed(_from_array(arr), device, requires_grad)
+    return _out("eye", _placed(_from_array(arr), device, requires_grad), out)

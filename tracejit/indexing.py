@@ -12,7 +12,7 @@ import numpy as np
 from . import dtypes as D
 from .devices import CPU
 from .dispatch import TensorBase as Tensor
-from .dispatch import _concrete_or_none, _from_array, apply, move
+from .dispatch import _concrete_or_none, _from_array, _py, apply, move
 from .errors import OpError, shape_str, user_location
 from .factories import tensor
 from .ops import OPS, first_bad_index, index_error
@@ -23,21 +23,50 @@ def _is_adv(i):
     return isinstance(i, (Tensor, list, np.ndarray))
 
 
-def getitem(x, index):
-
+def _as_tuple(index):
+    """The index as a tuple, a `range` in it as the list of its ints (as PyTorch: ``x[range(n), y]``)."""
     if not isinstance(index, tuple):
         index = (index,)
+    if any(isinstance(i, range) for i in index):
+        index = tuple(list(i) if isinstance(i, range) else i for i in index)
+    return index
+
+
+def getitem(x, index):
+
+    index = _as_tuple(index)
     index = _masks_to_indices(x, index)
+    index = _expand_ellipsis(x, index)
+    starts, stops, steps, out_shape, adv = _plan(x, index)
+    y = x
+    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * x.ndim, tuple(x.shape), (1,) * x.ndim):
+        y = apply(OPS["slice"], x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if not adv:
+        out = y.reshape(tuple(out_shape))
+        if out is not x:  # basic indexing makes a view: an in-place op on it writes into x (Tensor._inplace)
+            out._as_view_of(x, "index", index)
+        return out
+    # keep only the advanced dims and the real (non-int) dims of y, in order
+    keep_shape = [s if s is not None else y.shape[d] for s, d in zip(out_shape, _dims_of(index))]
+    y = y.reshape(tuple(keep_shape))
+    return _advanced(y, [(pos, idx) for _, pos, idx in adv])
+
+
+def _expand_ellipsis(x, index):
+    """`index` with its Ellipsis (or the missing trailing dims) spelled out as full slices."""
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     if n_real > x.ndim:
         raise IndexError(f"too many indices for tensor of dimension {x.ndim} (shape {shape_str(x.shape)}) "
                          f"at {user_location()}")
     if any(i is Ellipsis for i in index):
         k = index.index(Ellipsis)
-        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
-    else:
-        index = index + (slice(None),) * (x.ndim - n_real)
+        return index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
+    return index + (slice(None),) * (x.ndim - n_real)
 
+
+def _plan(x, index):
+    """Per dim of x: the slice that basic indexing takes; the output shape (None at advanced positions); the
+    advanced indices as (dim, output position, index)."""
     starts, stops, steps, out_shape, adv = [], [], [], [], []
     dim = 0
     for i in index:
@@ -66,16 +95,7 @@ def getitem(x, index):
         else:
             raise IndexError(f"unsupported index of type {type(i).__name__}")
         dim += 1
-
-    y = x
-    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * x.ndim, tuple(x.shape), (1,) * x.ndim):
-        y = apply(OPS["slice"], x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
-    if not adv:
-        return y.reshape(tuple(out_shape))
-    # keep only the advanced dims and the real (non-int) dims of y, in order
-    keep_shape = [s if s is not None else y.shape[d] for s, d in zip(out_shape, _dims_of(index))]
-    y = y.reshape(tuple(keep_shape))
-    return _advanced(y, [(pos, idx) for _, pos, idx in adv])
+    return starts, stops, steps, out_shape, adv
 
 
 def _is_mask(i):
@@ -208,3 +228,154 @@ def take(y, idx, axis):
     yx = yx.expand(pre + (y.shape[axis],) + s[1:] + post)
     ix = idx.reshape((1,) * len(pre) + s + (1,) * len(post)).expand(full_shape)
     return apply(OPS["gather"], yx, ix, axis=axis)
+
+
+# ----------------------------------------------------------------------------------------------- x[index] = v
+# Item assignment is functional, like every in-place op (Tensor._inplace): `index_put` computes the whole new
+# value -- x where the index does not reach, the value where it does -- and `x[index] = v` rebinds x to it.
+# Eager and traced runs compute the same thing, and autograd sees ordinary ops (where, pad, gather,
+# scatter_add): the gradient of x is g where not written, the value's is g gathered at the written places.
+
+
+def index_put(x, index, value):
+    """The tensor `x` would be after ``x[index] = value`` (x itself is left alone)."""
+    index = _as_tuple(index)
+    value = _put_value(x, value, strict=any(_is_adv(i) for i in index))
+    out = _mask_put(x, index, value)
+    if out is not None:
+        return out
+    index = _expand_ellipsis(x, _masks_to_indices(x, index))
+    starts, stops, steps, out_shape, adv = _plan(x, index)
+    if not adv:
+        return _basic_put(x, starts, stops, steps, tuple(out_shape), value)
+    return _advanced_put(x, index, value)
+
+
+def _put_value(x, value, strict):
+    v = _put_value_here(x, value, strict)
+    if v._box.device is not x._box.device:  # (a number, or a CPU tensor written into a tensor elsewhere)
+        v = move(v, x._box.device)
+    return v
+
+
+def _put_value_here(x, value, strict):
+    if isinstance(value, Tensor):
+        if value.dtype is not x.dtype:
+            if strict:  # (PyTorch's index_put_ does not convert a tensor; basic indexing copies, converting)
+                raise RuntimeError(f"Index put requires the source and destination dtypes match, got "
+                                   f"{x.dtype.name} for the destination and {value.dtype.name} for the source "
+                                   f"(at {user_location()})")
+            value = value.to(x.dtype)
+        return value
+    if isinstance(value, (bool, int, float, np.number, np.bool_)):
+        return apply(OPS["full"], shape=(), value=_py(value, x.dtype), dtype=x.dtype)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tensor(value, dtype=x.dtype, device=x._box.device)
+    raise TypeError(f"can't assign a {type(value).__name__} to a tracejit tensor (at {user_location()})")
+
+
+def constant_like(x, arr):
+    """The NumPy array `arr` as a constant tensor on `x`'s device (a graph constant while tracing)."""
+    t = _from_array(arr)
+    return t if x._box.device is CPU else move(t, x._box.device)
+
+
+def _strip_ones(v):
+    """`v` without leading size-1 dims (PyTorch's rule before broadcasting an assigned value)."""
+    k = 0
+    while k < v.ndim and v.shape[k] == 1:
+        k += 1
+    return v.reshape(tuple(v.shape[k:])) if k else v
+
+
+def _mask_put(x, index, value):
+    """``x[mask] = v`` with one bool mask over leading dims and a value that does not depend on how many
+    elements the mask selects: a `where`, which needs no mask values (so it traces). None otherwise."""
+    rest = [i for i in index[1:] if not (i is Ellipsis or (isinstance(i, slice) and i == slice(None)))]
+    n_ellipsis = sum(i is Ellipsis for i in index)
+    if rest or not _is_mask(index[0]) or n_ellipsis > 1:
+        return None
+    m = index[0] if isinstance(index[0], Tensor) else constant_like(x, np.asarray(index[0]))
+    if m.ndim == 0 or m.ndim + len(index) - 1 - n_ellipsis > x.ndim:
+        return None
+    if tuple(m.shape) != tuple(x.shape[:m.ndim]):
+        raise IndexError(f"The shape of the mask {shape_str(m.shape)} at index 0 does not match the shape of "
+                         f"the indexed tensor {shape_str(x.shape)} (at {user_location()})")
+    v = _strip_ones(value)
+    trailing = tuple(x.shape[m.ndim:])
+    if v.ndim > len(trailing) or any(a != b and a != 1 for a, b in zip(v.shape[::-1], trailing[::-1])):
+        return None  # one value per selected element (or a shape error): the general path
+    cond = m.reshape(tuple(m.shape) + (1,) * len(trailing))
+    return v.where(cond, x)
+
+
+def _expand_value(v, target):
+    """`v` broadcast to `target` by PyTorch's copy_ rule (leading ones dropped), with its errors."""
+    v = _strip_ones(v)
+    if v.ndim > len(target):
+        raise RuntimeError(f"expand({v.dtype.name}{shape_str(v.shape)}, size={list(target)}): the number of "
+                           f"sizes provided ({len(target)}) must be greater or equal to the number of dimensions "
+                           f"in the tensor ({v.ndim}) (at {user_location()})")
+    for i, (a, b) in enumerate(zip(v.shape[::-1], target[::-1])):
+        if a != b and a != 1:
+            d = len(target) - 1 - i
+            raise RuntimeError(f"The expanded size of the tensor ({b}) must match the existing size ({a}) at "
+                               f"non-singleton dimension {d}.  Target sizes: {list(target)}.  Tensor sizes: "
+                               f"{list(v.shape)} (at {user_location()})")
+    return v.expand(target) if tuple(v.shape) != tuple(target) else v
+
+
+def _basic_put(x, starts, stops, steps, target, value):
+    v = _expand_value(value, target)
+    region = tuple(len(range(a, b, s)) for a, b, s in zip(starts, stops, steps))
+    if math.prod(region) == 0:
+        return x
+    v = v.reshape(region)  # (int dims and None dims are the size-1 dims either side)
+    where_ = tuple(slice(a, b, s) for a, b, s in zip(starts, stops, steps))
+    mask = np.zeros(tuple(x.shape), dtype=bool)
+    mask[where_] = True
+    if all(s == 1 for s in steps):  # a box: pad the value out to x's shape
+        full = v.pad(tuple((a, n - b) for a, b, n in zip(starts, stops, x.shape)))
+    else:  # strided: every position of x fetches its value (or any one, where masked off)
+        positions = np.arange(x.numel(), dtype=np.int64).reshape(tuple(x.shape))[where_].reshape(-1)
+        inv = np.zeros(x.numel(), dtype=np.int64)
+        inv[positions] = np.arange(positions.size, dtype=np.int64)
+        full = take(v.reshape(-1), constant_like(x, inv), 0).reshape(tuple(x.shape))
+    return full.where(constant_like(x, mask), x)
+
+
+def _advanced_put(x, index, value):
+    n = x.numel()
+    # the flat position in x of every element x[index] reads: indexing an arange applies every rule once
+    lin = getitem(constant_like(x, np.arange(n, dtype=np.int64).reshape(tuple(x.shape))), index)
+    target = tuple(lin.shape)
+    v = _strip_ones(value)
+    try:
+        from .ops import broadcast_shapes
+
+        if broadcast_shapes("index_put", tuple(v.shape), target) != target:
+            raise OpError("")
+    except OpError:
+        raise RuntimeError(f"shape mismatch: value tensor of shape {shape_str(value.shape)} cannot be broadcast "
+                           f"to indexing result of shape {shape_str(target)} (at {user_location()})") from None
+    if math.prod(target) == 0:
+        return x
+    vals = (v.expand(target) if tuple(v.shape) != target else v).reshape(-1)
+    pos = lin.reshape(-1)
+    known = _concrete_or_none(pos)
+    if known is not None and np.unique(known).size == known.size:  # distinct places: a gather, as above
+        inv = np.zeros(n, dtype=np.int64)
+        inv[known] = np.arange(known.size, dtype=np.int64)
+        mask = np.zeros(n, dtype=bool)
+        mask[known] = True
+        full = take(vals, constant_like(x, inv), 0)
+        return full.where(constant_like(x, mask), x.reshape(-1)).reshape(tuple(x.shape))
+    # places that may repeat: PyTorch leaves the result undefined; here each place gets the mean of the values
+    # written to it (exactly the value where it is written once), in eager and compiled runs alike
+    fv = vals if x.dtype.is_floating_point else vals.to(D.float64)
+    sums = apply(OPS["scatter_add"], pos, fv, axis=0, shape=(n,))
+    count = apply(OPS["scatter_add"], pos, apply(OPS["full"], shape=(pos.shape[0],), value=1.0, dtype=fv.dtype),
+                  axis=0, shape=(n,))
+    hit = count > 0
+    mean = (sums / count.where(hit, 1.0)).to(x.dtype)
+    return mean.where(hit, x.reshape(-1)).reshape(tuple(x.shape))

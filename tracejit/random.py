@@ -16,7 +16,7 @@ from .autograd.mode import no_grad
 from .dispatch import TensorBase as Tensor
 from .dispatch import _from_array, _sizes, apply
 from .factories import _placed
-from .ops import OPS, TensorType
+from .ops import OPS, TensorType, broadcast_shapes
 
 DEFAULT_SEED = 67280421310721
 
@@ -82,15 +82,23 @@ def _float(dtype):
     return dt
 
 
-def rand(*size, generator=None, dtype=None, requires_grad=False, device=None):
+def _shape(who, sizes, size):
+    if size is not None:
+        if sizes:
+            raise TypeError(f"{who}() got multiple values for argument 'size'")
+        return _sizes((size,)) if not isinstance(size, int) else (int(size),)
+    return _sizes(sizes)
+
+
+def rand(*sizes, size=None, generator=None, dtype=None, requires_grad=False, device=None):
     """Uniform numbers in [0, 1)."""
-    u = (generator or default_generator)._draw(_sizes(size), _float(dtype))
+    u = (generator or default_generator)._draw(_shape("rand", sizes, size), _float(dtype))
     return _placed(u, device, requires_grad)
 
 
-def randn(*size, generator=None, dtype=None, requires_grad=False, device=None):
+def randn(*sizes, size=None, generator=None, dtype=None, requires_grad=False, device=None):
     """Standard normal numbers (Box-Muller over one uniform draw)."""
-    shape = _sizes(size)
+    shape = _shape("randn", sizes, size)
     dt = _float(dtype)
     n = math.prod(shape)
     half = (n + 1) // 2
@@ -102,6 +110,7 @@ def randn(*size, generator=None, dtype=None, requires_grad=False, device=None):
         if z.shape[0] != n:
             z = z[:n]
         z = z.reshape(shape)
+    z._view = None  # a fresh tensor, not a view of the draw it was cut from
     return _placed(z, device, requires_grad)
 
 
@@ -138,3 +147,53 @@ def randn_like(t, generator=None, dtype=None, device=None):
 def bernoulli(p, generator=None):
     """1.0 with probability p (elementwise), else 0.0."""
     return (rand(tuple(p.shape), generator=generator, dtype=p.dtype, device=p._box.device) < p).to(p.dtype)
+
+
+
+_NORMAL_FORMS = ("normal() received an invalid combination of arguments - got ({got}), but expected one of:\n"
+                 " * (Tensor mean, Tensor std, *, Generator generator = None, Tensor out = None)\n"
+                 " * (Tensor mean, float std = 1, *, Generator generator = None, Tensor out = None)\n"
+                 " * (float mean, Tensor std, *, Generator generator = None, Tensor out = None)\n"
+                 " * (float mean, float std, tuple of ints size, *, Generator generator = None, Tensor out = None, "
+                 "dtype dtype = None, device device = None, bool requires_grad = False)")
+
+
+def normal(mean=0.0, std=1.0, size=None, *, generator=None, out=None, dtype=None, layout=None, device=None,
+           pin_memory=False, requires_grad=False):
+    """Normal numbers, PyTorch's four forms: ``normal(mean_tensor, std_tensor)`` (shapes broadcast),
+    ``normal(mean_tensor, std=1.0)``, ``normal(mean, std_tensor)`` and ``normal(mean, std, size)``.
+
+    As PyTorch, the draw is not reparametrized: tensor means and stds get zero gradients."""
+    tm, ts = isinstance(mean, Tensor), isinstance(std, Tensor)
+    if not (tm or ts):
+        if size is None:
+            raise TypeError(_NORMAL_FORMS.format(got=f"{type(mean).__name__}, {type(std).__name__}"))
+        if std < 0:
+            raise RuntimeError(f"normal expects std >= 0.0, but found std {std:g}")
+        z = randn(_sizes((size,)) if not isinstance(size, int) else (size,), generator=generator, dtype=dtype,
+                  device=device)
+        with no_grad():
+            z = z * float(std) + float(mean) if (std, mean) != (1, 0) else z
+        z = z.requires_grad_(True) if requires_grad else z
+        return z if out is None else out._write_out("normal", z)
+    if size is not None:
+        got = ", ".join(type(a).__name__ for a in (mean, std, size))
+        raise TypeError(_NORMAL_FORMS.format(got=got))
+    ref = mean if tm else std
+    if not ref.dtype.is_floating_point or (tm and ts and not std.dtype.is_floating_point):
+        raise NotImplementedError(f'"normal" not implemented for {ref.dtype.name} (mean and std must be '
+                                  f"floating-point tensors)")
+    if ts:
+        s = std._box.value
+        if isinstance(s, np.ndarray) and s.size and s.min() < 0:  # (a traced std cannot be checked)
+            raise RuntimeError("normal expects all elements of std >= 0.0")
+    elif std < 0:
+        raise RuntimeError(f"normal expects std >= 0.0, but found std {std:g}")
+    shape = broadcast_shapes("normal", tuple(mean.shape) if tm else (), tuple(std.shape) if ts else ())
+    z = randn(shape, generator=generator, dtype=ref.dtype, device=ref._box.device)
+    with no_grad():
+        r = z * (std.detach() if ts else float(std)) + (mean.detach() if tm else float(mean))
+    for p in (mean, std):  # in the graph with zero gradient, as PyTorch's NormalBackward
+        if isinstance(p, Tensor) and p.requires_grad:
+            r = r + p * 0.0
+    return r if out is None else out._write_out("normal", r)

@@ -249,7 +249,7 @@ def test_a_read_only_input_of_a_packed_kernel_is_copied_not_refused(monkeypatch)
     step = _last_packed_step(monkeypatch)
     args = [np.random.default_rng(i).standard_normal(v.shape).astype(np.float32) for i, v in
             enumerate(step.node.inputs)]
-    want = step(list(args))
+    want = step([a.copy() for a in args])  # (writable arrays are updated in place: give it copies)
     frozen = [a.copy() for a in args]
     for a in frozen:
         a.flags.writeable = False

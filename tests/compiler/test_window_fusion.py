@@ -150,20 +150,25 @@ def test_memory_plan_updates_optimizer_state_in_place_but_never_a_users_array(mo
     assert not np.array_equal(w.detach().numpy(), before)
 
 
-def test_in_place_update_reads_and_writes_one_buffer_and_copies_arrays_it_does_not_own(monkeypatch):
+def test_in_place_update_reads_and_writes_one_buffer_and_copies_arrays_it_cannot_write(monkeypatch):
     from tracejit.compiler.backends.cpu import program as cpu_program
 
     monkeypatch.setattr(cpu_program, "INPLACE_MIN", 0)
     model, opt, step = make()
     x, y = data()
     step(x, y)  # eager: creates the momentum buffers
-    w = model.conv1.weight
-    held = w._box.value  # made by eager code: the compiled program must not write into it
+    w, b = model.conv1.weight, model.conv1.bias
+    held = w._box.value  # the parameter's storage: updated in place from the first call, as torch.optim does
     before = held.copy()
+    b._box.value = b._box.value.copy()
+    b._box.value.flags.writeable = False  # storage that cannot be written (a read-only mapped checkpoint)
+    frozen = b._box.value
+    frozen_before = frozen.copy()
     cf = tj.compile(step, backend="cpu")
     cf(x, y)
-    np.testing.assert_array_equal(held, before)
-    assert w._box.value is not held and not np.array_equal(w._box.value, before)
+    assert w._box.value is held and not np.array_equal(held, before)
+    np.testing.assert_array_equal(frozen, frozen_before)  # copied, not written
+    assert b._box.value is not frozen and not np.array_equal(b._box.value, frozen_before)
     # the update's source writes each in-place result through the variable it reads (no second name for the
     # buffer, which would send LLVM's vectorized loop to its scalar fallback)
     multi = [s for s, *_ in cf.latest().program.plan if getattr(s, "aliased", None)]

@@ -218,7 +218,8 @@ def test_collective_type_errors_name_the_op():
             }""")))
 
 
-def test_the_wait_keeps_the_array_being_sent_read_until_the_message_is_complete():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_the_wait_keeps_the_array_being_sent_read_until_the_message_is_complete(backend):
     import tracejit as tj
     import tracejit.distributed as dist
     import tracejit.nn as nn
@@ -227,11 +228,13 @@ def test_the_wait_keeps_the_array_being_sent_read_until_the_message_is_complete(
         model = nn.Linear(4, 3)
         opt = tj.optim.SGD(model.parameters(), lr=0.1)
 
-        @tj.compile(backend="reference")
+        @tj.compile(backend=backend)
         def step(x):
             opt.zero_grad()
             model(x).sum().backward()
-            before = model.weight.reshape(12)  # the weight before the update (a view of it, on the CPU)
+            # the weight before the update: a copy, which the passes reduce to a view of the weight's own array,
+            # sent while the optimizer updates that array in place (start < update < wait below)
+            before = model.weight.detach().clone().reshape(12)
             opt.step()
             dist.all_reduce(before)
             return before

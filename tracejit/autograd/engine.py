@@ -10,13 +10,9 @@ import numpy as np
 from ..dispatch import TensorBase as Tensor
 from ..errors import shape_str
 from ..factories import ones_like, tensor
+from .function import FunctionEntry, OutputEntry
 from .mode import set_grad_enabled
-from .tape import GradContext, TapeEntry
-
-_FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved tensors after "
-              "they have already been freed). Saved intermediate values of the graph are freed when you "
-              "call .backward() or autograd.grad(). Specify retain_graph=True if you need to backward "
-              "through the graph a second time.")
+from .tape import _FREED_MSG, GradContext, TapeEntry
 
 
 class _Callbacks(threading.local):
@@ -104,7 +100,17 @@ def _run(outputs, grad_outputs, retain_graph, create_graph, capture=None):
                 leaf_grads[id(capture_entries[id(e)])] = g
             if g is None:
                 continue
-            in_grads = e.op.grad(GradContext(e), g)
+            kind = type(e)
+            if kind is OutputEntry:  # one output of a Function call: its gradient goes to the call's slot
+                slots = grads.setdefault(id(e.call), [None] * len(e.call.out_types))
+                slots[e.index] = g if slots[e.index] is None else slots[e.index] + g
+                if not retain_graph:
+                    e.freed = True
+                continue
+            if kind is FunctionEntry:  # (after all its outputs: they precede it in the order)
+                in_grads = e.input_grads(g)
+            else:
+                in_grads = e.op.grad(GradContext(e), g)
             for nxt, gi in zip(e.next, in_grads):
                 if nxt is None or gi is None:
                     continue
@@ -114,8 +120,11 @@ def _run(outputs, grad_outputs, retain_graph, create_graph, capture=None):
                     _acc(leaf_grads, id(nxt), gi)
                     leaves[id(nxt)] = nxt
             if not retain_graph:
-                e.freed = True
-                e.inputs = None
+                if kind is FunctionEntry:
+                    e.free()
+                else:
+                    e.freed = True
+                    e.inputs = None
     if capture is not None:
         return [leaf_grads.get(id(t)) for t in capture]
     for key, g in leaf_grads.items():

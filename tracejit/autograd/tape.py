@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from ..errors import shape_str
 
+_FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved tensors after "
+              "they have already been freed). Saved intermediate values of the graph are freed when you "
+              "call .backward() or autograd.grad(). Specify retain_graph=True if you need to backward "
+              "through the graph a second time.")
+
 
 def _camel(name: str) -> str:
     return "".join(p.capitalize() for p in name.split("_"))

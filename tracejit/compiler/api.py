@@ -18,6 +18,7 @@ from collections import Counter
 
 import numpy as np
 
+from .. import _shared
 from .. import dispatch as T
 from .._tensor import Tensor
 from ..autograd.mode import _mode as _grad_mode
@@ -104,7 +105,7 @@ def make_runner(v: Variant):
     ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_make_on": Tensor._make_on,
                 "_unflatten": unflatten, "_structure": v.structure, "_interrupted": interrupt.raised_interrupt,
                 "_deferred": interrupt.deferred, "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values,
-                "_xfer": transfer}
+                "_xfer": transfer, "_shared": _shared, "_SB": _shared.SharedBox}
     named: dict[int, str] = {}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
@@ -136,9 +137,19 @@ def make_runner(v: Variant):
             f"    ins = _settle({what}, lambda: [{reads}])",
             "try:", "    outs = _prog_run(ins)", "except SystemError as e:",
             "    ki = _interrupted(e)", "    if ki is None:", "        raise", "    raise ki from None"]
+    writes = []
     for b, idx in v.writes:
-        body += [f"box = {b.box_expr(obj)}", f"box.value = {moved(f'outs[{idx}]', here, b.device)}",
-                 "box.version += 1"]
+        writes += [f"box = {b.box_expr(obj)}", f"box.value = {moved(f'outs[{idx}]', here, b.device)}",
+                   "box.version += 1"]
+    if writes and not v.program.updates_in_place:
+        # a box whose array NumPy shares (t.numpy(), from_numpy) is written by copying into that array
+        # (tracejit/_shared.py): once any exists, the write-back holds Ctrl-C too, so it is never left halfway
+        # (only these boxes matter: a type check each, after one flag read when nothing was ever shared)
+        any_shared = " or ".join(f"type({b.box_expr(obj)}) is _SB" for b, _ in v.writes)
+        writes = [f"if _shared.ever and ({any_shared}):", "    with _deferred():"] + \
+                 ["        " + w for w in writes] + \
+                 ["else:"] + ["    " + w for w in writes]
+    body += writes
     for ref, idx, _ in v.grad_sets:
         value = "None" if idx is None else made(idx)
         body.append(f"{ref.expr(obj)}._grad = {value}")
@@ -518,11 +529,20 @@ def explain(fn, *args, **kwargs) -> Explanation:
 
 
 def _memory_words(v: Variant) -> str:
-    """What a variant costs in memory: its planned buffers (memory_plan's note) and what compiling and loading its
-    kernels added to the process (measured around its first call; kernels shared with other variants cost once)."""
+    """What a variant costs in memory: memory_plan's planned peak (node by node, with reuse) against what eager
+    allocates; what the runtime holds (its arena: step results in buffers allocated once, reused every call) and
+    still allocates per call; and what compiling and loading its kernels added to the process (measured around
+    its first call; kernels shared with other variants cost once)."""
     plan = next((n.split(": ", 1)[1] for n in v.graph.notes if n.startswith("memory_plan:")), None)
+    parts = [f"planned: {plan}" if plan else "no memory plan"]
+    mem = getattr(v.program, "memory", None)
+    if mem is not None:
+        m = mem()
+        parts.append(f"runtime arena: {m['arena_bytes'] / 1e6:.2f} MB in {m['arena_buffers']} buffers for "
+                     f"{m['arena_values']} step results (allocated once, reused by every call); "
+                     f"{m['per_call_bytes'] / 1e6:.2f} MB of step results allocated per call (returned values, "
+                     f"state not updated in place, generated segments' own arrays)")
     added = getattr(v, "rss_added", None)
-    parts = [plan or "no memory plan"]
     if added is None:
         parts.append("its first call has not run yet (that is when kernels are compiled or loaded)")
     else:

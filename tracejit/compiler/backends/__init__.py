@@ -51,6 +51,12 @@ class Backend:
         """A new, uninitialized buffer of `shape` and tracejit `dtype` on this backend's device."""
         return np.empty(tuple(shape), dtype.np)
 
+    def view(self, buffer, shape, np_dtype):
+        """`buffer` (one of `alloc`'s uint8 buffers) seen from its start as an array of `shape` and NumPy
+        `np_dtype`: how the runtime's arena hands out memory (host backends: a NumPy view)."""
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        return buffer[:n].view(np_dtype).reshape(shape)
+
     def to_device(self, array: np.ndarray):
         """A buffer on this device holding `array`'s values (host backends may return `array` itself)."""
         return array

@@ -33,7 +33,7 @@ class CpuBackend(Backend):
     def compile(self, graph, dumper=None, timings=None):
         from .program import compile_graph
 
-        return compile_graph(graph, dumper=dumper, timings=timings)
+        return compile_graph(graph, dumper=dumper, timings=timings, backend=self)
 
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py

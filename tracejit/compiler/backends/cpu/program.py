@@ -31,19 +31,21 @@ INPLACE_MIN = 1 << 14  # elements of optimizer state below which in-place update
 
 
 class KernelStep:
-    """Runs one Numba function holding one or more loop kernels: reshape inputs (free views), allocate
-    outputs, call it. `parts` = (member node, LoopKernel, member-input -> step-input index map).
-    With `rows` (a `render_packed` kernel) the function takes one table of the arrays' addresses instead."""
+    """Runs one Numba function holding one or more loop kernels: reshape inputs (free views), take the output
+    arrays (the runtime's arena views, or new ones), call it. `parts` = (member node, LoopKernel, member-input ->
+    step-input index map). With `rows` (a `render_packed` kernel) the function takes one table of the arrays'
+    addresses instead."""
 
-    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, owned: dict | None = None,
-                 rows: list | None = None, aliased: set = frozenset()):
+    writes_into = True  # called as step(args, given): results go into the runtime's preallocated arrays
+
+    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, rows: list | None = None,
+                 aliased: set = frozenset()):
         self.node, self.fn, self.source, self.hit = node, fn, source, hit
         # in-place pairs the source writes through the input's own variable: they always get one buffer
         self.aliased = aliased
-        # (output position, input position) pairs memory_plan allows to share a buffer, honoured only for
-        # arrays this program produced itself last call (`owned`): a user's array is never written into
-        self.inplace = node.attrs.get("inplace", ()) if owned is not None else ()
-        self.owned = owned
+        # (output position, input position) pairs memory_plan allows to share a buffer: the state tensor's own
+        # storage is updated (as PyTorch's optimizers do), when it is a plain writable C-contiguous array
+        self.inplace = node.attrs.get("inplace", ())
         out_pos = {v.id: i for i, v in enumerate(node.outputs)}
         self.loads, self.outs, order = [], [], []
         for member, k, in_map in parts:
@@ -53,6 +55,7 @@ class KernelStep:
                 self.outs.append((v.type.shape, v.type.dtype.np, r.array.shape))
                 order.append(out_pos[v.id])
         self.out_order = [order.index(i) for i in range(len(node.outputs))]
+        self.given_order = order  # kernel result j is node output order[j]
         self.first_call_s: float | None = None
         # render_packed's rows -> positions in (loads + results), the order of its address table
         self.rows = None
@@ -65,14 +68,17 @@ class KernelStep:
             self.rows = [first_load[t] + p if p < len(parts[t][1].loads) else
                          first_out[t] + p - len(parts[t][1].loads) for t, p in rows]
 
-    def __call__(self, args):
+    def __call__(self, args, given=()):
         outs = [None] * len(self.outs)
+        if given:
+            for j, oi in enumerate(self.given_order):
+                outs[j] = given[oi]
         copied = False
         for oi, ii in self.inplace:
             a = args[ii]
-            if self.owned.get(id(a)) is a and a.flags.c_contiguous:
+            if type(a) is np.ndarray and a.flags.c_contiguous and a.flags.writeable:
                 outs[self.out_order[oi]] = a
-            elif (oi, ii) in self.aliased:  # not ours to write into: the kernel updates a copy instead
+            elif (oi, ii) in self.aliased:  # cannot be written into: the kernel updates a copy instead
                 if not copied:
                     args, copied = list(args), True
                 args[ii] = outs[self.out_order[oi]] = np.array(a, order="C")
@@ -119,20 +125,6 @@ def _alias_map(node: Node, parts: list) -> tuple:
 
 
 class CpuProgram(Program):
-    owned: dict
-
-    def run(self, inputs: list) -> list:
-        outs = super().run(inputs)
-        if not self.tracks_ownership:
-            return outs
-        counts: dict[int, int] = {}
-        for a in outs:
-            counts[id(a)] = counts.get(id(a), 0) + 1
-        # arrays handed out exactly once (each becomes one tensor's storage) may be updated in place next call
-        self.owned.clear()
-        self.owned.update((id(a), a) for a in outs if counts[id(a)] == 1 and isinstance(a, np.ndarray))
-        return outs
-
     def cache_stats(self) -> tuple[int, int]:
         """(generated kernels, how many of them were already in the source cache)."""
         ks = [s for s, *_ in self.plan if isinstance(s, (SegmentStep, KernelStep))]
@@ -168,9 +160,11 @@ class SegmentStep:
     """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
     compile it (first call), the run falls back to one step per node, and the reason is kept."""
 
-    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=()):
+    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=(),
+                 aliases=None):
         self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
         self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
+        self.aliases = aliases  # {output: inputs it may be a view of} (the runtime's arena relies on it)
         self.first_call_s: float | None = None
         self.uses_threads = uses_threads  # the generated function takes the pool's thread count last
         self.checks = list(checks)  # the source's index checks: number -> (error, message)
@@ -183,29 +177,46 @@ class SegmentStep:
 
     def __call__(self, args):
         try:
-            return self._call(args)
+            if self.first_call_s is None:
+                return self._first_call(args)
+            if self.blas_threads:
+                blas.set_threads(self.blas_threads)
+            if self.uses_threads:
+                return self.fn(*[as_c(a) for a in args], numba.get_num_threads())
+            return self.fn(*[as_c(a) for a in args])
         except IndexCheckFailed as e:  # an index out of range: the error eager code raises, with its value
             k, value = e.args
             raise index_error(value, *self.checks[k]) from None
 
-    def _call(self, args):
-        if self.first_call_s is None:
-            t0 = time.perf_counter()
-            try:
-                if self.blas_threads:
-                    blas.set_threads(self.blas_threads)
-                out = self.fn(*self._args(args))
-            except numba.core.errors.NumbaError as e:
-                self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
-                self.fn = self.fallback()
-                self.uses_threads = False
-                out = self.fn(*args)
-            self.first_call_s = time.perf_counter() - t0
-            interrupt.check()  # a Ctrl-C held while Numba compiled this segment
-            return out
-        if self.blas_threads:
-            blas.set_threads(self.blas_threads)
-        return self.fn(*self._args(args))
+    def _first_call(self, args):
+        t0 = time.perf_counter()
+        try:
+            if self.blas_threads:
+                blas.set_threads(self.blas_threads)
+            out = self.fn(*self._args(args))
+        except numba.core.errors.NumbaError as e:
+            self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
+            self.fn = _fresh_where_declared(self.fallback(), self.aliases)
+            self.uses_threads = False
+            out = self.fn(*args)
+        self.first_call_s = time.perf_counter() - t0
+        interrupt.check()  # a Ctrl-C held while Numba compiled this segment
+        return out
+
+
+def _fresh_where_declared(run, aliases):
+    """`run` (a segment's op-by-op fallback), with each output the generated code would have allocated copied
+    when it shares memory with an input: the runtime planned with the generated code's aliasing."""
+    if not aliases:
+        return run
+
+    def fresh(*args):
+        outs = list(run(*args))
+        for j, may in aliases.items():
+            if not may and any(isinstance(a, np.ndarray) and np.may_share_memory(outs[j], a) for a in args):
+                outs[j] = outs[j].copy()
+        return outs
+    return fresh
 
 
 def _per_node(nodes, make_step, inputs, outputs):
@@ -218,12 +229,11 @@ def _per_node(nodes, make_step, inputs, outputs):
     return run
 
 
-def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True) -> CpuProgram:
+def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True, backend=None) -> CpuProgram:
     threads.configure()  # threading layer and count must be set before the first parallel launch
     fallbacks: list[str] = []
     counter = [0]
     t_render = [0.0]
-    owned: dict = {}
 
     def make_step(node: Node):
         kind = node.fused_kind
@@ -258,15 +268,15 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
         counter[0] += 1
         if dumper:
             dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
-        return KernelStep(node, parts, fn, src, hit, owned if kind is FusedKind.MULTI else None, rows, aliased)
+        return KernelStep(node, parts, fn, src, hit, rows, aliased)
 
     if not segments:
-        prog = CpuProgram(graph, make_step)
+        prog = CpuProgram(graph, make_step, backend=backend)
     else:
-        prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render))
+        prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render),
+                          backend=backend)
     prog.fallbacks = fallbacks
-    prog.owned = owned
-    prog.tracks_ownership = prog.updates_in_place = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
+    prog.updates_in_place = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
     if timings is not None:
         timings["render+load"] = t_render[0]
     return prog
@@ -329,6 +339,6 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
                     else blas.threads_for(seg.max_gemm_flops))
         step = SegmentStep(fn, src, hit, nthreads,
                            lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
-                           label, fallbacks, seg.uses_threads, seg.checks)
+                           label, fallbacks, seg.uses_threads, seg.checks, seg.aliases)
         units.append((step, ins, outs))
     return units

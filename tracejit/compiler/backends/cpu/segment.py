@@ -94,8 +94,17 @@ class SegmentSource:
         self.uses_threads = False  # the function takes the pool's thread count as its last argument
         self.checks: list[tuple[str, str]] = []  # index checks: number -> (error, message), see _check
         self._k = 0
+        # value id -> the inputs whose memory it may share (a view: reshape, transpose, slice, a checked index);
+        # empty for arrays the segment allocates. Tells the runtime which outputs may alias which inputs.
+        self.from_input: dict[int, frozenset] = {v.id: frozenset((i,)) for i, v in enumerate(inputs)}
         for n in nodes:
             self._emit(n)
+            for v in n.outputs:
+                if v.id not in self.from_input:
+                    self.from_input[v.id] = frozenset().union(*(self.from_input.get(x.id, frozenset())
+                                                                for x in n.inputs))
+        self.aliases = {j: tuple(sorted(self.from_input.get(v.id, range(len(inputs)))))
+                        for j, v in enumerate(outputs)}
 
     def var(self, v) -> str:
         return self.name[v.id]
@@ -149,6 +158,7 @@ class SegmentSource:
         return self._c(v), 0, v.shape[1]
 
     def _alloc(self, v) -> str:
+        self.from_input[v.id] = frozenset()
         name = self._def(v)
         self.lines.append(f"    {name} = empty({_shape(v.shape)}, {_np(v.dtype)})")
         self.contiguous.add(v.id)

@@ -37,8 +37,8 @@ def _gemm_grads(a, outs, x_shape, w_shape, label, g_at, x_at=None, w_at=None, dx
     window.im2col; x or w, where the node does not take it, is a shape-only placeholder never read."""
     pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
-    def grads(args):
-        res = [_empty(v) for v in outs]
+    def grads(args, given=()):
+        res = _take_all(given, outs)
         it = iter(res)
         g = as_c(args[g_at])
         x = as_c(args[x_at]) if x_at is not None else np.empty(x_shape, g.dtype)
@@ -60,10 +60,20 @@ def _empty(v):
     return np.empty(v.type.shape, v.type.dtype.np)
 
 
-def _conv_pool_backward_args(args, outs, has_dx):
+def _take(given, i, v):
+    """The step's i-th result array: the runtime's preallocated one (its arena) when given, else a new one."""
+    o = given[i] if i < len(given) else None
+    return o if o is not None else _empty(v)
+
+
+def _take_all(given, outs):
+    return [_take(given, i, v) for i, v in enumerate(outs)]
+
+
+def _conv_pool_backward_args(args, outs, has_dx, given=()):
     """(x, w, pooled gradient, argmax, dx, dw, db, results) of a conv_pool_backward step, its results newly
     allocated. Without an input gradient (dx None) w is a placeholder of dw's shape: its values are never read."""
-    res = [_empty(v) for v in outs]
+    res = _take_all(given, outs)
     if has_dx:
         (x, w, gm, idx), (dx, dw, db) = args[:4], res
     else:
@@ -86,16 +96,16 @@ def window_step(node: Node):
             if _by_gemm(a, node.inputs[0].shape, node.inputs[1].shape):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
-                def conv_pool_gemm(args):
-                    pooled, idx = _empty(outs[0]), _empty(outs[1])
+                def conv_pool_gemm(args, given=()):
+                    pooled, idx = _take(given, 0, outs[0]), _take(given, 1, outs[1])
                     WG.conv_forward(as_c(args[0]), as_c(args[1]), as_c(args[2]) if has_bias else None, pooled, idx,
                                     pad, dil, relu, k, s)
                     return pooled, idx
                 return _label(conv_pool_gemm, ("conv2d+bias+relu+max_pool2d" if relu else "conv2d+bias+max_pool2d")
                               + " (per-image GEMM)")
 
-            def conv_pool(args):
-                pooled, idx = _empty(outs[0]), _empty(outs[1])
+            def conv_pool(args, given=()):
+                pooled, idx = _take(given, 0, outs[0]), _take(given, 1, outs[1])
                 W.conv2d_pool_forward(as_c(args[0]), as_c(args[1]), as_c(args[2]) if has_bias else None, pooled, idx,
                                       relu=relu, pool_k=k, pool_s=s, **kw)
                 return pooled, idx
@@ -103,8 +113,8 @@ def window_step(node: Node):
         if pattern is Pattern.UNPOOL:
             relu, k, s = a["relu"], a["pool"][0], a["pool_stride"][0]
 
-            def unpool(args):
-                out = np.empty(outs[0].type.shape, outs[0].type.dtype.np)
+            def unpool(args, given=()):
+                out = _take(given, 0, outs[0])
                 pooled = as_c(args[2]) if relu else np.empty(args[0].shape, args[0].dtype)
                 WB.maxpool_relu_backward(as_c(args[0]), as_c(args[1]), pooled, out, relu=relu, pool_k=k, pool_s=s)
                 return (out,)
@@ -117,8 +127,8 @@ def window_step(node: Node):
             if _by_gemm(a, x_shape, w_shape, backward=True):
                 pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
-                def conv_pool_backward_gemm(args):
-                    x, w, gm, idx, dx, dw, db, res = _conv_pool_backward_args(args, outs, has_dx)
+                def conv_pool_backward_gemm(args, given=()):
+                    x, w, gm, idx, dx, dw, db, res = _conv_pool_backward_args(args, outs, has_dx, given)
                     aux = as_c(args[-1]) if relu else _no_aux(gm.dtype)
                     WG.conv_backward(as_c(x), as_c(w), as_c(gm), WG.MODE_POOL, as_c(idx), aux, pad, dil, dx, dw, db,
                                      relu=relu, pool_k=k, pool_s=s)
@@ -132,9 +142,9 @@ def window_step(node: Node):
 
                 # the direct kernels are faster unfused here (LeNet conv2 one-kernel backward with dx: 2.4-3.8 ms
                 # against 2.2 ms as unpool, grad_input, grad_weight+bias)
-                def conv_pool_backward_split(args):
+                def conv_pool_backward_split(args, given=()):
                     x, w, gm, idx = args[:4]
-                    dx, dw, db = res = [_empty(v) for v in outs]
+                    dx, dw, db = res = _take_all(given, outs)
                     dy = np.empty(dy_shape, gm.dtype)
                     pooled = as_c(args[-1]) if relu else np.empty(gm.shape, gm.dtype)
                     WB.maxpool_relu_backward(as_c(gm), as_c(idx), pooled, dy, relu=relu, pool_k=k, pool_s=s)
@@ -143,8 +153,8 @@ def window_step(node: Node):
                     return res
                 return _label(conv_pool_backward_split, "unpool+relu, conv2d_grad_input, conv2d_grad_weight+bias")
 
-            def conv_pool_backward(args):
-                x, w, gm, idx, dx, dw, db, res = _conv_pool_backward_args(args, outs, has_dx)
+            def conv_pool_backward(args, given=()):
+                x, w, gm, idx, dx, dw, db, res = _conv_pool_backward_args(args, outs, has_dx, given)
                 pooled = as_c(args[-1]) if relu else np.empty(gm.shape, gm.dtype)
                 WB.conv2d_pool_backward(as_c(x), as_c(w), as_c(gm), as_c(idx), pooled, dx, dw, db, relu=relu, pool_k=k,
                                         pool_s=s, **kw)
@@ -157,8 +167,8 @@ def window_step(node: Node):
                 return _gemm_grads(a, outs, x_shape, w_shape, "conv2d_grad_weight+bias (per-image GEMM)",
                                    g_at=1, x_at=0, dw=True, db=True)
 
-            def grad_wb(args):
-                dw, db = _empty(outs[0]), _empty(outs[1])
+            def grad_wb(args, given=()):
+                dw, db = _take(given, 0, outs[0]), _take(given, 1, outs[1])
                 WB.conv2d_grad_weight(as_c(args[0]), as_c(args[1]), dw, db, **kw)
                 return dw, db
             return _label(grad_wb, "conv2d_grad_weight+bias")
@@ -170,8 +180,8 @@ def window_step(node: Node):
     if name == "conv2d" and _by_gemm(a, node.inputs[0].shape, node.inputs[1].shape):
         pad, dil = W._pair(a["padding"]), W._pair(a["dilation"])
 
-        def conv_gemm(args):
-            o = _empty(out)
+        def conv_gemm(args, given=()):
+            o = _take(given, 0, out)
             WG.conv_forward(as_c(args[0]), as_c(args[1]), None, o, _NO_IDX, pad, dil, False, 0, 1)
             return (o,)
         return _label(conv_gemm, "conv2d (per-image GEMM)")
@@ -184,51 +194,51 @@ def window_step(node: Node):
     if name == "conv2d":
         kw = _conv_kw(a)
 
-        def conv(args):
-            o = _empty(out)
+        def conv(args, given=()):
+            o = _take(given, 0, out)
             W.conv2d_forward(as_c(args[0]), as_c(args[1]), None, o, **kw)
             return (o,)
         return _label(conv, name)
     if name == "conv2d_grad_input":
         kw = _conv_kw(a)
 
-        def grad_input(args):
-            o = _empty(out)
+        def grad_input(args, given=()):
+            o = _take(given, 0, out)
             WB.conv2d_grad_input(as_c(args[0]), as_c(args[1]), o, **kw)
             return (o,)
         return _label(grad_input, name)
     if name == "conv2d_grad_weight":
         kw = _conv_kw(a)
 
-        def grad_weight(args):
-            o = _empty(out)
+        def grad_weight(args, given=()):
+            o = _take(given, 0, out)
             WB.conv2d_grad_weight(as_c(args[0]), as_c(args[1]), o, None, **kw)
             return (o,)
         return _label(grad_weight, name)
     pool = dict(kernel=a.get("kernel"), stride=a.get("stride"), padding=a.get("padding"))
     if name == "max_pool2d":
-        def max_pool(args):
-            o = _empty(out)
+        def max_pool(args, given=()):
+            o = _take(given, 0, out)
             W.max_pool2d_forward(as_c(args[0]), o, dilation=a["dilation"], ceil_mode=a["ceil_mode"], **pool)
             return (o,)
         return _label(max_pool, name)
     if name == "max_pool2d_grad":
-        def max_pool_grad(args):
-            o = _empty(out)
+        def max_pool_grad(args, given=()):
+            o = _take(given, 0, out)
             W.max_pool2d_backward(as_c(args[0]), as_c(args[1]), o, dilation=a["dilation"], ceil_mode=a["ceil_mode"],
                                   **pool)
             return (o,)
         return _label(max_pool_grad, name)
     if name == "avg_pool2d":
-        def avg_pool(args):
-            o = _empty(out)
+        def avg_pool(args, given=()):
+            o = _take(given, 0, out)
             W.avg_pool2d_forward(as_c(args[0]), o, ceil_mode=a["ceil_mode"],
                                  count_include_pad=a["count_include_pad"], **pool)
             return (o,)
         return _label(avg_pool, name) if not a.get("ceil_mode") else None
     if name == "avg_pool2d_grad":
-        def avg_pool_grad(args):
-            o = _empty(out)
+        def avg_pool_grad(args, given=()):
+            o = _take(given, 0, out)
             W.avg_pool2d_backward(as_c(args[0]), o, ceil_mode=a["ceil_mode"],
                                   count_include_pad=a["count_include_pad"], **pool)
             return (o,)
@@ -238,8 +248,8 @@ def window_step(node: Node):
         flops = 2.0 * out.type.numel * k
         nthreads = blas.threads_for(flops)
 
-        def matmul(args):
-            o = _empty(out)
+        def matmul(args, given=()):
+            o = _take(given, 0, out)
             blas.set_threads(nthreads)
             np.matmul(args[0], args[1], out=o)
             return (o,)
@@ -249,4 +259,5 @@ def window_step(node: Node):
 
 def _label(fn, label):
     fn.label = label
+    fn.writes_into = True  # called as fn(args, given): writes its results into the runtime's given arrays
     return fn
