@@ -54,7 +54,8 @@ def assert_ok(p: subprocess.CompletedProcess, n: int, checks: list) -> None:
 @pytest.mark.parametrize("n", [2, 3])
 def test_collectives(n):
     p = run_job("collectives.py", n)
-    assert_ok(p, n, ["all_reduce every op and dtype", "a message in flight is its own copy",
+    assert_ok(p, n, ["all_reduce every op and dtype", "compiled all_reduce every op and dtype",
+                     "tensors on another device staged through host", "a message in flight is its own copy",
                      "DDP broadcasts parameters and buffers",
                      "broadcast, all_gather, barrier", "compiled collectives",
                      "DistributedSampler shards"])

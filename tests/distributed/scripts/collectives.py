@@ -58,6 +58,61 @@ def all_reduce_every_op_and_dtype():
     ok("all_reduce every op and dtype")
 
 
+def compiled_every_op_and_dtype():
+    """The same inside @compile: one traced function holding an all_reduce node per op and dtype (compiled steps
+    take no float16)."""
+    dtypes = (np.float32, np.float64, np.int64, np.bool_)
+    cases = [(d, op) for d in dtypes for op in R if not (op is R.AVG and d in (np.int64, np.bool_))]
+
+    @torch.compile
+    def reduce_all(*xs):
+        outs = []
+        for (_, op), x in zip(cases, xs):
+            y = x.clone()
+            dist.all_reduce(y, op=op)
+            outs.append(y)
+        return outs
+
+    for k in range(2):  # the second call replays the compiled program
+        ins = [torch.from_numpy(values(RANK + k, d).copy()) for d, _ in cases]
+        outs = reduce_all(*ins)
+        for (d, op), got in zip(cases, outs):
+            every = np.stack([values(r + k, d) for r in range(WORLD)])
+            expect = (BOOL_EXPECT if d == np.bool_ else EXPECT)[op](every)
+            got = got.numpy()
+            assert got.dtype == d, (op, d, got.dtype)
+            np.testing.assert_allclose(got.astype(np.float64), np.asarray(expect, np.float64),
+                                       rtol=1e-3 if d == np.float16 else 1e-6, err_msg=f"compiled {op} {d}")
+    v = reduce_all.latest()
+    assert sum(n.op.name == "all_reduce_start" for n in v.graph.nodes) == len(cases)
+    ok("compiled all_reduce every op and dtype")
+
+
+def staged_through_host():
+    """A tensor on another device (tests/compiler/fake_device.py: buffers NumPy must not see) is staged through host
+    memory by its backend (to_host, the collective, to_device) and stays on its device."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "compiler"))
+    import fake_device
+
+    be = fake_device.install("fakedist", "fakedist:0")
+    try:
+        t = torch.from_numpy(values(RANK, np.float32).copy()).to("fakedist")
+        before = be.to_host_calls
+        dist.all_reduce(t, op=R.SUM)
+        assert str(t.device) == "fakedist:0", t.device
+        assert be.to_host_calls > before
+        expect = np.stack([values(r, np.float32) for r in range(WORLD)]).sum(0)
+        np.testing.assert_array_equal(t.cpu().numpy(), expect)
+        b = torch.from_numpy(values(RANK, np.float32).copy()).to("fakedist")
+        dist.broadcast(b, src=0)
+        np.testing.assert_array_equal(b.cpu().numpy(), values(0, np.float32))
+    finally:
+        fake_device.uninstall("fakedist")
+    ok("tensors on another device staged through host")
+
+
 def in_flight_views():
     """A split all-reduce of a view: writing into the viewed array before the wait does not reach the message."""
     from tracejit.distributed import group
@@ -183,6 +238,8 @@ if __name__ == "__main__":
     import sys
 
     all_reduce_every_op_and_dtype()
+    compiled_every_op_and_dtype()
+    staged_through_host()
     in_flight_views()
     ddp_buffers()
     other_collectives(sys.argv[1] if len(sys.argv) > 1 else None)
