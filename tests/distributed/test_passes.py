@@ -249,3 +249,40 @@ def test_the_wait_keeps_the_array_being_sent_read_until_the_message_is_complete(
         assert wait.inputs == (start.outputs[0], start.inputs[0])
         multi = next(n for n in g.nodes if n.fused_kind is not None and n.fused_kind.value == "multi")
         assert g.nodes.index(start) < g.nodes.index(multi) < g.nodes.index(wait)  # in flight during the update
+
+
+def test_the_arena_never_hands_a_buffer_in_flight_to_a_later_step():
+    # the runtime's arena (compiler/runtime.py) shares a buffer between native-step results whose lifetimes do not
+    # overlap. A gradient a window kernel wrote into the arena is sent by all_reduce_start; the wait reads it too
+    # (overlap_collectives), so the kernel running meanwhile gets another buffer. Plans as the CPU backend makes
+    # them: (step, input slots, output slots, freed); slot 0 is the graph input.
+    from tracejit import dtypes as D
+    from tracejit.compiler.ir import TensorType
+    from tracejit.compiler.runtime import ArenaPlan
+
+    def native():
+        def step(args, into):
+            return into
+        step.writes_into = True
+        return step
+
+    def collective():
+        def step(args):
+            return [np.empty_like(args[0])]
+        step.aliases = {0: ()}  # its result is fresh memory (the message's receive buffer), no view of the input
+        return step
+
+    t = TensorType((64,), D.float32)
+    types = [t] * 6
+    grad, nxt, start, wait, other = native(), native(), collective(), collective(), native()
+    # 1 = grad(0); 2 = all_reduce_start(1); 3 = other kernel(0); 4 = all_reduce_wait(2, 1 [or not]); 5 = nxt(3, 4)
+    for wait_reads_sent in (True, False):
+        wait_ins = [2, 1] if wait_reads_sent else [2]
+        plan = [(grad, [0], [1], []), (start, [1], [2], []), (other, [0], [3], []), (wait, wait_ins, [4], []),
+                (nxt, [3, 4], [5], [])]
+        arena = ArenaPlan(plan, types, [5], lambda n: np.empty(n, np.uint8))
+        sent, meanwhile = arena.where[0][0][0], arena.where[2][0][0]
+        if wait_reads_sent:
+            assert sent != meanwhile, "the kernel between start and wait writes into the buffer being sent"
+        else:  # (what the wait's second input prevents)
+            assert sent == meanwhile
