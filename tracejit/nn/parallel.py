@@ -22,8 +22,8 @@ from .. import distributed as dist
 from .. import ops as _ops
 from .._tensor import cat
 from ..autograd import engine, is_grad_enabled, no_grad
-from ..dispatch import apply
-from ..factories import zeros
+from ..dispatch import apply, current_tracer
+from ..factories import tensor, zeros
 from .module import Module
 
 __all__ = ["DistributedDataParallel", "DataParallel"]
@@ -71,10 +71,11 @@ class DistributedDataParallel(Module):
 
     At construction rank 0's parameters and buffers are broadcast to every rank (and the model's shape checked to
     be the same everywhere); with `broadcast_buffers` each forward first takes rank 0's buffers (BatchNorm
-    statistics). Parameters that receive no gradient on a rank contribute zeros to their bucket and keep
-    `.grad` None there. `no_sync()` accumulates gradients locally (gradient accumulation); the backward after it
-    reduces them. `bucket_cap_mb` is in MiB, as in PyTorch. `device_ids`, `output_device`, `find_unused_parameters`,
-    `static_graph` and `gradient_as_bucket_view` are accepted for PyTorch's scripts and change nothing here.
+    statistics). Parameters that receive no gradient on a rank contribute zeros to their bucket; they get the
+    average when another rank used them, and keep `.grad` None when no rank did. `no_sync()` accumulates gradients
+    locally (gradient accumulation); the backward after it reduces them. `bucket_cap_mb` is in MiB, as in PyTorch.
+    `device_ids`, `output_device`, `find_unused_parameters`, `static_graph` and `gradient_as_bucket_view` are
+    accepted for PyTorch's scripts and change nothing here.
     """
 
     def __init__(self, module: Module, device_ids=None, output_device=None, dim: int = 0,
@@ -181,17 +182,28 @@ class DistributedDataParallel(Module):
             engine.queue_callback(self._reduce_gradients)
 
     def _reduce_gradients(self) -> None:
-        """Average every bucket's gradients over the ranks: cat -> all_reduce(avg) -> views back into `.grad`."""
+        """Average every bucket's gradients over the ranks: cat -> all_reduce(avg) -> views back into `.grad`.
+
+        Eagerly each bucket also carries one flag per parameter (1: it has a gradient on this rank), so that, as in
+        PyTorch, a parameter unused here but used on another rank gets the average too (and one unused on every rank
+        keeps `.grad` None): the ranks' parameters stay equal. A compiled step's graph is the same on every rank,
+        so there the ranks agree on which gradients exist without asking."""
+        eager = current_tracer() is None
         with no_grad():
             for b in self._buckets:
                 grads = [p.grad for p in b.params]
-                parts = [g.reshape(-1) if g is not None else zeros(n, dtype=b.dtype, device=p.device)
-                         for p, g, n in zip(b.params, grads, b.numels)]
+                device = b.params[0].device
+                parts = [g.reshape(-1) if g is not None else zeros(n, dtype=b.dtype, device=device)
+                         for g, n in zip(grads, b.numels)]
+                if eager:
+                    parts.append(tensor([0.0 if g is None else 1.0 for g in grads], dtype=b.dtype, device=device))
                 flat = cat(parts) if len(parts) > 1 else parts[0]
                 flat = apply(_ops.ALL_REDUCE, flat, reduce="avg")
+                total = sum(b.numels)
+                used = [f > 0 for f in flat[total:].tolist()] if eager else [g is not None for g in grads]
                 at = 0
-                for p, g, n in zip(b.params, grads, b.numels):
-                    if g is not None:
+                for p, n, u in zip(b.params, b.numels, used):
+                    if u:
                         p.grad = flat[at:at + n].reshape(tuple(p.shape))
                     at += n
 

@@ -187,6 +187,35 @@ def accumulation_and_unused():
     ok("no_sync accumulation and parameters without gradients")
 
 
+def used_on_one_rank():
+    """Eager: a parameter only rank 0 uses gets the average (rank 0's gradient / WORLD) on every rank, as in
+    PyTorch, so that every rank's optimizer updates it alike; one no rank uses keeps .grad None everywhere."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+            self.rank0 = nn.Linear(5, 3)
+            self.nobody = nn.Linear(5, 3)
+
+        def forward(self, x, extra):
+            return self.fc(x) + self.rank0(x) if extra else self.fc(x)
+
+    rng = np.random.default_rng(4)
+    torch.manual_seed(9)
+    model = DDP(Net())
+    x = torch.from_numpy(rng.standard_normal((2 * WORLD, 5), dtype=np.float32))
+    model(x[RANK * 2:(RANK + 1) * 2], RANK == 0).square().mean().backward()
+    ref = same_model(model.module, Net())
+    ref(x[0:2], True).square().mean().backward()  # rank 0's shard: the only gradient of rank0.*
+    assert model.module.nobody.weight.grad is None and model.module.nobody.bias.grad is None
+    for name in ("weight", "bias"):
+        got = getattr(model.module.rank0, name).grad
+        assert got is not None, f"rank0.{name}.grad is None on rank {RANK}"
+        np.testing.assert_allclose(arrays(got), arrays(getattr(ref.rank0, name).grad) / WORLD, **TOL)
+    ok("a parameter used on one rank only")
+
+
 def checkpoint(path):
     torch.manual_seed(RANK)
     model = DDP(nn.Linear(3, 2))
@@ -201,6 +230,7 @@ if __name__ == "__main__":
     lenet_and_mlp()
     uneven_batches()
     accumulation_and_unused()
+    used_on_one_rank()
     checkpoint(sys.argv[1])
     dist.barrier()
     dist.destroy_process_group()
