@@ -4,6 +4,7 @@ MPI the `dev` extra installs: mpi4py and the mpich wheel), 2 ranks and once 3, o
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -80,6 +81,27 @@ def test_a_rank_that_raises_ends_the_job_with_its_error(module):
     assert "MPIEXEC_TIMEOUT" not in p.stderr and "timeout" not in p.stderr.lower()  # aborted, not timed out
 
 
+def test_the_launcher_wrapper_ends_a_failing_job_with_the_error():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "tracejit.distributed.run", "-n", "2", "--timeout", "60",
+                        str(SCRIPTS / "failures.py"), "raise"], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode != 0
+    assert "ValueError: rank 1 fails on purpose" in p.stderr
+    assert "finished" not in p.stdout
+
+
+def test_the_launcher_wrapper_command():
+    from tracejit.distributed import run
+
+    ns = argparse.Namespace(nproc=8, hostfile="hosts", ppn=1, timeout=600, threads=None, script="train.py",
+                            args=["--epochs", "2"])
+    cmd, env = run.command(ns)
+    assert cmd[0].endswith("mpiexec")
+    assert cmd[1:] == ["-f", "hosts", "-ppn", "1", "-n", "8", sys.executable, "-m", "mpi4py", "train.py", "--epochs",
+                       "2"]
+    assert env["MPIEXEC_TIMEOUT"] == "600"
+
+
 def test_a_collective_whose_peer_never_arrives_times_out_naming_it():
     p = run_job("failures.py", 3, "timeout", timeout=60)
     assert p.returncode != 0
@@ -106,10 +128,12 @@ def test_bench_data_parallel_mode(tmp_path):
 
 
 def test_the_ddp_example_trains_on_two_processes(tmp_path):
-    env = {**os.environ, "MPIEXEC_TIMEOUT": "300", "TRACEJIT_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # launched through tracejit.distributed.run (mpiexec -n 2 python -m mpi4py, the environment's mpiexec)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ckpt = tmp_path / "ddp.safetensors"
-    p = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(ROOT / "examples" / "train_ddp.py"),
-                        "--quick", "--checkpoint", str(ckpt)], capture_output=True, text=True, timeout=360, env=env)
+    p = subprocess.run([sys.executable, "-m", "tracejit.distributed.run", "-n", "2", "--timeout", "300",
+                        str(ROOT / "examples" / "train_ddp.py"), "--quick", "--checkpoint", str(ckpt)],
+                       capture_output=True, text=True, timeout=360, env=env)
     assert p.returncode == 0, p.stderr[-4000:]
     losses = [float(line.split("mean loss ")[1].split()[0]) for line in p.stdout.splitlines() if "mean loss" in line]
     assert len(losses) == 2 and losses[1] < losses[0]  # printed once (rank 0), and it learns
