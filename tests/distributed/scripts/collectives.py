@@ -108,6 +108,19 @@ def staged_through_host():
         b = torch.from_numpy(values(RANK, np.float32).copy()).to("fakedist")
         dist.broadcast(b, src=0)
         np.testing.assert_array_equal(b.cpu().numpy(), values(0, np.float32))
+
+        @torch.compile
+        def summed(x):
+            y = x * 2.0
+            dist.all_reduce(y)
+            return y
+
+        for _ in range(2):
+            c = torch.from_numpy(values(RANK, np.float32).copy()).to("fakedist")
+            out = summed(c)
+            assert str(out.device) == "fakedist:0", out.device
+            np.testing.assert_array_equal(out.cpu().numpy(), 2 * expect)
+        assert summed.latest().program.runs >= 1  # the fake device's program ran it
     finally:
         fake_device.uninstall("fakedist")
     ok("tensors on another device staged through host")
