@@ -2,6 +2,7 @@
 gradients averaged over the processes after backward (DistributedDataParallel), the step compiled.
 
     mpiexec -n 2 python -m mpi4py examples/train_ddp.py          # 2 processes (pip install -e '.[distributed]')
+    python -m tracejit.distributed.run -n 2 examples/train_ddp.py # the same, with this environment's mpiexec
     python examples/train_ddp.py --quick                          # a world of one process works too
 
 Prints each epoch's mean loss over all ranks (rank 0), writes a checkpoint from rank 0 only, and shows where the
