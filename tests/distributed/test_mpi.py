@@ -124,6 +124,8 @@ def test_bench_data_parallel_mode(tmp_path):
     assert one["efficiency"] == 1.0 and 0 < two["efficiency"]
     assert two["grad_bytes"] == 62006 * 4 and len(two["buckets"]) == 1  # LeNet: one 248 KB bucket
     assert two["median"]["collectives"] >= 1 and two["allreduce"]["alone_s"] > 0
+    assert len(two["interleaved"]) == 1 and 0 < two["efficiency_interleaved"]["median"]  # 1-process rounds in the job
+    assert "rounds alternating with the 2-process ones" in p.stdout
     assert [(e["machines"], e["link_gbps"]) for e in report["estimate"]] == [(8, 10), (8, 100), (64, 10), (64, 100)]
 
 

@@ -5,7 +5,10 @@ overlapped backward, and an estimate for 8 and 64 machines over 10 and 100 Gb/s 
 Each process count is one MPI job, `mpiexec -n P python -m mpi4py -m tracejit.bench.dataparallel --worker ...`, with
 TRACEJIT_NUM_THREADS=1: one process on 1 core holds the whole global batch (a plain compiled step, no DDP), P
 processes hold global/P each (DistributedDataParallel). Efficiency = T1 / (P * TP), the throughput gained over the
-ideal P-fold. Rank 0 of each job prints one `DPRESULT {json}` line.
+ideal P-fold. On a shared machine the load changes between the two jobs, so the P-process job also times the
+1-process step itself (rank 0, whole batch, while the others wait at a barrier) in rounds alternating with its own:
+the interleaved efficiency compares steps that saw the same load. Rank 0 of each job prints one `DPRESULT {json}`
+line.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ def worker(ns) -> int:
     torch.manual_seed(0)
     model = LeNet()
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((ns.global_batch, 3, 32, 32), dtype=np.float32)[rank * b:(rank + 1) * b])
-    y = torch.from_numpy(rng.integers(0, 10, ns.global_batch)[rank * b:(rank + 1) * b])
+    x_all = rng.standard_normal((ns.global_batch, 3, 32, 32), dtype=np.float32)
+    y_all = rng.integers(0, 10, ns.global_batch)
+    x = torch.from_numpy(x_all[rank * b:(rank + 1) * b])
+    y = torch.from_numpy(y_all[rank * b:(rank + 1) * b])
     net = model if world == 1 else DistributedDataParallel(model, bucket_cap_mb=ns.bucket_cap_mb)
     opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
@@ -70,8 +75,39 @@ def worker(ns) -> int:
     for _ in range(3):  # call 1 runs eagerly (the optimizer creates its state), call 2 compiles
         train_step(x, y)
     warmup_s = time.perf_counter() - t0
-    rounds = []
+    # on several processes, rank 0 also times the 1-process step on the whole batch (its own model, a plain compiled
+    # step) in rounds interleaved with the data-parallel ones, while the other ranks wait at a barrier: both sides of
+    # the efficiency ratio then see the same load on a shared machine
+    alone = None
+    if world > 1 and rank == 0:
+        torch.manual_seed(0)
+        model1 = LeNet()
+        x1, y1 = torch.from_numpy(x_all), torch.from_numpy(y_all)
+        opt1 = torch.optim.SGD(model1.parameters(), lr=0.001, momentum=0.9)
+
+        @torch.compile
+        def alone_step(x, y):
+            opt1.zero_grad()
+            loss = criterion(model1(x), y)
+            loss.backward()
+            opt1.step()
+            return loss
+
+        for _ in range(3):
+            alone_step(x1, y1)
+        alone = alone_step
+    rounds, alone_rounds = [], []
     for _ in range(ns.rounds):
+        if world > 1:
+            dist.barrier()
+            if alone is not None:
+                before, cpu0 = cpu_snapshot(), time.process_time()
+                t0 = time.perf_counter()
+                for _ in range(ns.steps):
+                    alone(x1, y1)
+                dt = (time.perf_counter() - t0) / ns.steps
+                after = cpu_snapshot()
+                alone_rounds.append({"step_s": dt, "load": _other_load(before, after, time.process_time() - cpu0)})
         dist.barrier()
         g.stats_reset()
         before, cpu0 = cpu_snapshot(), time.process_time()
@@ -92,6 +128,11 @@ def worker(ns) -> int:
     # the median round, and the fastest: on a shared machine the least disturbed one
     result = {"procs": world, "batch_per_proc": b, "warmup_s": warmup_s, "rounds": rounds,
               "median": by_time[len(rounds) // 2], "best": by_time[0]}
+    if alone_rounds:
+        # per round pair: the 1-process step just before the data-parallel one
+        result["interleaved"] = [{"alone_s": a["step_s"], "step_s": r["step_s"],
+                                  "efficiency": a["step_s"] / (world * r["step_s"]), "load": r["load"]}
+                                 for a, r in zip(alone_rounds, rounds)]
     if world > 1:
         buckets = net.bucket_sizes
         result["buckets"] = buckets
@@ -209,6 +250,10 @@ def run_data_parallel(global_batch: int = 256, procs=(1, 2), steps: int = 20, ro
                               "in_flight_window_s": m["window_s"],
                               "overlapped_fraction": hidden / j["allreduce_alone_s"] if j["allreduce_alone_s"] else 0}
             j["bandwidth_GBps"] = BIG_MESSAGE / j["big_allreduce_s"] / 1e9
+            pairs = sorted(j.get("interleaved", []), key=lambda e: e["efficiency"])
+            if pairs:
+                j["efficiency_interleaved"] = {"median": pairs[len(pairs) // 2]["efficiency"],
+                                               "best": pairs[-1]["efficiency"]}
             report["estimate"] = estimate(t1, m["step_s"] - exposed, j["batch_per_proc"], global_batch,
                                           j["grad_bytes"], len(j["buckets"]), hidden)
     return report
@@ -229,6 +274,13 @@ def format_report(r: dict) -> str:
                      f"{lb:>10}")
     lines.append("(median round; best = the fastest round, on a shared machine the least disturbed; other load = "
                  "CPU share of processes outside the job)")
+    for p, j in sorted(r["jobs"].items(), key=lambda kv: int(kv[0])):
+        if "efficiency_interleaved" in j:
+            e = j["efficiency_interleaved"]
+            per = ", ".join(f"{x['efficiency']:.0%}" for x in j["interleaved"])
+            lines.append(f"efficiency with the 1-process step timed in the same job, in rounds alternating with the "
+                         f"{p}-process ones (same load): median {e['median']:.1%}, best {e['best']:.1%} "
+                         f"(rounds: {per})")
     for p, j in r["jobs"].items():
         if "allreduce" not in j:
             continue
