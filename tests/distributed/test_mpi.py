@@ -28,9 +28,10 @@ def mpiexec() -> str:
 
 
 def run_job(script: str, n: int, *args: str, module: bool = True, timeout: int = JOB_TIMEOUT_S,
-            tmp_path=None) -> subprocess.CompletedProcess:
+            tmp_path=None, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPIEXEC_TIMEOUT": str(timeout), "TRACEJIT_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+           **(env or {})}
     cmd = [mpiexec(), "-n", str(n), sys.executable] + (["-m", "mpi4py"] if module else []) + \
           [str(SCRIPTS / script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, env=env,
@@ -60,6 +61,12 @@ def test_collectives(n):
                      "DDP broadcasts parameters and buffers",
                      "broadcast, all_gather, barrier", "compiled collectives",
                      "DistributedSampler shards"])
+
+
+def test_cuda_tensors_are_staged_through_host(tmp_path):
+    # Numba's CUDA simulator stands in for a GPU (numba-cuda comes with the dev extra); a private kernel cache
+    p = run_job("cuda_sim.py", 2, env={"NUMBA_ENABLE_CUDASIM": "1", "TRACEJIT_CACHE_DIR": str(tmp_path / "cache")})
+    assert_ok(p, 2, ["eager", "compiled", "compiled DDP step"])
 
 
 def test_data_parallel_training_equals_single_process(tmp_path):
