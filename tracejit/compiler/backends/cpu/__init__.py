@@ -30,10 +30,15 @@ class CpuBackend(Backend):
     name = "cpu"
     scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
 
-    def compile(self, graph, dumper=None, timings=None):
+    def size_reuse(self):
+        from ..sizes import SizeReuse
+
+        return SizeReuse()
+
+    def compile(self, graph, dumper=None, timings=None, sizes=None):
         from .program import compile_graph
 
-        return compile_graph(graph, dumper=dumper, timings=timings, backend=self)
+        return compile_graph(graph, dumper=dumper, timings=timings, backend=self, sizes=sizes)
 
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py

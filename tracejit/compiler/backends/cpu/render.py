@@ -75,13 +75,18 @@ def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
         params += a
         results += o
         blocks += lines
-    head = [f"{c} = {v}" for c, v in consts.items()]
     lines = [f"@numba.njit(parallel={par_any}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
-             f"def {name}({', '.join(params + results)}):"] + blocks
-    return "\n".join(head + [""] + lines) + "\n"
+             f"def {name}({', '.join(params + results)}):"] + const_lines(consts) + blocks
+    return "\n".join([""] + lines) + "\n"
 
 
-def render_packed(kernels: list, name: str, aliases: list | None = None) -> tuple:
+def const_lines(consts: dict) -> list:
+    """The named constants of a function, as its first lines: locals, not module globals, so that one module's
+    functions cannot see each other's (and a constant can become an argument, backends/sizes.py)."""
+    return [f"    {c} = {v}" for c, v in consts.items()]
+
+
+def render_packed(kernels: list, name: str, aliases: list | None = None, parallel: list | None = None) -> tuple:
     """One Numba function for a multi-tensor kernel (the optimizer update) that takes ONE argument: an int64
     table [rows, 2] of (address, element count) of every array it reads or writes, filled per call by
     `views.addresses`. Returns (source, rows) with rows[r] = (kernel index, position): position p <
@@ -95,9 +100,10 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
     aliases[t] = {result j: load l} for results written in place over a load (memory_plan's pairs): the
     result is the load's array variable itself. With two names for one buffer LLVM's runtime alias check
     fails and the loop runs its scalar fallback (LeNet's SGD update 35 vs 14 us, the MLP's Adam 218 vs 161 us);
-    the step then always hands over one buffer (a copy where it may not write into the input)."""
+    the step then always hands over one buffer (a copy where it may not write into the input).
+    parallel[t]: whether kernel t runs on threads (default: by its size)."""
     consts: dict[str, str] = {}
-    par = [k.numel() >= PARALLEL_MIN for k in kernels]
+    par = parallel or [k.numel() >= PARALLEL_MIN for k in kernels]
     aliases = aliases or [{} for _ in kernels]
     groups: dict = {}
     for t, k in enumerate(kernels):
@@ -130,10 +136,9 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
                   for p, (nm, arr) in enumerate(zip(A + O, arrays))]
         lines.append(f"        n{tag} = P[r{tag} + {len(k.loads)}, 1]")
         lines += ["    " + ln for ln in block]
-    head = [f"{c} = {v}" for c, v in consts.items()]
     src = [f"@numba.njit(parallel={any(par)}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
-           f"def {name}(P):"] + lines
-    return "\n".join(head + [""] + src) + "\n", rows
+           f"def {name}(P):"] + const_lines(consts) + lines
+    return "\n".join([""] + src) + "\n", rows
 
 
 def packable(kernels: list) -> bool:
