@@ -11,7 +11,9 @@ that source, with the template's arguments bound to its own numbers, is that sou
 
 Which positions vary is learnt from two renderings of one function: at the first compile the compiler traces
 the function again at batch size n + 1 (`SizeReuse.probe`), and later renderings whose numbers differ elsewhere
-widen the template (torch.compile's "automatic dynamic", per kernel).
+widen the template (torch.compile's "automatic dynamic", per kernel). What was learnt for a rendering is kept
+beside the kernel cache (`remember`/`recall`: which literals are arguments), so a later process that renders
+the same kernels skips the second trace.
 
 Size-dependent decisions (whether a loop runs on threads, whether a GEMM is split, which nodes get a step of
 their own) are recorded when a graph is rendered and replayed for smaller batch sizes of the same graph
@@ -23,7 +25,10 @@ speed of its own size (with dynamic=True it replays too and never compiles).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 # a number literal that is not part of a name (t10, np.float32, i1_0) or of another number
@@ -213,6 +218,18 @@ class SizeReuse:
                 return t, vals
         return None, (skeleton, nums)
 
+    def recalled(self, src: str, parsed, salt: str = "") -> Template | None:
+        """A template for `src` from what an earlier process learnt for this very rendering (`recall`)."""
+        groups = recall(src, salt)
+        skeleton, nums = parsed
+        if groups is None or any(not 0 <= p < len(nums) for g in groups for p in g):
+            return None
+        if any(_is_float(nums[p]) != _is_float(nums[g[0]]) or nums[p] != nums[g[0]] for g in groups for p in g):
+            return None
+        t = make_template(src, nums, skeleton, {p for g in groups for p in g}, nums, groups)
+        self.templates.setdefault(self._key(skeleton), []).append(t)
+        return t
+
     def learn(self, src: str, parsed, twin_src: str | None) -> Template | None:
         """A template for `src` (not matched by `find`; `parsed` is what find returned): arguments where its
         literals differ from a known template of the same skeleton (widening it) or from `twin_src`, the
@@ -238,3 +255,41 @@ class SizeReuse:
         t = make_template(src, nums, skeleton, positions, base, groups)
         self.templates.setdefault(key, []).append(t)
         return t
+
+
+# ---- what was learnt, kept beside the kernel cache for later processes
+def _sidecar(src: str, salt: str) -> str | None:
+    from . import cache
+
+    try:
+        d = os.path.join(cache.cache_dir(), "__pycache__")  # k_<key>.*: `python -m tracejit cache --clear` removes it
+    except OSError:
+        return None
+    return os.path.join(d, f"k_{cache.key_of(salt + src)}.sizes.json")
+
+
+def remember(src: str, t: Template, salt: str = "") -> None:
+    """Keep which literals of the rendering `src` are arguments of its template `t` (best effort)."""
+    path = _sidecar(src, salt)
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump([list(g) for g in t.groups], f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def recall(src: str, salt: str = "") -> tuple | None:
+    """The argument groups remembered for the rendering `src`, or None. A damaged record is only a miss: a
+    template is used for a source only where its own literals reproduce it (Template.values)."""
+    path = _sidecar(src, salt)
+    try:
+        with open(path) as f:
+            groups = json.load(f)
+        return tuple(tuple(int(p) for p in g) for g in groups)
+    except (OSError, TypeError, ValueError):
+        return None

@@ -16,7 +16,7 @@ from ...runtime import Program
 from .. import cache
 from ..kernel import LoweringError, lower
 from ..reference import ref_step
-from ..sizes import Decisions, SizeReuse, graph_key, split_numbers
+from ..sizes import Decisions, SizeReuse, graph_key, remember, split_numbers
 from . import render as R
 from . import threads
 from .blas import control as blas
@@ -296,8 +296,14 @@ def _load_generated(steps: list, sizes, decide, segments: bool, dumper=None) -> 
     knows one or learns one (from the probe, the same function's graph at another batch size, rendered with
     the same decisions), else as it is."""
     templates = [None] * len(steps)
+    preludes = [SEGMENT_PRELUDE if isinstance(s, SegmentStep) else PRELUDE for s in steps]
     if sizes is not None:
-        found = [sizes.find(s.source) for s in steps]
+        found = []
+        for s, prelude in zip(steps, preludes):
+            t, got = sizes.find(s.source)
+            if t is None and (r := sizes.recalled(s.source, got, prelude)) is not None:
+                t, got = r, r.values(got[1])  # learnt by an earlier process for this very rendering
+            found.append((t, got))
         twins = None
         if any(t is None for t, _ in found) and sizes.probe is not None:
             other = sizes.probe()
@@ -308,10 +314,12 @@ def _load_generated(steps: list, sizes, decide, segments: bool, dumper=None) -> 
         for i, (t, got) in enumerate(found):
             if t is None:
                 t = sizes.learn(steps[i].source, got, twins[i] if twins else None)
+                if t is not None:
+                    remember(steps[i].source, t, preludes[i])
                 got = t.values(split_numbers(steps[i].source)[1]) if t is not None else None
             templates[i] = (t, got) if t is not None else None
     for i, step in enumerate(steps):
-        prelude = SEGMENT_PRELUDE if isinstance(step, SegmentStep) else PRELUDE
+        prelude = preludes[i]
         attr = "segment" if isinstance(step, SegmentStep) else "kernel"
         if templates[i] is not None:
             t, vals = templates[i]
