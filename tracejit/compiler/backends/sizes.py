@@ -257,27 +257,33 @@ class SizeReuse:
         return t
 
 
-# ---- what was learnt, kept beside the kernel cache for later processes
-def _sidecar(src: str, salt: str) -> str | None:
+# ---- what was learnt, kept in the kernel cache for later processes
+_RECORD = "# tracejit: the number literals of a generated kernel that are size arguments (backends/sizes.py)\n"
+
+
+def _record_path(src: str, salt: str) -> str | None:
+    """An entry of the kernel cache of its own (k_<key>.py: listed, and removed by `python -m tracejit cache
+    --clear`, with the kernels), keyed by the rendering it describes."""
     from . import cache
 
     try:
-        d = os.path.join(cache.cache_dir(), "__pycache__")  # k_<key>.*: `python -m tracejit cache --clear` removes it
+        d = cache.cache_dir()
     except OSError:
         return None
-    return os.path.join(d, f"k_{cache.key_of(salt + src)}.sizes.json")
+    return os.path.join(d, f"k_{cache.key_of('sizes ' + salt + src)}.py")
 
 
 def remember(src: str, t: Template, salt: str = "") -> None:
     """Keep which literals of the rendering `src` are arguments of its template `t` (best effort)."""
-    path = _sidecar(src, salt)
+    from . import cache
+
+    path = _record_path(src, salt)
     if path is None:
         return
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path), suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path)[:-2], suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump([list(g) for g in t.groups], f)
+            f.write(cache.HEADER + _RECORD + f"GROUPS = {json.dumps([list(g) for g in t.groups])}\n")
         os.replace(tmp, path)
     except OSError:
         pass
@@ -286,10 +292,15 @@ def remember(src: str, t: Template, salt: str = "") -> None:
 def recall(src: str, salt: str = "") -> tuple | None:
     """The argument groups remembered for the rendering `src`, or None. A damaged record is only a miss: a
     template is used for a source only where its own literals reproduce it (Template.values)."""
-    path = _sidecar(src, salt)
+    from . import cache
+
+    path = _record_path(src, salt)
     try:
         with open(path) as f:
-            groups = json.load(f)
-        return tuple(tuple(int(p) for p in g) for g in groups)
+            text = f.read()
+        head = cache.HEADER + _RECORD + "GROUPS = "
+        if not text.startswith(head):
+            return None
+        return tuple(tuple(int(p) for p in g) for g in json.loads(text[len(head) :]))
     except (OSError, TypeError, ValueError):
         return None
