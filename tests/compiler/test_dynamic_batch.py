@@ -13,8 +13,8 @@ from tracejit.compiler.backends.cpu import render as cpu_render
 from .conftest import MLP, assert_same_state, make_train_step, snapshot, twin
 
 RNG = np.random.default_rng(0)
-X = RNG.standard_normal((16, 8)).astype(np.float32)
-Y = RNG.standard_normal((16, 4)).astype(np.float32)
+X = RNG.standard_normal((40, 8)).astype(np.float32)
+Y = RNG.standard_normal((40, 4)).astype(np.float32)
 
 
 def _train(batch_sizes, dynamic=None, eager=False):
@@ -119,25 +119,25 @@ def test_a_template_widens_when_another_dim_changes_and_the_next_change_hits_it(
 
 
 def test_choices_made_for_the_full_batch_are_replayed_for_a_smaller_one(monkeypatch):
-    # with PARALLEL_MIN at 40 the MLP's 8 x 16 hidden layer runs on threads, its 2 x 16 one would not: the
-    # batch of 2 replays the batch of 8's choices (it runs the same kernels); a larger batch decides afresh
+    # with PARALLEL_MIN at 40 the MLP's 32 x 16 hidden layer runs on threads in 16 blocks, its 2 x 16 one
+    # would not: the batch of 2 replays the batch of 32's choices (it runs the same kernels, in 2 blocks); a
+    # larger batch decides afresh
     monkeypatch.setattr(cpu_render, "PARALLEL_MIN", 40)
-    step, state, losses = _train([8, 8, 2, 8])  # (the first call runs eagerly: it creates Adam's state)
-    v8, v2 = step.history
-    assert v2.shared and _program_sources(v2) == _program_sources(v8)
-    assert sum(s.count("numba.prange") for s in _sources(step)) == 2  # the hidden layer's and fc1's weight grad
-    static, state_static, losses_static = _train([8, 8, 2, 8], dynamic=False)
+    step, state, losses = _train([32, 32, 2, 32])  # (the first call runs eagerly: it creates Adam's state)
+    v32, v2 = step.history
+    assert v2.shared and _program_sources(v2) == _program_sources(v32)
+    assert any("numba.prange(nc" in s for s in _sources(step))
+    static, state_static, losses_static = _train([32, 32, 2, 32], dynamic=False)
     _close(state, state_static)
     np.testing.assert_allclose(losses, losses_static, rtol=2e-6)
     # small first, then larger: automatic (None) gives the larger batch its own parallel kernels; True replays
-    grown, state_grown, _ = _train([2, 2, 8])
-    g2, g8 = grown.history
-    assert _program_sources(g8) == _program_sources(v8) != _program_sources(g2)
-    always, state_always, _ = _train([2, 2, 8], dynamic=True)
-    a2, a8 = always.history
-    assert a8.shared and _program_sources(a8) == _program_sources(a2) == _program_sources(g2)
-    assert sum(s.count("numba.prange") for s in _sources(always)) == 1
-    _, state_static2, _ = _train([2, 2, 8], dynamic=False)
+    grown, state_grown, _ = _train([2, 2, 32])
+    g2, g32 = grown.history
+    assert _program_sources(g32) == _program_sources(v32) != _program_sources(g2)
+    always, state_always, _ = _train([2, 2, 32], dynamic=True)
+    a2, a32 = always.history
+    assert a32.shared and _program_sources(a32) == _program_sources(a2) == _program_sources(g2)
+    _, state_static2, _ = _train([2, 2, 32], dynamic=False)
     _close(state_grown, state_static2)
     _close(state_always, state_static2)
 

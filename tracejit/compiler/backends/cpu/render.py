@@ -234,11 +234,18 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
     # (a symbolic first dim, from render_packed, is split into CHUNKS blocks)
     nch = (CHUNKS if isinstance(space[0], str) else min(space[0], CHUNKS)) if (parallel or outer_red) else 1
+    # the block count as the generated code spells it: min(n, CHUNKS) rather than its value, so that the
+    # source at another first dim differs only where that dim is written (backends/sizes.py: one template)
+    nch_src = f"nc{tag}" if nch > 1 and not isinstance(space[0], str) else str(nch)
+    if nch_src != str(nch):
+        lines_nc = [f"    nc{tag} = min({space[0]}, {CHUNKS})"]
+    else:
+        lines_nc = []
     # an inner-dim reduction that keeps every other dim gets each output element from one accumulator:
     # it is stored, with no fill beforehand (same bits: the accumulator starts from the identity)
     direct = [j for j in inner_red
               if j not in outer_red and tuple(k.results[j].array.shape[:-1]) == tuple(space[:-1])]
-    lines: list[str] = ["    " + h for h in hoisted]
+    lines: list[str] = ["    " + h for h in hoisted] + lines_nc
     ind = "    "
     for j in reds:
         res = k.results[j]
@@ -250,10 +257,10 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         lines.append(f"{ind}for fi{tag}{j} in range({size}):")
         lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
         if j in outer_red:
-            shape = (nch,) + tuple(res.array.shape)
-            lines.append(f"{ind}p{tag}{j} = empty({shape}, {np_type(res.array.dtype)})")
-            lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch * size},))")
-            lines.append(f"{ind}for fi{tag}{j} in range({nch * size}):")
+            shape = ", ".join([nch_src] + [str(d) for d in res.array.shape])
+            lines.append(f"{ind}p{tag}{j} = empty(({shape}), {np_type(res.array.dtype)})")
+            lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch_src} * {size},))")
+            lines.append(f"{ind}for fi{tag}{j} in range({nch_src} * {size}):")
             lines.append(f"{ind}    pi{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
 
     def target(j, drop_last=False):
@@ -266,12 +273,12 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     headers = []
     if nch > 1:
         loop = "numba.prange" if parallel else "range"
-        lines.append(f"{ind}for {cv} in {loop}({nch}):")
+        lines.append(f"{ind}for {cv} in {loop}({nch_src}):")
         ind += "    "
         # unsigned bounds: with signed ones Numba keeps negative-index wraparound code, which stops
         # LLVM from vectorizing the loop (measured 13 ms vs 1.5 ms for an exp over 2**22 floats)
-        headers.append(f"for {lv}0 in range(np.uint64(({cv} * {space[0]}) // {nch}), "
-                       f"np.uint64((({cv} + 1) * {space[0]}) // {nch})):")
+        headers.append(f"for {lv}0 in range(np.uint64(({cv} * {space[0]}) // {nch_src}), "
+                       f"np.uint64((({cv} + 1) * {space[0]}) // {nch_src})):")
     else:
         headers.append(f"for {lv}0 in range({space[0]}):")
     headers += [f"for {lv}{d} in range({space[d]}):" for d in range(1, r)]
@@ -300,8 +307,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         res = k.results[j]
         m = int(np.prod(res.array.shape))
         lines.append(f"    of{tag}{j} = view({O[j]}, ({m},))")
-        lines.append(f"    pf{tag}{j} = view(p{tag}{j}, ({nch}, {m}))")
-        lines.append(f"    for {cv} in range({nch}):")
+        lines.append(f"    pf{tag}{j} = view(p{tag}{j}, ({nch_src}, {m}))")
+        lines.append(f"    for {cv} in range({nch_src}):")
         lines.append(f"        for {lv}m in range({m}):")
         lines.append(f"            {_combine(res.mode, f'of{tag}{j}[{lv}m]', f'pf{tag}{j}[{cv}, {lv}m]')}")
     return A, O, lines
