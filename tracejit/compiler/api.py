@@ -379,7 +379,8 @@ class CompiledFunction:
             box_guards=box_guards, runner=None,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=backend_name, device=here,
             out_devices=list(tracer.out_devices), device_moves=T._device_moves,
-            batch=self._batch_group(args) if sizes is not None else None, shared=_shares_all(program),
+            batch=self._batch_group(args) if sizes is not None else None,
+            shared=bool(self.history) and _shares_all(program),  # (another variant of this function's kernels)
             total_time=time.perf_counter() - t0)
         if dumper:
             dumper.text("explain.txt", explain_variant(self, variant) + "\n")
