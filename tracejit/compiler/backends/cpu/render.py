@@ -14,7 +14,7 @@ import numpy as np
 from .... import dtypes as D
 from .... import scalar
 from ....ops import OPS
-from .. import cache, kernel
+from .. import cache, kernel, sizes
 from ..kernel import LoopKernel, LoweringError, Result, Stmt
 from .spelling import SPELLING, SUFFIX, np_type
 
@@ -332,9 +332,10 @@ def _import(module: str, alias: str) -> str:
 
 # Generated kernels call these modules' Numba functions, and Numba compiles those into each kernel's cached
 # machine code while keying that cache on the kernel's own file: the fingerprint of the backend's files
-# (this folder, recursively, and the kernel description it lowers) in every prelude makes an edited helper
+# (this folder, recursively, the kernel description it lowers and the size templates that rewrite its
+# sources) in every prelude makes an edited helper
 # miss the cache instead of running on in its old form.
-FINGERPRINT = cache.fingerprint(os.path.dirname(os.path.abspath(__file__)), kernel.__file__)
+FINGERPRINT = cache.fingerprint(os.path.dirname(os.path.abspath(__file__)), kernel.__file__, sizes.__file__)
 
 SEGMENT_PRELUDE_EXTRA = _import("blas.calls", "B") + _import("blas.segment", "G") + _import("index", "H")
 
