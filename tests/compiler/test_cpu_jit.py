@@ -54,3 +54,30 @@ def test_warmup_runs_its_steps_in_a_temporary_kernel_cache(tmp_path, monkeypatch
     assert set(times) == {"convnet float32", "mlp float32"} and all(t > 0 for t in times.values())
     assert os.environ["TRACEJIT_CACHE_DIR"] == str(tmp_path / "mine")  # restored
     assert not (tmp_path / "mine").exists()  # the tiny steps' kernels went elsewhere
+
+
+def _run(code: str, **env) -> str:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, **env), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
+
+
+PREPARE = """
+import numpy as np, tracejit as tj
+from tracejit.compiler.backends.cpu import prepare
+before = prepare._thread
+f = tj.compile(lambda a, b: (a * b + 1).sum(), backend="cpu")
+started = prepare._thread is not None
+again = prepare.start()
+x = tj.from_numpy(np.arange(6, dtype=np.float32)); y = tj.from_numpy(np.full(6, 2, np.float32))
+print(before is None, started, again is None, f(x, y).item(), f(x, y).item())
+"""
+
+
+def test_the_cpu_backend_prepares_once_in_the_background_and_computes_the_same():
+    assert _run(PREPARE) == "True True True 36.0 36.0"
+    assert _run(PREPARE, TRACEJIT_PREPARE="0") == "True False True 36.0 36.0"

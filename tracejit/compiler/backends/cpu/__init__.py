@@ -30,7 +30,16 @@ class CpuBackend(Backend):
     name = "cpu"
     scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
 
+    def __init__(self):
+        super().__init__()
+        from .prepare import start
+
+        start()  # import the program machinery and initialize Numba while the user's code runs on
+
     def compile(self, graph, dumper=None, timings=None):
+        from .prepare import wait
+
+        wait()  # never import the program machinery in two threads at once
         from .program import compile_graph
 
         return compile_graph(graph, dumper=dumper, timings=timings, backend=self)
