@@ -89,11 +89,9 @@ def warmup(dtypes=("float32",), verbose: bool = True) -> dict:
                 times[f"{name} {dt}"] = time.perf_counter() - t0
                 if verbose:
                     print(f"tracejit warmup: {name} ({dt}) {times[f'{name} {dt}']:.1f} s", flush=True)
-        from .compiler.backends.cpu import views
+        from .compiler.backends import get_backend
 
-        for dt in dtypes:  # the multi-tensor kernels' argument tables, both tuple sizes
-            views.addresses([np.zeros(1, dt)] * (views.CHUNKS[0] + 1))
-            views.addresses([np.zeros(1, dt)])
+        get_backend("cpu").warm_helpers(dtypes)  # what these steps do not reach at their sizes
     finally:
         if saved is None:
             os.environ.pop("TRACEJIT_CACHE_DIR", None)

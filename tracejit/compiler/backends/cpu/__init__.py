@@ -44,6 +44,17 @@ class CpuBackend(Backend):
 
         return compile_graph(graph, dumper=dumper, timings=timings, backend=self)
 
+    def warm_helpers(self, dtypes) -> None:
+        """Compile (or load) the helpers `python -m tracejit warmup`'s tiny steps do not reach: the multi-tensor
+        kernels' argument tables at both tuple sizes."""
+        import numpy as np
+
+        from . import views
+
+        for dt in dtypes:
+            views.addresses([np.zeros(1, dt)] * (views.CHUNKS[0] + 1))
+            views.addresses([np.zeros(1, dt)])
+
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py
 
