@@ -2,6 +2,8 @@
 
     python -m tracejit bench --peers --json out.json     # all workloads, all modes, PyTorch/JAX too
     python -m tracejit bench --workloads lenet --modes eager,cpu --passes 5
+    python -m tracejit bench --data-parallel             # LeNet on 1 and 2 processes (MPI): scaling efficiency
+    python -m tracejit bench --sections first-step          # time to the first compiled step, fresh processes
 """
 
 from __future__ import annotations
@@ -43,12 +45,67 @@ def add_parser(sub) -> None:
                    help=f"flag results when other processes used more than this CPU share "
                         f"(default {LOAD_THRESHOLD})")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--sections", type=_csv, default=["steady"],
+                   help=f"comma-separated sections: {','.join(SECTIONS)} (default: steady). first-step times the "
+                        "first compiled LeNet step in fresh processes: fresh install, after warmup, package warm "
+                        "and kernels cold, warm; and a new batch size")
+    dp = b.add_argument_group("data-parallel mode (needs tracejit[distributed]: mpi4py and an MPI)")
+    dp.add_argument("--data-parallel", action="store_true",
+                    help="LeNet's compiled step at a fixed global batch on 1 and N processes of 1 thread each "
+                         "(mpiexec): scaling efficiency, all-reduce time and overlap, estimate for 8/64 machines")
+    dp.add_argument("--global-batch", type=int, default=256, help="data-parallel global batch (default 256)")
+    dp.add_argument("--procs", type=_csv, default=["1", "2"], help="process counts (default 1,2)")
+    dp.add_argument("--steps", type=int, default=20, help="data-parallel steps per timed round (default 20)")
+    dp.add_argument("--bucket-cap-mb", type=float, default=None,
+                    help="DistributedDataParallel's bucket cap (default: PyTorch's, 25 MiB)")
     b.set_defaults(fn=cmd_bench)
     o = sub.add_parser("ops", help="list the primitive ops of the op table (markdown)")
     o.set_defaults(fn=cmd_ops)
 
 
+def cmd_data_parallel(ns) -> int:
+    from .dataparallel import format_report, run_data_parallel
+
+    report = run_data_parallel(ns.global_batch, procs=[int(p) for p in ns.procs], steps=ns.steps,
+                               rounds=1 if ns.quick else max(ns.passes, 5), bucket_cap_mb=ns.bucket_cap_mb,
+                               quick=ns.quick, progress=not ns.no_progress)
+    print(format_report(report))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report written to {ns.json}")
+    return 0
+
+
+SECTIONS = ("steady", "first-step")
+
+
 def cmd_bench(ns) -> int:
+    if getattr(ns, "data_parallel", False):
+        return cmd_data_parallel(ns)
+    sections = getattr(ns, "sections", ["steady"])
+    if [s for s in sections if s not in SECTIONS]:
+        print(f"tracejit bench: unknown section in {','.join(sections)}; choose from {', '.join(SECTIONS)}",
+              file=sys.stderr)
+        return 2
+    report = {}
+    if "steady" in sections:
+        rc = _steady(ns, report)
+        if rc:
+            return rc
+    if "first-step" in sections:
+        from .first_step import format_first_step, run_first_step
+
+        report["first_step"] = run_first_step(quick=ns.quick, progress=not ns.no_progress)
+        print(format_first_step(report["first_step"]))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report written to {ns.json}")
+    return 0
+
+
+def _steady(ns, out: dict) -> int:
     modes = list(ns.modes) + (list(PEERS) if ns.peers else [])
     unknown = [m for m in modes if m not in TRACEJIT_MODES + PEERS] + \
               [w for w in ns.workloads if w not in WORKLOADS]
@@ -64,10 +121,7 @@ def cmd_bench(ns) -> int:
                             progress=not ns.no_progress, warm_probe=not ns.no_warm_probe,
                             cache_dir=ns.cache_dir, load_threshold=ns.load_threshold, command=command)
     print(format_table(report))
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"report written to {ns.json}")
+    out.update(report)
     if ns.plot:
         err = plot(report, ns.plot)
         print(err if err else f"chart written to {ns.plot}", file=sys.stderr if err else sys.stdout)

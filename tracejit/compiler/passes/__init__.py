@@ -18,6 +18,7 @@ from .fuse_optimizer import fuse_optimizer
 from .fuse_rows import fuse_rows
 from .fuse_window import fuse_window
 from .memory_plan import memory_plan
+from .overlap_collectives import overlap_collectives
 from .simplify import simplify
 
 PIPELINE = [
@@ -32,6 +33,7 @@ PIPELINE = [
     dce,
     fuse_rows,
     fuse_optimizer,
+    overlap_collectives,
     memory_plan,
 ]
 
