@@ -11,16 +11,20 @@
     threads.py   the threading layer (TBB, else OpenMP) and thread count
     blas/        GEMM: tracejit's own float32 kernel (gemm.py), the BLAS entry (calls.py), thread control
                  (control.py), GEMMs for generated segments (segment.py)
+    eager.py     kernels for eager ops (window kernels, GEMM thread policy): `eager_kernels()`
     window/      conv2d/pooling kernels and their backward (conv, backward, weight_grad, im2col, pool) and the
                  steps that call them for window nodes (steps.py)
 
 `CpuBackend` (below) is the backend object (compiler/backends: the protocol); its buffers are NumPy arrays.
 """
 
+import threading
+
 from .. import Backend, numba_cache
 from .capabilities import supports as _supports
 from .spelling import SPELLING
 
+_EAGER_LOCK = threading.Lock()
 numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
 
 
@@ -29,6 +33,7 @@ class CpuBackend(Backend):
 
     name = "cpu"
     scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
+    _eager = None  # eager_kernels(), once loaded
 
     def compile(self, graph, dumper=None, timings=None):
         from .program import compile_graph
@@ -37,6 +42,17 @@ class CpuBackend(Backend):
 
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py
+
+    def eager_kernels(self) -> dict:
+        """Shape-generic window kernels, GEMM thread policy for eager ops (eager.py), warmed up and checked
+        against the refs on first use."""
+        with _EAGER_LOCK:  # (a background load and a caller of run_eager may ask at once)
+            if self._eager is None:
+                from . import eager
+
+                eager.warm_up()
+                self._eager = dict(eager.KERNELS)
+        return self._eager
 
     def describe(self) -> dict:
         import os

@@ -1,0 +1,235 @@
+"""Eager kernels: the CPU backend's shape-generic Numba kernels for the ops eager code spends its time in.
+
+Eager tensors run each op's NumPy `ref` (ops.py), which for convolution and pooling builds im2col windows and
+loops over taps in Python: a LeNet step spent ~90% of its time there (see benchmarks/RESULTS.md). The kernels
+below call the window kernels the compiled path uses (window/: one compiled function per dtype serves every
+shape, cached on disk by Numba like the rest of the package), choosing between the direct and the per-image GEMM
+kernels as the compiled steps do (window/steps.py), and run matmuls with the backend's BLAS thread policy
+(blas/control.py: OpenBLAS's threads and Numba's pool spin against each other on small machines).
+
+`KERNELS` maps an op name to `kernel(arrays, attrs, out_type) -> array | None`; None means "not this case"
+(float64, an empty or read-only array, an attribute the kernels do not take) and the caller runs the op's NumPy
+`ref`, which stays the oracle. Every kernel returns a new array, never one of its inputs.
+
+How they reach eager code: `tracejit.dispatch` asks the registry (compiler/backends: start_eager_kernels) the
+first time an op that has one runs; the backend's `eager_kernels()` imports this module and calls `warm_up()`
+(every kernel once on small shapes, each branch real calls take, checked against the refs), by default in a
+background thread while the first steps go on with NumPy: importing tracejit and the first eager step wait for
+no Numba import or compile (TRACEJIT_EAGER_KERNELS=sync waits instead, =off keeps NumPy throughout).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....ops import OPS
+from .blas import control as blas
+from .window import backward as WB
+from .window import conv as W
+from .window import im2col as WG
+from .window import pool as WP
+
+F32 = np.dtype(np.float32)
+_NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
+_NO_AUX = np.zeros((1, 1, 1, 1), np.float32)
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _takes(*arrays) -> bool:
+    """float32, nonempty and writable (a read-only array would make Numba compile another signature)."""
+    for a in arrays:
+        if a.dtype != F32 or not a.size or not a.flags.writeable:
+            return False
+    return True
+
+
+def _conv_geometry(attrs):
+    return tuple(attrs["stride"]), tuple(attrs["padding"]), tuple(attrs["dilation"]), int(attrs["groups"])
+
+
+def conv2d(arrays, attrs, out_type):
+    x, w = arrays
+    if not _takes(x, w):
+        return None
+    st, pad, dil, groups = _conv_geometry(attrs)
+    x, w = _c(x), _c(w)
+    out = np.empty(out_type.shape, F32)
+    if WG.prefer(x.shape, w.shape, st, pad, dil, groups):
+        WG.conv_forward(x, w, None, out, _NO_IDX, pad, dil, False, 0, 1)
+    else:
+        W.conv2d_forward(x, w, None, out, st, pad, dil, groups)
+    return out
+
+
+def conv2d_grad_input(arrays, attrs, out_type):
+    g, w = arrays
+    if not _takes(g, w):
+        return None
+    st, pad, dil, groups = _conv_geometry(attrs)
+    g, w = _c(g), _c(w)
+    dx = np.empty(out_type.shape, F32)
+    if WG.prefer(dx.shape, w.shape, st, pad, dil, groups, backward=True):
+        # x is never read without dw: a placeholder of its shape
+        WG.conv_backward(np.empty(dx.shape, F32), w, g, WG.MODE_PLAIN, _NO_IDX, _NO_AUX, pad, dil, dx, None, None)
+    else:
+        WB.conv2d_grad_input(g, w, dx, st, pad, dil, groups)
+    return dx
+
+
+def conv2d_grad_weight(arrays, attrs, out_type):
+    x, g = arrays
+    if not _takes(x, g):
+        return None
+    st, pad, dil, groups = _conv_geometry(attrs)
+    x, g = _c(x), _c(g)
+    dw = np.empty(out_type.shape, F32)
+    if WG.prefer(x.shape, dw.shape, st, pad, dil, groups, backward=True):
+        # w is never read without dx: a placeholder of its shape
+        WG.conv_backward(x, np.empty(dw.shape, F32), g, WG.MODE_PLAIN, _NO_IDX, _NO_AUX, pad, dil, None, dw, None)
+    else:
+        WB.conv2d_grad_weight(x, g, dw, None, st, pad, dil, groups)
+    return dw
+
+
+def max_pool2d(arrays, attrs, out_type):
+    (x,) = arrays
+    if not _takes(x):
+        return None
+    out = np.empty(out_type.shape, F32)
+    WP.max_pool2d_forward(
+        _c(x),
+        out,
+        attrs["kernel"],
+        attrs["stride"],
+        attrs["padding"],
+        attrs.get("dilation", (1, 1)),
+        attrs.get("ceil_mode", False),
+    )
+    return out
+
+
+def max_pool2d_grad(arrays, attrs, out_type):
+    x, g = arrays
+    if not _takes(x, g):
+        return None
+    dx = np.empty(out_type.shape, F32)
+    WP.max_pool2d_backward(
+        _c(x),
+        _c(g),
+        dx,
+        attrs["kernel"],
+        attrs["stride"],
+        attrs["padding"],
+        attrs.get("dilation", (1, 1)),
+        attrs.get("ceil_mode", False),
+    )
+    return dx
+
+
+def _avg_ok(attrs) -> bool:
+    # the kernels clip ceil_mode's last windows differently: the compiled steps leave ceil_mode to NumPy too
+    return not attrs.get("ceil_mode", False) and tuple(attrs.get("dilation", (1, 1))) == (1, 1)
+
+
+def avg_pool2d(arrays, attrs, out_type):
+    (x,) = arrays
+    if not _takes(x) or not _avg_ok(attrs):
+        return None
+    out = np.empty(out_type.shape, F32)
+    WP.avg_pool2d_forward(
+        _c(x), out, attrs["kernel"], attrs["stride"], attrs["padding"], False, attrs.get("count_include_pad", True)
+    )
+    return out
+
+
+def avg_pool2d_grad(arrays, attrs, out_type):
+    (g,) = arrays
+    if not _takes(g) or not _avg_ok(attrs):
+        return None
+    dx = np.empty(out_type.shape, F32)
+    WP.avg_pool2d_backward(
+        _c(g), dx, attrs["kernel"], attrs["stride"], attrs["padding"], False, attrs.get("count_include_pad", True)
+    )
+    return dx
+
+
+def matmul(arrays, attrs, out_type):
+    """NumPy's matmul (the ref itself) under the backend's BLAS thread policy: one BLAS thread for small
+    products, all of them for big ones (the window kernels leave BLAS at one thread)."""
+    a, b = arrays
+    if a.dtype != b.dtype or a.dtype.kind != "f":
+        return None
+    shape = out_type.shape
+    blas.set_threads(blas.threads_for(2.0 * float(np.prod(shape, dtype=np.float64)) * a.shape[-1]))
+    return np.matmul(a, b)
+
+
+KERNELS = {
+    "conv2d": conv2d,
+    "conv2d_grad_input": conv2d_grad_input,
+    "conv2d_grad_weight": conv2d_grad_weight,
+    "max_pool2d": max_pool2d,
+    "max_pool2d_grad": max_pool2d_grad,
+    "avg_pool2d": avg_pool2d,
+    "avg_pool2d_grad": avg_pool2d_grad,
+    "matmul": matmul,
+}
+
+# Small cases that take every branch the kernels choose between (direct or per-image GEMM conv, strided,
+# grouped, dilated, cropped by padding; max/avg pooling with padding, dilation, ceil_mode): x shape, w shape,
+# stride, padding, dilation, groups.
+_CONV_CASES = [
+    ((2, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # per-image GEMM (short runs)
+    ((1, 2, 48, 48), (2, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1),  # direct (long runs)
+    ((2, 4, 11, 10), (4, 2, 3, 3), (2, 2), (1, 2), (2, 1), 2),  # strided, grouped, dilated
+    ((1, 2, 40, 40), (2, 1, 5, 5), (1, 1), (2, 2), (1, 1), 2),
+]  # grouped stride 1
+_POOL_CASES = [
+    ("max_pool2d", dict(kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1), ceil_mode=False)),
+    ("max_pool2d", dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(2, 1), ceil_mode=True)),
+    ("avg_pool2d", dict(kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False, count_include_pad=True)),
+    ("avg_pool2d", dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), ceil_mode=False, count_include_pad=False)),
+]
+
+
+class _Type:  # what the kernels read of an out_type
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def _check(name, got, arrays, attrs):
+    want = OPS[name].ref(*arrays, **attrs)
+    if got is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        raise RuntimeError(
+            f"eager kernel {name} disagrees with the NumPy reference on shapes {[a.shape for a in arrays]} {attrs}"
+        )
+    return got
+
+
+def warm_up() -> None:
+    """Run every kernel once on small shapes, through each branch real calls take, so that Numba loads (or
+    compiles and caches) every function they call; each result is checked against the op's NumPy ref (a kernel
+    that disagrees raises, and eager ops stay on NumPy)."""
+    rng = np.random.default_rng(0)
+    for xs, ws, st, pad, dil, groups in _CONV_CASES:
+        x, w = rng.standard_normal(xs, dtype=F32), rng.standard_normal(ws, dtype=F32)
+        attrs = dict(stride=st, padding=pad, dilation=dil, groups=groups)
+        y = _check("conv2d", conv2d([x, w], attrs, _Type(OPS["conv2d"].ref(x, w, **attrs).shape)), [x, w], attrs)
+        g = rng.standard_normal(y.shape, dtype=F32)
+        _check("conv2d_grad_input", conv2d_grad_input([g, w], attrs, _Type(xs)), [g, w], dict(attrs, input_shape=xs))
+        _check("conv2d_grad_weight", conv2d_grad_weight([x, g], attrs, _Type(ws)), [x, g], dict(attrs, weight_shape=ws))
+    x = rng.standard_normal((2, 3, 9, 8), dtype=F32)
+    for name, attrs in _POOL_CASES:
+        y = _check(name, KERNELS[name]([x], attrs, _Type(OPS[name].ref(x, **attrs).shape)), [x], attrs)
+        g = rng.standard_normal(y.shape, dtype=F32)
+        if name == "max_pool2d":
+            _check("max_pool2d_grad", max_pool2d_grad([x, g], attrs, _Type(x.shape)), [x, g], attrs)
+        else:
+            _check(
+                "avg_pool2d_grad", avg_pool2d_grad([g], attrs, _Type(x.shape)), [g], dict(attrs, input_shape=x.shape)
+            )
+    a, b = rng.standard_normal((2, 5, 3), dtype=F32), rng.standard_normal((2, 3, 4), dtype=F32)
+    _check("matmul", matmul([a, b], {}, _Type((2, 5, 4))), [a, b], {})
