@@ -202,3 +202,79 @@ def test_first_use_loads_the_kernels(mode):
     proc = subprocess.run([sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert f"ok {mode}" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------- fused optimizer updates
+def _train(opt_fn, steps, rng_seed=0, scheduler=None):
+    rng = np.random.default_rng(rng_seed)
+    tj.manual_seed(0)
+    model = tj.nn.Sequential(tj.nn.Linear(7, 5), tj.nn.ReLU(), tj.nn.Linear(5, 3))
+    opt = opt_fn(model.parameters())
+    sched = scheduler(opt) if scheduler else None
+    x = tj.tensor(rng.standard_normal((6, 7), dtype=np.float32))
+    y = tj.tensor(rng.integers(0, 3, 6))
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if sched:
+            sched.step()
+    params = [p.detach().numpy().copy() for p in model.parameters()]
+    state = [
+        {k: v.detach().numpy().copy() if isinstance(v, tj.Tensor) else v for k, v in s.items()}
+        for s in opt.state_dict()["state"].values()
+    ]
+    return params, state
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: tj.optim.SGD(ps, lr=0.1),
+    "sgd-momentum": lambda ps: tj.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "sgd-dampening": lambda ps: tj.optim.SGD(ps, lr=0.05, momentum=0.8, dampening=0.3),
+    "sgd-nesterov-wd": lambda ps: tj.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    "adam": lambda ps: tj.optim.Adam(ps, lr=1e-2),
+    "adam-betas": lambda ps: tj.optim.Adam(ps, lr=3e-3, betas=(0.8, 0.95), eps=1e-6),
+    "adamw": lambda ps: tj.optim.AdamW(ps, lr=1e-2),
+    "adam-amsgrad": lambda ps: tj.optim.Adam(ps, lr=1e-2, amsgrad=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_fused_optimizer_updates_are_bit_identical(with_kernels, kernels, name):
+    with_kernels(False)
+    want_p, want_s = _train(OPTIMIZERS[name], 4)
+    with_kernels(True)
+    calls = []
+    for k in ("sgd_update", "adam_update"):
+        dispatch._eager_kernels[k] = lambda *a, _k=kernels[k], **kw: calls.append(1) or _k(*a, **kw)
+    got_p, got_s = _train(OPTIMIZERS[name], 4)
+    fused = name in ("sgd", "sgd-momentum", "sgd-dampening", "adam", "adam-betas")
+    assert bool(calls) == fused
+    for a, b in zip(got_p, want_p):
+        np.testing.assert_array_equal(a, b)
+    assert len(got_s) == len(want_s)
+    for sa, sb in zip(got_s, want_s):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k])
+
+
+def test_fused_sgd_under_a_momentum_scheduler_runs_the_tensor_ops(with_kernels):
+    sched = lambda opt: tj.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)  # noqa: E731
+    with_kernels(False)
+    want, _ = _train(lambda ps: tj.optim.SGD(ps, lr=0.05, momentum=0.9), 3, scheduler=sched)
+    with_kernels(True)
+    got, _ = _train(lambda ps: tj.optim.SGD(ps, lr=0.05, momentum=0.9), 3, scheduler=sched)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_update_writes_into_numpy_shared_parameters(with_kernels):
+    with_kernels(True)
+    arr = np.ones((3, 2), np.float32)
+    w = tj.from_numpy(arr).requires_grad_()
+    opt = tj.optim.SGD([w], lr=0.5, momentum=0.9)
+    (w * 2.0).sum().backward()
+    opt.step()
+    np.testing.assert_array_equal(arr, np.zeros((3, 2), np.float32))  # 1 - 0.5 * 2, written into the array
+    assert w.detach().numpy() is arr

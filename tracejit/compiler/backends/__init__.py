@@ -224,6 +224,7 @@ def device_count(kind: str) -> int:
 ENV_EAGER = "TRACEJIT_EAGER_KERNELS"  # "background" (default), "sync" or "off"
 EAGER_MODES = ("background", "sync", "off")
 _eager_started = False
+_eager_thread: threading.Thread | None = None
 
 
 def eager_mode() -> str:
@@ -243,7 +244,7 @@ def start_eager_kernels(install: Callable[[dict], None], mode: str | None = None
     """Load the CPU backend's eager kernels and hand them to `install` (tracejit.dispatch's table), once per
     process: in a daemon thread ("background": the caller goes on with NumPy meanwhile), right here ("sync") or
     not at all ("off"). A failure (no Numba, a kernel that disagrees with its ref) warns once; NumPy stays."""
-    global _eager_started
+    global _eager_started, _eager_thread
     mode = mode or eager_mode()
     if _eager_started or mode == "off":
         return
@@ -261,7 +262,18 @@ def start_eager_kernels(install: Callable[[dict], None], mode: str | None = None
     if mode == "sync":
         load()
     else:
-        threading.Thread(target=load, name="tracejit-eager-kernels", daemon=True).start()
+        _eager_thread = threading.Thread(target=load, name="tracejit-eager-kernels", daemon=True)
+        _eager_thread.start()
+
+
+def wait_eager_kernels(timeout: float | None = None) -> bool:
+    """Wait until a background load of the eager kernels (start_eager_kernels) has ended, at most `timeout`
+    seconds; False while it still runs. Benchmarks call it so that the timed steps run what later steps run."""
+    t = _eager_thread
+    if t is not None:
+        t.join(timeout)
+        return not t.is_alive()
+    return True
 
 
 def _module_factory(module: str, cls: str):
