@@ -105,7 +105,7 @@ def make_runner(v: Variant):
     ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_make_on": Tensor._make_on,
                 "_unflatten": unflatten, "_structure": v.structure, "_interrupted": interrupt.raised_interrupt,
                 "_deferred": interrupt.deferred, "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values,
-                "_xfer": transfer, "_shared": _shared}
+                "_xfer": transfer, "_shared": _shared, "_SB": _shared.SharedBox}
     named: dict[int, str] = {}
 
     def obj(o):  # a name in the runner's namespace for an object its source refers to
@@ -144,7 +144,10 @@ def make_runner(v: Variant):
     if writes and not v.program.updates_in_place:
         # a box whose array NumPy shares (t.numpy(), from_numpy) is written by copying into that array
         # (tracejit/_shared.py): once any exists, the write-back holds Ctrl-C too, so it is never left halfway
-        writes = ["if _shared.ever:", "    with _deferred():"] + ["        " + w for w in writes] + \
+        # (only these boxes matter: a type check each, after one flag read when nothing was ever shared)
+        any_shared = " or ".join(f"type({b.box_expr(obj)}) is _SB" for b, _ in v.writes)
+        writes = [f"if _shared.ever and ({any_shared}):", "    with _deferred():"] + \
+                 ["        " + w for w in writes] + \
                  ["else:"] + ["    " + w for w in writes]
     body += writes
     for ref, idx, _ in v.grad_sets:

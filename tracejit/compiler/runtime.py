@@ -90,11 +90,15 @@ class Program:
         else:  # the backend's buffers: raw bytes (uint8), seen as each result's shape and dtype
             alloc, view = (lambda n: backend.alloc((n,), D.uint8)), backend.view
         self.arena = ArenaPlan(self.plan, types, self.out_slots, alloc, view)
+        # no step writes into given arrays: calls need no arena (and skip taking one from the pool)
+        self._no_arena = not any(getattr(step, "writes_into", False) for step, *_ in self.plan)
         self._arenas: list = []  # arenas not in use: one per concurrently running thread, reused across calls
 
     def run(self, inputs: list) -> list:
         if self._run is None:
             self._run = self._straight_line()
+        if self._no_arena:
+            return self._run(inputs, None)
         free = self._arenas
         arena = free.pop() if free else self.arena.allocate()
         try:

@@ -177,29 +177,31 @@ class SegmentStep:
 
     def __call__(self, args):
         try:
-            return self._call(args)
+            if self.first_call_s is None:
+                return self._first_call(args)
+            if self.blas_threads:
+                blas.set_threads(self.blas_threads)
+            if self.uses_threads:
+                return self.fn(*[as_c(a) for a in args], numba.get_num_threads())
+            return self.fn(*[as_c(a) for a in args])
         except IndexCheckFailed as e:  # an index out of range: the error eager code raises, with its value
             k, value = e.args
             raise index_error(value, *self.checks[k]) from None
 
-    def _call(self, args):
-        if self.first_call_s is None:
-            t0 = time.perf_counter()
-            try:
-                if self.blas_threads:
-                    blas.set_threads(self.blas_threads)
-                out = self.fn(*self._args(args))
-            except numba.core.errors.NumbaError as e:
-                self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
-                self.fn = _fresh_where_declared(self.fallback(), self.aliases)
-                self.uses_threads = False
-                out = self.fn(*args)
-            self.first_call_s = time.perf_counter() - t0
-            interrupt.check()  # a Ctrl-C held while Numba compiled this segment
-            return out
-        if self.blas_threads:
-            blas.set_threads(self.blas_threads)
-        return self.fn(*self._args(args))
+    def _first_call(self, args):
+        t0 = time.perf_counter()
+        try:
+            if self.blas_threads:
+                blas.set_threads(self.blas_threads)
+            out = self.fn(*self._args(args))
+        except numba.core.errors.NumbaError as e:
+            self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
+            self.fn = _fresh_where_declared(self.fallback(), self.aliases)
+            self.uses_threads = False
+            out = self.fn(*args)
+        self.first_call_s = time.perf_counter() - t0
+        interrupt.check()  # a Ctrl-C held while Numba compiled this segment
+        return out
 
 
 def _fresh_where_declared(run, aliases):
