@@ -25,6 +25,7 @@ import numpy as np
 
 from ....ops import OPS
 from .blas import control as blas
+from .blas import segment as _gemm
 from .window import backward as WB
 from .window import conv as W
 from .window import im2col as WG
@@ -157,14 +158,37 @@ def avg_pool2d_grad(arrays, attrs, out_type):
     return dx
 
 
+def _gemm_layout(a: np.ndarray):
+    """(1 when `a` is the transpose of a C-contiguous buffer, that buffer) or (0, a) for a C-contiguous a; None for
+    other layouts. Numba then always sees C-contiguous 2-D buffers: one compiled signature."""
+    if a.flags.c_contiguous:
+        return 0, a
+    if a.flags.f_contiguous:
+        return 1, a.T
+    return None
+
+
 def matmul(arrays, attrs, out_type):
-    """NumPy's matmul (the ref itself) under the backend's BLAS thread policy: one BLAS thread for small
-    products, all of them for big ones (the window kernels leave BLAS at one thread)."""
+    """float32 2-D products of at least blas.SPLIT_GEMM_FLOPS: the compiled segments' GEMM (blas.segment), split
+    over Numba's pool with one BLAS thread per block (tracejit's own float32 kernel where blas.calls picks it), so
+    that OpenBLAS's threads never spin against the pool's. Other matmuls: NumPy's (the ref itself) under the
+    backend's BLAS thread policy (one thread for small products; the window kernels leave BLAS at one)."""
     a, b = arrays
     if a.dtype != b.dtype or a.dtype.kind != "f":
         return None
     shape = out_type.shape
-    blas.set_threads(blas.threads_for(2.0 * float(np.prod(shape, dtype=np.float64)) * a.shape[-1]))
+    flops = 2.0 * float(np.prod(shape, dtype=np.float64)) * a.shape[-1]
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == F32 and flops >= blas.SPLIT_GEMM_FLOPS:
+        la, lb = _gemm_layout(a), _gemm_layout(b)
+        if la is not None and lb is not None and a.flags.writeable and b.flags.writeable:
+            (ta, abuf), (tb, bbuf) = la, lb
+            m, k = a.shape
+            n = b.shape[1]
+            out = np.empty((m, n), F32)
+            blas.set_threads(1)
+            _gemm.gemm_nt_par(ta, tb, m, n, k, abuf, abuf.shape[1], bbuf, bbuf.shape[1], out, numba.get_num_threads())
+            return out
+    blas.set_threads(blas.threads_for(flops))
     return np.matmul(a, b)
 
 
@@ -346,3 +370,6 @@ def warm_up() -> None:
             )
     a, b = rng.standard_normal((2, 5, 3), dtype=F32), rng.standard_normal((2, 3, 4), dtype=F32)
     _check("matmul", matmul([a, b], {}, _Type((2, 5, 4))), [a, b], {})
+    a, b = rng.standard_normal((96, 128), dtype=F32), rng.standard_normal((256, 128), dtype=F32)
+    _check("matmul", matmul([a, b.T], {}, _Type((96, 256))), [a, b.T], {})  # split over the pool
+    _check("matmul", matmul([a.T.copy().T, b.T], {}, _Type((96, 256))), [a, b.T], {})
