@@ -114,6 +114,41 @@ def test_info_prints_versions(tmp_path):
     assert str(tmp_path / "cache") in proc.stdout  # the kernel cache honours TRACEJIT_CACHE_DIR
 
 
+def _section(out: str, head: str) -> str:
+    """The names listed under the namespace heading that starts with `head`."""
+    blocks = out.split("\n\n")
+    return next(b for b in blocks if b.startswith(head)).split("\n", 1)[1]
+
+
+def test_info_api_lists_the_supported_pytorch_surface(capsys):
+    assert main(["info", "--api"]) == 0
+    out = capsys.readouterr().out
+    top = _section(out, "torch (").split()
+    assert {"tensor", "zeros", "no_grad", "manual_seed", "uint8", "nn", "optim", "compile"} <= set(top)
+    assert not {"OPS", "dispatch", "annotations", "ref_kernels", "np"} & set(top)  # internals and imports are not API
+    assert "view" in _section(out, "torch.Tensor (").split() and "backward" in _section(out, "torch.Tensor (").split()
+    assert "Conv2d" in _section(out, "torch.nn (").split()
+    functional = _section(out, "torch.nn.functional (").split()
+    assert "cross_entropy" in functional and "Tensor" not in functional and "apply" not in functional
+    assert "OneCycleLR" in _section(out, "torch.optim.lr_scheduler (").split()
+    assert "DataLoader" in _section(out, "torch.utils.data (").split()
+    assert "ToTensor" in _section(out, "torchvision.transforms (").split()
+    assert out.rstrip().splitlines()[-1].split()[1:4] == ["names", "in", "17"]
+
+
+def test_info_api_vs_torch_counts_and_names_what_is_missing(capsys):
+    torch = pytest.importorskip("torch")
+    assert main(["info", "--api", "--vs-torch"]) == 0
+    out = capsys.readouterr().out
+    theirs = {n for n in dir(torch.optim) if not n.startswith("_")}
+    ours = set(tracejit.optim.__all__) | {"lr_scheduler"}
+    head = next(line for line in out.splitlines() if line.startswith("torch.optim:"))
+    assert head == (f"torch.optim: {len(ours & theirs)} of the installed torch's {len(theirs)} names "
+                    f"({100 * len(ours & theirs) / len(theirs):.0f}%)")
+    assert _section(out, "torch.optim:").split("not in tracejit:")[1].split() == sorted(theirs - ours)
+    assert "explain" in _section(out, "torch:").split("tracejit's own:")[1].split("not in tracejit:")[0].split()
+
+
 def test_unknown_command_fails_with_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
@@ -191,5 +226,5 @@ def test_cache_command_in_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"generated kernel sources: {tmp_path / 'cache'} [TRACEJIT_CACHE_DIR]" in proc.stdout
     assert f"Numba machine code, generated kernels: {tmp_path / 'nb' / 'cache_'}" in proc.stdout
-    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb'} (4 folders)" in proc.stdout
+    assert f"Numba machine code, tracejit's own kernels: {tmp_path / 'nb'} (5 folders)" in proc.stdout
     assert not (tmp_path / "cache").exists()  # looking creates nothing

@@ -431,3 +431,91 @@ def test_default_collate_copies_mapping_types():
     assert type(out) is Record and out["a"].tolist() == [1, 2]
     od = default_collate([collections.OrderedDict(b=1.0, a=2.0)] * 2)
     assert isinstance(od, collections.OrderedDict) and list(od) == ["b", "a"] and od["a"].dtype is tj.float64
+
+
+# ---- iterable-style datasets, against PyTorch
+
+
+class _StreamMixin:
+    """Samples start..end-1, split between workers in uneven contiguous chunks (worker 0 gets the most), the way
+    PyTorch's IterableDataset documentation splits them."""
+
+    def __init__(self, start, end, with_len=True):
+        self.start, self.end, self.with_len = start, end, with_len
+
+    def __iter__(self):
+        info = self._worker_info()
+        lo, hi = self.start, self.end
+        if info is not None:
+            per = -(-(hi - lo) // info.num_workers)
+            lo = self.start + info.id * per
+            hi = min(lo + per, self.end)
+        for i in range(lo, hi):
+            yield {"i": i, "x": np.float32(i) * 0.5}
+
+    def __len__(self):
+        if not self.with_len:
+            raise TypeError("no length")
+        return self.end - self.start
+
+
+class TjStream(_StreamMixin, tj.utils.data.IterableDataset):
+    @staticmethod
+    def _worker_info():
+        return tj.utils.data.get_worker_info()
+
+
+def _torch_stream():
+    torch = pytest.importorskip("torch")
+
+    class TorchStream(_StreamMixin, torch.utils.data.IterableDataset):
+        @staticmethod
+        def _worker_info():
+            return torch.utils.data.get_worker_info()
+
+    return torch, TorchStream
+
+
+def _items(loader):
+    return [b["i"].tolist() if hasattr(b["i"], "tolist") else b["i"] for b in loader]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # (torch, on 2 cores)
+@pytest.mark.parametrize("kw", [dict(batch_size=4), dict(batch_size=4, drop_last=True), dict(batch_size=None),
+                                dict(batch_size=3, num_workers=2), dict(batch_size=3, num_workers=2, drop_last=True),
+                                dict(batch_size=None, num_workers=3)])
+def test_iterable_dataset_batches_as_torch(kw):
+    torch, TorchStream = _torch_stream()
+    theirs = _items(torch.utils.data.DataLoader(TorchStream(0, 11), **kw))
+    ours_loader = DataLoader(TjStream(0, 11), **kw)
+    ours = _items(ours_loader)
+    assert ours == theirs  # with workers: their batches in turn, a worker whose chunk ran out skipped
+    assert len(ours_loader) == len(torch.utils.data.DataLoader(TorchStream(0, 11), **kw))
+    batch = next(iter(DataLoader(TjStream(0, 11), batch_size=2)))
+    assert batch["x"].dtype is tj.float32 and batch["x"].tolist() == [0.0, 0.5]
+
+
+def test_iterable_dataset_persistent_workers_start_over_each_epoch():
+    loader = DataLoader(TjStream(0, 7), batch_size=2, num_workers=2, persistent_workers=True)
+    first = _items(loader)
+    assert sorted(i for b in first for i in b) == list(range(7))
+    assert _items(loader) == first and _items(loader) == first
+    loader._pool.shutdown()
+
+
+def test_iterable_dataset_options_and_chain_as_torch():
+    torch, TorchStream = _torch_stream()
+    for kw in (dict(shuffle=True), dict(sampler=[0, 1]), dict(batch_sampler=[[0]])):
+        with pytest.raises(ValueError) as ours:
+            DataLoader(TjStream(0, 3), **kw)
+        with pytest.raises(ValueError) as theirs:
+            torch.utils.data.DataLoader(TorchStream(0, 3), **kw)
+        assert str(ours.value).split(",")[0] == str(theirs.value).split(",")[0]
+    with pytest.raises(TypeError):
+        len(DataLoader(TjStream(0, 3, with_len=False)))
+    assert _items(DataLoader(TjStream(0, 3, with_len=False), batch_size=2)) == [[0, 1], [2]]
+    chained = TjStream(0, 2) + TjStream(5, 7)
+    assert isinstance(chained, tj.utils.data.ChainDataset) and len(chained) == 4
+    assert [s["i"] for s in chained] == [0, 1, 5, 6]
+    with pytest.raises(AssertionError, match="does not support IterableDataset"):
+        ConcatDataset([TjStream(0, 2)])

@@ -111,7 +111,11 @@ def test_mnist_reads_official_idx_files(tmp_path, gz, where):
     np.testing.assert_array_equal(img.numpy()[0], images[2].astype(np.float32) / 255)
     assert label == labels[2]
     assert test.targets.dtype is tj.int64 and test.targets.tolist() == arrays["t10k"][1].tolist()
-    assert train.data.dtype == np.uint8 and train.data.shape == (5, 28, 28)
+    assert train.data.dtype is tj.uint8 and train.data.shape == (5, 28, 28)  # tensors, as torchvision's
+    np.testing.assert_array_equal(train.data.numpy(), images)
+    train.data, train.targets = train.data[1:3], train.targets[1:3]  # a program's subset is what it reads
+    assert len(train) == 2 and train[1][1] == labels[2]
+    np.testing.assert_array_equal(train[1][0].numpy()[0], images[2].astype(np.float32) / 255)
     assert float(img.numpy().min()) >= 0 and float(img.numpy().max()) <= 1
 
 

@@ -95,7 +95,7 @@ def row(op, label, make, expect, grad=(), out_dtype=None, **attrs):
 
 
 NONDIFFERENTIABLE = {"sign", "logical_not", "eq", "ne", "lt", "le", "gt", "ge", "full", "argmax", "uniform",
-                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax", "check_index"}
+                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax", "check_index", "argsort"}
 
 # ---- unary elementwise
 
@@ -257,6 +257,20 @@ row("argmax", "f32-noncontig", lambda r: [transposed(randn(r, 4, 3, dtype=F32))]
 row("argmax", "ties-first", lambda r: [np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])], _np_argmax, axis=1,
     keepdim=True, out_dtype=I64)
 row("argmax", "i64", lambda r: [ints(r, 3, 5, lo=0, hi=3)], _np_argmax, axis=1, keepdim=False, out_dtype=I64)
+
+
+
+def _np_argsort(a, axis, descending):
+    key = -a if descending else a  # (no NaN or ties in these rows: the stable order of ties is tested in
+    return np.argsort(key, axis=axis, kind="stable")  # tests/test_sort_scan.py against PyTorch)
+
+
+row("argsort", "f32-rows", lambda r: [randn(r, 3, 5, dtype=F32)], _np_argsort, axis=1, descending=False,
+    out_dtype=I64)
+row("argsort", "f64-desc-noncontig", lambda r: [transposed(randn(r, 4, 3))], _np_argsort, axis=0, descending=True,
+    out_dtype=I64)
+row("argsort", "i64", lambda r: [np.array([[5, -2, 9], [0, 7, 3]], I64)], _np_argsort, axis=1, descending=True,
+    out_dtype=I64)
 
 # ---- movement
 

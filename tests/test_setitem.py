@@ -312,10 +312,14 @@ def test_numpy_sharing_keeps_autograd_values():
 
 
 def test_from_numpy_says_when_it_cannot_share_memory():
-    a = np.ones(3, dtype=np.uint8)
-    with pytest.warns(UserWarning, match="no uint8 dtype, so the tensor is a copy \\(in int64\\) that does not share"):
+    a = np.ones(3, dtype=np.int32)
+    with pytest.warns(UserWarning, match="no int32 dtype, so the tensor is a copy \\(in int64\\) that does not share"):
         t = tj.from_numpy(a)
     assert t.dtype is tj.int64 and (t.float() / 255).tolist() == pytest.approx([1 / 255] * 3)
+    u = np.ones(3, dtype=np.uint8)  # uint8 is stored: shared, as in PyTorch
+    t = tj.from_numpy(u)
+    t.add_(254)
+    assert t.dtype is tj.uint8 and u.tolist() == [255] * 3
     with pytest.raises(TypeError, match="expected np.ndarray"):
         tj.from_numpy([1.0])
     ro = np.ones(3)

@@ -697,3 +697,64 @@ def test_layout_queries_and_value_comparisons_match_torch():
         assert T.iinfo(T.int64).max == 2 ** 63 - 1
         with pytest.raises(RuntimeError, match="1D tensors expected"):
             T.dot(x, x)
+
+
+# ---- dtype inference of tensor() and the uint8 storage dtype, against PyTorch
+
+_INFER = {
+    "empty": lambda m: m.tensor([]),
+    "python float": lambda m: m.tensor(1.5),
+    "np.float64 scalar": lambda m: m.tensor(np.float64(0.25)),
+    "np.float32 scalar": lambda m: m.tensor(np.float32(2)),
+    "np.float64 in a list": lambda m: m.tensor([np.float64(1), 2.0]),
+    "np.float16 alone": lambda m: m.tensor([np.float16(1)]),
+    "np.float16 with a float": lambda m: m.tensor([np.float16(1), 2.0]),
+    "int and np.float64": lambda m: m.tensor([1, np.float64(2)]),
+    "nested empty": lambda m: m.tensor([[]]),
+    "uint8 array": lambda m: m.tensor(np.array([1, 2], np.uint8)),
+}
+
+
+@pytest.mark.parametrize("case", list(_INFER))
+def test_tensor_infers_dtypes_as_torch(case):
+    ours, theirs = _INFER[case](tj), _INFER[case](torch)
+    assert ours.dtype.name == str(theirs.dtype).removeprefix("torch.")
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+_U8 = {
+    "add wraps": lambda m, t: t + 300,
+    "mul wraps": lambda m, t: t * t,
+    "neg wraps": lambda m, t: -t,
+    "sub wraps": lambda m, t: t - 10,
+    "true div": lambda m, t: t / 2,
+    "to float": lambda m, t: t.float() / 255,
+    "sum is int64": lambda m, t: t.sum(),
+    "int64 tensor promotes": lambda m, t: t + m.tensor([1, 1, 1, 1]),
+    "float scalar promotes": lambda m, t: t + 1.5,
+    "compare": lambda m, t: t > 100,
+    "min": lambda m, t: t.min(),
+    "argmin": lambda m, t: t.argmin(),
+    "clamp": lambda m, t: t.clamp(10, 100),
+    "float to uint8 wraps": lambda m, t: (t.float() * 1.7).to(m.uint8),
+    "byte()": lambda m, t: t.long().byte(),
+}
+
+
+@pytest.mark.parametrize("case", list(_U8))
+def test_uint8_eager_math_as_torch(case):
+    a = np.array([0, 5, 200, 255], np.uint8)
+    ours, theirs = _U8[case](tj, tj.tensor(a)), _U8[case](torch, torch.tensor(a))
+    assert ours.dtype.name == str(theirs.dtype).removeprefix("torch.")
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)
+
+
+def test_uint8_is_refused_in_compiled_steps_with_a_hint():
+    @tj.compile
+    def f(x):
+        return x.float() * 2
+
+    with pytest.raises(tj.TraceError, match=r"compiled steps do not support uint8.*\.float\(\) / 255"):
+        f(tj.tensor(np.array([1, 2], np.uint8)))
+    with pytest.raises(RuntimeError, match="cannot be converted to type uint8 without overflow"):
+        tj.tensor([1, 300], dtype=tj.uint8)

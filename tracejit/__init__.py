@@ -5,7 +5,7 @@ Numba kernels. ``import tracejit as torch`` works for the supported subset.
 from . import autograd, linalg, nn, optim, utils  # noqa: F401
 from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .devices import device, get_default_device, set_default_device
-from .dtypes import DType, bool_, float16, float32, float64, int64
+from .dtypes import DType, bool_, float16, float32, float64, int64, uint8
 from .dtypes import bool_ as bool  # noqa: A001
 from .errors import OpError, TraceError
 from .ops import OPS

@@ -66,6 +66,11 @@ def summarize_dump(root: str, render_svg: bool = True) -> str:
 
 
 def cmd_info(ns) -> int:
+    if ns.api or ns.vs_torch:
+        from tracejit import _surface
+
+        print(_surface.listing(vs_torch=ns.vs_torch))
+        return 0
     import numba
     import numpy
 
@@ -146,7 +151,10 @@ def main(argv=None) -> int:
     r.add_argument("script")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_report)
-    i = sub.add_parser("info", help="versions, threads, kernel cache, CUDA")
+    i = sub.add_parser("info", help="versions, threads, kernel cache, CUDA; --api: the supported PyTorch API")
+    i.add_argument("--api", action="store_true", help="list the PyTorch API surface tracejit provides, by namespace")
+    i.add_argument("--vs-torch", action="store_true", help="with --api: compare with the installed PyTorch (how "
+                   "many of its names exist here, which do not)")
     i.set_defaults(fn=cmd_info)
     c = sub.add_parser("cache", help="where the kernel caches are, their sizes and entry counts; --clear empties them")
     c.add_argument("--info", action="store_true", help="print the caches' locations, sizes, entries (the default)")

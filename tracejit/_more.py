@@ -5,12 +5,36 @@ differentiate and trace like the rest."""
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
 from . import dtypes as D
-from .dispatch import _from_array
+from .dispatch import _from_array, apply
 from .errors import OpError, shape_str, user_location
+from .ops import OPS
+
+# what torch.return_types.sort / topk are: named (values, indices) pairs
+SortResult = namedtuple("sort", ["values", "indices"])
+TopKResult = namedtuple("topk", ["values", "indices"])
+
+
+def _dim(dim, ndim, who):
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise IndexError(f"{who}: Dimension out of range (expected to be in range of [{-max(ndim, 1)}, "
+                         f"{max(ndim, 1) - 1}], but got {dim}) (at {user_location()})")
+    return dim % max(ndim, 1)
+
+
+def _cat2(a, b, axis):
+    return apply(OPS["cat"], a, b, axis=axis)  # (same dtype, same device: the callers make both)
+
+
+def _accumulating(x, dtype):
+    """The dtype cumsum/prod compute in, as PyTorch: `dtype` if given, else integers and bools widen to int64."""
+    if dtype is not None:
+        return x.to(D.as_dtype(dtype))
+    return x if x.dtype.is_floating_point else x.to(D.int64)
 
 
 class MoreMethods:
@@ -126,6 +150,78 @@ class MoreMethods:
     def equal(self, other) -> bool:
         a, b = self._concrete("equal()"), other._concrete("equal()")
         return a.shape == b.shape and bool(np.array_equal(a, b))
+
+    # ---- sorting and scans
+    def argsort(self, dim=-1, descending=False, stable=False):
+        """Indices that sort along `dim`; always stable (PyTorch's order for ties when stable=True), NaN as the
+        largest value. Not differentiable (indices); `sort`'s values are."""
+        if self.ndim == 0:
+            return _from_array(np.zeros((), np.int64))
+        return apply(OPS["argsort"], self, axis=_dim(dim, self.ndim, "argsort"), descending=bool(descending))
+
+    def sort(self, dim=-1, descending=False, stable=False):
+        """(values, indices) sorted along `dim`; the values' gradient flows back to where each came from."""
+        if self.ndim == 0:
+            return SortResult(self.clone(), _from_array(np.zeros((), np.int64)))
+        idx = self.argsort(dim, descending)
+        return SortResult(self.gather(_dim(dim, self.ndim, "sort"), idx), idx)
+
+    def msort(self):
+        return self.sort(0).values
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """The k largest (smallest with largest=False) values along `dim` and their indices, largest first;
+        `sorted=False` returns them sorted too (PyTorch leaves that order unspecified)."""
+        d = _dim(dim, self.ndim, "topk")
+        n = self.shape[d] if self.ndim else 1
+        k = int(k)
+        if not 0 <= k <= n:
+            raise RuntimeError(f"topk: selected index k out of range (k={k}, size {n} along dimension {d}) "
+                               f"(at {user_location()})")
+        if self.ndim == 0:
+            return TopKResult(self.clone(), _from_array(np.zeros((), np.int64)))
+        idx = self.argsort(d, descending=largest).narrow(d, 0, k)
+        return TopKResult(self.gather(d, idx), idx)
+
+    def cumsum(self, dim, dtype=None):
+        """Inclusive prefix sums along `dim` (integers and bools sum in int64, as in PyTorch), as log2(n) shifted
+        additions, so that it differentiates and traces like any composite."""
+        x = _accumulating(self, dtype)
+        if x.ndim == 0:
+            return x.clone()
+        d = _dim(dim, x.ndim, "cumsum")
+        n, k = x.shape[d], 1
+        while k < n:  # Hillis-Steele: after the step for k, x[i] sums the 2k values ending at i
+            pad = x.new_zeros(x.shape[:d] + (k,) + x.shape[d + 1:])
+            x = x + _cat2(pad, x.narrow(d, 0, n - k), d)
+            k *= 2
+        return x
+
+    def prod(self, dim=None, keepdim=False, dtype=None):
+        """The product of all values, or along `dim`, as a tree of multiplications (exact gradients where values
+        are zero); integers and bools multiply in int64, as in PyTorch."""
+        x = _accumulating(self, dtype)
+        if dim is None:
+            x, d = x.reshape(-1), 0
+        else:
+            if isinstance(dim, (tuple, list)):
+                raise TypeError("prod(): argument 'dim' must be an int, not a tuple (PyTorch's prod takes one dim)")
+            if x.ndim == 0:
+                return x.clone()
+            d = _dim(dim, x.ndim, "prod")
+        n = x.shape[d]
+        if n == 0:
+            shape = x.shape[:d] + (1,) + x.shape[d + 1:]
+            x, n = x.new_ones(shape), 1
+        while n > 1:
+            if n % 2:
+                x = _cat2(x, x.new_ones(x.shape[:d] + (1,) + x.shape[d + 1:]), d)
+                n += 1
+            x = x.narrow(d, 0, n // 2) * x.narrow(d, n // 2, n // 2)
+            n //= 2
+        if dim is None:
+            return x.reshape(())
+        return x if keepdim else x.squeeze(d)
 
     # ---- movement composites
     def flip(self, *dims):

@@ -32,7 +32,10 @@ from .ops import OPS, broadcast_shapes, check_same_dtype, index_message
 
 
 def _scalar(value, dtype):
-    return apply(OPS["full"], shape=(), value=_py(value, dtype), dtype=dtype)
+    value = _py(value, dtype)
+    if dtype is D.uint8:
+        value &= 0xFF  # a Python int operand wraps into uint8, as in PyTorch (uint8 tensor + 300 adds 44)
+    return apply(OPS["full"], shape=(), value=value, dtype=dtype)
 
 
 def _as_operand(x, dtype):
@@ -391,6 +394,9 @@ class Tensor(TensorBase, MoreMethods):
 
     int = long
 
+    def byte(self):
+        return self.to(D.uint8)
+
     def bool(self):
         return self.to(D.bool_)
 
@@ -504,10 +510,21 @@ class Tensor(TensorBase, MoreMethods):
             raise OpTypeError("~ (bitwise not) is supported for bool tensors only")
         return apply(OPS["logical_not"], self)
 
+    def _bool_operands(self, o, what):
+        # & and | are logical on bool tensors; on integers PyTorch's are bitwise, which tracejit lacks: refuse
+        # rather than compute a logical result (tensor([5]) & 3 is 1 in PyTorch)
+        if self.dtype is not D.bool_ or not (isinstance(o, (bool, np.bool_)) or
+                                             (isinstance(o, Tensor) and o.dtype is D.bool_)):
+            other = o.dtype.name if isinstance(o, Tensor) else type(o).__name__
+            raise OpTypeError(f"{what} is supported for bool operands only (bitwise operations on integers are "
+                              f"not implemented), got {self.dtype.name} and {other} (at {user_location()})")
+
     def __and__(self, o):
+        self._bool_operands(o, "& (bitwise and)")
         return where(self, _as_operand(o, D.bool_), False)
 
     def __or__(self, o):
+        self._bool_operands(o, "| (bitwise or)")
         return where(self, True, _as_operand(o, D.bool_))
 
     def add(self, o, alpha=1):
@@ -653,6 +670,8 @@ class Tensor(TensorBase, MoreMethods):
         return apply(OPS["amax"], self, axes=_dims(dim, self.ndim), keepdim=keepdim)
 
     def amin(self, dim=None, keepdim=False):
+        if self.dtype is D.uint8:  # (negation wraps) the complement reverses the order instead
+            return 255 - (255 - self).amax(dim, keepdim)
         return -((-self).amax(dim, keepdim))
 
     def argmax(self, dim=None, keepdim=False):
@@ -661,7 +680,7 @@ class Tensor(TensorBase, MoreMethods):
         return apply(OPS["argmax"], self, axis=_norm_dim(dim, self.ndim), keepdim=keepdim)
 
     def argmin(self, dim=None, keepdim=False):
-        return (-self).argmax(dim, keepdim)
+        return (255 - self if self.dtype is D.uint8 else -self).argmax(dim, keepdim)
 
     def max(self, dim=None, keepdim=False):
         if isinstance(dim, Tensor):

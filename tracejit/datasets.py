@@ -243,8 +243,9 @@ def _image(arr_chw_uint8: np.ndarray) -> Tensor:
 class MNIST(Dataset):
     """The MNIST digits from the official IDX files in ``root/MNIST/raw`` (or directly in ``root``).
 
-    Items are ``(float32 tensor [1, 28, 28] in [0, 1], int label)``. ``data`` holds the uint8 images
-    as a NumPy array [N, 28, 28] and ``targets`` the labels as an int64 tensor.
+    Items are ``(float32 tensor [1, 28, 28] in [0, 1], int label)``. As in torchvision, ``data`` holds the
+    images as a uint8 tensor [N, 28, 28] and ``targets`` the labels as an int64 tensor (the siamese-network
+    example does ``dataset.data.unsqueeze(1).clone()``).
     """
 
     mirrors = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
@@ -271,9 +272,9 @@ class MNIST(Dataset):
         if images.shape[0] != labels.shape[0]:
             raise RuntimeError(f"{type(self).__name__}: {images.shape[0]} images but {labels.shape[0]} labels in "
                                f"{self.root}")
-        self.data = images.astype(np.uint8)
-        self._labels = labels.astype(np.int64)
-        self.targets = _from_array(self._labels)
+        self._images, self._labels = images.astype(np.uint8), labels.astype(np.int64)
+        self.data = self._data = _from_array(self._images)
+        self.targets = self._targets = _from_array(self._labels)
 
     @property
     def raw_folder(self) -> str:
@@ -317,11 +318,14 @@ class MNIST(Dataset):
                 raise RuntimeError(f"{type(self).__name__} download failed:\n  " + "\n  ".join(errors))
 
     def __len__(self) -> int:
-        return self.data.shape[0]
+        return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        img = _image(self.data[index][None])
-        target = int(self._labels[index])
+        # the arrays read at load time, unless the program replaced `data`/`targets` (ds.data = ds.data[:100])
+        images = self._images if self.data is self._data else np.asarray(self.data)
+        labels = self._labels if self.targets is self._targets else np.asarray(self.targets)
+        img = _image(images[index][None])
+        target = int(labels[index])
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:

@@ -361,6 +361,6 @@ def _sizes(args):
 def _py(value, dtype):
     if dtype is D.bool_:
         return bool(value)
-    if dtype is D.int64:
+    if dtype.category == 1:
         return int(value)
     return float(value)

@@ -6,6 +6,11 @@ float16 is a storage dtype: tensors hold it, convert to and from it, save and lo
 math promotes as in PyTorch (float16 + float32 -> float32); eager math on it runs NumPy's float16 loops, and
 compiled steps refuse it (see compiler/trace.py). There is no bfloat16 (NumPy has none): checkpoints
 holding BF16 tensors load as float32 with a warning (serialization.py).
+
+uint8 is a storage dtype too (MNIST's images, torchvision's ``save_image``): tensors hold it, `from_numpy` shares
+uint8 arrays, conversions and eager math follow PyTorch (uint8 op uint8 stays uint8 and wraps, Python ints
+wrap into it, an int64 or float operand promotes, `sum` gives int64); compiled steps refuse it like float16.
+Other integer widths (int8, int16, int32, uint16, ...) are stored as int64.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class DType:
 
 
 bool_ = DType("bool", "bool", np.bool_, 0)
-uint8 = DType("uint8", "u8", np.uint8, 1)  # internal: compact pooling argmax indices
+uint8 = DType("uint8", "u8", np.uint8, 1)  # a storage dtype; also the compact pooling argmax indices
 int64 = DType("int64", "i64", np.int64, 1)
 float16 = DType("float16", "f16", np.float16, 2)
 float32 = DType("float32", "f32", np.float32, 2)
@@ -51,7 +56,7 @@ float64 = DType("float64", "f64", np.float64, 2)
 
 ALL = (bool_, uint8, int64, float16, float32, float64)
 _BY_NAME = {d.name: d for d in ALL} | {d.short: d for d in ALL}
-_BY_NAME.update({"float": float32, "double": float64, "long": int64, "half": float16})
+_BY_NAME.update({"float": float32, "double": float64, "long": int64, "half": float16, "byte": uint8})
 default_float = float32
 
 
@@ -60,10 +65,13 @@ def from_name(name: str) -> DType:
 
 
 def from_numpy(np_dtype) -> DType:
-    """The DType holding values of `np_dtype`: other ints widen to int64, longdouble narrows to float32."""
+    """The DType holding values of `np_dtype`: uint8 is itself, other ints widen to int64, longdouble narrows to
+    float32."""
     dt = np.dtype(np_dtype)
     if dt == np.bool_:
         return bool_
+    if dt == np.uint8:
+        return uint8
     if dt.kind in "iu":
         return int64
     if dt == np.float64:

@@ -45,10 +45,39 @@ def tensor(data, dtype=None, requires_grad=False, device=None):
             except (TypeError, ValueError):
                 raise TypeError(f"tensor(): could not convert {type(data).__name__} to a tensor") from None
     if dtype is not None:
-        arr = arr.astype(D.as_dtype(dtype).np)
-    elif arr.dtype.kind == "f" and not (isinstance(data, np.ndarray) and arr.dtype in (np.float64, np.float16)):
-        arr = arr.astype(np.float32)  # Python floats default to float32; float64/float16 arrays keep theirs
+        dt = D.as_dtype(dtype)
+        if dt is D.uint8 and arr.dtype.kind in "iu" and arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise RuntimeError("value cannot be converted to type uint8 without overflow")
+        arr = arr.astype(dt.np)
+    elif arr.dtype.kind == "f":
+        # Python floats default to float32; NumPy arrays and scalars keep their float dtype, also inside lists
+        # (PyTorch: tensor([np.float64(0.5), 1.0]) is float64, tensor([np.float16(1), 2.0]) float32)
+        keep = arr.dtype if isinstance(data, (np.ndarray, np.generic)) else _listed_float_dtype(data)
+        if arr.dtype != keep:
+            arr = arr.astype(keep)
     return _placed(_from_array(np.array(arr)), device, requires_grad)
+
+
+def _listed_float_dtype(data) -> np.dtype:
+    """The float dtype PyTorch infers for a nested list: the widest of its elements' own dtypes, where a Python
+    number counts as float32 (the default) and NumPy values and tensors bring theirs."""
+    widest = None
+    todo = [data]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (float, int)) and not isinstance(x, np.generic):  # (np.float64 subclasses float)
+            widest = np.dtype(np.float32) if widest is None else np.promote_types(widest, np.float32)
+        elif isinstance(x, (list, tuple)):
+            todo.extend(x)
+        elif isinstance(x, (np.ndarray, np.generic)):
+            own = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
+            widest = own if widest is None else np.promote_types(widest, own)
+        elif isinstance(x, Tensor):
+            own = x.dtype.np if x.dtype.is_floating_point else np.dtype(np.float32)
+            widest = own if widest is None else np.promote_types(widest, own)
+        if widest == np.float64:
+            break
+    return np.dtype(np.float32) if widest is None else widest
 
 
 def as_tensor(data, dtype=None, device=None):
@@ -66,7 +95,7 @@ def as_tensor(data, dtype=None, device=None):
     return tensor(data, dtype=dtype, device=device)
 
 
-_NATIVE = {np.dtype(np.bool_), np.dtype(np.int64), np.dtype(np.float16), np.dtype(np.float32),
+_NATIVE = {np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int64), np.dtype(np.float16), np.dtype(np.float32),
            np.dtype(np.float64)}
 
 
@@ -74,7 +103,7 @@ def from_numpy(arr):
     """A tensor sharing `arr`'s memory, as in PyTorch: writes into the array show in the tensor, and in-place
     ops on the tensor (and compiled steps that update it) write into the array (see _shared.py).
 
-    Float64 stays float64. An array of a dtype tracejit does not store (int32, uint8, ...) cannot be shared: the
+    Float64 stays float64. An array of a dtype tracejit does not store (int32, uint16, ...) cannot be shared: the
     tensor is a converted copy, and a warning says so (``from_numpy(img).float() / 255`` still works)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"expected np.ndarray (got {type(arr).__name__})")

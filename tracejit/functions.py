@@ -19,7 +19,8 @@ __all__ = ["exp", "log", "sqrt", "rsqrt", "abs", "neg", "tanh", "sigmoid", "relu
            "norm", "tril", "triu", "flip", "dot", "mv", "outer", "logsumexp", "isnan", "isinf", "isfinite",
            "logical_and", "logical_or", "logical_xor", "count_nonzero", "allclose", "equal", "tile",
            "repeat_interleave", "movedim", "moveaxis", "addcmul", "addcdiv", "lerp", "broadcast_to", "hstack", "vstack",
-           "broadcast_tensors", "is_floating_point", "finfo", "iinfo", "get_default_dtype"]
+           "broadcast_tensors", "is_floating_point", "finfo", "iinfo", "get_default_dtype", "sort", "argsort", "msort",
+           "topk", "cumsum", "prod"]
 
 
 def _method(name, out_arg=True):
@@ -124,6 +125,12 @@ dot = _method("dot")
 mv = _method("mv")
 outer = _method("outer")
 logsumexp = _method("logsumexp")
+sort = _method("sort")
+argsort = _method("argsort", out_arg=False)
+msort = _method("msort")
+topk = _method("topk")
+cumsum = _method("cumsum")
+prod = _method("prod")
 isnan = _method("isnan", out_arg=False)
 isinf = _method("isinf", out_arg=False)
 isfinite = _method("isfinite", out_arg=False)

@@ -278,7 +278,7 @@ def _sum_grad(c, g):
 
 SUM = _op("sum", Kind.REDUCE, _sum_infer,
           lambda x, axes, keepdim: np.sum(x, axis=axes, keepdims=keepdim,
-                                          dtype=np.int64 if x.dtype.kind in "bi" else x.dtype),
+                                          dtype=np.int64 if x.dtype.kind in "biu" else x.dtype),
           _sum_grad)
 
 
@@ -653,6 +653,29 @@ def _scatter_add_ref(idx, src, axis, shape):
 SCATTER_ADD = _op("scatter_add", Kind.INDEX, _scatter_add_infer, _scatter_add_ref,
                   lambda c, g: [None, _dispatch.apply(GATHER, g, c.input(0), axis=c.attrs["axis"])],
                   doc="zeros(shape) with src added at idx along axis")
+
+
+
+def _argsort_infer(x, axis, descending):
+    if not 0 <= axis < max(x.ndim, 1):
+        raise OpTypeError(f"argsort: cannot sort {x} along dimension {axis}")
+    return TensorType(x.shape, D.int64)
+
+
+def _argsort_ref(x, axis, descending):
+    if x.ndim == 0:
+        return np.zeros((), np.int64)
+    if not descending:  # stable; NaN sorts last, as in PyTorch
+        return np.argsort(x, axis=axis, kind="stable").astype(np.int64)
+    # descending and stable (equal values keep their order, NaN first): sort the reversed array ascending
+    n = x.shape[axis]
+    r = np.argsort(np.flip(x, axis), axis=axis, kind="stable")
+    return (n - 1 - np.flip(r, axis)).astype(np.int64)
+
+
+ARGSORT = _op("argsort", Kind.INDEX, _argsort_infer, _argsort_ref, None,
+              doc="the int64 indices that sort x along axis (stable; NaN as the largest value); sort/topk gather "
+                  "with them, which carries the gradient")
 
 # ----------------------------------------------------------------------------------------------- random
 

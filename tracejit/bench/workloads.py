@@ -40,8 +40,9 @@ class Workload:
 
 
 def _tensor(a: np.ndarray):
-    # a private copy: eager in-place updates must not leak into the arrays other modes start from
-    return tj.from_numpy(np.array(a, copy=True))
+    # a private copy: eager in-place updates must not leak into the arrays other modes start from; made on the
+    # default device (the GPU while the cuda mode builds)
+    return tj.from_numpy(np.array(a, copy=True)).to(tj.get_default_device())
 
 
 def _compiled(fn, backend: str | None):
@@ -50,7 +51,7 @@ def _compiled(fn, backend: str | None):
 
 def _loss_value(out) -> float:
     out = out[0] if isinstance(out, (tuple, list)) else out
-    return float(out.detach().numpy())
+    return float(out.detach().cpu().numpy())
 
 
 def _state_arrays(module: nn.Module) -> dict:
@@ -264,8 +265,24 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
 ]}
 
 
+def _synchronized(run):
+    def run_and_wait():
+        out = run()
+        tj.cuda.synchronize()
+        return out
+
+    return run_and_wait
+
+
 def build_tracejit(workload: Workload, cfg: dict, arrays: dict, mode: str) -> Built:
     """One tracejit mode of `workload`: 'eager' or a compile backend ('reference', 'cpu', 'cuda')."""
     if mode not in TRACEJIT_MODES:
         raise ValueError(f"unknown tracejit mode {mode!r}; choose one of {', '.join(TRACEJIT_MODES)}")
+    if mode == "cuda":
+        # as a PyTorch user's GPU code: the model, its state and the data live on the GPU (made there), and the
+        # compiled step follows them (only what the user reads comes back)
+        with tj.device("cuda"):
+            built = workload.build(cfg, arrays, None)
+        # kernels run asynchronously: a timed call ends when the GPU has finished it
+        return Built(_synchronized(built.run), built.value)
     return workload.build(cfg, arrays, None if mode == "eager" else mode)

@@ -90,6 +90,8 @@ class Program:
         else:  # the backend's buffers: raw bytes (uint8), seen as each result's shape and dtype
             alloc, view = (lambda n: backend.alloc((n,), D.uint8)), backend.view
         self.arena = ArenaPlan(self.plan, types, self.out_slots, alloc, view)
+        # a device backend says itself whether a result is a view of an arena buffer (and copies it)
+        self._copied_out = getattr(backend, "copied_out", copied_out)
         # no step writes into given arrays: calls need no arena (and skip taking one from the pool)
         self._no_arena = not any(getattr(step, "writes_into", False) for step, *_ in self.plan)
         self._arenas: list = []  # arenas not in use: one per concurrently running thread, reused across calls
@@ -127,7 +129,7 @@ class Program:
                 lines.append(f"    del {', '.join(f'e{i}' for i in sorted(free))}")
         escapes = self.arena.escapes
         if any(escapes):  # outputs that may be views of arena buffers leave as copies
-            ns["_copied_out"] = copied_out
+            ns["_copied_out"] = self._copied_out
             lines.append(f"    _bufs = arena[{len(self.plan)}]")
             for pos, bufs in enumerate(escapes):
                 if bufs:

@@ -93,6 +93,12 @@ class Lifted:
         self.binding = binding
 
 
+# dtypes tensors hold but compiled steps do not compute in (the pooling argmax's internal uint8 never meets a trace:
+# a pass introduces it): name -> (its name, how to convert it)
+_STORAGE_ONLY = {"float16": ("float16", "to float32 with .float()"),
+                 "uint8": ("uint8", "with .float() (images: .float() / 255) or .long()")}
+
+
 class Tracer:
     """Installed as the tensor module's trace context while the user's function runs."""
 
@@ -109,11 +115,14 @@ class Tracer:
     # ---- hooks called from dispatch.py and _tensor.py
     def add_node(self, op, inputs, attrs, out_type: TensorType) -> Value:
         types = [t._box.type for t in inputs]
-        if out_type.dtype.name == "float16" or any(t.dtype.name == "float16" for t in types):
-            # float16 is a storage dtype: the generated kernels are float32/float64 only
-            raise TraceError(f"{op.name}: compiled steps do not support float16 (inputs "
-                             f"{', '.join(map(str, types)) or 'none'}); convert to float32 with .float() outside "
-                             f"the compiled function, or compile with fallback='eager' (at {user_location()})")
+        storage = _STORAGE_ONLY.get(out_type.dtype.name) or next(
+            (_STORAGE_ONLY[t.dtype.name] for t in types if t.dtype.name in _STORAGE_ONLY), None)
+        if storage is not None:
+            # float16 and uint8 are storage dtypes: the generated kernels compute in float32/float64/int64/bool
+            name, how = storage
+            raise TraceError(f"{op.name}: compiled steps do not support {name} (inputs "
+                             f"{', '.join(map(str, types)) or 'none'}); convert {how} outside the compiled "
+                             f"function, or compile with fallback='eager' (at {user_location()})")
         vals = [self.value_of(t) for t in inputs]
         v = self.builder.add_node(op, vals, attrs, out_type)
         self.defined.add(v.id)

@@ -6,13 +6,15 @@
     supports(pattern, attrs) -> True | reason   (fusion passes ask this instead of hard-coding one backend's limits)
     run_eager(op, buffers, attrs, out_type) -> buffer        (how an eager op runs on the backend's device)
     eager_kernels() -> {op name: kernel}   (the CPU's: faster eager ops on host arrays; start_eager_kernels)
+    view(buffer, shape, np_dtype) -> buffer   (the runtime arena's typed views of its raw byte buffers)
+    copied_out(value, arena buffers) -> value or a copy   (optional: device buffers, which NumPy cannot compare)
 
 A backend's buffers live on its `device`. The CPU's are plain NumPy arrays; another backend's are whatever it
 chooses, and nothing outside it looks inside them: tensors read values through `to_host` (tracejit/device.py).
 
 `reference` interprets graphs with the op table's NumPy refs (the oracle); `cpu` renders Numba kernels (cpu/);
-`cuda` is registered and says why it is not available yet. This module imports no Numba: asking which backends
-exist, or whether CUDA is available, stays cheap.
+`cuda` renders numba.cuda kernels (cuda/; available with a GPU and numba-cuda, or under Numba's CUDA simulator).
+This module imports no Numba: asking which backends exist stays cheap.
 """
 
 from __future__ import annotations
@@ -177,9 +179,6 @@ def backend_name_for_device(dev) -> str:
     if kinds:
         raise DeviceUnavailableError(f"no tracejit backend holds tensors on {dev} (backends for {dev.type}: "
                                      f"{', '.join(str(_REGISTRY[n][1]) for n in kinds)})")
-    if dev.type == "cuda":
-        raise DeviceUnavailableError("Torch not compiled with CUDA enabled: tracejit has no CUDA backend yet "
-                                     "(tracejit.cuda.is_available() is False); use the CPU")
     raise DeviceUnavailableError(f"tracejit has no backend for device type {dev.type!r}; use the CPU")
 
 
@@ -283,12 +282,8 @@ def _module_factory(module: str, cls: str):
 
 
 def _cuda_factory():
-    # the CUDA backend is its own issue: until its folder exists, say so (and never import numba.cuda for it)
-    try:
-        importlib.import_module("tracejit.compiler.backends.cuda")
-    except ModuleNotFoundError:
-        raise BackendUnavailable("backend 'cuda' is not available yet: tracejit has no CUDA backend "
-                                 "(compiler/backends/cuda/); tensors and compiled functions run on the CPU") from None
+    # cuda/ imports numba.cuda only when made: asking which backends exist stays cheap. Where CUDA cannot run it
+    # raises BackendUnavailable saying why (no numba-cuda, no driver, no GPU) and how to check.
     return _module_factory("tracejit.compiler.backends.cuda", "CudaBackend")()
 
 

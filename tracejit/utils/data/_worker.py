@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WorkerInfo", "get_worker_info", "ExceptionWrapper"]
+__all__ = ["WorkerInfo", "get_worker_info", "ExceptionWrapper", "IterableEnd"]
 
 POLL_S = 1.0  # how often an idle worker checks that its parent is still alive
 
@@ -34,6 +34,13 @@ class WorkerInfo:
 
 
 _worker_info: WorkerInfo | None = None
+
+
+@dataclass(frozen=True)
+class IterableEnd:
+    """A worker's answer when its copy of an IterableDataset is exhausted; it answers no later task of the epoch."""
+
+    worker_id: int
 
 
 def get_worker_info() -> WorkerInfo | None:
@@ -103,6 +110,7 @@ def _worker_loop(spec: Any, index_queue: Any, data_queue: Any, done: Any, worker
         seed = _seed_everything(base_seed, worker_id)
         init_error = None
         fetch = None
+        epoch, ended = None, False
         try:
             fetch, init_fn = pickle.loads(spec) if isinstance(spec, bytes) else spec
             _worker_info = WorkerInfo(id=worker_id, num_workers=num_workers, seed=seed, dataset=fetch.dataset)
@@ -120,11 +128,19 @@ def _worker_loop(spec: Any, index_queue: Any, data_queue: Any, done: Any, worker
             if task is None or done.is_set():
                 break
             tag, idx, index = task
+            if tag != epoch:  # a new epoch (persistent workers): an IterableDataset starts over
+                epoch, ended = tag, False
+                if fetch is not None:
+                    fetch.reset()
+            if ended:
+                continue  # this epoch's stream ended here; the loader knows and skips our remaining tasks
             if init_error is not None:
                 result: Any = init_error
             else:
                 try:
                     result = dumps_tensors(fetch(index))
+                except StopIteration:
+                    result, ended = IterableEnd(worker_id), True
                 except Exception:
                     result = ExceptionWrapper(where=f"in DataLoader worker process {worker_id}")
             if isinstance(result, ExceptionWrapper):

@@ -29,9 +29,9 @@ import numpy as np
 from ...dispatch import _from_array
 from ...random import Generator, default_generator, randint
 from ...serialization import dumps_tensors
-from ._worker import ExceptionWrapper, _worker_loop
+from ._worker import ExceptionWrapper, IterableEnd, _worker_loop
 from .collate import default_collate, default_convert
-from .dataset import Dataset, TensorDataset
+from .dataset import Dataset, IterableDataset, TensorDataset
 from .sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
 __all__ = ["DataLoader"]
@@ -42,15 +42,36 @@ _tags = itertools.count(1)
 
 
 class _Fetcher:
-    """Turns what the sampler yields into a batch: a list of indices (auto-collation) or a single index."""
+    """Turns what the sampler yields into a batch: a list of indices (auto-collation) or a single index. For an
+    IterableDataset the sampler yields placeholders and the batch is the next ones of the dataset's iterator
+    (StopIteration when it is exhausted, or when drop_last leaves only an incomplete batch)."""
 
-    def __init__(self, dataset: Dataset, auto_collation: bool, collate_fn: Callable):
+    def __init__(self, dataset: Dataset, auto_collation: bool, collate_fn: Callable, drop_last: bool = False):
         self.dataset = dataset
         self.auto_collation = auto_collation
         self.collate_fn = collate_fn
+        self.drop_last = drop_last
+        self.iterable = isinstance(dataset, IterableDataset)
+        self._it: Iterator[Any] | None = None
+
+    def reset(self) -> None:
+        """Start the dataset's iteration over (a new epoch)."""
+        self._it = None
+
+    def _next_of_stream(self, index: Any) -> Any:
+        if self._it is None:
+            self._it = iter(self.dataset)
+        if not self.auto_collation:
+            return self.collate_fn(next(self._it))
+        batch = list(itertools.islice(self._it, len(index)))
+        if not batch or (self.drop_last and len(batch) < len(index)):
+            raise StopIteration
+        return self.collate_fn(batch)
 
     def __call__(self, index: Any) -> Any:
         ds = self.dataset
+        if self.iterable:
+            return self._next_of_stream(index)
         if not self.auto_collation:
             return self.collate_fn(ds[index])
         indices = list(index)
@@ -174,8 +195,10 @@ class _MultiProcessingIter:
         self.in_order = loader.in_order
         self.tag = next(_tags)  # results of an abandoned earlier epoch (persistent workers) carry another tag
         self.sampler_iter = iter(loader._index_sampler)
-        self.length = len(loader)
+        self.loader = loader
         self.worker_cycle = itertools.cycle(range(len(pool.workers)))
+        self.active = [True] * len(pool.workers)  # an IterableDataset's worker whose copy ran out gets no more tasks
+        self.task_worker: dict[int, int] = {}
         self.send_idx = 0
         self.rcvd_idx = 0
         self.pending: dict[int, Any] = {}  # send index -> result that came early (None: not yet here)
@@ -184,14 +207,35 @@ class _MultiProcessingIter:
                 break
 
     def _put_task(self) -> bool:
+        if not any(self.active):
+            return False
         try:
             index = next(self.sampler_iter)
         except StopIteration:
             return False
-        self.pool.index_queues[next(self.worker_cycle)].put((self.tag, self.send_idx, index))
+        worker = next(self.worker_cycle)
+        while not self.active[worker]:
+            worker = next(self.worker_cycle)
+        self.pool.index_queues[worker].put((self.tag, self.send_idx, index))
         self.pending[self.send_idx] = None
+        self.task_worker[self.send_idx] = worker
         self.send_idx += 1
         return True
+
+    def _worker_ended(self, worker: int, at: int) -> None:
+        """An IterableDataset worker's copy ran out at task `at`: it answers none of its later tasks either (as
+        PyTorch's); its earlier tasks' batches are real."""
+        self.active[worker] = False
+        for idx in [i for i, w in self.task_worker.items() if w == worker and i >= at and i in self.pending]:
+            del self.pending[idx]
+            del self.task_worker[idx]
+        self._advance()
+        while len(self.pending) < self.loader.prefetch_factor * sum(self.active) and self._put_task():
+            pass
+
+    def _advance(self) -> None:
+        while self.rcvd_idx < self.send_idx and self.rcvd_idx not in self.pending:
+            self.rcvd_idx += 1  # already delivered out of order, or never to come (an ended worker's)
 
     def __iter__(self) -> _MultiProcessingIter:
         return self
@@ -209,16 +253,19 @@ class _MultiProcessingIter:
             tag, idx, result = self._get()
             if tag != self.tag or idx not in self.pending:
                 continue  # left over from an earlier epoch
+            if isinstance(result, IterableEnd):
+                self._worker_ended(result.worker_id, idx)
+                continue
             self.pending[idx] = result
             if not self.in_order or idx == self.rcvd_idx:
                 return self._deliver(idx)
 
     def _deliver(self, idx: int) -> Any:
         result = self.pending.pop(idx)
+        self.task_worker.pop(idx, None)
         if idx == self.rcvd_idx:
             self.rcvd_idx += 1
-            while self.rcvd_idx < self.send_idx and self.rcvd_idx not in self.pending:
-                self.rcvd_idx += 1  # already delivered out of order
+            self._advance()
         self._put_task()
         if isinstance(result, ExceptionWrapper):
             result.reraise()
@@ -236,13 +283,25 @@ class _MultiProcessingIter:
                     raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.loader)
 
 
 def _single_process_iter(loader: DataLoader) -> Iterator[Any]:
     fetch = loader._fetcher()
     for index in loader._index_sampler:
-        yield fetch(index)
+        try:
+            batch = fetch(index)
+        except StopIteration:  # an IterableDataset ran out
+            return
+        yield batch
+
+
+class _InfiniteConstantSampler(Sampler):
+    """The sampler of an IterableDataset: placeholders, forever (the dataset's iterator decides when to stop)."""
+
+    def __iter__(self) -> Iterator[None]:
+        while True:
+            yield None
 
 
 # ----------------------------------------------------------------------------------------------- DataLoader
@@ -305,6 +364,17 @@ class DataLoader:
                 raise TypeError(f"multiprocessing_context option should be a valid context object or a string "
                                 f"specifying the start method, but got "
                                 f"multiprocessing_context={multiprocessing_context}")
+        if isinstance(dataset, IterableDataset):
+            if shuffle not in (None, False):
+                raise ValueError(f"DataLoader with IterableDataset: expected unspecified shuffle option, but got "
+                                 f"shuffle={shuffle}")
+            if sampler is not None:
+                raise ValueError(f"DataLoader with IterableDataset: expected unspecified sampler option, but got "
+                                 f"sampler={sampler}")
+            if batch_sampler is not None:
+                raise ValueError(f"DataLoader with IterableDataset: expected unspecified batch_sampler option, but "
+                                 f"got batch_sampler={batch_sampler}")
+            sampler = _InfiniteConstantSampler()
         if sampler is not None and shuffle:
             raise ValueError("sampler option is mutually exclusive with shuffle")
         if batch_sampler is not None:
@@ -342,7 +412,7 @@ class DataLoader:
         return self.batch_sampler if self.batch_sampler is not None else self.sampler
 
     def _fetcher(self) -> _Fetcher:
-        return _Fetcher(self.dataset, self.batch_sampler is not None, self.collate_fn)
+        return _Fetcher(self.dataset, self.batch_sampler is not None, self.collate_fn, self.drop_last)
 
     def __iter__(self) -> Iterator[Any]:
         if self.num_workers == 0:
@@ -359,4 +429,9 @@ class DataLoader:
         return it
 
     def __len__(self) -> int:
+        if isinstance(self.dataset, IterableDataset):  # the dataset's own length, in batches (TypeError if none)
+            n = len(self.dataset)
+            if self.batch_size is not None:
+                n = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+            return n
         return len(self._index_sampler)
