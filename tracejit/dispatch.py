@@ -190,7 +190,7 @@ _eager_kernels: dict = {name: _asking(name) for name in _EAGER_OPS}
 
 
 def eager_kernel(name: str):
-    """The CPU backend's eager kernel for `name` (an op, or a multi-tensor update such as "sgd_foreach"), or None
+    """The CPU backend's eager kernel for `name` (an op, or a multi-tensor update such as "sgd_update"), or None
     while there is none (not loaded yet: the first call asks for them, as the first op that has one does)."""
     kernel = _eager_kernels.get(name)
     if kernel is None or getattr(kernel, "asks", False):

@@ -101,7 +101,6 @@ class Adam(Optimizer):
                 p.addcdiv_(exp_avg, denom, value=-step_size)
         return loss
 
-
     @staticmethod
     def _fused_step(p: Tensor, state: dict, lr: Tensor, beta1: float, beta2: float, eps: float) -> bool:
         """The update above as one kernel (PyTorch's foreach path) where `fused_update` allows; False otherwise.
