@@ -130,3 +130,25 @@ def test_op_list_is_generated_from_the_op_table():
     assert "| window (" in text and "`conv2d`," in text
     assert "| `sign`, `logical_not`, `eq`," in text  # the ops without a gradient rule have their column
     assert all(f"`{name}`" in text for name in tracejit.OPS)
+
+
+def test_first_step_section_times_each_case_in_a_fresh_process(tmp_path):
+    from tracejit.bench import first_step
+
+    report = first_step.run_first_step(quick=True, backend="reference", root=str(tmp_path),
+                                       cases=("fresh install", "warm"), progress=False)
+    rows = {r["case"]: r for r in report["rows"]}
+    assert list(rows) == ["fresh install", "warm"]
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["first_s"] > 0 and r["new_batch_s"] > 0 and r["process_s"] >= r["to_first_step_s"] > 0
+        assert r["first_compiles"] == 0 and r["steady_ms"] > 0  # the reference backend compiles nothing
+    assert "NUMBA_CACHE_DIR" in rows["fresh install"]["caches"]
+    table = first_step.format_first_step(report)
+    assert "| fresh install |" in table and "| warm |" in table and report["machine"]["cores"] >= 1
+
+
+def test_unknown_section_is_a_usage_error():
+    res = subprocess.run([sys.executable, "-m", "tracejit", "bench", "--sections", "latency"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "unknown section" in res.stderr

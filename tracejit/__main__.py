@@ -1,8 +1,9 @@
-"""`python -m tracejit {dump,info,cache,bench,report}`: the command line.
+"""`python -m tracejit {dump,info,cache,warmup,bench,report}`: the command line.
 
     python -m tracejit dump train.py --epochs 1    # run a script with IR dumps on, list what was written
     python -m tracejit info                        # versions, threads, cache, CUDA
     python -m tracejit cache [--clear [--all]]     # where the kernel caches are, their sizes; empty them
+    python -m tracejit warmup [--dtypes float32]   # compile the CPU backend's own kernels once, after installing
     python -m tracejit report train.py -o r.html   # one HTML page: IR per pass, kernels, compile and step time
 """
 
@@ -127,6 +128,15 @@ def cmd_cache(ns) -> int:
     return 0
 
 
+def cmd_warmup(ns) -> int:
+    from tracejit.warmup import warmup
+
+    t0 = time.perf_counter()
+    warmup(tuple(d.strip() for d in ns.dtypes.split(",") if d.strip()))
+    print(f"tracejit warmup: the CPU backend's kernels are in Numba's cache ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def cmd_report(ns) -> int:
     from tracejit import report
 
@@ -161,6 +171,9 @@ def main(argv=None) -> int:
     c.add_argument("--clear", action="store_true", help="remove tracejit's generated kernels and their Numba files")
     c.add_argument("--all", action="store_true", help="with --clear: also the Numba files of tracejit's own kernels")
     c.set_defaults(fn=cmd_cache)
+    w = sub.add_parser("warmup", help="compile the CPU backend's own kernels into Numba's cache (after installing)")
+    w.add_argument("--dtypes", default="float32", help="comma-separated dtypes to compile for (default float32)")
+    w.set_defaults(fn=cmd_warmup)
     from tracejit.bench import cli as bench_cli
 
     bench_cli.add_parser(sub)

@@ -60,6 +60,12 @@ class FakeProgram:
     def cache_stats(self):
         return self.inner.cache_stats()
 
+    def shared_kernels(self):
+        return self.inner.shared_kernels() if hasattr(self.inner, "shared_kernels") else (0, 0)
+
+    def parametric(self):
+        return self.inner.parametric() if hasattr(self.inner, "parametric") else (0, 0)
+
 
 class FakeBackend(Backend):
     def __init__(self, name="fake", device="fake:0", inner="cpu"):
@@ -68,8 +74,12 @@ class FakeBackend(Backend):
         self.inner = inner
         self.to_device_calls = self.to_host_calls = self.eager_ops = 0
 
-    def compile(self, graph, dumper=None, timings=None):
-        return FakeProgram(get_backend(self.inner).compile(graph, dumper, timings), self.device)
+    def compile(self, graph, dumper=None, timings=None, sizes=None):
+        kw = {} if sizes is None else {"sizes": sizes}  # kernels shared across batch sizes: the inner backend's
+        return FakeProgram(get_backend(self.inner).compile(graph, dumper, timings, **kw), self.device)
+
+    def size_reuse(self):
+        return get_backend(self.inner).size_reuse()
 
     def supports(self, pattern, attrs):
         return get_backend(self.inner).supports(pattern, attrs)  # its programs are the inner backend's

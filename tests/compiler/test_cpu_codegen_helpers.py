@@ -262,7 +262,8 @@ def _last_packed_step(monkeypatch):
     captured = []
     monkeypatch.setattr(cpu_program.KernelStep, "__init__", _capturing(cpu_program.KernelStep.__init__, captured))
     _packed_steps(monkeypatch, lambda m: tracejit.optim.SGD(m.parameters(), lr=0.2, momentum=0.8))
-    (step,) = [s for s in captured if s.rows is not None]
+    # (the compile also renders the step at batch size n + 1 to find its size arguments: never loaded)
+    (step,) = [s for s in captured if s.rows is not None and s.fn is not None]
     return step
 
 

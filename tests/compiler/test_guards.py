@@ -625,15 +625,13 @@ def test_op_error_inside_trace_names_the_users_line():
     assert np.array_equal(cf(f32(2, 2)).numpy(), f32(2, 2).numpy() @ f32(2, 2).numpy())
 
 
-def test_memory_stays_bounded_over_30_batch_sizes_and_explain_reports_it():
-    # every new batch size is a guard failure; past cache_limit they run eagerly instead of compiling (and
-    # keeping) ever more kernels: resident memory stops growing once the limit is reached
+def _over_30_batch_sizes(**kw):
     from tracejit.compiler import log
 
     model = tracejit.nn.Linear(6, 3)
     opt = tracejit.optim.SGD(model.parameters(), lr=0.1)
 
-    @tracejit.compile(cache_limit=3)
+    @tracejit.compile(cache_limit=3, **kw)
     def step(x, y):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
@@ -648,7 +646,29 @@ def test_memory_stays_bounded_over_30_batch_sizes_and_explain_reports_it():
             for _ in range(2):
                 step(tracejit.randn(b, 6), tracejit.randint(0, 3, (b,)))
             rss[b] = log.rss_bytes()
+    return step, rss
+
+
+def test_memory_stays_bounded_over_30_batch_sizes_and_explain_reports_it():
+    # dynamic=False: every new batch size is a guard failure that compiles; past cache_limit they run eagerly
+    # instead of compiling (and keeping) ever more kernels: resident memory stops growing once the limit is reached
+    step, rss = _over_30_batch_sizes(dynamic=False)
     assert len(step.history) == 3 and step.eager_calls == 2 * 27
     assert rss[30] - rss[4] < 8e6, (rss[4], rss[30])
     text = str(tracejit.explain(step, tracejit.randn(2, 6), tracejit.randint(0, 3, (2,))))
     assert re.search(r"memory: .*compiling and loading its kernels added [\d.]+ MB resident", text), text
+
+
+def test_dynamic_batch_sizes_share_kernels_and_keep_cache_limit_of_them():
+    # by default batch sizes >= 2 after the first share its kernels: no eager calls; the variants that share
+    # are kept up to cache_limit (the oldest is evicted), so memory stays bounded as well
+    step, rss = _over_30_batch_sizes()
+    assert step.eager_calls == 0
+    # batch 1 broadcasts (never shared); batch 2 compiles the kernels (unless an earlier test in this process
+    # compiled the same ones); every later batch size runs them
+    assert all(v.shared for v in step.history if v.arg_desc[0] not in ("f32[1, 6]", "f32[2, 6]"))
+    assert [v.arg_desc[0] for v in step.history[-3:]] == ["f32[28, 6]", "f32[29, 6]", "f32[30, 6]"]
+    assert len(step.history) <= 2 + 3 and sum("evicted variant" in line for line in step.log) >= 28 - 3
+    assert rss[30] - rss[6] < 8e6, (rss[6], rss[30])
+    text = str(tracejit.explain(step, tracejit.randn(29, 6), tracejit.randint(0, 3, (29,))))
+    assert "runs kernels compiled for another batch size" in text, text

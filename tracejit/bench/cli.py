@@ -2,6 +2,7 @@
 
     python -m tracejit bench --peers --json out.json     # all workloads, all modes, PyTorch/JAX too
     python -m tracejit bench --workloads lenet --modes eager,cpu --passes 5
+    python -m tracejit bench --sections first-step          # time to the first compiled step, fresh processes
 """
 
 from __future__ import annotations
@@ -43,12 +44,42 @@ def add_parser(sub) -> None:
                    help=f"flag results when other processes used more than this CPU share "
                         f"(default {LOAD_THRESHOLD})")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--sections", type=_csv, default=["steady"],
+                   help=f"comma-separated sections: {','.join(SECTIONS)} (default: steady). first-step times the "
+                        "first compiled LeNet step in fresh processes: fresh install, after warmup, package warm "
+                        "and kernels cold, warm; and a new batch size")
     b.set_defaults(fn=cmd_bench)
     o = sub.add_parser("ops", help="list the primitive ops of the op table (markdown)")
     o.set_defaults(fn=cmd_ops)
 
 
+SECTIONS = ("steady", "first-step")
+
+
 def cmd_bench(ns) -> int:
+    sections = getattr(ns, "sections", ["steady"])
+    if [s for s in sections if s not in SECTIONS]:
+        print(f"tracejit bench: unknown section in {','.join(sections)}; choose from {', '.join(SECTIONS)}",
+              file=sys.stderr)
+        return 2
+    report = {}
+    if "steady" in sections:
+        rc = _steady(ns, report)
+        if rc:
+            return rc
+    if "first-step" in sections:
+        from .first_step import format_first_step, run_first_step
+
+        report["first_step"] = run_first_step(quick=ns.quick, progress=not ns.no_progress)
+        print(format_first_step(report["first_step"]))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report written to {ns.json}")
+    return 0
+
+
+def _steady(ns, out: dict) -> int:
     modes = list(ns.modes) + (list(PEERS) if ns.peers else [])
     unknown = [m for m in modes if m not in TRACEJIT_MODES + PEERS] + \
               [w for w in ns.workloads if w not in WORKLOADS]
@@ -64,10 +95,7 @@ def cmd_bench(ns) -> int:
                             progress=not ns.no_progress, warm_probe=not ns.no_warm_probe,
                             cache_dir=ns.cache_dir, load_threshold=ns.load_threshold, command=command)
     print(format_table(report))
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"report written to {ns.json}")
+    out.update(report)
     if ns.plot:
         err = plot(report, ns.plot)
         print(err if err else f"chart written to {ns.plot}", file=sys.stderr if err else sys.stdout)

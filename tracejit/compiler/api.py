@@ -25,6 +25,7 @@ from ..autograd.mode import _mode as _grad_mode
 from ..autograd.mode import _off as _grad_off
 from ..devices import CPU, mixed_devices_message, transfer
 from ..errors import OpError, TraceError
+from ..factories import full
 from . import interrupt, log
 from .backends import backend_name_for_device, get_backend
 from .dump import Dumper, dump_root
@@ -44,6 +45,20 @@ COMPILE_LOCK = threading.RLock()
 
 class RecompileWarning(UserWarning):
     pass
+
+
+class _NeedsKernels(Exception):
+    """compile_variant(shared_only=True): this variant would compile kernels (cache_limit is reached)."""
+
+
+def _shares_all(program) -> bool:
+    """Whether `program` compiles nothing new: all its generated kernels were compiled in this process already
+    (by a variant of another batch size). Programs that cannot tell count as compiling."""
+    stats = getattr(program, "shared_kernels", None)
+    if stats is None:
+        return False
+    n, shared = stats()
+    return n > 0 and shared == n
 
 
 class FallbackWarning(UserWarning):
@@ -167,9 +182,11 @@ def make_runner(v: Variant):
 class CompiledFunction:
     """What `@tracejit.compile` returns. Call it like the function; inspect with `.ir()`, `explain()`."""
 
-    def __init__(self, fn, backend=None, dump=None, fallback=None, cache_limit=8, passes=None):
+    def __init__(self, fn, backend=None, dump=None, fallback=None, cache_limit=8, passes=None, dynamic=None):
         if fallback not in (None, "eager"):
             raise ValueError("fallback must be None or 'eager'")
+        if dynamic not in (None, True, False):
+            raise ValueError("dynamic must be None, True or False")
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", "fn")
         functools.update_wrapper(self, fn)
@@ -180,9 +197,13 @@ class CompiledFunction:
         self.fallback = fallback
         self.cache_limit = cache_limit
         self.passes = passes
+        self.dynamic = dynamic
+        self._sizes: dict = {}  # per backend: kernels shared across batch sizes
+        self._numbered = 0  # variants compiled so far (history keeps the live ones)
         self.variants: dict = {}
         self.history: list[Variant] = []
         self.eager_keys: set = set()
+        self._over_keys: set = set()  # keys that would need kernels of their own past cache_limit: eager
         self.eager_calls = 0
         self.log: list[str] = []
         self._warned = set()
@@ -265,8 +286,10 @@ class CompiledFunction:
             return "tensor arguments now share storage differently"
         return "argument count changed"
 
-    def compile_variant(self, args, key=None, reason=None) -> Variant | None:
-        """Trace and compile for `args` without running. None when the call must run eagerly."""
+    def compile_variant(self, args, key=None, reason=None, shared_only=False) -> Variant | None:
+        """Trace and compile for `args` without running. None when the call must run eagerly. With
+        `shared_only`, _NeedsKernels when the variant would compile kernels (instead of sharing those of another
+        batch size), after undoing what the trace did."""
         key = key or self._key(args)
         reason = reason or self._why_new(args, key)
         timings: dict[str, float] = {}
@@ -299,7 +322,7 @@ class CompiledFunction:
         self._note_python_effects(tracer.watch)
         graph = verify(tracer.builder.graph)
         backend_name, backend = self._backend_for(tracer)
-        variant_no = len(self.history) + 1
+        variant_no = self._numbered + 1
         root = dump_root(self.dump)
         dumper = Dumper(root, self.__name__, variant_no) if root else None
         if dumper:
@@ -316,8 +339,27 @@ class CompiledFunction:
                 dumper.stage(f"{i:02d}_{p.__name__}", g)
         timings["passes"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        program = backend.compile(g, dumper=dumper, timings=timings)
+        sizes = self._sizes_for(backend_name, backend)
+        if shared_only and (sizes is None or not sizes.templates):  # nothing to share: it would compile
+            state.restore_optimizer_state()
+            state.undo_python_state()
+            raise _NeedsKernels
+        if sizes is None:
+            program = backend.compile(g, dumper=dumper, timings=timings)
+        else:
+            # the backend traces this function at another batch size (`_probe`) only if it has no templates yet
+            sizes.probe = lambda: self._probe(args, names, backend, timings)
+            sizes.batch = (self._batch_group(args) or (None,))[0]
+            sizes.always_replay = self.dynamic is True
+            try:
+                program = backend.compile(g, dumper=dumper, timings=timings, sizes=sizes)
+            finally:
+                sizes.probe = sizes.batch = None
         timings["backend"] = time.perf_counter() - t2
+        if shared_only and not _shares_all(program):
+            state.restore_optimizer_state()
+            state.undo_python_state()
+            raise _NeedsKernels
         bind_of = {lf.value.id: lf.binding for lf in tracer.lifted.values()}
         from .trace import Binding
 
@@ -337,11 +379,63 @@ class CompiledFunction:
             box_guards=box_guards, runner=None,
             arg_desc=[describe_arg(a) for a in args], timings=timings, backend=backend_name, device=here,
             out_devices=list(tracer.out_devices), device_moves=T._device_moves,
+            batch=self._batch_group(args) if sizes is not None else None,
+            shared=bool(self.history) and _shares_all(program),  # (another variant of this function's kernels)
             total_time=time.perf_counter() - t0)
         if dumper:
             dumper.text("explain.txt", explain_variant(self, variant) + "\n")
             variant.dump_dir = dumper.dir
         return variant
+
+    # ---- kernels shared across batch sizes (backends/sizes.py)
+    def _sizes_for(self, backend_name, backend):
+        """The backend's record of what this function's variants share (Backend.size_reuse), or None."""
+        if self.dynamic is False:
+            return None
+        if backend_name not in self._sizes:
+            self._sizes[backend_name] = backend.size_reuse()
+        return self._sizes[backend_name]
+
+    @staticmethod
+    def _batch_group(args) -> tuple:
+        """(batch size, positions of the tensor arguments whose first dim is it): the first dim of the first
+        tensor argument of rank >= 1, when >= 2 (sizes 0 and 1 change what broadcasts: never shared)."""
+        first = next((a for a in args if isinstance(a, Tensor) and a.ndim >= 1), None)
+        if first is None or first.shape[0] < 2:
+            return ()
+        n = first.shape[0]
+        return n, tuple(i for i, a in enumerate(args) if isinstance(a, Tensor) and a.ndim >= 1 and a.shape[0] == n)
+
+    def _probe(self, args, names, backend, timings):
+        """This function's optimized graph at batch size n + 1 (tensors of zeros in the batch arguments), or
+        None when it has no batch or does not trace there: the backend compares its kernels' sources with the
+        ones at n to find the numbers that follow the batch size. What the trace did to Python state (lists,
+        counters, lazily created optimizer state) is undone, as for a discarded trace."""
+        t0 = time.perf_counter()
+        group = self._batch_group(args)
+        if not group:
+            return None
+        n, where = group
+        probe_args = list(args)
+        for i in where:
+            a = args[i]
+            probe_args[i] = full((n + 1,) + tuple(a.shape[1:]), 0, dtype=a.dtype, device=a._box.device,
+                                 requires_grad=a.requires_grad)
+        state = StateIndex(self.fn, probe_args, names)
+        try:
+            tracer, _, _, _, new_state = trace(self.fn, probe_args, names, state, self.__name__)
+        except Exception:  # noqa: BLE001 -- it traces at n (it did), not at n + 1: its kernels stay static
+            return None
+        finally:
+            state.restore_optimizer_state()
+            state.undo_python_state()
+        if new_state:
+            return None
+        g = run_pipeline(tracer.builder.graph, self.passes if self.passes is not None else PIPELINE,
+                         target=backend)
+        if timings is not None:
+            timings["probe"] = time.perf_counter() - t0
+        return g
 
     def _backend_for(self, tracer):
         """(name, backend) that runs this variant: the one asked for, else the backend of the device where the
@@ -378,11 +472,16 @@ class CompiledFunction:
             variant = self._lookup(args, key)  # compiled by another thread while this one waited?
             if variant is None and key not in self.eager_keys:
                 reason = self._why_new(args, key)
-                if len(self.history) >= self.cache_limit:
-                    over_limit = True
-                else:
-                    over_limit = False
-                    variant = self._compile_first_run(args, key, reason)
+                # past cache_limit variants that compiled kernels, a new call may still get a variant that shares
+                # the kernels of another batch size (it costs a trace, no compile)
+                over_limit = key in self._over_keys
+                if not over_limit:
+                    try:
+                        variant = self._compile_first_run(args, key, reason,
+                                                          self._kernel_variants() >= self.cache_limit)
+                    except _NeedsKernels:
+                        self._over_keys.add(key)
+                        over_limit = True
                     if variant is not None:
                         out, variant.first_out = variant.first_out, None
                         return out
@@ -396,18 +495,26 @@ class CompiledFunction:
         self.eager_calls += 1
         return self.fn(*args)
 
-    def _compile_first_run(self, args, key, reason) -> Variant | None:
-        """Compile a variant for this call and run it once (its output in `first_out`); None: run eagerly."""
-        number = len(self.history) + 1
-        if self.history:
-            log.emit(f"recompiling {self.__name__} (variant {number}, cache_limit={self.cache_limit}): {reason}")
+    def _compile_first_run(self, args, key, reason, shared_only=False) -> Variant | None:
+        """Compile a variant for this call and run it once (its output in `first_out`); None: run eagerly.
+        shared_only: only a variant that shares all its kernels will do (else _NeedsKernels)."""
+        number = self._numbered + 1
         rss0 = log.rss_bytes()
         what = f"{self.__name__} ({reason})" if number == 1 else f"{self.__name__} variant {number}"
         # Ctrl-C while Numba compiles is held until the kernel at hand is built (interrupt.check() between kernels)
         with interrupt.deferred(), log.CompileProgress(what) as progress:
-            variant = self.compile_variant(args, key, reason)
+            variant = self.compile_variant(args, key, reason, shared_only)
             if variant is None:
                 return None  # this call runs eagerly
+            if self.history:
+                if variant.shared:
+                    log.emit(f"{self.__name__}: variant {number} runs the kernels compiled for another batch size "
+                             f"(no compile): {reason}")
+                else:
+                    n, k = getattr(variant.program, "shared_kernels", lambda: (0, 0))()
+                    reuse = f"; {k} of its {n} kernels reuse another batch size's" if k else ""
+                    log.emit(f"recompiling {self.__name__} (variant {number}, cache_limit={self.cache_limit}): "
+                             f"{reason}{reuse}")
             self._add(variant)
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
@@ -421,6 +528,9 @@ class CompiledFunction:
     def _compile_summary(self, variant) -> str:
         n, hits = variant.program.cache_stats()
         kernels = f": {n} kernels, {hits} from the cache" if n else ""
+        shared = getattr(variant.program, "shared_kernels", lambda: (0, 0))()[1]
+        if shared:
+            kernels += f", {shared} compiled for another batch size (size templates)"
         note = next((line for line in self.log if line.startswith(f"{self.__name__}: Python statements")), None)
         first = "; " + note.split(": ", 1)[1] if variant.number == 1 and note else ""
         return kernels + first
@@ -454,10 +564,35 @@ class CompiledFunction:
     def _lookup(self, args, key) -> Variant | None:
         return next((v for v in self.variants.get(key, ()) if v.guard_failure(args) is None), None)
 
+    def _kernel_variants(self) -> int:
+        """Live variants that compiled kernels of their own (what cache_limit bounds)."""
+        return sum(1 for v in self.history if not v.shared)
+
     def _add(self, variant):
+        self._numbered = max(self._numbered, variant.number)
         self.history.append(variant)
         self.variants.setdefault(variant.key, []).append(variant)
-        self.log.append(f"compiled variant {variant.number}: {variant.reason}")
+        self.log.append(f"compiled variant {variant.number}: {variant.reason}"
+                        + (" (kernels shared with another batch size)" if variant.shared else ""))
+        shared = [v for v in self.history if v.shared]
+        if len(shared) > self.cache_limit:  # the oldest goes: its trace is redone if its shapes come back
+            self._evict(shared[0])
+
+    def _evict(self, v: Variant):
+        """Forget a variant (one sharing another's kernels): its program, arena and graphs go with it."""
+        self.history.remove(v)
+        same = self.variants.get(v.key, [])
+        if v in same:
+            same.remove(v)
+        if not same:
+            self.variants.pop(v.key, None)
+        if self._last is v:
+            self._last = None
+        release = getattr(v.program, "release", None)
+        if release is not None:
+            release()
+        v.runner = None
+        self.log.append(f"evicted variant {v.number} (more than cache_limit={self.cache_limit} batch sizes)")
 
     # ---- inspection
     def latest(self) -> Variant:
@@ -482,11 +617,22 @@ def _reason_subject(reason: str) -> str:
 
 
 def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fallback: str | None = None,
-            cache_limit: int = 8, passes=None):
+            cache_limit: int = 8, passes=None, dynamic: bool | None = None):
     """Trace `fn` (forward, backward, optimizer step) into one graph and run it compiled.
 
     backend: 'cpu' (Numba kernels), 'reference' (NumPy interpreter), 'cuda'; dump: a directory for IR
     dumps (or TRACEJIT_DUMP); fallback='eager' runs untraceable functions eagerly with a warning.
+
+    dynamic: which sizes the kernels take as arguments rather than compiled-in constants (torch.compile's
+    option). None (default, automatic): the batch size -- the first dim of the tensor arguments, when >= 2 --
+    and the sizes that follow it, from the first compile (which traces `fn` a second time, at batch size
+    n + 1, to find them); any other size after its first change (that change compiles kernels taking it as an
+    argument; later values of it do not). A new batch size -- an epoch's partial last batch -- is then traced
+    again (tens of ms) and runs the kernels already compiled with the choices of the batch size above it; a
+    batch larger than all before decides its own (threads, GEMM splits) and compiles only if they differ.
+    True: the same, but every batch size replays the first one's choices (never compiles). False: every size
+    is compiled in, one set of kernels per shape. cache_limit bounds the variants that compiled kernels of
+    their own and, separately, those that share them (the oldest is traced again if its shapes come back).
 
     Later calls replay the traced tensor operations: Python code in `fn` (print, logging, callbacks,
     counters, time.time()) runs only while it is traced. Python values it reads are guarded (arguments,
@@ -496,9 +642,9 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
     """
     if fn is None:
         return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,
-                                 cache_limit=cache_limit, passes=passes)
+                                 cache_limit=cache_limit, passes=passes, dynamic=dynamic)
     return CompiledFunction(fn, backend=backend, dump=dump, fallback=fallback, cache_limit=cache_limit,
-                            passes=passes)
+                            passes=passes, dynamic=dynamic)
 
 
 class Explanation:
@@ -550,6 +696,24 @@ def _memory_words(v: Variant) -> str:
     return "; ".join(parts)
 
 
+def _dynamic_words(cf: CompiledFunction, v: Variant) -> str:
+    """Which argument sizes are dynamic for this variant's kernels, and what a new batch size costs."""
+    parametric = getattr(v.program, "parametric", None)
+    n_par = parametric()[0] if parametric is not None else 0
+    if not getattr(v, "batch", None) or not n_par:
+        why = ("compiled with dynamic=False" if cf.dynamic is False else
+               "its backend compiles every size in" if cf._sizes.get(v.backend) is None else
+               "no tensor argument has a batch dim >= 2" if not getattr(v, "batch", None) else
+               "no generated kernel depends on the batch size")
+        return f"dynamic dims: none ({why}): a new shape compiles new kernels"
+    n, where = v.batch
+    dims = ", ".join(f"{cf._arg_name(i)}[0]" for i in where)
+    shared = " (it runs kernels compiled for another batch size)" if v.shared else ""
+    return (f"dynamic dims: {dims} (batch size {n}){shared}: the kernels take the sizes that follow the batch as "
+            f"arguments, so another batch size >= 2 is traced again and runs them without compiling (the other "
+            f"dims stay guarded)")
+
+
 def _ms(s):
     return f"{s * 1e3:.1f} ms"
 
@@ -578,6 +742,7 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     if sg.py:
         lines.append("  Python values read: " + ", ".join(f"{what} {n}" for _, n, _, _, what in sg.py))
     lines.append(f"  {len(v.box_guards)} captured tensors keep their shape and dtype")
+    lines.append("  " + _dynamic_words(cf, v))
     lines.append(f"inputs: {n_args} arguments, {len(state_names)} captured state, {n_const} constants")
     for s in state_names:
         lines.append(f"  state {s}")

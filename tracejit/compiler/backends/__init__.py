@@ -1,6 +1,7 @@
 """Backends: one object per backend behind one protocol (`Backend`), registered by name.
 
     compile(graph, dumper=None, timings=None) -> Program     (compiler/runtime.py: run, profile, steps, ...)
+    size_reuse() -> record | None        (kernels shared across batch sizes: compile(..., sizes=record))
     alloc(shape, dtype) -> buffer        to_device(ndarray) -> buffer        to_host(buffer) -> ndarray
     synchronize()                        describe() -> dict (what runs: device, threads, BLAS, ...)
     supports(pattern, attrs) -> True | reason   (fusion passes ask this instead of hard-coding one backend's limits)
@@ -46,6 +47,13 @@ class Backend:
     def compile(self, graph, dumper=None, timings=None):
         """An optimized Graph -> a Program (compiler/runtime.py) that runs it on this backend's buffers."""
         raise NotImplementedError
+
+    def size_reuse(self):
+        """A new record of what one compiled function's variants may share across batch sizes, which the
+        compiler then passes to every `compile(graph, ..., sizes=record)` of that function (setting
+        `record.probe` to a callable giving the function's graph at another batch size, or None); None when the
+        backend shares nothing (compile is then called without `sizes`). The CPU's: backends/sizes.SizeReuse."""
+        return None
 
     def supports(self, pattern, attrs) -> bool | str:
         """True when this backend has a kernel for the fused-node `pattern` with `attrs`; else the reason it

@@ -35,10 +35,35 @@ class CpuBackend(Backend):
     scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
     _eager = None  # eager_kernels(), once loaded
 
-    def compile(self, graph, dumper=None, timings=None):
+    def __init__(self):
+        super().__init__()
+        from .prepare import start
+
+        start()  # import the program machinery and initialize Numba while the user's code runs on
+
+    def size_reuse(self):
+        from ..sizes import SizeReuse
+
+        return SizeReuse()
+
+    def compile(self, graph, dumper=None, timings=None, sizes=None):
+        from .prepare import wait
+
+        wait()  # never import the program machinery in two threads at once
         from .program import compile_graph
 
-        return compile_graph(graph, dumper=dumper, timings=timings, backend=self)
+        return compile_graph(graph, dumper=dumper, timings=timings, backend=self, sizes=sizes)
+
+    def warm_helpers(self, dtypes) -> None:
+        """Compile (or load) the helpers `python -m tracejit warmup`'s tiny steps do not reach: the multi-tensor
+        kernels' argument tables at both tuple sizes."""
+        import numpy as np
+
+        from . import views
+
+        for dt in dtypes:
+            views.addresses([np.zeros(1, dt)] * (views.CHUNKS[0] + 1))
+            views.addresses([np.zeros(1, dt)])
 
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py

@@ -16,6 +16,7 @@ from ...runtime import Program
 from .. import cache
 from ..kernel import LoweringError, lower
 from ..reference import ref_step
+from ..sizes import Decisions, SizeReuse, graph_key, remember, split_numbers
 from . import render as R
 from . import threads
 from .blas import control as blas
@@ -38,9 +39,11 @@ class KernelStep:
 
     writes_into = True  # called as step(args, given): results go into the runtime's preallocated arrays
 
-    def __init__(self, node: Node, parts: list, fn, source: str, hit: bool, rows: list | None = None,
-                 aliased: set = frozenset()):
-        self.node, self.fn, self.source, self.hit = node, fn, source, hit
+    def __init__(self, node: Node, parts: list, source: str, rows: list | None = None, aliased: set = frozenset()):
+        # fn, hit, source and sz are set when the source is loaded (_load_generated): sz is the argument tuple
+        # of a size-parametric template (backends/sizes.py), None for a plain kernel
+        self.node, self.fn, self.source, self.hit, self.sz = node, None, source, False, None
+        self.shared = False  # its function was already compiled in this process (another batch size's)
         # in-place pairs the source writes through the input's own variable: they always get one buffer
         self.aliased = aliased
         # (output position, input position) pairs memory_plan allows to share a buffer: the state tensor's own
@@ -96,6 +99,8 @@ class KernelStep:
         else:
             call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
             call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
+        if self.sz is not None:
+            call.insert(0, self.sz)
         self.fn(*call)  # the first call loads (or compiles) it: a damaged Numba cache entry is a miss (numba_cache)
         if self.first_call_s is None:
             self.first_call_s = time.perf_counter() - t0
@@ -125,10 +130,28 @@ def _alias_map(node: Node, parts: list) -> tuple:
 
 
 class CpuProgram(Program):
+    def _generated(self) -> list:
+        return [s for s, *_ in self.plan if isinstance(s, (SegmentStep, KernelStep))]
+
     def cache_stats(self) -> tuple[int, int]:
         """(generated kernels, how many of them were already in the source cache)."""
-        ks = [s for s, *_ in self.plan if isinstance(s, (SegmentStep, KernelStep))]
+        ks = self._generated()
         return len(ks), sum(1 for k in ks if k.hit)
+
+    def shared_kernels(self) -> tuple[int, int]:
+        """(generated kernels, how many of them were compiled in this process before this program was made:
+        shared with a variant of another batch size)."""
+        ks = self._generated()
+        return len(ks), sum(1 for k in ks if k.shared)
+
+    def parametric(self) -> tuple[int, int]:
+        """(generated kernels taking sizes as arguments, how many size arguments they take in all)."""
+        ks = [k for k in self._generated() if k.sz is not None]
+        return len(ks), sum(len(k.sz) for k in ks)
+
+    def release(self) -> None:
+        """Drop the arenas (the program is no longer run)."""
+        self._arenas.clear()
 
     def describe(self) -> str:
         steps = [s for s, *_ in self.plan]
@@ -141,6 +164,11 @@ class CpuProgram(Program):
         hits = sum(1 for k in segs + ks if k.hit)
         lines.append(f"  numba compile/load on first call: {sum(comp) * 1e3:.0f} ms; "
                      f"source cache hits {hits}/{len(segs) + len(ks)}")
+        n_par, n_args = self.parametric()
+        n_gen, n_shared = self.shared_kernels()
+        if n_par or n_shared:
+            lines.append(f"  {n_par} of {n_gen} generated kernels take sizes as arguments ({n_args} in all), so other "
+                         f"batch sizes run them too; {n_shared} were already compiled for another variant")
         if any(n.op.name == "matmul" or n.fused_kind in (FusedKind.WINDOW, FusedKind.CONTRACTION)
                for n in _all_nodes(self.graph)):
             lines.append(f"  float32 GEMMs: {sgemm_description()}")
@@ -160,9 +188,11 @@ class SegmentStep:
     """One generated function for a run of nodes: a single dispatch from Python per call. If Numba cannot
     compile it (first call), the run falls back to one step per node, and the reason is kept."""
 
-    def __init__(self, fn, source, hit, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=(),
+    def __init__(self, source, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=(),
                  aliases=None):
-        self.fn, self.source, self.hit, self.blas_threads = fn, source, hit, blas_threads
+        # fn, hit, source and sz: as KernelStep's, set when loaded
+        self.fn, self.source, self.hit, self.sz, self.blas_threads = None, source, False, None, blas_threads
+        self.shared = False
         self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
         self.aliases = aliases  # {output: inputs it may be a view of} (the runtime's arena relies on it)
         self.first_call_s: float | None = None
@@ -173,6 +203,8 @@ class SegmentStep:
         arrays = [as_c(a) for a in args]
         if self.uses_threads:
             arrays.append(numba.get_num_threads())
+        if self.sz is not None:
+            arrays.insert(0, self.sz)
         return arrays
 
     def __call__(self, args):
@@ -181,6 +213,10 @@ class SegmentStep:
                 return self._first_call(args)
             if self.blas_threads:
                 blas.set_threads(self.blas_threads)
+            if self.sz is not None:  # a size-parametric template (backends/sizes.py): its sizes come first
+                if self.uses_threads:
+                    return self.fn(self.sz, *[as_c(a) for a in args], numba.get_num_threads())
+                return self.fn(self.sz, *[as_c(a) for a in args])
             if self.uses_threads:
                 return self.fn(*[as_c(a) for a in args], numba.get_num_threads())
             return self.fn(*[as_c(a) for a in args])
@@ -197,7 +233,7 @@ class SegmentStep:
         except numba.core.errors.NumbaError as e:
             self.fallbacks.append(f"{self.label}: Numba could not compile it ({str(e).splitlines()[0]})")
             self.fn = _fresh_where_declared(self.fallback(), self.aliases)
-            self.uses_threads = False
+            self.uses_threads, self.sz = False, None
             out = self.fn(*args)
         self.first_call_s = time.perf_counter() - t0
         interrupt.check()  # a Ctrl-C held while Numba compiled this segment
@@ -229,13 +265,84 @@ def _per_node(nodes, make_step, inputs, outputs):
     return run
 
 
-def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True, backend=None) -> CpuProgram:
+def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True, backend=None,
+                  sizes: SizeReuse | None = None) -> CpuProgram:
+    """The Program for `graph`. With `sizes` (the compiled function's backends/sizes.SizeReuse), kernels are
+    size-parametric templates shared with its other batch sizes; without, every size is a literal."""
     threads.configure()  # threading layer and count must be set before the first parallel launch
+    t0 = time.perf_counter()
+    key = graph_key(graph) if sizes is not None else None
+    decide = Decisions(sizes.replay_for(key) if sizes is not None else None)
     fallbacks: list[str] = []
-    counter = [0]
-    t_render = [0.0]
+    make_step, units = _build(graph, segments, decide, fallbacks)
+    if units is None:
+        units = [(make_step(n), n.inputs, n.outputs) for n in graph.nodes]
+    steps = [u[0] for u in units]
+    if sizes is not None:
+        sizes.record(key, decide)
+    generated = [s for s in steps if isinstance(s, (KernelStep, SegmentStep))]
+    _load_generated(generated, sizes, decide, segments, dumper)
+    t_render = time.perf_counter() - t0
+    prog = CpuProgram(graph, units=units, backend=backend)
+    prog.fallbacks = fallbacks
+    prog.updates_in_place = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
+    if timings is not None:
+        timings["render+load"] = t_render
+    return prog
 
-    def make_step(node: Node):
+
+def _load_generated(steps: list, sizes, decide, segments: bool, dumper=None) -> None:
+    """Load the generated steps' sources (in program order): each as a size-parametric template when `sizes`
+    knows one or learns one (from the probe, the same function's graph at another batch size, rendered with
+    the same decisions), else as it is."""
+    templates = [None] * len(steps)
+    preludes = [SEGMENT_PRELUDE if isinstance(s, SegmentStep) else PRELUDE for s in steps]
+    if sizes is not None:
+        found = []
+        for s, prelude in zip(steps, preludes):
+            t, got = sizes.find(s.source)
+            if t is None and (r := sizes.recalled(s.source, got, prelude)) is not None:
+                t, got = r, r.values(got[1])  # learnt by an earlier process for this very rendering
+            found.append((t, got))
+        twins = None
+        if any(t is None for t, _ in found) and sizes.probe is not None:
+            other = sizes.probe()
+            if other is not None:
+                twins = _sources(other, segments, Decisions(decide.made))
+                if len(twins) != len(steps):
+                    twins = None
+        for i, (t, got) in enumerate(found):
+            if t is None:
+                t = sizes.learn(steps[i].source, got, twins[i] if twins else None)
+                if t is not None:
+                    remember(steps[i].source, t, preludes[i])
+                got = t.values(split_numbers(steps[i].source)[1]) if t is not None else None
+            templates[i] = (t, got) if t is not None else None
+    for i, step in enumerate(steps):
+        prelude = preludes[i]
+        attr = "segment" if isinstance(step, SegmentStep) else "kernel"
+        if templates[i] is not None:
+            t, vals = templates[i]
+            step.source = t.text
+            step.sz = vals if t.n_args else None
+        step.fn, step.hit = cache.load(prelude + step.source, attr)
+        step.shared = bool(getattr(step.fn, "signatures", None))
+        if dumper:
+            dumper.kernel(f"{i + 1:02d}_{step.label_for_dump}", prelude + step.source)
+
+
+def _sources(graph: Graph, segments: bool, decide) -> list:
+    """The generated sources `compile_graph` would load for `graph`, in order (nothing is loaded)."""
+    make_step, units = _build(graph, segments, decide, [])
+    steps = [make_step(n) for n in graph.nodes] if units is None else [u[0] for u in units]
+    return [s.source for s in steps if isinstance(s, (KernelStep, SegmentStep))]
+
+
+def _build(graph: Graph, segments: bool, decide, fallbacks: list):
+    """(make_step, units): the steps of `graph` with their sources rendered but not loaded; units is None
+    without segments (each node is then a step of make_step's)."""
+
+    def make_step(node: Node, load: bool = False):
         kind = node.fused_kind
         if kind is None or not kind.is_loop:
             step = window_step(node)
@@ -244,7 +351,6 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
                 fallbacks.append(f"{node.body.name}: no native kernel for pattern {node.pattern.value}"
                                  + ("" if why is True else f" ({why})"))
             return step or ref_step(node)
-        t0 = time.perf_counter()
         try:
             members = node.body.nodes if kind is FusedKind.MULTI else [node]
             pos = {v.id: i for i, v in enumerate(node.inputs)}
@@ -253,36 +359,28 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
                 k = lower(m, prefix=f"v{t}_" if kind is FusedKind.MULTI else "v")
                 parts.append((m, k, [pos[v.id] for v in m.inputs]))
             kernels = [k for _, k, _ in parts]
+            parallel = [decide(k.numel() >= R.PARALLEL_MIN) for k in kernels]
             rows, aliased = None, set()
             if kind is FusedKind.MULTI and packable(kernels):
                 aliases, aliased = _alias_map(node, parts)
-                src, rows = render_packed(kernels, "kernel", aliases)
+                src, rows = render_packed(kernels, "kernel", aliases, parallel)
             else:
-                src = render_multi(kernels, "kernel")
-            fn, hit = cache.load(PRELUDE + src, "kernel")
+                src = render_multi(kernels, "kernel", parallel)
         except LoweringError as e:
             fallbacks.append(f"{node.body.name}: {e}")
             return ref_step(node)
-        finally:
-            t_render[0] += time.perf_counter() - t0
-        counter[0] += 1
-        if dumper:
-            dumper.kernel(f"{counter[0]:02d}_{node.body.name}", PRELUDE + src)
-        return KernelStep(node, parts, fn, src, hit, rows, aliased)
+        step = KernelStep(node, parts, src, rows, aliased)
+        step.label_for_dump = node.body.name
+        if load:  # a segment's op-by-op fallback, built after the program: loaded as it is
+            _load_generated([step], None, None, False)
+        return step
 
     if not segments:
-        prog = CpuProgram(graph, make_step, backend=backend)
-    else:
-        prog = CpuProgram(graph, units=_segment_units(graph, make_step, dumper, fallbacks, counter, t_render),
-                          backend=backend)
-    prog.fallbacks = fallbacks
-    prog.updates_in_place = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
-    if timings is not None:
-        timings["render+load"] = t_render[0]
-    return prog
+        return make_step, None
+    return make_step, _segment_units(graph, make_step, fallbacks, decide)
 
 
-def _is_native(n: Node) -> bool:
+def _is_native(n: Node, decide=lambda choice: choice) -> bool:
     """Nodes that get a step of their own rather than joining a segment: window kernels (their library),
     parallel loop kernels and the multi-tensor optimizer kernel (separately cached functions: inlining
     them made one segment of LeNet take 10x longer to compile). matmul joins segments as np.dot."""
@@ -290,9 +388,9 @@ def _is_native(n: Node) -> bool:
         # its own step so it can write state in place (memory_plan), which a segment cannot decide per call;
         # for tiny models the extra dispatch costs more than fresh allocations save
         size = sum(_space_numel(m) for m in n.body.nodes)
-        return size >= R.PARALLEL_MIN or (bool(n.attrs.get("inplace")) and size >= INPLACE_MIN)
+        return decide(size >= R.PARALLEL_MIN or (bool(n.attrs.get("inplace")) and size >= INPLACE_MIN))
     if n.fused_kind in (FusedKind.ELEMENTWISE, FusedKind.REDUCE):
-        return _space_numel(n) >= R.PARALLEL_MIN
+        return decide(_space_numel(n) >= R.PARALLEL_MIN)
     return (n.body is not None or n.op.name != "matmul") and window_step(n) is not None
 
 
@@ -305,9 +403,9 @@ def _space_numel(n: Node) -> int:
     return 0
 
 
-def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> list:
+def _segment_units(graph, make_step, fallbacks, decide) -> list:
     units = []
-    parts = split_segments(graph, _is_native)
+    parts = split_segments(graph, lambda n: _is_native(n, decide))
     reads_after: list[set] = [set() for _ in parts]
     seen: set = set()
     for i in range(len(parts) - 1, -1, -1):
@@ -316,6 +414,7 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
         for n in (item if kind == "segment" else [item]):
             seen.update(v.id for v in n.inputs)
     graph_outputs = {v.id for v in graph.outputs}
+    count = 0
     for i, (kind, item) in enumerate(parts):
         if kind == "node":
             units.append((make_step(item), item.inputs, item.outputs))
@@ -323,22 +422,18 @@ def _segment_units(graph, make_step, dumper, fallbacks, counter, t_render) -> li
         ins, outs = segment_io(item, reads_after[i], graph_outputs)
         if not outs and not any(n.body is None and n.op.name == "check_index" for n in item):
             continue
-        t0 = time.perf_counter()
         seg = SegmentSource(item, ins, outs, R.PARALLEL_MIN, render_multi, _render_block, R.FASTMATH,
-                            blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"))
-        src = seg.source()
-        fn, hit = cache.load(SEGMENT_PRELUDE + src, "segment")
-        t_render[0] += time.perf_counter() - t0
-        counter[0] += 1
-        label = f"segment {counter[0]} ({len(item)} nodes)"
-        if dumper:
-            dumper.kernel(f"{counter[0]:02d}_segment", SEGMENT_PRELUDE + src)
+                            blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"), decide)
+        count += 1
+        label = f"segment {count} ({len(item)} nodes)"
         # a segment without GEMMs leaves BLAS alone (0): toggling OpenBLAS between 1 and 2 threads costs
         # ~20 us a switch, and the MLP step switched 4 times. GEMMs split over the pool run 1-thread BLAS.
         nthreads = (0 if not seg.max_gemm_flops else 1 if seg.has_parallel or seg.uses_threads
                     else blas.threads_for(seg.max_gemm_flops))
-        step = SegmentStep(fn, src, hit, nthreads,
-                           lambda item=item, ins=ins, outs=outs: _per_node(item, make_step, ins, outs),
+        step = SegmentStep(seg.source(), nthreads,
+                           lambda item=item, ins=ins, outs=outs: _per_node(
+                               item, lambda node: make_step(node, load=True), ins, outs),
                            label, fallbacks, seg.uses_threads, seg.checks, seg.aliases)
+        step.label_for_dump = "segment"
         units.append((step, ins, outs))
     return units

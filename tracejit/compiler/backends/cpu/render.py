@@ -14,7 +14,7 @@ import numpy as np
 from .... import dtypes as D
 from .... import scalar
 from ....ops import OPS
-from .. import cache, kernel
+from .. import cache, kernel, sizes
 from ..kernel import LoopKernel, LoweringError, Result, Stmt
 from .spelling import SPELLING, SUFFIX, np_type
 
@@ -75,13 +75,18 @@ def render_multi(kernels: list, name: str, parallel: list | None = None) -> str:
         params += a
         results += o
         blocks += lines
-    head = [f"{c} = {v}" for c, v in consts.items()]
     lines = [f"@numba.njit(parallel={par_any}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
-             f"def {name}({', '.join(params + results)}):"] + blocks
-    return "\n".join(head + [""] + lines) + "\n"
+             f"def {name}({', '.join(params + results)}):"] + const_lines(consts) + blocks
+    return "\n".join([""] + lines) + "\n"
 
 
-def render_packed(kernels: list, name: str, aliases: list | None = None) -> tuple:
+def const_lines(consts: dict) -> list:
+    """The named constants of a function, as its first lines: locals, not module globals, so that one module's
+    functions cannot see each other's (and a constant can become an argument, backends/sizes.py)."""
+    return [f"    {c} = {v}" for c, v in consts.items()]
+
+
+def render_packed(kernels: list, name: str, aliases: list | None = None, parallel: list | None = None) -> tuple:
     """One Numba function for a multi-tensor kernel (the optimizer update) that takes ONE argument: an int64
     table [rows, 2] of (address, element count) of every array it reads or writes, filled per call by
     `views.addresses`. Returns (source, rows) with rows[r] = (kernel index, position): position p <
@@ -95,9 +100,10 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
     aliases[t] = {result j: load l} for results written in place over a load (memory_plan's pairs): the
     result is the load's array variable itself. With two names for one buffer LLVM's runtime alias check
     fails and the loop runs its scalar fallback (LeNet's SGD update 35 vs 14 us, the MLP's Adam 218 vs 161 us);
-    the step then always hands over one buffer (a copy where it may not write into the input)."""
+    the step then always hands over one buffer (a copy where it may not write into the input).
+    parallel[t]: whether kernel t runs on threads (default: by its size)."""
     consts: dict[str, str] = {}
-    par = [k.numel() >= PARALLEL_MIN for k in kernels]
+    par = parallel or [k.numel() >= PARALLEL_MIN for k in kernels]
     aliases = aliases or [{} for _ in kernels]
     groups: dict = {}
     for t, k in enumerate(kernels):
@@ -130,10 +136,9 @@ def render_packed(kernels: list, name: str, aliases: list | None = None) -> tupl
                   for p, (nm, arr) in enumerate(zip(A + O, arrays))]
         lines.append(f"        n{tag} = P[r{tag} + {len(k.loads)}, 1]")
         lines += ["    " + ln for ln in block]
-    head = [f"{c} = {v}" for c, v in consts.items()]
     src = [f"@numba.njit(parallel={any(par)}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
-           f"def {name}(P):"] + lines
-    return "\n".join(head + [""] + src) + "\n", rows
+           f"def {name}(P):"] + const_lines(consts) + lines
+    return "\n".join([""] + src) + "\n", rows
 
 
 def packable(kernels: list) -> bool:
@@ -229,11 +234,18 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     inner_red = [j for j in reds if space[-1] > 1 and k.results[j].array.shape[-1] == 1]
     # (a symbolic first dim, from render_packed, is split into CHUNKS blocks)
     nch = (CHUNKS if isinstance(space[0], str) else min(space[0], CHUNKS)) if (parallel or outer_red) else 1
+    # the block count as the generated code spells it: min(n, CHUNKS) rather than its value, so that the
+    # source at another first dim differs only where that dim is written (backends/sizes.py: one template)
+    nch_src = f"nc{tag}" if nch > 1 and not isinstance(space[0], str) else str(nch)
+    if nch_src != str(nch):
+        lines_nc = [f"    nc{tag} = min({space[0]}, {CHUNKS})"]
+    else:
+        lines_nc = []
     # an inner-dim reduction that keeps every other dim gets each output element from one accumulator:
     # it is stored, with no fill beforehand (same bits: the accumulator starts from the identity)
     direct = [j for j in inner_red
               if j not in outer_red and tuple(k.results[j].array.shape[:-1]) == tuple(space[:-1])]
-    lines: list[str] = ["    " + h for h in hoisted]
+    lines: list[str] = ["    " + h for h in hoisted] + lines_nc
     ind = "    "
     for j in reds:
         res = k.results[j]
@@ -245,10 +257,10 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         lines.append(f"{ind}for fi{tag}{j} in range({size}):")
         lines.append(f"{ind}    f{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
         if j in outer_red:
-            shape = (nch,) + tuple(res.array.shape)
-            lines.append(f"{ind}p{tag}{j} = empty({shape}, {np_type(res.array.dtype)})")
-            lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch * size},))")
-            lines.append(f"{ind}for fi{tag}{j} in range({nch * size}):")
+            shape = ", ".join([nch_src] + [str(d) for d in res.array.shape])
+            lines.append(f"{ind}p{tag}{j} = empty(({shape}), {np_type(res.array.dtype)})")
+            lines.append(f"{ind}pi{tag}{j} = view(p{tag}{j}, ({nch_src} * {size},))")
+            lines.append(f"{ind}for fi{tag}{j} in range({nch_src} * {size}):")
             lines.append(f"{ind}    pi{tag}{j}[fi{tag}{j}] = {_identity(res.mode, res.array.dtype)}")
 
     def target(j, drop_last=False):
@@ -261,12 +273,12 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     headers = []
     if nch > 1:
         loop = "numba.prange" if parallel else "range"
-        lines.append(f"{ind}for {cv} in {loop}({nch}):")
+        lines.append(f"{ind}for {cv} in {loop}({nch_src}):")
         ind += "    "
         # unsigned bounds: with signed ones Numba keeps negative-index wraparound code, which stops
         # LLVM from vectorizing the loop (measured 13 ms vs 1.5 ms for an exp over 2**22 floats)
-        headers.append(f"for {lv}0 in range(np.uint64(({cv} * {space[0]}) // {nch}), "
-                       f"np.uint64((({cv} + 1) * {space[0]}) // {nch})):")
+        headers.append(f"for {lv}0 in range(np.uint64(({cv} * {space[0]}) // {nch_src}), "
+                       f"np.uint64((({cv} + 1) * {space[0]}) // {nch_src})):")
     else:
         headers.append(f"for {lv}0 in range({space[0]}):")
     headers += [f"for {lv}{d} in range({space[d]}):" for d in range(1, r)]
@@ -295,8 +307,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
         res = k.results[j]
         m = int(np.prod(res.array.shape))
         lines.append(f"    of{tag}{j} = view({O[j]}, ({m},))")
-        lines.append(f"    pf{tag}{j} = view(p{tag}{j}, ({nch}, {m}))")
-        lines.append(f"    for {cv} in range({nch}):")
+        lines.append(f"    pf{tag}{j} = view(p{tag}{j}, ({nch_src}, {m}))")
+        lines.append(f"    for {cv} in range({nch_src}):")
         lines.append(f"        for {lv}m in range({m}):")
         lines.append(f"            {_combine(res.mode, f'of{tag}{j}[{lv}m]', f'pf{tag}{j}[{cv}, {lv}m]')}")
     return A, O, lines
@@ -320,9 +332,10 @@ def _import(module: str, alias: str) -> str:
 
 # Generated kernels call these modules' Numba functions, and Numba compiles those into each kernel's cached
 # machine code while keying that cache on the kernel's own file: the fingerprint of the backend's files
-# (this folder, recursively, and the kernel description it lowers) in every prelude makes an edited helper
+# (this folder, recursively, the kernel description it lowers and the size templates that rewrite its
+# sources) in every prelude makes an edited helper
 # miss the cache instead of running on in its old form.
-FINGERPRINT = cache.fingerprint(os.path.dirname(os.path.abspath(__file__)), kernel.__file__)
+FINGERPRINT = cache.fingerprint(os.path.dirname(os.path.abspath(__file__)), kernel.__file__, sizes.__file__)
 
 SEGMENT_PRELUDE_EXTRA = _import("blas.calls", "B") + _import("blas.segment", "G") + _import("index", "H")
 

@@ -73,8 +73,10 @@ class SegmentSource:
     """Generated module text for one segment, and how to call it."""
 
     def __init__(self, nodes: list, inputs: list, outputs: list, parallel_min: int, render_multi, render_block,
-                 fastmath: str, split_gemm_flops: float = float("inf")):
+                 fastmath: str, split_gemm_flops: float = float("inf"), decide=None):
         self.nodes, self.inputs, self.outputs = nodes, inputs, outputs
+        # size-dependent choices go through `decide` (backends/sizes.Decisions: replayed at other batch sizes)
+        self.decide = decide or (lambda choice: choice)
         self.name = {}
         for i, v in enumerate(inputs):
             self.name[v.id] = f"in{i}"
@@ -119,7 +121,7 @@ class SegmentSource:
         if v.id in self.contiguous:
             return self.var(v)
         if v.id not in self.copies:
-            name = self.copies[v.id] = f"cc{v.id}"
+            name = self.copies[v.id] = f"cc{len(self.copies)}"
             self.lines.append(f"    {name} = empty({_shape(v.shape)}, {_np(v.dtype)})")
             self._copy(name, v.shape, None, self.var(v), None)
         return self.copies[v.id]
@@ -290,7 +292,7 @@ class SegmentSource:
         b, tb, ldb = self._gemm_operand(w)
         o = self._alloc(out)
         args = f"{ta}, {tb}, {m}, {n_}, {k}, {a}, {lda}, {b}, {ldb}, {extra}{o}"
-        if 2.0 * m * n_ * k >= self.split_gemm_flops:
+        if self.decide(2.0 * m * n_ * k >= self.split_gemm_flops):
             self.uses_threads = True
             self.lines.append(f"    G.{fn}_par({args}, nt_)")
         else:
@@ -304,7 +306,7 @@ class SegmentSource:
             self._k += 1
             tag = f"{self._k}_"
             k = lower(m, prefix=f"v{tag}")
-            par = k.numel() >= self.parallel_min
+            par = self.decide(k.numel() >= self.parallel_min)
             loads = [self._as(n.inputs[pos[m.inputs[a.source].id]], a.shape) for a in k.loads]
             outs = []
             for r in k.results:
@@ -325,12 +327,13 @@ class SegmentSource:
                 self.lines.extend(block)
 
     def source(self) -> str:
-        head = [f"{c} = {v}" for c, v in self.consts.items()]
+        head = [f"    {c} = {v}" for c, v in self.consts.items()]  # locals: see render.const_lines
         args = ", ".join([f"in{i}" for i in range(len(self.inputs))] + (["nt_"] if self.uses_threads else []))
         rets = ", ".join(self.var(v) for v in self.outputs)
         body = [f"@numba.njit(fastmath={self.fastmath}, error_model='numpy', cache=True)",
-                f"def segment({args}):"] + self.lines + [f"    return ({rets}{',' if len(self.outputs) == 1 else ''})"]
-        return "\n".join(head + [""] + self.kernels + [""] + body) + "\n"
+                f"def segment({args}):"] + head + self.lines + \
+            [f"    return ({rets}{',' if len(self.outputs) == 1 else ''})"]
+        return "\n".join([""] + self.kernels + [""] + body) + "\n"
 
 
 def split_segments(g: Graph, native) -> list:

@@ -30,6 +30,8 @@ import math
 import numba
 import numpy as np
 
+from .jit import helper
+
 __all__ = [
     "FUNCS",
     "cos_f32", "cos_f64", "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 FASTMATH = {"nsz", "arcp", "contract", "afn"}
-_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_jit = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
 # erf_f32 (two polynomials and an exp) is over LLVM's inlining threshold, and a call left in a loop stops
 # vectorization (38 ms instead of 3 ms for 2**22): it is inlined at the Numba IR level instead.
 _jit_inline = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")

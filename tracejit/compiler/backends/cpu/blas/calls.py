@@ -19,6 +19,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..jit import helper
 from . import gemm as cpu_gemm
 
 _xxgemm = types.ExternalFunction(
@@ -54,7 +55,7 @@ _SGEMM_SIG = types.void(types.intp, types.intp, types.intp, types.intp, types.in
 _sgemm = types.ExternalFunction(SGEMM_SYMBOL, _SGEMM_SIG)
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def _blas_gemm(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
     """The one call into SciPy's BLAS (Numba's `numba_xxgemm` helper): C = op(A) @ op(B) + beta * C, sgemm or
     dgemm by beta's type. Row-major C = A @ B is column-major C^T = B^T @ A^T, and a C-order array is its own
@@ -147,7 +148,7 @@ def sgemm_description() -> str:
     return f"{name} ({why})"
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc, beta):
     """The one BLAS call: out = op(a) @ op(b) + beta * out on blocks given by element offsets into the
     row-major buffers a, b, out (leading dimensions lda, ldb, ldc); ta/tb = 1 where the operand is the
@@ -160,7 +161,7 @@ def gemm_at(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, out, out_off, ldc, be
                    np.float64(beta))
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def _layout(a):
     """(transposed?, leading dimension) of a C- or F-contiguous 2-D array; (-1, 0) for other layouts."""
     isz = a.itemsize
@@ -171,7 +172,7 @@ def _layout(a):
     return -1, 0
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def gemm_beta(a, b, out, beta):
     """out[...] = a @ b + beta * out, for C- or F-contiguous 2-D a and b and a C-contiguous out: the window
     kernels accumulate per-image products with beta=1. Safe to call from parallel (TBB) tasks when BLAS
@@ -189,7 +190,7 @@ def gemm_beta(a, b, out, beta):
     gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n, beta)
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def gemm(a, b, out):
     """out[...] = a @ b for 2-D arrays of one float dtype; out C-contiguous; a, b C- or F-contiguous."""
     gemm_beta(a, b, out, out.dtype.type(0))

@@ -39,6 +39,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..jit import helper
+
 
 def _host_has_avx512() -> bool:
     return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
@@ -146,7 +148,7 @@ _micro2 = _micro_for(2)
 _micro1 = _micro_for(1)
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@helper(cache=True, error_model="numpy", fastmath=True)
 def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
     """`_micro` for any h <= MR rows."""
     i = 0
@@ -169,7 +171,7 @@ def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc
             i += 1
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@helper(cache=True, error_model="numpy", fastmath=True)
 def _pack(x, across, p0, j0, ld, kc, w, width, dst, d0):
     """dst[d0 + kk*width + jj] = X[p0 + kk, j0 + jj] for kk < kc, jj < w, and 0 for w <= jj < width, where
     X[p, j] = x[p*ld + j] (`across` = 0: each kk is a contiguous run) or x[j*ld + p] (`across` = 1: each jj is
@@ -212,7 +214,7 @@ def _put(c, idx, v, add):
         c[idx] = v
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@helper(cache=True, error_model="numpy", fastmath=True)
 def _gemm_dots(m, n, k, a, lda, d, ldd, c, ldc, add):
     """C (+)= A @ D^T with A's rows and D's rows both contiguous along k: each C element is a dot product of
     two rows, vectorized along k, four at a time (2 x 2 rows). For a few output columns (a weight gradient
@@ -265,7 +267,7 @@ def _gemm_dots(m, n, k, a, lda, d, ldd, c, ldc, add):
             _put(c, i * u(ldc) + j, s, add)
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@helper(cache=True, error_model="numpy", fastmath=True)
 def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
     """C = op(A) @ op(B) + beta * C on row-major buffers: op(A) is m x k, read as A[i, p] = a[i*lda + p], or
     a[p*lda + i] where ta = 1 (the operand is the transpose of the buffer); likewise B (k x n) with tb; C is

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..jit import helper
 from .calls import gemm_at  # the one BLAS call, declared once
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def gemm_nt(ta, tb, m, n, k, a, lda, b, ldb, out):
     """out (C-contiguous m x n) = op(a) @ op(b), with op(a) m x k and op(b) k x n.
 
@@ -25,7 +26,7 @@ def gemm_nt(ta, tb, m, n, k, a, lda, b, ldb, out):
     gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n, out.dtype.type(0))
 
 
-@numba.njit(cache=True, fastmath=True, error_model="numpy")
+@helper(cache=True, fastmath=True, error_model="numpy")
 def _bias_act(out, n, i0, i1, j0, j1, bias, relu):
     """out[i, j] = relu?(out[i, j] + bias[j]) on rows [i0, i1) and columns [j0, j1) of the C-contiguous m x n out
     (relu as the op table's: NaN stays NaN); relu < 0: no epilogue at all."""
@@ -44,14 +45,14 @@ def _bias_act(out, n, i0, i1, j0, j1, bias, relu):
                 flat[row + j] += bias[j]
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def gemm_bias_act(ta, tb, m, n, k, a, lda, b, ldb, bias, relu, out):
     """A linear layer: out = op(a) @ op(b) + bias (then relu), the epilogue run while out is in cache."""
     gemm_at(ta, tb, m, n, k, a, 0, lda, b, 0, ldb, out, 0, n, out.dtype.type(0))
     _bias_act(out, n, 0, m, 0, n, bias, relu)
 
 
-@numba.njit(parallel=True, cache=True)
+@helper(parallel=True, cache=True)
 def gemm_bias_act_par(ta, tb, m, n, k, a, lda, b, ldb, bias, relu, out, parts):
     """`gemm_bias_act` split into `parts` blocks (one per thread), each a one-thread GEMM call inside Numba's
     (TBB) pool followed by its block's epilogue on the same thread (relu < 0: none, see gemm_nt_par).
@@ -79,7 +80,7 @@ def gemm_bias_act_par(ta, tb, m, n, k, a, lda, b, ldb, bias, relu, out, parts):
                 _bias_act(out, n, 0, m, lo, hi, bias, relu)
 
 
-@numba.njit(cache=True)
+@helper(cache=True)
 def gemm_nt_par(ta, tb, m, n, k, a, lda, b, ldb, out, parts):
     """gemm_nt split over the pool: `gemm_bias_act_par` without an epilogue."""
     gemm_bias_act_par(ta, tb, m, n, k, a, lda, b, ldb, np.empty(0, out.dtype), -1, out, parts)

@@ -13,11 +13,11 @@ pooled gradient, vs the NumPy references (max_pool2d_grad * mask, conv2d_grad_in
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from ..blas import control as blas
+from ..jit import helper
 from .conv import _NO_ARGMAX, FASTMATH, _check, _pair, conv_out_hw, conv_s1_kernel, pad_into, padded_input
 from .weight_grad import _DW_BATCH_BLOCK, bias_grad_kernel, conv_dw_s1_kernel, conv_dw_strided_kernel
 
@@ -26,7 +26,7 @@ __all__ = [
     "maxpool_relu_backward", "relu_backward",
 ]
 
-_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 
 
 # ------------------------------------------------------------------------------------ elementwise parts

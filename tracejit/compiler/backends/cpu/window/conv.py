@@ -12,9 +12,10 @@ im2col reference in brackets; floor at 205 GFLOP/s): conv+bias+ReLU+2x2 pool+arg
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
+
+from ..jit import helper
 
 try:  # TBB layer and thread count before the first parallel launch (see threads.py)
     from .. import threads as _threads
@@ -28,8 +29,8 @@ __all__ = ["conv2d_forward", "conv2d_pool_forward", "conv_out_hw", "pad_into", "
 # fastmath without nnan/ninf: max pooling pads with -inf and propagates NaN like NumPy, which those flags
 # would license LLVM to drop; "contract" (FMA) and "reassoc" (vectorized sums) are what the speed needs.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
+_parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 _NO_ARGMAX = np.zeros((1, 1, 1, 1), np.uint8)  # placeholder, never written, when a kernel stores no argmax
 
 

@@ -33,12 +33,13 @@ from numba import prange
 
 from ..blas import control as blas
 from ..blas.calls import gemm_beta, sgemm_choice
+from ..jit import helper
 from .conv import FASTMATH, _epilogue, padded_input
 
 __all__ = ["conv_backward", "conv_forward", "prefer"]
 
-_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
-_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 MODE_PLAIN, MODE_POOL, MODE_RELU = 0, 1, 2  # how the output gradient arrives (see _fill_dy)
 

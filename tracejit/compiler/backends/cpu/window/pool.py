@@ -10,11 +10,11 @@ Measured (benchmarks/bench_window.py, as in window.conv; NumPy reference in brac
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from .....ref_kernels import pool_out_hw as _ref_pool_out_hw
+from ..jit import helper
 from .conv import _NO_ARGMAX, FASTMATH, _check, _pair
 
 __all__ = [
@@ -22,8 +22,8 @@ __all__ = [
     "max_pool2d_grad_argmax", "pool_out_hw",
 ]
 
-_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
+_parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 
 # Every kernel copies its plane into a buffer padded with the pad value (-inf or 0) and as wide as the
 # windows reach (ceil_mode), so the window loops run without bounds checks, row by row over the outputs.

@@ -6,14 +6,14 @@ Called through ``window.backward`` (timings there).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
+from ..jit import helper
 from .conv import FASTMATH
 
-_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-_parallel = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
+_serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
+_parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 
 # Images per weight-gradient task: partial sums over fixed blocks of the batch, added in block order, so dw
 # has the same bits at any thread count while a small O still splits into enough tasks for the threads.

@@ -1,0 +1,44 @@
+"""Getting the CPU backend ready in the background, from the moment a function is compiled for it.
+
+A process's first compiled call paid ~1.3 s of CPU (of ~2 s with every cache warm) before tracing even mattered:
+importing the program machinery, whose float32 GEMM entry is the first Numba function the process builds, so Numba
+initializes its CPU target there (typing and lowering registries, SciPy's BLAS). None of that depends on the step.
+`tracejit.compile(fn, backend="cpu")` makes the backend object, which starts this import on a daemon thread; the
+user's code between that and the first call (building the model and the data, eager steps) runs meanwhile, and a
+first call that comes sooner waits for the rest (`wait`, before the backend imports anything itself), so it is never
+slower than before. Most of the work is Python code holding the GIL, so it overlaps with NumPy work and I/O, not
+with pure-Python work. TRACEJIT_PREPARE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+
+
+def _prepare() -> None:
+    try:
+        from . import program  # noqa: F401  (blas.calls registers the float32 GEMM entry: Numba's first build)
+    except Exception:  # the foreground import raises it again, where the user sees it
+        pass
+
+
+def start() -> threading.Thread | None:
+    """Start the preparation once per process (None when it already started, or TRACEJIT_PREPARE=0)."""
+    global _thread
+    with _lock:
+        if _thread is not None or os.environ.get("TRACEJIT_PREPARE", "1") == "0":
+            return None
+        _thread = threading.Thread(target=_prepare, name="tracejit-prepare", daemon=True)
+        _thread.start()
+        return _thread
+
+
+def wait() -> None:
+    """Until the preparation (if any) has finished: the compiling thread then imports nothing concurrently."""
+    t = _thread
+    if t is not None and t is not threading.current_thread():
+        t.join()

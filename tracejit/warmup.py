@@ -1,0 +1,101 @@
+"""`python -m tracejit warmup`: compile the CPU backend's own kernels (GEMM, convolution, pooling, index and
+math helpers) into Numba's on-disk cache ahead of the first training step.
+
+On a fresh install the first compiled LeNet step spends most of its time compiling these package kernels, not
+the step's own generated code (see README, "Time to the first step"). They are shape-independent: the
+package's helpers compile one specialization per argument kind (`compiler.backends.cpu.jit`), so compiling a
+few tiny training steps -- a LeNet-style conv net, an MLP with Adam, elementwise math -- fills the cache for
+every later shape. The steps' own generated kernels go to a temporary kernel cache, removed afterwards: only
+the package's kernels stay (where Numba caches them: NUMBA_CACHE_DIR, or __pycache__ beside the package, or
+the user-wide cache). Run it once after installing or upgrading tracejit, e.g. in a Dockerfile.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["warmup"]
+
+
+def _steps(dtype):
+    """(name, compiled step, args) for each tiny workload, float32 or float64."""
+    import tracejit as tj
+    import tracejit.nn as nn
+    import tracejit.nn.functional as F
+
+    class ConvNet(nn.Module):  # LeNet's layers at a tiny size: conv+relu+pool twice, then linear layers
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 4, 5)
+            self.pool = nn.MaxPool2d(2, 2)
+            self.conv2 = nn.Conv2d(4, 8, 5)
+            self.fc1 = nn.Linear(8 * 5 * 5, 16)
+            self.fc2 = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.pool(F.relu(self.conv1(x)))
+            x = self.pool(F.relu(self.conv2(x)))
+            return self.fc2(F.relu(self.fc1(tj.flatten(x, 1))))
+
+    rng = np.random.default_rng(0)
+    criterion = nn.CrossEntropyLoss()
+    out = []
+    for name, net, opt_cls, x_shape in (
+        ("convnet", ConvNet(), "SGD", (4, 3, 32, 32)),
+        # big enough (2*64*256*128 flops) for the GEMMs split over threads
+        ("mlp", nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)), "Adam", (64, 256)),
+    ):
+        net = net.to(getattr(tj, np.dtype(dtype).name))
+        opt = (
+            tj.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            if opt_cls == "SGD"
+            else tj.optim.Adam(net.parameters(), lr=1e-3)
+        )
+
+        x = tj.from_numpy(rng.standard_normal(x_shape).astype(dtype))
+        y = tj.from_numpy(rng.integers(0, 10, x_shape[0]).astype(np.int64))
+        out.append((name, tj.compile(_train_step(net, opt, criterion), backend="cpu"), (x, y)))
+    return out
+
+
+def _train_step(net, opt, criterion):
+    def step(x, y):
+        opt.zero_grad()
+        loss = criterion(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def warmup(dtypes=("float32",), verbose: bool = True) -> dict:
+    """Compile the CPU backend's kernels for `dtypes` into Numba's cache; returns {step name: seconds}."""
+    times = {}
+    tmp = tempfile.mkdtemp(prefix="tracejit-warmup-")
+    saved = os.environ.get("TRACEJIT_CACHE_DIR")
+    os.environ["TRACEJIT_CACHE_DIR"] = tmp  # the tiny steps' own kernels are not worth keeping
+    try:
+        for dt in dtypes:
+            for name, step, args in _steps(np.dtype(dt).type):
+                t0 = time.perf_counter()
+                step(*args)  # creates the optimizer's state (runs eagerly)
+                step(*args)  # traces, compiles and runs
+                times[f"{name} {dt}"] = time.perf_counter() - t0
+                if verbose:
+                    print(f"tracejit warmup: {name} ({dt}) {times[f'{name} {dt}']:.1f} s", flush=True)
+        from .compiler.backends import get_backend
+
+        get_backend("cpu").warm_helpers(dtypes)  # what these steps do not reach at their sizes
+    finally:
+        if saved is None:
+            os.environ.pop("TRACEJIT_CACHE_DIR", None)
+        else:
+            os.environ["TRACEJIT_CACHE_DIR"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+    return times
