@@ -73,6 +73,9 @@ class CpuBackend(Backend):
         against the refs on first use."""
         with _EAGER_LOCK:  # (a background load and a caller of run_eager may ask at once)
             if self._eager is None:
+                from .prepare import wait
+
+                wait()  # (the backend's own preparation thread imports the same BLAS/Numba machinery)
                 from . import eager
 
                 eager.warm_up()
