@@ -8,6 +8,7 @@ compared with torch.nn.functional when torch imports.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import tracejit as tj
 from tracejit import dtypes as D
 from tracejit.autograd import gradcheck
 from tracejit.dispatch import _from_array, apply
+from tracejit.distributed.group import single_process
 from tracejit.ops import OPS, Kind
 
 try:
@@ -95,7 +97,8 @@ def row(op, label, make, expect, grad=(), out_dtype=None, **attrs):
 
 
 NONDIFFERENTIABLE = {"sign", "logical_not", "eq", "ne", "lt", "le", "gt", "ge", "full", "argmax", "uniform",
-                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax", "check_index", "argsort"}
+                     "max_pool2d_grad", "max_pool2d_argmax", "max_pool2d_grad_argmax", "check_index", "argsort",
+                     "all_reduce", "all_reduce_start", "all_reduce_wait", "broadcast", "all_gather", "barrier"}
 
 # ---- unary elementwise
 
@@ -659,6 +662,23 @@ row("uniform", "f64-offset", lambda r: [np.array([123456789, 1000], I64)], _py_u
 row("uniform", "negative-seed", lambda r: [np.array([-5, 7], I64)], _py_uniform, shape=(2, 2),
     dtype=D.float32, out_dtype=F32)
 
+# ---- collectives, in a world of one rank (tests/distributed runs them across processes under mpiexec)
+
+
+def _same(a, *_, **__):
+    return a
+
+
+row("all_reduce", "f32-sum-noncontig", lambda r: [transposed(randn(r, 3, 4, dtype=F32))], _same, reduce="sum")
+row("all_reduce", "f64-avg", lambda r: [randn(r, 5)], _same, reduce="avg")
+row("all_reduce", "i64-max-strided", lambda r: [strided(ints(r, 2, 3))], _same, reduce="max")
+row("all_reduce", "bool-product", lambda r: [bools(r, 4)], _same, reduce="product")
+row("all_reduce_start", "f32-min", lambda r: [randn(r, 2, 3, dtype=F32)], _same, reduce="min")
+row("all_reduce_wait", "f32", lambda r: [randn(r, 2, 3, dtype=F32), randn(r, 2, 3, dtype=F32)], _same)
+row("broadcast", "f32-noncontig", lambda r: [transposed(randn(r, 3, 2, dtype=F32))], _same, src=0)
+row("all_gather", "i64", lambda r: [ints(r, 2, 3)], _same, world_size=1)
+row("barrier", "no-inputs", lambda r: [], lambda **_: np.array(True), out_dtype=B)
+
 # ----------------------------------------------------------------------------------------------- tests
 
 
@@ -692,7 +712,8 @@ def test_forward(case, rng):
     arrays = case.make(rng)
     before = [a.copy() for a in arrays]
     # (_from_array: the op table's internal dtypes, uint8 argmax indices, which from_numpy does not take)
-    out = apply(OPS[case.op], *[_from_array(a) for a in arrays], **case.attrs)
+    with single_process() if OPS[case.op].kind is Kind.COLLECTIVE else contextlib.nullcontext():
+        out = apply(OPS[case.op], *[_from_array(a) for a in arrays], **case.attrs)
     expected = np.asarray(case.expect(*before, **case.attrs))
     out_dtype = np.dtype(case.out_dtype or arrays[0].dtype)
     assert out.dtype.np == out_dtype

@@ -77,6 +77,20 @@ MinMax = namedtuple("MinMax", ["values", "indices"])
 # ----------------------------------------------------------------------------------------------- Tensor
 
 
+class _HookHandle:
+    """What registering a hook returns: `remove()` unregisters it."""
+
+    _next = 0
+
+    def __init__(self, hooks: dict):
+        _HookHandle._next += 1
+        self.id = _HookHandle._next
+        self._hooks = hooks
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+
 class Tensor(TensorBase, MoreMethods):
     """An n-dimensional array with autograd, PyTorch-style.
 
@@ -217,6 +231,17 @@ class Tensor(TensorBase, MoreMethods):
 
     def retain_grad(self):
         return None
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call `hook(self)` each time backward() has accumulated a gradient into this leaf's `.grad`; returns a
+        handle whose `remove()` unregisters it (as in PyTorch)."""
+        if not self.is_leaf:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        hooks = self.__dict__.setdefault("_post_accumulate_grad_hooks", {})
+        handle = _HookHandle(hooks)
+        hooks[handle.id] = hook
+        autograd.engine.hooks_registered()
+        return handle
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False):
         autograd.backward(self, gradient, retain_graph, create_graph)

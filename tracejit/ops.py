@@ -33,6 +33,7 @@ class Kind(enum.Enum):
     WINDOW = "window"
     INDEX = "index"
     RANDOM = "random"
+    COLLECTIVE = "collective"  # communication between the ranks of a job (tracejit.distributed): kept, in order
 
 
 @dataclass(frozen=True)
@@ -688,6 +689,69 @@ def _uniform_infer(state, shape, dtype):
 
 UNIFORM = _op("uniform", Kind.RANDOM, _uniform_infer, K.uniform,
               doc="counter-based uniform [0, 1) numbers from state = (seed, offset)")
+
+
+# ----------------------------------------------------------------------------------------------- collective
+# Communication between the processes (ranks) of a job, run on the default process group of tracejit.distributed
+# (MPI). A collective is not pure: its value depends on the other ranks, and every rank must start the same
+# collectives in the same order. So passes keep every collective node (dce), never merge two (cse), never fuse
+# across one, and keep their order; backends run `ref` as a step between kernels. No gradient rules, as PyTorch's
+# c10d collectives (torch.distributed.all_reduce is not differentiable either).
+
+REDUCE_OPS = ("sum", "avg", "max", "min", "product")
+
+
+def _process_group():
+    from .distributed import group  # (at run time: the op table imports no communication code at import)
+
+    return group.current()
+
+
+def _all_reduce_infer(x, reduce):
+    if reduce not in REDUCE_OPS:
+        raise OpError(f"all_reduce: unknown reduction {reduce!r}; expected one of {', '.join(REDUCE_OPS)}")
+    if reduce == "avg" and not x.dtype.is_floating_point:
+        raise OpTypeError(f"all_reduce: ReduceOp.AVG needs a floating-point tensor, got {x.dtype.name} of shape "
+                          f"{shape_str(x.shape)} (use SUM and divide)")
+    return TensorType(x.shape, x.dtype)
+
+
+def _all_gather_infer(x, world_size):
+    if x.ndim == 0:
+        raise OpError("all_gather: expected a tensor with at least one dimension (reshape a scalar to [1])")
+    return TensorType((world_size * x.shape[0],) + tuple(x.shape[1:]), x.dtype)
+
+
+def _broadcast_infer(x, src):
+    if src < 0:
+        raise OpError(f"broadcast: src must be a rank (>= 0), got {src}")
+    return TensorType(x.shape, x.dtype)
+
+
+ALL_REDUCE = _op("all_reduce", Kind.COLLECTIVE, _all_reduce_infer,
+                 lambda x, reduce: _process_group().all_reduce(x, reduce),
+                 doc="x reduced elementwise over all ranks (sum, avg, max, min, product); every rank gets the result")
+ALL_REDUCE_START = _op("all_reduce_start", Kind.COLLECTIVE, _all_reduce_infer,
+                       lambda x, reduce: _process_group().start_all_reduce(x, reduce),
+                       doc="starts all_reduce(x) without waiting: its value may be read only by all_reduce_wait "
+                           "(the passes split all_reduce so that communication overlaps the kernels in between)")
+def _wait_infer(h, x):
+    if h != x:
+        raise OpError(f"all_reduce_wait: the started value {h} and the array sent {x} differ")
+    return h
+
+
+ALL_REDUCE_WAIT = _op("all_reduce_wait", Kind.COLLECTIVE, _wait_infer, lambda h, x: _process_group().wait(h),
+                      doc="the value of the all_reduce_start(x) it reads (h), once complete; reading x too keeps the "
+                          "array being sent alive and unwritten (memory planning sees it read) until then")
+BROADCAST = _op("broadcast", Kind.COLLECTIVE, _broadcast_infer, lambda x, src: _process_group().broadcast(x, src),
+                doc="rank src's x on every rank")
+ALL_GATHER = _op("all_gather", Kind.COLLECTIVE, _all_gather_infer,
+                 lambda x, world_size: _process_group().all_gather(x, world_size),
+                 doc="every rank's x concatenated along dimension 0, in rank order")
+BARRIER = _op("barrier", Kind.COLLECTIVE, lambda: TensorType((), D.bool_),
+              lambda: _process_group().barrier(),
+              doc="returns (True) once every rank has reached it")
 
 
 def primitive_names() -> list[str]:

@@ -3,6 +3,8 @@ order and calls each op's gradient rule, accumulating with ordinary tensor ops (
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..dispatch import TensorBase as Tensor
@@ -11,6 +13,39 @@ from ..factories import ones_like, tensor
 from .function import FunctionEntry, OutputEntry
 from .mode import set_grad_enabled
 from .tape import _FREED_MSG, GradContext, TapeEntry
+
+
+class _Callbacks(threading.local):
+    queue = None  # while backward() accumulates gradients on this thread: the callbacks to run after it
+
+
+_callbacks = _Callbacks()
+
+
+def queue_callback(fn) -> None:
+    """Run `fn()` once the running backward() has accumulated every gradient into `.grad` (PyTorch's
+    `Variable._execution_engine.queue_callback`); call it from a post-accumulate-grad hook. DistributedDataParallel
+    reduces its gradient buckets there."""
+    if _callbacks.queue is None:
+        raise RuntimeError("queue_callback: no backward() is accumulating gradients on this thread")
+    _callbacks.queue.append(fn)
+
+
+def _accumulated(leaves) -> None:
+    """After backward() stored the gradients of `leaves`: their post-accumulate-grad hooks, then the callbacks they
+    queued."""
+    prev, _callbacks.queue = _callbacks.queue, []
+    try:
+        for leaf in leaves:
+            hooks = leaf.__dict__.get("_post_accumulate_grad_hooks")
+            if hooks:
+                for hook in list(hooks.values()):
+                    hook(leaf)
+        queue = _callbacks.queue
+        while queue:
+            queue.pop(0)()
+    finally:
+        _callbacks.queue = prev
 
 
 def _topo_entries(roots):
@@ -105,7 +140,17 @@ def _run(outputs, grad_outputs, retain_graph, create_graph, capture=None):
         else:
             with set_grad_enabled(False):
                 leaf.grad.add_(g)
+    if _hooked:
+        _accumulated([leaves[key] for key in leaf_grads])
     return None
+
+
+_hooked = False  # set once any tensor has a post-accumulate-grad hook: until then backward() skips the look-up
+
+
+def hooks_registered() -> None:
+    global _hooked
+    _hooked = True
 
 
 def _acc(store, key, g):

@@ -2,6 +2,7 @@
 
     python -m tracejit bench --peers --json out.json     # all workloads, all modes, PyTorch/JAX too
     python -m tracejit bench --workloads lenet --modes eager,cpu --passes 5
+    python -m tracejit bench --data-parallel             # LeNet on 1 and 2 processes (MPI): scaling efficiency
     python -m tracejit bench --sections first-step          # time to the first compiled step, fresh processes
 """
 
@@ -48,15 +49,40 @@ def add_parser(sub) -> None:
                    help=f"comma-separated sections: {','.join(SECTIONS)} (default: steady). first-step times the "
                         "first compiled LeNet step in fresh processes: fresh install, after warmup, package warm "
                         "and kernels cold, warm; and a new batch size")
+    dp = b.add_argument_group("data-parallel mode (needs tracejit[distributed]: mpi4py and an MPI)")
+    dp.add_argument("--data-parallel", action="store_true",
+                    help="LeNet's compiled step at a fixed global batch on 1 and N processes of 1 thread each "
+                         "(mpiexec): scaling efficiency, all-reduce time and overlap, estimate for 8/64 machines")
+    dp.add_argument("--global-batch", type=int, default=256, help="data-parallel global batch (default 256)")
+    dp.add_argument("--procs", type=_csv, default=["1", "2"], help="process counts (default 1,2)")
+    dp.add_argument("--steps", type=int, default=20, help="data-parallel steps per timed round (default 20)")
+    dp.add_argument("--bucket-cap-mb", type=float, default=None,
+                    help="DistributedDataParallel's bucket cap (default: PyTorch's, 25 MiB)")
     b.set_defaults(fn=cmd_bench)
     o = sub.add_parser("ops", help="list the primitive ops of the op table (markdown)")
     o.set_defaults(fn=cmd_ops)
+
+
+def cmd_data_parallel(ns) -> int:
+    from .dataparallel import format_report, run_data_parallel
+
+    report = run_data_parallel(ns.global_batch, procs=[int(p) for p in ns.procs], steps=ns.steps,
+                               rounds=1 if ns.quick else max(ns.passes, 5), bucket_cap_mb=ns.bucket_cap_mb,
+                               quick=ns.quick, progress=not ns.no_progress)
+    print(format_report(report))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report written to {ns.json}")
+    return 0
 
 
 SECTIONS = ("steady", "first-step")
 
 
 def cmd_bench(ns) -> int:
+    if getattr(ns, "data_parallel", False):
+        return cmd_data_parallel(ns)
     sections = getattr(ns, "sections", ["steady"])
     if [s for s in sections if s not in SECTIONS]:
         print(f"tracejit bench: unknown section in {','.join(sections)}; choose from {', '.join(SECTIONS)}",

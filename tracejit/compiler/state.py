@@ -364,10 +364,13 @@ class StateGuard:
     Kept flat and compared field by field on every call, building a sentence only on a mismatch (linreg's
     guard check 2.1 -> ~1.2 us a call)."""
 
-    __slots__ = ("mods", "children", "grads", "opts", "slots", "py")
+    __slots__ = ("mods", "children", "grads", "opts", "slots", "py", "traced_as")
 
     def __init__(self, modules, grad_guards, optimizers, slots=(), python_guards=()):
         self.mods = [(m, m.training, _ident(m)) for m in modules]
+        # modules whose `_trace_guard()` says what else of them a trace depends on (DistributedDataParallel: whether
+        # backward reduces the gradients, which no_sync() turns off)
+        self.traced_as = [(m, m._trace_guard()) for m in modules if hasattr(type(m), "_trace_guard")]
         # a container module's children are compared by identity: a replaced submodule has other parameters
         self.children = [(m, list(m._modules.values())) for m in modules if m._modules]
         self.grads = list(grad_guards)  # (TensorRef, whether it had a .grad)
@@ -382,6 +385,9 @@ class StateGuard:
                 return f"{type(m).__name__} switched to {'train' if m.training else 'eval'} mode"
             if _ident(m) != ident:
                 return f"a parameter or buffer of {type(m).__name__} was replaced by another tensor"
+        for m, key in self.traced_as:
+            if m._trace_guard() != key:
+                return f"{type(m).__name__}: {m._trace_guard_change(key)}"
         for m, children in self.children:
             if list(m._modules.values()) != children:
                 return f"a submodule of {type(m).__name__} was replaced"

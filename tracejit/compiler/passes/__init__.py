@@ -16,6 +16,7 @@ from .fuse_elementwise import fuse_elementwise
 from .fuse_optimizer import fuse_optimizer
 from .fuse_window import fuse_window
 from .memory_plan import memory_plan
+from .overlap_collectives import overlap_collectives
 from .simplify import simplify
 
 PIPELINE = [
@@ -28,6 +29,7 @@ PIPELINE = [
     fuse_elementwise,
     dce,
     fuse_optimizer,
+    overlap_collectives,
     memory_plan,
 ]
 

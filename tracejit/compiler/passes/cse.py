@@ -1,11 +1,13 @@
 """cse: common-subexpression elimination — identical (op, inputs, attrs) nodes compute once.
 
-Keeps true: every op in the table is pure (RANDOM ops read their state explicitly), so two nodes with
-the same op, inputs and attrs always agree; later uses are renamed to the first.
+Keeps true: every op in the table but the collectives is pure (RANDOM ops read their state explicitly), so two
+nodes with the same op, inputs and attrs always agree; later uses are renamed to the first. Collectives are never
+merged: each is a meeting of all ranks (two all-reduces of one value are two messages every rank sends).
 """
 
 from __future__ import annotations
 
+from ...ops import Kind
 from ..ir import Graph, Node
 
 
@@ -21,7 +23,7 @@ def cse(g: Graph) -> Graph:
     nodes = []
     for n in g.nodes:
         inputs = tuple(rename.get(v.id, v) for v in n.inputs)
-        if n.body is None and len(n.outputs) == 1:
+        if n.body is None and len(n.outputs) == 1 and n.op.kind is not Kind.COLLECTIVE:
             try:
                 key = (n.op.name, tuple(v.id for v in inputs), _key(n.attrs))
                 hash(key)

@@ -4,8 +4,9 @@ into `fused` nodes, each run as one kernel.
 Keeps true: a group is placed at the position of its last member and is only formed when no value it
 produces is needed by an outside node before that position (so order stays topological); constants
 (`full`) and reshape/expand views of group inputs are copied into the bodies that read them; every value
-a group produces that something outside reads becomes an output of the fused node. Why neighbours were
-not fused is recorded in `graph.notes`.
+a group produces that something outside reads becomes an output of the fused node; no group spans a collective
+node (the ops before one stay before it, those after it after it). Why neighbours were not fused is recorded in
+`graph.notes`.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def _space(n: Node) -> tuple:
 
 
 class _Group:
-    __slots__ = ("space", "members", "reductions", "last")
+    __slots__ = ("space", "members", "reductions", "last", "epoch")
 
-    def __init__(self, space):
+    def __init__(self, space, epoch=0):
         self.space = space
+        self.epoch = epoch  # collectives before its first member: a group never spans one
         self.members: list[int] = []
         self.reductions: set[int] = set()  # value ids produced by reductions (not readable inside)
         self.last = -1
@@ -64,7 +66,11 @@ def fuse_elementwise(g: Graph) -> Graph:
                         return f"{nodes[m].op.name} (node {m}) is needed by {nodes[c].op.name} (node {c}) first"
         return None
 
+    epoch = 0
     for i, n in enumerate(nodes):
+        if n.body is None and n.op.kind is Kind.COLLECTIVE:
+            epoch += 1
+            continue
         if not (_is_ew(n) or _is_red(n)):
             continue
         space = _space(n)
@@ -75,6 +81,10 @@ def fuse_elementwise(g: Graph) -> Graph:
                 continue
             grp = group_of[p]
             if grp in candidates:
+                continue
+            if grp.epoch != epoch:
+                notes.append(f"not fused: {nodes[p].op.name} (node {p}) -> {n.op.name} (node {i}): a collective "
+                             f"runs between them")
                 continue
             if grp.space != space:
                 notes.append(f"not fused: {nodes[p].op.name} (node {p}) -> {n.op.name} (node {i}): "
@@ -100,7 +110,7 @@ def fuse_elementwise(g: Graph) -> Graph:
         if not candidates:
             # sibling fusion: join the latest group over the same space that reads a common input
             for grp in reversed(groups):
-                if grp.space == space and grp.members and not (ins & grp.reductions) and \
+                if grp.space == space and grp.epoch == epoch and grp.members and not (ins & grp.reductions) and \
                         legal(set(grp.members) | {i}, i) is None and \
                         any(v.id in ins for m in grp.members for v in nodes[m].inputs):
                     candidates = [grp]
@@ -114,7 +124,7 @@ def fuse_elementwise(g: Graph) -> Graph:
                     group_of[m] = target
                 groups.remove(other)
         else:
-            target = _Group(space)
+            target = _Group(space, epoch)
             groups.append(target)
         target.members.append(i)
         target.last = i

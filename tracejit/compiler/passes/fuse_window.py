@@ -13,7 +13,7 @@ run natively (context.supports: e.g. the CPU kernels take square pools without p
 from __future__ import annotations
 
 from ... import dtypes as D
-from ...ops import OPS, TensorType
+from ...ops import OPS, Kind, TensorType
 from ..ir import Graph, Node, Pattern, Value, fused
 from .context import supports, target_name
 
@@ -88,6 +88,10 @@ def fuse_window(g: Graph) -> Graph:
     _fuse_weight_bias(ix, replace, notes)
     _fuse_conv_backward(ix, replace, notes)
     _fuse_linear(ix, replace, notes)
+    spanning = _spans_collective(g, replace)
+    if spanning:
+        notes.append(f"fuse_window: nothing fused: {spanning}")
+        replace = {}
     nodes = []
     for i, n in enumerate(g.nodes):
         if i in replace:
@@ -98,6 +102,26 @@ def fuse_window(g: Graph) -> Graph:
     out = g.replace(nodes=nodes)
     out.notes = notes
     return out
+
+
+def _spans_collective(g: Graph, replace: dict) -> str | None:
+    """Why a group would move an op across a collective (its members lie on both sides of one), or None. Then
+    nothing is fused: forward and backward groups come in pairs (the forward drops what the backward reads), and a
+    collective inside a conv/pool chain is too rare to untangle them for."""
+    where = [i for i, n in enumerate(g.nodes) if n.body is None and n.op.kind is Kind.COLLECTIVE]
+    if not where:
+        return None
+    index = {id(n): i for i, n in enumerate(g.nodes)}
+    for at, node in replace.items():
+        if node is None:
+            continue
+        members = [index[id(b)] for b in node.body.nodes if id(b) in index] + [at]
+        lo, hi = min(members), max(members)
+        crossed = next((c for c in where if lo < c < hi), None)
+        if crossed is not None:
+            return (f"{node.body.name} would join nodes {lo}..{hi} across {g.nodes[crossed].op.name} (node "
+                    f"{crossed}), and no op moves across a collective")
+    return None
 
 
 def _match_forward(ix, mi, m, replace, notes) -> str | None:
