@@ -1,7 +1,13 @@
 """Shared fixtures: a seeded NumPy generator; every test starts with grad mode on and a seeded default RNG."""
 
+import os
+
 import numpy as np
 import pytest
+
+# eager ops run their NumPy refs in the suite (deterministic, whatever ran before); the CPU backend's eager kernels
+# are tested on their own (tests/compiler/test_eager_kernels.py), which installs them explicitly
+os.environ.setdefault("TRACEJIT_EAGER_KERNELS", "off")
 
 import tracejit
 import tracejit.autograd

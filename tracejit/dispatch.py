@@ -152,6 +152,54 @@ def _apply_on(dev, tracer, op, inputs, attrs, out_type):
     return _Tensor._make_on(value, out_type, dev)
 
 
+# ----------------------------------------------------------------------------------------------- eager kernels
+
+# The CPU backend's eager kernels (compiler/backends/cpu/eager.py): op name -> kernel(arrays, attrs, out_type)
+# returning a new array, or None where it does not take the case (then the op's NumPy `ref` runs, as it does for
+# every op without one). It starts with a stub (`_asking`) for each op that has one: the first such op asks the
+# backend registry to load them -- in a background thread by default, the op itself running its ref -- and
+# the loaded kernels replace the table's entries at once (one dict update) when they are ready.
+_EAGER_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "avg_pool2d",
+              "avg_pool2d_grad")
+
+
+def _install_eager_kernels(kernels: dict) -> None:
+    _eager_kernels.update(kernels)
+
+
+def _load_eager_kernels() -> None:
+    """Drop the table's stubs and ask the registry for the kernels (once: later calls find no stub)."""
+    for name in _EAGER_OPS:
+        if getattr(_eager_kernels.get(name), "asks", False):
+            del _eager_kernels[name]
+    from .compiler import backends
+
+    backends.start_eager_kernels(_install_eager_kernels)
+
+
+def _asking(name):
+    def ask(arrays, attrs, out_type):
+        _load_eager_kernels()
+        kernel = _eager_kernels.get(name)  # there already when loaded synchronously
+        return kernel(arrays, attrs, out_type) if kernel is not None else None
+    ask.asks = True
+    return ask
+
+
+_eager_kernels: dict = {name: _asking(name) for name in _EAGER_OPS}
+
+
+def eager_kernel(name: str):
+    """The CPU backend's eager kernel for `name` (an op, or a multi-tensor update such as "sgd_update"), or None
+    while there is none (not loaded yet: the first call asks for them, as the first op that has one does)."""
+    kernel = _eager_kernels.get(name)
+    if kernel is None or getattr(kernel, "asks", False):
+        if getattr(_eager_kernels.get(_EAGER_OPS[0]), "asks", False):
+            _load_eager_kernels()
+        kernel = _eager_kernels.get(name)
+    return kernel
+
+
 # ----------------------------------------------------------------------------------------------- dispatch
 
 
@@ -175,7 +223,10 @@ def apply(op, *inputs, **attrs):
             vals = [t._box.value for t in inputs]
             if _tracing or events != _trace_events:  # another thread traces (or did): its Values may be there
                 vals = _concrete_values(op.name, lambda: [t._box.value for t in inputs])
-            value = op.ref(*vals, **attrs)
+            kernel = _eager_kernels.get(op.name)
+            value = kernel(vals, attrs, out_type) if kernel is not None else None
+            if value is None:
+                value = op.ref(*vals, **attrs)
             if not isinstance(value, np.ndarray) or value.dtype != out_type.dtype.np:
                 value = np.asarray(value, dtype=out_type.dtype.np)
         out = _Tensor._make(value, out_type)

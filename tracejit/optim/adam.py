@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+
 from .. import dtypes as D
 from .._tensor import Tensor
 from ..autograd import no_grad
 from ..factories import zeros, zeros_like
-from .optimizer import Optimizer
+from .optimizer import Optimizer, fused_update, rebind
 
 
 class Adam(Optimizer):
@@ -66,11 +68,15 @@ class Adam(Optimizer):
             beta1, beta2 = group.hyper("betas")  # float64 tensors once a scheduler cycles them (OneCycleLR)
             eps, weight_decay, amsgrad = group["eps"], group["weight_decay"], group["amsgrad"]
             maximize, decoupled = group["maximize"], group["decoupled_weight_decay"]
+            fusable = not (weight_decay or amsgrad or maximize) and isinstance(beta1, float) and \
+                isinstance(beta2, float)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 grad = -p.grad if maximize else p.grad
                 state = self._init_state(p, amsgrad)
+                if fusable and self._fused_step(p, state, lr, beta1, beta2, eps):
+                    continue
                 step_t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
                 step_t.add_(1)
                 if weight_decay != 0:
@@ -94,6 +100,27 @@ class Adam(Optimizer):
                     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                 p.addcdiv_(exp_avg, denom, value=-step_size)
         return loss
+
+    @staticmethod
+    def _fused_step(p: Tensor, state: dict, lr: Tensor, beta1: float, beta2: float, eps: float) -> bool:
+        """The update above as one kernel (PyTorch's foreach path) where `fused_update` allows; False otherwise.
+        The scalars are the float64 values the tensor ops compute (NumPy float64 arithmetic, in their order)."""
+        step_t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        kernel = fused_update("adam_update", p, p.grad, exp_avg, exp_avg_sq, step_t, lr)
+        if kernel is None:
+            return False
+        new_step = np.add(step_t._box.value, np.float32(1))  # step_t.add_(1)
+        step = np.float64(new_step)
+        bias_correction1 = np.subtract(1.0, np.power(np.float64(beta1), step))
+        bias_correction2_sqrt = np.sqrt(np.subtract(1.0, np.power(np.float64(beta2), step)))
+        step_size = np.divide(np.float64(lr._box.value), bias_correction1)
+        new_p, new_m, new_v = kernel(p._box.value, p.grad._box.value, exp_avg._box.value, exp_avg_sq._box.value,
+                                     beta1, beta2, eps, bias_correction2_sqrt, step_size)
+        rebind(step_t, np.asarray(new_step, np.float32))
+        rebind(exp_avg, new_m)
+        rebind(exp_avg_sq, new_v, 2)  # (mul_, addcmul_)
+        rebind(p, new_p)
+        return True
 
 
 class AdamW(Adam):

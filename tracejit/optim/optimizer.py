@@ -13,11 +13,38 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
 
+import numpy as np
+
+from .. import dispatch
 from .. import dtypes as D
 from .._tensor import Tensor
 from ..autograd import enable_grad, no_grad
+from ..devices import CPU as _CPU
 from ..errors import shape_str
 from ..factories import full, tensor
+
+
+def fused_update(name: str, *tensors):
+    """The CPU backend's fused (foreach-style) update kernel `name` ("sgd_update", "adam_update") when an eager
+    step may use it for `tensors` -- nobody traces, and each is a float32 CPU tensor holding a plain array, not a
+    view -- else None (the step runs its tensor ops). The kernels compute what those ops compute, bit for bit;
+    they load with the eager kernels (tracejit.dispatch.eager_kernel: in the background, NumPy meanwhile)."""
+    if dispatch.current_tracer() is not None:
+        return None
+    for t in tensors:
+        b = t._box
+        if b.type.dtype is not D.float32 or t._view is not None or not isinstance(b.value, np.ndarray) or \
+                b.device is not _CPU:
+            return None
+    return dispatch.eager_kernel(name)
+
+
+def rebind(t: Tensor, value: np.ndarray, updates: int = 1) -> None:
+    """Give `t` the new value an eager in-place update computed (as Tensor._inplace does: a NumPy-shared array
+    is written into), counting `updates` in-place ops on its version."""
+    box = t._box
+    box.value = value
+    box.version += updates
 
 
 class _RequiredParameter:

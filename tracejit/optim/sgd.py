@@ -11,7 +11,7 @@ from typing import Any
 
 from .._tensor import Tensor
 from ..autograd import no_grad
-from .optimizer import Optimizer
+from .optimizer import Optimizer, fused_update, rebind
 
 
 class SGD(Optimizer):
@@ -51,8 +51,11 @@ class SGD(Optimizer):
             momentum, dampening = group["momentum"], group["dampening"]
             momentum_v = group.hyper("momentum")  # a tensor once a scheduler cycles it (OneCycleLR)
             weight_decay, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
+            fusable = not (maximize or nesterov or weight_decay) and isinstance(momentum_v, (int, float))
             for p in group["params"]:
                 if p.grad is None:
+                    continue
+                if fusable and self._fused_step(p, lr, momentum, dampening):
                     continue
                 grad = -p.grad if maximize else p.grad
                 if weight_decay != 0:
@@ -69,3 +72,20 @@ class SGD(Optimizer):
                 # PyTorch writes p.add_(grad, alpha=-lr); alpha must be a number, lr is a tensor here
                 p.sub_(grad * lr)
         return loss
+
+    def _fused_step(self, p: Tensor, lr: Tensor, momentum: float, dampening: float) -> bool:
+        """The update below as one kernel (PyTorch's foreach path) where `fused_update` allows; False otherwise."""
+        state = self.state[p] if momentum != 0 else None
+        buf = state.get("momentum_buffer") if state is not None else None
+        kernel = fused_update("sgd_update", p, p.grad, lr, *([buf] if buf is not None else []))
+        if kernel is None:
+            return False
+        new_p, new_buf = kernel(p._box.value, p.grad._box.value, None if buf is None else buf._box.value,
+                                lr._box.value, momentum, dampening)
+        if state is not None:
+            if buf is None:
+                state["momentum_buffer"] = Tensor._make(new_buf, p.grad._box.type)
+            else:
+                rebind(buf, new_buf, 2)  # (mul_, add_)
+        rebind(p, new_p)
+        return True

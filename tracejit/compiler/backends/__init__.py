@@ -6,6 +6,7 @@
     synchronize()                        describe() -> dict (what runs: device, threads, BLAS, ...)
     supports(pattern, attrs) -> True | reason   (fusion passes ask this instead of hard-coding one backend's limits)
     run_eager(op, buffers, attrs, out_type) -> buffer        (how an eager op runs on the backend's device)
+    eager_kernels() -> {op name: kernel}   (the CPU's: faster eager ops on host arrays; start_eager_kernels)
     view(buffer, shape, np_dtype) -> buffer   (the runtime arena's typed views of its raw byte buffers)
     copied_out(value, arena buffers) -> value or a copy   (optional: device buffers, which NumPy cannot compare)
 
@@ -20,6 +21,9 @@ This module imports no Numba: asking which backends exist stays cheap.
 from __future__ import annotations
 
 import importlib
+import os
+import threading
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -88,10 +92,19 @@ class Backend:
     def run_eager(self, op, buffers: list, attrs: dict, out_type):
         """Run `op` on `buffers` (on this device) eagerly; returns a new buffer (never one of the inputs'
         storage: in-place updates would reach it). Default: to_host -> op.ref -> to_device."""
-        r = op.ref(*[self.to_host(b) for b in buffers], **attrs)
+        kernel = self.eager_kernels().get(op.name)
+        r = kernel(buffers, attrs, out_type) if kernel is not None else None
+        if r is None:
+            r = op.ref(*[self.to_host(b) for b in buffers], **attrs)
         if not isinstance(r, np.ndarray) or r.dtype != out_type.dtype.np:
             r = np.asarray(r, dtype=out_type.dtype.np)
         return self.to_device(r)
+
+    def eager_kernels(self) -> dict:
+        """op name -> kernel(buffers, attrs, out_type) -> new buffer, or None where the kernel does not take
+        the case (the op's `ref` runs): what this backend runs eagerly faster than the NumPy refs. Loaded, warmed
+        up and checked when first asked (it may take a while: `start_eager_kernels` asks in a thread)."""
+        return {}
 
     # ---- what runs
     def describe(self) -> dict:
@@ -218,6 +231,62 @@ def device_count(kind: str) -> int:
             except BackendUnavailable:
                 pass
     return n
+
+
+# ----------------------------------------------------------------------------------------------- eager kernels
+ENV_EAGER = "TRACEJIT_EAGER_KERNELS"  # "background" (default), "sync" or "off"
+EAGER_MODES = ("background", "sync", "off")
+_eager_started = False
+_eager_thread: threading.Thread | None = None
+
+
+def eager_mode() -> str:
+    """How eager ops on the CPU get the CPU backend's kernels (TRACEJIT_EAGER_KERNELS): "background" (the
+    default: loaded in a thread the first time an op that has one runs; NumPy until they are ready), "sync"
+    (loaded then, the op waits) or "off" (NumPy refs throughout)."""
+    mode = os.environ.get(ENV_EAGER, "background").strip().lower() or "background"
+    mode = {"0": "off", "false": "off", "no": "off", "1": "sync", "true": "sync", "yes": "sync"}.get(mode, mode)
+    if mode not in EAGER_MODES:
+        warnings.warn(f"{ENV_EAGER}={mode!r} is not one of {', '.join(EAGER_MODES)}: using 'background'",
+                      RuntimeWarning, stacklevel=3)
+        return "background"
+    return mode
+
+
+def start_eager_kernels(install: Callable[[dict], None], mode: str | None = None) -> None:
+    """Load the CPU backend's eager kernels and hand them to `install` (tracejit.dispatch's table), once per
+    process: in a daemon thread ("background": the caller goes on with NumPy meanwhile), right here ("sync") or
+    not at all ("off"). A failure (no Numba, a kernel that disagrees with its ref) warns once; NumPy stays."""
+    global _eager_started, _eager_thread
+    mode = mode or eager_mode()
+    if _eager_started or mode == "off":
+        return
+    _eager_started = True
+
+    def load():
+        try:
+            kernels = get_backend("cpu").eager_kernels()
+        except Exception as e:  # noqa: BLE001 - whatever it was, eager ops keep running their NumPy refs
+            warnings.warn(f"tracejit: the CPU backend's eager kernels are not available ({type(e).__name__}: "
+                          f"{e}); eager ops run their NumPy references", RuntimeWarning, stacklevel=2)
+            return
+        install(kernels)
+
+    if mode == "sync":
+        load()
+    else:
+        _eager_thread = threading.Thread(target=load, name="tracejit-eager-kernels", daemon=True)
+        _eager_thread.start()
+
+
+def wait_eager_kernels(timeout: float | None = None) -> bool:
+    """Wait until a background load of the eager kernels (start_eager_kernels) has ended, at most `timeout`
+    seconds; False while it still runs. Benchmarks call it so that the timed steps run what later steps run."""
+    t = _eager_thread
+    if t is not None:
+        t.join(timeout)
+        return not t.is_alive()
+    return True
 
 
 def _module_factory(module: str, cls: str):

@@ -11,17 +11,21 @@
     threads.py   the threading layer (TBB, else OpenMP) and thread count
     blas/        GEMM: tracejit's own float32 kernel (gemm.py), the BLAS entry (calls.py), thread control
                  (control.py), GEMMs for generated segments (segment.py)
+    eager.py     kernels for eager ops (window kernels, GEMM thread policy): `eager_kernels()`
     window/      conv2d/pooling kernels and their backward (conv, backward, weight_grad, im2col, pool) and the
                  steps that call them for window nodes (steps.py)
 
 `CpuBackend` (below) is the backend object (compiler/backends: the protocol); its buffers are NumPy arrays.
 """
 
+import threading
+
 from .. import Backend, numba_cache
 from .capabilities import LOOP_FEATURES
 from .capabilities import supports as _supports
 from .spelling import SPELLING
 
+_EAGER_LOCK = threading.Lock()
 numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
 
 
@@ -31,6 +35,7 @@ class CpuBackend(Backend):
     name = "cpu"
     scalar_spelling = SPELLING  # how its generated code spells the op table's scalar expressions
     loop_features = LOOP_FEATURES  # strided loads / cat stores and row kernels (render.py)
+    _eager = None  # eager_kernels(), once loaded
 
     def __init__(self):
         super().__init__()
@@ -64,6 +69,20 @@ class CpuBackend(Backend):
 
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py
+
+    def eager_kernels(self) -> dict:
+        """Shape-generic window kernels, GEMM thread policy for eager ops (eager.py), warmed up and checked
+        against the refs on first use."""
+        with _EAGER_LOCK:  # (a background load and a caller of run_eager may ask at once)
+            if self._eager is None:
+                from .prepare import wait
+
+                wait()  # (the backend's own preparation thread imports the same BLAS/Numba machinery)
+                from . import eager
+
+                eager.warm_up()
+                self._eager = dict(eager.KERNELS)
+        return self._eager
 
     def describe(self) -> dict:
         import os
