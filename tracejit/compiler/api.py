@@ -27,7 +27,7 @@ from ..devices import CPU, mixed_devices_message, transfer
 from ..errors import OpError, TraceError
 from ..factories import full
 from . import interrupt, log
-from .backends import backend_name_for_device, get_backend
+from .backends import backend_name_for_device, get_backend, note_compiling
 from .dump import Dumper, dump_root
 from .ir import count_by_kind, print_graph, verify
 from .passes import PIPELINE, run_pipeline
@@ -189,6 +189,7 @@ class CompiledFunction:
             raise ValueError("dynamic must be None, True or False")
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", "fn")
+        note_compiling()  # eager ops in this process keep their NumPy refs unless asked (backends.eager_mode)
         functools.update_wrapper(self, fn)
         # backend=None: each variant runs on the backend of the device its tensors live on ("cpu" on the CPU)
         self.backend_name = backend or DEFAULT_BACKEND

@@ -238,11 +238,22 @@ ENV_EAGER = "TRACEJIT_EAGER_KERNELS"  # "background" (default), "sync" or "off"
 EAGER_MODES = ("background", "sync", "off")
 _eager_started = False
 _eager_thread: threading.Thread | None = None
+# set once a function is compiled in this process: from then on "background" starts no load of the eager kernels
+# (a cold load compiles for ~25 CPU s, which would compete with the compile and the compiled steps for the cores;
+# eager ops around compiled steps -- a first step creating optimizer state, an evaluation -- are few)
+_compiling_process = False
+
+
+def note_compiling() -> None:
+    """A function was compiled in this process (compiler/api.py): see `_compiling_process`."""
+    global _compiling_process
+    _compiling_process = True
 
 
 def eager_mode() -> str:
     """How eager ops on the CPU get the CPU backend's kernels (TRACEJIT_EAGER_KERNELS): "background" (the
-    default: loaded in a thread the first time an op that has one runs; NumPy until they are ready), "sync"
+    default: loaded in a thread the first time an op that has one runs, unless a function was compiled in this
+    process before; NumPy until they are ready), "sync"
     (loaded then, the op waits) or "off" (NumPy refs throughout)."""
     mode = os.environ.get(ENV_EAGER, "background").strip().lower() or "background"
     mode = {"0": "off", "false": "off", "no": "off", "1": "sync", "true": "sync", "yes": "sync"}.get(mode, mode)
@@ -259,7 +270,7 @@ def start_eager_kernels(install: Callable[[dict], None], mode: str | None = None
     not at all ("off"). A failure (no Numba, a kernel that disagrees with its ref) warns once; NumPy stays."""
     global _eager_started, _eager_thread
     mode = mode or eager_mode()
-    if _eager_started or mode == "off":
+    if _eager_started or mode == "off" or (mode == "background" and _compiling_process):
         return
     _eager_started = True
 
