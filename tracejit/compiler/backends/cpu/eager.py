@@ -218,7 +218,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening):
     momentum 0 there is none). lr is the group's float32 tensor value, momentum/dampening Python floats."""
     p, g = _c(p), _c(g)
     new_p = np.empty_like(p)
-    if momentum == 0:
+    if momentum == 0 or buf is None:  # p -= grad * lr; with momentum the first buffer is grad.clone()
         _sgd_kernel(
             p.reshape(-1),
             g.reshape(-1),
@@ -231,22 +231,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening):
             new_p.reshape(-1),
             new_p.reshape(-1),
         )
-        return new_p, None
-    if buf is None:  # buf = grad.clone(); p -= buf * lr
-        new_buf = g.copy()
-        _sgd_kernel(
-            p.reshape(-1),
-            g.reshape(-1),
-            g.reshape(-1),
-            False,
-            np.float32(lr),
-            np.float32(0),
-            np.float32(1),
-            False,
-            new_p.reshape(-1),
-            new_p.reshape(-1),
-        )
-        return new_p, new_buf
+        return new_p, (None if momentum == 0 else g.copy())
     new_buf = np.empty_like(p)
     alpha = 1 - dampening
     _sgd_kernel(
