@@ -349,6 +349,14 @@ class BatchNorm2d(_BatchNorm):
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
 
 
+def _affine_parameters(module, shape, affine: bool, bias: bool, dtype, device) -> None:
+    """A normalization layer's per-element `weight` (and `bias`) Parameters of `shape`, or None for each as
+    PyTorch registers them when `affine`/`bias` is off (GroupNorm, LayerNorm, RMSNorm)."""
+    dt = _factory_dtype(dtype)
+    module.register_parameter("weight", Parameter(empty(shape, dtype=dt, device=device)) if affine else None)
+    module.register_parameter("bias", Parameter(empty(shape, dtype=dt, device=device)) if affine and bias else None)
+
+
 class GroupNorm(Module):
     """Group normalization: statistics per sample over groups of channels; per-channel affine weight/bias."""
 
@@ -361,16 +369,7 @@ class GroupNorm(Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        dt = _factory_dtype(dtype)
-        if affine:
-            self.weight = Parameter(empty(num_channels, dtype=dt))
-            if bias:
-                self.bias = Parameter(empty(num_channels, dtype=dt))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, (num_channels,), affine, bias, dtype, device)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

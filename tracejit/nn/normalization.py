@@ -8,7 +8,7 @@ from .._tensor import Tensor
 from ..factories import empty
 from . import init
 from ._normalization import layer_norm, rms_norm
-from .layers import _factory_dtype
+from .layers import _affine_parameters, _factory_dtype
 from .module import Module, Parameter
 
 __all__ = ["LayerNorm", "RMSNorm"]
@@ -31,16 +31,7 @@ class LayerNorm(Module):
         self.normalized_shape = _shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        dt = _factory_dtype(dtype)
-        if elementwise_affine:
-            self.weight = Parameter(empty(self.normalized_shape, dtype=dt, device=device))
-            if bias:
-                self.bias = Parameter(empty(self.normalized_shape, dtype=dt, device=device))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, dtype, device)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
