@@ -63,6 +63,9 @@ def test_two_fake_gpus_are_cuda_devices(gpus):
     with pytest.raises(RuntimeError, match="invalid device ordinal"):
         tj.zeros(1).to("cuda:5")
     assert tj.device("cuda:7").index == 7  # as torch.device: naming a device checks nothing
+    tj.cuda.set_device(1)
+    with pytest.raises(RuntimeError, match="invalid device ordinal"):
+        tj.cuda.set_device(2)
 
 
 def test_a_missing_device_index_without_cuda_is_torchs_not_compiled_error():

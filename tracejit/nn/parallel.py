@@ -225,6 +225,11 @@ class DataParallel(Module):
     Inside `@tracejit.compile` only one device can take part: a compiled step is one program on one device
     (compiler/api.py), so a DataParallel over several devices refuses there, naming the devices;
     DistributedDataParallel with one process per device is the compiled form of data parallelism.
+
+    The devices are those of the backends registered for the accelerator's type (compiler/backends): tracejit's
+    CUDA backend drives one GPU (cuda:0) today, so on a machine with several GPUs `tracejit.cuda.device_count()` is
+    1 and DataParallel runs the module on cuda:0; the tests split batches over fake devices registered as cuda:0
+    and cuda:1 (tests/distributed/test_data_parallel.py).
     """
 
     def __init__(self, module: Module, device_ids=None, output_device=None, dim: int = 0):
