@@ -261,3 +261,18 @@ def test_an_error_in_a_replica_names_it(gpus):
     with pytest.raises(ValueError, match="boom") as e:
         DataParallel(Bad().to("cuda:0"))(tj.ones(4, 1))
     assert "DataParallel replica 1 on device cuda:1" in "".join(getattr(e.value, "__notes__", []))
+
+
+def test_functional_form_device_objects_and_a_cpu_output(gpus):
+    tj.manual_seed(2)
+    net = mlp().to("cuda:0")
+    x = tj.randn(5, 6)
+    want = host(net(x.to("cuda:0")))
+    np.testing.assert_allclose(host(tj.nn.parallel.data_parallel(net, x)), want, rtol=1e-6, atol=1e-6)
+    dp = DataParallel(net, device_ids=[tj.device("cuda:0"), tj.device("cuda:1")], output_device=-1)
+    assert dp.device_ids == [0, 1]
+    y = dp(x)
+    assert y.device == tj.device("cpu")
+    np.testing.assert_allclose(host(y), want, rtol=1e-6, atol=1e-6)
+    y.sum().backward()  # the gradient comes back from the CPU to the module on cuda:0
+    assert all(p.grad is not None and p.grad.device == tj.device("cuda:0") for p in net.parameters())

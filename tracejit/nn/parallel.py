@@ -240,7 +240,7 @@ class DataParallel(Module):
             self.device_ids = []
             return
         if device_ids is None:
-            device_ids = list(range(cuda_device_count(acc.type)))
+            device_ids = list(range(_device_count(acc.type)))
         if not device_ids:
             raise RuntimeError("no available devices were found")
         if output_device is None:
@@ -300,7 +300,8 @@ class DataParallel(Module):
 # ---------------------------------------------------------------- torch.nn.parallel's functions, on device objects
 
 
-def cuda_device_count(kind: str) -> int:
+def _device_count(kind: str) -> int:
+    """How many devices of type `kind` this process has (those of the backends registered for it)."""
     from ..compiler.backends import device_count
 
     return device_count(kind)
@@ -442,7 +443,7 @@ def replicate(network: Module, devices, detach: bool = False) -> list:
                 r = copies[j][i]
                 if b is None:
                     r._buffers[key] = None
-                elif id(b) in rg_index and b.requires_grad and not detach:
+                elif id(b) in rg_index:
                     r._buffers[key] = rg_copies[j][rg_index[id(b)]]
                 else:
                     r._buffers[key] = not_rg_copies[j][not_rg_index[id(b)]]
@@ -507,7 +508,7 @@ def data_parallel(module: Module, inputs, device_ids=None, output_device=None, d
     if acc is None:
         return module(*inputs, **(module_kwargs or {}))
     if device_ids is None:
-        device_ids = list(range(cuda_device_count(acc.type)))
+        device_ids = list(range(_device_count(acc.type)))
     if output_device is None:
         output_device = device_ids[0]
     device_ids = [_device_index(x) for x in device_ids]
