@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 import tracejit  # noqa: E402
 import tracejit.nn as nn  # noqa: E402
 import tracejit.nn.functional as F  # noqa: E402
+from tracejit.compiler.backends import cache as kernel_cache  # noqa: E402
 from tracejit.compiler.backends import cpu  # noqa: E402
 from tracejit.compiler.backends.cpu import render as cpu_render  # noqa: E402
 from tracejit.compiler.backends.cpu import threads  # noqa: E402
@@ -809,6 +810,45 @@ def test_parallel_reductions_are_bit_identical_at_any_thread_count(monkeypatch):
     # float32 sums of 300-90k terms of size ~100: chunked vs NumPy's pairwise order
     for g_, w_ in zip(two, want):
         close(g_, w_, rtol=1e-4, atol=1e-1)
+
+
+STORE_AND_SUM = """
+graph g(%x: f32[40] {arg: x}) {
+  %d: f32[40], %s: f32[] = fused(%x) {kind='reduce'}
+    body reduce_0(%x: f32[40]) {
+      %k: f32[] = full() {shape=(), value=3.0, dtype=f32}
+      %a: f32[40] = mul(%x, %k)
+      %q: f32[40] = mul(%a, %a)
+      %s: f32[] = sum(%q) {axes=(0,), keepdim=False}
+      return %a, %s
+    }
+  return %d, %s
+}
+"""
+
+
+def test_a_sum_beside_stores_has_the_same_bits_wherever_the_output_lies():
+    # A loop that stored one result and summed another ran, behind LLVM's runtime overlap check, its scalar
+    # fallback (another summation order) whenever an output lay < 256 bytes after an input: the same inputs
+    # summed 1 ulp apart depending on where malloc put the arrays, which other threads' allocations change
+    # (tests/test_threads.py: a training step's loss changed while other threads ran). Sums now run in a loop
+    # that only loads. The size is read at run time, as in a size template (a literal one is not versioned).
+    src = render(lower(fused_node(STORE_AND_SUM)), "kernel")
+    fn, _ = kernel_cache.load(cpu_render.PRELUDE + src.replace("range(40)", "range(a0.shape[0])"), "kernel")
+    for seed in range(5):
+        x = np.random.default_rng(seed).standard_normal(40).astype(np.float32)
+        sums = []
+        for gap in (0, 1000):  # the output 160 bytes after the input (overlap check fails), or far from it
+            buf = np.zeros(80 + gap, np.float32)
+            a, d, s = buf[:40], buf[40 + gap:], np.zeros(1, np.float32)
+            a[:] = x
+            fn(a, s, d)
+            np.testing.assert_array_equal(d, x * np.float32(3))
+            sums.append(s[0])
+        assert sums[0] == sums[1], (seed, sums)
+        close(sums[0], np.float32((x.astype(np.float64) * 3) @ (x.astype(np.float64) * 3)), rtol=1e-6)
+    sum_loop = src[src.index("for i0 in range(40):"):src.index("acc0 += ")]
+    assert "o1[" not in sum_loop and src.count("for i0 in range(40):") == 2
 
 
 # --------------------------------------------------------------------------------------------- kernel counts

@@ -219,6 +219,7 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     invariant: set[str] = set()
     paired = _tanh_sigmoid_pairs(k.stmts)
     dtypes = {s.var: s.dtype for s in k.stmts}
+    line_of: dict[str, int] = {}  # statement variable -> the body line that computes it
     for s in k.stmts:
         if s.op == "load" and all(d == 1 for d in k.loads[s.args[0]].shape) or s.op == "const" or (
                 s.op not in ("load", "const") and all(a in invariant for a in s.args)):
@@ -226,6 +227,9 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
             target = hoisted
         else:
             target = body
+            line_of[s.var] = len(body)
+            if paired.get(s.var):
+                line_of.update(dict.fromkeys(paired[s.var], len(body)))
         if s.op == "load":
             arr = k.loads[s.args[0]]
             target.append(f"{s.var} = {A[s.args[0]]}[{_at(arr, lv)}]")
@@ -298,18 +302,33 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     else:
         headers.append(f"for {lv}0 in range({space[0]}):")
     headers += [f"for {lv}{d} in range({space[d]}):" for d in range(1, r)]
+    # a sum kept in a local accumulator is summed in its own innermost loop, before the loop that writes
+    # (see _split_sums)
+    split = _split_sums(k.results, inner_red)
+    by_var = {s.var: s for s in k.stmts}
     for d, h in enumerate(headers):
         if d == r - 1:
             for j in inner_red:
                 lines.append(f"{ind}acc{tag}{j} = {_acc_init(k.results[j])}")
+            if split:
+                lines.append(ind + h)
+                lines.extend(ind + "    " + b for b in _body_for([k.results[j].var for j in inner_red], body,
+                                                                   line_of, by_var))
+                lines.extend(f"{ind}    {_combine(k.results[j].mode, f'acc{tag}{j}', k.results[j].var)}"
+                             for j in inner_red)
         lines.append(ind + h)
         ind += "    "
-    lines.extend(ind + b for b in body)
+    if split:
+        lines.extend(ind + b for b in _body_for([res.var for j, res in enumerate(k.results) if j not in inner_red],
+                                                body, line_of, by_var))
+    else:
+        lines.extend(ind + b for b in body)
     for j, res in enumerate(k.results):
         if res.mode == "store":
             lines.append(f"{ind}{O[j]}[{_at(res.array, lv)}] = {res.var}")
         elif j in inner_red:
-            lines.append(f"{ind}{_combine(res.mode, f'acc{tag}{j}', res.var)}")
+            if not split:
+                lines.append(f"{ind}{_combine(res.mode, f'acc{tag}{j}', res.var)}")
         else:
             lines.append(f"{ind}{_combine(res.mode, target(j), res.var)}")
     ind = ind[:-4]
@@ -449,16 +468,38 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
             lines.append(f"{ind}acc{s.var} = {_identity('sum' if s.op == 'rowsum' else 'max', s.dtype)}")
         for j in rr:
             lines.append(f"{ind}accr{tag}{j} = {_identity(k.results[j].mode, k.results[j].array.dtype)}")
+        # (_split_sums: this pass's sums in a loop of their own, before the loop that writes the outputs)
+        writes = p == last and bool(elem_results)
+        split = writes and (any(s.op == "rowsum" for s in reds) or any(k.results[j].mode == "sum" for j in rr))
         inner = ind
         for d in range(rows, len(space)):
             lines.append(f"{inner}for {lv}{d} in range({space[d]}):")
             inner += "    "
-        for s in elem:
-            emit_stmt(s, lines, inner)
+        if split:
+            summed = set()
+            for v in [s.args[0] for s in reds] + [k.results[j].var for j in rr]:
+                summed |= _deps(v, by_var)
+            for s in elem:
+                if s.var in summed:
+                    emit_stmt(s, lines, inner)
+        else:
+            for s in elem:
+                emit_stmt(s, lines, inner)
         for s in reds:
             lines.append(f"{inner}{_combine('sum' if s.op == 'rowsum' else 'max', f'acc{s.var}', s.args[0])}")
         for j in rr:
             lines.append(f"{inner}{_combine(k.results[j].mode, f'accr{tag}{j}', k.results[j].var)}")
+        if split:
+            inner = ind
+            for d in range(rows, len(space)):
+                lines.append(f"{inner}for {lv}{d} in range({space[d]}):")
+                inner += "    "
+            stored = set()
+            for j in elem_results:
+                stored |= _deps(k.results[j].var, by_var)
+            for s in elem:
+                if s.var in stored:
+                    emit_stmt(s, lines, inner)
         if p == last:
             for j in elem_results:
                 res = k.results[j]
@@ -477,6 +518,29 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
         if j not in elem_results and j not in row_results:  # a row value stored once per row
             lines.append(f"{ind}{O[j]}[{_index(res.array.shape, lv)}] = {res.var}")
     return A, O, lines
+
+
+def _split_sums(results, accumulated) -> bool:
+    """Whether the innermost loop's local sums (`accumulated`: indices into `results`) go in a loop of their own
+    that runs before the loop writing the other results.
+
+    Under fastmath's reassoc, LLVM vectorizes such a sum into per-lane partial sums. A loop that also stores
+    is vectorized behind a runtime check that its stores do not overlap its loads: when an output lies less
+    than (vector width x unroll) elements after an input in memory -- small arrays, where malloc put them -- it
+    runs the scalar loop instead, which sums in another order. The same inputs then gave sums 1 ulp apart
+    depending on heap addresses, which other threads' allocations move (a training step in one thread changed
+    its loss while another thread ran). A loop that only loads needs no such check: one summation order for
+    any addresses. It runs first, so it reads the inputs before an output that shares their memory is written.
+    Max needs no split (exact in any order)."""
+    return any(results[j].mode == "sum" for j in accumulated) and len(accumulated) < len(results)
+
+
+def _body_for(wanted, body: list, line_of: dict, by_var: dict) -> list:
+    """The lines of `body` (in order) that compute the variables in `wanted`."""
+    need: set = set()
+    for v in wanted:
+        need |= _deps(v, by_var)
+    return [body[i] for i in sorted({line_of[v] for v in need if v in line_of})]
 
 
 def _deps(var: str, by_var: dict) -> set:
