@@ -23,6 +23,9 @@ from .spelling import SPELLING, SUFFIX, np_type
 # 3.5 -> 3.1 ms best, 3.9 -> 3.5 ms p25 with 1 << 18 instead of 1 << 16, two interleaved A/B runs)
 PARALLEL_MIN = 1 << 18
 CHUNKS = 16  # fixed outer blocks: reductions combine per-block partials in order -> same bits at any thread count
+# innermost loops shorter than this sum in a loop of their own beside stores (_split_sums): it exceeds LLVM's
+# vector width x unroll (64 float32 elements on AVX-512), so longer rows of distinct arrays always pass its check
+SPLIT_SUMS_BELOW = 256
 FASTMATH = '{"contract", "arcp", "afn", "reassoc", "nsz"}'  # not nnan/ninf: NaN and inf keep their meaning
 
 def _scalar(s: Stmt, dtypes: dict) -> str:
@@ -304,7 +307,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
     headers += [f"for {lv}{d} in range({space[d]}):" for d in range(1, r)]
     # a sum kept in a local accumulator is summed in its own innermost loop, before the loop that writes
     # (see _split_sums)
-    split = _split_sums(k.results, inner_red)
+    split = _split_sums(k.results, inner_red, space[-1] if r > 1 else
+                        space[0] if isinstance(space[0], str) else space[0] // nch)
     by_var = {s.var: s for s in k.stmts}
     for d, h in enumerate(headers):
         if d == r - 1:
@@ -470,7 +474,8 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
             lines.append(f"{ind}accr{tag}{j} = {_identity(k.results[j].mode, k.results[j].array.dtype)}")
         # (_split_sums: this pass's sums in a loop of their own, before the loop that writes the outputs)
         writes = p == last and bool(elem_results)
-        split = writes and (any(s.op == "rowsum" for s in reds) or any(k.results[j].mode == "sum" for j in rr))
+        split = writes and _short(space[-1]) and (any(s.op == "rowsum" for s in reds) or
+                                                  any(k.results[j].mode == "sum" for j in rr))
         inner = ind
         for d in range(rows, len(space)):
             lines.append(f"{inner}for {lv}{d} in range({space[d]}):")
@@ -520,9 +525,14 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
     return A, O, lines
 
 
-def _split_sums(results, accumulated) -> bool:
+def _short(extent) -> bool:
+    """Whether an innermost loop of `extent` iterations (a name: unknown) is short enough to need _split_sums."""
+    return isinstance(extent, str) or extent < SPLIT_SUMS_BELOW
+
+
+def _split_sums(results, accumulated, extent) -> bool:
     """Whether the innermost loop's local sums (`accumulated`: indices into `results`) go in a loop of their own
-    that runs before the loop writing the other results.
+    that runs before the loop writing the other results (the innermost loop runs `extent` times).
 
     Under fastmath's reassoc, LLVM vectorizes such a sum into per-lane partial sums. A loop that also stores
     is vectorized behind a runtime check that its stores do not overlap its loads: when an output lies less
@@ -531,8 +541,11 @@ def _split_sums(results, accumulated) -> bool:
     depending on heap addresses, which other threads' allocations move (a training step in one thread changed
     its loss while another thread ran). A loop that only loads needs no such check: one summation order for
     any addresses. It runs first, so it reads the inputs before an output that shares their memory is written.
-    Max needs no split (exact in any order)."""
-    return any(results[j].mode == "sum" for j in accumulated) and len(accumulated) < len(results)
+    Max needs no split (exact in any order). Nor do rows of SPLIT_SUMS_BELOW elements or more: distinct
+    arrays lie that far apart, and an output written over its input fails the check on every call (one order
+    again); splitting them cost 1.2-1.9x on such kernels (two passes over memory)."""
+    return (_short(extent) and any(results[j].mode == "sum" for j in accumulated)
+            and len(accumulated) < len(results))
 
 
 def _body_for(wanted, body: list, line_of: dict, by_var: dict) -> list:
