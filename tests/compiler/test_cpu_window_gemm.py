@@ -18,6 +18,9 @@ CONVS = [
     ((6, 3, 7, 7), (5, 3, 1, 1), (1, 1), (0, 0), (1, 1), 1),
     ((2, 2, 7, 8), (3, 2, 1, 1), (1, 1), (1, 1), (1, 1), 1),
     ((9, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet's second layer, smaller batch
+    # >= DW_GEMM_MIN_CHANNELS output channels: the weight gradient by im2col + GEMM (as the conv block's)
+    ((3, 2, 6, 7), (32, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 3, 8, 8), (33, 3, 3, 2), (1, 1), (1, 0), (2, 1), 1),
 ]
 IDS = [f"x{list(c[0])}-w{list(c[1])}-p{c[3]}-d{c[4]}" for c in CONVS]
 NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
@@ -100,7 +103,12 @@ def test_prefer_covers_stride_one_ungrouped_short_runs(monkeypatch):
     assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
     assert G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert not G.prefer((2, 3, 70, 70), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)  # L = 65*70 + 66 > 2048
-    # LeNet conv1 (L = 892): the direct kernel forward, GEMM backward; the 32x32 conv block (L = 1086): direct
+    # backward: LeNet conv1 (L = 892) by GEMM; the 32x32 conv block (L = 1086) by GEMM with tracejit's own GEMM
+    # (up to MAX_RUN_BACKWARD_OWN_GEMM), by the direct kernels with OpenBLAS (over MAX_RUN_BACKWARD)
+    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
+    assert G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)
+    assert not G.prefer((2, 3, 70, 70), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
+    monkeypatch.setattr(G, "sgemm_choice", lambda: ("openblas", "test"))
     assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
     assert not G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)
     assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
