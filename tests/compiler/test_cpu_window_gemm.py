@@ -94,25 +94,21 @@ def test_backward_plain_and_relu_masked(spec, dtype):
 
 
 def test_prefer_covers_stride_one_ungrouped_short_runs(monkeypatch):
-    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892 -> direct kernels forward
-    # with OpenBLAS, GEMM with tracejit's own float32 GEMM (up to MAX_RUN_OWN_GEMM)
-    assert G.prefer((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
-    monkeypatch.setattr(G, "sgemm_choice", lambda: ("openblas", "test"))
-    assert not G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
-    monkeypatch.setattr(G, "sgemm_choice", lambda: ("tracejit", "test"))
-    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
-    assert G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
-    assert not G.prefer((2, 3, 70, 70), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)  # L = 65*70 + 66 > 2048
-    # backward: LeNet conv1 (L = 892) by GEMM; the 32x32 conv block (L = 1086) by GEMM with tracejit's own GEMM
-    # (up to MAX_RUN_BACKWARD_OWN_GEMM), by the direct kernels with OpenBLAS (over MAX_RUN_BACKWARD)
-    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
-    assert G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)
-    assert not G.prefer((2, 3, 70, 70), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
-    monkeypatch.setattr(G, "sgemm_choice", lambda: ("openblas", "test"))
-    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
-    assert not G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)
-    assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
-    assert not G.prefer((2, 6, 14, 14), (6, 2, 5, 5), (1, 1), (0, 0), (1, 1), 3)
+    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892, 6 output channels -> direct
+    # kernels forward with OpenBLAS, GEMM with tracejit's own float32 GEMM (up to MAX_RUN_LONG); the 32x32 conv
+    # block (L = 1086, 32 channels) by GEMM with either; every backward by GEMM up to MAX_RUN_LONG
+    lenet1, lenet2 = ((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1), \
+        ((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    block = ((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    too_long = ((2, 3, 70, 70), (32, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)  # L = 65*70 + 66 > 2048
+    for gemm in ("openblas", "tracejit"):
+        monkeypatch.setattr(G, "sgemm_choice", lambda gemm=gemm: (gemm, "test"))
+        assert G.prefer(*lenet2) and G.prefer(*block)
+        assert G.prefer(*lenet1) == (gemm == "tracejit")
+        assert not G.prefer(*too_long) and not G.prefer(*too_long, backward=True)
+        assert G.prefer(*lenet1, backward=True) and G.prefer(*lenet2, backward=True) and G.prefer(*block, backward=True)
+        assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
+        assert not G.prefer((2, 6, 14, 14), (6, 2, 5, 5), (1, 1), (0, 0), (1, 1), 3)
 
 
 def test_scratch_buffers_are_reused_and_results_stay_equal():

@@ -295,36 +295,39 @@ def _threads() -> int:
 
 # Output runs (L = (oh-1)*Wp + ow) up to this long go through GEMM: the direct kernels' inner loops run
 # over L, and short runs are mostly loop overhead and scalar tails (LeNet conv2, L = 136: GEMM 0.41 vs
-# 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
-# the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
+# 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs with few output channels they win (LeNet conv1, L = 892,
+# O = 6: 0.53 vs 0.59 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
-# With tracejit's own float32 GEMM (blas.gemm, where OpenBLAS is held to older kernels), which reads a short-row
-# weight matrix and the im2col runs where they lie, the GEMM path wins the forward on long runs too (2-core
-# Zen 5, ms, GEMM vs direct: LeNet conv1 L = 892 0.37 vs 0.39; the 32x32 conv block, L = 1086, 1.33 vs 1.70).
-MAX_RUN_OWN_GEMM = 2048
-# Backward, GEMM keeps up to longer runs: LeNet conv1's weight gradient (L = 892) took 0.72-0.74 ms per step
-# either way (the direct path's unpool pass plus conv_dw_s1_kernel), and this path needs no direct backward
-# kernels at all, whose Numba compile on a fresh install was ~18 s of the LeNet example's first call.
-MAX_RUN_BACKWARD = 1024
-# With tracejit's own GEMM the backward keeps to longer runs too, its weight gradient as one GEMM per image
-# (im2col + cols @ dy^T) where there are many output channels (DW_GEMM_MIN_CHANNELS): one-thread CPU ms, the
-# conv block x[32,16,32,32] w[32,16,3,3] p1 (O = 32, L = 1086): weight gradient 3.7 by GEMM vs 4.7 by
-# _dw_dots; LeNet conv2 (O = 16, L = 136) 0.84 vs 0.74 and conv1 (O = 6, L = 892) 0.96 vs 0.65 keep the dots.
-MAX_RUN_BACKWARD_OWN_GEMM = 2048
+# Up to this long: the forward with tracejit's own float32 GEMM (blas.gemm), which reads a short-row weight matrix
+# and the im2col runs where they lie (2-core Zen 5, ms, GEMM vs direct: LeNet conv1 L = 892 0.37 vs 0.39; the
+# 32x32 conv block, L = 1086, 1.33 vs 1.70), and with OpenBLAS where there are FORWARD_MIN_CHANNELS output
+# channels or more; every backward (its weight gradient by GEMM where there are DW_GEMM_MIN_CHANNELS). One-thread
+# CPU ms, GEMM vs direct, tracejit's GEMM (AVX-512) / OpenBLAS (TRACEJIT_FAKE_ISA=avx2, the same VM):
+#   conv block x[32,16,32,32] w[32,16,3,3] p1 (L = 1086, O = 32): forward 3.9 vs 4.2 / 6.7 vs 7.8;
+#                                     backward dx, dw, db 8.6 vs 9.4 (fused direct) / 9.4 vs 16.3
+#   LeNet conv1 (L = 892, O = 6):     forward 1.0 vs 0.85 / 1.13 vs 1.03 (direct with OpenBLAS; with tracejit's
+#                                     GEMM the direct forward kernel would cost ~5 s more compile on a fresh
+#                                     install); backward dw, db 0.81 vs 0.9 / 0.84 vs 1.66
+# and the GEMM backward needs no direct backward kernels at all, whose Numba compile on a fresh install was ~18 s
+# of the LeNet example's first call.
+MAX_RUN_LONG = 2048
+FORWARD_MIN_CHANNELS = 16
+# The weight gradient as im2col + one GEMM per image (cols @ dy^T) where there are this many output channels, else
+# _dw_dots: one-thread CPU ms, the conv block (O = 32, L = 1086) 3.7 by GEMM vs 4.7 by dots; LeNet conv2 (O = 16,
+# L = 136) 0.84 vs 0.74 and conv1 (O = 6, L = 892) 0.96 vs 0.65.
 DW_GEMM_MIN_CHANNELS = 32
 
 
 def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) -> bool:
     """Whether this path runs the conv (forward, or backward when `backward`): stride 1, groups 1 (any
-    padding and dilation) and short runs."""
+    padding and dilation) and runs up to MAX_RUN, or MAX_RUN_LONG where the GEMM wins on long runs too."""
     if tuple(stride) != (1, 1) or groups != 1:
         return False
-    own = sgemm_choice()[0] == "tracejit"
-    if backward:
-        limit = MAX_RUN_BACKWARD_OWN_GEMM if own else MAX_RUN_BACKWARD
-    else:
-        limit = MAX_RUN_OWN_GEMM if own else MAX_RUN
-    return _geometry(x_shape, w_shape, padding, dilation)[4] <= limit
+    run = _geometry(x_shape, w_shape, padding, dilation)[4]
+    if run <= MAX_RUN:
+        return True
+    long_ok = backward or sgemm_choice()[0] == "tracejit" or w_shape[0] >= FORWARD_MIN_CHANNELS
+    return long_ok and run <= MAX_RUN_LONG
 
 
 def _geometry(x_shape, w_shape, padding, dilation):
