@@ -173,6 +173,7 @@ class Tier:
         self.reference = reference_program(variant.graph)
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
+        self._starting = threading.Lock()
         self.error: BaseException | None = None
         self.reference_calls = 0
         self.started_at: float | None = None
@@ -190,10 +191,14 @@ class Tier:
                              f"{self.error}); this call runs the compiled program in the foreground")
             return self.compiled.run(ins)
         self.reference_calls += 1
-        if self.thread is None:
-            snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in ins]  # (state may be written in place)
-            outs = self.reference.run(ins)  # (raises as eager would; the compile then starts on the next call)
-            self.start(snapshot)
+        if self.thread is None and self._starting.acquire(blocking=False):  # (one thread starts the compile)
+            try:
+                snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in ins]  # (state changes in place)
+                outs = self.reference.run(ins)  # (raises as eager would; the compile then starts on the next call)
+                if self.thread is None:
+                    self.start(snapshot)
+            finally:
+                self._starting.release()
         else:
             outs = self.reference.run(ins)
         # a ref output may be a view of an input or of another output: the compiled program may later update
