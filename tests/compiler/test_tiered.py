@@ -123,8 +123,9 @@ def test_tiered_calls_from_threads_agree(fresh_kernels):
     assert not errors and len(got) == 15
     for g in got:
         np.testing.assert_allclose(g, want, rtol=1e-6)
-    assert cf.history[-1].tier.wait(300)
+    assert cf.wait_compiled(300) and cf.history[-1].tier.done.is_set()
     np.testing.assert_allclose(cf(x).numpy(), want, rtol=1e-6)
+    assert cf.history[-1].tier.switched
 
 
 def test_tiered_option_and_environment(monkeypatch):

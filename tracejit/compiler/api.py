@@ -752,6 +752,18 @@ class CompiledFunction:
         v.runner = None
         self.log.append(f"evicted variant {v.number} (more than cache_limit={self.cache_limit} batch sizes)")
 
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Until the background compiles of tiered variants (compile(tiered=True)) are done: True when none is
+        still running after `timeout` seconds (None: no limit). The next call of each then runs its kernels."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for v in list(self.history):
+            tier = getattr(v, "tier", None)
+            if tier is not None and tier.thread is not None:
+                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                if not tier.wait(left):
+                    return False
+        return True
+
     # ---- inspection
     def latest(self) -> Variant:
         if not self.history:
