@@ -140,6 +140,10 @@ def _arg_key(a):
 
 
 TIERED_DEFAULT = False  # compile(tiered=None) and TRACEJIT_TIERED unset: blocking (see Tier)
+# After each reference call while the kernels compile, the calling thread waits this many times that call's
+# duration (less if the kernels get ready): the reference steps are Python-heavy NumPy code, and running them
+# back to back took the compile thread's GIL share so that LeNet's fresh-install compile took 64 s instead of 23
+TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "2"))
 
 
 def _tiered_env() -> bool | None:
@@ -159,10 +163,12 @@ class Tier:
     runs the compiled program once on a copy of the first call's inputs, which makes Numba compile (or load)
     every kernel; the first call after that thread is done switches the variant to the compiled program.
 
-    No step waits for Numba. The thread's results are discarded and it writes no state. An exception in it is
-    kept (`error`), logged, and the switch happens anyway: the compiled program then runs in the foreground,
-    where a compile error is raised at the user's call, as without tiering. Numba's typing and lowering hold
-    the GIL, so the reference steps slow down while it compiles (LLVM's optimization releases it)."""
+    No step waits for Numba (a reference call is followed by a pause of TIER_PACE times its duration, which
+    ends when the kernels are ready: the compile needs the GIL too). The thread's results are discarded and it
+    writes no state. An exception in it is kept (`error`), logged, and the switch happens anyway: the compiled
+    program then runs in the foreground, where a compile error is raised at the user's call, as without
+    tiering. Numba's typing and lowering hold the GIL, so the reference steps slow down while it compiles
+    (LLVM's optimization releases it)."""
 
     def __init__(self, variant: Variant, name: str):
         from .backends.reference import compile_graph as reference_program
@@ -200,7 +206,10 @@ class Tier:
             finally:
                 self._starting.release()
         else:
+            t0 = time.perf_counter()
             outs = self.reference.run(ins)
+            if TIER_PACE > 0:  # leave the compile the GIL for a while (it returns as soon as the kernels are ready)
+                self.done.wait((time.perf_counter() - t0) * TIER_PACE)
         # a ref output may be a view of an input or of another output: the compiled program may later update
         # state in place, so each written value gets storage of its own (as the compiled program's outputs have)
         return [o.copy() if isinstance(o, np.ndarray) and o.base is not None else o for o in outs]
