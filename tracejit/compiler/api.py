@@ -140,10 +140,11 @@ def _arg_key(a):
 
 
 TIERED_DEFAULT = False  # compile(tiered=None) and TRACEJIT_TIERED unset: blocking (see Tier)
-# After each reference call while the kernels compile, the calling thread waits this many times that call's
-# duration (less if the kernels get ready): the reference steps are Python-heavy NumPy code, and running them
-# back to back took the compile thread's GIL share so that LeNet's fresh-install compile took 64 s instead of 23
-TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "2"))
+# TRACEJIT_TIER_PACE=k: after each reference call while the kernels compile, the calling thread waits k times
+# that call's duration (less if the kernels get ready), leaving the compile thread the GIL. LeNet, fresh install,
+# batch 64, load ~5 on 2 cores: k=0 first compiled step at 64 s (459 reference steps), 100 steps 17 s, 1000 steps
+# 70 s; k=2: 40 s (99 steps), 40 s, 47 s; blocking: 23 s, 23 s, 28 s. Tiered is for the first steps: k=0.
+TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "0"))
 
 
 def _tiered_env() -> bool | None:
@@ -163,11 +164,12 @@ class Tier:
     runs the compiled program once on a copy of the first call's inputs, which makes Numba compile (or load)
     every kernel; the first call after that thread is done switches the variant to the compiled program.
 
-    No step waits for Numba (a reference call is followed by a pause of TIER_PACE times its duration, which
-    ends when the kernels are ready: the compile needs the GIL too). The thread's results are discarded and it
-    writes no state. An exception in it is kept (`error`), logged, and the switch happens anyway: the compiled
-    program then runs in the foreground, where a compile error is raised at the user's call, as without
-    tiering. Numba's typing and lowering hold the GIL, so the reference steps slow down while it compiles
+    No step waits for Numba (with TRACEJIT_TIER_PACE=k a reference call is followed by a pause of k times
+    its duration, which ends when the kernels are ready: the compile needs the GIL too). The thread's
+    results are discarded and it writes no state. An exception in it is kept (`error`), logged, and the
+    switch happens anyway: the compiled program then runs in the foreground, where a compile error is
+    raised at the user's call, as without tiering. Numba's typing and lowering hold the GIL, so the
+    reference steps slow down while it compiles and the compile while they run
     (LLVM's optimization releases it)."""
 
     def __init__(self, variant: Variant, name: str):
