@@ -173,12 +173,10 @@ class Tier:
     (LLVM's optimization releases it)."""
 
     def __init__(self, variant: Variant, name: str):
-        from .backends.reference import compile_graph as reference_program
-
         self.name = name
         self.variant = variant
         self.compiled = variant.program
-        self.reference = reference_program(variant.graph)
+        self.reference = get_backend("reference").compile(variant.graph)  # (runs any graph after the passes)
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
         self._starting = threading.Lock()
