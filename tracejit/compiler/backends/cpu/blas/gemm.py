@@ -71,7 +71,7 @@ def _codegen_micro(rows: int):
     nothing), so edge panels need no copies."""
 
     def codegen(context, builder, sig, args):
-        kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add = args
+        kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add = args
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
         vt = ir.VectorType(ir.FloatType(), V)
@@ -88,7 +88,7 @@ def _codegen_micro(rows: int):
 
         a0 = builder.gep(data(1, ap), [a_off])
         b0 = builder.gep(data(5, bp), [b_off])
-        c0 = builder.gep(data(9, c), [c_off])
+        c0 = builder.gep(data(10, c), [c_off])
         zero = ir.Constant(vt, [0.0] * V)
         four = ir.Constant(i32, 4)
         lanes = ir.Constant(ir.VectorType(i64, V), list(range(V)))
@@ -105,18 +105,30 @@ def _codegen_micro(rows: int):
             for a in row:
                 builder.store(zero, a)
         splat = ir.Constant(ir.VectorType(i32, V), [0] * V)
-        with cgutils.for_range(builder, kc) as loop:
-            k = loop.index
-            bk = builder.gep(b0, [builder.mul(k, rsb)])
-            bv = [builder.call(mload, [builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vp), four,
-                                       masks[h], zero]) for h in range(NR // V)]
-            ak = builder.gep(a0, [builder.mul(k, csa)])
-            for i in range(rows):
-                x = builder.load(builder.gep(ak, [builder.mul(rsa, ir.Constant(i64, i))]))
-                xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-                xv = builder.shuffle_vector(xv, ir.Constant(vt, ir.Undefined), splat)
-                for h in range(NR // V):
-                    builder.store(builder.call(fma, [xv, bv[h], builder.load(acc[i][h])]), acc[i][h])
+
+        def k_loop(masked: bool):
+            with cgutils.for_range(builder, kc) as loop:
+                k = loop.index
+                bk = builder.gep(b0, [builder.mul(k, rsb)])
+                bptr = [builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vp) for h in range(NR // V)]
+                bv = [builder.call(mload, [bptr[h], four, masks[h], zero]) if masked else
+                      builder.load(bptr[h], align=4) for h in range(NR // V)]
+                ak = builder.gep(a0, [builder.mul(k, csa)])
+                for i in range(rows):
+                    x = builder.load(builder.gep(ak, [builder.mul(rsa, ir.Constant(i64, i))]))
+                    xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+                    xv = builder.shuffle_vector(xv, ir.Constant(vt, ir.Undefined), splat)
+                    for h in range(NR // V):
+                        builder.store(builder.call(fma, [xv, bv[h], builder.load(acc[i][h])]), acc[i][h])
+
+        # B's rows readable NR wide (a packed, zero-padded panel, or a whole panel in place): plain loads. AVX2
+        # has no mask registers: masked loads kept two masks in ymm registers beside 12 accumulators, and the
+        # 6 x 16 kernel spilled its accumulators to the stack on every k step
+        with builder.if_else(builder.icmp_unsigned("!=", bfull, ir.Constant(bfull.type, 0))) as (full, edge):
+            with full:
+                k_loop(False)
+            with edge:
+                k_loop(True)
         is_add = builder.icmp_unsigned("!=", add, ir.Constant(add.type, 0))
         for i in range(rows):
             ci = builder.gep(c0, [builder.mul(ldc, ir.Constant(ldc.type, i))])
@@ -133,8 +145,9 @@ def _codegen_micro(rows: int):
 
 def _micro_for(rows: int):
     @intrinsic
-    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
-        return types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add), _codegen_micro(rows)
+    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add):
+        return (types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add),
+                _codegen_micro(rows))
 
     return micro
 
@@ -149,25 +162,30 @@ _micro1 = _micro_for(1)
 
 
 @helper(cache=True, error_model="numpy", fastmath=True)
-def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
+def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add):
     """`_micro` for any h <= MR rows."""
     i = 0
     while i < h:
         r = h - i
         if r >= MR:
-            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                   ldc, add)
             i += MR
         elif r >= 6:
-            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 6
         elif r >= 4:
-            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 4
         elif r >= 2:
-            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 2
         else:
-            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 1
 
 
@@ -362,6 +380,7 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                 for jb in range(jb0, jb1):
                     j0 = jb * NR
                     w = min(NR, n - j0)
+                    bfull = pack_b or w == NR  # a packed panel is zero-padded to NR columns
                     if pack_b:
                         bsrc, boff, rsb = bp, (jb - jb0) * NR * kc, NR
                     else:
@@ -376,15 +395,21 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                         else:
                             asrc, aoff, rsa, csa = a, i0 * lda + pc, lda, 1
                         if h == MR:
-                            _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)
+                            _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, bfull, c, i0 * ldc + j0, ldc, add)
                         else:
-                            _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc,
-                                        add)
+                            _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, bfull, c, i0 * ldc + j0,
+                                        ldc, add)
 
 
 def sgemm_c(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
     """`sgemm_arrays` on raw pointers: the C entry that `blas.calls` compiles as a cfunc and registers under its
     external symbol (defined here so that edits to this kernel invalidate that cfunc's cache)."""
+    sgemm_ptrs(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta)
+
+
+@helper(cache=True)
+def sgemm_ptrs(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """`sgemm_c`'s body, callable from other C entries (blas.calls' mixed one)."""
     if m <= 0 or n <= 0:
         return
     na = max(0, ((k - 1) * lda + m) if ta else ((m - 1) * lda + k))
