@@ -14,7 +14,9 @@ thread, median of 40-200 calls through Numba, 2-core Zen 5 VM (the VM's phases m
 
 Split over two threads inside a training step, where OpenBLAS's packing of each half costs it more, this GEMM
 made the MLP benchmark step 10-20% faster than OpenBLAS's SkylakeX kernels, and against its Haswell kernels
-2.4 -> 1.8 ms (LeNet 3.7 -> 2.0 ms). So `blas.calls` calls it for float32 on AVX-512 CPUs.
+2.4 -> 1.8 ms (LeNet 3.7 -> 2.0 ms). So `blas.calls` calls it for float32 on AVX-512 CPUs, and without AVX-512
+for skinny products (its 6 x 16 AVX2 shape: 70-88 GFLOP/s one thread on this CPU held to AVX2, where OpenBLAS's
+Haswell kernels ran 16-77 on up to 96 rows and 90-100 on big products; `blas.calls._sgemm_mixed`).
 
 How (the Goto/BLIS scheme, in miniature): for each KC-deep slice of K, B's slice is packed into NR-wide
 column panels [KC][NR] and A's rows, MC at a time, into MR-high row panels [KC][MR] (transposed operands are
