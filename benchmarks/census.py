@@ -24,7 +24,9 @@ What the shim maps (a finder in the child process, installed before the program 
 Fake data: MNIST and Fashion-MNIST as IDX files in ``<root>/<Name>/raw``, CIFAR-10 as python batches in
 ``<root>/cifar-10-batches-py`` (their MD5s cannot match the official ones, so the shim tells the CIFAR10 class the
 fake files' checksums), at every root the programs use (``data``, ``./data/``, ``../data``). Every class has at
-least 2 examples (the siamese data set draws two distinct images of a class).
+least 2 examples (the siamese data set draws two distinct images of a class). A small wikitext-2 corpus in
+``<root>/wikitext-2`` (the word language model), and time_sequence_prediction's ``traindata.pt`` written in the
+program's process with its own ``torch.save`` (tracejit's, or PyTorch's in ``--mode torch``).
 
 Command-line arguments only shrink run time (epochs, batch sizes); the programs' text is never changed.
 """
@@ -63,9 +65,13 @@ class Program:
     args: tuple[str, ...] = ()
     skip: str = ""  # why it is not run
     extra: tuple[str, ...] = ()  # further files of the checkout the program imports
+    prepare: str = ""  # a data file written in the program's process before it runs (see PREPARE)
 
 
 B = "beginner_source/"
+# 1 epoch that stops after its first batch (--dry-run), then the whole (fake) validation and test sets; a small model
+WORD_LM_ARGS = ("--epochs", "1", "--dry-run", "--batch_size", "4", "--bptt", "8", "--emsize", "16", "--nhid", "16",
+                "--nlayers", "1")
 PROGRAMS = [
     # the 60-minute blitz
     Program("blitz/tensor", "tutorials", B + "blitz/tensor_tutorial.py"),
@@ -99,12 +105,12 @@ PROGRAMS = [
             ("--epochs", "50", "--train_size", "128", "--test_size", "64")),
     Program("mnist_rnn", "examples", "mnist_rnn/main.py",
             ("--epochs", "1", "--batch-size", "16", "--test-batch-size", "16", "--dry-run")),
-    Program("word_language_model (LSTM)", "examples", "word_language_model/main.py",
-            skip="recurrent layers (issue 16)"),
+    Program("word_language_model (LSTM)", "examples", "word_language_model/main.py", WORD_LM_ARGS,
+            extra=("data.py", "model.py")),
     Program("word_language_model (Transformer)", "examples", "word_language_model/main.py",
-            skip="nn.Transformer* (issue 16)"),
-    Program("time_sequence_prediction", "examples", "time_sequence_prediction/train.py",
-            skip="recurrent layers (issue 16)"),
+            WORD_LM_ARGS + ("--model", "Transformer", "--nhead", "2"), extra=("data.py", "model.py")),
+    Program("time_sequence_prediction", "examples", "time_sequence_prediction/train.py", ("--steps", "1"),
+            prepare="sine_wave"),
 ]
 
 
@@ -156,7 +162,44 @@ def write_fake_data(root: str, seed: int = 0) -> dict[str, str]:
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
         pickle.dump({b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
                                       b"horse", b"ship", b"truck"]}, f, protocol=2)
+    write_fake_wikitext(os.path.join(root, "wikitext-2"), rng)
     return md5
+
+
+def write_fake_wikitext(folder: str, rng, lines=(240, 48, 48)) -> None:
+    """wikitext-2's {train,valid,test}.txt as the word language model reads them: UTF-8 lines of space-separated
+    tokens (its tokenizer splits on whitespace and adds <eos> per line), with the corpus' heading lines
+    (` = Title = `), blank lines, `<unk>` and ` @-@ ` tokens; 60 words, every one of them in the training split."""
+    os.makedirs(folder, exist_ok=True)
+    words = [f"w{i}" for i in range(56)] + ["<unk>", "@-@", ",", "."]
+    for split, n in zip(("train", "valid", "test"), lines):
+        out = [" = Fake article = ", ""] if split != "train" else [" = Fake article = ", "", " ".join(words)]
+        for i in range(n):
+            if i % 20 == 19:
+                out += ["", f" = = Section {i // 20} = = ", ""]
+                continue
+            k = int(rng.integers(4, 16))
+            out.append(" " + " ".join(words[j] for j in rng.integers(0, len(words), k)) + " . ")
+        with open(os.path.join(folder, f"{split}.txt"), "w", encoding="utf8") as f:
+            f.write("\n".join(out) + "\n")
+
+
+def _write_sine_wave() -> None:
+    """time_sequence_prediction's traindata.pt as its generate_sine_wave.py makes it (a float64 NumPy array of
+    shifted sine waves, saved with the program's `torch.save`: tracejit's or PyTorch's, whichever `torch` is), with
+    8 series of 100 steps instead of 100 of 1000."""
+    import numpy as np
+    import torch  # (the aliased one)
+
+    rng = np.random.RandomState(2)
+    t, length, n = 20, 100, 8
+    x = np.empty((n, length), "int64")
+    x[:] = np.array(range(length)) + rng.randint(-4 * t, 4 * t, n).reshape(n, 1)
+    with open("traindata.pt", "wb") as f:
+        torch.save(np.sin(x / 1.0 / t).astype("float64"), f)
+
+
+PREPARE = {"sine_wave": _write_sine_wave}
 
 
 # ------------------------------------------------------------------------------------------------ the shim
@@ -456,7 +499,7 @@ def run_program(prog: Program, checkouts: dict[str, str], mode: str, timeout: fl
         for extra in prog.extra:
             _fetch(checkout, os.path.join(os.path.dirname(prog.path), extra), os.path.join(work, extra))
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   MPLBACKEND="Agg", TRACEJIT_LOGS="off", CENSUS_MD5=json.dumps(md5))
+                   MPLBACKEND="Agg", TRACEJIT_LOGS="off", CENSUS_MD5=json.dumps(md5), CENSUS_PREPARE=prog.prepare)
         cmd = [sys.executable, os.path.abspath(__file__), "--run-one", mode, script, *prog.args]
         t0 = time.perf_counter()
         try:
@@ -483,6 +526,8 @@ def _run_one(mode: str, script: str, args: list[str]) -> None:
     import runpy
 
     install_shim(mode, json.loads(os.environ.get("CENSUS_MD5", "{}")))
+    if os.environ.get("CENSUS_PREPARE"):
+        PREPARE[os.environ["CENSUS_PREPARE"]]()
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(script))
     runpy.run_path(script, run_name="__main__")

@@ -165,6 +165,27 @@ for _name, (_f, _mk) in BINARY.items():
         row(_name, "i64-broadcast", lambda r: [ints(r, 3, 1), ints(r, 4)],
             (lambda f: lambda a, b: np.asarray(f(a, b)).astype(I64))(_f))
 
+def _floor_div(a, b):
+    return np.array([x // y for x, y in zip(*np.broadcast_arrays(a, b))]).reshape(np.broadcast_shapes(a.shape, b.shape))
+
+
+def _trunc_div(a, b):
+    x, y = np.broadcast_arrays(a, b)
+    if a.dtype.kind == "f":
+        q = [math.trunc(float(u / v)) for u, v in zip(x.flat, y.flat)]  # (u / v in the inputs' dtype)
+    else:  # C's integer division: |u| // |v| with the quotient's sign
+        q = [abs(int(u)) // abs(int(v)) * (1 if (u < 0) == (v < 0) else -1) for u, v in zip(x.flat, y.flat)]
+    return np.array(q).reshape(x.shape)
+
+
+for _name, _f in (("floor_divide", _floor_div), ("trunc_divide", _trunc_div)):
+    row(_name, "f64-noncontig", lambda r: [transposed(randn(r, 3, 4) * 5), strided(away_from_zero(r, 3, 4))],
+        (lambda f: lambda a, b: np.asarray(f(a, b)).astype(a.dtype))(_f), grad=(0, 1))  # zero gradients
+    row(_name, "f32-broadcast", lambda r: [randn(r, 2, 1, 3, dtype=F32) * 5, away_from_zero(r, 4, 1, dtype=F32)],
+        (lambda f: lambda a, b: np.asarray(f(a, b)).astype(a.dtype))(_f))
+    row(_name, "i64-broadcast", lambda r: [ints(r, 3, 1, lo=-20, hi=21), ints(r, 4, lo=1, hi=6) * [1, -1, 1, -1]],
+        (lambda f: lambda a, b: np.asarray(f(a, b)).astype(I64))(_f))
+
 COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
            "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
 

@@ -55,7 +55,11 @@ def _rebuild_tensor(cls: type, box: Box, requires_grad: bool) -> Tensor:
     return t
 
 
-_TENSOR_FIELDS = ("_box", "requires_grad", "grad_fn", "_grad")
+# (`_view`, a view's link to its base, is not saved: the pickled view holds its own values, and the base is pickled
+# only where something else refers to it; pickling the link dragged tracejit._views.ViewLink into the file, which a
+# weights-only load refuses -- pytorch/examples' word language model saves its Transformer, whose positional
+# encoding buffer is a view)
+_TENSOR_FIELDS = ("_box", "requires_grad", "grad_fn", "_grad", "_view")
 
 
 class TensorPickler(pickle.Pickler):

@@ -53,6 +53,25 @@ def _binary(name, a, b, float_result=False, dtype=None):
     return apply(OPS[name], _as_operand(a, dt), _as_operand(b, dt))
 
 
+_ROUNDING = {"floor": "floor_divide", "trunc": "trunc_divide"}
+
+
+def _rounded_div(mode, a, b):
+    """a / b rounded as `mode` ("floor": a // b, "trunc": toward zero) in their promoted dtype (PyTorch's: int64 for
+    integers, float for a float operand). An integer division by zero raises eagerly, as PyTorch's
+    RuntimeError("ZeroDivisionError"); a compiled step cannot raise on data and gives 0 there."""
+    op = _ROUNDING.get(mode)
+    if op is None:
+        raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {mode!r}")
+    dt = D.result_type(a, b)
+    x, y = _as_operand(a, dt), _as_operand(b, dt)
+    if not dt.is_floating_point and dt is not D.bool_ and _dispatch.current_tracer() is None:
+        zero = (y == 0).any().item() if isinstance(y, Tensor) else y == 0
+        if zero:
+            raise OpError(f"ZeroDivisionError: integer {op} by zero (at {user_location()})")
+    return apply(OPS[op], x, y)
+
+
 def _norm_dim(d, ndim):
     n = max(ndim, 1)
     if not -n <= d < n:
@@ -472,6 +491,12 @@ class Tensor(TensorBase, MoreMethods):
     def __rtruediv__(self, o):
         return _binary("div", o, self, float_result=True)
 
+    def __floordiv__(self, o):
+        return _rounded_div("floor", self, o)
+
+    def __rfloordiv__(self, o):
+        return _rounded_div("floor", o, self)
+
     def __pow__(self, o):
         if isinstance(o, (int, float)) and not isinstance(o, bool):
             if o == 2:
@@ -561,8 +586,13 @@ class Tensor(TensorBase, MoreMethods):
     def mul(self, o):
         return self * o
 
-    def div(self, o):
-        return self / o
+    def div(self, o, *, rounding_mode=None):
+        return self / o if rounding_mode is None else _rounded_div(rounding_mode, self, o)
+
+    divide = div
+
+    def floor_divide(self, o):
+        return _rounded_div("floor", self, o)
 
     def pow(self, o):
         return self ** o
@@ -1009,8 +1039,15 @@ class Tensor(TensorBase, MoreMethods):
     def mul_(self, o):
         return self._inplace(lambda s: s * o, "mul_")
 
-    def div_(self, o):
-        return self._inplace(lambda s: s / o, "div_")
+    def div_(self, o, *, rounding_mode=None):
+        return self._inplace(lambda s: s.div(o, rounding_mode=rounding_mode), "div_")
+
+    def floor_divide_(self, o):
+        dt = D.result_type(self, o)
+        if dt.is_floating_point and not self.dtype.is_floating_point:
+            raise RuntimeError(f"result type {dt.name} can't be cast to the desired output type {self.dtype.name} "
+                               f"(floor_divide_, at {user_location()})")
+        return self._inplace(lambda s: _rounded_div("floor", s, o), "floor_divide_")
 
     def pow_(self, o):
         return self._inplace(lambda s: s ** o, "pow_")
@@ -1070,6 +1107,9 @@ class Tensor(TensorBase, MoreMethods):
 
     def __itruediv__(self, o):
         return self.div_(o)
+
+    def __ifloordiv__(self, o):
+        return self.floor_divide_(o)
 
 
 def _cuda_device(d=None):

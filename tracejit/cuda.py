@@ -41,7 +41,10 @@ def current_device() -> int:
 
 
 def set_device(device) -> None:
+    """Checks that `device` (an index or a cuda device) exists -- PyTorch's "invalid device ordinal" error if
+    not; tracejit's CUDA backend runs on cuda:0 whatever is current."""
     _need()
+    storage_device(device if not isinstance(device, int) else f"cuda:{device}")
 
 
 def get_device_name(device=None) -> str:

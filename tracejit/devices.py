@@ -175,8 +175,37 @@ def backend_for(dev: device):
     if b is None:
         from .compiler.backends import backend_for_device  # (the registry; loaded only for non-CPU devices)
 
-        b = _backends[dev] = backend_for_device(dev)
+        try:
+            b = backend_for_device(dev)
+        except DeviceUnavailableError:
+            _raise_no_such_index(dev)
+            raise
+        _backends[dev] = b
     return b
+
+
+def _raise_no_such_index(dev: device) -> None:
+    """PyTorch's errors for an index past the devices of a type that has some: "Torch not compiled with CUDA
+    enabled" (and why) where the type is not available at all, as for index 0; else the driver's "invalid device
+    ordinal" (torch.AcceleratorError, a RuntimeError), naming the devices there are."""
+    if dev.index in (None, 0):
+        return
+    from .compiler.backends import backend_for_device, backend_name_for_device, device_count
+
+    n = device_count(dev.type)
+    if n == 0:
+        first = device(dev.type, 0)
+        try:
+            backend_name_for_device(first)
+        except DeviceUnavailableError:
+            return  # no backend serves index 0 either: the caller's error stands
+        backend_for_device(first)  # raises why the type is not available here
+        return
+    if dev.index >= n:
+        name = dev.type.upper() if dev.type in ("cuda", "xpu", "mps") else dev.type
+        there = ", ".join(f"{dev.type}:{i}" for i in range(n))
+        raise DeviceUnavailableError(f"{name} error: invalid device ordinal ({dev} was asked for; this process has "
+                                     f"{n} {name} device{'s' if n > 1 else ''}: {there})")
 
 
 def _forget_backends() -> None:

@@ -20,7 +20,7 @@ __all__ = ["exp", "log", "sqrt", "rsqrt", "abs", "neg", "tanh", "sigmoid", "relu
            "logical_and", "logical_or", "logical_xor", "count_nonzero", "allclose", "equal", "tile",
            "repeat_interleave", "movedim", "moveaxis", "addcmul", "addcdiv", "lerp", "broadcast_to", "hstack", "vstack",
            "broadcast_tensors", "is_floating_point", "finfo", "iinfo", "get_default_dtype", "sort", "argsort", "msort",
-           "topk", "cumsum", "prod"]
+           "topk", "cumsum", "prod", "divide", "floor_divide"]
 
 
 def _method(name, out_arg=True):
@@ -86,6 +86,8 @@ add = _method("add")
 sub = _method("sub")
 mul = _method("mul")
 div = _method("div")
+divide = _method("divide")
+floor_divide = _method("floor_divide")
 eq = _method("eq")
 ne = _method("ne")
 lt = _method("lt")

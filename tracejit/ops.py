@@ -188,6 +188,42 @@ POW = _op("pow", Kind.ELEMENTWISE, _binary_infer("pow", float_only=True), np.pow
           S.pow_(S.X, S.Y))
 
 
+def _rounded_div_infer(name):
+    def infer(a, b):
+        d = _same_dtype(name, (a, b))
+        if d is D.bool_:
+            raise OpTypeError(f"{name}: not implemented for bool tensors (as PyTorch's \"div_floor\" / "
+                              f"\"div_trunc\"); convert them to an integer dtype first")
+        return TensorType(broadcast_shapes(name, a.shape, b.shape), d)
+    return infer
+
+
+def _floor_divide(a, b):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # x // 0.0 is x / 0.0, as in PyTorch
+        return np.floor_divide(a, b)
+
+
+def _trunc_divide(a, b):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if np.issubdtype(np.result_type(a, b), np.floating):
+            return np.trunc(np.divide(a, b))
+        q = np.floor_divide(a, b)
+        up = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))  # floor rounded a negative quotient down
+        return (q + up).astype(q.dtype)
+
+
+def _zero_grads(c, g):
+    """Rounded divisions are piecewise constant: zero gradients (PyTorch's for div with a rounding_mode)."""
+    return [_dispatch.apply(FULL, shape=tuple(t.shape), value=0.0, dtype=t.dtype) if t.dtype.is_floating_point
+            else None for t in c.in_types]
+
+
+FLOOR_DIVIDE = _op("floor_divide", Kind.ELEMENTWISE, _rounded_div_infer("floor_divide"), _floor_divide, _zero_grads,
+                   S.floordiv(S.X, S.Y), doc="x // y (rounded toward -inf)")
+TRUNC_DIVIDE = _op("trunc_divide", Kind.ELEMENTWISE, _rounded_div_infer("trunc_divide"), _trunc_divide, _zero_grads,
+                   S.truncdiv(S.X, S.Y), doc="x / y rounded toward zero")
+
+
 def _minmax_grad(c, g, pick_first):
     a, b = c.input(0), c.input(1)
     first = (a >= b) if pick_first else (a <= b)

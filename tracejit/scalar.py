@@ -82,6 +82,11 @@ pow_ = _fn("pow", 2, "x ** y as C's pow (floating point only): pow(x, 0) = 1 and
 abs_ = _fn("abs", 1, "|x|: abs(-inf) = inf, abs(NaN) = NaN")
 sign = _fn("sign", 1, "1 for x > 0, -1 for x < 0, a zero for +-0, NaN for NaN")
 relu = _fn("relu", 1, "max(x, 0) that keeps NaN: relu(NaN) = NaN (unlike fmax(x, 0), which gives 0)")
+floordiv = _fn("floordiv", 2, "x // y rounded toward -inf, as Python's and PyTorch's: for floats (x - fmod(x, y)) / y "
+                             "rounded down (1.0 // 0.1 = 9.0, -0.0 // 3 = -0.0), x // 0 is x / 0 (+-inf, NaN), NaN or "
+                             "inf in gives NaN or +-inf; for integers floor division (by 0: 0; eager ops raise first)")
+truncdiv = _fn("truncdiv", 2, "x / y rounded toward zero: trunc(x / y) for floats (x / 0 is x / 0), C's integer "
+                              "division for integers (by 0: 0; eager ops raise first)")
 maximum = _fn("maximum", 2, "the larger of x and y; NaN when either is NaN (PyTorch's maximum, not C's fmax)")
 minimum = _fn("minimum", 2, "the smaller of x and y; NaN when either is NaN (PyTorch's minimum, not C's fmin)")
 

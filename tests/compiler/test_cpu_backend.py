@@ -294,6 +294,8 @@ NO_GRAD = {
     "logical_not": (lambda x: x.logical_not(), lambda r, s: [_bool(r, s)]),
     **{name: (getattr(tracejit.Tensor, name), lambda r, s: list(_ties(r, s)))
        for name in ("eq", "ne", "lt", "le", "gt", "ge")},
+    "floor_divide": (lambda a, b: a // b, lambda r, s: [_normal(r, s) * 8, _nonzero(r, s)]),
+    "trunc_divide": (lambda a, b: a.div(b, rounding_mode="trunc"), lambda r, s: [_normal(r, s) * 8, _nonzero(r, s)]),
 }
 SHAPE = (6, 7)
 ELEMENTWISE_ROWS = set(UNARY) | set(BINARY) | set(NO_GRAD) | {"where", "cast", "full"}

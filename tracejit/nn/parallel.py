@@ -13,20 +13,23 @@ of backward (compiler/passes/overlap_collectives.py; the dump and the report sho
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from contextlib import contextmanager
 
 import numpy as np
 
+from .. import devices as _devices
 from .. import distributed as dist
 from .. import ops as _ops
-from .._tensor import cat
+from .._tensor import Tensor, cat
 from ..autograd import engine, is_grad_enabled, no_grad
 from ..dispatch import apply, current_tracer
 from ..factories import tensor, zeros
 from .module import Module
 
-__all__ = ["DistributedDataParallel", "DataParallel"]
+__all__ = ["DistributedDataParallel", "DataParallel", "data_parallel", "replicate", "scatter", "scatter_kwargs",
+           "gather", "parallel_apply"]
 
 FIRST_BUCKET_BYTES = 1024 * 1024  # PyTorch's dist._DEFAULT_FIRST_BUCKET_BYTES
 MIB = 1024 * 1024
@@ -209,21 +212,319 @@ class DistributedDataParallel(Module):
 
 
 class DataParallel(Module):
-    """PyTorch's single-process `torch.nn.DataParallel`: on the CPU (or one device) it runs `module` itself;
-    `.module` is the wrapped model and the state_dict keys carry the `module.` prefix, as in PyTorch."""
+    """PyTorch's single-process `torch.nn.DataParallel`: each forward splits the batch over `device_ids` (all the
+    accelerator's devices by default) along `dim`, runs a replica of `module` on each chunk and gathers the outputs
+    on `output_device` (device_ids[0] by default). The module must live on device_ids[0]; the replicas' parameters
+    are differentiable copies of it (the first replica uses the module's own), so backward accumulates every
+    chunk's gradients into the module's parameters there. Buffers are copied detached: buffer updates made by the
+    other replicas (BatchNorm running statistics) are lost, as in PyTorch.
+
+    Without an accelerator (the CPU, or MPS) it runs `module` itself, and with one device it moves `module` there
+    and runs it on the whole batch, as PyTorch. `.module` is the wrapped model; state_dict keys carry the
+    `module.` prefix. The replicas run one after the other in this thread (PyTorch uses a thread per device).
+    Inside `@tracejit.compile` only one device can take part: a compiled step is one program on one device
+    (compiler/api.py), so a DataParallel over several devices refuses there, naming the devices;
+    DistributedDataParallel with one process per device is the compiled form of data parallelism.
+
+    The devices are those of the backends registered for the accelerator's type (compiler/backends): tracejit's
+    CUDA backend drives one GPU (cuda:0) today, so on a machine with several GPUs `tracejit.cuda.device_count()` is
+    1 and DataParallel runs the module on cuda:0; the tests split batches over fake devices registered as cuda:0
+    and cuda:1 (tests/distributed/test_data_parallel.py).
+    """
 
     def __init__(self, module: Module, device_ids=None, output_device=None, dim: int = 0):
         super().__init__()
-        self.module = module
-        self.device_ids = list(device_ids) if device_ids is not None else None
-        self.output_device = output_device
+        acc = _devices.current_accelerator()
+        if acc is None or acc.type == "mps":
+            self.module = module
+            self.device_ids = []
+            return
+        if device_ids is None:
+            device_ids = list(range(_device_count(acc.type)))
+        if not device_ids:
+            raise RuntimeError("no available devices were found")
+        if output_device is None:
+            output_device = device_ids[0]
         self.dim = dim
-        if self.device_ids is not None and len(self.device_ids) > 1:
-            from .. import cuda
-
-            if cuda.device_count() > 1:
-                raise NotImplementedError("DataParallel over several CUDA devices is not supported yet: use "
-                                          "DistributedDataParallel with one process per device")
+        self.module = module
+        self.device_ids = [_device_index(x) for x in device_ids]
+        self.output_device = output_device if _is_cpu(output_device) else _device_index(output_device)
+        self.device_type = acc.type
+        self.src_device_obj = _devices.device(acc.type, self.device_ids[0])
+        if len(self.device_ids) == 1:
+            self.module.to(self.src_device_obj)
 
     def forward(self, *inputs, **kwargs):
-        return self.module(*inputs, **kwargs)
+        if not self.device_ids:
+            return self.module(*inputs, **kwargs)
+        src = self.src_device_obj
+        for t in list(self.module.parameters()) + list(self.module.buffers()):
+            if t.device is not src:
+                raise RuntimeError(f"module must have its parameters and buffers on device {src} (device_ids[0]) "
+                                   f"but found one of them on device: {t.device}")
+        inputs, module_kwargs = self.scatter(inputs, kwargs, self.device_ids)
+        if not inputs and not module_kwargs:
+            inputs, module_kwargs = ((),), ({},)
+        if len(self.device_ids) == 1:
+            return self.module(*inputs[0], **module_kwargs[0])
+        used = self.device_ids[:len(inputs)]
+        if current_tracer() is not None and len(used) > 1:
+            from ..errors import user_location
+
+            names = ", ".join(str(self._dev(i)) for i in used)
+            raise RuntimeError(f"DataParallel over {len(used)} devices ({names}) cannot run inside a compiled "
+                               f"function{user_location()}: a compiled step is one program on one device. Call the "
+                               f"DataParallel model outside @tracejit.compile, or compile the step on one device, "
+                               f"or use DistributedDataParallel with one process per device")
+        replicas = self.replicate(self.module, used)
+        outputs = self.parallel_apply(replicas, inputs, module_kwargs)
+        return self.gather(outputs, self.output_device)
+
+    def _dev(self, index):
+        return _devices.device(self.device_type, index)
+
+    def replicate(self, module: Module, device_ids) -> list:
+        return replicate(module, [self._dev(i) for i in device_ids], not is_grad_enabled())
+
+    def scatter(self, inputs, kwargs, device_ids):
+        return scatter_kwargs(inputs, kwargs, [self._dev(i) for i in device_ids], dim=self.dim)
+
+    def parallel_apply(self, replicas, inputs, kwargs) -> list:
+        return parallel_apply(replicas, inputs, kwargs, [self._dev(i) for i in self.device_ids[:len(replicas)]])
+
+    def gather(self, outputs, output_device):
+        target = _devices.CPU if _is_cpu(output_device) else self._dev(output_device)
+        return gather(outputs, target, dim=self.dim)
+
+
+# ---------------------------------------------------------------- torch.nn.parallel's functions, on device objects
+
+
+def _device_count(kind: str) -> int:
+    """How many devices of type `kind` this process has (those of the backends registered for it)."""
+    from ..compiler.backends import device_count
+
+    return device_count(kind)
+
+
+def _is_cpu(d) -> bool:
+    return d == -1 or d == "cpu" or (isinstance(d, _devices.device) and d.type == "cpu")
+
+
+def _device_index(d) -> int:
+    """PyTorch's _get_device_index(d, optional=True): an int as it is, a device's index (0 when it has none)."""
+    if isinstance(d, str):
+        d = _devices.device(d)
+    if isinstance(d, _devices.device):
+        if d.type == "cpu":
+            raise ValueError(f"Expected a non cpu device, but got: {d}")
+        return 0 if d.index is None else d.index
+    if isinstance(d, bool) or not isinstance(d, int):
+        raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{d}")
+    return d
+
+
+def _as_device(d) -> _devices.device:
+    if isinstance(d, _devices.device):
+        return d
+    if isinstance(d, str):
+        return _devices.device(d)
+    acc = _devices.current_accelerator()
+    if acc is None:
+        raise RuntimeError("Cannot access accelerator device when none is available.")
+    return _devices.device(acc.type, d)
+
+
+def _is_namedtuple(obj) -> bool:
+    return isinstance(obj, tuple) and hasattr(obj, "_asdict") and hasattr(obj, "_fields")
+
+
+def _scatter_tensor(t, devices: list, dim: int) -> tuple:
+    """PyTorch's Scatter: `t.chunk(len(devices), dim)`, chunk i copied to devices[i] (differentiably: the
+    gradients of the chunks come back to `t`). Fewer chunks than devices when the batch is small."""
+    return tuple(c.to(d) for c, d in zip(t.chunk(len(devices), dim), devices))
+
+
+def scatter(inputs, target_gpus, dim: int = 0):
+    """Tensors split into about equal chunks along `dim`, one per device (fewer when the batch is smaller than
+    the devices); tuples, lists, dicts and namedtuples of them scattered element-wise (and truncated to the
+    shortest); other objects repeated for each device (torch.nn.parallel.scatter)."""
+    devices = [_as_device(d) for d in target_gpus]
+
+    def scatter_map(obj):
+        if isinstance(obj, Tensor):
+            return _scatter_tensor(obj, devices, dim)
+        if _is_namedtuple(obj):
+            return [type(obj)(*args) for args in zip(*map(scatter_map, obj))]
+        if isinstance(obj, tuple) and len(obj) > 0:
+            return list(zip(*map(scatter_map, obj)))
+        if isinstance(obj, list) and len(obj) > 0:
+            return [list(i) for i in zip(*map(scatter_map, obj))]
+        if isinstance(obj, dict) and len(obj) > 0:
+            return [type(obj)(i) for i in zip(*map(scatter_map, obj.items()))]
+        return [obj for _ in devices]
+
+    return scatter_map(inputs)
+
+
+def scatter_kwargs(inputs: tuple, kwargs: dict | None, target_gpus, dim: int = 0) -> tuple:
+    """scatter() of the positional and the keyword arguments, padded to the same count (PyTorch's, including
+    its padding rule)."""
+    scattered_inputs = scatter(inputs, target_gpus, dim) if inputs else []
+    scattered_kwargs = scatter(kwargs, target_gpus, dim) if kwargs else []
+    if len(scattered_inputs) < len(scattered_kwargs):
+        scattered_inputs.extend(() for _ in range(len(scattered_kwargs) - len(scattered_inputs)))
+    elif len(scattered_kwargs) < len(inputs):
+        scattered_kwargs.extend({} for _ in range(len(scattered_inputs) - len(scattered_kwargs)))
+    return tuple(scattered_inputs), tuple(scattered_kwargs)
+
+
+def _replica_of(m: Module) -> Module:
+    """PyTorch's Module._replicate_for_data_parallel: a shallow copy without registered parameters (the replica's
+    are set as plain attributes), with its own buffer and child dicts."""
+    r = m.__new__(type(m))
+    d = dict(m.__dict__)
+    d["_parameters"] = type(m._parameters)()
+    d["_buffers"] = type(m._buffers)(m._buffers)
+    d["_modules"] = type(m._modules)(m._modules)
+    d["_is_replica"] = True
+    object.__setattr__(r, "__dict__", d)
+    return r
+
+
+def _copies(tensors: list, devices: list, detach: bool) -> list:
+    """tensors on devices[0] as they are there, copied to each other device: differentiable copies (gradients
+    flow back to the originals) unless `detach`."""
+    out = [list(tensors)]
+    for d in devices[1:]:
+        if detach:
+            with no_grad():
+                out.append([t.detach().to(d) for t in tensors])
+        else:
+            out.append([t.to(d) for t in tensors])
+    return out
+
+
+def replicate(network: Module, devices, detach: bool = False) -> list:
+    """One replica of `network` per device (torch.nn.parallel.replicate): the first uses `network`'s own
+    parameters and buffers, the others differentiable copies of the parameters (detached when `detach`: no grad
+    mode) and detached copies of the buffers (differentiable for buffers that require grad)."""
+    devices = [_as_device(d) for d in devices]
+    if not devices:
+        return []
+    n = len(devices)
+    params = list(network.parameters())
+    param_index = {id(p): i for i, p in enumerate(params)}
+    param_copies = _copies(params, devices, detach)
+    buffers = list(network.buffers())
+    rg = [b for b in buffers if b.requires_grad and not detach]
+    not_rg = [b for b in buffers if not (b.requires_grad and not detach)]
+    rg_index = {id(b): i for i, b in enumerate(rg)}
+    not_rg_index = {id(b): i for i, b in enumerate(not_rg)}
+    rg_copies = _copies(rg, devices, detach)
+    not_rg_copies = _copies(not_rg, devices, True)
+
+    modules = list(network.modules())
+    module_index = {id(m): i for i, m in enumerate(modules)}
+    copies = [[_replica_of(m) for m in modules] for _ in range(n)]
+    for i, m in enumerate(modules):
+        for key, child in m._modules.items():
+            for j in range(n):
+                copies[j][i]._modules[key] = None if child is None else copies[j][module_index[id(child)]]
+        for key, p in m._parameters.items():
+            for j in range(n):
+                r = copies[j][i]
+                if p is None:
+                    r._parameters[key] = None
+                else:
+                    r.__dict__[key] = param_copies[j][param_index[id(p)]]  # a plain attribute: not a leaf
+        for key, b in m._buffers.items():
+            for j in range(n):
+                r = copies[j][i]
+                if b is None:
+                    r._buffers[key] = None
+                elif id(b) in rg_index:
+                    r._buffers[key] = rg_copies[j][rg_index[id(b)]]
+                else:
+                    r._buffers[key] = not_rg_copies[j][not_rg_index[id(b)]]
+    return [copies[j][0] for j in range(n)]
+
+
+def parallel_apply(modules, inputs, kwargs_tup=None, devices=None) -> list:
+    """modules[i](*inputs[i], **kwargs_tup[i]) for each i, in order (PyTorch runs them in threads, one per
+    device); an error says which replica and device raised it."""
+    if len(modules) != len(inputs):
+        raise AssertionError(f"The number of modules {len(modules)} is not equal to the number of inputs "
+                             f"{len(inputs)}")
+    kwargs_tup = kwargs_tup if kwargs_tup is not None else ({},) * len(modules)
+    devices = devices if devices is not None else [None] * len(modules)
+    outputs = []
+    for i, (m, inp, kw, d) in enumerate(zip(modules, inputs, kwargs_tup, devices)):
+        if not isinstance(inp, (list, tuple)):
+            inp = (inp,)
+        try:
+            outputs.append(m(*inp, **kw))
+        except Exception as e:
+            e.add_note(f"(in DataParallel replica {i}" + (f" on device {d})" if d is not None else ")"))
+            raise
+    return outputs
+
+
+def gather(outputs, target_device, dim: int = 0):
+    """The replicas' outputs on `target_device` (a device; -1 or "cpu": the CPU), tensors concatenated along
+    `dim` (0-d tensors with dim 0: stacked into a vector, with PyTorch's warning), dicts, tuples, lists and
+    namedtuples gathered element-wise (torch.nn.parallel.gather). Differentiable."""
+    target = _devices.CPU if _is_cpu(target_device) else _as_device(target_device)
+
+    def gather_map(outs):
+        out = outs[0]
+        if isinstance(out, Tensor):
+            parts = list(outs)
+            if dim == 0 and all(t.ndim == 0 for t in parts):
+                warnings.warn("Was asked to gather along dimension 0, but all input tensors were scalars; will "
+                              "instead unsqueeze and return a vector.", stacklevel=3)
+                parts = [t.reshape(1) for t in parts]
+            return cat([t.to(target) for t in parts], dim)
+        if out is None:
+            return None
+        if isinstance(out, dict):
+            if not all(len(out) == len(d) for d in outs):
+                raise ValueError("All dicts must have the same number of keys")
+            return type(out)((k, gather_map([d[k] for d in outs])) for k in out)
+        if _is_namedtuple(out):
+            return type(out)._make(map(gather_map, zip(*outs)))
+        return type(out)(map(gather_map, zip(*outs)))
+
+    return gather_map(outputs)
+
+
+def data_parallel(module: Module, inputs, device_ids=None, output_device=None, dim: int = 0,
+                  module_kwargs=None):
+    """The functional form of DataParallel (torch.nn.parallel.data_parallel): one forward of `module` over
+    `inputs` split across `device_ids`."""
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,) if inputs is not None else ()
+    acc = _devices.current_accelerator()
+    if acc is None:
+        return module(*inputs, **(module_kwargs or {}))
+    if device_ids is None:
+        device_ids = list(range(_device_count(acc.type)))
+    if output_device is None:
+        output_device = device_ids[0]
+    device_ids = [_device_index(x) for x in device_ids]
+    src = _devices.device(acc.type, device_ids[0])
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device is not src:
+            raise RuntimeError(f"module must have its parameters and buffers on device {src} (device_ids[0]) but "
+                               f"found one of them on device: {t.device}")
+    devs = [_devices.device(acc.type, i) for i in device_ids]
+    inputs, module_kwargs = scatter_kwargs(inputs, module_kwargs, devs, dim)
+    if not inputs and not module_kwargs:
+        inputs, module_kwargs = ((),), ({},)
+    if len(device_ids) == 1:
+        return module(*inputs[0], **module_kwargs[0])
+    used = devs[:len(inputs)]
+    replicas = replicate(module, used, not is_grad_enabled())
+    outputs = parallel_apply(replicas, inputs, module_kwargs, used)
+    return gather(outputs, output_device if _is_cpu(output_device) else _devices.device(acc.type, output_device),
+                  dim)

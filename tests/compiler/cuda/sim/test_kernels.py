@@ -93,6 +93,19 @@ def test_casts_and_integer_ops():
     _compare(fn, xs, ys, fin, rtol=0, atol=0)
 
 
+def test_rounded_divisions():
+    """// and div(rounding_mode="trunc"): Python's fmod-based floor for floats (x // 0 is x / 0), C's integer
+    division for trunc, the same as eager on the CPU."""
+    ys = np.where(Y == 0, 0.1, Y).astype(np.float32)
+
+    def fn(a, b, i, j):
+        return a // b, a.div(b, rounding_mode="trunc"), a // 0.3, i // j, i.div(j, rounding_mode="trunc")
+
+    with np.errstate(all="ignore"):
+        _compare(fn, X, ys, np.array([-7, 7, -7, 7, 0, 2**40], np.int64), np.array([2, 2, -2, -2, 3, 7], np.int64),
+                 rtol=0, atol=0)
+
+
 def test_float64_chain(rng):
     a = rng.standard_normal((3, 5))
     _compare(lambda a: (a * a + 1).log() * a.tanh(), a, rtol=1e-12, atol=0)

@@ -54,6 +54,20 @@ def _constant(ctx):
     return f"{np_type(ctx.dtype)}({value!r})"
 
 
+def _truncdiv(ctx, a, b):
+    """x / y rounded toward zero: trunc of the quotient for floats; for signed integers floor division moved up by
+    one where it rounded a negative inexact quotient down; unsigned ones floor already."""
+    sfx = SUFFIX.get(ctx.dtype)
+    if sfx is not None:
+        return f"M.truncdiv_{sfx}({a}, {b})"  # an IEEE division, whatever the kernel's fastmath flags
+    if ctx.dtype.is_floating_point:
+        return f"np.trunc({a} / {b})"
+    if ctx.dtype is not D.int64:
+        return f"({a} // {b})"
+    return (f"(({a} // {b}) + (O_i64 if ((({a} % {b}) != Z_i64) and (({a} < Z_i64) != ({b} < Z_i64))) "
+            f"else Z_i64))")
+
+
 SPELLING = {
     "neg": "(-{0})",
     "add": "({0} + {1})",
@@ -67,6 +81,8 @@ SPELLING = {
     # `not (x < 0)` is True for NaN: NaN passes through
     "relu": lambda c, a: f"({a} if not ({a} < {_zero(c)}) else {_zero(c)})",
     # a NaN x is kept by `x != x`; a NaN y fails `x >= y` and is taken
+    "floordiv": "({0} // {1})",  # Numba's // is Python's (fmod-based for floats, x / 0 under error_model numpy)
+    "truncdiv": _truncdiv,
     "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
     "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})",
     "exp": _vecmath("exp"),

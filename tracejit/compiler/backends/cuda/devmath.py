@@ -30,7 +30,8 @@ def _erf(x):
 
 def _numpy_math():
     return types.SimpleNamespace(exp=_quiet(np.exp), log=_quiet(np.log), sqrt=_quiet(np.sqrt), tanh=_quiet(np.tanh),
-                                 sin=_quiet(np.sin), cos=_quiet(np.cos), erf=_erf)
+                                 sin=_quiet(np.sin), cos=_quiet(np.cos), erf=_erf,
+                                 trunc=_quiet(np.trunc))
 
 
 M = _numpy_math() if simulated() else math

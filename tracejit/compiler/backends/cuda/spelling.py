@@ -63,6 +63,17 @@ def _constant(ctx):
     return constant_text(ctx.dtype, ctx.attrs["value"])
 
 
+def _truncdiv(ctx, a, b):
+    """x / y rounded toward zero: trunc of the quotient for floats; for signed integers floor division moved up by
+    one where it rounded a negative inexact quotient down; unsigned ones floor already."""
+    if ctx.dtype.is_floating_point:
+        return f"M.trunc({a} / {b})"  # libdevice trunc/truncf on a GPU
+    if ctx.dtype is not D.int64:
+        return f"({a} // {b})"
+    return (f"(({a} // {b}) + (O_i64 if ((({a} % {b}) != Z_i64) and (({a} < Z_i64) != ({b} < Z_i64))) "
+            f"else Z_i64))")
+
+
 SPELLING = {
     "neg": "(-{0})",
     "add": "({0} + {1})",
@@ -73,6 +84,8 @@ SPELLING = {
     "abs": "abs({0})",
     "sign": lambda c, a: f"({_one(c)} if {a} > {_zero(c)} else (-{_one(c)} if {a} < {_zero(c)} else {a}))",
     "relu": lambda c, a: f"({a} if not ({a} < {_zero(c)}) else {_zero(c)})",
+    "floordiv": "({0} // {1})",  # Numba's // is Python's (fmod-based for floats, x / 0 under error_model numpy)
+    "truncdiv": _truncdiv,
     "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
     "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})",
     "exp": _math("exp"),
