@@ -18,6 +18,9 @@ CONVS = [
     ((6, 3, 7, 7), (5, 3, 1, 1), (1, 1), (0, 0), (1, 1), 1),
     ((2, 2, 7, 8), (3, 2, 1, 1), (1, 1), (1, 1), (1, 1), 1),
     ((9, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet's second layer, smaller batch
+    # >= DW_GEMM_MIN_CHANNELS output channels: the weight gradient by im2col + GEMM (as the conv block's)
+    ((3, 2, 6, 7), (32, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 3, 8, 8), (33, 3, 3, 2), (1, 1), (1, 0), (2, 1), 1),
 ]
 IDS = [f"x{list(c[0])}-w{list(c[1])}-p{c[3]}-d{c[4]}" for c in CONVS]
 NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
@@ -91,20 +94,21 @@ def test_backward_plain_and_relu_masked(spec, dtype):
 
 
 def test_prefer_covers_stride_one_ungrouped_short_runs(monkeypatch):
-    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892 -> direct kernels forward
-    # with OpenBLAS, GEMM with tracejit's own float32 GEMM (up to MAX_RUN_OWN_GEMM)
-    assert G.prefer((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
-    monkeypatch.setattr(G, "sgemm_choice", lambda: ("openblas", "test"))
-    assert not G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
-    monkeypatch.setattr(G, "sgemm_choice", lambda: ("tracejit", "test"))
-    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)
-    assert G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
-    assert not G.prefer((2, 3, 70, 70), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)  # L = 65*70 + 66 > 2048
-    # LeNet conv1 (L = 892): the direct kernel forward, GEMM backward; the 32x32 conv block (L = 1086): direct
-    assert G.prefer((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1, backward=True)
-    assert not G.prefer((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1, backward=True)
-    assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
-    assert not G.prefer((2, 6, 14, 14), (6, 2, 5, 5), (1, 1), (0, 0), (1, 1), 3)
+    # LeNet conv2: runs of (10-1)*14 + 10 = 136 -> GEMM; conv1: (28-1)*32 + 28 = 892, 6 output channels -> direct
+    # kernels forward with OpenBLAS, GEMM with tracejit's own float32 GEMM (up to MAX_RUN_LONG); the 32x32 conv
+    # block (L = 1086, 32 channels) by GEMM with either; every backward by GEMM up to MAX_RUN_LONG
+    lenet1, lenet2 = ((64, 3, 32, 32), (6, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1), \
+        ((64, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), (1, 1), 1)
+    block = ((32, 16, 32, 32), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    too_long = ((2, 3, 70, 70), (32, 3, 5, 5), (1, 1), (0, 0), (1, 1), 1)  # L = 65*70 + 66 > 2048
+    for gemm in ("openblas", "tracejit"):
+        monkeypatch.setattr(G, "sgemm_choice", lambda gemm=gemm: (gemm, "test"))
+        assert G.prefer(*lenet2) and G.prefer(*block)
+        assert G.prefer(*lenet1) == (gemm == "tracejit")
+        assert not G.prefer(*too_long) and not G.prefer(*too_long, backward=True)
+        assert G.prefer(*lenet1, backward=True) and G.prefer(*lenet2, backward=True) and G.prefer(*block, backward=True)
+        assert not G.prefer((2, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0), (1, 1), 1)
+        assert not G.prefer((2, 6, 14, 14), (6, 2, 5, 5), (1, 1), (0, 0), (1, 1), 3)
 
 
 def test_scratch_buffers_are_reused_and_results_stay_equal():

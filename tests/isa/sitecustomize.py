@@ -9,7 +9,10 @@ Give such a run its own NUMBA_CACHE_DIR: Numba keys its cache on the real CPU's 
 
 import os
 
-_OFF = {"avx2": ("avx512",), "sse4.2": ("avx512", "avx", "fma", "f16c")}
+# avx2 is a Zen 3 (AVX2 + FMA): beside AVX-512, what Zen 4/5 added that LLVM can use in vector code (GFNI showed
+# up as vgf2p8affineqb in "AVX2" kernels), AVX-VNNI and its relatives
+_OFF = {"avx2": ("avx512", "gfni", "avxvnni", "avxifma", "avxneconvert"),
+        "sse4.2": ("avx512", "avx", "fma", "f16c", "gfni", "vaes", "vpclmulqdq")}
 _isa = os.environ.get("TRACEJIT_FAKE_ISA", "")
 if _isa:
     import llvmlite.binding as _llvm

@@ -189,11 +189,40 @@ def install() -> None:
         enable_caching.__wrapped__ = orig
         return enable_caching
 
+    orig_init = Cache.__init__
+
+    def __init__(self, py_func):
+        orig_init(self, py_func)
+        cache_file = getattr(self, "_cache_file", None)
+        filename = getattr(getattr(py_func, "__code__", None), "co_filename", "")
+        if cache_file is not None and os.path.abspath(filename).startswith(KERNEL_DIR):
+            cache_file._source_stamp = (cache_file._source_stamp, kernel_fingerprint())
+
     IDC._dump, IDC._load_index, IDC._load_data = _dump, _load_index, _load_data
+    Cache.__init__ = __init__
     Cache.load_overload, Cache.save_overload = load_overload, save_overload
     dispatcher.Dispatcher.enable_caching = guard_enable(dispatcher.Dispatcher.enable_caching)
     ccallback.CFunc.enable_caching = guard_enable(ccallback.CFunc.enable_caching)
     _installed = True
+
+
+# The package's own kernels call helpers defined in other modules, which Numba compiles into them; Numba's cache
+# stamps an entry with its defining file alone (mtime, size), so after an edit of a callee's file -- a `git pull`
+# into an editable install -- a caller's entry would run on with the old callee's code (measured: an edited
+# window/conv.py left im2col.py's cached conv kernel stale). Entries of functions defined under this folder are
+# stamped with a hash of every source file in it as well: any change there recompiles them all.
+KERNEL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_kernel_fingerprint: str | None = None
+
+
+def kernel_fingerprint() -> str:
+    """Hash of the .py files under compiler/backends (computed once per process, ~2 ms)."""
+    global _kernel_fingerprint
+    if _kernel_fingerprint is None:
+        from .cache import fingerprint
+
+        _kernel_fingerprint = fingerprint(KERNEL_DIR.rstrip(os.sep))
+    return _kernel_fingerprint
 
 
 def locate(py_file: str) -> str | None:

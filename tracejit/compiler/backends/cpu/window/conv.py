@@ -12,6 +12,7 @@ im2col reference in brackets; floor at 205 GFLOP/s): conv+bias+ReLU+2x2 pool+arg
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 import numpy as np
 from numba import prange
 
@@ -32,6 +33,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
 _parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 _NO_ARGMAX = np.zeros((1, 1, 1, 1), np.uint8)  # placeholder, never written, when a kernel stores no argmax
+# Whether LLVM targets AVX-512 here (the features Numba compiles for, and keys its cache on): loops whose fastest
+# form differs between 16- and 8-wide vectors read it (frozen into the compiled code as a constant)
+_WIDE_VECTORS = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
 
 
 # ------------------------------------------------------------------------------------ padding / layout
@@ -194,26 +198,48 @@ def _pool_plane(acc, pitch, k, s, pooled, argmax):
     (np.argmax's rule); that test is written out in place: as an njit helper it ran 4.7x slower."""
     ph, pw = pooled.shape
     if k == 2 and s == 2:
-        # literal offsets: 0.08 ms for LeNet's 384 planes of 28x28 vs 0.35 ms through the general loop
+        # literal offsets: 0.08 ms for LeNet's 384 planes of 28x28 vs 0.35 ms through the general loop. The
+        # first maximum (NaN first) as a tree of selects: pairs (v0, v1), (v2, v3), then the two winners, the
+        # earlier kept on ties or when it is NaN -- the same values and codes as replacing the running maximum
+        # in window order, without a data-dependent branch per element (one thread, rows of 14 (LeNet conv1) and
+        # 5 (conv2) outputs: 1.8x faster; rows of 16 the same)
         for p in range(ph):
             r0 = acc[2 * p * pitch:]
             r1 = acc[(2 * p + 1) * pitch:]
             best = pooled[p]
             idx = argmax[p]
+            if _WIDE_VECTORS:
+                for q in range(pw):
+                    v0, v1, v2, v3 = r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]
+                    k01 = (v0 >= v1) | (v0 != v0)
+                    m01 = v0 if k01 else v1
+                    k23 = (v2 >= v3) | (v2 != v2)
+                    m23 = v2 if k23 else v3
+                    first = (m01 >= m23) | (m01 != m01)
+                    best[q] = m01 if first else m23
+                    c01 = np.uint8(0) if k01 else np.uint8(1)
+                    c23 = np.uint8(2) if k23 else np.uint8(3)
+                    idx[q] = c01 if first else c23
+                continue
+            # Without AVX-512, LLVM leaves the loop above scalar and branchy (4.2 ms for 1024 planes of 32x32, 30x
+            # its AVX-512 time): the maxima in one loop, then the codes as the first position equal to the maximum
+            # (or the first NaN where it is NaN) in a second loop, 3.3x faster there
             for q in range(pw):
                 v0, v1, v2, v3 = r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]
-                m = v0
-                c = np.uint8(0)
-                if v1 > m or (v1 != v1 and m == m):
-                    m = v1
-                    c = np.uint8(1)
-                if v2 > m or (v2 != v2 and m == m):
-                    m = v2
-                    c = np.uint8(2)
-                if v3 > m or (v3 != v3 and m == m):
-                    m = v3
-                    c = np.uint8(3)
-                best[q] = m
+                k01 = (v0 >= v1) | (v0 != v0)
+                m01 = v0 if k01 else v1
+                k23 = (v2 >= v3) | (v2 != v2)
+                m23 = v2 if k23 else v3
+                first = (m01 >= m23) | (m01 != m01)
+                best[q] = m01 if first else m23
+            for q in range(pw):
+                v0, v1, v2, v3 = r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]
+                m = best[q]
+                nan = m != m
+                c = np.uint8(3)
+                c = np.uint8(2) if (v2 == m) | (nan & (v2 != v2)) else c
+                c = np.uint8(1) if (v1 == m) | (nan & (v1 != v1)) else c
+                c = np.uint8(0) if (v0 == m) | (nan & (v0 != v0)) else c
                 idx[q] = c
         return
     for p in range(ph):

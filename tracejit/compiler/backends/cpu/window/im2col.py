@@ -90,15 +90,23 @@ def _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp):
             d[q] = zero
         gs = g[n, o]
         if mode == MODE_POOL:
+            # branch-free: the ReLU mask as a select and the 2x2 window's (a, b) by bit operations (a
+            # data-dependent `continue` and an integer division per element made this pass 2x slower)
             am = argmax[n, o]
             ps = aux[n, o]
             for p in range(gs.shape[0]):
                 for q in range(gs.shape[1]):
-                    if relu and not ps[p, q] > zero:
-                        continue
+                    v = gs[p, q]
+                    if relu:
+                        v = v if ps[p, q] > zero else zero
                     code = np.int64(am[p, q])
-                    a = code // pool_k
-                    d[(p * pool_s + a) * wp + q * pool_s + code - a * pool_k] += gs[p, q]
+                    if pool_k == 2:
+                        a = code >> 1
+                        b = code & 1
+                    else:
+                        a = code // pool_k
+                        b = code - a * pool_k
+                    d[(p * pool_s + a) * wp + q * pool_s + b] += v
         elif mode == MODE_RELU:
             ys = aux[n, o]
             for r in range(gs.shape[0]):
@@ -184,18 +192,21 @@ def _dw_dots(x, offs, dyp, dwt):
 
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
-                    need_dw, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
+                    need_dw, dw_gemm, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
     """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, K, O] = dw^T, db_part
     [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
-    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O (+ K with dx), L] and plane
-    are each thread's scratch."""
+    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O (+ K with dx or dw_gemm), L] and
+    plane are each thread's scratch. dw_gemm: dw^T += cols @ dyp^T (im2col into the dcols rows, one GEMM per
+    image) instead of the dot products of _dw_dots."""
     n_ = g.shape[0]
     c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
     o_, k_ = w2.shape
     h, w = dx.shape[2], dx.shape[3]
     x2 = xp.reshape((xp.shape[0], c_ * hp * wp))
+    x3 = xp.reshape((xp.shape[0], c_, hp * wp))
     offs = _tap_offsets(c_, hp, wp, kh, kw, dh, dw)
     zero = xp.dtype.type(0)
+    one = xp.dtype.type(1)
     wt = w2.T
     for t in prange(ntask):
         tid = numba.get_thread_id()
@@ -215,7 +226,11 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                     s += d[q]
                 dbt[o] += s
             if need_dw:
-                _dw_dots(x2[n], offs, dyp, dwt)
+                if dw_gemm:  # dcols holds this image's im2col matrix until the input gradient overwrites it
+                    _im2col(x3[n], kh, kw, dh, dw, wp, dcols)
+                    gemm_beta(dcols, dyp.T, dwt, one)
+                else:
+                    _dw_dots(x2[n], offs, dyp, dwt)
             if need_dx:
                 gemm_beta(wt, dyp, dcols, zero)
                 L = dcols.shape[1]
@@ -280,26 +295,39 @@ def _threads() -> int:
 
 # Output runs (L = (oh-1)*Wp + ow) up to this long go through GEMM: the direct kernels' inner loops run
 # over L, and short runs are mostly loop overhead and scalar tails (LeNet conv2, L = 136: GEMM 0.41 vs
-# 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs they win (LeNet conv1, L = 892: 0.53 vs 0.59 ms;
-# the 32x32 conv block, L = 1086: 2.7 vs 3.3 ms), where OpenBLAS leaves its small-matrix kernels.
+# 0.81 ms forward, 1.1 vs 2.0 ms backward); on long runs with few output channels they win (LeNet conv1, L = 892,
+# O = 6: 0.53 vs 0.59 ms), where OpenBLAS leaves its small-matrix kernels.
 MAX_RUN = 512
-# With tracejit's own float32 GEMM (blas.gemm, where OpenBLAS is held to older kernels), which reads a short-row
-# weight matrix and the im2col runs where they lie, the GEMM path wins the forward on long runs too (2-core
-# Zen 5, ms, GEMM vs direct: LeNet conv1 L = 892 0.37 vs 0.39; the 32x32 conv block, L = 1086, 1.33 vs 1.70).
-MAX_RUN_OWN_GEMM = 2048
-# Backward, GEMM keeps up to longer runs: LeNet conv1's weight gradient (L = 892) took 0.72-0.74 ms per step
-# either way (the direct path's unpool pass plus conv_dw_s1_kernel), and this path needs no direct backward
-# kernels at all, whose Numba compile on a fresh install was ~18 s of the LeNet example's first call.
-MAX_RUN_BACKWARD = 1024
+# Up to this long: the forward with tracejit's own float32 GEMM (blas.gemm), which reads a short-row weight matrix
+# and the im2col runs where they lie (2-core Zen 5, ms, GEMM vs direct: LeNet conv1 L = 892 0.37 vs 0.39; the
+# 32x32 conv block, L = 1086, 1.33 vs 1.70), and with OpenBLAS where there are FORWARD_MIN_CHANNELS output
+# channels or more; every backward (its weight gradient by GEMM where there are DW_GEMM_MIN_CHANNELS). One-thread
+# CPU ms, GEMM vs direct, tracejit's GEMM (AVX-512) / OpenBLAS (TRACEJIT_FAKE_ISA=avx2, the same VM):
+#   conv block x[32,16,32,32] w[32,16,3,3] p1 (L = 1086, O = 32): forward 3.9 vs 4.2 / 6.7 vs 7.8;
+#                                     backward dx, dw, db 8.6 vs 9.4 (fused direct) / 9.4 vs 16.3
+#   LeNet conv1 (L = 892, O = 6):     forward 1.0 vs 0.85 / 1.13 vs 1.03 (direct with OpenBLAS; with tracejit's
+#                                     GEMM the direct forward kernel would cost ~5 s more compile on a fresh
+#                                     install); backward dw, db 0.81 vs 0.9 / 0.84 vs 1.66
+# and the GEMM backward needs no direct backward kernels at all, whose Numba compile on a fresh install was ~18 s
+# of the LeNet example's first call.
+MAX_RUN_LONG = 2048
+FORWARD_MIN_CHANNELS = 16
+# The weight gradient as im2col + one GEMM per image (cols @ dy^T) where there are this many output channels, else
+# _dw_dots: one-thread CPU ms, the conv block (O = 32, L = 1086) 3.7 by GEMM vs 4.7 by dots; LeNet conv2 (O = 16,
+# L = 136) 0.84 vs 0.74 and conv1 (O = 6, L = 892) 0.96 vs 0.65.
+DW_GEMM_MIN_CHANNELS = 32
 
 
 def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) -> bool:
     """Whether this path runs the conv (forward, or backward when `backward`): stride 1, groups 1 (any
-    padding and dilation) and short runs."""
+    padding and dilation) and runs up to MAX_RUN, or MAX_RUN_LONG where the GEMM wins on long runs too."""
     if tuple(stride) != (1, 1) or groups != 1:
         return False
-    forward_max = MAX_RUN_OWN_GEMM if sgemm_choice()[0] == "tracejit" else MAX_RUN
-    return _geometry(x_shape, w_shape, padding, dilation)[4] <= (MAX_RUN_BACKWARD if backward else forward_max)
+    run = _geometry(x_shape, w_shape, padding, dilation)[4]
+    if run <= MAX_RUN:
+        return True
+    long_ok = backward or sgemm_choice()[0] == "tracejit" or w_shape[0] >= FORWARD_MIN_CHANNELS
+    return long_ok and run <= MAX_RUN_LONG
 
 
 def _geometry(x_shape, w_shape, padding, dilation):
@@ -345,7 +373,8 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     xp = padded_input(x, padding) if need_dw else np.empty((1, c, hp, wp), x.dtype)
     ntask = _tasks(n)
     nthr = _threads()
-    ws = _take((nthr, o + (k if need_dx else 0), L), x.dtype)
+    dw_gemm = need_dw and o >= DW_GEMM_MIN_CHANNELS
+    ws = _take((nthr, o + (k if need_dx or dw_gemm else 0), L), x.dtype)
     plane = _take((nthr, c, hp * wp) if need_dx else (nthr, 1, 1), x.dtype)
     dw_part = _take((ntask, k, o), x.dtype)
     db_part = _take((ntask, o), x.dtype)
@@ -355,7 +384,7 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     blas.set_threads(1)
     try:
         conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
-                        dilation[1], oh, ow, need_dx, need_dw, padding[0], padding[1], dx, ntask, ws, plane,
+                        dilation[1], oh, ow, need_dx, need_dw, dw_gemm, padding[0], padding[1], dx, ntask, ws, plane,
                         dw_part, db_part, dw2, db)
     finally:
         for a in (ws, plane, dw_part, db_part):

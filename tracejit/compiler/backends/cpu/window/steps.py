@@ -51,6 +51,13 @@ def _gemm_grads(a, outs, x_shape, w_shape, label, g_at, x_at=None, w_at=None, dx
 
 _NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
 
+# A conv+pool backward with an input gradient that the per-image GEMM kernels do not take (long runs) runs the
+# direct kernels as ONE step (conv2d_pool_backward: the pool/ReLU backward writes the padded gradient both conv
+# gradients read) rather than unpool, conv2d_grad_input, conv2d_grad_weight+bias on a separate [N, O, OH, OW]
+# gradient. One-thread CPU ms, interleaved, conv block x[32,16,32,32] w[32,16,3,3] p1: 9.4 vs 12.1 (split); LeNet
+# conv2 (2.4 vs 2.2, split) runs the GEMM kernels instead.
+SPLIT_BACKWARD = False
+
 
 def _no_aux(dtype):
     return np.zeros((1, 1, 1, 1), dtype)
@@ -135,7 +142,7 @@ def window_step(node: Node):
                     return res
                 return _label(conv_pool_backward_gemm, "unpool+relu+conv2d backward (dx, dw, db; per-image GEMM)"
                               if has_dx else "unpool+relu+conv2d backward (dw, db; per-image GEMM)")
-            if has_dx:
+            if has_dx and SPLIT_BACKWARD:
                 dy_shape = (x_shape[0], w_shape[0]) + W.conv_out_hw(
                     x_shape[2], x_shape[3], w_shape[2], w_shape[3], W._pair(a["stride"]), W._pair(a["padding"]),
                     W._pair(a["dilation"]))
