@@ -27,6 +27,7 @@ from ..autograd.mode import _mode as _grad_mode
 from ..autograd.mode import _off as _grad_off
 from ..devices import CPU, mixed_devices_message, transfer
 from ..errors import OpError, TraceError
+from ..ops import Kind
 from ..factories import full
 from . import interrupt, log
 from .backends import backend_name_for_device, get_backend, note_compiling
@@ -683,6 +684,9 @@ class CompiledFunction:
         cache or shared with another batch size loads them at once (blocking: that is fast)."""
         want = self.tiered if self.tiered is not None else _tiered_env()
         if not (TIERED_DEFAULT if want is None else want) or variant.shared or variant.device is not CPU:
+            return False
+        if any(n.body is None and n.op.kind is Kind.COLLECTIVE for n in variant.graph.nodes):
+            # the background run would start collectives no other rank matches (a data-parallel step blocks)
             return False
         prog = variant.program
         if getattr(prog, "shared_kernels", None) is None:  # (only the CPU backend's programs compile on first call)
