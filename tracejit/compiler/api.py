@@ -27,8 +27,8 @@ from ..autograd.mode import _mode as _grad_mode
 from ..autograd.mode import _off as _grad_off
 from ..devices import CPU, mixed_devices_message, transfer
 from ..errors import OpError, TraceError
-from ..ops import Kind
 from ..factories import full
+from ..ops import Kind
 from . import interrupt, log
 from .backends import backend_name_for_device, get_backend, note_compiling
 from .dump import Dumper, dump_root
