@@ -88,8 +88,23 @@ def test_choice_follows_the_environment_and_the_cpu(monkeypatch):
     monkeypatch.delenv(cpu_blas.ENV_SGEMM)
     monkeypatch.setattr(cpu_gemm, "V", 16)
     assert cpu_blas._decide()[0] == "tracejit"
-    monkeypatch.setattr(cpu_gemm, "V", 8)  # no AVX-512: OpenBLAS
-    assert cpu_blas._decide()[0] == "openblas"
+    monkeypatch.setattr(cpu_gemm, "V", 8)  # no AVX-512: the own kernel for skinny products, OpenBLAS for the rest
+    assert cpu_blas._decide()[0] == "mixed"
+
+
+def test_mixed_entry_computes_both_sides_of_its_split():
+    # the self-check's shapes have row counts on both sides of MIXED_OWN_ROWS, and columns below MIXED_OWN_COLS
+    shapes = cpu_gemm.SELF_CHECK_SHAPES + ((cpu_blas.MIXED_OWN_ROWS + 5, 40, 33), (130, 7, 20))
+    assert any(m <= cpu_blas.MIXED_OWN_ROWS for m, _, _ in shapes)
+    assert any(m > cpu_blas.MIXED_OWN_ROWS and n > cpu_blas.MIXED_OWN_COLS for m, n, _ in shapes)
+    fn = cpu_blas.numba.cfunc(cpu_blas._SGEMM_SIG)(cpu_blas._sgemm_mixed)
+    import ctypes
+
+    def via(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
+        fn.ctypes(ta, tb, m, n, k, a.ctypes.data_as(ctypes.c_void_p), lda, b.ctypes.data_as(ctypes.c_void_p), ldb,
+                  c.ctypes.data_as(ctypes.c_void_p), ldc, beta)
+
+    assert cpu_gemm.self_check(via, shapes=shapes) < cpu_blas.SELF_CHECK_TOL
 
 
 PROBE = """
@@ -101,7 +116,7 @@ print(cpu_blas.sgemm_choice()[0], out.ravel().tolist())
 """
 
 
-@pytest.mark.parametrize("which", ["tracejit", "openblas"])
+@pytest.mark.parametrize("which", ["tracejit", "openblas", "mixed"])
 def test_each_float32_gemm_runs_when_chosen(which):
     env = dict(os.environ, TRACEJIT_SGEMM=which)
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=600)

@@ -24,7 +24,7 @@ from .blas.calls import sgemm_description
 from .capabilities import LOOP_FEATURES, supports
 from .index import IndexCheckFailed
 from .render import PRELUDE, SEGMENT_PRELUDE, _render_block, packable, render_multi, render_packed
-from .segment import SegmentSource, input_offsets, segment_io, split_segments
+from .segment import SegmentSource, input_offsets, segment_io, split_segments, transposed_inputs
 from .views import addresses
 from .window.steps import as_c, window_step
 
@@ -193,12 +193,14 @@ class SegmentStep:
     compile it (first call), the run falls back to one step per node, and the reason is kept."""
 
     def __init__(self, source, blas_threads, fallback, label, fallbacks, uses_threads=False, checks=(),
-                 aliases=None, offsets=()):
+                 aliases=None, offsets=(), transposed=()):
         # fn, hit, source and sz: as KernelStep's, set when loaded
         self.fn, self.source, self.hit, self.sz, self.blas_threads = None, source, False, None, blas_threads
         self.shared = False
         # inputs passed flat from an element offset on (segment.input_offsets): (position, offset)
         self.offsets = [(i, off) for i, off in enumerate(offsets) if off]
+        # inputs passed as their C-contiguous transposes (segment.transposed_inputs)
+        self.transposed = [i for i, t in enumerate(transposed) if t]
         self.fallback, self.label, self.fallbacks = fallback, label, fallbacks
         self.aliases = aliases  # {output: inputs it may be a view of} (the runtime's arena relies on it)
         self.first_call_s: float | None = None
@@ -206,7 +208,13 @@ class SegmentStep:
         self.checks = list(checks)  # the source's index checks: number -> (error, message)
 
     def _args(self, args):
-        arrays = [as_c(a) for a in args]
+        if self.transposed:
+            arrays = list(args)
+            for i in self.transposed:
+                arrays[i] = arrays[i].T
+            arrays = [as_c(a) for a in arrays]
+        else:
+            arrays = [as_c(a) for a in args]
         for i, off in self.offsets:
             arrays[i] = arrays[i].reshape(-1)[off:]
         if self.uses_threads:
@@ -221,7 +229,7 @@ class SegmentStep:
                 return self._first_call(args)
             if self.blas_threads:
                 blas.set_threads(self.blas_threads)
-            if self.offsets:
+            if self.offsets or self.transposed:
                 return self.fn(*self._args(args))
             if self.sz is not None:  # a size-parametric template (backends/sizes.py): its sizes come first
                 if self.uses_threads:
@@ -245,6 +253,7 @@ class SegmentStep:
             self.fn = _fresh_where_declared(self.fallback(), self.aliases)
             self.uses_threads, self.sz = False, None
             self.offsets = []
+            self.transposed = []
             out = self.fn(*args)
         self.first_call_s = time.perf_counter() - t0
         interrupt.check()  # a Ctrl-C held while Numba compiled this segment
@@ -425,6 +434,7 @@ def _segment_units(graph, make_step, fallbacks, decide) -> list:
         for n in (item if kind == "segment" else [item]):
             seen.update(v.id for v in n.inputs)
     graph_outputs = {v.id for v in graph.outputs}
+    producers = {v.id: n for n in graph.nodes for v in n.outputs}
     count = 0
     for i, (kind, item) in enumerate(parts):
         if kind == "node":
@@ -434,9 +444,10 @@ def _segment_units(graph, make_step, fallbacks, decide) -> list:
         if not outs and not any(n.body is None and n.op.name == "check_index" for n in item):
             continue
         offsets = input_offsets(item, ins)
+        transposed = transposed_inputs(item, ins, producers)
         seg = SegmentSource(item, ins, outs, R.PARALLEL_MIN, render_multi, _render_block, R.FASTMATH,
                             blas.SPLIT_GEMM_FLOPS if threads.get_num_threads() > 1 else float("inf"), decide,
-                            offsets)
+                            offsets, transposed)
         count += 1
         label = f"segment {count} ({len(item)} nodes)"
         # a segment without GEMMs leaves BLAS alone (0): toggling OpenBLAS between 1 and 2 threads costs
@@ -446,7 +457,7 @@ def _segment_units(graph, make_step, fallbacks, decide) -> list:
         step = SegmentStep(seg.source(), nthreads,
                            lambda item=item, ins=ins, outs=outs: _per_node(
                                item, lambda node: make_step(node, load=True), ins, outs),
-                           label, fallbacks, seg.uses_threads, seg.checks, seg.aliases, offsets)
+                           label, fallbacks, seg.uses_threads, seg.checks, seg.aliases, offsets, transposed)
         step.label_for_dump = "segment"
         units.append((step, ins, outs))
     return units

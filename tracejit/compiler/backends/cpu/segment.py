@@ -80,6 +80,28 @@ def _lowered(nodes: list) -> dict:
     return out
 
 
+def transposed_inputs(nodes: list, inputs: list, producers: dict) -> list:
+    """Per segment input: True where it arrives as a 2-D transpose (an earlier step's permute (1, 0), returned
+    as a view of a C-contiguous array) and this segment only multiplies it (GEMM operands). The caller then
+    passes its C-contiguous transpose (a free view) and the GEMM reads it with a transpose flag, where making
+    the input C-contiguous copied it on every call: the LSTM's W_hh.T (1 MB) in each of its 70 time-step
+    segments, the gate gradients' transposes (2.8 MB) in each weight-gradient GEMM. `producers`: value id ->
+    the node computing it."""
+    cand = set()
+    for v in inputs:
+        p = producers.get(v.id)
+        if len(v.shape) == 2 and p is not None and p.body is None and p.op.name == "permute" and \
+                tuple(p.attrs["dims"]) == (1, 0):
+            cand.add(v.id)
+    for n in nodes:
+        gemm = _contraction(n) and len(n.outputs[0].shape) == 2 and len(n.inputs[0].shape) == 2 and \
+            min(n.inputs[0].shape) > 0 and min(n.inputs[1].shape) > 0
+        for j, v in enumerate(n.inputs):
+            if v.id in cand and not (gemm and j < 2):
+                cand.discard(v.id)
+    return [v.id in cand for v in inputs]
+
+
 def input_offsets(nodes: list, inputs: list) -> list:
     """Per segment input: the flat element offset it is passed from (0: the whole array). An input that the
     segment only reads through strided loads at offsets >= k is passed from element k on, so that the segments of
@@ -108,7 +130,8 @@ class SegmentSource:
     """Generated module text for one segment, and how to call it."""
 
     def __init__(self, nodes: list, inputs: list, outputs: list, parallel_min: int, render_multi, render_block,
-                 fastmath: str, split_gemm_flops: float = float("inf"), decide=None, offsets: list | None = None):
+                 fastmath: str, split_gemm_flops: float = float("inf"), decide=None, offsets: list | None = None,
+                 transposed: list | None = None):
         self.nodes, self.inputs, self.outputs = nodes, inputs, outputs
         # size-dependent choices go through `decide` (backends/sizes.Decisions: replayed at other batch sizes)
         self.decide = decide or (lambda choice: choice)
@@ -125,6 +148,12 @@ class SegmentSource:
         # batched transposes (last two dims swapped) of C-contiguous arrays, not made until something other than
         # a batched matmul (which reads them with a transpose flag) needs them: value id -> (source name, node)
         self.virtual: dict[int, tuple] = {}
+        for i, (v, t) in enumerate(zip(inputs, transposed or ())):
+            if t:  # passed as its C-contiguous transpose (transposed_inputs): GEMMs read it with a flag
+                self.name[v.id] = f"in{i}.T"
+                self.contiguous.discard(v.id)
+                self.fortran.add(v.id)
+                self.transpose_of[v.id] = f"in{i}"
         self.consts: dict[str, str] = {}
         self.kernels: list[str] = []
         self.lines: list[str] = []

@@ -72,7 +72,26 @@ def _sgemm_openblas(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
     _blas_gemm(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta)
 
 
-SGEMMS = {"tracejit": cpu_gemm.sgemm_c, "openblas": _sgemm_openblas}
+# Without AVX-512 (the 6 x 16 AVX2 kernel): products with few rows of C, or few columns, run tracejit's kernel,
+# the rest OpenBLAS. One thread, this Zen 5 with LLVM held to AVX2 (TRACEJIT_FAKE_ISA=avx2) against OpenBLAS's
+# Haswell kernels (OPENBLAS_CORETYPE=Haswell) -- a stand-in for a Zen 3, under load ~6, GFLOP/s own / OpenBLAS:
+# 6x75x892 69/16, 6x892x75 70/18 (LeNet's conv), 75x6x892 A@B^T 56/30, 128x10x512 63/56, 16x150x1568 65/40,
+# 20x1024x256 A@B^T 71/44 and 20x256x1024 69/44 (the LSTM's recurrent GEMMs), 32x1024x256 75/58, 64x120x400
+# 82/75, 64x512x256 87/75, 96x512x256 89/83; but 128x512x1024 A^T@B 70/78, 400x120x64 69/90, 700x256x1024
+# 70/96, 1024x512x128 67/92: OpenBLAS's Haswell kernels stay ahead on big products.
+MIXED_OWN_ROWS = 96  # at most this many rows of C: tracejit's kernel
+MIXED_OWN_COLS = 16  # or at most this many columns (one NR panel)
+
+
+def _sgemm_mixed(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """tracejit's kernel for skinny products, OpenBLAS for the rest (CPUs without AVX-512)."""
+    if m <= MIXED_OWN_ROWS or n <= MIXED_OWN_COLS:
+        cpu_gemm.sgemm_ptrs(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta)
+    else:
+        _blas_gemm(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta)
+
+
+SGEMMS = {"tracejit": cpu_gemm.sgemm_c, "openblas": _sgemm_openblas, "mixed": _sgemm_mixed}
 ENV_SGEMM = "TRACEJIT_SGEMM"
 
 
@@ -84,7 +103,8 @@ def _decide() -> tuple[str, str]:
         return forced, f"{ENV_SGEMM}={forced}"
     if cpu_gemm.V == 16:
         return "tracejit", "AVX-512 CPU: tracejit's kernel, the faster in split training-step GEMMs"
-    return "openblas", "no AVX-512: OpenBLAS"
+    return "mixed", (f"no AVX-512: tracejit's kernel for products of at most {MIXED_OWN_ROWS} rows or "
+                     f"{MIXED_OWN_COLS} columns, OpenBLAS for the rest")
 
 
 def _register() -> tuple[str, str]:
@@ -100,7 +120,7 @@ def _register() -> tuple[str, str]:
                       stacklevel=2)
         name, why = "openblas", f"tracejit's kernel failed to compile: {type(e).__name__}"
         fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
-    if name == "tracejit":  # verify the kernel this CPU built before anything trusts it
+    if name != "openblas":  # verify the kernel this CPU built before anything trusts it
         err = _check_entry(fn)
         if not err < SELF_CHECK_TOL:
             warnings.warn(f"tracejit's float32 GEMM disagrees with a float64 product on this CPU (relative error "
@@ -133,18 +153,19 @@ _SGEMM_CHOICE = _register()  # before any caller of the symbol is compiled or lo
 
 
 def sgemm_choice() -> tuple[str, str]:
-    """(which float32 GEMM compiled code runs: "tracejit" or "openblas", why). On AVX-512 CPUs tracejit's own
+    """(which float32 GEMM compiled code runs: "tracejit", "openblas" or "mixed", why). On AVX-512 CPUs tracejit's own
     GEMM: one thread, it matches OpenBLAS's SkylakeX kernels on the MLP's shapes and trails them on tiny ones
     (blas.gemm's table); in the benchmark's MLP step, where each GEMM is split over the threads, it made the step
     10-20% faster (against jax.jit: 1.10-1.23x vs 0.98-1.03x, three alternations), LeNet the same; and it does not
-    depend on OPENBLAS_CORETYPE. Elsewhere OpenBLAS; TRACEJIT_SGEMM chooses either."""
+    depend on OPENBLAS_CORETYPE. Elsewhere "mixed": its AVX2 kernel for skinny products, OpenBLAS for big ones
+    (`_sgemm_mixed`); TRACEJIT_SGEMM chooses any of the three."""
     return _SGEMM_CHOICE
 
 
 def sgemm_description() -> str:
     """`sgemm_choice` in words: "tracejit's own kernel (why)" or "OpenBLAS (why)"."""
     which, why = _SGEMM_CHOICE
-    name = "tracejit's own kernel" if which == "tracejit" else "OpenBLAS"
+    name = {"tracejit": "tracejit's own kernel", "mixed": "tracejit's own kernel and OpenBLAS"}.get(which, "OpenBLAS")
     return f"{name} ({why})"
 
 

@@ -14,7 +14,9 @@ thread, median of 40-200 calls through Numba, 2-core Zen 5 VM (the VM's phases m
 
 Split over two threads inside a training step, where OpenBLAS's packing of each half costs it more, this GEMM
 made the MLP benchmark step 10-20% faster than OpenBLAS's SkylakeX kernels, and against its Haswell kernels
-2.4 -> 1.8 ms (LeNet 3.7 -> 2.0 ms). So `blas.calls` calls it for float32 on AVX-512 CPUs.
+2.4 -> 1.8 ms (LeNet 3.7 -> 2.0 ms). So `blas.calls` calls it for float32 on AVX-512 CPUs, and without AVX-512
+for skinny products (its 6 x 16 AVX2 shape: 70-88 GFLOP/s one thread on this CPU held to AVX2, where OpenBLAS's
+Haswell kernels ran 16-77 on up to 96 rows and 90-100 on big products; `blas.calls._sgemm_mixed`).
 
 How (the Goto/BLIS scheme, in miniature): for each KC-deep slice of K, B's slice is packed into NR-wide
 column panels [KC][NR] and A's rows, MC at a time, into MR-high row panels [KC][MR] (transposed operands are
@@ -71,7 +73,7 @@ def _codegen_micro(rows: int):
     nothing), so edge panels need no copies."""
 
     def codegen(context, builder, sig, args):
-        kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add = args
+        kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add = args
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
         vt = ir.VectorType(ir.FloatType(), V)
@@ -88,7 +90,7 @@ def _codegen_micro(rows: int):
 
         a0 = builder.gep(data(1, ap), [a_off])
         b0 = builder.gep(data(5, bp), [b_off])
-        c0 = builder.gep(data(9, c), [c_off])
+        c0 = builder.gep(data(10, c), [c_off])
         zero = ir.Constant(vt, [0.0] * V)
         four = ir.Constant(i32, 4)
         lanes = ir.Constant(ir.VectorType(i64, V), list(range(V)))
@@ -105,18 +107,30 @@ def _codegen_micro(rows: int):
             for a in row:
                 builder.store(zero, a)
         splat = ir.Constant(ir.VectorType(i32, V), [0] * V)
-        with cgutils.for_range(builder, kc) as loop:
-            k = loop.index
-            bk = builder.gep(b0, [builder.mul(k, rsb)])
-            bv = [builder.call(mload, [builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vp), four,
-                                       masks[h], zero]) for h in range(NR // V)]
-            ak = builder.gep(a0, [builder.mul(k, csa)])
-            for i in range(rows):
-                x = builder.load(builder.gep(ak, [builder.mul(rsa, ir.Constant(i64, i))]))
-                xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-                xv = builder.shuffle_vector(xv, ir.Constant(vt, ir.Undefined), splat)
-                for h in range(NR // V):
-                    builder.store(builder.call(fma, [xv, bv[h], builder.load(acc[i][h])]), acc[i][h])
+
+        def k_loop(masked: bool):
+            with cgutils.for_range(builder, kc) as loop:
+                k = loop.index
+                bk = builder.gep(b0, [builder.mul(k, rsb)])
+                bptr = [builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vp) for h in range(NR // V)]
+                bv = [builder.call(mload, [bptr[h], four, masks[h], zero]) if masked else
+                      builder.load(bptr[h], align=4) for h in range(NR // V)]
+                ak = builder.gep(a0, [builder.mul(k, csa)])
+                for i in range(rows):
+                    x = builder.load(builder.gep(ak, [builder.mul(rsa, ir.Constant(i64, i))]))
+                    xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+                    xv = builder.shuffle_vector(xv, ir.Constant(vt, ir.Undefined), splat)
+                    for h in range(NR // V):
+                        builder.store(builder.call(fma, [xv, bv[h], builder.load(acc[i][h])]), acc[i][h])
+
+        # B's rows readable NR wide (a packed, zero-padded panel, or a whole panel in place): plain loads. AVX2
+        # has no mask registers: masked loads kept two masks in ymm registers beside 12 accumulators, and the
+        # 6 x 16 kernel spilled its accumulators to the stack on every k step
+        with builder.if_else(builder.icmp_unsigned("!=", bfull, ir.Constant(bfull.type, 0))) as (full, edge):
+            with full:
+                k_loop(False)
+            with edge:
+                k_loop(True)
         is_add = builder.icmp_unsigned("!=", add, ir.Constant(add.type, 0))
         for i in range(rows):
             ci = builder.gep(c0, [builder.mul(ldc, ir.Constant(ldc.type, i))])
@@ -133,8 +147,9 @@ def _codegen_micro(rows: int):
 
 def _micro_for(rows: int):
     @intrinsic
-    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
-        return types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add), _codegen_micro(rows)
+    def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add):
+        return (types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add),
+                _codegen_micro(rows))
 
     return micro
 
@@ -149,26 +164,67 @@ _micro1 = _micro_for(1)
 
 
 @helper(cache=True, error_model="numpy", fastmath=True)
-def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, c, c_off, ldc, add):
+def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add):
     """`_micro` for any h <= MR rows."""
     i = 0
     while i < h:
         r = h - i
         if r >= MR:
-            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                   ldc, add)
             i += MR
         elif r >= 6:
-            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro6(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 6
         elif r >= 4:
-            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro4(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 4
         elif r >= 2:
-            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro2(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 2
         else:
-            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, c, c_off + i * ldc, ldc, add)
+            _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
+                    ldc, add)
             i += 1
+
+
+@intrinsic
+def _tile_t(typingctx, x, x_off, ld, dst, d_off, width):
+    """dst[d_off + kk*width + jj] = x[x_off + jj*ld + kk] for kk, jj < V: one V x V tile transposed in registers
+    (V row loads, log2(V) rounds of V two-source shuffles, V row stores) where a scalar transposing copy makes
+    one strided access per element: packing B = W^T (the LSTM's 20 x 1024 x 256 recurrent GEMM) took as long
+    as the product."""
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(ir.FloatType(), V)
+        vp = vt.as_pointer()
+        xo, ldv, do, wv = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5))
+        xd = context.make_array(sig.args[0])(context, builder, args[0]).data
+        dd = context.make_array(sig.args[3])(context, builder, args[3]).data
+        rows = []
+        for jj in range(V):
+            ptr = builder.gep(xd, [builder.add(xo, builder.mul(ldv, ir.Constant(i64, jj)))])
+            rows.append(builder.load(builder.bitcast(ptr, vp), align=4))
+        b = 1
+        while b < V:  # swap the off-diagonal b x b blocks of every 2b x 2b block
+            lo = [j if not j & b else V + j - b for j in range(V)]
+            hi = [j + b if not j & b else V + j for j in range(V)]
+            for i in range(V):
+                if i & b:
+                    continue
+                x_, y_ = rows[i], rows[i + b]
+                rows[i] = builder.shuffle_vector(x_, y_, ir.Constant(ir.VectorType(ir.IntType(32), V), lo))
+                rows[i + b] = builder.shuffle_vector(x_, y_, ir.Constant(ir.VectorType(ir.IntType(32), V), hi))
+            b *= 2
+        for kk in range(V):
+            ptr = builder.gep(dd, [builder.add(do, builder.mul(wv, ir.Constant(i64, kk)))])
+            builder.store(rows[kk], builder.bitcast(ptr, vp), align=4)
+        return context.get_dummy_value()
+
+    return types.void(x, x_off, ld, dst, d_off, width), codegen
 
 
 @helper(cache=True, error_model="numpy", fastmath=True)
@@ -178,8 +234,15 @@ def _pack(x, across, p0, j0, ld, kc, w, width, dst, d0):
     one). Indices are unsigned (no wraparound checks)."""
     zero = np.float32(0)
     u = np.uint64
+    kt = 0
+    if across and w == width and width % V == 0:  # whole V x V tiles transposed in registers (_tile_t)
+        kt = kc - kc % V
+        for kk in range(0, kt, V):
+            for jj in range(0, width, V):
+                _tile_t(x, np.int64((j0 + jj) * ld + p0 + kk), np.int64(ld), dst, np.int64(d0 + kk * width + jj),
+                        np.int64(width))
     if across:  # gathers along each destination row: 0.080 vs 0.118 ms for 784 x 512 as source-ordered stores
-        for kk in range(u(kc)):
+        for kk in range(u(kt), u(kc)):
             row = u(d0) + kk * u(width)
             src = u(j0) * u(ld) + u(p0) + kk
             if w == width:
@@ -319,6 +382,7 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                 for jb in range(jb0, jb1):
                     j0 = jb * NR
                     w = min(NR, n - j0)
+                    bfull = pack_b or w == NR  # a packed panel is zero-padded to NR columns
                     if pack_b:
                         bsrc, boff, rsb = bp, (jb - jb0) * NR * kc, NR
                     else:
@@ -333,15 +397,21 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                         else:
                             asrc, aoff, rsa, csa = a, i0 * lda + pc, lda, 1
                         if h == MR:
-                            _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc, add)
+                            _micro(kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, bfull, c, i0 * ldc + j0, ldc, add)
                         else:
-                            _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, c, i0 * ldc + j0, ldc,
-                                        add)
+                            _micro_rows(h, kc, asrc, aoff, rsa, csa, bsrc, boff, rsb, w, bfull, c, i0 * ldc + j0,
+                                        ldc, add)
 
 
 def sgemm_c(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
     """`sgemm_arrays` on raw pointers: the C entry that `blas.calls` compiles as a cfunc and registers under its
     external symbol (defined here so that edits to this kernel invalidate that cfunc's cache)."""
+    sgemm_ptrs(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta)
+
+
+@helper(cache=True)
+def sgemm_ptrs(ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """`sgemm_c`'s body, callable from other C entries (blas.calls' mixed one)."""
     if m <= 0 or n <= 0:
         return
     na = max(0, ((k - 1) * lda + m) if ta else ((m - 1) * lda + k))
