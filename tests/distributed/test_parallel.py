@@ -157,3 +157,26 @@ def test_collectives_in_a_world_of_one_and_their_errors():
             dist.all_gather_into_tensor(tj.zeros(3), tj.zeros(2))
         with pytest.raises(ValueError, match="op must be a tracejit.distributed.ReduceOp"):
             dist.all_reduce(t, op="mean")
+
+
+def test_a_step_with_collectives_is_never_tiered(tmp_path, monkeypatch):
+    """Tiered execution's background run would start all-reduces the other ranks never match: such a step
+    compiles blocking even when tiering is asked for."""
+    monkeypatch.setenv("TRACEJIT_CACHE_DIR", str(tmp_path))  # cold kernels: tiering would apply otherwise
+    with single_process():
+        tj.manual_seed(3)
+        model = DistributedDataParallel(mlp())
+        opt = tj.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        compiled = tj.compile(step, backend="cpu", tiered=True)
+        x, y = tj.randn(5, 6), tj.randint(0, 3, (5,))
+        compiled(x, y)
+        assert getattr(compiled.latest(), "tier", None) is None
+        assert "tiered" not in compiled.log[-1]

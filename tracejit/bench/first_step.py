@@ -16,6 +16,11 @@ already-compiled step. The cases, in order, each one process:
 - package warm, kernels cold: the fresh-install case's NUMBA_CACHE_DIR again, an empty kernel cache;
 - warm: both caches of the previous case.
 
+Each case runs twice, with caches of its own: blocking (the first call compiles before it returns) and tiered
+(`compile(tiered=True)`: calls run on the reference backend until the kernels, compiled in a background thread,
+are ready). The table gives both "first call returned" and "first compiled step" (the end of the first call that
+ran the compiled kernels), and the time to N steps from the first call's start.
+
 Wall seconds depend on the machine's load: each case also reports the process's CPU seconds for the first
 call and the Numba compilations it ran (count and CPU seconds), which do not.
 """
@@ -32,11 +37,16 @@ import time
 
 BATCH, NEW_BATCH = 64, 40
 QUICK_BATCH, QUICK_NEW_BATCH = 2, 3
+STEPS, QUICK_STEPS = (1, 10, 100, 1000), (1, 3)
+MODES = ("blocking", "tiered")
 CASES = ("fresh install", "after warmup", "package warm, kernels cold", "warm")
 
 
-def probe(batch: int, new_batch: int, backend: str = "cpu") -> dict:
-    """In this (fresh) process: the first compiled LeNet step at `batch`, then at `new_batch`."""
+def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blocking", steps=STEPS) -> dict:
+    """In this (fresh) process: the first compiled LeNet step at `batch`, steps up to max(`steps`) at that batch
+    (the time to each N in `steps`, from the first call's start), then a call at `new_batch`. `mode`: "blocking"
+    (the first call compiles the kernels before it returns) or "tiered" (compile(tiered=True): calls run on the
+    reference backend until the kernels, compiled in the background, are ready)."""
     t_start = time.perf_counter()
     compiles = _count_compiles()
     import numpy as np
@@ -59,7 +69,7 @@ def probe(batch: int, new_batch: int, backend: str = "cpu") -> dict:
         opt.step()
         return loss
 
-    step = tj.compile(train_step, backend=backend)
+    step = tj.compile(train_step, backend=backend, tiered=mode == "tiered")
     rng = np.random.default_rng(0)
 
     def batch_of(n):
@@ -68,19 +78,44 @@ def probe(batch: int, new_batch: int, backend: str = "cpu") -> dict:
             tj.from_numpy(rng.integers(0, 10, n).astype(np.int64)),
         )
 
+    def compiled_ran() -> bool:  # whether the call that just returned ran the compiled program
+        tier = getattr(step.history[-1], "tier", None)
+        return tier is None or tier.switched
+
     train_step(*batch_of(batch))  # eager: creates the optimizer's state, as the example's eager steps do
-    out = {"import_s": import_s}
-    for name, n in (("first", batch), ("new_batch", new_batch)):
-        x, y = batch_of(n)
-        n0, cpu_compile0 = compiles()
-        c0, t0 = time.process_time(), time.perf_counter()
-        loss = step(x, y)
-        float(loss.item())
-        out[f"{name}_s"] = time.perf_counter() - t0
-        out[f"{name}_cpu_s"] = time.process_time() - c0
-        n1, cpu_compile1 = compiles()
-        out[f"{name}_compiles"] = n1 - n0
-        out[f"{name}_compile_cpu_s"] = cpu_compile1 - cpu_compile0
+    out = {"import_s": import_s, "mode": mode}
+    x, y = batch_of(batch)
+    n0, cpu_compile0 = compiles()
+    c0, t0 = time.process_time(), time.perf_counter()
+    float(step(x, y).item())
+    out["first_s"] = time.perf_counter() - t0
+    out["first_cpu_s"] = time.process_time() - c0
+    n1, cpu_compile1 = compiles()
+    out["first_compiles"] = n1 - n0
+    out["first_compile_cpu_s"] = cpu_compile1 - cpu_compile0
+    # the time to the end of the first call that ran the compiled program, and to N steps (same batch)
+    compiled_at = out["first_s"] if compiled_ran() else None
+    out["first_compiled_step"] = 1 if compiled_at is not None else None
+    to_n = {1: out["first_s"]}
+    for k in range(2, max(steps) + 1):
+        float(step(x, y).item())
+        now = time.perf_counter() - t0
+        if compiled_at is None and compiled_ran():
+            compiled_at, out["first_compiled_step"] = now, k
+        if k in steps:
+            to_n[k] = now
+    out["first_compiled_s"] = compiled_at
+    out["to_steps_s"] = {str(k): v for k, v in to_n.items()}
+    out["steps_cpu_s"] = time.process_time() - c0  # (a background compile's CPU included)
+    out["steps_compiles"] = compiles()[0] - n0
+    tier = getattr(step.history[-1], "tier", None)
+    out["reference_calls"] = tier.reference_calls if tier is not None else 0
+    x, y = batch_of(new_batch)
+    n0, cpu_compile0 = compiles()
+    t0 = time.perf_counter()
+    float(step(x, y).item())
+    out["new_batch_s"] = time.perf_counter() - t0
+    out["new_batch_compiles"] = compiles()[0] - n0
     x, y = batch_of(batch)
     step(x, y)
     t0 = time.perf_counter()
@@ -115,8 +150,12 @@ def _count_compiles():
 
 
 def probe_main(argv: list[str]) -> int:
-    """Entry point of a case's process: `probe_main([batch, new_batch, backend])` prints one JSON line."""
-    print("FIRSTSTEP " + json.dumps(probe(int(argv[0]), int(argv[1]), argv[2] if argv[2:] else "cpu")))
+    """Entry point of a case's process: `probe_main([batch, new_batch, backend, mode, steps])` prints one JSON
+    line (steps: comma-separated N)."""
+    backend = argv[2] if argv[2:] else "cpu"
+    mode = argv[3] if argv[3:] else "blocking"
+    steps = tuple(int(n) for n in argv[4].split(",")) if argv[4:] else STEPS
+    print("FIRSTSTEP " + json.dumps(probe(int(argv[0]), int(argv[1]), backend, mode, steps)))
     return 0
 
 
@@ -126,9 +165,10 @@ def _subprocess(args: list[str], env: dict, timeout: float) -> tuple[subprocess.
     return res, time.perf_counter() - t0
 
 
-def _case(env: dict, batch: int, new_batch: int, backend: str, timeout: float) -> dict:
+def _case(env: dict, batch: int, new_batch: int, backend: str, timeout: float, mode: str, steps) -> dict:
     code = "import sys; from tracejit.bench.first_step import probe_main; sys.exit(probe_main(sys.argv[1:]))"
-    res, wall = _subprocess([code, str(batch), str(new_batch), backend], env, timeout)
+    res, wall = _subprocess([code, str(batch), str(new_batch), backend, mode, ",".join(map(str, steps))], env,
+                            timeout)
     for line in res.stdout.splitlines():
         if line.startswith("FIRSTSTEP "):
             r = json.loads(line[10:])
@@ -145,58 +185,70 @@ def run_first_step(
     timeout: float = 1800,
     cases=CASES,
     progress: bool = True,
+    modes=MODES,
+    steps=None,
 ) -> dict:
-    """Run the cases (each a fresh process, in CASES order) and return the section's report."""
+    """Run the cases (each a fresh process, in CASES order; each case once per mode, blocking and tiered, with
+    caches of that mode's own) and return the section's report."""
     batch, new_batch = (QUICK_BATCH, QUICK_NEW_BATCH) if quick else (BATCH, NEW_BATCH)
+    steps = tuple(steps or (QUICK_STEPS if quick else STEPS))
     own = root is None
     root = root or tempfile.mkdtemp(prefix="tracejit-first-step-")
-    base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "TRACEJIT_CACHE_DIR")}
+    base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "TRACEJIT_CACHE_DIR",
+                                                               "TRACEJIT_TIERED")}
 
     def env(numba_dir, kernels_dir):
         return dict(
             base, NUMBA_CACHE_DIR=os.path.join(root, numba_dir), TRACEJIT_CACHE_DIR=os.path.join(root, kernels_dir)
         )
 
-    plan = {
-        "fresh install": (env("numba", "kernels-1"), "new NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR"),
-        "after warmup": (
-            env("numba-warmup", "kernels-2"),
-            "new NUMBA_CACHE_DIR filled by `python -m tracejit warmup`, new TRACEJIT_CACHE_DIR",
-        ),
-        "package warm, kernels cold": (
-            env("numba", "kernels-3"),
-            "fresh install's NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR",
-        ),
-        "warm": (env("numba", "kernels-3"), "the previous case's NUMBA_CACHE_DIR and TRACEJIT_CACHE_DIR"),
-    }
+    def plan(mode):
+        return {
+            "fresh install": (env(f"numba-{mode}", f"kernels-1-{mode}"), "new NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR"),
+            "after warmup": (
+                env(f"numba-warmup-{mode}", f"kernels-2-{mode}"),
+                "new NUMBA_CACHE_DIR filled by `python -m tracejit warmup`, new TRACEJIT_CACHE_DIR",
+            ),
+            "package warm, kernels cold": (
+                env(f"numba-{mode}", f"kernels-3-{mode}"),
+                "fresh install's NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR",
+            ),
+            "warm": (env(f"numba-{mode}", f"kernels-3-{mode}"),
+                     "the previous case's NUMBA_CACHE_DIR and TRACEJIT_CACHE_DIR"),
+        }
+
     rows = []
     try:
         for name in CASES:
             if name not in cases:
                 continue
-            e, caches = plan[name]
-            row = {"case": name, "caches": caches}
-            if name == "after warmup":
+            for mode in modes:
+                e, caches = plan(mode)[name]
+                row = {"case": name, "caches": caches}
+                if name == "after warmup":
+                    if progress:
+                        print(f"first-step: {name}, {mode}: running python -m tracejit warmup", file=sys.stderr,
+                              flush=True)
+                    res, wall = _subprocess(["import tracejit.warmup as w; w.warmup(verbose=False)"], e, timeout)
+                    row["warmup_s"] = wall
+                    if res.returncode:
+                        row["error"] = f"warmup exited with {res.returncode}"
+                        rows.append(row)
+                        continue
                 if progress:
-                    print(f"first-step: {name}: running python -m tracejit warmup", file=sys.stderr, flush=True)
-                res, wall = _subprocess(["import tracejit.warmup as w; w.warmup(verbose=False)"], e, timeout)
-                row["warmup_s"] = wall
-                if res.returncode:
-                    row["error"] = f"warmup exited with {res.returncode}"
-                    rows.append(row)
-                    continue
-            if progress:
-                print(f"first-step: {name}", file=sys.stderr, flush=True)
-            row.update(_case(e, batch, new_batch, backend, timeout))
-            rows.append(row)
+                    print(f"first-step: {name}, {mode}", file=sys.stderr, flush=True)
+                row.update(_case(e, batch, new_batch, backend, timeout, mode, steps))
+                row["mode"] = mode
+                rows.append(row)
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
     return {
-        "workload": f"LeNet step (the example's), batch {batch}, then batch {new_batch}",
+        "workload": f"LeNet step (the example's), batch {batch} for {max(steps)} steps, then batch {new_batch}",
         "backend": backend,
         "batch": batch,
         "new_batch": new_batch,
+        "steps": list(steps),
         "rows": rows,
         "machine": _machine(),
     }
@@ -217,27 +269,43 @@ def _machine() -> dict:
 
 
 def format_first_step(report: dict) -> str:
-    """The section as a markdown table."""
+    """The section as a markdown table. "first call returned" is when the first call's result was there (in
+    tiered mode from the reference backend); "first compiled step" is the end of the first call that ran the
+    compiled kernels; "to N steps" counts from the first call's start."""
     m = report["machine"]
     load = ", ".join(f"{x:.2f}" for x in m["loadavg"]) if m.get("loadavg") else "?"
+    steps = report.get("steps") or []
     lines = [
         f"first step: {report['workload']}, backend {report['backend']}; {m['cpu']}, {m['cores']} cores, "
         f"load average {load}",
         "",
-        "| case | first call s (CPU s) | Numba compiles (CPU s) | new batch size s (compiles) | process s "
-        "| steady ms |",
-        "|---|---|---|---|---|---|",
+        "| case | mode | first call returned s (CPU s) | Numba compiles (CPU s) in it | first compiled step s (call) | "
+        + "".join(f"to {n} steps s | " for n in steps)
+        + "new batch size s (compiles) | process s | steady ms |",
+        "|---|---|---|---|---|" + "---|" * len(steps) + "---|---|---|",
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['error']} | | | | |")
+            lines.append(f"| {r['case']} | {r.get('mode', '')} | {r['error']} |" + " |" * (6 + len(steps)))
             continue
         case = r["case"] + (f" (warmup {r['warmup_s']:.1f} s)" if "warmup_s" in r else "")
+        fc = r.get("first_compiled_s")
+        fcs = (f"{fc:.2f} ({r['first_compiled_step']})" if fc is not None
+               else f"not yet ({r['reference_calls']} ref calls)")
+        to_n = r.get("to_steps_s", {})
         lines.append(
-            f"| {case} | {r['first_s']:.2f} ({r['first_cpu_s']:.2f}) | {r['first_compiles']} "
-            f"({r['first_compile_cpu_s']:.2f}) | {r['new_batch_s']:.2f} ({r['new_batch_compiles']}) | "
-            f"{r['process_s']:.1f} | {r['steady_ms']:.2f} |"
+            f"| {case} | {r.get('mode', 'blocking')} | {r['first_s']:.2f} ({r['first_cpu_s']:.2f}) | "
+            f"{r['first_compiles']} ({r['first_compile_cpu_s']:.2f}) | {fcs} | "
+            + "".join(f"{to_n[str(n)]:.2f} | " if str(n) in to_n else "- | " for n in steps)
+            + f"{r['new_batch_s']:.2f} ({r['new_batch_compiles']}) | {r['process_s']:.1f} | {r['steady_ms']:.2f} |"
         )
     lines.append("")
-    lines += [f"- {r['case']}: {r['caches']}" for r in report["rows"]]
+    seen = []
+    for r in report["rows"]:
+        if r["case"] not in seen:
+            seen.append(r["case"])
+            lines.append(f"- {r['case']}: {r['caches']}")
+    lines.append("- tiered: compile(tiered=True): calls run on the reference backend (NumPy) until the kernels, "
+                 "compiled in a background thread, are ready; the first compiled step is the first call that ran "
+                 "them. Each mode has caches of its own.")
     return "\n".join(lines)

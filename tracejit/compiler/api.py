@@ -11,10 +11,12 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+import os
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from ..autograd.mode import _off as _grad_off
 from ..devices import CPU, mixed_devices_message, transfer
 from ..errors import OpError, TraceError
 from ..factories import full
+from ..ops import Kind
 from . import interrupt, log
 from .backends import backend_name_for_device, get_backend, note_compiling
 from .dump import Dumper, dump_root
@@ -63,6 +66,32 @@ def _shares_all(program) -> bool:
 
 class FallbackWarning(UserWarning):
     pass
+
+
+def _verify_each() -> bool:
+    """TRACEJIT_VERIFY=each: verify the graph after every pass (default: the traced and the final graph only;
+    verifying after each of the ~10 passes was ~0.9 s of a cold gpt compile). Pass tests verify each pass."""
+    return os.environ.get("TRACEJIT_VERIFY", "").strip().lower() in ("each", "all", "1")
+
+
+class StageText(Mapping):
+    """{stage name: IR text} of a variant, each text rendered on first access from the stage's graph."""
+
+    def __init__(self, stage_graphs):
+        self._graphs = dict(stage_graphs)
+        self._text: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        text = self._text.get(name)
+        if text is None:
+            text = self._text[name] = print_graph(self._graphs[name])
+        return text
+
+    def __iter__(self):
+        return iter(self._graphs)
+
+    def __len__(self):
+        return len(self._graphs)
 
 
 class Variant:
@@ -111,13 +140,126 @@ def _arg_key(a):
     return ("O", id(a))
 
 
+TIERED_DEFAULT = False  # compile(tiered=None) and TRACEJIT_TIERED unset: blocking (see Tier)
+# TRACEJIT_TIER_PACE=k: after each reference call while the kernels compile, the calling thread waits k times
+# that call's duration (less if the kernels get ready), leaving the compile thread the GIL. LeNet, fresh install,
+# batch 64, load ~5 on 2 cores: k=0 first compiled step at 64 s (459 reference steps), 100 steps 17 s, 1000 steps
+# 70 s; k=2: 40 s (99 steps), 40 s, 47 s; blocking: 23 s, 23 s, 28 s. Tiered is for the first steps: k=0.
+TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "0"))
+
+
+def _tiered_env() -> bool | None:
+    raw = os.environ.get("TRACEJIT_TIERED", "").strip().lower()
+    if raw in ("", "default"):
+        return None
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise ValueError(f"TRACEJIT_TIERED={raw!r}: choose 1 (tiered) or 0 (blocking)")
+
+
+class Tier:
+    """Tiered execution of one variant: its first calls run the optimized graph on the reference backend (each
+    op's NumPy ref: the values eager computes, the same inputs, outputs and write-back) while a daemon thread
+    runs the compiled program once on a copy of the first call's inputs, which makes Numba compile (or load)
+    every kernel; the first call after that thread is done switches the variant to the compiled program.
+
+    No step waits for Numba (with TRACEJIT_TIER_PACE=k a reference call is followed by a pause of k times
+    its duration, which ends when the kernels are ready: the compile needs the GIL too). The thread's
+    results are discarded and it writes no state. An exception in it is kept (`error`), logged, and the
+    switch happens anyway: the compiled program then runs in the foreground, where a compile error is
+    raised at the user's call, as without tiering. Numba's typing and lowering hold the GIL, so the
+    reference steps slow down while it compiles and the compile while they run
+    (LLVM's optimization releases it)."""
+
+    def __init__(self, variant: Variant, name: str):
+        self.name = name
+        self.variant = variant
+        self.compiled = variant.program
+        self.reference = get_backend("reference").compile(variant.graph)  # (runs any graph after the passes)
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self.error: BaseException | None = None
+        self.reference_calls = 0
+        self.started_at: float | None = None
+        self.compile_s: float | None = None  # the background compile's wall seconds, once done
+        self.switched = False
+
+    def run(self, ins):
+        """The runner's program: reference steps until the compiled program is ready, then the compiled one."""
+        if self.done.is_set():
+            if not self.switched:
+                self.switched = True
+                self.variant.runner = None  # the next call gets a runner around the compiled program itself
+                if self.error is not None:
+                    log.emit(f"{self.name}: the background compile failed ({type(self.error).__name__}: "
+                             f"{self.error}); this call runs the compiled program in the foreground")
+            return self.compiled.run(ins)
+        self.reference_calls += 1
+        if self.thread is None and self._starting.acquire(blocking=False):  # (one thread starts the compile)
+            try:
+                snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in ins]  # (state changes in place)
+                outs = self.reference.run(ins)  # (raises as eager would; the compile then starts on the next call)
+                if self.thread is None:
+                    self.start(snapshot)
+            finally:
+                self._starting.release()
+        else:
+            t0 = time.perf_counter()
+            outs = self.reference.run(ins)
+            if TIER_PACE > 0:  # leave the compile the GIL for a while (it returns as soon as the kernels are ready)
+                self.done.wait((time.perf_counter() - t0) * TIER_PACE)
+        # a ref output may be a view of an input or of another output: the compiled program may later update
+        # state in place, so each written value gets storage of its own (as the compiled program's outputs have)
+        return [o.copy() if isinstance(o, np.ndarray) and o.base is not None else o for o in outs]
+
+    def start(self, inputs) -> None:
+        self.started_at = time.perf_counter()
+        self.thread = threading.Thread(target=self._compile, args=(inputs,), name=f"tracejit-compile {self.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _compile(self, inputs) -> None:
+        try:
+            self.compiled.run(inputs)  # each kernel's first call compiles or loads it; the results are dropped
+        except BaseException as e:  # noqa: BLE001 -- kept and reported by the foreground (run, explain)
+            self.error = e
+        finally:
+            self.compile_s = time.perf_counter() - self.started_at
+            self.done.set()
+            log.emit(f"{self.name}: kernels ready after {self.compile_s:.1f} s in the background "
+                     f"({self.reference_calls} calls ran on the reference backend meanwhile)", at=log.VERBOSE)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until the background compile is done (True) or `timeout` seconds passed (False)."""
+        if self.thread is None:
+            return self.done.is_set()
+        return self.done.wait(timeout)
+
+    def describe(self) -> str:
+        if self.thread is None:
+            state = "the background compile starts after the first call that succeeds"
+        elif not self.done.is_set():
+            state = f"compiling in the background for {time.perf_counter() - self.started_at:.1f} s so far"
+        else:
+            state = f"kernels ready after {self.compile_s:.1f} s in the background"
+            if self.error is not None:
+                state += f" (it raised {type(self.error).__name__}: {self.error})"
+        return (f"tiered: {self.reference_calls} calls ran on the reference backend (NumPy) while the kernels "
+                f"compiled; {state}" + ("; calls now run the compiled program" if self.switched else ""))
+
+
 def make_runner(v: Variant):
     """A Python function, generated for this variant, that reads its inputs, runs its program and writes
     state back: the binding kinds are resolved once, so a call is straight-line code (linreg: 4.1 -> ~1.5 us
     of Python per step around the program, which is most of what a tiny compiled step costs).
 
     State is written back only after the whole program ran, so a failing call leaves it untouched."""
-    ns: dict = {"_prog_run": v.program.run, "_make": Tensor._make, "_make_on": Tensor._make_on,
+    tier = getattr(v, "tier", None)
+    prog_run = v.program.run if tier is None or tier.switched else tier.run
+    ns: dict = {"_prog_run": prog_run, "_make": Tensor._make, "_make_on": Tensor._make_on,
                 "_unflatten": unflatten, "_structure": v.structure, "_interrupted": interrupt.raised_interrupt,
                 "_deferred": interrupt.deferred, "_T": T, "_tracing": T._tracing, "_settle": T._concrete_values,
                 "_xfer": transfer, "_shared": _shared, "_SB": _shared.SharedBox}
@@ -182,11 +324,15 @@ def make_runner(v: Variant):
 class CompiledFunction:
     """What `@tracejit.compile` returns. Call it like the function; inspect with `.ir()`, `explain()`."""
 
-    def __init__(self, fn, backend=None, dump=None, fallback=None, cache_limit=8, passes=None, dynamic=None):
+    def __init__(self, fn, backend=None, dump=None, fallback=None, cache_limit=8, passes=None, dynamic=None,
+                 tiered=None):
         if fallback not in (None, "eager"):
             raise ValueError("fallback must be None or 'eager'")
         if dynamic not in (None, True, False):
             raise ValueError("dynamic must be None, True or False")
+        if tiered not in (None, True, False):
+            raise ValueError("tiered must be None, True or False")
+        self.tiered = tiered
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", "fn")
         note_compiling()  # eager ops in this process keep their NumPy refs unless asked (backends.eager_mode)
@@ -328,16 +474,20 @@ class CompiledFunction:
         dumper = Dumper(root, self.__name__, variant_no) if root else None
         if dumper:
             dumper.stage("00_traced", graph)
-        stages = {"traced": print_graph(graph)}
         t1 = time.perf_counter()
         stage_graphs = [("traced", graph)]
         g = graph
+        each = _verify_each() or dumper is not None
         for i, p in enumerate(self.passes if self.passes is not None else PIPELINE, start=1):
-            g = run_pipeline(g, [p], None, timings, target=backend)
+            g = run_pipeline(g, [p], None, timings, check=each, target=backend)
             stage_graphs.append((p.__name__, g))
-            stages[p.__name__] = print_graph(g)
             if dumper:
                 dumper.stage(f"{i:02d}_{p.__name__}", g)
+        if not each:
+            verify(g)  # (the final graph always; after every pass with TRACEJIT_VERIFY=each or a dump)
+        # each stage's IR text is rendered when asked for (cf.ir(stage), v.stages[...]): rendering all of them
+        # took ~0.7 s of a cold gpt compile. A pass returns a new graph (stage_graphs keeps each one).
+        stages = StageText(stage_graphs)
         timings["passes"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         sizes = self._sizes_for(backend_name, backend)
@@ -433,7 +583,7 @@ class CompiledFunction:
         if new_state:
             return None
         g = run_pipeline(tracer.builder.graph, self.passes if self.passes is not None else PIPELINE,
-                         target=backend)
+                         check=_verify_each(), target=backend)  # (its kernels are compared, never run)
         if timings is not None:
             timings["probe"] = time.perf_counter() - t0
         return g
@@ -517,6 +667,8 @@ class CompiledFunction:
                     log.emit(f"recompiling {self.__name__} (variant {number}, cache_limit={self.cache_limit}): "
                              f"{reason}{reuse}")
             self._add(variant)
+            if self._use_tier(variant):  # the first calls run on the reference backend while Numba compiles
+                variant.tier = Tier(variant, self.__name__)
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
@@ -526,9 +678,27 @@ class CompiledFunction:
         variant.first_call_s = time.perf_counter() - progress.t0
         return variant
 
+    def _use_tier(self, variant) -> bool:
+        """Tiered execution (Tier) for this variant: asked for (compile(tiered=True), TRACEJIT_TIERED=1, else
+        TIERED_DEFAULT), a CPU program, and something to compile: a variant whose kernels are all in the kernel
+        cache or shared with another batch size loads them at once (blocking: that is fast)."""
+        want = self.tiered if self.tiered is not None else _tiered_env()
+        if not (TIERED_DEFAULT if want is None else want) or variant.shared or variant.device is not CPU:
+            return False
+        if any(n.body is None and n.op.kind is Kind.COLLECTIVE for n in variant.graph.nodes):
+            # the background run would start collectives no other rank matches (a data-parallel step blocks)
+            return False
+        prog = variant.program
+        if getattr(prog, "shared_kernels", None) is None:  # (only the CPU backend's programs compile on first call)
+            return False
+        n, hits = prog.cache_stats()
+        return hits < n
+
     def _compile_summary(self, variant) -> str:
         n, hits = variant.program.cache_stats()
         kernels = f": {n} kernels, {hits} from the cache" if n else ""
+        if getattr(variant, "tier", None) is not None:
+            kernels += "; tiered: this call ran on the reference backend, the kernels compile in the background"
         shared = getattr(variant.program, "shared_kernels", lambda: (0, 0))()[1]
         if shared:
             kernels += f", {shared} compiled for another batch size (size templates)"
@@ -595,6 +765,18 @@ class CompiledFunction:
         v.runner = None
         self.log.append(f"evicted variant {v.number} (more than cache_limit={self.cache_limit} batch sizes)")
 
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Until the background compiles of tiered variants (compile(tiered=True)) are done: True when none is
+        still running after `timeout` seconds (None: no limit). The next call of each then runs its kernels."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for v in list(self.history):
+            tier = getattr(v, "tier", None)
+            if tier is not None and tier.thread is not None:
+                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                if not tier.wait(left):
+                    return False
+        return True
+
     # ---- inspection
     def latest(self) -> Variant:
         if not self.history:
@@ -618,7 +800,7 @@ def _reason_subject(reason: str) -> str:
 
 
 def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fallback: str | None = None,
-            cache_limit: int = 8, passes=None, dynamic: bool | None = None):
+            cache_limit: int = 8, passes=None, dynamic: bool | None = None, tiered: bool | None = None):
     """Trace `fn` (forward, backward, optimizer step) into one graph and run it compiled.
 
     backend: 'cpu' (Numba kernels), 'reference' (NumPy interpreter), 'cuda'; dump: a directory for IR
@@ -640,12 +822,17 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
     and the globals and closure variables it reads: plain values by value, objects by identity), so a change
     retraces; Python's `random`, NumPy's global generator and schedulers stepped inside `fn` are refused
     with a TraceError naming the line. See the README's "Compile" section.
+
+    tiered: True runs a new variant's first calls on the reference backend (NumPy, the values eager computes)
+    while its kernels compile in a background thread, and switches to them once they are ready, so that no
+    call waits for Numba; False compiles before the first call returns. None: TRACEJIT_TIERED (1 or 0), else
+    blocking. Kernels found in the kernel cache are loaded at once either way. `explain` shows the state.
     """
     if fn is None:
         return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,
-                                 cache_limit=cache_limit, passes=passes, dynamic=dynamic)
+                                 cache_limit=cache_limit, passes=passes, dynamic=dynamic, tiered=tiered)
     return CompiledFunction(fn, backend=backend, dump=dump, fallback=fallback, cache_limit=cache_limit,
-                            passes=passes, dynamic=dynamic)
+                            passes=passes, dynamic=dynamic, tiered=tiered)
 
 
 class Explanation:
@@ -755,6 +942,8 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
         counts = ", ".join(f"{k} {n}" for k, n in sorted(count_by_kind(sgph).items()))
         lines.append(f"  {name:<18} {len(sgph.nodes):>5} nodes  ({counts})")
     lines.append(v.program.describe())
+    if getattr(v, "tier", None) is not None:
+        lines.append(v.tier.describe())
     lines.append("memory: " + _memory_words(v))
     lines.append("time: " + ", ".join(f"{k} {_ms(t)}" for k, t in v.timings.items()) +
                  f"; total {_ms(v.total_time)}")

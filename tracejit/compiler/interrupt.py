@@ -67,8 +67,9 @@ class deferred:
 
 
 def check() -> None:
-    """A safe point: raise a Ctrl-C that `deferred` held."""
+    """A safe point: raise a Ctrl-C that `deferred` held (on the main thread, whose Ctrl-C it is: a background
+    compile (api.Tier) passes kernel boundaries too, and must not take it)."""
     global _pending
-    if _pending:
+    if _pending and threading.current_thread() is threading.main_thread():
         _pending = False
         raise KeyboardInterrupt

@@ -116,10 +116,21 @@ def render_packed(kernels: list, name: str, aliases: list | None = None, paralle
     consts: dict[str, str] = {}
     par = parallel or [k.numel() >= PARALLEL_MIN for k in kernels]
     aliases = aliases or [{} for _ in kernels]
-    groups: dict = {}
+    # a kernel that computes several independent updates in one loop (fuse_elementwise joins same-size
+    # parameters' updates: gpt's AdamW had 26 in one loop body, ~15 CPU s of Numba for the kernel) is split into
+    # them first, so that equal ones share one loop nest run over their rows
+    parts, where, part_par, part_alias = [], [], [], []
     for t, k in enumerate(kernels):
-        key = (par[t], tuple(sorted(aliases[t].items()))) + _group_key(k) if _shareable(k) else ("own", t)
-        groups.setdefault(key, []).append(t)
+        for sub, positions, alias in split_independent(k, aliases[t]):
+            parts.append(sub)
+            where.append((t, positions))
+            part_par.append(par[t])
+            part_alias.append(alias)
+    groups: dict = {}
+    for u, k in enumerate(parts):
+        key = (part_par[u], tuple(sorted(part_alias[u].items()))) + _group_key(k) if _shareable(k) else ("own", u)
+        groups.setdefault(key, []).append(u)
+    kernels, par, aliases = parts, part_par, part_alias
     lines: list[str] = []
     rows: list[tuple] = []
     for g, members in enumerate(groups.values()):
@@ -128,7 +139,7 @@ def render_packed(kernels: list, name: str, aliases: list | None = None, paralle
         width = len(k.loads) + len(k.results)
         arrays = [a for a in k.loads] + [r.array for r in k.results]
         base = len(rows)
-        rows += [(t, p) for t in members for p in range(width)]
+        rows += [(where[u][0], where[u][1][p]) for u in members for p in range(width)]
         alias = aliases[members[0]]
         nl = len(k.loads)
         if len(members) == 1:
@@ -150,6 +161,69 @@ def render_packed(kernels: list, name: str, aliases: list | None = None, paralle
     src = [f"@numba.njit(parallel={any(par)}, fastmath={FASTMATH}, error_model='numpy', cache=True)",
            f"def {name}(P):"] + const_lines(consts) + lines
     return "\n".join([""] + src) + "\n", rows
+
+
+def split_independent(k: LoopKernel, alias: dict) -> list:
+    """`k` as the independent loop kernels it computes: [(kernel, positions, alias)], where positions[p] is
+    the position in `k` (its loads, then its results) of the part's load or result p, and alias the part's
+    {result: load} pairs of `alias`. Statements that depend on constants and broadcast (size-1) loads only --
+    a learning rate, Adam's bias corrections -- are repeated in each part that uses them. One part: `k` itself."""
+    if k.rows is not None or len(k.space) != 1 or k.is_strided():
+        return [(k, list(range(len(k.loads) + len(k.results))), alias)]
+    by_var = {s.var: s for s in k.stmts}
+    invariant: set[str] = set()
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for s in k.stmts:
+        if s.op == "load":
+            if all(d == 1 for d in k.loads[s.args[0]].shape):
+                invariant.add(s.var)
+            else:
+                parent[find(s.var)] = find(("array", s.args[0]))  # loads of one array stay together
+        elif s.op == "const" or all(a in invariant for a in s.args):
+            invariant.add(s.var)
+        else:
+            for a in s.args:
+                if a not in invariant:
+                    parent[find(a)] = find(s.var)
+            find(s.var)
+    comps: dict = {}
+    for j, r in enumerate(k.results):
+        root = ("result", j) if r.var in invariant else find(r.var)
+        comps.setdefault(root, []).append(j)
+    for j, l in alias.items():  # a result written over a load: one part (the load's array is the result's)
+        lk = next((s.var for s in k.stmts if s.op == "load" and s.args[0] == l and s.var not in invariant), None)
+        if lk is not None and k.results[j].var not in invariant and find(lk) != find(k.results[j].var):
+            return [(k, list(range(len(k.loads) + len(k.results))), alias)]
+    if len(comps) < 2:
+        return [(k, list(range(len(k.loads) + len(k.results))), alias)]
+    out = []
+    for res in comps.values():
+        need: set[str] = set()
+        stack = [k.results[j].var for j in res]
+        while stack:  # the statements these results depend on
+            v = stack.pop()
+            if v in need:
+                continue
+            need.add(v)
+            st = by_var[v]
+            if st.op not in ("load", "const"):
+                stack += list(st.args)
+        loads = sorted({by_var[v].args[0] for v in need if by_var[v].op == "load"})
+        new_index = {a: i for i, a in enumerate(loads)}
+        stmts = [Stmt(st.var, st.op, (new_index[st.args[0]],), st.dtype, st.attrs) if st.op == "load" else st
+                 for st in k.stmts if st.var in need]
+        results = [k.results[j] for j in res]
+        positions = list(loads) + [len(k.loads) + j for j in res]
+        part_alias = {res.index(j): new_index[l] for j, l in alias.items() if j in res and l in new_index}
+        out.append((LoopKernel(k.space, [k.loads[a] for a in loads], stmts, results), positions, part_alias))
+    return out
 
 
 def packable(kernels: list) -> bool:
