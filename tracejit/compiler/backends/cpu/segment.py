@@ -14,12 +14,14 @@ import math
 from .... import dtypes as D
 from .... import scalar
 from ....ops import index_message
-from ...ir import FusedKind, Graph, Node, Pattern
+from ...ir import FusedKind, Graph, Node, Pattern, Value, fused
 from ..kernel import LoweringError, lower
 from .capabilities import LOOP_FEATURES, supports
 from .spelling import SPELLING
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
+MAX_OUTPUTS = 40  # outputs of one part of a wide fused elementwise node (_split_wide): Numba's typing of a large
+# tuple is superlinear; AdamW's bookkeeping on 0-d tensors made one function of 164 outputs, ~13 CPU s of a gpt compile
 CUT_AT_GEMMS_NODES = 150  # graphs larger than this end a segment before each GEMM (split_segments)
 SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
           "uniform", "cat", "pad", "check_index")
@@ -444,6 +446,62 @@ def _contraction(n: Node) -> bool:
     return n.pattern is Pattern.LINEAR or (n.body is None and n.op.name == "matmul")
 
 
+ELEMENTWISE_STORED = ("neg", "cast", "add", "sub", "mul", "div", "pow", "sqrt", "rsqrt", "exp", "log", "abs", "maximum",
+                      "minimum", "where", "lt", "le", "gt", "ge", "eq", "ne", "reciprocal", "clamp", "sign")
+
+
+def _chunks(nodes: list, outputs, start: int = 0) -> list:
+    """`nodes` cut into runs in order, each with at most MAX_OUTPUTS values read after it or in `outputs` (ids)
+    (but for a single node's own), as [(first index, last index)] (from `start`)."""
+    last_read = {v.id: i for i, n in enumerate(nodes) for v in n.inputs}
+    out, first, live = [], 0, []
+    for i, n in enumerate(nodes):
+        mine = [v.id for v in n.outputs if v.id in outputs or last_read.get(v.id, -1) > i]
+        if i > first and len(mine) + sum(last_read.get(v, -1) > i or v in outputs for v in live) > MAX_OUTPUTS:
+            out.append((first, i - 1))
+            first, live = i, []
+        live = [v for v in live if v in outputs or last_read.get(v, -1) > i] + mine
+    return out + [(first, len(nodes) - 1)] if nodes else out
+
+
+def _split_wide(n: Node) -> list:
+    """A fused ELEMENTWISE node with more than MAX_OUTPUTS outputs (the optimizer's bookkeeping on 0-d tensors:
+    AdamW over 26 parameters made one of 218) as several in sequence, each computing a run of its body; [n] where
+    it cannot be split. The same ops in the same order: only values passed between the parts are stored."""
+    if n.fused_kind is not FusedKind.ELEMENTWISE or n.pattern is not None or len(n.outputs) <= MAX_OUTPUTS:
+        return [n]
+    body = n.body
+    outer = {b.id: v for b, v in zip(body.inputs, n.inputs)}
+    if len({b.id for b in body.outputs}) != len(body.outputs) or any(b.id in outer for b in body.outputs):
+        return [n]
+    outer.update({b.id: v for b, v in zip(body.outputs, n.outputs)})
+    outs = {b.id for b in body.outputs}
+    last_read = {v.id: i for i, m in enumerate(body.nodes) for v in m.inputs}
+    attrs = {k: v for k, v in n.attrs.items() if k != "kind"}
+    parts = []
+    # constants (`full`) are inlined, not stored: a part that reads one made in another makes its own copy
+    consts = {v.id: m for m in body.nodes if not m.inputs for v in m.outputs}
+    made = {v.id: m for m in body.nodes for v in m.outputs}
+    for first, last in _chunks(body.nodes, outs):
+        members = body.nodes[first:last + 1]
+        defined = {v.id for m in members for v in m.outputs}
+        members = list({id(consts[v.id]): consts[v.id] for m in members for v in m.inputs
+                        if v.id in consts and v.id not in defined}.values()) + members
+        defined = {v.id for m in members for v in m.outputs}
+        ins = list({v.id: v for m in members for v in m.inputs if v.id not in defined}.values())
+        res = [v for m in members for v in m.outputs
+               if v.id in outs or (last_read.get(v.id, -1) > last and v.id not in consts)]
+        if any(v.id in made and made[v.id].op.name not in ELEMENTWISE_STORED for v in ins):
+            return [n]  # a view or the like passed between parts: left whole
+        for v in res:
+            outer.setdefault(v.id, Value(v.type))
+        sub = Graph(body.name, ins, members, res, {v.id: body.input_meta[v.id] for v in ins
+                                                    if v.id in body.input_meta}, [None] * len(res))
+        parts.append(fused(FusedKind.ELEMENTWISE, [outer[v.id] for v in ins], [outer[v.id] for v in res], sub,
+                           **attrs))
+    return parts if len(parts) > 1 and all(renderable(p) for p in parts) else [n]
+
+
 def split_segments(g: Graph, native) -> list:
     """Group the graph's nodes into [('segment', [nodes]) | ('node', node)] in order.
 
@@ -458,6 +516,12 @@ def split_segments(g: Graph, native) -> list:
     cut_at_gemms = len(g.nodes) > CUT_AT_GEMMS_NODES
     for n in g.nodes:
         if renderable(n) and not native(n):
+            parts = _split_wide(n)
+            if len(parts) > 1:  # each part a segment of its own (Numba's typing of a large tuple is superlinear)
+                out.extend([("segment", run)] if run else [])
+                out.extend(("segment", [p]) for p in parts)
+                run, blocks = [], 0
+                continue
             loops = len(n.body.nodes) if n.fused_kind is FusedKind.MULTI else int(n.body is not None)
             # bound the function size (LLVM time grows faster than linear); a GEMM starts a new segment
             if run and (blocks + loops > MAX_BLOCKS or (cut_at_gemms and _contraction(n))):
