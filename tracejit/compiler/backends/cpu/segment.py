@@ -20,7 +20,7 @@ from .capabilities import LOOP_FEATURES, supports
 from .spelling import SPELLING
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
-MAX_OUTPUTS = 40  # outputs of one part of a wide fused elementwise node (_split_wide): Numba's typing of a large
+MAX_OUTPUTS = 20  # outputs of one part of a wide fused elementwise node (_split_wide): Numba's typing of a large
 # tuple is superlinear; AdamW's bookkeeping on 0-d tensors made one function of 164 outputs, ~13 CPU s of a gpt compile
 CUT_AT_GEMMS_NODES = 150  # graphs larger than this end a segment before each GEMM (split_segments)
 SIMPLE = ("reshape", "permute", "expand", "slice", "full", "matmul", "gather", "scatter_add", "argmax",
