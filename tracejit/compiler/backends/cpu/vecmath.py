@@ -81,10 +81,9 @@ def _pow2_f32(k):
 
 
 @_jit
-def exp_f32(x):
-    """e**x in float32: ``exp_f32(np.float32(1.0)) -> 2.7182817``."""
-    t = x if x > _EXP_LO else _EXP_LO  # also maps NaN to a harmless value: float->int of NaN is poison
-    t = t if t < _EXP_HI else _EXP_HI
+def _exp_parts(t):
+    """(n, q) with e**t = (1 + q) * 2**n for a clamped t: Cephes's reduction r = t - n ln 2 (in two parts) and
+    q = r + r*r*P(r), shared by `exp_f32` and `_exp_em1_f32` so that their bits agree."""
     n = np.floor(t * _LOG2E + _HALF)
     r = t - n * _LN2_HI
     r = r - n * _LN2_LO
@@ -94,7 +93,16 @@ def exp_f32(x):
     p = p * r + _EXP_P3
     p = p * r + _EXP_P4
     p = p * r + _EXP_P5
-    p = p * r * r + r + _ONE
+    return n, p * r * r + r
+
+
+@_jit
+def exp_f32(x):
+    """e**x in float32: ``exp_f32(np.float32(1.0)) -> 2.7182817``."""
+    t = x if x > _EXP_LO else _EXP_LO  # also maps NaN to a harmless value: float->int of NaN is poison
+    t = t if t < _EXP_HI else _EXP_HI
+    n, q = _exp_parts(t)
+    p = q + _ONE
     # Two factors so that n in [-150, 128] works: subnormal results and the last binade below FLT_MAX.
     k = i32(n)
     h = i32(k >> 1)
@@ -192,16 +200,7 @@ def _exp_em1_f32(t):
     it is q * 2**n + (2**n - 1) in one FMA, where 2**n - 1 is exact; below, e**t <= 0.36 and e**t - 1 is exact to
     an ulp of the result. A NaN t gives numbers; the caller puts NaN back."""
     t = t if t > _EXP_LO else _EXP_LO
-    n = np.floor(t * _LOG2E + _HALF)
-    r = t - n * _LN2_HI
-    r = r - n * _LN2_LO
-    p = _EXP_P0
-    p = p * r + _EXP_P1
-    p = p * r + _EXP_P2
-    p = p * r + _EXP_P3
-    p = p * r + _EXP_P4
-    p = p * r + _EXP_P5
-    q = p * r * r + r
+    n, q = _exp_parts(t)
     k = i32(n)
     h = i32(k >> 1)
     s1 = _pow2_f32(h)  # 2**n for n = 0, -1 (h = n there, k - h = 0)
