@@ -121,8 +121,8 @@ def snapshot(model=None, opt=None, rng=True, extra=()):
     return snap
 
 
-def assert_same_state(a: dict, b: dict):
-    """Exact equality (values, dtypes, shapes, None-ness) of two snapshots."""
+def assert_same_state(a: dict, b: dict, rtol: float | None = None, atol: float = 0.0):
+    """Equality of two snapshots: dtypes, shapes and None-ness always; values exactly, or within rtol/atol."""
     assert a.keys() == b.keys(), f"different state: {sorted(a.keys() ^ b.keys())}"
     for k in a:
         x, y = a[k], b[k]
@@ -131,6 +131,9 @@ def assert_same_state(a: dict, b: dict):
             continue
         x, y = np.asarray(x), np.asarray(y)
         assert x.dtype == y.dtype and x.shape == y.shape, f"{k}: {x.dtype}{x.shape} vs {y.dtype}{y.shape}"
+        if rtol is not None:
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=k)
+            continue
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"{k} differs:\n{x}\nvs\n{y}"
 
 

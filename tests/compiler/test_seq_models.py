@@ -15,21 +15,13 @@ import tracejit.nn as nn
 import tracejit.nn.functional as F
 from tracejit.compiler.ir import FusedKind
 
-from .conftest import snapshot, twin
+from .conftest import assert_same_state, snapshot, twin
 
 RTOL, ATOL = 2e-4, 2e-5  # float32: the fused kernels sum in another order than NumPy
 
 
 def assert_close_state(a: dict, b: dict):
-    assert a.keys() == b.keys(), f"different state: {sorted(a.keys() ^ b.keys())}"
-    for k in a:
-        x, y = a[k], b[k]
-        if x is None or y is None:
-            assert x is None and y is None, f"{k}: {x!r} vs {y!r}"
-            continue
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape, f"{k}: {x.dtype}{x.shape} vs {y.dtype}{y.shape}"
-        np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=k)
+    assert_same_state(a, b, rtol=RTOL, atol=ATOL)
 
 
 class WordLM(nn.Module):
