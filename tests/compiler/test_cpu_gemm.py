@@ -35,10 +35,11 @@ def operands(rng, m, n, k, ta, tb, pad):
 
 
 # shapes around every blocking edge: MR-row blocks (and the 6/4/2/1-row kernels), NR-wide panels, KC slices,
-# MC row groups, the dot-product path (ta=0, tb=1 with few columns or rows), and LeNet's and the MLP's shapes
+# MC row groups (one group packs B a panel at a time), the dot-product path (ta=0, tb=1 with few columns or rows),
+# and LeNet's, the MLP's and the LSTM's (20 rows: 8 + 8 + 4) shapes
 SHAPES = [(1, 1, 1), (MR, NR, 1), (MR + 1, NR + 1, KC + 1), (7, 5, 3), (3, 33, 17), (6, 892, 75), (75, 6, 892),
           (16, 136, 150), (150, 16, 136), (150, 136, 16), (64, 10, 84), (65, 97, 300), (128, 512, 40),
-          (130, 70, 2 * KC + 3), (40, cpu_gemm.NC + NR + 5, 9)]
+          (130, 70, 2 * KC + 3), (40, cpu_gemm.NC + NR + 5, 9), (20, 3 * NR + 7, KC + 9)]
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
