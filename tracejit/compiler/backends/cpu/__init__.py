@@ -52,7 +52,10 @@ class CpuBackend(Backend):
         from .prepare import wait
 
         wait()  # never import the program machinery in two threads at once
+        from . import heap
         from .program import compile_graph
+
+        heap.configure()  # a step's freed arrays stay in the heap for the next step (heap.py)
 
         return compile_graph(graph, dumper=dumper, timings=timings, backend=self, sizes=sizes)
 
@@ -104,6 +107,10 @@ class CpuBackend(Backend):
                   for b in libs if b["used"]]
         lines.append(f"float32 GEMMs: {calls.sgemm_description()}; set {calls.ENV_SGEMM}=tracejit or openblas to "
                      f"choose")
+        from . import heap
+
+        lines.append(f"heap: {heap.configure()}; set {heap.ENV}=system to leave "
+                     f"malloc alone")
         return {"device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
                 "threads": f"{th.get('threads')} ({th.get('layer')})", "threading": th,
                 "lines": lines, "warnings": [note] if note else [],
