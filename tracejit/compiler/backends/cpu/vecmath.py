@@ -511,12 +511,7 @@ def truncdiv_f64(a, b):
 
 
 @intrinsic
-def maximum(typingctx, a, b):
-    """max(a, b) for floats of a's type, NaN winning (either NaN gives NaN), as NumPy's max: LLVM's
-    llvm.maximum, whose reductions LLVM vectorizes. The spelling `b if (b > a or b != b) else a` computes the
-    same but leaves a reduction over it scalar, one compare and select per element (a softmax's or a
-    cross-entropy's row max: 0.72 vs 0.025 ms for 1024 rows of 512). Which zero a max of -0.0 and +0.0 is
-    depends on the order of the vectorized reduction (the kernels' `nsz`), as it does in NumPy."""
+def _llvm_maximum(typingctx, a, b):
     if not isinstance(a, types.Float) or not isinstance(b, (types.Float, types.Integer)):
         return None
 
@@ -527,6 +522,17 @@ def maximum(typingctx, a, b):
         return builder.call(fn, [x, y])
 
     return a(a, b), codegen
+
+
+@_jit
+def maximum(a, b):
+    """max(a, b) for floats of a's type, NaN winning (either NaN gives NaN), as NumPy's max: LLVM's
+    llvm.maximum, whose reductions LLVM vectorizes. The spelling `b if (b > a or b != b) else a` computes the
+    same but leaves a reduction over it scalar, one compare and select per element (a softmax's or a
+    cross-entropy's row max: 0.72 vs 0.025 ms for 1024 rows of 512). Which zero a max of -0.0 and +0.0 is
+    depends on the order of the vectorized reduction (the kernels' `nsz`), as it does in NumPy. A jitted
+    function around the intrinsic, so the rendered text also runs as Python (`py_func`)."""
+    return _llvm_maximum(a, b)
 
 
 # Op name -> (float32 function, float64 function). The code generator renders a call to the function
