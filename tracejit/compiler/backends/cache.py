@@ -252,6 +252,67 @@ def _load(source: str, attr: str):
     return getattr(_exec_module(modname, path, text), attr), False
 
 
+# ------------------------------------------------------------------------------------------ records
+# Small facts a process learnt that the next one may reuse (a self-check's result, ...), kept as entries of the
+# kernel cache (k_<key>.py: listed, and removed by `python -m tracejit cache --clear`, with the kernels). The key
+# is the hash of `what` (which must name everything the fact depends on); the body is checked by its own
+# sha256, so a damaged record is a miss, removed when this process may.
+_RECORD = "# tracejit record, sha256 "
+
+
+def _record_path(what: str, d: str | None = None) -> str:
+    return os.path.join(d or configured_dir(), f"k_{key_of('record ' + what)}.py")
+
+
+def read_record(what: str) -> str | None:
+    """The body of the record `what` (in the configured directory, or this process's fallback), or None:
+    missing, unreadable or damaged (a damaged one is removed)."""
+    for d in [configured_dir()] + [f for f in _fallback if f]:
+        path = _record_path(what, d)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:  # garbage bytes: damaged
+            text = ""
+        except OSError:  # missing, or another user's and unreadable
+            continue
+        if _record_ok(text):
+            return text[len(HEADER + _RECORD):].partition("\n")[2]
+        _discard_entry(path)
+    return None
+
+
+def _record_text(body: str) -> str:
+    return f"{HEADER}{_RECORD}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
+
+
+def _record_ok(text: str) -> bool:
+    if not text.startswith(HEADER + _RECORD):
+        return False
+    digest, _, body = text[len(HEADER + _RECORD):].partition("\n")
+    return hashlib.sha256(body.encode()).hexdigest() == digest
+
+
+def write_record(what: str, body: str) -> None:
+    """Keep `body` as the record `what` (best effort: an unusable cache keeps nothing, silently)."""
+    with _lock:
+        try:
+            d = cache_dir()
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(_record_path(what, d))[:-2], suffix=".tmp")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
+                f.write(_record_text(body))
+            os.replace(tmp, _record_path(what, d))
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 # ------------------------------------------------------------------------------------------ inspection
 def generated_entries(d: str | None = None) -> list[str]:
     """Paths of the generated-kernel sources (k_*.py) in `d` (default: the configured directory)."""
