@@ -10,6 +10,7 @@
 
 import hashlib
 import os
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -26,17 +27,19 @@ def test_a_record_is_read_back(cache_dir):  # noqa: F811
     cache.write_record("what", "ERROR = 0.5\nmore\n")
     assert cache.read_record("what") == "ERROR = 0.5\nmore\n"
     assert cache.read_record("other") is None
-    [path] = [p for p in cache_dir.iterdir() if p.name.startswith("k_")]
-    assert path.name == os.path.basename(cache._record_path("what"))
-    assert cache.generated_entries() == [str(path)]  # listed, and removed by `cache --clear`, with the kernels
-    cache.clear()
-    assert cache.read_record("what") is None
+    [path] = (cache_dir / cache.RECORDS).iterdir()
+    assert str(path) == cache._record_path("what")
+    assert not cache.generated_entries()  # not a kernel
+    row = cache.info()[-1]
+    assert row["unit"] == "records" and row["entries"] == 1 and row["bytes"] == path.stat().st_size
+    assert cache.clear() == [str(path)]  # `python -m tracejit cache --clear` removes them with the kernels
+    assert cache.read_record("what") is None and not (cache_dir / cache.RECORDS).exists()
 
 
 @pytest.mark.parametrize("how", ["flipped", "truncated", "empty", "random bytes", "other record"])
 def test_a_damaged_record_is_a_miss_and_removed(cache_dir, how):  # noqa: F811
     cache.write_record("what", "ERROR = 0.5\n")
-    path = cache_dir / os.path.basename(cache._record_path("what"))
+    path = Path(cache._record_path("what"))
     text = path.read_text()
     damaged = {
         "flipped": text.replace("0.5", "0.6"),
@@ -55,12 +58,15 @@ def test_a_damaged_record_is_a_miss_and_removed(cache_dir, how):  # noqa: F811
     assert cache.read_record("what") == "ERROR = 0.5\n"
 
 
-def test_records_go_to_the_private_directory_when_the_cache_is_unusable(cache_dir):  # noqa: F811
+def test_an_unusable_cache_keeps_records_only_where_kernels_go(cache_dir, recwarn):  # noqa: F811
     cache_dir.parent.mkdir(exist_ok=True)
     cache_dir.write_text("a file")
+    cache.write_record("what", "x")  # silently nothing: a process that compiles nothing does not warn
+    assert cache.read_record("what") is None and not recwarn.list
     with pytest.warns(numba_cache.CacheWarning):
-        cache.write_record("what", "x")  # into the private fallback directory
-    assert cache.read_record("what") == "x"
+        private = cache.cache_dir()  # a compile decides on the private directory (warned once)
+    cache.write_record("what", "x")
+    assert cache.read_record("what") == "x" and os.path.exists(cache._record_path("what", private))
 
 
 # ------------------------------------------------------------------------------------------ code digest
@@ -107,7 +113,7 @@ def test_the_gemm_self_check_runs_once_per_machine_code(cache_dir, monkeypatch):
     assert calls._check_entry_once(c, "tracejit") == float("inf") and len(runs) == 6
     # a damaged record: checked again
     monkeypatch.setattr(calls, "_check_entry", lambda fn: runs.append(fn) or 2.5e-7)
-    for p in cache_dir.glob("k_*.py"):
+    for p in (cache_dir / cache.RECORDS).iterdir():
         p.write_text(p.read_text().replace("2.5e-07", "1e-30"))
     assert calls._check_entry_once(a, "tracejit") == 2.5e-7 and len(runs) == 7
 
@@ -120,21 +126,16 @@ def _libraries(fn):
 def test_a_cached_function_loads_without_parsing_its_shared_module(cache_dir):  # noqa: F811
     src = source(7.0)
     fn, _ = cache.load(src, "kernel")
-    call(fn, 7.0)  # compiled
-    forget(src)
-    fn, _ = cache.load(src, "kernel")
-    call(fn, 7.0)  # loaded as Numba loads it; the symbols it defines are recorded
-    [lib] = _libraries(fn)
-    assert lib._shared_module is not None
-    names = numba_cache.defined_symbols(lib._shared_module)
+    call(fn, 7.0)  # compiled and saved, with the record of the symbols it defines
     forget(src)
     fn, _ = cache.load(src, "kernel")
     call(fn, 7.0)  # loaded with the record: no parse
     assert fn.stats.cache_hits and not fn.stats.cache_misses
     [lib] = _libraries(fn)
-    assert lib._shared_module is None and lib.__dict__.get("_tracejit_shared_bitcode")
-    engine = lib.codegen._engine
-    assert all(engine.is_symbol_defined(n) for n in names)
+    bitcode = lib.__dict__.get("_tracejit_shared_bitcode")
+    assert lib._shared_module is None and bitcode
+    names = set(cache.read_record(numba_cache._symbols_record(bitcode)).split("\n"))
+    assert len(names) > 2 and all(lib.codegen._engine.is_symbol_defined(n) for n in names)
 
     # a function compiled later that calls it links it in: the module is parsed then
     @numba.njit
@@ -149,23 +150,26 @@ def test_a_cached_function_loads_without_parsing_its_shared_module(cache_dir):  
     want[0] += 1
     np.testing.assert_array_equal(o, want)
     assert lib._shared_module is not None and "_tracejit_shared_bitcode" not in lib.__dict__
+    assert numba_cache.defined_symbols(lib._shared_module) == names  # what Numba would have recorded
 
 
-def test_a_damaged_symbols_record_is_a_miss(cache_dir):  # noqa: F811
+@pytest.mark.parametrize("how", ["damaged", "lazy linking off"])
+def test_without_a_usable_symbols_record_numba_parses_the_module(cache_dir, monkeypatch, how):  # noqa: F811
     src = source(11.0)
     fn, _ = cache.load(src, "kernel")
     call(fn, 11.0)
-    for _ in range(2):  # the second load writes the symbols record
-        forget(src)
-        fn, _ = cache.load(src, "kernel")
-        call(fn, 11.0)
-    records = [p for p in cache_dir.glob("k_*.py") if "tracejit record" in p.read_text()]
+    records = list((cache_dir / cache.RECORDS).iterdir())
     assert records
-    for p in records:
-        p.write_text(p.read_text()[:-20])
+    if how == "damaged":
+        for p in records:
+            p.write_text(p.read_text()[:-20])
+    else:
+        monkeypatch.setattr(numba_cache, "LAZY_LINKING", False)
     forget(src)
     fn, _ = cache.load(src, "kernel")
     call(fn, 11.0)
+    assert fn.stats.cache_hits and not fn.stats.cache_misses
     [lib] = _libraries(fn)
-    assert lib._shared_module is not None  # parsed, as Numba does, and the record written again
-    assert all(cache._record_ok(p.read_text()) for p in records)
+    assert lib._shared_module is not None  # parsed, as Numba does
+    if how == "damaged":  # and the record written again
+        assert all(cache._record_ok(p.read_text()) for p in records)

@@ -253,15 +253,17 @@ def _load(source: str, attr: str):
 
 
 # ------------------------------------------------------------------------------------------ records
-# Small facts a process learnt that the next one may reuse (a self-check's result, ...), kept as entries of the
-# kernel cache (k_<key>.py: listed, and removed by `python -m tracejit cache --clear`, with the kernels). The key
-# is the hash of `what` (which must name everything the fact depends on); the body is checked by its own
-# sha256, so a damaged record is a miss, removed when this process may.
+# Small facts a process learnt that the next one may reuse (the symbols a cached Numba function defines, the GEMM
+# self-check's result), kept in the kernel cache's `records` folder (r_<key>; counted by `python -m tracejit
+# cache`, removed by its --clear). The key is the hash of `what`, which must name everything the fact depends on;
+# the body is checked by its own sha256, so a damaged record is a miss (removed when this process may).
+RECORDS = "records"
+_RECORD_NAME = re.compile(r"r_[0-9a-f]{24}(\.\w+\.tmp)?")
 _RECORD = "# tracejit record, sha256 "
 
 
 def _record_path(what: str, d: str | None = None) -> str:
-    return os.path.join(d or configured_dir(), f"k_{key_of('record ' + what)}.py")
+    return os.path.join(d or configured_dir(), RECORDS, f"r_{key_of('record ' + what)}")
 
 
 def read_record(what: str) -> str | None:
@@ -294,18 +296,27 @@ def _record_ok(text: str) -> bool:
 
 
 def write_record(what: str, body: str) -> None:
-    """Keep `body` as the record `what` (best effort: an unusable cache keeps nothing, silently)."""
+    """Keep `body` as the record `what`: in the configured directory, or in this process's private one when
+    that is unusable and kernels already went there (best effort: silently nothing otherwise, so that a
+    process that compiles nothing never warns about its cache)."""
     with _lock:
+        d = configured_dir()
+        if d in _unwritable:
+            d = next((f for f in _fallback if f), None)
+        if d is None:
+            return
+        path = _record_path(what, d)
         try:
-            d = cache_dir()
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(_record_path(what, d))[:-2], suffix=".tmp")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".",
+                                       suffix=".tmp")
         except OSError:
             return
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 os.fchmod(f.fileno(), FILE_MODE)
                 f.write(_record_text(body))
-            os.replace(tmp, _record_path(what, d))
+            os.replace(tmp, path)
         except OSError:
             try:
                 os.unlink(tmp)
@@ -373,11 +384,14 @@ def info() -> list[dict]:
                                                    else "")) if nd["package"] else "(no writable location)"
     rows.append(dict(what="Numba machine code, tracejit's own kernels", path=where,
                      entries=sum(f.endswith(".nbi") for f in files), bytes=_size(files), note=numba_note))
+    files = _files(os.path.join(d, RECORDS), lambda f: _RECORD_NAME.fullmatch(f) is not None)
+    rows.append(dict(what="records (symbols of cached machine code, GEMM self-checks)",
+                     path=os.path.join(d, RECORDS), entries=len(files), bytes=_size(files), note="", unit="records"))
     return rows
 
 
 def clear(package: bool = False) -> list[str]:
-    """Remove tracejit's generated kernels and their Numba files (with `package`, also the Numba files of
+    """Remove tracejit's generated kernels, their Numba files and the records (with `package`, also the Numba files of
     tracejit's own kernels). Only those files: a mistaken TRACEJIT_CACHE_DIR loses nothing else. Returns the
     paths removed; files this process may not remove are left."""
     d = configured_dir()
@@ -386,6 +400,7 @@ def clear(package: bool = False) -> list[str]:
     targets += _files(os.path.join(d, "__pycache__"), lambda f: _BESIDE.match(f) is not None)
     if nd["generated"] and nd["generated"] != os.path.join(d, "__pycache__"):
         targets += _files(nd["generated"], lambda f: _BESIDE.match(f) is not None and f.endswith((".nbi", ".nbc")))
+    targets += _files(os.path.join(d, RECORDS), lambda f: _RECORD_NAME.fullmatch(f) is not None)
     if package:
         targets += [f for d_ in nd["package"] for f in _files(d_, lambda f: f.endswith((".nbi", ".nbc")))]
     removed = []
@@ -395,7 +410,7 @@ def clear(package: bool = False) -> list[str]:
             removed.append(p)
         except OSError:
             pass
-    for sub in (os.path.join(d, "__pycache__"), nd["generated"]):
+    for sub in (os.path.join(d, "__pycache__"), nd["generated"], os.path.join(d, RECORDS)):
         try:
             os.rmdir(sub)  # only if empty now
         except (OSError, TypeError):

@@ -229,8 +229,8 @@ def install() -> None:
 # it (the "shared" bitcode, for linking into functions compiled later that call it). Numba parses that module when
 # it loads the function, only to list the symbols it defines: in a warm LeNet first call, 7 functions, 0.65-0.8 MB
 # of bitcode, ~60% of their load time. Here a load takes the list from a record (cache.read_record, keyed by the
-# bitcode's hash; written the first time it is parsed) and parses the module only if a later compile links the
-# function into another one. TRACEJIT_LAZY_LINKING=0: Numba's own loading.
+# bitcode's hash; written when the function is saved, or else the first time it is parsed) and parses the module
+# only if a later compile links the function into another one. TRACEJIT_LAZY_LINKING=0: Numba's own loading.
 LAZY_LINKING = os.environ.get("TRACEJIT_LAZY_LINKING", "1") != "0"
 
 
@@ -274,6 +274,18 @@ def _install_lazy_linking() -> None:
         codegen_._engine._defined_symbols |= set(body.split("\n")) - {""}
         return self
 
+    orig_serialize = lib_cls.serialize_using_object_code
+
+    def serialize_using_object_code(self):
+        # saving what was compiled: the symbols record too, so that even the first load skips the parse
+        state = orig_serialize(self)
+        if LAZY_LINKING:
+            from . import cache
+
+            cache.write_record(_symbols_record(state[2][1]),
+                               "\n".join(sorted(defined_symbols(self._get_module_for_linking()))))
+        return state
+
     def _get_module_for_linking(self):
         bitcode = self.__dict__.pop("_tracejit_shared_bitcode", None)
         if bitcode is not None and self._shared_module is None:
@@ -281,6 +293,7 @@ def _install_lazy_linking() -> None:
         return orig_for_linking(self)
 
     lib_cls._unserialize = classmethod(_unserialize)
+    lib_cls.serialize_using_object_code = serialize_using_object_code
     lib_cls._get_module_for_linking = _get_module_for_linking
 
 
