@@ -173,3 +173,117 @@ def test_without_a_usable_symbols_record_numba_parses_the_module(cache_dir, monk
     assert lib._shared_module is not None  # parsed, as Numba does
     if how == "damaged":  # and the record written again
         assert all(cache._record_ok(p.read_text()) for p in records)
+
+
+# ------------------------------------------------------------------------------------------ whole processes
+CHILD = """
+import os, pickle, sys
+import numpy as np
+import tracejit
+import tracejit.nn as nn
+import tracejit.nn.functional as F
+from tracejit.compiler.backends.cpu.blas import gemm
+
+checks = []
+_self_check = gemm.self_check
+gemm.self_check = lambda *a, **k: checks.append(1) or _self_check(*a, **k)
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 5)
+        self.conv2 = nn.Conv2d(4, 8, 5)
+        self.fc1 = nn.Linear(8 * 5 * 5, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+tracejit.manual_seed(0)
+net = LeNet()
+opt = tracejit.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+
+def step(x, y):
+    opt.zero_grad()
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+cstep = tracejit.compile(step, backend="cpu")
+rng = np.random.default_rng(0)
+batches = [(tracejit.tensor(rng.standard_normal((n, 3, 32, 32)).astype(np.float32)),
+            tracejit.tensor(rng.integers(0, 10, n))) for n in (4, 4, 4, 4, 3)]
+losses = [step(*batches[0]).detach().numpy()]  # eager: creates the optimizer's state
+losses += [cstep(*b).detach().numpy() for b in batches[1:]]  # a new batch size last
+state = {f"param {k}": p.detach().numpy().copy() for k, p in net.named_parameters()}
+state.update({f"grad {k}": p.grad.numpy().copy() for k, p in net.named_parameters()})
+state.update({f"momentum {i}": s["momentum_buffer"].numpy().copy() for i, s in enumerate(opt.state.values())})
+state["losses"] = np.array(losses)
+with open(sys.argv[1], "wb") as f:
+    pickle.dump(state, f)
+progs = [v.program for v in cstep.history]
+hits = sum(p.cache_stats()[1] for p in progs)
+total = sum(p.cache_stats()[0] for p in progs)
+steps = [s for p in progs for s, *_ in p.plan if isinstance(getattr(s, "source", None), str)]
+misses = sum(sum(s.fn.stats.cache_misses.values()) for s in steps if hasattr(getattr(s, "fn", None), "stats"))
+print("RESULT", hits, total, misses, len(checks))
+"""
+
+
+def _child(tmp_path, kernels, out, **env):
+    import pickle
+    import subprocess
+    import sys
+    import textwrap
+
+    from .test_cache import ROOT
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TRACEJIT_")}
+    base.update(TRACEJIT_CACHE_DIR=str(kernels), **env)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), str(out)], capture_output=True, text=True,
+                          env=base, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    with open(out, "rb") as f:
+        return tuple(int(s) for s in line.split()[1:]), pickle.load(f), proc.stderr
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_a_warm_process_computes_what_a_cold_one_did(tmp_path):
+    # the same training steps (3 at batch 4, then one at batch 3: a variant sharing its kernels) in fresh
+    # processes: with an empty kernel cache, then warm (kernels, symbols and self-check records reused), then
+    # warm without lazy linking, then with every record damaged: bit-identical parameters, grads, momentum
+    # buffers and losses each time
+    kernels = tmp_path / "kernels"
+    (hits, total, _, checks_cold), cold, _ = _child(tmp_path, kernels, tmp_path / "cold.pkl")
+    assert total >= 4 and hits < total
+    (hits, total2, misses, checks), warm, err = _child(tmp_path, kernels, tmp_path / "warm.pkl")
+    assert total2 == total and hits == total and misses == 0  # sources and machine code from the caches
+    assert checks == 0 and checks_cold <= 1  # the GEMM self-check ran at most in the first process
+    assert "Warning" not in err
+    _same(cold, warm)
+    (_, _, misses, _), plain, _ = _child(tmp_path, kernels, tmp_path / "plain.pkl", TRACEJIT_LAZY_LINKING="0")
+    assert misses == 0
+    _same(cold, plain)
+    records = list((kernels / cache.RECORDS).iterdir())
+    assert records
+    for i, p in enumerate(records):
+        p.write_bytes(np.random.default_rng(i).bytes(64) if i % 2 else p.read_bytes()[:-7])
+    (hits, _, misses, _), damaged, err = _child(tmp_path, kernels, tmp_path / "damaged.pkl")
+    assert hits == total and misses == 0 and "Warning" not in err  # a damaged record is a silent miss
+    _same(cold, damaged)
+    # the records it used are written again (those of functions it never loaded, e.g. helpers compiled into the
+    # kernels, stay as they are until a process needs them)
+    assert any(p.exists() and cache._record_ok(p.read_text(errors="replace")) for p in records)
