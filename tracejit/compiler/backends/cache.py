@@ -298,30 +298,29 @@ def _record_ok(text: str) -> bool:
 def write_record(what: str, body: str) -> None:
     """Keep `body` as the record `what`: in the configured directory, or in this process's private one when
     that is unusable and kernels already went there (best effort: silently nothing otherwise, so that a
-    process that compiles nothing never warns about its cache)."""
-    with _lock:
-        d = configured_dir()
-        if d in _unwritable:
-            d = next((f for f in _fallback if f), None)
-        if d is None:
-            return
-        path = _record_path(what, d)
+    process that compiles nothing never warns about its cache). Takes no lock: it runs under Numba's compiler
+    lock (saving or loading a function), and a temporary file replaced atomically needs none."""
+    d = configured_dir()
+    if d in _unwritable:
+        d = next((f for f in _fallback if f), None)
+    if d is None:
+        return
+    path = _record_path(what, d)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            f.write(_record_text(body))
+        os.replace(tmp, path)
+    except OSError:
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".",
-                                       suffix=".tmp")
+            os.unlink(tmp)
         except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), FILE_MODE)
-                f.write(_record_text(body))
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            pass
 
 
 # ------------------------------------------------------------------------------------------ inspection
