@@ -130,6 +130,12 @@ def _child_env() -> dict:
     return env
 
 
+def command(job: str, ppid: int) -> list[str]:
+    """The child's command line (a module run with -m: never multiprocessing's spawn, which would import the
+    user's __main__ again)."""
+    return [sys.executable, "-m", __name__, job, str(ppid)]
+
+
 def _kill_live() -> None:
     with _live_lock:
         procs = list(_live)
@@ -175,7 +181,7 @@ class Child:
                 if self.killed:
                     return "killed before it started"
                 # its own session: Ctrl-C at the terminal goes to the parent's process group, not to it
-                self.proc = subprocess.Popen([sys.executable, "-m", __name__, job, str(os.getpid())],
+                self.proc = subprocess.Popen(command(job, os.getpid()),
                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                              env=_child_env(), cwd=self.dir, start_new_session=True, close_fds=True)
                 _live.add(self.proc)
