@@ -1,4 +1,4 @@
-"""Tiered execution's compile process (backends/cpu/background.py): a child process compiles the kernels into the
+"""Tiered execution's compile process (compiler/background.py): a child process compiles the kernels into the
 disk caches and the parent loads every one of them from there; the child's failure, death or a Ctrl-C in the parent
 never leaves a wrong result or a stray process; where no child can help (one CPU, no disk cache) a thread compiles."""
 
@@ -15,14 +15,13 @@ import pytest
 import tracejit
 import tracejit.nn as nn
 import tracejit.nn.functional as F
-from tracejit.compiler import api
-from tracejit.compiler.backends.cpu import background
+from tracejit.compiler import api, background
 from tracejit.compiler.ir import print_graph
 
 from .conftest import MLP, assert_same_state, batches, make_train_step, snapshot
 
 # a compile process that never finishes (it dies with its parent as the real one does)
-SLEEPER = ("import sys, time; from tracejit.compiler.backends.cpu import background as b; "
+SLEEPER = ("import sys, time; from tracejit.compiler import background as b; "
            "b._die_with_parent(int(sys.argv[2])); time.sleep(600)")
 
 
@@ -125,7 +124,7 @@ PARENT = textwrap.dedent("""
     import sys, time
     import numpy as np
     import tracejit
-    from tracejit.compiler.backends.cpu import background
+    from tracejit.compiler import background
     background.command = lambda job, ppid: [sys.executable, "-c", {sleeper!r}, job, str(ppid)]
     cf = tracejit.compile(lambda x: (x * 3.0 + 1.0).sum(), tiered=True)
     x = tracejit.tensor(np.ones((3, 41), np.float32))

@@ -168,7 +168,7 @@ class Tier:
     op's NumPy ref: the values eager computes, the same inputs, outputs and write-back) while the kernels compile
     in the background; the first call after that is done switches the variant to the compiled program.
 
-    Where (`mode`): "process" (the default where possible): a child process (backends/cpu/background.py) rebuilds
+    Where (`mode`): "process" (the default where possible): a child process (compiler/background.py) rebuilds
     the program from its graph and runs it once on a copy of the first call's inputs, which makes Numba compile
     every kernel into its disk cache; then a daemon thread here runs the program once on that copy, which loads
     each kernel from the disk cache. "thread": the daemon thread runs the program itself, compiling every kernel
@@ -213,19 +213,32 @@ class Tier:
         if self.thread is None and self._starting.acquire(blocking=False):  # (one thread starts the compile)
             try:
                 snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in ins]  # (state changes in place)
-                outs = self.reference.run(ins)  # (raises as eager would; the compile then starts on the next call)
+                outs = self._reference_run(ins)  # (raises as eager would; the compile then starts on the next call)
                 if self.thread is None:
                     self.start(snapshot)
             finally:
                 self._starting.release()
         else:
             t0 = time.perf_counter()
-            outs = self.reference.run(ins)
+            outs = self._reference_run(ins)
             if TIER_PACE > 0:  # leave the compile the GIL for a while (it returns as soon as the kernels are ready)
                 self.done.wait((time.perf_counter() - t0) * TIER_PACE)
         # a ref output may be a view of an input or of another output: the compiled program may later update
         # state in place, so each written value gets storage of its own (as the compiled program's outputs have)
         return [o.copy() if isinstance(o, np.ndarray) and o.base is not None else o for o in outs]
+
+    def _reference_run(self, ins):
+        """The reference program on one BLAS thread: NumPy's GEMMs on two OpenBLAS threads spin on both cores
+        against the compile (LeNet's reference step at load ~7 on 2 cores: 0.45-0.64 s wall and 0.18-0.28 CPU s
+        with two threads, 0.09-0.11 s and 0.04 CPU s with one). Compiled steps set their own thread counts."""
+        from .backends.cpu.blas import control as blas
+
+        before = blas._current
+        blas.set_threads(1)
+        try:
+            return self.reference.run(ins)
+        finally:
+            blas.set_threads(before if before is not None else blas._max)  # (None: the library's default, all)
 
     def start(self, inputs) -> None:
         self.started_at = time.perf_counter()
@@ -239,7 +252,7 @@ class Tier:
                 self._in_child(inputs)
             self.compiled.run(inputs)  # each kernel's first call compiles or loads it; the results are dropped
             if self.mode == "process":
-                from .backends.cpu import background
+                from . import background
 
                 self.loaded = background.loads(self.compiled)
         except BaseException as e:  # noqa: BLE001 -- kept and reported by the foreground (run, explain)
@@ -254,7 +267,7 @@ class Tier:
     def _in_child(self, inputs) -> None:
         """Compile every kernel into the disk caches in a child process; raise BackgroundCompileError if it
         fails. A job that cannot be written (an attribute that does not pickle) compiles in this thread."""
-        from .backends.cpu import background
+        from . import background
 
         self.child = background.Child(self.compiled, inputs)
         try:
@@ -727,7 +740,7 @@ class CompiledFunction:
         (compile(tiered=True), TRACEJIT_TIERED=1 or thread, else TIERED_DEFAULT), a CPU program, and something to
         compile: a variant whose kernels are all in the kernel cache or shared with another batch size loads them
         at once (blocking: that is fast). A child process compiles where it can (two CPUs, the disk caches:
-        backends/cpu/background.unusable); elsewhere a thread does when tiering was asked for, and the default
+        compiler/background.unusable); elsewhere a thread does when tiering was asked for, and the default
         blocks (a compile thread fights the steps for the GIL: slower to 1000 steps than blocking)."""
         want = self.tiered if self.tiered is not None else _tiered_env()
         default = want is None
@@ -746,7 +759,7 @@ class CompiledFunction:
             return None
         if want == "thread":
             return "thread"
-        from .backends.cpu import background
+        from . import background
 
         why = background.unusable(prog)
         if why is None:

@@ -6,7 +6,7 @@ competes for a core only.
 The parent's program has already rendered its generated kernels and written them into the kernel cache (cache.py:
 one k_<hash>.py file each); nothing is compiled yet. `Child` writes a job file -- the program's graph, the
 size-dependent choices its rendering made (`decisions`), each generated step's final source, the thread count and
-a snapshot of the first call's inputs -- and starts `python -m tracejit.compiler.backends.cpu.background JOB PPID`
+a snapshot of the first call's inputs -- and starts `python -m tracejit.compiler.background JOB PPID`
 (never multiprocessing's spawn, which re-runs an unguarded `__main__`, nor fork: Numba's and TBB's threads). The
 child rebuilds the same program from the graph, replaying the decisions, loads the same sources (cache hits: the
 same files, so Numba's index is keyed on the same file stamps), runs it once on the snapshot -- every kernel
@@ -33,9 +33,9 @@ import tempfile
 import threading
 import time
 
-from ....ops import OPS, OpDef
-from ...ir import FUSED_OPS, FusedKind
-from .. import cache
+from ..ops import OPS, OpDef
+from .backends import cache
+from .ir import FUSED_OPS, FusedKind
 
 TIMEOUT_S = float(os.environ.get("TRACEJIT_TIER_TIMEOUT", "1800"))  # a child running longer is killed (failure)
 _live: set = set()  # children still running: killed at exit
@@ -104,7 +104,7 @@ class _Pickler(pickle.Pickler):
 
 
 def write_job(path: str, program, inputs) -> None:
-    from . import threads
+    from .backends.cpu import threads
 
     steps = [(type(s).__name__, s.source, s.sz) for s in program._generated()]
     job = {"graph": program.graph, "decisions": program.decisions, "segments": program.segments, "steps": steps,
@@ -239,10 +239,10 @@ def _die_with_parent(ppid: int) -> None:
 
 def rebuild(job: dict):
     """The parent's program, from its graph, decisions and final sources (the kernels load from the cache)."""
-    from .. import get_backend
-    from ..sizes import Decisions
-    from . import threads
-    from .program import CpuProgram, KernelStep, SegmentStep, _build, _load_generated
+    from .backends import get_backend
+    from .backends.cpu import threads
+    from .backends.cpu.program import CpuProgram, KernelStep, SegmentStep, _build, _load_generated
+    from .backends.sizes import Decisions
 
     threads.configure()
     if threads.get_num_threads() != job["threads"]:
@@ -271,7 +271,7 @@ def main(argv: list[str]) -> int:
     _die_with_parent(ppid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     t0 = time.perf_counter()
-    from ...ir import Value
+    from .ir import Value
 
     with open(job_path, "rb") as f:
         job = pickle.load(f)
