@@ -178,9 +178,14 @@ def test_one_cpu_or_no_disk_cache_compiles_in_a_thread_or_blocks(fresh_kernels, 
     monkeypatch.setattr(background, "cpus", lambda: 1)
     assert mode_of(tiered=True) == "thread"
     monkeypatch.setattr(api, "TIERED_DEFAULT", True)
+    monkeypatch.setattr(api, "TIER_MIN_KERNELS", 1)
     assert mode_of() is None  # the default blocks where only a thread could compile
     monkeypatch.setattr(background, "cpus", lambda: 2)
     assert mode_of() == "process"
+    monkeypatch.setattr(api, "TIER_MIN_KERNELS", 2)
+    assert mode_of() is None  # the default blocks a short compile (one kernel here)
+    assert mode_of(tiered=True) == "process"
+    monkeypatch.setattr(api, "TIER_MIN_KERNELS", 1)
     monkeypatch.setenv("TRACEJIT_TIERED", "thread")
     assert mode_of() == "thread"
     monkeypatch.setenv("TRACEJIT_TIERED", "0")
@@ -237,3 +242,21 @@ def test_environment_values(monkeypatch):
     assert api._tiered_env() == "thread"
     monkeypatch.setenv("TRACEJIT_TIERED", "process")
     assert api._tiered_env() is True
+
+
+@pytest.mark.skipif(background.cpus() < 2, reason="a compile process needs a second CPU")
+def test_the_default_path_end_to_end(fresh_kernels, monkeypatch):
+    """compile() with no tiered argument and TRACEJIT_TIERED unset (the suite's conftest sets it to 0): a variant
+    with enough kernels to compile (here: any) starts on the reference backend, a child process compiles, the
+    parent switches to the kernels it loads from the disk cache; the losses of every step, and params, grads and
+    optimizer state after the last, equal the blocking path's."""
+    monkeypatch.setattr(api, "TIER_MIN_KERNELS", 1)
+    monkeypatch.setattr(api, "TIERED_DEFAULT", True)  # (what the package ships: see api.TIERED_DEFAULT)
+    lt, st, cf = _mlp_steps(None, width=29, n=6, wait_at=2)
+    tier = cf.history[-1].tier
+    assert tier.mode == "process" and tier.switched and tier.error is None and tier.reference_calls == 3
+    n = len(tier.compiled._generated())
+    assert tier.loaded == (n, 0)
+    lb, sb, cfb = _mlp_steps(False, width=29, n=6)
+    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
+    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)

@@ -143,6 +143,8 @@ def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blockin
     out["tier"] = tier.mode if tier is not None else None
     out["tier_loaded"] = tier.loaded if tier is not None else None
     out["tier_error"] = repr(tier.error) if tier is not None and tier.error is not None else None
+    child = getattr(tier, "child", None)
+    out["tier_child"] = {k: v for k, v in child.result.items() if k != "fallbacks"} if child is not None else None
     x, y = batch_of(new_batch)
     n0, cpu_compile0 = compiles()
     t0 = time.perf_counter()

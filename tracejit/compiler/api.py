@@ -146,6 +146,9 @@ TIERED_DEFAULT = False  # compile(tiered=None) and TRACEJIT_TIERED unset: blocki
 # batch 64, load ~5 on 2 cores: k=0 first compiled step at 64 s (459 reference steps), 100 steps 17 s, 1000 steps
 # 70 s; k=2: 40 s (99 steps), 40 s, 47 s; blocking: 23 s, 23 s, 28 s. Tiered is for the first steps: k=0.
 TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "0"))
+# The default (tiered=None, TRACEJIT_TIERED unset) tiers a variant only when at least this many generated kernels
+# must compile: the compile process starts in 2-5 s (Python, tracejit, Numba), which a short compile does not repay
+TIER_MIN_KERNELS = int(os.environ.get("TRACEJIT_TIER_MIN_KERNELS", "8"))
 
 
 def _tiered_env() -> bool | str | None:
@@ -757,6 +760,8 @@ class CompiledFunction:
         n, hits = prog.cache_stats()
         if hits >= n:
             return None
+        if default and n - hits < TIER_MIN_KERNELS:
+            return None  # a short compile: the compile process's start would cost more than the early steps gain
         if want == "thread":
             return "thread"
         from . import background
