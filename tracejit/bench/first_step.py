@@ -16,11 +16,12 @@ already-compiled step. The cases, in order, each one process:
 - package warm, kernels cold: the fresh-install case's NUMBA_CACHE_DIR again, an empty kernel cache;
 - warm: both caches of the previous case.
 
-Each case runs once per mode, with caches of its own: blocking (`compile(tiered=False)`: the first call compiles
-before it returns), process (`compile(tiered=True)`: calls run on the reference backend until the kernels,
-compiled in a child process into the disk caches, are loaded) and thread (TRACEJIT_TIERED=thread: the same with
-the compile in a thread of the process). The table gives both "first call returned" and "first compiled step" (the
-end of the first call that ran the compiled kernels), and the time to N steps from the first call's start.
+Each case runs once per mode (`modes`), with caches of its own: blocking (`compile(tiered=False)`: the first call
+compiles before it returns), process (`compile(tiered=True)`: calls run on the reference backend until the
+kernels, compiled in a child process into the disk caches, are loaded) and thread (TRACEJIT_TIERED=thread, only
+when asked for: the same with the compile in a thread of the process). The table gives both "first call
+returned" and "first compiled step" (the end of the first call that ran the compiled kernels), and the time to N
+steps from the first call's start.
 
 `workload="gpt"` times the gpt benchmark's step (a 4-layer Transformer, AdamW) instead of LeNet's.
 
@@ -42,7 +43,7 @@ BATCH, NEW_BATCH = 64, 40
 GPT_BATCH, GPT_NEW_BATCH = 16, 12
 QUICK_BATCH, QUICK_NEW_BATCH = 2, 3
 STEPS, QUICK_STEPS = (1, 10, 100, 1000), (1, 3)
-MODES = ("blocking", "process", "thread")
+MODES = ("blocking", "process")  # and "thread" (TRACEJIT_TIERED=thread), when asked for
 TIERED = {"blocking": False, "process": True, "tiered": True, "thread": None}  # thread: TRACEJIT_TIERED=thread
 CASES = ("fresh install", "after warmup", "package warm, kernels cold", "warm")
 

@@ -140,7 +140,13 @@ def _arg_key(a):
     return ("O", id(a))
 
 
-TIERED_DEFAULT = False  # compile(tiered=None) and TRACEJIT_TIERED unset: blocking (see Tier)
+# compile(tiered=None) and TRACEJIT_TIERED unset: tiered in a compile process (see Tier, _tier_mode), where one can
+# run and at least TIER_MIN_KERNELS kernels must compile. First-step bench, fresh processes, 2-core Zen 5 at load
+# 7-12 (other jobs), first call returned / time to 1000 steps, blocking -> process: gpt fresh install 97.5 ->
+# 13.9 s / 358 -> 306 s, gpt kernels cold 71.5 -> 3.8 s / 329 -> 249 s, LeNet fresh install 62.9 -> 12.9 s /
+# 78.7 -> 81.7 s and 74.1 -> 13.0 s / 87.9 -> 90.2 s; LeNet kernels cold (4 kernels: blocks by default) 6.6 ->
+# 0.8 s / 21.3 -> 23.6 s and 19.4 -> 24.4 s. In a thread (TRACEJIT_TIERED=thread) LeNet fresh took 131-238 s.
+TIERED_DEFAULT = True
 # TRACEJIT_TIER_PACE=k: after each reference call while the kernels compile, the calling thread waits k times
 # that call's duration (less if the kernels get ready), leaving the compile thread the GIL. LeNet, fresh install,
 # batch 64, load ~5 on 2 cores: k=0 first compiled step at 64 s (459 reference steps), 100 steps 17 s, 1000 steps
@@ -904,9 +910,11 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
     with a TraceError naming the line. See the README's "Compile" section.
 
     tiered: True runs a new variant's first calls on the reference backend (NumPy, the values eager computes)
-    while its kernels compile in a background thread, and switches to them once they are ready, so that no
-    call waits for Numba; False compiles before the first call returns. None: TRACEJIT_TIERED (1 or 0), else
-    blocking. Kernels found in the kernel cache are loaded at once either way. `explain` shows the state.
+    while its kernels compile in a child process (a thread where none can run: one CPU, no disk cache), and
+    switches to them once they are ready, so that no call waits for Numba; False compiles before the first call
+    returns. None (default): TRACEJIT_TIERED (1, 0 or thread), else tiered in a child process when at least
+    TIER_MIN_KERNELS (8) kernels must compile and one can run, blocking otherwise. Kernels found in the kernel
+    cache are loaded at once either way. `explain` shows the state.
     """
     if fn is None:
         return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,
