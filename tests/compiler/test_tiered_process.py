@@ -16,6 +16,7 @@ import tracejit
 import tracejit.nn as nn
 import tracejit.nn.functional as F
 from tracejit.compiler import api, background
+from tracejit.compiler.backends import get_backend
 from tracejit.compiler.ir import print_graph
 
 from .conftest import MLP, assert_same_state, batches, make_train_step, snapshot
@@ -96,7 +97,7 @@ def test_a_failing_child_means_a_foreground_compile_with_the_same_results(fresh_
     tier = cf.history[-1].tier
     assert isinstance(tier.error, api.BackgroundCompileError) and tier.switched
     assert "exited with code 5: no luck today" in str(tier.error)
-    assert tier.loaded is None and sum(background.loads(tier.compiled)) == len(tier.compiled._generated())
+    assert tier.loaded is None and sum(background.loads(tier.compiled, tier.backend)) == len(tier.compiled._generated())
     lb, sb, _ = _mlp_steps(False, width=17)
     np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
     assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
@@ -223,13 +224,15 @@ def test_the_job_rebuilds_the_same_program(fresh_kernels, tmp_path):
     v = cf.compile_variant((x, y))
     prog = v.program
     path = str(tmp_path / "job.pkl")
-    background.write_job(path, prog, [np.zeros(1)])
+    backend = get_backend("cpu")
+    background.write_job(path, prog, backend, [np.zeros(1)])
     import pickle
 
     with open(path, "rb") as f:
         job = pickle.load(f)
     assert print_graph(job["graph"]) == print_graph(prog.graph)
-    again = background.rebuild(job)
+    assert job["backend"] == "cpu"
+    again = backend.tier_rebuild(job)
     mine, theirs = prog._generated(), again._generated()
     assert [type(s) for s in theirs] == [type(s) for s in mine] and len(mine) >= 3
     assert [(s.source, s.sz) for s in theirs] == [(s.source, s.sz) for s in mine]

@@ -196,6 +196,7 @@ class Tier:
         self.variant = variant
         self.mode = mode  # "process" or "thread"
         self.compiled = variant.program
+        self.backend = get_backend(variant.backend)
         self.reference = get_backend("reference").compile(variant.graph)  # (runs any graph after the passes)
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
@@ -237,17 +238,13 @@ class Tier:
         return [o.copy() if isinstance(o, np.ndarray) and o.base is not None else o for o in outs]
 
     def _reference_run(self, ins):
-        """The reference program on one BLAS thread: NumPy's GEMMs on two OpenBLAS threads spin on both cores
-        against the compile (LeNet's reference step at load ~7 on 2 cores: 0.45-0.64 s wall and 0.18-0.28 CPU s
-        with two threads, 0.09-0.11 s and 0.04 CPU s with one). Compiled steps set their own thread counts."""
-        from .backends.cpu.blas import control as blas
-
-        before = blas._current
-        blas.set_threads(1)
-        try:
+        """The reference program, in the backend's context for it (the CPU backend: one BLAS thread, so that
+        NumPy's GEMMs do not spin on both cores against the compile)."""
+        quiet = getattr(self.backend, "tier_reference_calls", None)
+        if quiet is None:
             return self.reference.run(ins)
-        finally:
-            blas.set_threads(before if before is not None else blas._max)  # (None: the library's default, all)
+        with quiet():
+            return self.reference.run(ins)
 
     def start(self, inputs) -> None:
         self.started_at = time.perf_counter()
@@ -263,7 +260,7 @@ class Tier:
             if self.mode == "process":
                 from . import background
 
-                self.loaded = background.loads(self.compiled)
+                self.loaded = background.loads(self.compiled, self.backend)
         except BaseException as e:  # noqa: BLE001 -- kept and reported by the foreground (run, explain)
             self.error = e
         finally:
@@ -278,7 +275,7 @@ class Tier:
         fails. A job that cannot be written (an attribute that does not pickle) compiles in this thread."""
         from . import background
 
-        self.child = background.Child(self.compiled, inputs)
+        self.child = background.Child(self.compiled, self.backend, inputs)
         try:
             why = self.child.run()
         except Exception as e:  # noqa: BLE001 -- writing or starting the job failed: compile here instead
@@ -772,7 +769,7 @@ class CompiledFunction:
             return "thread"
         from . import background
 
-        why = background.unusable(prog)
+        why = background.unusable(prog, get_backend(variant.backend))
         if why is None:
             return "process"
         if default:

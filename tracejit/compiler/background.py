@@ -50,34 +50,20 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
-def unusable(program) -> str | None:
+def unusable(program, backend) -> str | None:
     """Why `program`'s kernels cannot be compiled in a child process (None: they can): a second CPU to run it on,
-    and the kernel and Numba disk caches through which the parent gets the child's work."""
+    and a backend that can rebuild the program there and share the kernels through its disk caches."""
     if cpus() < 2:
         return "one CPU"
-    if getattr(program, "decisions", None) is None or not hasattr(program, "_generated"):
-        return "not a CPU program"
-    steps = program._generated()
-    if not steps:
-        return "no generated kernels"
-    home = cache.configured_dir()
-    for s in steps:
-        fn = s.fn
-        filename = getattr(getattr(getattr(fn, "py_func", None), "__code__", None), "co_filename", "")
-        if os.path.dirname(filename) != home:
-            return "the kernel cache is not writable (kernels compile in memory or a private directory)"
-        if type(getattr(fn, "_cache", None)).__name__ == "NullCache":
-            return "Numba cannot cache the kernels"
-    return None
+    check = getattr(backend, "tier_unusable", None)
+    if check is None:
+        return f"the {getattr(backend, 'name', '?')} backend has no compile process"
+    return check(program)
 
 
-def loads(program) -> tuple[int, int]:
-    """(kernel compilations Numba found in its disk cache, ones it compiled) for `program`'s generated kernels."""
-    hits = misses = 0
-    for s in program._generated():
-        hits += sum(getattr(s.fn, "_cache_hits", {}).values())
-        misses += sum(getattr(s.fn, "_cache_misses", {}).values())
-    return hits, misses
+def loads(program, backend) -> tuple[int, int]:
+    """(kernel compilations found in the disk cache, ones compiled) for `program`'s generated kernels."""
+    return backend.tier_loads(program)
 
 
 # ------------------------------------------------------------------------------------------------ the job file
@@ -103,12 +89,8 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def write_job(path: str, program, inputs) -> None:
-    from .backends.cpu import threads
-
-    steps = [(type(s).__name__, s.source, s.sz) for s in program._generated()]
-    job = {"graph": program.graph, "decisions": program.decisions, "segments": program.segments, "steps": steps,
-           "threads": threads.get_num_threads(), "inputs": list(inputs)}
+def write_job(path: str, program, backend, inputs) -> None:
+    job = dict(backend.tier_job(program), backend=backend.name, inputs=list(inputs))
     with open(path, "wb") as f:
         _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(job)
 
@@ -150,8 +132,8 @@ class Child:
     """One background compile: `run()` writes the job, starts the child, waits for it; returns None when it
     compiled every kernel into the disk caches, else why not. `kill()` ends it early."""
 
-    def __init__(self, program, inputs):
-        self.program, self.inputs = program, inputs
+    def __init__(self, program, backend, inputs):
+        self.program, self.backend, self.inputs = program, backend, inputs
         self.proc: subprocess.Popen | None = None
         self.dir: str | None = None
         self.result: dict = {}
@@ -171,7 +153,7 @@ class Child:
     def _run(self) -> str | None:
         self.dir = tempfile.mkdtemp(prefix="tracejit-compile-")
         job = os.path.join(self.dir, "job.pkl")
-        write_job(job, self.program, self.inputs)
+        write_job(job, self.program, self.backend, self.inputs)
         self.inputs = None
         if not _exit_hook:
             _exit_hook.append(atexit.register(_kill_live))
@@ -240,35 +222,6 @@ def _die_with_parent(ppid: int) -> None:
         threading.Thread(target=poll, daemon=True).start()
 
 
-def rebuild(job: dict):
-    """The parent's program, from its graph, decisions and final sources (the kernels load from the cache)."""
-    from .backends import get_backend
-    from .backends.cpu import threads
-    from .backends.cpu.program import CpuProgram, KernelStep, SegmentStep, _build, _load_generated
-    from .backends.sizes import Decisions
-
-    threads.configure()
-    if threads.get_num_threads() != job["threads"]:
-        threads.set_num_threads(job["threads"])  # (segments pass it and split GEMMs by it)
-    graph = job["graph"]
-    decide = Decisions(job["decisions"])
-    fallbacks: list = []
-    make_step, units = _build(graph, job["segments"], decide, fallbacks)
-    if units is None:
-        units = [(make_step(n), n.inputs, n.outputs) for n in graph.nodes]
-    generated = [s for s, *_ in units if isinstance(s, (KernelStep, SegmentStep))]
-    kinds = [type(s).__name__ for s in generated]
-    if kinds != [k for k, _, _ in job["steps"]] or decide.made != job["decisions"]:
-        raise RuntimeError(f"the rebuilt program differs from the parent's: steps {kinds} vs "
-                           f"{[k for k, _, _ in job['steps']]}")
-    for s, (_, source, sz) in zip(generated, job["steps"]):
-        s.source, s.sz = source, sz
-    _load_generated(generated, None, None, job["segments"])
-    prog = CpuProgram(graph, units=units, backend=get_backend("cpu"))
-    prog.fallbacks = fallbacks
-    return prog
-
-
 def main(argv: list[str]) -> int:
     job_path, ppid = argv[0], int(argv[1])
     _die_with_parent(ppid)
@@ -280,13 +233,16 @@ def main(argv: list[str]) -> int:
         job = pickle.load(f)
     Value._next_id = max(Value._next_id, 1 << 40)  # (values made here never meet the graph's ids)
     t1 = time.time()
-    prog = rebuild(job)
+    from .backends import get_backend
+
+    backend = get_backend(job["backend"])
+    prog = backend.tier_rebuild(job)
     t2 = time.time()
     prog.run(job["inputs"])
-    hits, misses = loads(prog)
+    hits, misses = backend.tier_loads(prog)
     tmp = os.path.join(os.path.dirname(job_path), "done.json.tmp")
     with open(tmp, "w") as f:
-        json.dump({"kernels": len(prog._generated()), "compiled": misses, "loaded": hits, "started_s": t0,
+        json.dump({"kernels": hits + misses, "compiled": misses, "loaded": hits, "started_s": t0,
                    "job_s": t1 - t0, "rebuild_s": t2 - t1, "run_s": time.time() - t2,
                    "cpu_s": time.process_time(), "fallbacks": prog.fallbacks}, f)
     os.replace(tmp, os.path.join(os.path.dirname(job_path), "done.json"))
