@@ -383,6 +383,17 @@ def make_runner(v: Variant):
     return run
 
 
+def _prepare_default_backend() -> None:
+    """compile() without a backend: make the CPU backend now, as compile(backend="cpu") does, so that it gets
+    ready (imports, Numba's initialization: backends/cpu/prepare.py) in the background while the user's code
+    runs on, not in the first call (~0.4 s of a warm LeNet first call). A function whose tensors live elsewhere
+    gets its own backend at its first call, as before."""
+    try:
+        get_backend(DEFAULT_BACKEND)
+    except Exception:  # noqa: BLE001 -- unavailable here: the first call says why, where it is needed
+        pass
+
+
 class CompiledFunction:
     """What `@tracejit.compile` returns. Call it like the function; inspect with `.ir()`, `explain()`."""
 
@@ -402,6 +413,8 @@ class CompiledFunction:
         # backend=None: each variant runs on the backend of the device its tensors live on ("cpu" on the CPU)
         self.backend_name = backend or DEFAULT_BACKEND
         self.backend = get_backend(backend) if backend is not None else None
+        if backend is None:
+            _prepare_default_backend()
         self.dump = dump
         self.fallback = fallback
         self.cache_limit = cache_limit
