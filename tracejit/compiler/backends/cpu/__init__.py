@@ -70,6 +70,36 @@ class CpuBackend(Backend):
             views.addresses([np.zeros(1, dt)] * (views.CHUNKS[0] + 1))
             views.addresses([np.zeros(1, dt)])
 
+    # tiered execution's compile process (compiler/background.py): see tiering.py
+    def tier_unusable(self, program) -> str | None:
+        from . import tiering
+
+        return tiering.unusable(program)
+
+    def tier_job(self, program) -> dict:
+        from . import tiering
+
+        return tiering.job(program)
+
+    def tier_rebuild(self, job: dict):
+        from .prepare import wait
+
+        wait()
+        from . import tiering
+
+        return tiering.rebuild(job, self)
+
+    def tier_loads(self, program) -> tuple[int, int]:
+        from . import tiering
+
+        return tiering.loads(program)
+
+    def tier_reference_calls(self):
+        """A context for the reference calls that run while the compile process works: one BLAS thread."""
+        from . import tiering
+
+        return tiering.one_blas_thread()
+
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py
 
