@@ -108,10 +108,21 @@ def unbroadcast(g, shape):
 # ----------------------------------------------------------------------------------------------- elementwise
 
 
+# PyTorch refuses these on bool tensors (their results would not be 0/1 or make no sense for a mask)
+_BOOL_ERRORS = {
+    "neg": "neg: negation, the `-` operator, on a bool tensor is not supported. If you are trying to invert a mask, "
+           "use the `~` or `logical_not()` operator instead.",
+    "abs": "abs: \"abs_cpu\" not implemented for 'Bool'",
+    "relu": "relu: Boolean inputs not supported for relu",
+}
+
+
 def _unary_infer(name, float_only=True):
     def infer(x):
         if float_only:
             _need_float(name, x)
+        if x.dtype is D.bool_ and name in _BOOL_ERRORS:
+            raise OpTypeError(_BOOL_ERRORS[name])
         return TensorType(x.shape, x.dtype)
     return infer
 
@@ -138,7 +149,8 @@ EXP = _unary("exp", np.exp, lambda c, g: [g * c.output()], S.exp(S.X))
 LOG = _unary("log", np.log, lambda c, g: [g / c.input(0)], S.log(S.X))
 SQRT = _unary("sqrt", np.sqrt, lambda c, g: [g / (c.output() * 2.0)], S.sqrt(S.X))
 ABS = _unary("abs", np.abs, lambda c, g: [g * c.input(0).sign()], S.abs_(S.X), float_only=False)
-SIGN = _unary("sign", np.sign, None, S.sign(S.X), float_only=False)
+SIGN = _unary("sign", lambda x: x.copy() if x.dtype == np.bool_ else np.sign(x), None, S.sign(S.X),
+              float_only=False)  # (NumPy has no sign of bools; PyTorch's is the bool itself)
 TANH = _unary("tanh", np.tanh, lambda c, g: [g * (1.0 - c.output() * c.output())], S.tanh(S.X))
 SIGMOID = _unary("sigmoid", lambda x: special.expit(x),
                  lambda c, g: [g * c.output() * (1.0 - c.output())], S.sigmoid(S.X))

@@ -65,3 +65,53 @@ def test_reductions_of_broadcast_row_values(keepdim):
                 x.sum(-1, keepdim=True).expand(4, 6).amax(-1, keepdim=keepdim))
 
     _close(tj.compile(f)(x), f(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 3), (1, 4, 4), (5, 5, 5)])
+def test_a_reduction_without_keepdim_broadcast_against_its_input_is_not_a_row_value(shape):
+    """x.sum(-1) of a [.., n, n] x broadcasts against x along the *last* dims (NumPy's right alignment), not
+    along the rows: row kernels read it per row and gave wrong numbers. keepdim=True (a row value) still fuses."""
+    x = tj.tensor(np.random.default_rng(2).standard_normal(shape).astype(np.float32))
+    cases = {
+        "sum": lambda x: x.sum(-1) + x,
+        "mean": lambda x: x - x.mean(-1),
+        "amax": lambda x: x * x.amax(-1),
+        "both": lambda x: (x.sum(-1), x.sum(-1) * x),
+        "expand": lambda x: x.sum(-1).expand(*x.shape) * x,
+        "keepdim": lambda x: x - x.mean(-1, keepdim=True),
+    }
+    for name, f in cases.items():
+        cf = tj.compile(f)
+        _close(cf(x), f(x))
+        if name == "keepdim":
+            assert "rows=" in str(cf.latest().graph), name  # still one row kernel
+
+
+def test_bool_add_and_mul_stay_bools_in_a_compiled_step():
+    """PyTorch: True + True is True (a logical or), True * True is True; a compiled kernel once stored 2 in the bool
+    and a later cast or sum read it as 2."""
+    a = tj.tensor([True, True, False, False])
+    b = tj.tensor([True, False, True, False])
+
+    def f(a, b):
+        s = a + b + b
+        return s.float(), s.sum(), (a * b).long(), (s * True).to(tj.int64).sum()
+
+    cf = tj.compile(f)
+    got, want = cf(a, b), f(a, b)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    np.testing.assert_array_equal(got[0].numpy(), [1.0, 1.0, 1.0, 0.0])
+    assert got[1].item() == 3
+
+
+def test_bool_ops_pytorch_refuses_raise():
+    t = tj.tensor([True, False])
+    for f, msg in ((lambda: -t, "negation, the `-` operator, on a bool tensor"), (lambda: t.abs(), "abs_cpu"),
+                   (lambda: t.relu(), "Boolean inputs not supported for relu")):
+        with pytest.raises(TypeError, match=msg):
+            f()
+        with pytest.raises(TypeError, match=msg):
+            tj.compile(lambda x, f=f: f())(t)
+    np.testing.assert_array_equal(t.sign().numpy(), [True, False])  # (PyTorch's sign of a bool is the bool)

@@ -191,9 +191,19 @@ def lower(node: Node, prefix: str = "v", features=frozenset()) -> LoopKernel:
         counter[0] += 1
         return f"{prefix}{counter[0]}"
 
+    def keeps_rows(shape, frame: tuple) -> bool:
+        """Whether a row value of `shape`, broadcast (right-aligned, as NumPy and PyTorch do) to `frame`, lands on
+        its rows: x.sum(-1, keepdim=True) does, but x.sum(-1) of a [b, n, n] x broadcast against x is aligned with
+        the *last* dims and is not one value per row (a kernel that read it per row gave wrong numbers)."""
+        return (tuple(shape) == tuple(frame) or all(d == 1 for d in shape) or
+                _pad(shape, len(frame)) == (row_kd if len(frame) == rank else row_nk))
+
     def operand(v, frame: tuple):
         """The scalar of `v` for an op whose output has shape `frame` (the space, or a row shape)."""
         if v.id in scalars:
+            if scalars[v.id] in row_vars and not keeps_rows(v.shape, frame):
+                raise LoweringError(f"a per-row value of shape {list(v.shape)} broadcast to {list(frame)} is not "
+                                    f"one value per row of {list(space)}")
             return scalars[v.id]
         if v.id in consts:
             value, dtype = consts[v.id]
@@ -250,7 +260,8 @@ def lower(node: Node, prefix: str = "v", features=frozenset()) -> LoopKernel:
                 views[out.id] = _view_op(views[src.id], n, features)
             elif src.id in scalars and name in ("reshape", "expand") and (
                     tuple(out.shape) == tuple(src.shape) or (scalars[src.id] in row_vars and (
-                        tuple(out.shape) in (row_nk, row_kd) or (name == "expand" and out.shape == space)))):
+                        (tuple(out.shape) in (row_nk, row_kd) and tuple(src.shape) in (row_nk, row_kd)) or
+                        (name == "expand" and tuple(out.shape) == tuple(space) and keeps_rows(src.shape, space))))):
                 scalars[out.id] = scalars[src.id]  # a row value seen with or without its reduced dims: one scalar
             else:
                 raise LoweringError(f"{name} of a value computed inside the kernel")

@@ -68,6 +68,15 @@ def _fits(nodes, space: tuple, rows: int) -> bool:
 
     per_row = {v.id for n in nodes for v in n.inputs if v.id not in defined and row_shaped(v)}
     read = {v.id for n in nodes for v in n.inputs}
+
+    def lands_on_rows(v, shape) -> bool:
+        # a per-row value read by an op over `shape`: NumPy's right-aligned broadcast must put it on its rows
+        # (x.sum(-1) of a [b, n, n] x added to x is aligned with the last dims: not a row value there)
+        if tuple(v.shape) == tuple(shape) or all(d == 1 for d in v.shape):  # (one value: the same everywhere)
+            return True
+        pad = (1,) * (len(shape) - len(v.shape)) + tuple(v.shape)
+        return pad == (row_kd if len(shape) == len(space) else row_nk)
+
     for n in nodes:
         name = n.op.name
         out = n.outputs[0]
@@ -79,12 +88,17 @@ def _fits(nodes, space: tuple, rows: int) -> bool:
         elif name == "full":
             per_row.add(out.id)
         elif name in ("reshape", "expand"):  # (a view of an input is loaded in the space's rank)
-            if n.inputs[0].id in per_row or (n.inputs[0].id not in defined and row_shaped(out)):
+            src = n.inputs[0]
+            if src.id in per_row and name == "expand" and not lands_on_rows(src, tuple(out.shape)):
+                return False
+            if src.id in per_row or (src.id not in defined and row_shaped(out)):
                 per_row.add(out.id)
         elif name in VIEWS or name in ("slice", "cat", "permute"):
             continue
         elif n.op.kind.name == "ELEMENTWISE":
             if tuple(out.shape) not in (space, row_nk, row_kd):
+                return False
+            if any(v.id in per_row and not lands_on_rows(v, tuple(out.shape)) for v in n.inputs):
                 return False
             if tuple(out.shape) != space or (n.inputs and all(v.id in per_row for v in n.inputs)):
                 per_row.add(out.id)

@@ -91,9 +91,11 @@ def _mod(name: str):
 
 SPELLING = {
     "neg": "(-{0})",
-    "add": "({0} + {1})",
+    # bools: PyTorch's add is a logical or and mul an and (True + True is True); Python's + would store 2 in a
+    # bool's byte, which a later cast or sum reads as 2
+    "add": lambda c, a, b: f"({a} | {b})" if c.dtype is D.bool_ else f"({a} + {b})",
     "sub": "({0} - {1})",
-    "mul": "({0} * {1})",
+    "mul": lambda c, a, b: f"({a} & {b})" if c.dtype is D.bool_ else f"({a} * {b})",
     "div": "({0} / {1})",
     "pow": "({0} ** {1})",  # powf/pow: C's rules
     "abs": "abs({0})",
