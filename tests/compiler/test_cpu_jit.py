@@ -30,7 +30,7 @@ def test_a_helper_compiles_once_whatever_constants_it_is_called_with():
 
 
 def test_package_kernels_use_the_helper_dispatcher():
-    for fn in (calls.gemm_at, calls.gemm_beta, segment.gemm_bias_act_par, segment.gemm_nt, im2col.conv_fwd_kernel,
+    for fn in (calls.gemm_at, calls.gemm_beta, segment._bias_act, im2col.conv_fwd_kernel,
                im2col.conv_bwd_kernel, conv.conv_s1_kernel):
         assert isinstance(fn, jit.HelperDispatcher), fn
 
@@ -41,9 +41,10 @@ def test_compiled_linear_layers_of_any_shape_call_gemm_without_literal_types():
         step = tj.compile(lambda x, net=net: net(x).sum(), backend="cpu")
         x = tj.from_numpy(np.ones((4, n_in), np.float32))
         np.testing.assert_allclose(step(x).item(), net(x).sum().item(), rtol=1e-5)
-    for fn in (calls.gemm_at, segment.gemm_nt, segment.gemm_bias_act):
+    for fn in (calls.gemm_at, segment._bias_act):
         for sig in fn.signatures:
             assert not any(isinstance(t, types.Literal) for t in sig), (fn, sig)
+    assert set(segment._entries) <= {"f32", "f64"}  # segments call one C entry per dtype (blas.segment)
 
 
 def test_warmup_runs_its_steps_in_a_temporary_kernel_cache(tmp_path, monkeypatch):
