@@ -186,6 +186,34 @@ for _name, _f in (("floor_divide", _floor_div), ("trunc_divide", _trunc_div)):
     row(_name, "i64-broadcast", lambda r: [ints(r, 3, 1, lo=-20, hi=21), ints(r, 4, lo=1, hi=6) * [1, -1, 1, -1]],
         (lambda f: lambda a, b: np.asarray(f(a, b)).astype(I64))(_f))
 
+
+
+def _remainder(a, b):  # PyTorch's: fmod, then + b where it is non-zero with a sign unlike b's
+    out = []
+    x, y = np.broadcast_arrays(a, b)
+    for u, v in zip(x.flat, y.flat):
+        m = math.fmod(u, v) if a.dtype.kind == "f" else int(u) % int(v)
+        out.append(m + v if a.dtype.kind == "f" and m != 0 and (v < 0) != (m < 0) else m)
+    return np.array(out).reshape(x.shape)
+
+
+def _fmod(a, b):  # C's: the sign of the dividend
+    x, y = np.broadcast_arrays(a, b)
+    if a.dtype.kind == "f":
+        q = [math.fmod(float(u), float(v)) for u, v in zip(x.flat, y.flat)]
+    else:
+        q = [abs(int(u)) % abs(int(v)) * (1 if u >= 0 else -1) for u, v in zip(x.flat, y.flat)]
+    return np.array(q).reshape(x.shape)
+
+
+for _name, _f in (("remainder", _remainder), ("fmod", _fmod)):
+    row(_name, "f64-noncontig", lambda r: [transposed(randn(r, 3, 4) * 5), strided(away_from_zero(r, 3, 4))],
+        (lambda f: lambda a, b: np.asarray(f(a, b)).astype(a.dtype))(_f), grad=(0, 1))
+    row(_name, "f32-broadcast", lambda r: [randn(r, 2, 1, 3, dtype=F32) * 5, away_from_zero(r, 4, 1, dtype=F32)],
+        (lambda f: lambda a, b: np.asarray(f(a, b)).astype(a.dtype))(_f))
+    row(_name, "i64-broadcast", lambda r: [ints(r, 3, 1, lo=-20, hi=21), ints(r, 4, lo=1, hi=6) * [1, -1, 1, -1]],
+        (lambda f: lambda a, b: np.asarray(f(a, b)).astype(I64))(_f))
+
 COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
            "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
 

@@ -58,18 +58,42 @@ _ROUNDING = {"floor": "floor_divide", "trunc": "trunc_divide"}
 
 def _rounded_div(mode, a, b):
     """a / b rounded as `mode` ("floor": a // b, "trunc": toward zero) in their promoted dtype (PyTorch's: int64 for
-    integers, float for a float operand). An integer division by zero raises eagerly, as PyTorch's
-    RuntimeError("ZeroDivisionError"); a compiled step cannot raise on data and gives 0 there."""
+    integers, float for a float operand). An integer division by zero raises PyTorch's
+    RuntimeError("ZeroDivisionError"), eagerly and from a compiled step (`_check_divisor`)."""
     op = _ROUNDING.get(mode)
     if op is None:
         raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {mode!r}")
     dt = D.result_type(a, b)
     x, y = _as_operand(a, dt), _as_operand(b, dt)
-    if not dt.is_floating_point and dt is not D.bool_ and _dispatch.current_tracer() is None:
-        zero = (y == 0).any().item() if isinstance(y, Tensor) else y == 0
-        if zero:
-            raise OpError(f"ZeroDivisionError: integer {op} by zero (at {user_location()})")
+    _check_divisor(op, dt, y)
     return apply(OPS[op], x, y)
+
+
+def _modulo(op, a, b):
+    """remainder (Python's / PyTorch's %, the divisor's sign) or fmod (C's, the dividend's) in the promoted dtype;
+    an integer zero divisor raises RuntimeError("ZeroDivisionError"), as PyTorch."""
+    dt = D.result_type(a, b)
+    x, y = _as_operand(a, dt), _as_operand(b, dt)
+    _check_divisor(op, dt, y)
+    return apply(OPS[op], x, y)
+
+
+def _check_divisor(op, dt, y):
+    """Raise RuntimeError("ZeroDivisionError ...") where an integer divisor `y` holds a zero: now for a known
+    divisor; for a traced one through a check_index node on the flags `y == 0`, which stops the compiled step
+    with the same error before any state is written (its kernels give 0 for x // 0 and must not be trusted)."""
+    if dt.is_floating_point or dt is D.bool_:
+        return
+    message = f"ZeroDivisionError: integer {op} by zero"
+    if not isinstance(y, Tensor):
+        if y == 0:
+            raise OpError(f"{message} (at {user_location()})")
+        return
+    if _dispatch.current_tracer() is None:
+        if (y == 0).any().item():
+            raise OpError(f"{message} (at {user_location()})")
+        return
+    check_index((y == 0).to(D.int64), 0, 1, message, error="zerodiv")  # (adds the user's line)
 
 
 def _norm_dim(d, ndim):
@@ -594,6 +618,18 @@ class Tensor(TensorBase, MoreMethods):
     def floor_divide(self, o):
         return _rounded_div("floor", self, o)
 
+    def remainder(self, o):
+        return _modulo("remainder", self, o)
+
+    def fmod(self, o):
+        return _modulo("fmod", self, o)
+
+    def __mod__(self, o):
+        return _modulo("remainder", self, o)
+
+    def __rmod__(self, o):
+        return _modulo("remainder", o, self)
+
     def pow(self, o):
         return self ** o
 
@@ -1043,10 +1079,7 @@ class Tensor(TensorBase, MoreMethods):
         return self._inplace(lambda s: s.div(o, rounding_mode=rounding_mode), "div_")
 
     def floor_divide_(self, o):
-        dt = D.result_type(self, o)
-        if dt.is_floating_point and not self.dtype.is_floating_point:
-            raise RuntimeError(f"result type {dt.name} can't be cast to the desired output type {self.dtype.name} "
-                               f"(floor_divide_, at {user_location()})")
+        self._check_inplace_result(D.result_type(self, o), "floor_divide_")
         return self._inplace(lambda s: _rounded_div("floor", s, o), "floor_divide_")
 
     def pow_(self, o):
@@ -1110,6 +1143,22 @@ class Tensor(TensorBase, MoreMethods):
 
     def __ifloordiv__(self, o):
         return self.floor_divide_(o)
+
+    def remainder_(self, o):
+        self._check_inplace_result(D.result_type(self, o), "remainder_")
+        return self._inplace(lambda s: _modulo("remainder", s, o), "remainder_")
+
+    def fmod_(self, o):
+        self._check_inplace_result(D.result_type(self, o), "fmod_")
+        return self._inplace(lambda s: _modulo("fmod", s, o), "fmod_")
+
+    def __imod__(self, o):
+        return self.remainder_(o)
+
+    def _check_inplace_result(self, dt, name):
+        if dt.is_floating_point and not self.dtype.is_floating_point:
+            raise RuntimeError(f"result type {dt.name} can't be cast to the desired output type {self.dtype.name} "
+                               f"({name}, at {user_location()})")
 
 
 def _cuda_device(d=None):

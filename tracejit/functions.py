@@ -20,7 +20,7 @@ __all__ = ["exp", "log", "sqrt", "rsqrt", "abs", "neg", "tanh", "sigmoid", "relu
            "logical_and", "logical_or", "logical_xor", "count_nonzero", "allclose", "equal", "tile",
            "repeat_interleave", "movedim", "moveaxis", "addcmul", "addcdiv", "lerp", "broadcast_to", "hstack", "vstack",
            "broadcast_tensors", "is_floating_point", "finfo", "iinfo", "get_default_dtype", "sort", "argsort", "msort",
-           "topk", "cumsum", "prod", "divide", "floor_divide"]
+           "topk", "cumsum", "prod", "divide", "floor_divide", "remainder", "fmod"]
 
 
 def _method(name, out_arg=True):
@@ -88,6 +88,8 @@ mul = _method("mul")
 div = _method("div")
 divide = _method("divide")
 floor_divide = _method("floor_divide")
+fmod = _method("fmod")
+remainder = _method("remainder")
 eq = _method("eq")
 ne = _method("ne")
 lt = _method("lt")

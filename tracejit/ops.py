@@ -224,6 +224,38 @@ TRUNC_DIVIDE = _op("trunc_divide", Kind.ELEMENTWISE, _rounded_div_infer("trunc_d
                    S.truncdiv(S.X, S.Y), doc="x / y rounded toward zero")
 
 
+def _remainder(a, b):
+    """PyTorch's remainder: for floats fmod(a, b) moved by b where it is non-zero and its sign differs from b's
+    (-2.0 % 2.0 = -0.0 and 7 % -inf = -inf, as PyTorch, where Python and np.remainder give 0.0 and -inf); for
+    integers floor modulo (Python's %; a zero divisor raises before this runs)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if np.issubdtype(np.result_type(a, b), np.floating):
+            m = np.fmod(a, b)
+            return np.where((m != 0) & ((b < 0) != (m < 0)), m + b, m).astype(m.dtype)
+        return np.remainder(a, b)
+
+
+def _fmod(a, b):
+    """C's fmod: the remainder of the quotient rounded toward zero (the sign of a), for floats and integers."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.fmod(a, b)
+
+
+def _mod_grads(rounded):
+    """d(a - b * q)/da = 1, d/db = -q, with q = a / b rounded as the op rounds it (PyTorch's formulas)."""
+    def grad(c, g):
+        q = _dispatch.apply(rounded, c.input(0), c.input(1))
+        return [_g_ub(c, 0, g), _g_ub(c, 1, -(g * q))]
+    return grad
+
+
+REMAINDER = _op("remainder", Kind.ELEMENTWISE, _rounded_div_infer("remainder"), _remainder,
+                _mod_grads(FLOOR_DIVIDE), S.remainder(S.X, S.Y),
+                doc="x % y with the sign of y (Python's / PyTorch's remainder)")
+FMOD = _op("fmod", Kind.ELEMENTWISE, _rounded_div_infer("fmod"), _fmod, _mod_grads(TRUNC_DIVIDE),
+           S.fmod(S.X, S.Y), doc="C's fmod: x - trunc(x / y) * y, with the sign of x")
+
+
 def _minmax_grad(c, g, pick_first):
     a, b = c.input(0), c.input(1)
     first = (a >= b) if pick_first else (a <= b)
@@ -607,7 +639,9 @@ AVG_POOL2D_GRAD = _op("avg_pool2d_grad", Kind.WINDOW,
 
 # ----------------------------------------------------------------------------------------------- index
 
-_INDEX_ERRORS = {"index": OpIndexError, "target": TargetIndexError}
+# error kinds of a check_index node: "zerodiv" guards an integer division's divisor (the checked values are the
+# flags `divisor == 0`, in [0, 1)), with PyTorch's RuntimeError("ZeroDivisionError") as the error
+_INDEX_ERRORS = {"index": OpIndexError, "target": TargetIndexError, "zerodiv": OpError}
 
 
 def first_bad_index(a, low: int, high: int, ignore=None):
@@ -634,7 +668,7 @@ def index_message(op: str, axis: int, size: int) -> str:
 def _check_index_infer(idx, low, high, message, ignore=None, error="index"):
     if idx.dtype is not D.int64:
         raise OpTypeError(f"check_index: index must be int64, got {idx.dtype.name}")
-    if error not in _INDEX_ERRORS or "{value}" not in message:
+    if error not in _INDEX_ERRORS or ("{value}" not in message and error != "zerodiv"):
         raise OpError(f"check_index: error must be one of {sorted(_INDEX_ERRORS)} and the message must hold "
                       f"{{value}}, got error={error!r}, message={message!r}")
     return idx

@@ -84,9 +84,15 @@ sign = _fn("sign", 1, "1 for x > 0, -1 for x < 0, a zero for +-0, NaN for NaN")
 relu = _fn("relu", 1, "max(x, 0) that keeps NaN: relu(NaN) = NaN (unlike fmax(x, 0), which gives 0)")
 floordiv = _fn("floordiv", 2, "x // y rounded toward -inf, as Python's and PyTorch's: for floats (x - fmod(x, y)) / y "
                              "rounded down (1.0 // 0.1 = 9.0, -0.0 // 3 = -0.0), x // 0 is x / 0 (+-inf, NaN), NaN or "
-                             "inf in gives NaN or +-inf; for integers floor division (by 0: 0; eager ops raise first)")
+                             "inf in gives NaN or +-inf; for integers floor division (by 0: 0; the Tensor API raises "
+                             "first, eagerly or by a check in the compiled step)")
 truncdiv = _fn("truncdiv", 2, "x / y rounded toward zero: trunc(x / y) for floats (x / 0 is x / 0), C's integer "
-                              "division for integers (by 0: 0; eager ops raise first)")
+                              "division for integers (by 0: 0; the Tensor API raises first)")
+remainder = _fn("remainder", 2, "PyTorch's remainder, the sign of y: for floats m = fmod(x, y), then m + y where "
+                                "m != 0 and its sign differs from y's (-2.0 % 2.0 = -0.0, 7 % -inf = -inf, x % 0 = "
+                                "NaN); for integers floor modulo (by 0: 0; the Tensor API raises first)")
+fmod = _fn("fmod", 2, "C's fmod, the sign of x: x - trunc(x / y) * y exactly (fmod(x, 0) = NaN, fmod(inf, y) = NaN, "
+                      "fmod(x, inf) = x); for integers C's % (by 0: 0; the Tensor API raises first)")
 maximum = _fn("maximum", 2, "the larger of x and y; NaN when either is NaN (PyTorch's maximum, not C's fmax)")
 minimum = _fn("minimum", 2, "the smaller of x and y; NaN when either is NaN (PyTorch's minimum, not C's fmin)")
 

@@ -289,6 +289,8 @@ BINARY = {
     "pow": (lambda a, b: a.pow(b), lambda r, s: [_pos(r, s), r.uniform(-2, 2, s).astype(np.float32)]),
     "maximum": (lambda a, b: a.maximum(b), lambda r, s: list(_ties(r, s))),
     "minimum": (lambda a, b: a.minimum(b), lambda r, s: list(_ties(r, s))),
+    "remainder": (lambda a, b: a % b, lambda r, s: [_normal(r, s) * 8, _nonzero(r, s)]),
+    "fmod": (lambda a, b: a.fmod(b), lambda r, s: [_normal(r, s) * 8, _nonzero(r, s)]),
 }
 NO_GRAD = {
     "sign": (lambda x: x.sign(), lambda r, s: [np.where(r.random(s) < 0.2, 0, _normal(r, s)).astype(np.float32)]),

@@ -106,6 +106,17 @@ def test_rounded_divisions():
                  rtol=0, atol=0)
 
 
+def test_remainder_and_fmod():
+    """% (the divisor's sign, PyTorch's: fmod moved by b) and fmod (the dividend's) for floats with +-0, inf and NaN
+    and for integers, the same as eager on the CPU (float x % 0 is NaN)."""
+    def fn(a, b, i, j):
+        return a % b, a.fmod(b), a % 0.0, i % j, i.fmod(j)
+
+    with np.errstate(all="ignore"):
+        _compare(fn, X, Y, np.array([-7, 7, -7, 7, 0, 2**40], np.int64), np.array([2, 2, -2, -2, 3, 7], np.int64),
+                 rtol=0, atol=0)
+
+
 def test_float64_chain(rng):
     a = rng.standard_normal((3, 5))
     _compare(lambda a: (a * a + 1).log() * a.tanh(), a, rtol=1e-12, atol=0)

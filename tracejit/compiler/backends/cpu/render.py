@@ -463,8 +463,9 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
                 level[s.var], ready[s.var] = "row", -1
             else:
                 level[s.var], need[s.var] = "elem", 0
-        elif s.op in ("rowsum", "rowmax"):
-            level[s.var], ready[s.var] = "row", need[s.args[0]]
+        elif s.op in ("rowsum", "rowmax"):  # (over a row value, e.g. a broadcast one: the loop after it is known)
+            a = s.args[0]
+            level[s.var], ready[s.var] = "row", need[a] if level[a] == "elem" else ready[a] + 1
         elif all(level[a] == "row" for a in s.args):
             level[s.var], ready[s.var] = "row", max((ready[a] for a in s.args), default=-1)
             if all(a in invariant for a in s.args):
@@ -475,7 +476,8 @@ def _render_rows(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tuple
     row_results = [j for j, res in enumerate(k.results) if row_array(res.array) and res.mode != "store"
                    and all(d == n for d, n in zip(res.array.shape[:rows], space[:rows]))]
     for j in row_results:  # a row reduction stored, not read: it runs in the loop that can compute its value
-        ready[f"rr{tag}{j}"] = need.get(k.results[j].var, 0)
+        v = k.results[j].var
+        ready[f"rr{tag}{j}"] = need[v] if level[v] == "elem" else ready[v] + 1
     elem_results = [j for j, res in enumerate(k.results) if j not in row_results and
                     (res.mode != "store" or not row_array(res.array) or level[res.var] == "elem")]
     phases = [ready[s.var] for s in k.stmts if s.op in ("rowsum", "rowmax")] + \

@@ -68,6 +68,23 @@ def _truncdiv(ctx, a, b):
             f"else Z_i64))")
 
 
+def _int_fmod(ctx, a, b):
+    """C's % for integers from Python's (floor) %: moved back by b where its sign differs from a's."""
+    if ctx.dtype is not D.int64:
+        return f"({a} % {b})"  # (unsigned: the same)
+    z = _zero(ctx)
+    return f"((({a} % {b}) - {b}) if ((({a} % {b}) != {z}) and ((({a} % {b}) < {z}) != ({a} < {z}))) else ({a} % {b}))"
+
+
+def _mod(name: str):
+    def how(ctx, a, b):
+        sfx = SUFFIX.get(ctx.dtype)
+        if sfx is not None:
+            return f"M.{name}_{sfx}({a}, {b})"
+        return f"({a} % {b})" if name == "remainder" else _int_fmod(ctx, a, b)  # Python's % is floor modulo
+    return how
+
+
 SPELLING = {
     "neg": "(-{0})",
     "add": "({0} + {1})",
@@ -83,6 +100,8 @@ SPELLING = {
     # a NaN x is kept by `x != x`; a NaN y fails `x >= y` and is taken
     "floordiv": "({0} // {1})",  # Numba's // is Python's (fmod-based for floats, x / 0 under error_model numpy)
     "truncdiv": _truncdiv,
+    "remainder": _mod("remainder"),
+    "fmod": _mod("fmod"),
     "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
     "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})",
     "exp": _vecmath("exp"),

@@ -38,7 +38,7 @@ __all__ = [
     "cos_f32", "cos_f64", "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64",
     "relu_f32", "relu_f64", "sigmoid_f32", "sigmoid_f64", "sign_f32", "sign_f64",
     "sin_f32", "sin_f64", "tanh_f32", "tanh_f64", "tanh_sigmoid_f32", "tanh_sigmoid_f64",
-    "truncdiv_f32", "truncdiv_f64",
+    "truncdiv_f32", "truncdiv_f64", "remainder_f32", "remainder_f64", "fmod_f32", "fmod_f64",
 ]
 
 FASTMATH = {"nsz", "arcp", "contract", "afn"}
@@ -503,6 +503,36 @@ def truncdiv_f32(a, b):
 def truncdiv_f64(a, b):
     """trunc(a / b) in float64 with an IEEE division."""
     return np.trunc(a / b)
+
+
+# remainder and fmod without fastmath too: nsz would lose PyTorch's -0.0 (remainder(-2.0, 2.0)), nnan/ninf the
+# NaN of x % 0 and the x of fmod(x, inf)
+
+
+@_jit_ieee
+def fmod_f32(a, b):
+    """C's fmod in float32 (exact: the result is representable)."""
+    return np.fmod(a, b)
+
+
+@_jit_ieee
+def fmod_f64(a, b):
+    """C's fmod in float64."""
+    return np.fmod(a, b)
+
+
+@_jit_ieee
+def remainder_f32(a, b):
+    """PyTorch's remainder in float32: fmod moved by b where it is non-zero and its sign differs from b's."""
+    m = np.fmod(a, b)
+    return m + b if (m != 0 and ((b < 0) != (m < 0))) else m
+
+
+@_jit_ieee
+def remainder_f64(a, b):
+    """PyTorch's remainder in float64."""
+    m = np.fmod(a, b)
+    return m + b if (m != 0 and ((b < 0) != (m < 0))) else m
 
 
 # Op name -> (float32 function, float64 function). The code generator renders a call to the function

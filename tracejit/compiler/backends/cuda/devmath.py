@@ -24,6 +24,14 @@ def _quiet(fn):
     return f
 
 
+def _quiet2(fn):
+    def f(x, y):
+        with np.errstate(all="ignore"):
+            return fn(x, y)
+    f.__name__ = fn.__name__
+    return f
+
+
 def _erf(x):
     return type(x)(math.erf(x)) if isinstance(x, np.floating) else math.erf(x)
 
@@ -31,7 +39,7 @@ def _erf(x):
 def _numpy_math():
     return types.SimpleNamespace(exp=_quiet(np.exp), log=_quiet(np.log), sqrt=_quiet(np.sqrt), tanh=_quiet(np.tanh),
                                  sin=_quiet(np.sin), cos=_quiet(np.cos), erf=_erf,
-                                 trunc=_quiet(np.trunc))
+                                 trunc=_quiet(np.trunc), fmod=_quiet2(np.fmod))
 
 
 M = _numpy_math() if simulated() else math

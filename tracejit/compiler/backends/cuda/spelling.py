@@ -74,6 +74,21 @@ def _truncdiv(ctx, a, b):
             f"else Z_i64))")
 
 
+def _mod(name: str):
+    def how(ctx, a, b):
+        z = _zero(ctx)
+        if ctx.dtype in FLOATS:
+            m = f"M.fmod({a}, {b})"  # libdevice fmod/fmodf: exact
+            if name == "fmod":
+                return m
+            return f"(({m} + {b}) if (({m} != {z}) and (({b} < {z}) != ({m} < {z}))) else {m})"
+        r = f"({a} % {b})"  # Python's floor modulo, 0 for a zero divisor (the Tensor API raises first)
+        if name == "remainder" or ctx.dtype is not D.int64:
+            return r
+        return f"(({r} - {b}) if (({r} != {z}) and (({r} < {z}) != ({a} < {z}))) else {r})"
+    return how
+
+
 SPELLING = {
     "neg": "(-{0})",
     "add": "({0} + {1})",
@@ -86,6 +101,8 @@ SPELLING = {
     "relu": lambda c, a: f"({a} if not ({a} < {_zero(c)}) else {_zero(c)})",
     "floordiv": "({0} // {1})",  # Numba's // is Python's (fmod-based for floats, x / 0 under error_model numpy)
     "truncdiv": _truncdiv,
+    "remainder": _mod("remainder"),
+    "fmod": _mod("fmod"),
     "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
     "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})",
     "exp": _math("exp"),
