@@ -8,6 +8,8 @@ import pytest
 # eager ops run their NumPy refs in the suite (deterministic, whatever ran before); the CPU backend's eager kernels
 # are tested on their own (tests/compiler/test_eager_kernels.py), which installs them explicitly
 os.environ.setdefault("TRACEJIT_EAGER_KERNELS", "off")
+# compiles block (the default tiers big compiles in a child process): tests/compiler/test_tiered*.py turn it on
+os.environ.setdefault("TRACEJIT_TIERED", "0")
 
 import tracejit
 import tracejit.autograd

@@ -121,7 +121,7 @@ def cmd_cache(ns) -> int:
     print("tracejit kernel caches (`--clear` empties the generated kernels'; damaged or unreadable entries are "
           "rebuilt on their own):")
     for row in cache.info():
-        unit = "kernels" if row["what"].endswith("sources") else "functions"
+        unit = row.get("unit") or ("kernels" if row["what"].endswith("sources") else "functions")
         note = f" [{row['note']}]" if row["note"] else ""
         print(f"  {row['what']}: {row['path']}{note}")
         print(f"    {row['entries']} {unit}, {row['bytes'] / 1e6:.1f} MB")

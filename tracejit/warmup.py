@@ -59,7 +59,7 @@ def _steps(dtype):
 
         x = tj.from_numpy(rng.standard_normal(x_shape).astype(dtype))
         y = tj.from_numpy(rng.integers(0, 10, x_shape[0]).astype(np.int64))
-        out.append((name, tj.compile(_train_step(net, opt, criterion), backend="cpu"), (x, y)))
+        out.append((name, tj.compile(_train_step(net, opt, criterion), backend="cpu", tiered=False), (x, y)))
     return out
 
 

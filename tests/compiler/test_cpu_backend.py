@@ -455,6 +455,28 @@ def test_amax_propagates_nan_like_eager():
         close(g_, w_)  # NaN must sit where eager has it
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_row_max_and_softmax_keep_nan_and_inf_like_eager(dtype):
+    # rows long enough for the vectorized max (vecmath.maximum): NaN first, inside and in the tail, +inf, a row
+    # of -inf; amax over rows and columns, and a softmax (a rows kernel: max, exp-sum, divide)
+    x = np.random.default_rng(4).standard_normal((7, 131)).astype(dtype)
+    x[0, 0] = x[1, 64] = x[2, 130] = np.nan
+    x[3, 9] = np.inf
+    x[4, :] = -np.inf
+    x[5, 3] = -np.inf
+
+    def fn(a):
+        return a.amax(1), a.amax(0), a.softmax(1)
+
+    with np.errstate(all="ignore"):
+        want = fn(t(x))
+        cf = compiled(fn)
+        got = cf(t(x))
+    assert_ran_compiled(cf)
+    for i, (g_, w_) in enumerate(zip(got, want)):
+        close(g_, w_, f"output {i}", rtol=1e-5, atol=1e-7)
+
+
 def test_nan_and_inf_through_elementwise_ops_and_sums_like_eager():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -2.0, 100.0], np.float32)
     y = np.array([1.0, np.nan, 2.0, -0.0, 0.0, np.inf, np.nan, -1.0], np.float32)

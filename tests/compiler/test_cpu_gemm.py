@@ -35,10 +35,11 @@ def operands(rng, m, n, k, ta, tb, pad):
 
 
 # shapes around every blocking edge: MR-row blocks (and the 6/4/2/1-row kernels), NR-wide panels, KC slices,
-# MC row groups, the dot-product path (ta=0, tb=1 with few columns or rows), and LeNet's and the MLP's shapes
+# MC row groups (one group packs B a panel at a time), the dot-product path (ta=0, tb=1 with few columns or rows),
+# and LeNet's, the MLP's and the LSTM's (20 rows: 8 + 8 + 4) shapes
 SHAPES = [(1, 1, 1), (MR, NR, 1), (MR + 1, NR + 1, KC + 1), (7, 5, 3), (3, 33, 17), (6, 892, 75), (75, 6, 892),
           (16, 136, 150), (150, 16, 136), (150, 136, 16), (64, 10, 84), (65, 97, 300), (128, 512, 40),
-          (130, 70, 2 * KC + 3), (40, cpu_gemm.NC + NR + 5, 9)]
+          (130, 70, 2 * KC + 3), (40, cpu_gemm.NC + NR + 5, 9), (20, 3 * NR + 7, KC + 9)]
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -183,7 +184,8 @@ def test_a_kernel_that_fails_the_self_check_falls_back_to_openblas(monkeypatch):
         cpu_gemm.sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, np.float32(0))
 
     assert cpu_gemm.self_check(wrong) > 1e-2
-    monkeypatch.setattr(cpu_blas, "_check_entry", lambda fn: 0.5)
+    # (the check as _register runs it: once per machine code, its result kept; test_warm_start tests that part)
+    monkeypatch.setattr(cpu_blas, "_check_entry_once", lambda fn, name: 0.5)
     monkeypatch.delenv(cpu_blas.ENV_SGEMM, raising=False)
     monkeypatch.setattr(cpu_gemm, "V", 16)
     registered = []

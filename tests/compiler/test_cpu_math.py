@@ -207,3 +207,46 @@ def test_tanh_sigmoid_pair_matches_the_two_functions(dtype):
                                           * np.spacing(np.abs(rounded)).astype(np.float64))
     assert ok.all(), f"x={x[~ok][:5]} got {t[~ok][:5]} want {ref[~ok][:5]}"
     assert t[x == np.inf].tolist() == [1.0] and t[x == -np.inf].tolist() == [-1.0]
+
+
+@functools.cache
+def _max_loop():
+    @numba.njit(fastmath={"contract", "arcp", "afn", "reassoc", "nsz"}, error_model="numpy")
+    def row_max(x, out):
+        for i in range(x.shape[0]):
+            acc = x.dtype.type(-np.inf)
+            for j in range(x.shape[1]):
+                acc = cpu_math.maximum(acc, x[i, j])
+            out[i] = acc
+
+    return row_max
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_maximum_reduction_lets_nan_win_anywhere_in_a_row(dtype):
+    # rows long enough for the vector body, its unrolled partial maxima and a scalar tail; NaN first, inside,
+    # last, beside infinities; rows of -inf and of mixed zeros
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 203)).astype(dtype)
+    x[0, 0] = x[1, 100] = x[2, 202] = np.nan
+    x[3, 7] = np.inf
+    x[3, 8] = np.nan
+    x[4, :] = -np.inf
+    x[5, 50] = np.inf
+    x[6, :] = -0.0
+    x[6, 150] = 0.0
+    x[7, :] = rng.standard_normal(203) - 100
+    out = np.empty(9, dtype)
+    _max_loop()(x, out)
+    with np.errstate(invalid="ignore"):
+        want = x.max(1)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.skipif(not (HOST.get("avx2") and HOST.get("fma")), reason="needs an AVX2+FMA host")
+def test_maximum_reduction_vectorizes():
+    # the reason it exists: `b if (b > a or b != b) else a` left the softmax's row max one scalar step per element
+    loop = _max_loop()
+    loop(np.zeros((2, 64), F32), np.empty(2, F32))
+    sig = [s for s in loop.signatures if s[0].dtype == numba.float32][0]
+    assert re.search(r"\bv\w+ps\s[^\n]*%[yz]mm", loop.inspect_asm(sig)), "no packed single-precision code"

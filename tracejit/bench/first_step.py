@@ -16,10 +16,17 @@ already-compiled step. The cases, in order, each one process:
 - package warm, kernels cold: the fresh-install case's NUMBA_CACHE_DIR again, an empty kernel cache;
 - warm: both caches of the previous case.
 
-Each case runs twice, with caches of its own: blocking (the first call compiles before it returns) and tiered
-(`compile(tiered=True)`: calls run on the reference backend until the kernels, compiled in a background thread,
-are ready). The table gives both "first call returned" and "first compiled step" (the end of the first call that
-ran the compiled kernels), and the time to N steps from the first call's start.
+Python's bytecode cache is kept under the run's root for all cases (PYTHONPYCACHEPREFIX; the first case fills
+it), as for an installed package, whatever PYTHONDONTWRITEBYTECODE says.
+
+Each case runs once per mode (`modes`), with caches of its own: blocking (`compile(tiered=False)`: the first call
+compiles before it returns), process (`compile(tiered=True)`: calls run on the reference backend until the
+kernels, compiled in a child process into the disk caches, are loaded) and thread (TRACEJIT_TIERED=thread, only
+when asked for: the same with the compile in a thread of the process). The table gives both "first call
+returned" and "first compiled step" (the end of the first call that ran the compiled kernels), and the time to N
+steps from the first call's start.
+
+`workload="gpt"` times the gpt benchmark's step (a 4-layer Transformer, AdamW) instead of LeNet's.
 
 Wall seconds depend on the machine's load: each case also reports the process's CPU seconds for the first
 call and the Numba compilations it ran (count and CPU seconds), which do not.
@@ -36,47 +43,74 @@ import tempfile
 import time
 
 BATCH, NEW_BATCH = 64, 40
+GPT_BATCH, GPT_NEW_BATCH = 16, 12
 QUICK_BATCH, QUICK_NEW_BATCH = 2, 3
 STEPS, QUICK_STEPS = (1, 10, 100, 1000), (1, 3)
-MODES = ("blocking", "tiered")
+MODES = ("blocking", "process")  # and "thread" (TRACEJIT_TIERED=thread), when asked for
+TIERED = {"blocking": False, "process": True, "tiered": True, "thread": None}  # thread: TRACEJIT_TIERED=thread
 CASES = ("fresh install", "after warmup", "package warm, kernels cold", "warm")
 
 
-def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blocking", steps=STEPS) -> dict:
-    """In this (fresh) process: the first compiled LeNet step at `batch`, steps up to max(`steps`) at that batch
-    (the time to each N in `steps`, from the first call's start), then a call at `new_batch`. `mode`: "blocking"
-    (the first call compiles the kernels before it returns) or "tiered" (compile(tiered=True): calls run on the
-    reference backend until the kernels, compiled in the background, are ready)."""
+def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blocking", steps=STEPS,
+          workload: str = "lenet") -> dict:
+    """In this (fresh) process: the first compiled step of `workload` ("lenet" or "gpt") at `batch`, steps up to
+    max(`steps`) at that batch (the time to each N in `steps`, from the first call's start), then a call at
+    `new_batch`. `mode`: "blocking" (the first call compiles the kernels before it returns), "process" (calls run
+    on the reference backend until the kernels, compiled in a child process, are loaded) or "thread" (the same
+    with the compile in a thread)."""
     t_start = time.perf_counter()
     compiles = _count_compiles()
+    if mode == "thread":
+        os.environ["TRACEJIT_TIERED"] = "thread"
     import numpy as np
 
     import tracejit as tj
     import tracejit.nn as nn
-
-    from .workloads import LeNet
+    import tracejit.nn.functional as F
 
     import_s = time.perf_counter() - t_start
-    tj.manual_seed(0)
-    net = LeNet()
-    opt = tj.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-    criterion = nn.CrossEntropyLoss()
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = criterion(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    step = tj.compile(train_step, backend=backend, tiered=mode == "tiered")
     rng = np.random.default_rng(0)
+    if workload == "gpt":
+        from .seq_workloads import gpt_config, gpt_model
 
-    def batch_of(n):
-        return (
-            tj.from_numpy(rng.standard_normal((n, 3, 32, 32), dtype=np.float32)),
-            tj.from_numpy(rng.integers(0, 10, n).astype(np.int64)),
-        )
+        cfg = gpt_config(False)
+        tj.manual_seed(0)
+        net = gpt_model(cfg)
+        opt = tj.optim.AdamW(net.parameters(), lr=cfg["lr"])
+        vocab, context = cfg["vocab"], cfg["context"]
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x).view(-1, vocab), y.view(-1))
+            loss.backward()
+            opt.step()
+            return loss
+
+        def batch_of(n):
+            return (tj.from_numpy(rng.integers(0, vocab, (n, context)).astype(np.int64)),
+                    tj.from_numpy(rng.integers(0, vocab, (n, context)).astype(np.int64)))
+    else:
+        from .workloads import LeNet
+
+        tj.manual_seed(0)
+        net = LeNet()
+        opt = tj.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+        criterion = nn.CrossEntropyLoss()
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = criterion(net(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        def batch_of(n):
+            return (
+                tj.from_numpy(rng.standard_normal((n, 3, 32, 32), dtype=np.float32)),
+                tj.from_numpy(rng.integers(0, 10, n).astype(np.int64)),
+            )
+
+    step = tj.compile(train_step, backend=backend, tiered=TIERED[mode])
 
     def compiled_ran() -> bool:  # whether the call that just returned ran the compiled program
         tier = getattr(step.history[-1], "tier", None)
@@ -110,6 +144,11 @@ def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blockin
     out["steps_compiles"] = compiles()[0] - n0
     tier = getattr(step.history[-1], "tier", None)
     out["reference_calls"] = tier.reference_calls if tier is not None else 0
+    out["tier"] = tier.mode if tier is not None else None
+    out["tier_loaded"] = tier.loaded if tier is not None else None
+    out["tier_error"] = repr(tier.error) if tier is not None and tier.error is not None else None
+    child = getattr(tier, "child", None)
+    out["tier_child"] = {k: v for k, v in child.result.items() if k != "fallbacks"} if child is not None else None
     x, y = batch_of(new_batch)
     n0, cpu_compile0 = compiles()
     t0 = time.perf_counter()
@@ -150,12 +189,13 @@ def _count_compiles():
 
 
 def probe_main(argv: list[str]) -> int:
-    """Entry point of a case's process: `probe_main([batch, new_batch, backend, mode, steps])` prints one JSON
-    line (steps: comma-separated N)."""
+    """Entry point of a case's process: `probe_main([batch, new_batch, backend, mode, steps, workload])` prints
+    one JSON line (steps: comma-separated N)."""
     backend = argv[2] if argv[2:] else "cpu"
     mode = argv[3] if argv[3:] else "blocking"
     steps = tuple(int(n) for n in argv[4].split(",")) if argv[4:] else STEPS
-    print("FIRSTSTEP " + json.dumps(probe(int(argv[0]), int(argv[1]), backend, mode, steps)))
+    workload = argv[5] if argv[5:] else "lenet"
+    print("FIRSTSTEP " + json.dumps(probe(int(argv[0]), int(argv[1]), backend, mode, steps, workload)))
     return 0
 
 
@@ -165,10 +205,14 @@ def _subprocess(args: list[str], env: dict, timeout: float) -> tuple[subprocess.
     return res, time.perf_counter() - t0
 
 
-def _case(env: dict, batch: int, new_batch: int, backend: str, timeout: float, mode: str, steps) -> dict:
+def _case(env: dict, batch: int, new_batch: int, backend: str, timeout: float, mode: str, steps,
+          workload: str = "lenet") -> dict:
     code = "import sys; from tracejit.bench.first_step import probe_main; sys.exit(probe_main(sys.argv[1:]))"
-    res, wall = _subprocess([code, str(batch), str(new_batch), backend, mode, ",".join(map(str, steps))], env,
-                            timeout)
+    try:
+        res, wall = _subprocess([code, str(batch), str(new_batch), backend, mode, ",".join(map(str, steps)),
+                                 workload], env, timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"ran longer than {timeout:.0f} s"}
     for line in res.stdout.splitlines():
         if line.startswith("FIRSTSTEP "):
             r = json.loads(line[10:])
@@ -187,15 +231,23 @@ def run_first_step(
     progress: bool = True,
     modes=MODES,
     steps=None,
+    workload: str = "lenet",
 ) -> dict:
-    """Run the cases (each a fresh process, in CASES order; each case once per mode, blocking and tiered, with
-    caches of that mode's own) and return the section's report."""
+    """Run the cases (each a fresh process, in CASES order; each case once per mode, with caches of that mode's
+    own) and return the section's report. `workload`: "lenet" or "gpt"."""
     batch, new_batch = (QUICK_BATCH, QUICK_NEW_BATCH) if quick else (BATCH, NEW_BATCH)
+    if workload == "gpt" and not quick:
+        batch, new_batch = GPT_BATCH, GPT_NEW_BATCH
     steps = tuple(steps or (QUICK_STEPS if quick else STEPS))
     own = root is None
     root = root or tempfile.mkdtemp(prefix="tracejit-first-step-")
     base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "TRACEJIT_CACHE_DIR",
-                                                               "TRACEJIT_TIERED")}
+                                                               "TRACEJIT_TIERED", "PYTHONDONTWRITEBYTECODE")}
+    # Python's own cache, as an installed package has it (pip writes .pyc files; an editable install's first
+    # import does): with PYTHONDONTWRITEBYTECODE set, every process would compile tracejit's ~100 modules from
+    # source (~0.3 s of `import tracejit`, ~50 ms of the first compiled call's preparation). The cases' processes
+    # write and read it under the run's root (the first case fills it).
+    base["PYTHONPYCACHEPREFIX"] = os.path.join(root, "pycache")
 
     def env(numba_dir, kernels_dir):
         return dict(
@@ -237,14 +289,16 @@ def run_first_step(
                         continue
                 if progress:
                     print(f"first-step: {name}, {mode}", file=sys.stderr, flush=True)
-                row.update(_case(e, batch, new_batch, backend, timeout, mode, steps))
+                row["loadavg"] = _loadavg()
+                row.update(_case(e, batch, new_batch, backend, timeout, mode, steps, workload))
                 row["mode"] = mode
                 rows.append(row)
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
+    what = "gpt step (the gpt benchmark's)" if workload == "gpt" else "LeNet step (the example's)"
     return {
-        "workload": f"LeNet step (the example's), batch {batch} for {max(steps)} steps, then batch {new_batch}",
+        "workload": f"{what}, batch {batch} for {max(steps)} steps, then batch {new_batch}",
         "backend": backend,
         "batch": batch,
         "new_batch": new_batch,
@@ -252,6 +306,13 @@ def run_first_step(
         "rows": rows,
         "machine": _machine(),
     }
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _machine() -> dict:
@@ -268,6 +329,10 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": load}
 
 
+def _fmt_load(x) -> str:
+    return "?" if x is None else f"{x:.1f}"
+
+
 def format_first_step(report: dict) -> str:
     """The section as a markdown table. "first call returned" is when the first call's result was there (in
     tiered mode from the reference backend); "first compiled step" is the end of the first call that ran the
@@ -279,14 +344,15 @@ def format_first_step(report: dict) -> str:
         f"first step: {report['workload']}, backend {report['backend']}; {m['cpu']}, {m['cores']} cores, "
         f"load average {load}",
         "",
-        "| case | mode | first call returned s (CPU s) | Numba compiles (CPU s) in it | first compiled step s (call) | "
+        "| case | mode | load | first call returned s (CPU s) | Numba compiles (CPU s) in it | "
+        "first compiled step s (call) | "
         + "".join(f"to {n} steps s | " for n in steps)
         + "new batch size s (compiles) | process s | steady ms |",
-        "|---|---|---|---|---|" + "---|" * len(steps) + "---|---|---|",
+        "|---|---|---|---|---|---|" + "---|" * len(steps) + "---|---|---|",
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r.get('mode', '')} | {r['error']} |" + " |" * (6 + len(steps)))
+            lines.append(f"| {r['case']} | {r.get('mode', '')} | | {r['error']} |" + " |" * (6 + len(steps)))
             continue
         case = r["case"] + (f" (warmup {r['warmup_s']:.1f} s)" if "warmup_s" in r else "")
         fc = r.get("first_compiled_s")
@@ -294,7 +360,8 @@ def format_first_step(report: dict) -> str:
                else f"not yet ({r['reference_calls']} ref calls)")
         to_n = r.get("to_steps_s", {})
         lines.append(
-            f"| {case} | {r.get('mode', 'blocking')} | {r['first_s']:.2f} ({r['first_cpu_s']:.2f}) | "
+            f"| {case} | {r.get('mode', 'blocking')} | {_fmt_load(r.get('loadavg'))} | "
+            f"{r['first_s']:.2f} ({r['first_cpu_s']:.2f}) | "
             f"{r['first_compiles']} ({r['first_compile_cpu_s']:.2f}) | {fcs} | "
             + "".join(f"{to_n[str(n)]:.2f} | " if str(n) in to_n else "- | " for n in steps)
             + f"{r['new_batch_s']:.2f} ({r['new_batch_compiles']}) | {r['process_s']:.1f} | {r['steady_ms']:.2f} |"
@@ -305,7 +372,8 @@ def format_first_step(report: dict) -> str:
         if r["case"] not in seen:
             seen.append(r["case"])
             lines.append(f"- {r['case']}: {r['caches']}")
-    lines.append("- tiered: compile(tiered=True): calls run on the reference backend (NumPy) until the kernels, "
-                 "compiled in a background thread, are ready; the first compiled step is the first call that ran "
-                 "them. Each mode has caches of its own.")
+    lines.append("- process: compile(tiered=True): calls run on the reference backend (NumPy) until the kernels, "
+                 "compiled in a child process into the disk caches, are loaded; thread: the same with the compile in "
+                 "a thread of the process (TRACEJIT_TIERED=thread); the first compiled step is the first call that "
+                 "ran them. Each mode has caches of its own; load is the 1-minute load average when the case began.")
     return "\n".join(lines)

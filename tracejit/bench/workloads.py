@@ -47,7 +47,8 @@ def _tensor(a: np.ndarray):
 
 
 def _compiled(fn, backend: str | None):
-    return fn if backend is None else tj.compile(fn, backend=backend)
+    # blocking: the bench times compiled steps and compile times (the first-step section times tiering)
+    return fn if backend is None else tj.compile(fn, backend=backend, tiered=False)
 
 
 def _loss_value(out) -> float:

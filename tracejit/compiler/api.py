@@ -140,43 +140,63 @@ def _arg_key(a):
     return ("O", id(a))
 
 
-TIERED_DEFAULT = False  # compile(tiered=None) and TRACEJIT_TIERED unset: blocking (see Tier)
+# compile(tiered=None) and TRACEJIT_TIERED unset: tiered in a compile process (see Tier, _tier_mode), where one can
+# run and at least TIER_MIN_KERNELS kernels must compile. First-step bench, fresh processes, 2-core Zen 5 at load
+# 7-12 (other jobs), first call returned / time to 1000 steps, blocking -> process: gpt fresh install 97.5 ->
+# 13.9 s / 358 -> 306 s, gpt kernels cold 71.5 -> 3.8 s / 329 -> 249 s, LeNet fresh install 62.9 -> 12.9 s /
+# 78.7 -> 81.7 s and 74.1 -> 13.0 s / 87.9 -> 90.2 s; LeNet kernels cold (4 kernels: blocks by default) 6.6 ->
+# 0.8 s / 21.3 -> 23.6 s and 19.4 -> 24.4 s. In a thread (TRACEJIT_TIERED=thread) LeNet fresh took 131-238 s.
+TIERED_DEFAULT = True
 # TRACEJIT_TIER_PACE=k: after each reference call while the kernels compile, the calling thread waits k times
 # that call's duration (less if the kernels get ready), leaving the compile thread the GIL. LeNet, fresh install,
 # batch 64, load ~5 on 2 cores: k=0 first compiled step at 64 s (459 reference steps), 100 steps 17 s, 1000 steps
 # 70 s; k=2: 40 s (99 steps), 40 s, 47 s; blocking: 23 s, 23 s, 28 s. Tiered is for the first steps: k=0.
 TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "0"))
+# The default (tiered=None, TRACEJIT_TIERED unset) tiers a variant only when at least this many generated kernels
+# must compile: the compile process starts in 2-5 s (Python, tracejit, Numba), which a short compile does not repay
+TIER_MIN_KERNELS = int(os.environ.get("TRACEJIT_TIER_MIN_KERNELS", "8"))
 
 
-def _tiered_env() -> bool | None:
+def _tiered_env() -> bool | str | None:
+    """TRACEJIT_TIERED: True (1), False (0), "thread" (tiered, compiling in a thread of this process), or None."""
     raw = os.environ.get("TRACEJIT_TIERED", "").strip().lower()
     if raw in ("", "default"):
         return None
-    if raw in ("1", "on", "true", "yes"):
+    if raw in ("1", "on", "true", "yes", "process"):
         return True
     if raw in ("0", "off", "false", "no"):
         return False
-    raise ValueError(f"TRACEJIT_TIERED={raw!r}: choose 1 (tiered) or 0 (blocking)")
+    if raw == "thread":
+        return "thread"
+    raise ValueError(f"TRACEJIT_TIERED={raw!r}: choose 1 (tiered), 0 (blocking) or thread (tiered, compiling in a "
+                     f"thread of this process)")
 
 
 class Tier:
     """Tiered execution of one variant: its first calls run the optimized graph on the reference backend (each
-    op's NumPy ref: the values eager computes, the same inputs, outputs and write-back) while a daemon thread
-    runs the compiled program once on a copy of the first call's inputs, which makes Numba compile (or load)
-    every kernel; the first call after that thread is done switches the variant to the compiled program.
+    op's NumPy ref: the values eager computes, the same inputs, outputs and write-back) while the kernels compile
+    in the background; the first call after that is done switches the variant to the compiled program.
 
-    No step waits for Numba (with TRACEJIT_TIER_PACE=k a reference call is followed by a pause of k times
-    its duration, which ends when the kernels are ready: the compile needs the GIL too). The thread's
-    results are discarded and it writes no state. An exception in it is kept (`error`), logged, and the
-    switch happens anyway: the compiled program then runs in the foreground, where a compile error is
-    raised at the user's call, as without tiering. Numba's typing and lowering hold the GIL, so the
-    reference steps slow down while it compiles and the compile while they run
-    (LLVM's optimization releases it)."""
+    Where (`mode`): "process" (the default where possible): a child process (compiler/background.py) rebuilds
+    the program from its graph and runs it once on a copy of the first call's inputs, which makes Numba compile
+    every kernel into its disk cache; then a daemon thread here runs the program once on that copy, which loads
+    each kernel from the disk cache. "thread": the daemon thread runs the program itself, compiling every kernel
+    in this process -- Numba's typing and lowering hold the GIL, so the reference steps slow down while it
+    compiles and the compile while they run (LLVM's optimization releases it); the child process only competes
+    for a core.
 
-    def __init__(self, variant: Variant, name: str):
+    No step waits for Numba (with TRACEJIT_TIER_PACE=k a reference call is followed by a pause of k times its
+    duration, which ends when the kernels are ready). The background run's results are discarded and it writes
+    no state. An exception in it, or a child process that fails (crashes, is killed, cannot compile), is kept
+    (`error`), logged, and the switch happens anyway: the compiled program then runs in the foreground, where it
+    compiles and a compile error is raised at the user's call, as without tiering."""
+
+    def __init__(self, variant: Variant, name: str, mode: str = "thread"):
         self.name = name
         self.variant = variant
+        self.mode = mode  # "process" or "thread"
         self.compiled = variant.program
+        self.backend = get_backend(variant.backend)
         self.reference = get_backend("reference").compile(variant.graph)  # (runs any graph after the passes)
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
@@ -186,6 +206,8 @@ class Tier:
         self.started_at: float | None = None
         self.compile_s: float | None = None  # the background compile's wall seconds, once done
         self.switched = False
+        self.child = None  # the compile process (mode "process"): background.Child
+        self.loaded: tuple[int, int] | None = None  # (kernels loaded from the disk cache, compiled) by the thread
 
     def run(self, ins):
         """The runner's program: reference steps until the compiled program is ready, then the compiled one."""
@@ -201,19 +223,28 @@ class Tier:
         if self.thread is None and self._starting.acquire(blocking=False):  # (one thread starts the compile)
             try:
                 snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in ins]  # (state changes in place)
-                outs = self.reference.run(ins)  # (raises as eager would; the compile then starts on the next call)
+                outs = self._reference_run(ins)  # (raises as eager would; the compile then starts on the next call)
                 if self.thread is None:
                     self.start(snapshot)
             finally:
                 self._starting.release()
         else:
             t0 = time.perf_counter()
-            outs = self.reference.run(ins)
+            outs = self._reference_run(ins)
             if TIER_PACE > 0:  # leave the compile the GIL for a while (it returns as soon as the kernels are ready)
                 self.done.wait((time.perf_counter() - t0) * TIER_PACE)
         # a ref output may be a view of an input or of another output: the compiled program may later update
         # state in place, so each written value gets storage of its own (as the compiled program's outputs have)
         return [o.copy() if isinstance(o, np.ndarray) and o.base is not None else o for o in outs]
+
+    def _reference_run(self, ins):
+        """The reference program, in the backend's context for it (the CPU backend: one BLAS thread, so that
+        NumPy's GEMMs do not spin on both cores against the compile)."""
+        quiet = getattr(self.backend, "tier_reference_calls", None)
+        if quiet is None:
+            return self.reference.run(ins)
+        with quiet():
+            return self.reference.run(ins)
 
     def start(self, inputs) -> None:
         self.started_at = time.perf_counter()
@@ -223,14 +254,37 @@ class Tier:
 
     def _compile(self, inputs) -> None:
         try:
+            if self.mode == "process":
+                self._in_child(inputs)
             self.compiled.run(inputs)  # each kernel's first call compiles or loads it; the results are dropped
+            if self.mode == "process":
+                from . import background
+
+                self.loaded = background.loads(self.compiled, self.backend)
         except BaseException as e:  # noqa: BLE001 -- kept and reported by the foreground (run, explain)
             self.error = e
         finally:
             self.compile_s = time.perf_counter() - self.started_at
             self.done.set()
-            log.emit(f"{self.name}: kernels ready after {self.compile_s:.1f} s in the background "
-                     f"({self.reference_calls} calls ran on the reference backend meanwhile)", at=log.VERBOSE)
+            loaded = f", {self.loaded[0]} kernels loaded from the disk cache" if self.loaded else ""
+            log.emit(f"{self.name}: kernels ready after {self.compile_s:.1f} s in the background {self.mode}"
+                     f"{loaded} ({self.reference_calls} calls ran on the reference backend meanwhile)", at=log.VERBOSE)
+
+    def _in_child(self, inputs) -> None:
+        """Compile every kernel into the disk caches in a child process; raise BackgroundCompileError if it
+        fails. A job that cannot be written (an attribute that does not pickle) compiles in this thread."""
+        from . import background
+
+        self.child = background.Child(self.compiled, self.backend, inputs)
+        try:
+            why = self.child.run()
+        except Exception as e:  # noqa: BLE001 -- writing or starting the job failed: compile here instead
+            self.mode = "thread"
+            log.emit(f"{self.name}: no compile process ({type(e).__name__}: {e}); compiling in a thread",
+                     at=log.VERBOSE)
+            return
+        if why is not None:
+            raise BackgroundCompileError(why)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until the background compile is done (True) or `timeout` seconds passed (False)."""
@@ -239,16 +293,24 @@ class Tier:
         return self.done.wait(timeout)
 
     def describe(self) -> str:
+        where = "a background process" if self.mode == "process" else "a background thread"
         if self.thread is None:
             state = "the background compile starts after the first call that succeeds"
         elif not self.done.is_set():
-            state = f"compiling in the background for {time.perf_counter() - self.started_at:.1f} s so far"
+            state = f"compiling in {where} for {time.perf_counter() - self.started_at:.1f} s so far"
         else:
-            state = f"kernels ready after {self.compile_s:.1f} s in the background"
+            state = f"kernels ready after {self.compile_s:.1f} s in {where}"
+            if self.loaded is not None:
+                state += (f" ({self.loaded[0]} loaded here from the disk cache it filled, {self.loaded[1]} "
+                          f"compiled here)")
             if self.error is not None:
                 state += f" (it raised {type(self.error).__name__}: {self.error})"
         return (f"tiered: {self.reference_calls} calls ran on the reference backend (NumPy) while the kernels "
                 f"compiled; {state}" + ("; calls now run the compiled program" if self.switched else ""))
+
+
+class BackgroundCompileError(RuntimeError):
+    """The compile process of a tiered variant failed (its exit code and last line of stderr)."""
 
 
 def make_runner(v: Variant):
@@ -321,6 +383,17 @@ def make_runner(v: Variant):
     return run
 
 
+def _prepare_default_backend() -> None:
+    """compile() without a backend: make the CPU backend now, as compile(backend="cpu") does, so that it gets
+    ready (imports, Numba's initialization: backends/cpu/prepare.py) in the background while the user's code
+    runs on, not in the first call (~0.4 s of a warm LeNet first call). A function whose tensors live elsewhere
+    gets its own backend at its first call, as before."""
+    try:
+        get_backend(DEFAULT_BACKEND)
+    except Exception:  # noqa: BLE001 -- unavailable here: the first call says why, where it is needed
+        pass
+
+
 class CompiledFunction:
     """What `@tracejit.compile` returns. Call it like the function; inspect with `.ir()`, `explain()`."""
 
@@ -340,6 +413,8 @@ class CompiledFunction:
         # backend=None: each variant runs on the backend of the device its tensors live on ("cpu" on the CPU)
         self.backend_name = backend or DEFAULT_BACKEND
         self.backend = get_backend(backend) if backend is not None else None
+        if backend is None:
+            _prepare_default_backend()
         self.dump = dump
         self.fallback = fallback
         self.cache_limit = cache_limit
@@ -667,8 +742,9 @@ class CompiledFunction:
                     log.emit(f"recompiling {self.__name__} (variant {number}, cache_limit={self.cache_limit}): "
                              f"{reason}{reuse}")
             self._add(variant)
-            if self._use_tier(variant):  # the first calls run on the reference backend while Numba compiles
-                variant.tier = Tier(variant, self.__name__)
+            mode = self._tier_mode(variant)
+            if mode is not None:  # the first calls run on the reference backend while Numba compiles
+                variant.tier = Tier(variant, self.__name__, mode)
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
@@ -678,21 +754,41 @@ class CompiledFunction:
         variant.first_call_s = time.perf_counter() - progress.t0
         return variant
 
-    def _use_tier(self, variant) -> bool:
-        """Tiered execution (Tier) for this variant: asked for (compile(tiered=True), TRACEJIT_TIERED=1, else
-        TIERED_DEFAULT), a CPU program, and something to compile: a variant whose kernels are all in the kernel
-        cache or shared with another batch size loads them at once (blocking: that is fast)."""
+    def _tier_mode(self, variant) -> str | None:
+        """Tiered execution (Tier) for this variant: "process", "thread" or None (blocking). Asked for
+        (compile(tiered=True), TRACEJIT_TIERED=1 or thread, else TIERED_DEFAULT), a CPU program, and something to
+        compile: a variant whose kernels are all in the kernel cache or shared with another batch size loads them
+        at once (blocking: that is fast). A child process compiles where it can (two CPUs, the disk caches:
+        compiler/background.unusable); elsewhere a thread does when tiering was asked for, and the default
+        blocks (a compile thread fights the steps for the GIL: slower to 1000 steps than blocking)."""
         want = self.tiered if self.tiered is not None else _tiered_env()
-        if not (TIERED_DEFAULT if want is None else want) or variant.shared or variant.device is not CPU:
-            return False
+        default = want is None
+        if default:
+            want = TIERED_DEFAULT
+        if not want or variant.shared or variant.device is not CPU:
+            return None
         if any(n.body is None and n.op.kind is Kind.COLLECTIVE for n in variant.graph.nodes):
             # the background run would start collectives no other rank matches (a data-parallel step blocks)
-            return False
+            return None
         prog = variant.program
         if getattr(prog, "shared_kernels", None) is None:  # (only the CPU backend's programs compile on first call)
-            return False
+            return None
         n, hits = prog.cache_stats()
-        return hits < n
+        if hits >= n:
+            return None
+        if default and n - hits < TIER_MIN_KERNELS:
+            return None  # a short compile: the compile process's start would cost more than the early steps gain
+        if want == "thread":
+            return "thread"
+        from . import background
+
+        why = background.unusable(prog, get_backend(variant.backend))
+        if why is None:
+            return "process"
+        if default:
+            return None
+        log.emit(f"{self.__name__}: the kernels compile in a background thread, not a process ({why})", at=log.VERBOSE)
+        return "thread"
 
     def _compile_summary(self, variant) -> str:
         n, hits = variant.program.cache_stats()
@@ -824,9 +920,11 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
     with a TraceError naming the line. See the README's "Compile" section.
 
     tiered: True runs a new variant's first calls on the reference backend (NumPy, the values eager computes)
-    while its kernels compile in a background thread, and switches to them once they are ready, so that no
-    call waits for Numba; False compiles before the first call returns. None: TRACEJIT_TIERED (1 or 0), else
-    blocking. Kernels found in the kernel cache are loaded at once either way. `explain` shows the state.
+    while its kernels compile in a child process (a thread where none can run: one CPU, no disk cache), and
+    switches to them once they are ready, so that no call waits for Numba; False compiles before the first call
+    returns. None (default): TRACEJIT_TIERED (1, 0 or thread), else tiered in a child process when at least
+    TIER_MIN_KERNELS (8) kernels must compile and one can run, blocking otherwise. Kernels found in the kernel
+    cache are loaded at once either way. `explain` shows the state.
     """
     if fn is None:
         return functools.partial(compile, backend=backend, dump=dump, fallback=fallback,

@@ -252,6 +252,77 @@ def _load(source: str, attr: str):
     return getattr(_exec_module(modname, path, text), attr), False
 
 
+# ------------------------------------------------------------------------------------------ records
+# Small facts a process learnt that the next one may reuse (the symbols a cached Numba function defines, the GEMM
+# self-check's result), kept in the kernel cache's `records` folder (r_<key>; counted by `python -m tracejit
+# cache`, removed by its --clear). The key is the hash of `what`, which must name everything the fact depends on;
+# the body is checked by its own sha256, so a damaged record is a miss (removed when this process may).
+RECORDS = "records"
+_RECORD_NAME = re.compile(r"r_[0-9a-f]{24}(\.\w+\.tmp)?")
+_RECORD = "# tracejit record, sha256 "
+
+
+def _record_path(what: str, d: str | None = None) -> str:
+    return os.path.join(d or configured_dir(), RECORDS, f"r_{key_of('record ' + what)}")
+
+
+def read_record(what: str) -> str | None:
+    """The body of the record `what` (in the configured directory, or this process's fallback), or None:
+    missing, unreadable or damaged (a damaged one is removed)."""
+    for d in [configured_dir()] + [f for f in _fallback if f]:
+        path = _record_path(what, d)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:  # garbage bytes: damaged
+            text = ""
+        except OSError:  # missing, or another user's and unreadable
+            continue
+        if _record_ok(text):
+            return text[len(HEADER + _RECORD):].partition("\n")[2]
+        _discard_entry(path)
+    return None
+
+
+def _record_text(body: str) -> str:
+    return f"{HEADER}{_RECORD}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
+
+
+def _record_ok(text: str) -> bool:
+    if not text.startswith(HEADER + _RECORD):
+        return False
+    digest, _, body = text[len(HEADER + _RECORD):].partition("\n")
+    return hashlib.sha256(body.encode()).hexdigest() == digest
+
+
+def write_record(what: str, body: str) -> None:
+    """Keep `body` as the record `what`: in the configured directory, or in this process's private one when
+    that is unusable and kernels already went there (best effort: silently nothing otherwise, so that a
+    process that compiles nothing never warns about its cache). Takes no lock: it runs under Numba's compiler
+    lock (saving or loading a function), and a temporary file replaced atomically needs none."""
+    d = configured_dir()
+    if d in _unwritable:
+        d = next((f for f in _fallback if f), None)
+    if d is None:
+        return
+    path = _record_path(what, d)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            f.write(_record_text(body))
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 # ------------------------------------------------------------------------------------------ inspection
 def generated_entries(d: str | None = None) -> list[str]:
     """Paths of the generated-kernel sources (k_*.py) in `d` (default: the configured directory)."""
@@ -312,11 +383,14 @@ def info() -> list[dict]:
                                                    else "")) if nd["package"] else "(no writable location)"
     rows.append(dict(what="Numba machine code, tracejit's own kernels", path=where,
                      entries=sum(f.endswith(".nbi") for f in files), bytes=_size(files), note=numba_note))
+    files = _files(os.path.join(d, RECORDS), lambda f: _RECORD_NAME.fullmatch(f) is not None)
+    rows.append(dict(what="records (symbols of cached machine code, GEMM self-checks)",
+                     path=os.path.join(d, RECORDS), entries=len(files), bytes=_size(files), note="", unit="records"))
     return rows
 
 
 def clear(package: bool = False) -> list[str]:
-    """Remove tracejit's generated kernels and their Numba files (with `package`, also the Numba files of
+    """Remove tracejit's generated kernels, their Numba files and the records (with `package`, also the Numba files of
     tracejit's own kernels). Only those files: a mistaken TRACEJIT_CACHE_DIR loses nothing else. Returns the
     paths removed; files this process may not remove are left."""
     d = configured_dir()
@@ -325,6 +399,7 @@ def clear(package: bool = False) -> list[str]:
     targets += _files(os.path.join(d, "__pycache__"), lambda f: _BESIDE.match(f) is not None)
     if nd["generated"] and nd["generated"] != os.path.join(d, "__pycache__"):
         targets += _files(nd["generated"], lambda f: _BESIDE.match(f) is not None and f.endswith((".nbi", ".nbc")))
+    targets += _files(os.path.join(d, RECORDS), lambda f: _RECORD_NAME.fullmatch(f) is not None)
     if package:
         targets += [f for d_ in nd["package"] for f in _files(d_, lambda f: f.endswith((".nbi", ".nbc")))]
     removed = []
@@ -334,7 +409,7 @@ def clear(package: bool = False) -> list[str]:
             removed.append(p)
         except OSError:
             pass
-    for sub in (os.path.join(d, "__pycache__"), nd["generated"]):
+    for sub in (os.path.join(d, "__pycache__"), nd["generated"], os.path.join(d, RECORDS)):
         try:
             os.rmdir(sub)  # only if empty now
         except (OSError, TypeError):

@@ -83,13 +83,26 @@ def check(content: bytes, path: str, strict: bool) -> bool:
     return True
 
 
-def _check_path(path: str, strict: bool) -> bool:
+def _check_path(path: str, strict: bool) -> tuple[bool, bytes | None]:
+    """(whether the file is sealed, the sha256 of its payload: the identity of what Numba reads from it)."""
     try:
         with open(path, "rb") as f:
             content = f.read()
     except FileNotFoundError:
-        return False  # Numba's own handling: no index yet, or a data file removed under it
-    return check(content, path, strict)
+        return False, None  # Numba's own handling: no index yet, or a data file removed under it
+    if check(content, path, strict):
+        return True, content[-32:]
+    return False, hashlib.sha256(content).digest()
+
+
+def code_digest(fn) -> str | None:
+    """The identity of the machine code a cached Numba function (dispatcher or cfunc) of one signature runs:
+    the sha256 of the data file it was loaded from or saved to in this process (None when it has no cache
+    file, or none was read or written). Equal digests: the same object code, compiled for the same CPU name and
+    features (Numba's index keys its entries on them)."""
+    cache_file = getattr(getattr(fn, "_cache", None), "_cache_file", None)
+    digest = getattr(cache_file, "_tracejit_digest", None)
+    return digest.hex() if digest else None
 
 
 def entry_files(cache_file) -> list[str]:
@@ -141,16 +154,21 @@ def install() -> None:
     orig_load, orig_save = Cache.load_overload, Cache.save_overload
 
     def _dump(self, obj):
-        return seal(orig_dump(self, obj))
+        payload = orig_dump(self, obj)
+        # (the data file is dumped last by IndexDataCacheFile.save, after the index: its digest stays)
+        self._tracejit_digest = hashlib.sha256(payload).digest()
+        return seal(payload)
 
     def _load_index(self):
-        self._tracejit_sealed = _check_path(self._index_path, strict=False)
+        self._tracejit_sealed, _ = _check_path(self._index_path, strict=False)
         return orig_load_index(self)
 
     def _load_data(self, name):
         # _load_index ran just before (IndexDataCacheFile.load, under Numba's compiler lock)
-        _check_path(self._data_path(name), strict=getattr(self, "_tracejit_sealed", False))
-        return orig_load_data(self, name)
+        _, digest = _check_path(self._data_path(name), strict=getattr(self, "_tracejit_sealed", False))
+        data = orig_load_data(self, name)
+        self._tracejit_digest = digest
+        return data
 
     def load_overload(self, sig, target_context):
         cache_file = getattr(self, "_cache_file", None)
@@ -199,11 +217,84 @@ def install() -> None:
             cache_file._source_stamp = (cache_file._source_stamp, kernel_fingerprint())
 
     IDC._dump, IDC._load_index, IDC._load_data = _dump, _load_index, _load_data
+    _install_lazy_linking()
     Cache.__init__ = __init__
     Cache.load_overload, Cache.save_overload = load_overload, save_overload
     dispatcher.Dispatcher.enable_caching = guard_enable(dispatcher.Dispatcher.enable_caching)
     ccallback.CFunc.enable_caching = guard_enable(ccallback.CFunc.enable_caching)
     _installed = True
+
+
+# A cached function's data file holds its object code and the optimized LLVM module of everything compiled into
+# it (the "shared" bitcode, for linking into functions compiled later that call it). Numba parses that module when
+# it loads the function, only to list the symbols it defines: in a warm LeNet first call, 7 functions, 0.65-0.8 MB
+# of bitcode, ~60% of their load time. Here a load takes the list from a record (cache.read_record, keyed by the
+# bitcode's hash; written when the function is saved, or else the first time it is parsed) and parses the module
+# only if a later compile links the function into another one. TRACEJIT_LAZY_LINKING=0: Numba's own loading.
+LAZY_LINKING = os.environ.get("TRACEJIT_LAZY_LINKING", "1") != "0"
+
+
+def _symbols_record(bitcode: bytes) -> str:
+    return f"symbols defined by the shared LLVM module {hashlib.sha256(bitcode).hexdigest()}"
+
+
+def defined_symbols(module) -> set:
+    """What Numba's JIT engine records for a module (JitEngine._load_defined_symbols)."""
+    return {gv.name for gsets in (module.functions, module.global_variables) for gv in gsets
+            if not gv.is_declaration}
+
+
+def _install_lazy_linking() -> None:
+    from llvmlite import binding as ll
+    from numba.core import codegen
+
+    lib_cls = codegen.CPUCodeLibrary
+    orig_unserialize = lib_cls._unserialize.__func__
+    orig_for_linking = lib_cls._get_module_for_linking
+
+    def _unserialize(cls, codegen_, state):
+        name, kind, data = state
+        if kind != "object" or not LAZY_LINKING:
+            return orig_unserialize(cls, codegen_, state)
+        from . import cache
+
+        object_code, shared_bitcode = data
+        what = _symbols_record(shared_bitcode)
+        body = cache.read_record(what)
+        if body is None:  # first load of this machine code: as Numba loads it, and keep the list
+            self = orig_unserialize(cls, codegen_, state)
+            cache.write_record(what, "\n".join(sorted(defined_symbols(self._shared_module))))
+            return self
+        self = codegen_.create_library(name)
+        assert isinstance(self, cls)
+        self.enable_object_caching()
+        self._set_compiled_object(object_code)
+        self._tracejit_shared_bitcode = shared_bitcode  # parsed by _get_module_for_linking, if ever
+        self._finalize_final_module()
+        codegen_._engine._defined_symbols |= set(body.split("\n")) - {""}
+        return self
+
+    orig_serialize = lib_cls.serialize_using_object_code
+
+    def serialize_using_object_code(self):
+        # saving what was compiled: the symbols record too, so that even the first load skips the parse
+        state = orig_serialize(self)
+        if LAZY_LINKING:
+            from . import cache
+
+            cache.write_record(_symbols_record(state[2][1]),
+                               "\n".join(sorted(defined_symbols(self._get_module_for_linking()))))
+        return state
+
+    def _get_module_for_linking(self):
+        bitcode = self.__dict__.pop("_tracejit_shared_bitcode", None)
+        if bitcode is not None and self._shared_module is None:
+            self._shared_module = ll.parse_bitcode(bitcode)
+        return orig_for_linking(self)
+
+    lib_cls._unserialize = classmethod(_unserialize)
+    lib_cls.serialize_using_object_code = serialize_using_object_code
+    lib_cls._get_module_for_linking = _get_module_for_linking
 
 
 # The package's own kernels call helpers defined in other modules, which Numba compiles into them; Numba's cache

@@ -52,7 +52,10 @@ class CpuBackend(Backend):
         from .prepare import wait
 
         wait()  # never import the program machinery in two threads at once
+        from . import heap
         from .program import compile_graph
+
+        heap.configure()  # a step's freed arrays stay in the heap for the next step (heap.py)
 
         return compile_graph(graph, dumper=dumper, timings=timings, backend=self, sizes=sizes)
 
@@ -66,6 +69,36 @@ class CpuBackend(Backend):
         for dt in dtypes:
             views.addresses([np.zeros(1, dt)] * (views.CHUNKS[0] + 1))
             views.addresses([np.zeros(1, dt)])
+
+    # tiered execution's compile process (compiler/background.py): see tiering.py
+    def tier_unusable(self, program) -> str | None:
+        from . import tiering
+
+        return tiering.unusable(program)
+
+    def tier_job(self, program) -> dict:
+        from . import tiering
+
+        return tiering.job(program)
+
+    def tier_rebuild(self, job: dict):
+        from .prepare import wait
+
+        wait()
+        from . import tiering
+
+        return tiering.rebuild(job, self)
+
+    def tier_loads(self, program) -> tuple[int, int]:
+        from . import tiering
+
+        return tiering.loads(program)
+
+    def tier_reference_calls(self):
+        """A context for the reference calls that run while the compile process works: one BLAS thread."""
+        from . import tiering
+
+        return tiering.one_blas_thread()
 
     def supports(self, pattern, attrs) -> bool | str:
         return _supports(pattern, attrs)  # its kernels' limits: capabilities.py
@@ -104,6 +137,10 @@ class CpuBackend(Backend):
                   for b in libs if b["used"]]
         lines.append(f"float32 GEMMs: {calls.sgemm_description()}; set {calls.ENV_SGEMM}=tracejit or openblas to "
                      f"choose")
+        from . import heap
+
+        lines.append(f"heap: {heap.configure()}; set {heap.ENV}=system to leave "
+                     f"malloc alone")
         return {"device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
                 "threads": f"{th.get('threads')} ({th.get('layer')})", "threading": th,
                 "lines": lines, "warnings": [note] if note else [],

@@ -306,6 +306,7 @@ def compile_graph(graph: Graph, dumper=None, timings=None, segments: bool = True
     prog = CpuProgram(graph, units=units, backend=backend)
     prog.fallbacks = fallbacks
     prog.updates_in_place = any(getattr(s, "inplace", ()) for s, *_ in prog.plan)
+    prog.decisions, prog.segments = list(decide.made), segments  # what background.py rebuilds it from
     if timings is not None:
         timings["render+load"] = t_render
     return prog

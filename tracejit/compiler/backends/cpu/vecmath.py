@@ -30,11 +30,16 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .jit import helper
 
 __all__ = [
     "FUNCS",
+    "maximum",
     "cos_f32", "cos_f64", "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64",
     "relu_f32", "relu_f64", "sigmoid_f32", "sigmoid_f64", "sign_f32", "sign_f64",
     "sin_f32", "sin_f64", "tanh_f32", "tanh_f64", "tanh_sigmoid_f32", "tanh_sigmoid_f64",
@@ -533,6 +538,31 @@ def remainder_f64(a, b):
     """PyTorch's remainder in float64."""
     m = np.fmod(a, b)
     return m + b if (m != 0 and ((b < 0) != (m < 0))) else m
+
+
+@intrinsic
+def _llvm_maximum(typingctx, a, b):
+    if not isinstance(a, types.Float) or not isinstance(b, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = args[0], context.cast(builder, args[1], sig.args[1], sig.args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(x.type, [x.type, x.type]),
+                                            f"llvm.maximum.f{sig.args[0].bitwidth}")
+        return builder.call(fn, [x, y])
+
+    return a(a, b), codegen
+
+
+@_jit
+def maximum(a, b):
+    """max(a, b) for floats of a's type, NaN winning (either NaN gives NaN), as NumPy's max: LLVM's
+    llvm.maximum, whose reductions LLVM vectorizes. The spelling `b if (b > a or b != b) else a` computes the
+    same but leaves a reduction over it scalar, one compare and select per element (a softmax's or a
+    cross-entropy's row max: 0.72 vs 0.025 ms for 1024 rows of 512). Which zero a max of -0.0 and +0.0 is
+    depends on the order of the vectorized reduction (the kernels' `nsz`), as it does in NumPy. A jitted
+    function around the intrinsic, so the rendered text also runs as Python (`py_func`)."""
+    return _llvm_maximum(a, b)
 
 
 # Op name -> (float32 function, float64 function). The code generator renders a call to the function

@@ -121,7 +121,7 @@ def _register() -> tuple[str, str]:
         name, why = "openblas", f"tracejit's kernel failed to compile: {type(e).__name__}"
         fn = numba.cfunc(_SGEMM_SIG, cache=True, error_model="numpy")(SGEMMS[name])
     if name != "openblas":  # verify the kernel this CPU built before anything trusts it
-        err = _check_entry(fn)
+        err = _check_entry_once(fn, name)
         if not err < SELF_CHECK_TOL:
             warnings.warn(f"tracejit's float32 GEMM disagrees with a float64 product on this CPU (relative error "
                           f"{err:.2g}); using OpenBLAS. Please report this CPU ({llvm.get_host_cpu_name()})",
@@ -147,6 +147,28 @@ def _check_entry(fn) -> float:
         return cpu_gemm.self_check(via_entry)
     except Exception:  # a crash in the check is a failed check
         return float("inf")
+
+
+def _check_entry_once(fn, name: str) -> float:
+    """`_check_entry(fn)`, measured once per machine code and CPU: the error is kept in the kernel cache (a
+    record keyed by the digest of the cfunc's Numba cache file, the CPU's name and features, and the check), so
+    that a warm process skips the check (~0.1 s of a warm process's first compiled call)."""
+    from ... import cache, numba_cache
+
+    digest = numba_cache.code_digest(fn)
+    if digest is None:  # not cached: no identity to key a record on
+        return _check_entry(fn)
+    try:
+        target = fn._library.codegen.magic_tuple()
+    except AttributeError:
+        return _check_entry(fn)
+    what = f"sgemm self-check {name} {digest} {target} {cpu_gemm.SELF_CHECK_SHAPES}"
+    try:
+        return float(cache.read_record(what).removeprefix("ERROR = "))
+    except (AttributeError, ValueError):  # no record (or not a number)
+        err = _check_entry(fn)
+        cache.write_record(what, f"ERROR = {err!r}\n")
+        return err
 
 
 _SGEMM_CHOICE = _register()  # before any caller of the symbol is compiled or loaded from a cache

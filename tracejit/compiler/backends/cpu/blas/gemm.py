@@ -360,7 +360,11 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
     pack_b = tb != 0 or m > PACK_B_ROWS
     pack_a = nb > PACK_A_PANELS and m * k > PACK_A_ELEMS
     nbc = min(nb, NC // NR)  # panels per column block: packed B stays at most KC x NC (2 MB)
-    bp = np.empty((nbc * NR * kcm) if pack_b else 1, np.float32)
+    # One row group (m <= MC): each packed panel of B serves that group's row blocks once, so it is packed
+    # right before them into one L1-sized buffer rather than the whole slice first (written out to L2/L3
+    # and read back): the LSTM's recurrent h @ W^T, 20 x 1024 x 256, packed 1 MB per time step that way
+    by_panel = pack_b and m <= MC
+    bp = np.empty((NR * kcm if by_panel else nbc * NR * kcm) if pack_b else 1, np.float32)
     ap = np.empty((((min(MC, m) + MR - 1) // MR) * MR * kcm) if pack_a else 1, np.float32)
     slices = (k + KC - 1) // KC
     kcb = (k + slices - 1) // slices  # equal slices: 784 = 4 x 196, not 3 x 256 + a 16-deep tail
@@ -369,7 +373,7 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
         for pc in range(0, k, kcb):
             kc = min(kcb, k - pc)
             add = pc > 0 or beta != zero
-            if pack_b:  # B[pc:pc+kc, this block's columns] -> [panel][kc][NR], zero past column n
+            if pack_b and not by_panel:  # B[pc:pc+kc, this block's columns] -> [panel][kc][NR], 0 past column n
                 for jb in range(jb0, jb1):
                     _pack(b, tb, pc, jb * NR, ldb, kc, min(NR, n - jb * NR), NR, bp, (jb - jb0) * NR * kc)
             for ic in range(0, m, MC):
@@ -383,7 +387,10 @@ def sgemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
                     j0 = jb * NR
                     w = min(NR, n - j0)
                     bfull = pack_b or w == NR  # a packed panel is zero-padded to NR columns
-                    if pack_b:
+                    if by_panel:
+                        _pack(b, tb, pc, j0, ldb, kc, w, NR, bp, 0)
+                        bsrc, boff, rsb = bp, 0, NR
+                    elif pack_b:
                         bsrc, boff, rsb = bp, (jb - jb0) * NR * kc, NR
                     else:
                         bsrc, boff, rsb = b, pc * ldb + j0, ldb
