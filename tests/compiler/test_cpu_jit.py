@@ -8,7 +8,7 @@ import numpy as np
 from numba.core import types
 
 import tracejit as tj
-from tracejit.compiler.backends.cpu import jit
+from tracejit.compiler.backends.cpu import index, jit
 from tracejit.compiler.backends.cpu.blas import calls, segment
 from tracejit.compiler.backends.cpu.window import conv, im2col
 
@@ -30,8 +30,8 @@ def test_a_helper_compiles_once_whatever_constants_it_is_called_with():
 
 
 def test_package_kernels_use_the_helper_dispatcher():
-    for fn in (calls.gemm_at, calls.gemm_beta, segment.gemm_bias_act_par, segment.gemm_nt, im2col.conv_fwd_kernel,
-               im2col.conv_bwd_kernel, conv.conv_s1_kernel):
+    for fn in (calls.gemm_at, calls.gemm_beta, segment._bias_act, im2col.conv_fwd_kernel,
+               im2col.conv_bwd_kernel, conv.conv_s1_kernel, index.copy_block, index.check_index, index.gather3):
         assert isinstance(fn, jit.HelperDispatcher), fn
 
 
@@ -41,9 +41,19 @@ def test_compiled_linear_layers_of_any_shape_call_gemm_without_literal_types():
         step = tj.compile(lambda x, net=net: net(x).sum(), backend="cpu")
         x = tj.from_numpy(np.ones((4, n_in), np.float32))
         np.testing.assert_allclose(step(x).item(), net(x).sum().item(), rtol=1e-5)
-    for fn in (calls.gemm_at, segment.gemm_nt, segment.gemm_bias_act):
+    for fn in (calls.gemm_at, segment._bias_act):
         for sig in fn.signatures:
             assert not any(isinstance(t, types.Literal) for t in sig), (fn, sig)
+    assert set(segment._entries) <= {"f32", "f64"}  # segments call one C entry per dtype (blas.segment)
+
+
+def test_a_cat_of_many_pieces_compiles_its_copy_helper_once():
+    parts = [tj.from_numpy(np.full((2, 3), i, np.float32)) for i in range(7)]
+    w = tj.from_numpy(np.arange(9, dtype=np.float32).reshape(3, 3))
+    step = tj.compile(lambda *xs: tj.cat([x @ w for x in xs], 1).sum(0), backend="cpu")  # pieces: GEMM outputs
+    want = np.concatenate([p.numpy() @ w.numpy() for p in parts], 1).sum(0)
+    np.testing.assert_allclose(step(*parts).numpy(), want, rtol=1e-6)
+    assert len(index.copy_block.signatures) == 1  # not one per piece's offset
 
 
 def test_warmup_runs_its_steps_in_a_temporary_kernel_cache(tmp_path, monkeypatch):

@@ -9,10 +9,14 @@ step turns into the op's own error (ops.index_error) before any state is written
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, error_model="numpy")
+from .jit import helper
+
+# a helper dispatcher (cpu/jit.py): generated code passes constants (copy_block's offsets, check numbers), and a
+# plain njit function compiled -- and linked into the caller -- once per distinct literal: an LSTM segment held 35
+# versions of copy_block, one per piece of its cat
+_jit = helper(cache=True, error_model="numpy")
 
 
 class IndexCheckFailed(Exception):
