@@ -313,7 +313,8 @@ def _render_block(k: LoopKernel, tag: str, parallel: bool, consts: dict) -> tupl
             target = hoisted
         else:
             target = body
-            line_of[s.var] = len(body)
+            if s.var not in line_of:  # (the second of a tanh/sigmoid pair is computed by its pair's line)
+                line_of[s.var] = len(body)
             if paired.get(s.var):
                 line_of.update(dict.fromkeys(paired[s.var], len(body)))
         if s.op == "load":
