@@ -117,6 +117,34 @@ print(cpu_blas.sgemm_choice()[0], out.ravel().tolist())
 """
 
 
+def rows_at_error(shapes, seed=0):
+    """Worst error of gemm_rows_at (B's rows at arbitrary, overlapping offsets into one buffer) against a float64
+    product, relative to |A| @ |B| + 1; C starts as NaN (it must not be read)."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for m, n, k in shapes:
+        a = rng.standard_normal(m * k).astype(np.float32)
+        span, b_off = n + 3 * k + 5, 7
+        b = rng.standard_normal(b_off + span).astype(np.float32)
+        offs = rng.integers(0, span - n + 1, k).astype(np.int64)  # the last row may end at b's last element
+        c = np.full(m * n, np.nan, np.float32)
+        cpu_gemm.gemm_rows_at(m, k, n, a, b, b_off, offs, c)
+        B = np.stack([b[b_off + o:b_off + o + n] for o in offs]).astype(np.float64)
+        A = a.reshape(m, k).astype(np.float64)
+        err = np.abs(c.reshape(m, n) - A @ B) / (np.abs(A) @ np.abs(B) + 1)
+        worst = max(worst, float(err.max()) if np.all(np.isfinite(c)) else np.inf)
+    return worst
+
+
+# every row kernel (MR, 6, 4, 2, 1 and their sums), full and masked NR-wide panels, several KC slices, LeNet's convs
+ROWS_AT_SHAPES = [(1, 1, 1), (MR, NR, 3), (MR + 7, NR + 1, KC + 5), (6, 892, 75), (16, 136, 150), (3, 2 * NR - 1, 9),
+                  (5, NR - 3, 2 * KC + 1)]
+
+
+def test_gemm_rows_at_reads_b_rows_at_their_offsets():
+    assert rows_at_error(ROWS_AT_SHAPES) < 1e-5
+
+
 @pytest.mark.parametrize("which", ["tracejit", "openblas", "mixed"])
 def test_each_float32_gemm_runs_when_chosen(which):
     env = dict(os.environ, TRACEJIT_SGEMM=which)
@@ -146,6 +174,9 @@ shapes = eval(sys.argv[2])
 print(cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR, cpu_blas.sgemm_choice()[0])
 print("arrays", cpu_gemm.self_check(cpu_gemm.sgemm_arrays, shapes=shapes))
 print("entry", cpu_blas._check_entry(cpu_blas.numba.cfunc(cpu_blas._SGEMM_SIG)(cpu_gemm.sgemm_c)))
+sys.path.insert(0, sys.argv[3])
+from test_cpu_gemm import ROWS_AT_SHAPES, rows_at_error
+print("rows_at", rows_at_error(ROWS_AT_SHAPES))
 """
 
 
@@ -165,13 +196,14 @@ def test_each_isa_shape_of_the_kernel_computes_the_same(tmp_path, isa):
         pytest.skip(f"this CPU cannot execute {isa} code")  # only on CPUs older than the ISA; never on x86-64-v3
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), TRACEJIT_SGEMM="tracejit")
     shapes = SHAPES + [(cpu_gemm.MC + 7, 2 * NR + 3, 2 * KC + 5)]
-    proc = subprocess.run([sys.executable, "-c", ISA_PROBE, ",".join(ISA_OFF[isa]), repr(shapes)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", ISA_PROBE, ",".join(ISA_OFF[isa]), repr(shapes),
+                           os.path.dirname(__file__)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    head, arrays, entry = proc.stdout.split("\n")[:3]
+    head, arrays, entry, rows_at = proc.stdout.split("\n")[:4]
     assert head == "8 6 16 tracejit", head  # the fake ISA took effect and the self-check accepted the kernel
     assert float(arrays.split()[1]) < 1e-5, arrays
     assert float(entry.split()[1]) < 1e-5, entry
+    assert float(rows_at.split()[1]) < 1e-5, rows_at  # the conv forward's product with rows in place
 
 
 def test_host_kernel_passes_the_import_self_check():

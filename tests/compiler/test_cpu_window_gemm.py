@@ -120,3 +120,26 @@ def test_scratch_buffers_are_reused_and_results_stay_equal():
     fwd(x, w, b, out2, NO_IDX, spec, True)
     assert sum(len(v) for v in G._pool.values()) == pooled_buffers  # taken and given back, none new
     np.testing.assert_array_equal(out1, out2)
+
+
+@pytest.mark.parametrize("spec", CONVS, ids=IDS)
+def test_forward_rows_in_place_equals_the_im2col_copy(spec, monkeypatch):
+    # float32 with tracejit's GEMM reads the im2col rows where they lie in the padded input (gemm_rows_at); with
+    # OpenBLAS chosen the cols copy and the BLAS call stay: both are the conv, the pooled outputs and argmax too
+    _, x, w, b = make(spec, F32)
+    n, o, oh, ow = out_shape(spec)
+    ph, pw = (oh - 2) // 2 + 1, (ow - 2) // 2 + 1
+    results = {}
+    for which in ("tracejit", "mixed", "openblas"):
+        monkeypatch.setattr(G, "sgemm_choice", lambda which=which: (which, "test"))
+        assert G._rows_at_ok(F32, o) == (which != "openblas") and not G._rows_at_ok(F64, o)
+        out = np.full(out_shape(spec), np.nan, F32)
+        fwd(x, w, b, out, NO_IDX, spec, True)
+        close(out, conv_ref(x, w, b, spec, True), reduction(spec), F32)
+        if oh >= 2 and ow >= 2:
+            pooled, argmax = np.full((n, o, ph, pw), np.nan, F32), np.full((n, o, ph, pw), 255, np.uint8)
+            fwd(x, w, b, pooled, argmax, spec, True, 2, 2)
+            np.testing.assert_array_equal(pooled, K.max_pool2d(out, (2, 2), (2, 2), (0, 0)))
+            np.testing.assert_array_equal(argmax, K.max_pool2d_argmax(out, (2, 2), (2, 2), (0, 0)))
+        results[which] = out
+    np.testing.assert_array_equal(results["tracejit"], results["mixed"])  # the same kernel

@@ -65,12 +65,13 @@ PACK_A_PANELS = 2
 PACK_A_ELEMS = 128 * 1024
 
 
-def _codegen_micro(rows: int):
+def _codegen_micro(rows: int, gather: bool = False):
     """LLVM for C[0:rows, 0:ncols] (row pitch ldc, from element c_off of c) = (C if add else 0) + A @ B over
     kc steps, with A[i, p] = ap[a_off + i*rsa + p*csa] (a packed panel: rsa = 1, csa = MR; or A where it lies)
     and B's row p at bp[b_off + p*rsb] (a packed panel: rsb = NR; or B itself, row-major), ncols <= NR.
     Columns past ncols are neither read from B nor written to C (masked loads and stores, which cost AVX-512
-    nothing), so edge panels need no copies."""
+    nothing), so edge panels need no copies. `gather`: rsb is an int64 array and B's row p is at
+    bp[b_off + rsb[p]] (a conv's im2col rows read where they lie in the input planes: `gemm_rows_at`)."""
 
     def codegen(context, builder, sig, args):
         kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add = args
@@ -91,6 +92,7 @@ def _codegen_micro(rows: int):
         a0 = builder.gep(data(1, ap), [a_off])
         b0 = builder.gep(data(5, bp), [b_off])
         c0 = builder.gep(data(10, c), [c_off])
+        offs = data(7, rsb) if gather else None
         zero = ir.Constant(vt, [0.0] * V)
         four = ir.Constant(i32, 4)
         lanes = ir.Constant(ir.VectorType(i64, V), list(range(V)))
@@ -111,7 +113,10 @@ def _codegen_micro(rows: int):
         def k_loop(masked: bool):
             with cgutils.for_range(builder, kc) as loop:
                 k = loop.index
-                bk = builder.gep(b0, [builder.mul(k, rsb)])
+                if gather:
+                    bk = builder.gep(b0, [builder.load(builder.gep(offs, [k]))])
+                else:
+                    bk = builder.gep(b0, [builder.mul(k, rsb)])
                 bptr = [builder.bitcast(builder.gep(bk, [ir.Constant(i64, h * V)]), vp) for h in range(NR // V)]
                 bv = [builder.call(mload, [bptr[h], four, masks[h], zero]) if masked else
                       builder.load(bptr[h], align=4) for h in range(NR // V)]
@@ -145,11 +150,11 @@ def _codegen_micro(rows: int):
     return codegen
 
 
-def _micro_for(rows: int):
+def _micro_for(rows: int, gather: bool = False):
     @intrinsic
     def micro(typingctx, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add):
         return (types.void(kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add),
-                _codegen_micro(rows))
+                _codegen_micro(rows, gather))
 
     return micro
 
@@ -189,6 +194,50 @@ def _micro_rows(h, kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_o
             _micro1(kc, ap, a_off + i * rsa, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off + i * ldc,
                     ldc, add)
             i += 1
+
+
+_gmicro = _micro_for(MR, True)
+_gmicro6 = _micro_for(6, True)
+_gmicro4 = _micro_for(4, True)
+_gmicro2 = _micro_for(2, True)
+_gmicro1 = _micro_for(1, True)
+
+
+@helper(cache=True, error_model="numpy", fastmath=True)
+def gemm_rows_at(m, k, n, a, b, b_off, offs, c):
+    """c[i*n + j] = sum_p a[i*k + p] * b[b_off + offs[p] + j] for i < m, j < n (float32, flat arrays; C not
+    read): a product whose right operand's row p is the run of b starting at b_off + offs[p]. A stride-1 conv's
+    im2col matrix is such rows at its taps' offsets into the padded input planes (window.im2col), so the
+    product reads them where they lie (a few KB, in L1) instead of copying K x n elements first. Every
+    b[b_off + offs[p] + j] with j < n must lie inside b; nothing past it is read."""
+    u = np.uint64
+    for j0 in range(0, n, NR):
+        w = min(NR, n - j0)
+        full = w == NR
+        for pc in range(0, k, KC):
+            kc = min(KC, k - pc)
+            add = pc > 0
+            ob = offs[pc:]
+            i = 0
+            while i < m:
+                r = m - i
+                a_off = u(i * k + pc)
+                c_off = u(i * n + j0)
+                if r >= MR:
+                    _gmicro(kc, a, a_off, k, 1, b, u(b_off + j0), ob, w, full, c, c_off, n, add)
+                    i += MR
+                elif r >= 6:
+                    _gmicro6(kc, a, a_off, k, 1, b, u(b_off + j0), ob, w, full, c, c_off, n, add)
+                    i += 6
+                elif r >= 4:
+                    _gmicro4(kc, a, a_off, k, 1, b, u(b_off + j0), ob, w, full, c, c_off, n, add)
+                    i += 4
+                elif r >= 2:
+                    _gmicro2(kc, a, a_off, k, 1, b, u(b_off + j0), ob, w, full, c, c_off, n, add)
+                    i += 2
+                else:
+                    _gmicro1(kc, a, a_off, k, 1, b, u(b_off + j0), ob, w, full, c, c_off, n, add)
+                    i += 1
 
 
 @intrinsic

@@ -32,7 +32,8 @@ import numpy as np
 from numba import prange
 
 from ..blas import control as blas
-from ..blas.calls import gemm_beta, sgemm_choice
+from ..blas.calls import MIXED_OWN_ROWS, gemm_beta, sgemm_choice
+from ..blas.gemm import gemm_rows_at
 from ..jit import helper
 from .conv import FASTMATH, _epilogue, padded_input
 
@@ -75,6 +76,36 @@ def conv_fwd_kernel(xp, w2, bias, kh, kw, dh, dw, oh, ow, relu, pool_k, pool_s, 
             gemm_beta(w2, cols, acc, zero)
             for o in range(o_):
                 _epilogue(acc[o], wp, bias, o, relu, pool_k, pool_s, out, argmax, n)
+
+
+@_parallel
+def conv_fwd_rows_kernel(xp, w2, bias, kh, kw, dh, dw, oh, ow, relu, pool_k, pool_s, out, argmax, ntask, ws):
+    """conv_fwd_kernel for float32 where tracejit's own GEMM runs (`_rows_at_ok`): the product reads the im2col
+    rows where they lie in the padded planes (blas.gemm.gemm_rows_at: B's row (c, i, j) is the run at tap
+    offset c*Hp*Wp + i*dh*Wp + j*dw of image n), so no cols copy is made and the rows come from a few KB of input
+    in L1 rather than a K x L matrix in L2. ws [threads, O*L]: each thread's product. One-thread CPU ms, 64
+    images, im2col + GEMM -> rows in place (same sums, same bits): LeNet conv1 0.86 -> 0.61, conv2 0.61 -> 0.52."""
+    n_, c_, hp, wp = xp.shape
+    o_, k_ = w2.shape
+    L = (oh - 1) * wp + ow
+    xf = xp.reshape(n_ * c_ * hp * wp)
+    wf = w2.reshape(o_ * k_)
+    offs = _tap_offsets(c_, hp, wp, kh, kw, dh, dw)
+    for t in prange(ntask):
+        tid = numba.get_thread_id()
+        accf = ws[tid]
+        acc = accf.reshape((o_, L))
+        for n in range(t, n_, ntask):
+            gemm_rows_at(o_, k_, L, wf, xf, n * c_ * hp * wp, offs, accf)
+            for o in range(o_):
+                _epilogue(acc[o], wp, bias, o, relu, pool_k, pool_s, out, argmax, n)
+
+
+def _rows_at_ok(dtype, rows: int) -> bool:
+    """Whether the float32 products run tracejit's own GEMM kernels (which `gemm_rows_at` is made of) for `rows`
+    output channels: TRACEJIT_SGEMM=openblas (or a failed self-check) keeps the im2col copy and the BLAS call."""
+    which = sgemm_choice()[0]
+    return dtype == np.float32 and (which == "tracejit" or (which == "mixed" and rows <= MIXED_OWN_ROWS))
 
 
 @_serial
@@ -349,6 +380,14 @@ def conv_forward(x, w, bias, out, argmax, padding, dilation, relu, pool_k, pool_
     hp, wp, oh, ow, L = _geometry(x.shape, w.shape, padding, dilation)
     xp = padded_input(x, padding)
     b = np.zeros(0, x.dtype) if bias is None else bias
+    if _rows_at_ok(x.dtype, o):
+        ws = _take((_threads(), o * L), x.dtype)
+        try:
+            conv_fwd_rows_kernel(xp, w.reshape(o, c * kh * kw), b, kh, kw, dilation[0], dilation[1], oh, ow, relu,
+                                 pool_k, pool_s, out, argmax, _tasks(n), ws)
+        finally:
+            _give(ws)
+        return
     ws = _take((_threads(), c * kh * kw + o, L), x.dtype)
     blas.set_threads(1)
     try:
