@@ -145,6 +145,41 @@ def test_gemm_rows_at_reads_b_rows_at_their_offsets():
     assert rows_at_error(ROWS_AT_SHAPES) < 1e-5
 
 
+def dots_error(cases, seed=0):
+    """Worst error of dots_block (DOT_R rows of A at offsets, s rows of D, summed over images) against float64,
+    relative to the sum of |products| + 1; the output's other elements must stay untouched."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    R = cpu_gemm.DOT_R
+    for s, n, nimg in cases:
+        a_step, d_step, ldd = n + 40, s * (n + 3) + 5, n + 3
+        a = rng.standard_normal(nimg * a_step + 7).astype(np.float32)
+        d = rng.standard_normal(nimg * d_step + 2).astype(np.float32)
+        offs = rng.integers(0, a_step - n + 1, R).astype(np.int64)
+        out = np.full(3 + R * (s + 2), np.nan, np.float32)
+        cpu_gemm.dots_block(s, n, a, 7, a_step, offs, d, 2, d_step, ldd, nimg, out, 3, s + 2)
+        for r in range(R):
+            for j in range(s):
+                pa = np.concatenate([a[7 + m * a_step + offs[r]:][:n] for m in range(nimg)]).astype(np.float64)
+                pd = np.concatenate([d[2 + m * d_step + j * ldd:][:n] for m in range(nimg)]).astype(np.float64)
+                err = abs(out[3 + r * (s + 2) + j] - pa @ pd) / (np.abs(pa) @ np.abs(pd) + 1)
+                worst = max(worst, float(err) if np.isfinite(err) else np.inf)
+        written = np.zeros(out.shape, bool)
+        for r in range(R):
+            written[3 + r * (s + 2):3 + r * (s + 2) + s] = True
+        if not np.all(np.isnan(out[~written])):
+            return np.inf
+    return worst
+
+
+# (channels per block, run length, images): runs shorter than a vector, exact vectors, with masked tails; one image
+DOTS_CASES = [(4, 1, 1), (3, 5, 3), (4, 16, 2), (3, 136, 4), (4, 892, 8), (4, 33, 1)]
+
+
+def test_dots_block_sums_rows_at_offsets_over_images():
+    assert dots_error(DOTS_CASES) < 1e-5
+
+
 @pytest.mark.parametrize("which", ["tracejit", "openblas", "mixed"])
 def test_each_float32_gemm_runs_when_chosen(which):
     env = dict(os.environ, TRACEJIT_SGEMM=which)
@@ -175,8 +210,8 @@ print(cpu_gemm.V, cpu_gemm.MR, cpu_gemm.NR, cpu_blas.sgemm_choice()[0])
 print("arrays", cpu_gemm.self_check(cpu_gemm.sgemm_arrays, shapes=shapes))
 print("entry", cpu_blas._check_entry(cpu_blas.numba.cfunc(cpu_blas._SGEMM_SIG)(cpu_gemm.sgemm_c)))
 sys.path.insert(0, sys.argv[3])
-from test_cpu_gemm import ROWS_AT_SHAPES, rows_at_error
-print("rows_at", rows_at_error(ROWS_AT_SHAPES))
+from test_cpu_gemm import DOTS_CASES, ROWS_AT_SHAPES, dots_error, rows_at_error
+print("rows_at", rows_at_error(ROWS_AT_SHAPES), dots_error(DOTS_CASES))
 """
 
 
@@ -203,7 +238,8 @@ def test_each_isa_shape_of_the_kernel_computes_the_same(tmp_path, isa):
     assert head == "8 6 16 tracejit", head  # the fake ISA took effect and the self-check accepted the kernel
     assert float(arrays.split()[1]) < 1e-5, arrays
     assert float(entry.split()[1]) < 1e-5, entry
-    assert float(rows_at.split()[1]) < 1e-5, rows_at  # the conv forward's product with rows in place
+    # the conv forward's product with rows in place; the weight gradient's dot blocks (2 x s there)
+    assert float(rows_at.split()[1]) < 1e-5 and float(rows_at.split()[2]) < 1e-5, rows_at
 
 
 def test_host_kernel_passes_the_import_self_check():

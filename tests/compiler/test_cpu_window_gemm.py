@@ -21,6 +21,9 @@ CONVS = [
     # >= DW_GEMM_MIN_CHANNELS output channels: the weight gradient by im2col + GEMM (as the conv block's)
     ((3, 2, 6, 7), (32, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     ((3, 3, 8, 8), (33, 3, 3, 2), (1, 1), (1, 0), (2, 1), 1),
+    # 5 and 7 output channels (the weight gradient's dot blocks padded), 9 taps (not a multiple of 4), 17 images
+    ((17, 1, 9, 8), (5, 1, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((4, 2, 6, 9), (7, 2, 2, 3), (1, 1), (0, 1), (1, 1), 1),
 ]
 IDS = [f"x{list(c[0])}-w{list(c[1])}-p{c[3]}-d{c[4]}" for c in CONVS]
 NO_IDX = np.zeros((1, 1, 1, 1), np.uint8)
@@ -143,3 +146,42 @@ def test_forward_rows_in_place_equals_the_im2col_copy(spec, monkeypatch):
             np.testing.assert_array_equal(argmax, K.max_pool2d_argmax(out, (2, 2), (2, 2), (0, 0)))
         results[which] = out
     np.testing.assert_array_equal(results["tracejit"], results["mixed"])  # the same kernel
+
+
+@pytest.mark.parametrize("tasks_per_thread", [8, 1])  # one image per task, or many
+@pytest.mark.parametrize("spec", CONVS, ids=IDS)
+def test_weight_gradient_in_vector_lanes_equals_per_image_dots(spec, tasks_per_thread, monkeypatch):
+    # float32 with tracejit's GEMM: the weight gradient summed over each task's images in vector lanes (DW_VEC;
+    # channels padded to 4 or 3, taps to DOT_R); with OpenBLAS chosen, per-image dot products (DW_DOTS)
+    monkeypatch.setattr(G, "TASKS_PER_THREAD", tasks_per_thread)
+    rng, x, w, b = make(spec, F32)
+    stride, padding, dilation = spec[2:5]
+    y = conv_ref(x, w, b, spec, True)
+    gy = data(rng, y.shape, F32)
+    n, o, oh, ow = y.shape
+    got = {}
+    for which in ("tracejit", "openblas"):
+        monkeypatch.setattr(G, "sgemm_choice", lambda which=which: (which, "test"))
+        how = G._dw_how(F32, o, w[0].size, 4, 100)[0]
+        assert how == (G.DW_GEMM if o >= G.DW_GEMM_MIN_CHANNELS else G.DW_VEC if which == "tracejit" else G.DW_DOTS)
+        for with_dx in (True, False):
+            dx = np.full(x.shape, np.nan, F32) if with_dx else None
+            dw, db = np.full(w.shape, np.nan, F32), np.full(o, np.nan, F32)
+            G.conv_backward(x, w, gy, G.MODE_RELU, NO_IDX, y, padding, dilation, dx, dw, db)
+            g = gy * (y > 0)
+            close(dw, K.conv2d_grad_weight(x, g, w.shape, stride, padding, dilation, 1), n * oh * ow, F32)
+            close(db, g.sum(axis=(0, 2, 3)), n * oh * ow, F32)
+            if with_dx:
+                close(dx, K.conv2d_grad_input(g, w, x.shape, stride, padding, dilation, 1), o * 25, F32)
+            got[which, with_dx] = dw
+        np.testing.assert_array_equal(got[which, True], got[which, False])  # the same sums without dx
+
+
+def test_weight_gradient_pads_channels_to_the_dot_block():
+    assert G._dw_how(F64, 6, 75, 8, 892)[0] == G.DW_DOTS  # float64: per-image dots
+    if G._rows_at_ok(F32, 6):
+        assert G._dw_how(F32, 6, 75, 8, 892) == (G.DW_VEC, 3)
+        assert G._dw_how(F32, 16, 150, 8, 136) == (G.DW_VEC, 4)
+        assert G._dw_how(F32, 5, 75, 8, 136) == (G.DW_VEC, 4)  # padded to 8 channels
+        assert G._dw_how(F32, 6, 75, 64, 892)[0] == G.DW_DOTS  # 64 images' gradients kept: too much memory
+    assert G._dw_how(F32, 32, 144, 8, 1086)[0] == G.DW_GEMM

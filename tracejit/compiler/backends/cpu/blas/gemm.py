@@ -240,6 +240,111 @@ def gemm_rows_at(m, k, n, a, b, b_off, offs, c):
                     i += 1
 
 
+# Dot-product blocks (`dots_block`): DOT_R rows of A against S = 4 or 3 rows of D, R * S vector accumulators beside
+# R + S loaded vectors (16 + 8 of the 32 zmm registers; 8 + 6 of the 16 ymm ones)
+DOT_R = 4 if V == 16 else 2
+
+
+def _codegen_dots(S: int):
+    """LLVM for out[o_off + r*ldo + s] = sum over images m < nimg and q < n of a[a_off + m*a_step + offs[r] + q] *
+    d[d_off + m*d_step + s*ldd + q], for r < DOT_R, s < S: R x S dot products over several images' runs, summed
+    in V-lane vectors (each lane in image and q order) whose lanes are added once at the end by a fixed tree, so
+    a short run costs no horizontal sum per image. The tail q >= n - n % V of each run is read under a mask:
+    nothing past a run is read. float32 only: for other dtypes (a float64 kernel that never takes this path) it
+    compiles to nothing."""
+
+    def codegen(context, builder, sig, args):
+        if sig.args[1].dtype != types.float32:
+            return context.get_dummy_value()
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        vt = ir.VectorType(ir.FloatType(), V)
+        vp = vt.as_pointer()
+        mt = ir.VectorType(ir.IntType(1), V)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{V}f32")
+        mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vp, i32, mt, vt]),
+                                               f"llvm.masked.load.v{V}f32.p0")
+        n, a_off, a_step, d_off, d_step, ldd, nimg, o_off, ldo = (
+            context.cast(builder, args[i], sig.args[i], types.int64) for i in (0, 2, 3, 6, 7, 8, 9, 11, 12))
+
+        def data(k):
+            return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+        ad, od, dd, outd = data(1), data(4), data(5), data(10)
+        offs = [builder.load(builder.gep(od, [ir.Constant(i64, r)])) for r in range(DOT_R)]
+        zero = ir.Constant(vt, [0.0] * V)
+        four = ir.Constant(i32, 4)
+        acc = [[cgutils.alloca_once(builder, vt) for _ in range(S)] for _ in range(DOT_R)]
+        for row in acc:
+            for a in row:
+                builder.store(zero, a)
+        nfull = builder.and_(n, ir.Constant(i64, ~(V - 1)))
+        live = builder.sub(n, nfull)
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(i64, V), ir.Undefined), live, ir.Constant(i32, 0)),
+            ir.Constant(ir.VectorType(i64, V), ir.Undefined), ir.Constant(ir.VectorType(i32, V), [0] * V))
+        tail_mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, V), list(range(V))), splat)
+        with cgutils.for_range(builder, nimg) as img:
+            m = img.index
+            abase = builder.add(a_off, builder.mul(m, a_step))
+            dbase = builder.add(d_off, builder.mul(m, d_step))
+            arow = [builder.gep(ad, [builder.add(abase, offs[r])]) for r in range(DOT_R)]
+            drow = [builder.gep(dd, [builder.add(dbase, builder.mul(ldd, ir.Constant(i64, s_)))]) for s_ in range(S)]
+
+            def step(q, mask):
+                def ld(row):
+                    p = builder.bitcast(builder.gep(row, [q]), vp)
+                    return builder.load(p, align=4) if mask is None else builder.call(mload, [p, four, mask, zero])
+
+                av = [ld(r) for r in arow]
+                dv = [ld(s_) for s_ in drow]
+                for r in range(DOT_R):
+                    for s_ in range(S):
+                        builder.store(builder.call(fma, [av[r], dv[s_], builder.load(acc[r][s_])]), acc[r][s_])
+
+            with cgutils.for_range_slice(builder, ir.Constant(i64, 0), nfull, ir.Constant(i64, V), i64) as (q, _):
+                step(q, None)
+            with builder.if_then(builder.icmp_signed("<", nfull, n)):
+                step(nfull, tail_mask)
+        for r in range(DOT_R):
+            for s_ in range(S):
+                v = builder.load(acc[r][s_])
+                w = V
+                while w > 1:  # lanes [0, w/2) + [w/2, w), halving down to one
+                    w //= 2
+                    lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w), list(range(w))))
+                    hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w), list(range(w, 2 * w))))
+                    v = builder.fadd(lo, hi)
+                total = builder.extract_element(v, ir.Constant(i32, 0))
+                off = builder.add(o_off, builder.add(builder.mul(ldo, ir.Constant(i64, r)), ir.Constant(i64, s_)))
+                builder.store(total, builder.gep(outd, [off]))
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _dots_for(S: int):
+    @intrinsic
+    def dots(typingctx, n, a, a_off, a_step, offs, d, d_off, d_step, ldd, nimg, out, o_off, ldo):
+        return types.void(n, a, a_off, a_step, offs, d, d_off, d_step, ldd, nimg, out, o_off, ldo), _codegen_dots(S)
+
+    return dots
+
+
+_dots4 = _dots_for(4)
+_dots3 = _dots_for(3)
+
+
+@helper(cache=True, error_model="numpy", fastmath=True)
+def dots_block(s, n, a, a_off, a_step, offs, d, d_off, d_step, ldd, nimg, out, o_off, ldo):
+    """`_codegen_dots` for DOT_R rows of A (row r of image m at a[a_off + m*a_step + offs[r]]) against s = 4 or 3
+    rows of D (row s of image m at d[d_off + m*d_step + s*ldd])."""
+    if s == 4:
+        _dots4(n, a, a_off, a_step, offs, d, d_off, d_step, ldd, nimg, out, o_off, ldo)
+    else:
+        _dots3(n, a, a_off, a_step, offs, d, d_off, d_step, ldd, nimg, out, o_off, ldo)
+
+
 @intrinsic
 def _tile_t(typingctx, x, x_off, ld, dst, d_off, width):
     """dst[d_off + kk*width + jj] = x[x_off + jj*ld + kk] for kk, jj < V: one V x V tile transposed in registers

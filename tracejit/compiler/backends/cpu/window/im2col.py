@@ -33,7 +33,7 @@ from numba import prange
 
 from ..blas import control as blas
 from ..blas.calls import MIXED_OWN_ROWS, gemm_beta, sgemm_choice
-from ..blas.gemm import gemm_rows_at
+from ..blas.gemm import DOT_R, dots_block, gemm_rows_at
 from ..jit import helper
 from .conv import FASTMATH, _epilogue, padded_input
 
@@ -43,6 +43,7 @@ _parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=
 _serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 MODE_PLAIN, MODE_POOL, MODE_RELU = 0, 1, 2  # how the output gradient arrives (see _fill_dy)
+DW_DOTS, DW_GEMM, DW_VEC = 0, 1, 2  # how conv_bwd_kernel sums the weight gradient
 
 
 @_serial
@@ -223,12 +224,15 @@ def _dw_dots(x, offs, dyp, dwt):
 
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
-                    need_dw, dw_gemm, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
+                    need_dw, dw_how, dot_s, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
     """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, K, O] = dw^T, db_part
     [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
-    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O (+ K with dx or dw_gemm), L] and
-    plane are each thread's scratch. dw_gemm: dw^T += cols @ dyp^T (im2col into the dcols rows, one GEMM per
-    image) instead of the dot products of _dw_dots."""
+    plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O (+ K with dx or DW_GEMM), L] and
+    plane are each thread's scratch. dw_how: DW_DOTS, the dot products of _dw_dots per image; DW_GEMM,
+    dw^T += cols @ dyp^T (im2col into the dcols rows, one GEMM per image); DW_VEC (float32): each image's output
+    gradient is kept (ws [threads, I*Op (+ K with dx), L] for the I images of a task, channels padded to dot_s)
+    and blas.gemm.dots_block sums over all of the task's images in vector lanes, once per task (dw_part
+    [T, Kp, Op], taps padded to DOT_R; padded rows and columns are computed from real memory and never read)."""
     n_ = g.shape[0]
     c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
     o_, k_ = w2.shape
@@ -239,16 +243,33 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
     zero = xp.dtype.type(0)
     one = xp.dtype.type(1)
     wt = w2.T
+    L = ws.shape[2]
+    img = c_ * hp * wp
+    xf = xp.reshape(xp.shape[0] * img)
+    vec = need_dw and dw_how == DW_VEC
+    kp = (k_ + DOT_R - 1) // DOT_R * DOT_R
+    op_ = (o_ + dot_s - 1) // dot_s * dot_s
+    offp = np.empty(kp, np.int64)  # taps past K repeat the last one (read, never stored)
+    for kk in range(kp):
+        offp[kk] = offs[min(kk, k_ - 1)]
+    d0 = ((n_ + ntask - 1) // ntask) * op_ if vec else o_  # where dcols starts in ws[tid]
     for t in prange(ntask):
         tid = numba.get_thread_id()
-        dyp = ws[tid, :o_]
-        dcols = ws[tid, o_:]
+        dcols = ws[tid, d0:]
+        wsf = ws[tid].reshape(ws.shape[1] * L)
         pl = plane[tid]
         dwt = dw_part[t]
         dbt = db_part[t]
         dwt[:, :] = zero
         dbt[:] = zero
+        mt = 0  # images of this task so far
         for n in range(t, n_, ntask):
+            y0 = mt * op_ if vec else 0
+            dyp = ws[tid, y0:y0 + o_]
+            mt += 1
+            if vec:  # channel rows past O that dot blocks read: zeros (their sums are never used)
+                for o in range(o_, op_):
+                    ws[tid, y0 + o, :] = zero
             _fill_dy(g, mode, argmax, aux, relu, pool_k, pool_s, wp, ow, n, dyp)
             for o in range(o_):
                 s = zero
@@ -256,15 +277,14 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                 for q in range(d.shape[0]):
                     s += d[q]
                 dbt[o] += s
-            if need_dw:
-                if dw_gemm:  # dcols holds this image's im2col matrix until the input gradient overwrites it
+            if need_dw and not vec:  # (DW_VEC: after the task's last image)
+                if dw_how == DW_GEMM:  # dcols holds this image's im2col matrix until dx overwrites it
                     _im2col(x3[n], kh, kw, dh, dw, wp, dcols)
                     gemm_beta(dcols, dyp.T, dwt, one)
                 else:
                     _dw_dots(x2[n], offs, dyp, dwt)
             if need_dx:
                 gemm_beta(wt, dyp, dcols, zero)
-                L = dcols.shape[1]
                 for c in range(c_):
                     pc = pl[c]
                     for q in range(pc.shape[0]):
@@ -281,6 +301,13 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                         dr = dxc[r]
                         for q in range(w):
                             dr[q] = src[q]
+        if vec and mt > 0:
+            dwf = dw_part[t].reshape(kp * op_)
+            for kb in range(0, kp, DOT_R):
+                ob = offp[kb:]
+                for o0 in range(0, op_, dot_s):
+                    dots_block(dot_s, L, xf, t * img, ntask * img, ob, wsf, o0 * L, op_ * L, L, mt, dwf,
+                               kb * op_ + o0, op_)
     # the partials in task order (as np.sum over the first axis): the same bits at any thread count
     if need_dw:
         for o in range(o_):
@@ -349,6 +376,22 @@ FORWARD_MIN_CHANNELS = 16
 DW_GEMM_MIN_CHANNELS = 32
 
 
+# DW_VEC keeps the output gradients of a task's images (I x O x L floats per thread) up to this many bytes
+# (LeNet conv1 at one thread: 8 x 6 x 892 x 4 = 171 KB)
+DW_VEC_MAX_BYTES = 512 * 1024
+
+
+def _dw_how(dtype, o: int, k: int, images: int, run: int = 0) -> tuple[int, int]:
+    """(how conv_bwd_kernel sums the weight gradient, the output channels per dot block) for `images` per task."""
+    if o >= DW_GEMM_MIN_CHANNELS:
+        return DW_GEMM, 4
+    dot_s = 3 if o % 4 and o % 3 == 0 else 4
+    kept = images * -(-o // dot_s) * dot_s * run * 4
+    if _rows_at_ok(dtype, o) and kept <= DW_VEC_MAX_BYTES:
+        return DW_VEC, dot_s
+    return DW_DOTS, 4
+
+
 def prefer(x_shape, w_shape, stride, padding, dilation, groups, backward=False) -> bool:
     """Whether this path runs the conv (forward, or backward when `backward`): stride 1, groups 1 (any
     padding and dilation) and runs up to MAX_RUN, or MAX_RUN_LONG where the GEMM wins on long runs too."""
@@ -412,10 +455,15 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     xp = padded_input(x, padding) if need_dw else np.empty((1, c, hp, wp), x.dtype)
     ntask = _tasks(n)
     nthr = _threads()
-    dw_gemm = need_dw and o >= DW_GEMM_MIN_CHANNELS
-    ws = _take((nthr, o + (k if need_dx or dw_gemm else 0), L), x.dtype)
+    dw_how, dot_s = _dw_how(x.dtype, o, k, -(-n // ntask), L) if need_dw else (DW_DOTS, 4)
+    if dw_how == DW_VEC:  # each task's images' output gradients, then dcols
+        rows = -(-n // ntask) * -(-o // dot_s) * dot_s + (k if need_dx else 0)
+        dw_part = _take((ntask, -(-k // DOT_R) * DOT_R, -(-o // dot_s) * dot_s), x.dtype)
+    else:
+        rows = o + (k if need_dx or dw_how == DW_GEMM else 0)
+        dw_part = _take((ntask, k, o), x.dtype)
+    ws = _take((nthr, rows, L), x.dtype)
     plane = _take((nthr, c, hp * wp) if need_dx else (nthr, 1, 1), x.dtype)
-    dw_part = _take((ntask, k, o), x.dtype)
     db_part = _take((ntask, o), x.dtype)
     dx = out_dx if need_dx else np.empty((1, 1, 1, 1), x.dtype)
     dw2 = out_dw.reshape(o, k) if need_dw else np.empty((1, 1), x.dtype)
@@ -423,8 +471,8 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     blas.set_threads(1)
     try:
         conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
-                        dilation[1], oh, ow, need_dx, need_dw, dw_gemm, padding[0], padding[1], dx, ntask, ws, plane,
-                        dw_part, db_part, dw2, db)
+                        dilation[1], oh, ow, need_dx, need_dw, dw_how, dot_s, padding[0], padding[1], dx, ntask, ws,
+                        plane, dw_part, db_part, dw2, db)
     finally:
         for a in (ws, plane, dw_part, db_part):
             _give(a)
