@@ -180,7 +180,7 @@ def test_weight_gradient_in_vector_lanes_equals_per_image_dots(spec, tasks_per_t
 def test_weight_gradient_pads_channels_to_the_dot_block():
     assert G._dw_how(F64, 6, 75, 8, 892)[0] == G.DW_DOTS  # float64: per-image dots
     if G._rows_at_ok(F32, 6):
-        assert G._dw_how(F32, 6, 75, 8, 892) == (G.DW_VEC, 3)
+        assert G._dw_how(F32, 6, 75, 8, 892) == ((G.DW_VEC, 3) if G.V == 16 else (G.DW_DOTS, 4))  # AVX2: short runs
         assert G._dw_how(F32, 16, 150, 8, 136) == (G.DW_VEC, 4)
         assert G._dw_how(F32, 5, 75, 8, 136) == (G.DW_VEC, 4)  # padded to 8 channels
         assert G._dw_how(F32, 6, 75, 64, 892)[0] == G.DW_DOTS  # 64 images' gradients kept: too much memory

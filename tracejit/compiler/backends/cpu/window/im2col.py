@@ -33,7 +33,7 @@ from numba import prange
 
 from ..blas import control as blas
 from ..blas.calls import MIXED_OWN_ROWS, gemm_beta, sgemm_choice
-from ..blas.gemm import DOT_R, dots_block, gemm_rows_at
+from ..blas.gemm import DOT_R, V, dots_block, gemm_rows_at
 from ..jit import helper
 from .conv import FASTMATH, _epilogue, padded_input
 
@@ -377,7 +377,10 @@ DW_GEMM_MIN_CHANNELS = 32
 
 
 # DW_VEC keeps the output gradients of a task's images (I x O x L floats per thread) up to this many bytes
-# (LeNet conv1 at one thread: 8 x 6 x 892 x 4 = 171 KB)
+# (LeNet conv1 at one thread: 8 x 6 x 892 x 4 = 171 KB). Without AVX-512 (2 taps x 3-4 channels of ymm
+# accumulators) only on runs up to MAX_RUN, where _dw_dots' per-image horizontal sums cost most: LLVM held to AVX2
+# on the Zen 5, one-thread CPU ms, dots -> lanes: LeNet conv2 backward (L = 136) 1.29 -> 1.19, conv1 (L = 892)
+# 0.78 -> 0.84
 DW_VEC_MAX_BYTES = 512 * 1024
 
 
@@ -387,7 +390,7 @@ def _dw_how(dtype, o: int, k: int, images: int, run: int = 0) -> tuple[int, int]
         return DW_GEMM, 4
     dot_s = 3 if o % 4 and o % 3 == 0 else 4
     kept = images * -(-o // dot_s) * dot_s * run * 4
-    if _rows_at_ok(dtype, o) and kept <= DW_VEC_MAX_BYTES:
+    if _rows_at_ok(dtype, o) and kept <= DW_VEC_MAX_BYTES and (V == 16 or run <= MAX_RUN):
         return DW_VEC, dot_s
     return DW_DOTS, 4
 
