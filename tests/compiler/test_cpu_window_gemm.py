@@ -185,3 +185,20 @@ def test_weight_gradient_pads_channels_to_the_dot_block():
         assert G._dw_how(F32, 5, 75, 8, 136) == (G.DW_VEC, 4)  # padded to 8 channels
         assert G._dw_how(F32, 6, 75, 64, 892)[0] == G.DW_DOTS  # 64 images' gradients kept: too much memory
     assert G._dw_how(F32, 32, 144, 8, 1086)[0] == G.DW_GEMM
+
+
+@pytest.mark.parametrize("spec", CONVS, ids=IDS)
+def test_input_gradient_as_full_correlation_equals_dcols_and_col2im(spec, monkeypatch):
+    # float32 with tracejit's GEMM: dx as one full correlation per image (written in place without padding,
+    # cropped from the padded plane with it); DX_FULL off: dcols = w^T @ dy and col2im adds
+    rng, x, w, b = make(spec, F32)
+    stride, padding, dilation = spec[2:5]
+    y = conv_ref(x, w, b, spec, True)
+    gy = data(rng, y.shape, F32)
+    ref = K.conv2d_grad_input(gy * (y > 0), w, x.shape, stride, padding, dilation, 1)
+    monkeypatch.setattr(G, "sgemm_choice", lambda: ("tracejit", "test"))
+    for full in (True, False):
+        monkeypatch.setattr(G, "DX_FULL", full)
+        dx = np.full(x.shape, np.nan, F32)
+        G.conv_backward(x, w, gy, G.MODE_RELU, NO_IDX, y, padding, dilation, dx, None, None)
+        close(dx, ref, y.shape[1] * w.shape[2] * w.shape[3], F32)

@@ -71,9 +71,12 @@ def _codegen_micro(rows: int, gather: bool = False):
     and B's row p at bp[b_off + p*rsb] (a packed panel: rsb = NR; or B itself, row-major), ncols <= NR.
     Columns past ncols are neither read from B nor written to C (masked loads and stores, which cost AVX-512
     nothing), so edge panels need no copies. `gather`: rsb is an int64 array and B's row p is at
-    bp[b_off + rsb[p]] (a conv's im2col rows read where they lie in the input planes: `gemm_rows_at`)."""
+    bp[b_off + rsb[p]] (a conv's im2col rows read where they lie in the input planes: `gemm_rows_at`); that form
+    compiles to nothing for other dtypes than float32 (float64 conv kernels type it on a path they never take)."""
 
     def codegen(context, builder, sig, args):
+        if gather and any(sig.args[i].dtype != types.float32 for i in (1, 5, 10)):
+            return context.get_dummy_value()
         kc, ap, a_off, rsa, csa, bp, b_off, rsb, ncols, bfull, c, c_off, ldc, add = args
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
@@ -209,7 +212,8 @@ def gemm_rows_at(m, k, n, a, b, b_off, offs, c):
     read): a product whose right operand's row p is the run of b starting at b_off + offs[p]. A stride-1 conv's
     im2col matrix is such rows at its taps' offsets into the padded input planes (window.im2col), so the
     product reads them where they lie (a few KB, in L1) instead of copying K x n elements first. Every
-    b[b_off + offs[p] + j] with j < n must lie inside b; nothing past it is read."""
+    b[b_off + offs[p] + j] with j < n must lie inside b; nothing past it is read. For other dtypes than float32
+    it does nothing (window.im2col's float64 kernels type it on a path they never take)."""
     u = np.uint64
     for j0 in range(0, n, NR):
         w = min(NR, n - j0)

@@ -224,7 +224,8 @@ def _dw_dots(x, offs, dyp, dwt):
 
 @_parallel
 def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dh, dw, oh, ow, need_dx,
-                    need_dw, dw_how, dot_s, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db):
+                    need_dw, dw_how, dot_s, top, left, dx, ntask, ws, plane, dw_part, db_part, out_dw, out_db,
+                    dx_full, wt2, qbuf):
     """dw (out_dw [O, K]) and db (out_db [O], or empty) as per-task partials (dw_part [T, K, O] = dw^T, db_part
     [T, O]) added in task order, and, if need_dx, dx [N, C, H, W] (each thread's padded
     plane buffer [C, Hp*Wp] is cropped by top/left into it). ws [threads, O (+ K with dx or DW_GEMM), L] and
@@ -232,7 +233,12 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
     dw^T += cols @ dyp^T (im2col into the dcols rows, one GEMM per image); DW_VEC (float32): each image's output
     gradient is kept (ws [threads, I*Op (+ K with dx), L] for the I images of a task, channels padded to dot_s)
     and blas.gemm.dots_block sums over all of the task's images in vector lanes, once per task (dw_part
-    [T, Kp, Op], taps padded to DOT_R; padded rows and columns are computed from real memory and never read)."""
+    [T, Kp, Op], taps padded to DOT_R; padded rows and columns are computed from real memory and never read).
+    dx_full (float32): dx as the full correlation of the output gradient with the flipped kernel, one
+    blas.gemm.gemm_rows_at per image: wt2 [C, O*kh*kw] (w with its first two axes swapped) times rows of the
+    gradient kept at pitch Wp between zero margins in qbuf [threads, O*Lq] (Lq = margin + Hp*Wp): the row of tap
+    (o, i, j) starts margin - i*dh*Wp - j*dw before the plane, and positions outside the output (the margins, the
+    columns past ow in each row) read zeros. No dcols product and no col2im adds."""
     n_ = g.shape[0]
     c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
     o_, k_ = w2.shape
@@ -253,6 +259,17 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
     for kk in range(kp):
         offp[kk] = offs[min(kk, k_ - 1)]
     d0 = ((n_ + ntask - 1) // ntask) * op_ if vec else o_  # where dcols starts in ws[tid]
+    mg = (kh - 1) * dh * wp + (kw - 1) * dw  # dx_full: zeros before each gradient row
+    lq = mg + hp * wp
+    kx = o_ * kh * kw
+    offx = np.empty(kx, np.int64)
+    for o in range(o_):
+        for i in range(kh):
+            for j in range(kw):
+                offx[(o * kh + i) * kw + j] = o * lq + mg - i * dh * wp - j * dw
+    wt2f = wt2.reshape(wt2.shape[0] * wt2.shape[1])
+    dxf = dx.reshape(dx.shape[0] * dx.shape[1] * h * w)
+    in_place = top == 0 and left == 0 and hp == h and wp == w  # the product's rows are dx's planes
     for t in prange(ntask):
         tid = numba.get_thread_id()
         dcols = ws[tid, d0:]
@@ -262,6 +279,9 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
         dbt = db_part[t]
         dwt[:, :] = zero
         dbt[:] = zero
+        qb = qbuf[tid]
+        if dx_full:
+            qb[:] = zero
         mt = 0  # images of this task so far
         for n in range(t, n_, ntask):
             y0 = mt * op_ if vec else 0
@@ -283,7 +303,25 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                     gemm_beta(dcols, dyp.T, dwt, one)
                 else:
                     _dw_dots(x2[n], offs, dyp, dwt)
-            if need_dx:
+            if need_dx and dx_full:
+                for o in range(o_):
+                    src = dyp[o]
+                    dst = qb[o * lq + mg:]
+                    for q in range(L):
+                        dst[q] = src[q]
+                if in_place:
+                    gemm_rows_at(c_, kx, h * w, wt2f, qb, 0, offx, dxf[n * c_ * h * w:])
+                else:
+                    plf = pl.reshape(pl.shape[0] * pl.shape[1])
+                    gemm_rows_at(c_, kx, h * wp, wt2f, qb, top * wp, offx, plf)
+                    for c in range(c_):
+                        dxc = dx[n, c]
+                        for r in range(h):
+                            src = plf[(c * h + r) * wp + left:]
+                            dr = dxc[r]
+                            for q in range(w):
+                                dr[q] = src[q]
+            elif need_dx:
                 gemm_beta(wt, dyp, dcols, zero)
                 for c in range(c_):
                     pc = pl[c]
@@ -382,6 +420,9 @@ DW_GEMM_MIN_CHANNELS = 32
 # on the Zen 5, one-thread CPU ms, dots -> lanes: LeNet conv2 backward (L = 136) 1.29 -> 1.19, conv1 (L = 892)
 # 0.78 -> 0.84
 DW_VEC_MAX_BYTES = 512 * 1024
+# The input gradient as one full correlation per image (conv_bwd_kernel's dx_full) where the float32 products run
+# tracejit's GEMM, rather than dcols = w^T @ dy and col2im adds
+DX_FULL = True
 
 
 def _dw_how(dtype, o: int, k: int, images: int, run: int = 0) -> tuple[int, int]:
@@ -459,14 +500,20 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     ntask = _tasks(n)
     nthr = _threads()
     dw_how, dot_s = _dw_how(x.dtype, o, k, -(-n // ntask), L) if need_dw else (DW_DOTS, 4)
+    dx_full = need_dx and _rows_at_ok(x.dtype, c) and DX_FULL
+    dcols = k if (need_dx and not dx_full) or dw_how == DW_GEMM else 0
     if dw_how == DW_VEC:  # each task's images' output gradients, then dcols
-        rows = -(-n // ntask) * -(-o // dot_s) * dot_s + (k if need_dx else 0)
+        rows = -(-n // ntask) * -(-o // dot_s) * dot_s + dcols
         dw_part = _take((ntask, -(-k // DOT_R) * DOT_R, -(-o // dot_s) * dot_s), x.dtype)
     else:
-        rows = o + (k if need_dx or dw_how == DW_GEMM else 0)
+        rows = o + dcols
         dw_part = _take((ntask, k, o), x.dtype)
     ws = _take((nthr, rows, L), x.dtype)
     plane = _take((nthr, c, hp * wp) if need_dx else (nthr, 1, 1), x.dtype)
+    lq = (kh - 1) * dilation[0] * wp + (kw - 1) * dilation[1] + hp * wp
+    qbuf = _take((nthr, o * lq) if dx_full else (nthr, 1), x.dtype)
+    wt2 = np.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(c, o * kh * kw) if dx_full else \
+        np.empty((1, 1), x.dtype)
     db_part = _take((ntask, o), x.dtype)
     dx = out_dx if need_dx else np.empty((1, 1, 1, 1), x.dtype)
     dw2 = out_dw.reshape(o, k) if need_dw else np.empty((1, 1), x.dtype)
@@ -475,7 +522,7 @@ def conv_backward(x, w, g, mode, argmax, aux, padding, dilation, out_dx, out_dw,
     try:
         conv_bwd_kernel(xp, w.reshape(o, k), g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, dilation[0],
                         dilation[1], oh, ow, need_dx, need_dw, dw_how, dot_s, padding[0], padding[1], dx, ntask, ws,
-                        plane, dw_part, db_part, dw2, db)
+                        plane, dw_part, db_part, dw2, db, dx_full, wt2, qbuf)
     finally:
-        for a in (ws, plane, dw_part, db_part):
+        for a in (ws, plane, dw_part, db_part, qbuf):
             _give(a)
