@@ -309,11 +309,10 @@ def conv_bwd_kernel(xp, w2, g, mode, argmax, aux, relu, pool_k, pool_s, kh, kw, 
                     dst = qb[o * lq + mg:]
                     for q in range(L):
                         dst[q] = src[q]
-                if in_place:
-                    gemm_rows_at(c_, kx, h * w, wt2f, qb, 0, offx, dxf[n * c_ * h * w:])
-                else:
-                    plf = pl.reshape(pl.shape[0] * pl.shape[1])
-                    gemm_rows_at(c_, kx, h * wp, wt2f, qb, top * wp, offx, plf)
+                plf = pl.reshape(pl.shape[0] * pl.shape[1])
+                # one call site: each inlined copy of the product costs seconds of Numba compile on a fresh install
+                gemm_rows_at(c_, kx, h * wp, wt2f, qb, top * wp, offx, dxf[n * c_ * h * w:] if in_place else plf)
+                if not in_place:
                     for c in range(c_):
                         dxc = dx[n, c]
                         for r in range(h):
