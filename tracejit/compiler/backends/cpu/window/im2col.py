@@ -11,6 +11,12 @@ per-row im2col), and the (Wp - ow) columns past ow in each row are computed and 
                                                         per-task partials, summed in task order)
             dcols [K, L] = w^T @ dyp  -> col2im: K contiguous adds into the padded input-gradient plane
 
+Where the float32 products run tracejit's own GEMM (`_rows_at_ok`) no cols matrix exists at all: the forward's
+product reads the K runs where they lie in xp (blas.gemm.gemm_rows_at: B's rows at an offset table); the weight
+gradient sums a task's images in vector lanes (blas.gemm.dots_block, DW_VEC); the input gradient is one full
+correlation per image, w with its first two axes swapped times the output gradient's runs between zero margins
+(dx_full). One-thread CPU, compiled LeNet step: 4.4 -> 3.4 ms.
+
 Each thread owns its scratch buffers (L2-sized for LeNet) and calls single-threaded BLAS (OpenBLAS's small
 matrix kernels at these sizes); BLAS threads must be 1 while these kernels run (the steps set it), as
 OpenBLAS's own threads would spin against the TBB workers.
