@@ -420,14 +420,15 @@ DW_GEMM_MIN_CHANNELS = 32
 
 
 # DW_VEC keeps the output gradients of a task's images (I x O x L floats per thread) up to this many bytes
-# (LeNet conv1 at one thread: 8 x 6 x 892 x 4 = 171 KB). Without AVX-512 (2 taps x 3-4 channels of ymm
-# accumulators) only on runs up to MAX_RUN, where _dw_dots' per-image horizontal sums cost most: LLVM held to AVX2
-# on the Zen 5, one-thread CPU ms, dots -> lanes: LeNet conv2 backward (L = 136) 1.29 -> 1.19, conv1 (L = 892)
-# 0.78 -> 0.84
+# (LeNet conv1 at one thread: 8 x 6 x 892 x 4 = 171 KB). AVX-512 only: with LLVM held to AVX2 on the Zen 5 (2 taps
+# x 3-4 channels of ymm accumulators), one-thread CPU ms, dots -> lanes: LeNet conv1 backward (L = 892) 0.78 ->
+# 0.84, conv2 (L = 136) 1.29 -> 1.19 alone but the compiled LeNet step 4.22 -> 4.29 ms (8 alternating rounds)
 DW_VEC_MAX_BYTES = 512 * 1024
 # The input gradient as one full correlation per image (conv_bwd_kernel's dx_full) where the float32 products run
-# tracejit's GEMM, rather than dcols = w^T @ dy and col2im adds
-DX_FULL = True
+# tracejit's GEMM, rather than dcols = w^T @ dy and col2im adds. AVX-512 only: with LLVM held to AVX2 on the Zen 5
+# (its 6 x 16 kernel on 6 input channels) the compiled LeNet step was 1.4% slower with it (one thread, 8 alternating
+# rounds: 4.31 -> 4.38 ms), though the conv block's backward alone gained (9.08 -> 8.63 ms)
+DX_FULL = V == 16
 
 
 def _dw_how(dtype, o: int, k: int, images: int, run: int = 0) -> tuple[int, int]:
@@ -436,7 +437,7 @@ def _dw_how(dtype, o: int, k: int, images: int, run: int = 0) -> tuple[int, int]
         return DW_GEMM, 4
     dot_s = 3 if o % 4 and o % 3 == 0 else 4
     kept = images * -(-o // dot_s) * dot_s * run * 4
-    if _rows_at_ok(dtype, o) and kept <= DW_VEC_MAX_BYTES and (V == 16 or run <= MAX_RUN):
+    if V == 16 and _rows_at_ok(dtype, o) and kept <= DW_VEC_MAX_BYTES:
         return DW_VEC, dot_s
     return DW_DOTS, 4
 
