@@ -90,7 +90,8 @@ def test_background_compile_error_is_raised_at_the_next_call(fresh_kernels, monk
     assert tier.wait(300) and isinstance(tier.error, RuntimeError)
     with pytest.raises(RuntimeError, match="did not compile"):
         cf(x)
-    assert "it raised RuntimeError: the kernels did not compile" in str(tracejit.explain(cf, x))
+    said = str(tracejit.explain(cf, x))  # (a forked compile process fails the same way: its error names it)
+    assert "it raised " in said and "RuntimeError: the kernels did not compile" in said
 
 
 def test_tiered_errors_name_the_users_line(fresh_kernels):

@@ -153,8 +153,12 @@ TIERED_DEFAULT = True
 # 70 s; k=2: 40 s (99 steps), 40 s, 47 s; blocking: 23 s, 23 s, 28 s. Tiered is for the first steps: k=0.
 TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "0"))
 # The default (tiered=None, TRACEJIT_TIERED unset) tiers a variant only when at least this many generated kernels
-# must compile: the compile process starts in 2-5 s (Python, tracejit, Numba), which a short compile does not repay
-TIER_MIN_KERNELS = int(os.environ.get("TRACEJIT_TIER_MIN_KERNELS", "8"))
+# must compile (TRACEJIT_TIER_MIN_KERNELS; None: TIER_MIN_KERNELS_AUTO by how the compile process starts). A forked
+# one starts in milliseconds; a new interpreter in 2-5 s (Python, tracejit, Numba), which a short compile does not
+# repay (LeNet, kernels cold, 4 kernels: first compiled step at 4.5 s and 1000 steps in 6.8-7.1 s, blocking 1.6 s
+# and 4.6 s; forked: see TIER_MIN_KERNELS_AUTO).
+TIER_MIN_KERNELS = int(os.environ["TRACEJIT_TIER_MIN_KERNELS"]) if os.environ.get("TRACEJIT_TIER_MIN_KERNELS") else None
+TIER_MIN_KERNELS_AUTO = {"fork": 3, "spawn": 8}
 
 
 def _tiered_env() -> bool | str | None:
@@ -177,10 +181,11 @@ class Tier:
     op's NumPy ref: the values eager computes, the same inputs, outputs and write-back) while the kernels compile
     in the background; the first call after that is done switches the variant to the compiled program.
 
-    Where (`mode`): "process" (the default where possible): a child process (compiler/background.py) rebuilds
-    the program from its graph and runs it once on a copy of the first call's inputs, which makes Numba compile
-    every kernel into its disk cache; then a daemon thread here runs the program once on that copy, which loads
-    each kernel from the disk cache. "thread": the daemon thread runs the program itself, compiling every kernel
+    Where (`mode`): "process" (the default where possible): a child process (compiler/background.py: a fork of
+    this process made by the calling thread, or a new interpreter that rebuilds the program from its graph) runs
+    the program once on a copy of the first call's inputs, which makes Numba compile every kernel into its disk
+    cache; then a daemon thread here runs the program once on that copy, which loads each kernel from the disk
+    cache. "thread": the daemon thread runs the program itself, compiling every kernel
     in this process -- Numba's typing and lowering hold the GIL, so the reference steps slow down while it
     compiles and the compile while they run (LLVM's optimization releases it); the child process only competes
     for a core.
@@ -248,6 +253,18 @@ class Tier:
 
     def start(self, inputs) -> None:
         self.started_at = time.perf_counter()
+        if self.mode == "process":
+            from . import background
+
+            try:
+                self.child = background.Child(self.compiled, self.backend, inputs)
+                if self.child.how == "fork":
+                    self.child.start()  # (here: Numba's TBB pool survives a fork from the main thread only)
+            except Exception as e:  # noqa: BLE001 -- no compile process: compile in the thread instead
+                self.child = None
+                self.mode = "thread"
+                log.emit(f"{self.name}: no compile process ({type(e).__name__}: {e}); compiling in a thread",
+                         at=log.VERBOSE)
         self.thread = threading.Thread(target=self._compile, args=(inputs,), name=f"tracejit-compile {self.name}",
                                        daemon=True)
         self.thread.start()
@@ -273,9 +290,6 @@ class Tier:
     def _in_child(self, inputs) -> None:
         """Compile every kernel into the disk caches in a child process; raise BackgroundCompileError if it
         fails. A job that cannot be written (an attribute that does not pickle) compiles in this thread."""
-        from . import background
-
-        self.child = background.Child(self.compiled, self.backend, inputs)
         try:
             why = self.child.run()
         except Exception as e:  # noqa: BLE001 -- writing or starting the job failed: compile here instead
@@ -776,13 +790,18 @@ class CompiledFunction:
         n, hits = prog.cache_stats()
         if hits >= n:
             return None
-        if default and n - hits < TIER_MIN_KERNELS:
-            return None  # a short compile: the compile process's start would cost more than the early steps gain
         if want == "thread":
             return "thread"
         from . import background
 
-        why = background.unusable(prog, get_backend(variant.backend))
+        backend = get_backend(variant.backend)
+        why = background.unusable(prog, backend)
+        if default:
+            least = TIER_MIN_KERNELS
+            if least is None:
+                least = TIER_MIN_KERNELS_AUTO[background.start_method(backend)] if why is None else 1
+            if n - hits < least:
+                return None  # a short compile: the compile process's start would cost more than early steps gain
         if why is None:
             return "process"
         if default:
@@ -922,8 +941,9 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
     tiered: True runs a new variant's first calls on the reference backend (NumPy, the values eager computes)
     while its kernels compile in a child process (a thread where none can run: one CPU, no disk cache), and
     switches to them once they are ready, so that no call waits for Numba; False compiles before the first call
-    returns. None (default): TRACEJIT_TIERED (1, 0 or thread), else tiered in a child process when at least
-    TIER_MIN_KERNELS (8) kernels must compile and one can run, blocking otherwise. Kernels found in the kernel
+    returns. None (default): TRACEJIT_TIERED (1, 0 or thread), else tiered in a child process when one can run
+    and at least 3 kernels must compile (8 where the child cannot be a fork: TIER_MIN_KERNELS), blocking
+    otherwise. Kernels found in the kernel
     cache are loaded at once either way. `explain` shows the state.
     """
     if fn is None:
