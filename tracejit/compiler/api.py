@@ -257,7 +257,7 @@ class Tier:
             from . import background
 
             try:
-                self.child = background.Child(self.compiled, self.backend, inputs)
+                self.child = background.Child(self.compiled, self.backend, inputs, name=self.name)
                 if self.child.how == "fork":
                     self.child.start()  # (here: Numba's TBB pool survives a fork from the main thread only)
             except Exception as e:  # noqa: BLE001 -- no compile process: compile in the thread instead

@@ -165,10 +165,18 @@ def command(job: str, ppid: int) -> list[str]:
 
 
 def _kill_live() -> None:
+    """At exit: end the compile processes still running, saying which compiles are lost."""
     with _live_lock:
         procs = list(_live)
     for p in procs:
         try:
+            if p.poll() is None and getattr(p, "tracejit_label", None):
+                from . import log
+
+                log.emit(f"{p.tracejit_label}: its kernels were still compiling in the background at exit (for "
+                         f"{time.monotonic() - p.tracejit_started:.0f} s) and are not saved: the next run compiles "
+                         f"them again. Call wait_compiled() on the compiled function before the end to keep "
+                         f"them, or compile it with tiered=False")
             p.kill()
         except OSError:
             pass
@@ -299,8 +307,9 @@ class Child:
     interpreter given a job file) and waits for it; returns None when it compiled every kernel into the disk
     caches, else why not. `kill()` ends it early."""
 
-    def __init__(self, program, backend, inputs, how: str | None = None):
+    def __init__(self, program, backend, inputs, how: str | None = None, name: str | None = None):
         self.program, self.backend, self.inputs = program, backend, inputs
+        self.name = name  # (the compiled function's name, for the message at exit)
         self.how = how or start_method(backend)
         self.proc: subprocess.Popen | _Forked | None = None
         self.dir: str | None = None
@@ -351,6 +360,7 @@ class Child:
                     os.close(self._wake)
                     _forked_child(self.program, self.backend, self.inputs, self.dir, ppid)  # (never returns)
             self.proc = _Forked(pid)
+            self.proc.tracejit_label, self.proc.tracejit_started = self.name, time.monotonic()
             with _live_lock:
                 _live.add(self.proc)
                 if self.killed:
@@ -387,6 +397,7 @@ class Child:
                 self.proc = subprocess.Popen(command(job, os.getpid()),
                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                              env=_child_env(), cwd=self.dir, start_new_session=True, close_fds=True)
+                self.proc.tracejit_label, self.proc.tracejit_started = self.name, time.monotonic()
                 _live.add(self.proc)
         try:
             rc = self.proc.wait(TIMEOUT_S)
