@@ -196,10 +196,11 @@ class Tier:
     (`error`), logged, and the switch happens anyway: the compiled program then runs in the foreground, where it
     compiles and a compile error is raised at the user's call, as without tiering."""
 
-    def __init__(self, variant: Variant, name: str, mode: str = "thread"):
+    def __init__(self, variant: Variant, name: str, mode: str = "thread", after=()):
         self.name = name
         self.variant = variant
-        self.mode = mode  # "process" or "thread"
+        self.mode = mode  # "process", "thread" or "after" (kernels another variant's tier is compiling: `after`)
+        self.after = list(after)
         self.compiled = variant.program
         self.backend = get_backend(variant.backend)
         self.reference = get_backend("reference").compile(variant.graph)  # (runs any graph after the passes)
@@ -271,6 +272,8 @@ class Tier:
 
     def _compile(self, inputs) -> None:
         try:
+            for other in self.after:  # (the kernels it shares are theirs: compiled once, there)
+                other.wait()
             if self.mode == "process":
                 self._in_child(inputs)
             self.compiled.run(inputs)  # each kernel's first call compiles or loads it; the results are dropped
@@ -307,7 +310,8 @@ class Tier:
         return self.done.wait(timeout)
 
     def describe(self) -> str:
-        where = "a background process" if self.mode == "process" else "a background thread"
+        where = {"process": "a background process", "after": "another batch size's background compile"}.get(
+            self.mode, "a background thread")
         if self.thread is None:
             state = "the background compile starts after the first call that succeeds"
         elif not self.done.is_set():
@@ -758,7 +762,7 @@ class CompiledFunction:
             self._add(variant)
             mode = self._tier_mode(variant)
             if mode is not None:  # the first calls run on the reference backend while Numba compiles
-                variant.tier = Tier(variant, self.__name__, mode)
+                variant.tier = Tier(variant, self.__name__, mode, self._compiling_for(variant))
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
@@ -768,13 +772,28 @@ class CompiledFunction:
         variant.first_call_s = time.perf_counter() - progress.t0
         return variant
 
+    def _compiling_for(self, variant) -> list:
+        """The tiers of other variants still compiling in the background every kernel `variant` needs (a new batch
+        size whose size templates are theirs): `variant` then runs on the reference backend until they are done
+        ("after"), rather than compiling the same kernels again in the foreground."""
+        pending = [v.tier for v in self.history
+                   if v is not variant and getattr(v, "tier", None) is not None and not v.tier.done.is_set()]
+        mine = {id(s.fn) for s in getattr(variant.program, "_generated", list)()}
+        if not pending or not mine:
+            return []
+        theirs = {id(s.fn) for t in pending for s in getattr(t.compiled, "_generated", list)()}
+        return pending if mine <= theirs else []
+
     def _tier_mode(self, variant) -> str | None:
         """Tiered execution (Tier) for this variant: "process", "thread" or None (blocking). Asked for
         (compile(tiered=True), TRACEJIT_TIERED=1 or thread, else TIERED_DEFAULT), a CPU program, and something to
         compile: a variant whose kernels are all in the kernel cache or shared with another batch size loads them
-        at once (blocking: that is fast). A child process compiles where it can (two CPUs, the disk caches:
-        compiler/background.unusable); elsewhere a thread does when tiering was asked for, and the default
+        at once (blocking: that is fast), and one whose kernels another variant's tier is still compiling runs on
+        the reference backend until that is done ("after"). A child process compiles where it can (two CPUs, the
+        disk caches: compiler/background.unusable); elsewhere a thread does when tiering was asked for, and the default
         blocks (a compile thread fights the steps for the GIL: slower to 1000 steps than blocking)."""
+        if self._compiling_for(variant):
+            return "after"
         want = self.tiered if self.tiered is not None else _tiered_env()
         default = want is None
         if default:
