@@ -71,8 +71,8 @@ def cpus() -> int:
 
 def start_method(backend=None) -> str:
     """How a compile process started by this thread now starts: "fork" (Linux, from the main thread, unless
-    TRACEJIT_TIER_START=spawn, MPI is initialized, or a thread of tracejit that imports modules is running) or
-    "spawn"."""
+    TRACEJIT_TIER_START=spawn, MPI is initialized, JAX is imported, a thread of tracejit that imports modules is
+    running, or the backend's thread pool would not survive it) or "spawn"."""
     how = os.environ.get("TRACEJIT_TIER_START", "").strip().lower()
     if how not in ("", "fork", "spawn"):
         raise ValueError(f"TRACEJIT_TIER_START={how!r}: choose fork or spawn")
@@ -87,6 +87,8 @@ def start_method(backend=None) -> str:
             return "spawn"
     if threading.current_thread() is not threading.main_thread():
         return "spawn"  # (Numba's TBB pool is valid in the child of a fork from the main thread only)
+    if "jax" in sys.modules:
+        return "spawn"  # (JAX's threads: it warns at every fork of its process that one may deadlock)
     busy = {"tracejit-prepare", "tracejit-eager-kernels"}
     if any(t.name in busy and t.is_alive() for t in threading.enumerate()):
         return "spawn"  # (they import modules: the child could wait forever for a module lock they hold)
