@@ -47,7 +47,10 @@ def test_compiled_linear_layers_of_any_shape_call_gemm_without_literal_types():
     assert set(segment._entries) <= {"f32", "f64"}  # segments call one C entry per dtype (blas.segment)
 
 
-def test_a_cat_of_many_pieces_compiles_its_copy_helper_once():
+def test_a_cat_of_many_pieces_compiles_its_copy_helper_once(tmp_path, monkeypatch):
+    # a kernel cache of its own: a segment another test process put in the shared one would load with its
+    # helpers linked in, and copy_block would never be typed here
+    monkeypatch.setenv("TRACEJIT_CACHE_DIR", str(tmp_path / "kernels"))
     parts = [tj.from_numpy(np.full((2, 3), i, np.float32)) for i in range(7)]
     w = tj.from_numpy(np.arange(9, dtype=np.float32).reshape(3, 3))
     step = tj.compile(lambda *xs: tj.cat([x @ w for x in xs], 1).sum(0), backend="cpu")  # pieces: GEMM outputs

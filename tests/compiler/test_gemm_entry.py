@@ -171,3 +171,51 @@ def test_the_entry_and_its_callers_follow_edits_of_the_helpers(tmp_path):
     with open(copy / "blas" / "segment.py", "a") as f:
         f.write("\n# edited\n")
     assert render.cache.fingerprint(str(copy), render.kernel.__file__, render.sizes.__file__) != before
+
+
+# the float32 entry (blas.calls.ensure_sgemm) is built when its first caller is compiled or loaded, not at import
+USES = textwrap.dedent("""
+    import numba
+    from tracejit.compiler.backends.cpu.blas.calls import gemm_at
+
+    @numba.njit(cache=True)
+    def mm(a, b, out):
+        m, k = a.shape
+        n = b.shape[1]
+        gemm_at(0, 0, m, n, k, a.ravel(), 0, k, b.ravel(), 0, n, out.ravel(), 0, n, 0.0)
+        return out.sum()
+""")
+
+CALL = textwrap.dedent("""
+    import importlib, sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from tracejit.compiler.backends.cpu.blas import calls
+    built_at_import = calls._SGEMM_CHOICE is not None
+    mod = importlib.import_module(sys.argv[2])
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((7, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 6)).astype(np.float32)
+    out = np.zeros((7, 6), np.float32)
+    mod.mm(a, b, out)
+    ok = np.allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    print(built_at_import, calls._SGEMM_CHOICE is not None, ok, sum(mod.mm.stats.cache_hits.values()))
+""")
+
+
+def test_callers_of_the_float32_entry_register_it_also_when_compiled_against_a_cached_helper(tmp_path):
+    """Process 1 compiles `gemm_at` (and a caller) into Numba's cache. Process 2 compiles a second caller against
+    the cached `gemm_at`: Numba gives a library loaded from a cache no reload hooks, so without
+    numba_cache's fix that caller's entry would lack the hook that registers the symbol its code names. Process 3
+    loads that caller from the cache alone: the symbol must be registered first (else LLVM aborts or the call
+    jumps to address 0)."""
+    (tmp_path / "first.py").write_text(USES)
+    (tmp_path / "second.py").write_text(USES)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=ROOT)
+    outs = []
+    for module in ("first", "second", "second"):
+        res = subprocess.run([sys.executable, "-c", CALL, str(tmp_path), module], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs.append(res.stdout.split("\n")[-2])
+    assert outs == ["False True True 0", "False True True 0", "False True True 1"]

@@ -103,3 +103,31 @@ def test_forced_layer_and_bad_settings():
 def test_set_num_threads_rejects_bad_counts(n):
     with pytest.raises(ValueError, match="set_num_threads"):
         threads.set_num_threads(n)
+
+
+def test_the_pool_starts_in_the_callers_thread_and_forks_are_safe_only_from_it():
+    """The backend's preparation thread configures under no_launch (it starts no pool); the thread that compiles
+    starts it, and only a fork from that thread leaves Numba's TBB pool usable in the child (fork_unsafe)."""
+    out = child("""
+        import threading
+        seen = {}
+
+        def prepare():
+            with threads.no_launch():
+                seen["prepare"] = threads.configure()["layer"]
+        t = threading.Thread(target=prepare)
+        t.start(); t.join()
+        layer = threads.configure()["layer"]
+        seen["main"] = threads.fork_unsafe()
+        other = threading.Thread(target=lambda: seen.update(other=threads.fork_unsafe()))
+        other.start(); other.join()
+        print(json.dumps(dict(seen, layer=layer, ran=run())))
+    """)
+    assert out["prepare"] is None  # no pool yet
+    assert out["ran"] >= 1
+    if out["layer"] == "tbb":
+        assert out["main"] is None and out["other"] == "Numba's TBB pool was started by another thread"
+    elif out["layer"] == "workqueue":
+        assert out["main"] is None and out["other"] is None
+    else:
+        assert out["main"] == out["other"] == f"Numba's {out['layer']} pool does not survive a fork"

@@ -12,7 +12,7 @@ import tracejit.nn.functional as F
 from tracejit.compiler import api, interrupt
 from tracejit.compiler.ir import print_graph
 
-from .conftest import MLP, BNDropCNN, batches, make_train_step, snapshot
+from .conftest import MLP, BNDropCNN, LeNet, assert_same_state, batches, make_train_step, snapshot
 
 
 @pytest.fixture
@@ -90,7 +90,8 @@ def test_background_compile_error_is_raised_at_the_next_call(fresh_kernels, monk
     assert tier.wait(300) and isinstance(tier.error, RuntimeError)
     with pytest.raises(RuntimeError, match="did not compile"):
         cf(x)
-    assert "it raised RuntimeError: the kernels did not compile" in str(tracejit.explain(cf, x))
+    said = str(tracejit.explain(cf, x))  # (a forked compile process fails the same way: its error names it)
+    assert "it raised " in said and "RuntimeError: the kernels did not compile" in said
 
 
 def test_tiered_errors_name_the_users_line(fresh_kernels):
@@ -169,3 +170,55 @@ def test_stage_text_is_rendered_on_demand_and_verify_each_pass(monkeypatch):
     cf2 = tracejit.compile(lambda x: (x * 2.0).relu().sum(), backend="reference")
     cf2(x)
     assert len(calls) == len(cf2.history[-1].stage_graphs) - 1
+
+
+def test_a_new_batch_size_while_the_kernels_compile_waits_for_them_on_the_reference_backend(fresh_kernels,
+                                                                                           monkeypatch):
+    """A new batch size (an epoch's partial last batch) that arrives while the first variant's kernels still
+    compile in the background shares those kernels: it runs on the reference backend too, and both switch once
+    they are ready -- it never compiles them again in the foreground. Every loss and the final state equal the
+    blocking path's."""
+    from tracejit.compiler import background
+
+    monkeypatch.setattr(background, "cpus", lambda: 1)  # (a compile thread: this test holds it with a gate)
+    gate = threading.Event()
+    original = api.Tier._compile
+
+    def gated(self, inputs):
+        if self.mode != "after":
+            assert gate.wait(300)
+        original(self, inputs)
+
+    monkeypatch.setattr(api.Tier, "_compile", gated)
+    sizes = [4, 4, 3, 3, 4, 3, 4, 3]
+    rng = np.random.default_rng(8)
+    data = [(tracejit.tensor(rng.standard_normal((n, 3, 32, 32)).astype(np.float32)),
+             tracejit.tensor(rng.integers(0, 10, n))) for n in sizes]
+
+    def run(tiered):
+        tracejit.manual_seed(3)
+        model = LeNet()
+        opt = tracejit.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        step = make_train_step(model, opt, F.cross_entropy)
+        step(*data[0])
+        cf = tracejit.compile(step, tiered=tiered)
+        losses, tiers = [], []
+        for i, (x, y) in enumerate(data[1:]):
+            if i == 4:
+                gate.set()
+                assert cf.wait_compiled(300)
+            losses.append(cf(x, y).item())
+            tier = getattr(cf.history[-1] if len(cf.history) == 1 or x.shape[0] == 3 else cf.history[0], "tier",
+                           None)
+            tiers.append(None if tier is None else (tier.mode, tier.switched))
+        return losses, snapshot(model, opt), cf, tiers
+
+    lt, st, cf, tiers = run(True)
+    assert len(cf.history) == 2
+    assert tiers[:4] == [("thread", False), ("after", False), ("after", False), ("thread", False)]
+    assert tiers[4:] == [("after", True), ("thread", True), ("after", True)]
+    assert cf.history[1].tier.reference_calls == 2 and cf.history[1].tier.error is None
+    assert "another batch size's background compile" in cf.history[1].tier.describe()
+    lb, sb, _, _ = run(False)
+    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
+    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)

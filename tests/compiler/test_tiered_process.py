@@ -75,10 +75,12 @@ def _child_started(tier, timeout=60.0) -> int:
 
 
 @pytest.mark.skipif(background.cpus() < 2, reason="a compile process needs a second CPU")
-def test_child_compiles_and_the_parent_loads_every_kernel_from_the_disk_cache(fresh_kernels):
+def test_child_compiles_and_the_parent_loads_every_kernel_from_the_disk_cache(fresh_kernels, monkeypatch):
+    """A compile process started as a new interpreter (TRACEJIT_TIER_START=spawn; a fork: the next test)."""
+    monkeypatch.setenv("TRACEJIT_TIER_START", "spawn")
     lt, st, cf = _mlp_steps(True, width=19)
     tier = cf.history[-1].tier
-    assert tier.mode == "process" and tier.error is None and tier.switched
+    assert tier.mode == "process" and tier.error is None and tier.switched and tier.child.how == "spawn"
     n = len(tier.compiled._generated())
     assert n >= 1 and tier.child.result["kernels"] == n and tier.child.result["compiled"] == n
     assert tier.loaded == (n, 0)  # Numba's index matched the parent's files: nothing compiled here
@@ -89,8 +91,72 @@ def test_child_compiles_and_the_parent_loads_every_kernel_from_the_disk_cache(fr
     assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
+FORKED = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from compiler.conftest import LeNet, batches, make_train_step, snapshot
+    import tracejit
+    import tracejit.nn.functional as F
+
+    def run(tiered):
+        tracejit.manual_seed(5)
+        model = LeNet()
+        opt = tracejit.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        step = make_train_step(model, opt, F.cross_entropy)
+        data = batches(7, (4, 3, 32, 32), "class", seed=4)
+        cf = tracejit.compile(step, tiered=tiered, dynamic=False)  # (before the eager step, as the examples do)
+        step(*data[0])
+        losses = []
+        for i, (x, y) in enumerate(data[1:]):
+            losses.append(cf(x, y).item())
+            tier = getattr(cf.history[-1], "tier", None)
+            if tier is not None and i == 1:
+                assert tier.wait(300)
+        state = {{k: None if v is None else np.asarray(v, np.float64).tolist()
+                 for k, v in snapshot(model, opt).items()}}
+        return cf, losses, state
+
+    cf, lt, st = run(None)  # the default: tiered, a forked compile process (a fresh process's main thread)
+    tier = cf.history[-1].tier
+    facts = dict(mode=tier.mode, how=tier.child.how, error=repr(tier.error), switched=tier.switched,
+                 loaded=list(tier.loaded), n=len(tier.compiled._generated()), reference_calls=tier.reference_calls,
+                 child=tier.child.result)
+    _, lb, sb = run(False)
+    print("FORKED " + json.dumps(dict(facts, lt=lt, lb=lb, same=st.keys() == sb.keys(), st=st, sb=sb)))
+""")
+
+
+@pytest.mark.skipif(background.cpus() < 2 or not sys.platform.startswith("linux"), reason="a forked compile process")
+def test_the_default_forks_the_compile_process_in_a_fresh_process(tmp_path):
+    """compile() with the defaults in a fresh process (Linux, two CPUs; TRACEJIT_TIER_MIN_KERNELS=1: any kernel to
+    compile): the variant is tiered, the compile process is a fork, the parent loads every kernel it compiled from
+    the disk cache, and the losses and params, grads and optimizer state equal the blocking path's."""
+    import json
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEJIT_")}
+    env["TRACEJIT_CACHE_DIR"] = str(tmp_path / "kernels")
+    env["TRACEJIT_TIER_MIN_KERNELS"] = "1"  # (this small LeNet has 2 kernels; the default tiers from 3 on a fork)
+    res = subprocess.run([sys.executable, "-c", FORKED.format(tests=tests)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fork from a non-main thread" not in res.stderr  # (Numba's TBB pool: started by the main thread)
+    got = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("FORKED ")][-1][7:])
+    assert got["mode"] == "process" and got["how"] == "fork" and got["error"] == "None" and got["switched"]
+    assert got["n"] >= 1 and got["loaded"] == [got["n"], 0] and got["reference_calls"] == 2
+    assert got["child"]["how"] == "fork" and got["child"]["compiled"] == got["n"]
+    np.testing.assert_allclose(got["lt"], got["lb"], rtol=2e-5, atol=1e-6)
+    assert got["same"]
+    for k in got["st"]:
+        assert (got["st"][k] is None) == (got["sb"][k] is None), k
+        if got["st"][k] is not None:
+            np.testing.assert_allclose(got["st"][k], got["sb"][k], rtol=2e-5, atol=2e-6, err_msg=k)
+
+
 @pytest.mark.skipif(background.cpus() < 2, reason="a compile process needs a second CPU")
 def test_a_failing_child_means_a_foreground_compile_with_the_same_results(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("TRACEJIT_TIER_START", "spawn")
     monkeypatch.setattr(background, "command", lambda job, ppid: [
         sys.executable, "-c", "import sys; sys.stderr.write('no luck today\\n'); sys.exit(5)", job, str(ppid)])
     lt, st, cf = _mlp_steps(True, width=17)  # (a width of its own: kernels no other test compiled in this process)
@@ -105,6 +171,7 @@ def test_a_failing_child_means_a_foreground_compile_with_the_same_results(fresh_
 
 @pytest.mark.skipif(background.cpus() < 2, reason="a compile process needs a second CPU")
 def test_a_killed_child_means_a_foreground_compile(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("TRACEJIT_TIER_START", "spawn")
     monkeypatch.setattr(background, "command", lambda job, ppid: [sys.executable, "-c", SLEEPER, job, str(ppid)])
     pids = []
 
@@ -121,19 +188,85 @@ def test_a_killed_child_means_a_foreground_compile(fresh_kernels, monkeypatch):
     assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
+def _forked(work):
+    """A forked child that does `work(program, inputs)` instead of compiling (the fork itself is the real one:
+    these children fail before they run any kernel, so they do not need Numba's thread pool)."""
+    def patch(monkeypatch):
+        monkeypatch.setattr(background, "_forked_work", work)
+        monkeypatch.setattr(background, "start_method", lambda backend=None: "fork")
+    return patch
+
+
+def _fail(program, inputs):
+    raise RuntimeError("no luck in the fork")
+
+
+def _sleep(program, inputs):
+    time.sleep(600)
+
+
+@pytest.mark.skipif(background.cpus() < 2 or not hasattr(os, "fork"), reason="a forked compile process")
+def test_a_failing_forked_child_means_a_foreground_compile_with_the_same_results(fresh_kernels, monkeypatch):
+    _forked(_fail)(monkeypatch)
+    lt, st, cf = _mlp_steps(True, width=21)
+    tier = cf.history[-1].tier
+    assert isinstance(tier.error, api.BackgroundCompileError) and tier.switched
+    assert "forked compile process" in str(tier.error) and "exited with code 1" in str(tier.error)
+    assert "RuntimeError: no luck in the fork" in str(tier.error)
+    assert tier.loaded is None and sum(background.loads(tier.compiled, tier.backend)) == len(tier.compiled._generated())
+    lb, sb, _ = _mlp_steps(False, width=21)
+    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
+    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(background.cpus() < 2 or not sys.platform.startswith("linux"), reason="a forked compile process")
+def test_a_forked_child_that_uses_no_cpu_is_killed_as_stuck(fresh_kernels, monkeypatch):
+    """A forked child that waits (for a lock another thread of the parent held at the fork: here it sleeps) is
+    killed once its CPU time has not grown for STUCK_S seconds; the parent compiles in the foreground."""
+    _forked(_sleep)(monkeypatch)
+    monkeypatch.setattr(background, "STUCK_S", 1.0)
+    pids = []
+    lt, st, cf = _mlp_steps(True, width=25, on_start=lambda tier: pids.append(_child_started(tier)))
+    tier = cf.history[-1].tier
+    assert isinstance(tier.error, api.BackgroundCompileError) and "used no CPU for 1 s" in str(tier.error)
+    assert tier.switched and _gone(pids[0])
+    lb, sb, _ = _mlp_steps(False, width=25)
+    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
+    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(background.cpus() < 2 or not hasattr(os, "fork"), reason="a forked compile process")
+def test_a_killed_forked_child_means_a_foreground_compile(fresh_kernels, monkeypatch):
+    _forked(_sleep)(monkeypatch)
+    pids = []
+
+    def kill(tier):
+        pids.append(_child_started(tier))
+        os.kill(pids[0], signal.SIGKILL)
+
+    lt, st, cf = _mlp_steps(True, on_start=kill, width=27)
+    tier = cf.history[-1].tier
+    assert isinstance(tier.error, api.BackgroundCompileError) and "killed by signal 9" in str(tier.error)
+    assert tier.switched and _gone(pids[0])
+    lb, sb, _ = _mlp_steps(False, width=27)
+    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
+    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
+
+
 PARENT = textwrap.dedent("""
     import sys, time
     import numpy as np
     import tracejit
     from tracejit.compiler import background
     background.command = lambda job, ppid: [sys.executable, "-c", {sleeper!r}, job, str(ppid)]
+    background._forked_work = lambda program, inputs: time.sleep(600)
     cf = tracejit.compile(lambda x: (x * 3.0 + 1.0).sum(), tiered=True)
     x = tracejit.tensor(np.ones((3, 41), np.float32))
     cf(x)
     tier = cf.history[-1].tier
     while tier.child is None or tier.child.pid is None:
         time.sleep(0.01)
-    print(tier.mode, tier.child.pid, flush=True)
+    print(tier.mode, tier.child.pid, tier.child.how, flush=True)
     while True:
         cf(x)
         time.sleep(0.01)
@@ -141,21 +274,23 @@ PARENT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+@pytest.mark.parametrize("start", ["fork", "spawn"])
 @pytest.mark.parametrize("how", ["ctrl-c", "killed"])
-def test_the_child_ends_with_its_parent(tmp_path, how):
-    env = dict(os.environ, TRACEJIT_CACHE_DIR=str(tmp_path / "kernels"), TRACEJIT_TIERED="")
+def test_the_child_ends_with_its_parent(tmp_path, how, start):
+    env = dict(os.environ, TRACEJIT_CACHE_DIR=str(tmp_path / "kernels"), TRACEJIT_TIERED="", TRACEJIT_TIER_START=start)
     parent = subprocess.Popen([sys.executable, "-c", PARENT.format(sleeper=SLEEPER)], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        mode, pid = parent.stdout.readline().split()
-        assert mode == "process"
+        mode, pid, started = parent.stdout.readline().split()
+        assert mode == "process" and started == start
         pid = int(pid)
         assert not _gone(pid, 0.5)
         parent.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
         rc = parent.wait(60)
         assert rc != 0
-        if how == "ctrl-c":
-            assert "KeyboardInterrupt" in parent.stderr.read()
+        if how == "ctrl-c":  # (the exit handlers run: they say which compile is lost)
+            err = parent.stderr.read()
+            assert "KeyboardInterrupt" in err and "<lambda>: its kernels were still compiling" in err
         assert _gone(pid)
     finally:
         parent.kill()

@@ -19,7 +19,8 @@ already-compiled step. The cases, in order, each one process:
 Python's bytecode cache is kept under the run's root for all cases (PYTHONPYCACHEPREFIX; the first case fills
 it), as for an installed package, whatever PYTHONDONTWRITEBYTECODE says.
 
-Each case runs once per mode (`modes`), with caches of its own: blocking (`compile(tiered=False)`: the first call
+Each case runs once per mode (`modes`), with caches of its own: default (`compile()` as a user writes it: the
+package's choice, tiered or blocking; the table says which), blocking (`compile(tiered=False)`: the first call
 compiles before it returns), process (`compile(tiered=True)`: calls run on the reference backend until the
 kernels, compiled in a child process into the disk caches, are loaded) and thread (TRACEJIT_TIERED=thread, only
 when asked for: the same with the compile in a thread of the process). The table gives both "first call
@@ -46,8 +47,9 @@ BATCH, NEW_BATCH = 64, 40
 GPT_BATCH, GPT_NEW_BATCH = 16, 12
 QUICK_BATCH, QUICK_NEW_BATCH = 2, 3
 STEPS, QUICK_STEPS = (1, 10, 100, 1000), (1, 3)
-MODES = ("blocking", "process")  # and "thread" (TRACEJIT_TIERED=thread), when asked for
-TIERED = {"blocking": False, "process": True, "tiered": True, "thread": None}  # thread: TRACEJIT_TIERED=thread
+MODES = ("default", "blocking", "process")  # and "thread" (TRACEJIT_TIERED=thread), when asked for
+# default: compile(tiered=None) with TRACEJIT_TIERED unset, what a user gets; thread: TRACEJIT_TIERED=thread
+TIERED = {"default": None, "blocking": False, "process": True, "tiered": True, "thread": None}
 CASES = ("fresh install", "after warmup", "package warm, kernels cold", "warm")
 
 
@@ -145,6 +147,7 @@ def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blockin
     tier = getattr(step.history[-1], "tier", None)
     out["reference_calls"] = tier.reference_calls if tier is not None else 0
     out["tier"] = tier.mode if tier is not None else None
+    out["tier_how"] = getattr(getattr(tier, "child", None), "how", None)
     out["tier_loaded"] = tier.loaded if tier is not None else None
     out["tier_error"] = repr(tier.error) if tier is not None and tier.error is not None else None
     child = getattr(tier, "child", None)
@@ -355,12 +358,16 @@ def format_first_step(report: dict) -> str:
             lines.append(f"| {r['case']} | {r.get('mode', '')} | | {r['error']} |" + " |" * (6 + len(steps)))
             continue
         case = r["case"] + (f" (warmup {r['warmup_s']:.1f} s)" if "warmup_s" in r else "")
+        mode = r.get("mode", "blocking")
+        if mode in ("default", "process"):  # what it did: tiered with a forked or spawned child, or blocking
+            chose = r.get("tier_how") or r.get("tier") or ("blocking" if r.get("first_compiles") else "cached")
+            mode = f"{mode} ({chose})"
         fc = r.get("first_compiled_s")
         fcs = (f"{fc:.2f} ({r['first_compiled_step']})" if fc is not None
                else f"not yet ({r['reference_calls']} ref calls)")
         to_n = r.get("to_steps_s", {})
         lines.append(
-            f"| {case} | {r.get('mode', 'blocking')} | {_fmt_load(r.get('loadavg'))} | "
+            f"| {case} | {mode} | {_fmt_load(r.get('loadavg'))} | "
             f"{r['first_s']:.2f} ({r['first_cpu_s']:.2f}) | "
             f"{r['first_compiles']} ({r['first_compile_cpu_s']:.2f}) | {fcs} | "
             + "".join(f"{to_n[str(n)]:.2f} | " if str(n) in to_n else "- | " for n in steps)
@@ -372,8 +379,11 @@ def format_first_step(report: dict) -> str:
         if r["case"] not in seen:
             seen.append(r["case"])
             lines.append(f"- {r['case']}: {r['caches']}")
-    lines.append("- process: compile(tiered=True): calls run on the reference backend (NumPy) until the kernels, "
-                 "compiled in a child process into the disk caches, are loaded; thread: the same with the compile in "
-                 "a thread of the process (TRACEJIT_TIERED=thread); the first compiled step is the first call that "
-                 "ran them. Each mode has caches of its own; load is the 1-minute load average when the case began.")
+    lines.append("- default: compile() as a user writes it (in parentheses what it chose: a forked or spawned "
+                 "compile process, blocking, or cached kernels); "
+                 "process: compile(tiered=True): calls run on the reference backend (NumPy) until the kernels, "
+                 "compiled in a child process (fork or spawn) into the disk caches, are loaded; thread: the same "
+                 "with the compile in a thread of the process (TRACEJIT_TIERED=thread); the first compiled step is "
+                 "the first call that ran them. Each mode has caches of its own; load is the 1-minute load "
+                 "average when the case began.")
     return "\n".join(lines)

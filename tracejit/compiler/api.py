@@ -153,8 +153,12 @@ TIERED_DEFAULT = True
 # 70 s; k=2: 40 s (99 steps), 40 s, 47 s; blocking: 23 s, 23 s, 28 s. Tiered is for the first steps: k=0.
 TIER_PACE = float(os.environ.get("TRACEJIT_TIER_PACE", "0"))
 # The default (tiered=None, TRACEJIT_TIERED unset) tiers a variant only when at least this many generated kernels
-# must compile: the compile process starts in 2-5 s (Python, tracejit, Numba), which a short compile does not repay
-TIER_MIN_KERNELS = int(os.environ.get("TRACEJIT_TIER_MIN_KERNELS", "8"))
+# must compile (TRACEJIT_TIER_MIN_KERNELS; None: TIER_MIN_KERNELS_AUTO by how the compile process starts). A forked
+# one starts in milliseconds; a new interpreter in 2-5 s (Python, tracejit, Numba), which a short compile does not
+# repay (LeNet, kernels cold, 4 kernels: first compiled step at 4.5 s and 1000 steps in 6.8-7.1 s, blocking 1.6 s
+# and 4.6 s; forked: see TIER_MIN_KERNELS_AUTO).
+TIER_MIN_KERNELS = int(os.environ["TRACEJIT_TIER_MIN_KERNELS"]) if os.environ.get("TRACEJIT_TIER_MIN_KERNELS") else None
+TIER_MIN_KERNELS_AUTO = {"fork": 3, "spawn": 8}
 
 
 def _tiered_env() -> bool | str | None:
@@ -177,10 +181,11 @@ class Tier:
     op's NumPy ref: the values eager computes, the same inputs, outputs and write-back) while the kernels compile
     in the background; the first call after that is done switches the variant to the compiled program.
 
-    Where (`mode`): "process" (the default where possible): a child process (compiler/background.py) rebuilds
-    the program from its graph and runs it once on a copy of the first call's inputs, which makes Numba compile
-    every kernel into its disk cache; then a daemon thread here runs the program once on that copy, which loads
-    each kernel from the disk cache. "thread": the daemon thread runs the program itself, compiling every kernel
+    Where (`mode`): "process" (the default where possible): a child process (compiler/background.py: a fork of
+    this process made by the calling thread, or a new interpreter that rebuilds the program from its graph) runs
+    the program once on a copy of the first call's inputs, which makes Numba compile every kernel into its disk
+    cache; then a daemon thread here runs the program once on that copy, which loads each kernel from the disk
+    cache. "thread": the daemon thread runs the program itself, compiling every kernel
     in this process -- Numba's typing and lowering hold the GIL, so the reference steps slow down while it
     compiles and the compile while they run (LLVM's optimization releases it); the child process only competes
     for a core.
@@ -191,10 +196,11 @@ class Tier:
     (`error`), logged, and the switch happens anyway: the compiled program then runs in the foreground, where it
     compiles and a compile error is raised at the user's call, as without tiering."""
 
-    def __init__(self, variant: Variant, name: str, mode: str = "thread"):
+    def __init__(self, variant: Variant, name: str, mode: str = "thread", after=()):
         self.name = name
         self.variant = variant
-        self.mode = mode  # "process" or "thread"
+        self.mode = mode  # "process", "thread" or "after" (kernels another variant's tier is compiling: `after`)
+        self.after = list(after)
         self.compiled = variant.program
         self.backend = get_backend(variant.backend)
         self.reference = get_backend("reference").compile(variant.graph)  # (runs any graph after the passes)
@@ -248,12 +254,26 @@ class Tier:
 
     def start(self, inputs) -> None:
         self.started_at = time.perf_counter()
+        if self.mode == "process":
+            from . import background
+
+            try:
+                self.child = background.Child(self.compiled, self.backend, inputs, name=self.name)
+                if self.child.how == "fork":
+                    self.child.start()  # (here: Numba's TBB pool survives a fork from the main thread only)
+            except Exception as e:  # noqa: BLE001 -- no compile process: compile in the thread instead
+                self.child = None
+                self.mode = "thread"
+                log.emit(f"{self.name}: no compile process ({type(e).__name__}: {e}); compiling in a thread",
+                         at=log.VERBOSE)
         self.thread = threading.Thread(target=self._compile, args=(inputs,), name=f"tracejit-compile {self.name}",
                                        daemon=True)
         self.thread.start()
 
     def _compile(self, inputs) -> None:
         try:
+            for other in self.after:  # (the kernels it shares are theirs: compiled once, there)
+                other.wait()
             if self.mode == "process":
                 self._in_child(inputs)
             self.compiled.run(inputs)  # each kernel's first call compiles or loads it; the results are dropped
@@ -273,9 +293,6 @@ class Tier:
     def _in_child(self, inputs) -> None:
         """Compile every kernel into the disk caches in a child process; raise BackgroundCompileError if it
         fails. A job that cannot be written (an attribute that does not pickle) compiles in this thread."""
-        from . import background
-
-        self.child = background.Child(self.compiled, self.backend, inputs)
         try:
             why = self.child.run()
         except Exception as e:  # noqa: BLE001 -- writing or starting the job failed: compile here instead
@@ -293,7 +310,8 @@ class Tier:
         return self.done.wait(timeout)
 
     def describe(self) -> str:
-        where = "a background process" if self.mode == "process" else "a background thread"
+        where = {"process": "a background process", "after": "another batch size's background compile"}.get(
+            self.mode, "a background thread")
         if self.thread is None:
             state = "the background compile starts after the first call that succeeds"
         elif not self.done.is_set():
@@ -744,7 +762,7 @@ class CompiledFunction:
             self._add(variant)
             mode = self._tier_mode(variant)
             if mode is not None:  # the first calls run on the reference backend while Numba compiles
-                variant.tier = Tier(variant, self.__name__, mode)
+                variant.tier = Tier(variant, self.__name__, mode, self._compiling_for(variant))
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
@@ -754,13 +772,28 @@ class CompiledFunction:
         variant.first_call_s = time.perf_counter() - progress.t0
         return variant
 
+    def _compiling_for(self, variant) -> list:
+        """The tiers of other variants still compiling in the background every kernel `variant` needs (a new batch
+        size whose size templates are theirs): `variant` then runs on the reference backend until they are done
+        ("after"), rather than compiling the same kernels again in the foreground."""
+        pending = [v.tier for v in self.history
+                   if v is not variant and getattr(v, "tier", None) is not None and not v.tier.done.is_set()]
+        mine = {id(s.fn) for s in getattr(variant.program, "_generated", list)()}
+        if not pending or not mine:
+            return []
+        theirs = {id(s.fn) for t in pending for s in getattr(t.compiled, "_generated", list)()}
+        return pending if mine <= theirs else []
+
     def _tier_mode(self, variant) -> str | None:
         """Tiered execution (Tier) for this variant: "process", "thread" or None (blocking). Asked for
         (compile(tiered=True), TRACEJIT_TIERED=1 or thread, else TIERED_DEFAULT), a CPU program, and something to
         compile: a variant whose kernels are all in the kernel cache or shared with another batch size loads them
-        at once (blocking: that is fast). A child process compiles where it can (two CPUs, the disk caches:
-        compiler/background.unusable); elsewhere a thread does when tiering was asked for, and the default
+        at once (blocking: that is fast), and one whose kernels another variant's tier is still compiling runs on
+        the reference backend until that is done ("after"). A child process compiles where it can (two CPUs, the
+        disk caches: compiler/background.unusable); elsewhere a thread does when tiering was asked for, and the default
         blocks (a compile thread fights the steps for the GIL: slower to 1000 steps than blocking)."""
+        if self._compiling_for(variant):
+            return "after"
         want = self.tiered if self.tiered is not None else _tiered_env()
         default = want is None
         if default:
@@ -776,13 +809,18 @@ class CompiledFunction:
         n, hits = prog.cache_stats()
         if hits >= n:
             return None
-        if default and n - hits < TIER_MIN_KERNELS:
-            return None  # a short compile: the compile process's start would cost more than the early steps gain
         if want == "thread":
             return "thread"
         from . import background
 
-        why = background.unusable(prog, get_backend(variant.backend))
+        backend = get_backend(variant.backend)
+        why = background.unusable(prog, backend)
+        if default:
+            least = TIER_MIN_KERNELS
+            if least is None:
+                least = TIER_MIN_KERNELS_AUTO[background.start_method(backend)] if why is None else 1
+            if n - hits < least:
+                return None  # a short compile: the compile process's start would cost more than early steps gain
         if why is None:
             return "process"
         if default:
@@ -922,8 +960,9 @@ def compile(fn=None, *, backend: str | None = None, dump: str | None = None, fal
     tiered: True runs a new variant's first calls on the reference backend (NumPy, the values eager computes)
     while its kernels compile in a child process (a thread where none can run: one CPU, no disk cache), and
     switches to them once they are ready, so that no call waits for Numba; False compiles before the first call
-    returns. None (default): TRACEJIT_TIERED (1, 0 or thread), else tiered in a child process when at least
-    TIER_MIN_KERNELS (8) kernels must compile and one can run, blocking otherwise. Kernels found in the kernel
+    returns. None (default): TRACEJIT_TIERED (1, 0 or thread), else tiered in a child process when one can run
+    and at least 3 kernels must compile (8 where the child cannot be a fork: TIER_MIN_KERNELS), blocking
+    otherwise. Kernels found in the kernel
     cache are loaded at once either way. `explain` shows the state.
     """
     if fn is None:

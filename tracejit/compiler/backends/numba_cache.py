@@ -174,12 +174,19 @@ def install() -> None:
         cache_file = getattr(self, "_cache_file", None)
         target_context.refresh()  # as Numba does first; its errors are not the cache's (and propagate)
         try:
-            return orig_load(self, sig, target_context)
+            cres = orig_load(self, sig, target_context)
         except Exception as e:  # damaged, unreadable or foreign: a miss (KeyboardInterrupt etc. still raise)
             if cache_file is None:
                 raise
             _discard(self, e)
             return None
+        # Numba gives a library it loads from a cache an empty set of reload hooks (they ran, from the entry);
+        # a function compiled later that links this one inherits its library's hooks, so without this it would
+        # be cached without them (blas.calls._NeedSgemm: the symbol its code names would be missing when it loads)
+        library = getattr(cres, "library", None)
+        if library is not None and getattr(cres, "reload_init", None):
+            library._reload_init.update(cres.reload_init)
+        return cres
 
     def save_overload(self, sig, data):
         try:

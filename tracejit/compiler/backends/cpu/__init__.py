@@ -76,6 +76,12 @@ class CpuBackend(Backend):
 
         return tiering.unusable(program)
 
+    def tier_fork_unsafe(self) -> str | None:
+        """Why a compile process forked from the calling thread now would be unsafe (None: it is safe)."""
+        from . import threads
+
+        return threads.fork_unsafe()
+
     def tier_job(self, program) -> dict:
         from . import tiering
 

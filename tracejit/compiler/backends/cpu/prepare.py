@@ -21,15 +21,22 @@ _thread: threading.Thread | None = None
 
 def _prepare() -> None:
     try:
-        from . import (
-            program,  # noqa: F401  (blas.calls registers the float32 GEMM entry: Numba's first build)
-            vecmath,  # noqa: F401  (what generated kernels import, and program does not)
-        )
-        from .blas import control, segment  # noqa: F401
+        from . import threads
 
-        control.threads_for(0)  # finds the BLAS libraries (threadpoolctl, ~6 ms), as the first program would
+        with threads.no_launch():  # (the pool starts in the caller's thread: threads.no_launch)
+            _imports()
     except Exception:  # the foreground import raises it again, where the user sees it
         pass
+
+
+def _imports() -> None:
+    from . import (
+        program,  # noqa: F401  (blas.calls registers the float32 GEMM entry: Numba's first build)
+        vecmath,  # noqa: F401  (what generated kernels import, and program does not)
+    )
+    from .blas import control, segment  # noqa: F401
+
+    control.threads_for(0)  # finds the BLAS libraries (threadpoolctl, ~6 ms), as the first program would
 
 
 def start() -> threading.Thread | None:

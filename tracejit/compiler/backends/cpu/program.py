@@ -20,7 +20,7 @@ from ..sizes import Decisions, SizeReuse, graph_key, remember, split_numbers
 from . import render as R
 from . import threads
 from .blas import control as blas
-from .blas.calls import sgemm_description
+from .blas.calls import ensure_sgemm, sgemm_description
 from .capabilities import LOOP_FEATURES, supports
 from .index import IndexCheckFailed
 from .render import PRELUDE, SEGMENT_PRELUDE, _render_block, packable, render_multi, render_packed
@@ -244,6 +244,7 @@ class SegmentStep:
 
     def _first_call(self, args):
         t0 = time.perf_counter()
+        ensure_sgemm()  # (cached callers register it through their reload hooks too: blas.calls._NeedSgemm)
         try:
             if self.blas_threads:
                 blas.set_threads(self.blas_threads)

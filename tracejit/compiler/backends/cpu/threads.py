@@ -13,9 +13,11 @@ Measured (shared 2-core AVX-512 machine, numba 0.68, OpenBLAS 0.3.31, benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+import threading
 import warnings
 
 import numba
@@ -31,7 +33,35 @@ _LAYERS = ("tbb", "omp", "workqueue")
 _TBB_NAMES = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
 
 # Process-wide facts: Numba's threading layer can be chosen once per process, so this is global by nature.
-_state: dict = {"layer": None, "tbb_library": None, "threads": None}
+_state: dict = {"layer": None, "tbb_library": None, "threads": None, "launched_by": None}
+_local = threading.local()  # .defer: configure() in this thread chooses nothing and starts no pool
+
+
+@contextlib.contextmanager
+def no_launch():
+    """configure() calls in this block (this thread) leave the pool alone: the backend's preparation thread imports
+    modules that configure at import time, and the pool's starting thread matters -- Numba's TBB layer survives a
+    fork only when it comes from the thread that started the pool (tiered compiles fork from the caller's)."""
+    before = getattr(_local, "defer", False)
+    _local.defer = True
+    try:
+        yield
+    finally:
+        _local.defer = before
+
+
+def fork_unsafe() -> str | None:
+    """Why a child forked from the calling thread now could not run parallel kernels (None: it can): Numba's TBB
+    pool stops its workers before a fork and starts them again after only when the fork comes from the thread that
+    started it; GNU OpenMP never survives one."""
+    layer = _layer_launched()
+    if layer is None or layer == "workqueue":
+        return None
+    if layer == "tbb" and _state["launched_by"] == threading.get_ident():
+        return None
+    if layer == "tbb":
+        return "Numba's TBB pool was started by another thread"
+    return f"Numba's {layer} pool does not survive a fork"
 
 
 def max_threads() -> int:
@@ -139,7 +169,10 @@ def configure() -> dict:
     """
     if _state["layer"] is None:
         launched = _layer_launched()
+        if launched is None and getattr(_local, "defer", False):
+            return info()  # (no_launch: the caller's thread starts the pool later)
         if launched is None:
+            _state["launched_by"] = threading.get_ident()
             # A layer named in TRACEJIT_THREADING_LAYER (or Numba's own variable) is used or fails loudly.
             forced = (os.environ.get(ENV_LAYER) or os.environ.get("NUMBA_THREADING_LAYER") or "")
             forced = "" if forced.strip().lower() == "default" else forced.strip().lower()

@@ -3,7 +3,8 @@ np.dot copies it or takes a slow path: 6.4 ms vs 1.5 ms for 128x784 @ 784x512 on
 
 float64 calls Numba's own `numba_xxgemm` helper (SciPy's BLAS, resolved by symbol name at link time); float32
 calls the symbol `tracejit_sgemm`, which this module points at OpenBLAS or at tracejit's own GEMM (blas.gemm)
-when it is imported (`sgemm_choice`). Either way callers stay cacheable: Numba links neither into them.
+when the first caller is compiled or loaded (`ensure_sgemm`, `sgemm_choice`). Either way callers stay cacheable:
+Numba links neither into them.
 Row-major C = A @ B is column-major C^T = B^T @ A^T.
 """
 
@@ -15,8 +16,10 @@ import warnings
 import numba
 import numpy as np
 from llvmlite import binding as llvm
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
 from ..jit import helper
@@ -52,7 +55,38 @@ def _ptr_at(typingctx, arr, offset):
 SGEMM_SYMBOL = "tracejit_sgemm"
 _SGEMM_SIG = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.voidptr, types.intp,
                         types.voidptr, types.intp, types.voidptr, types.intp, types.float32)
-_sgemm = types.ExternalFunction(SGEMM_SYMBOL, _SGEMM_SIG)
+
+
+class _NeedSgemm:
+    """A reload hook in a caller's cache entry: registers the float32 entry's symbol before the caller's code loads
+    (Numba copies a linked library's hooks into its callers' entries)."""
+
+    def __call__(self):
+        ensure_sgemm()
+
+    def __eq__(self, other):
+        return isinstance(other, _NeedSgemm)
+
+    def __hash__(self):
+        return hash(_NeedSgemm)
+
+    def __reduce__(self):
+        return _NeedSgemm, ()
+
+
+@intrinsic
+def _sgemm(typingctx, ta, tb, m, n, k, a_ptr, lda, b_ptr, ldb, c_ptr, ldc, beta):
+    """A call of the external symbol tracejit_sgemm (C ABI, `_SGEMM_SIG`). The symbol is registered when the first
+    caller is lowered or loaded from a cache (`ensure_sgemm`), not when this module is imported: a fresh install's
+    entry takes ~4 s to compile, which a tiered first call need not wait for (its compile process builds it)."""
+    def codegen(context, builder, sig, args):
+        ensure_sgemm()  # registered before this caller is finalized ...
+        context.active_code_library._reload_init.add(_NeedSgemm())  # ... and before it loads from a cache
+        fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in _SGEMM_SIG.args])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, SGEMM_SYMBOL)
+        builder.call(fn, list(args))
+        return context.get_dummy_value()
+    return _SGEMM_SIG, codegen
 
 
 @helper(cache=True)
@@ -171,7 +205,18 @@ def _check_entry_once(fn, name: str) -> float:
         return err
 
 
-_SGEMM_CHOICE = _register()  # before any caller of the symbol is compiled or loaded from a cache
+_SGEMM_CHOICE: tuple[str, str] | None = None  # (set by ensure_sgemm)
+
+
+def ensure_sgemm() -> tuple[str, str]:
+    """Build (or load from Numba's cache) the float32 entry this CPU runs and register its symbol, once per process:
+    before any caller of the symbol is compiled or loaded from a cache (`_sgemm`, `_NeedSgemm`)."""
+    global _SGEMM_CHOICE
+    if _SGEMM_CHOICE is None:
+        with global_compiler_lock:  # (the lock Numba holds while it lowers and loads callers)
+            if _SGEMM_CHOICE is None:
+                _SGEMM_CHOICE = _register()
+    return _SGEMM_CHOICE
 
 
 def sgemm_choice() -> tuple[str, str]:
@@ -180,13 +225,14 @@ def sgemm_choice() -> tuple[str, str]:
     (blas.gemm's table); in the benchmark's MLP step, where each GEMM is split over the threads, it made the step
     10-20% faster (against jax.jit: 1.10-1.23x vs 0.98-1.03x, three alternations), LeNet the same; and it does not
     depend on OPENBLAS_CORETYPE. Elsewhere "mixed": its AVX2 kernel for skinny products, OpenBLAS for big ones
-    (`_sgemm_mixed`); TRACEJIT_SGEMM chooses any of the three."""
-    return _SGEMM_CHOICE
+    (`_sgemm_mixed`); TRACEJIT_SGEMM chooses any of the three. Before the entry is built (`ensure_sgemm`): the
+    choice it will make unless the kernel fails to build or fails its self-check here."""
+    return _SGEMM_CHOICE if _SGEMM_CHOICE is not None else _decide()
 
 
 def sgemm_description() -> str:
-    """`sgemm_choice` in words: "tracejit's own kernel (why)" or "OpenBLAS (why)"."""
-    which, why = _SGEMM_CHOICE
+    """`sgemm_choice` in words: "tracejit's own kernel (why)" or "OpenBLAS (why)" (builds the entry first)."""
+    which, why = ensure_sgemm()
     name = {"tracejit": "tracejit's own kernel", "mixed": "tracejit's own kernel and OpenBLAS"}.get(which, "OpenBLAS")
     return f"{name} ({why})"
 

@@ -33,7 +33,7 @@ from numba.extending import lower_builtin
 from numba.np.ufunc.parallel import _launch_threads
 
 from ..jit import helper
-from .calls import gemm_at  # the one BLAS call, declared once
+from .calls import ensure_sgemm, gemm_at  # the one BLAS call, declared once
 
 
 @helper(cache=True, fastmath=True, error_model="numpy")
@@ -137,6 +137,9 @@ def ensure(dtype: str):
                 # the entry's parallel region needs Numba's thread pool, whose symbols its code names; a cfunc
                 # loaded from Numba's cache does not start it (its reload hooks miss the linked parfor's)
                 _launch_threads()
+                # the entry calls gemm_at, whose float32 path names calls.SGEMM_SYMBOL: registered first (a cfunc's
+                # cache entry does not carry its linked libraries' reload hooks, calls._NeedSgemm)
+                ensure_sgemm()
                 fn = numba.cfunc(_signature(dtype), cache=True, error_model="numpy")(_entry)
                 llvm.add_symbol(symbol(dtype), fn.address)
                 proto = ctypes.CFUNCTYPE(None, *[ctypes.c_ssize_t if a in _INTS else ctypes.c_void_p for a in _ORDER])
