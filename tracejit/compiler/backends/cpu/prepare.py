@@ -1,8 +1,8 @@
 """Getting the CPU backend ready in the background, from the moment a function is compiled for it.
 
 A process's first compiled call paid ~1.3 s of CPU (of ~2 s with every cache warm) before tracing even mattered:
-importing the program machinery, whose float32 GEMM entry is the first Numba function the process builds, so Numba
-initializes its CPU target there (typing and lowering registries, SciPy's BLAS). None of that depends on the step.
+importing the program machinery and initializing Numba's CPU target (typing and lowering registries, SciPy's BLAS;
+the first function Numba compiles or loads would do it). None of that depends on the step.
 `tracejit.compile(fn, backend="cpu")` makes the backend object, which starts this import on a daemon thread; the
 user's code between that and the first call (building the model and the data, eager steps) runs meanwhile, and a
 first call that comes sooner waits for the rest (`wait`, before the backend imports anything itself), so it is never
@@ -37,6 +37,14 @@ def _imports() -> None:
     from .blas import control, segment  # noqa: F401
 
     control.threads_for(0)  # finds the BLAS libraries (threadpoolctl, ~6 ms), as the first program would
+    # Numba's CPU target: its typing and lowering registries (numba.np.arraymath, SciPy's BLAS, ...), which the
+    # first function it compiles or loads from its cache would set up (~0.45 s of a warm first call otherwise)
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    with global_compiler_lock:
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
 
 
 def start() -> threading.Thread | None:
