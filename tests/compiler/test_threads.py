@@ -131,3 +131,25 @@ def test_the_pool_starts_in_the_callers_thread_and_forks_are_safe_only_from_it()
         assert out["main"] is None and out["other"] is None
     else:
         assert out["main"] == out["other"] == f"Numba's {out['layer']} pool does not survive a fork"
+
+
+def test_a_pool_numba_starts_by_itself_after_no_launch_gets_the_chosen_layer():
+    """After the preparation thread's configure() under no_launch, a parallel function run (or loaded from the
+    cache) in another thread starts Numba's pool by itself: it must get TBB (loaded by path) where the wheel is
+    installed, not fall back to OpenMP."""
+    out = child("""
+        import threading
+        def prepare():
+            with threads.no_launch():
+                threads.configure()
+        t = threading.Thread(target=prepare); t.start(); t.join()
+        box = {}
+        other = threading.Thread(target=lambda: box.update(n=run())); other.start(); other.join()
+        print(json.dumps(dict(layer=numba.threading_layer(), n=box["n"], unsafe=threads.fork_unsafe())))
+    """)
+    assert out["n"] >= 1
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return  # (no TBB wheel: Numba's own choice stands)
+    assert out["layer"] == "tbb" and out["unsafe"] == "Numba's TBB pool was started by another thread"

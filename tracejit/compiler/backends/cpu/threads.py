@@ -137,6 +137,24 @@ def _launch(layer: str) -> bool:
     return True
 
 
+def _ready_layers() -> None:
+    """What `_launch` prepares, without starting the pool: libtbb loaded by path (and the layer a user forces set),
+    so that a pool Numba starts by itself -- a cached parallel function's reload hook starts it in whichever thread
+    loads that function first -- gets the layer configure() would choose."""
+    forced = (os.environ.get(ENV_LAYER) or os.environ.get("NUMBA_THREADING_LAYER") or "").strip().lower()
+    if forced and forced != "default":
+        if forced in _LAYERS:
+            _numba_config.THREADING_LAYER = forced
+        if forced != "tbb":
+            if forced == "omp":
+                os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
+            return
+    if _state["tbb_library"] is None:
+        _state["tbb_library"] = _load_tbb()
+    if _state["tbb_library"] is None:  # (Numba will fall back to OpenMP: with a short spin, as _launch sets it)
+        os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
+
+
 def _requested_threads() -> int:
     if _state["threads"] is not None:
         return _state["threads"]
@@ -170,7 +188,8 @@ def configure() -> dict:
     if _state["layer"] is None:
         launched = _layer_launched()
         if launched is None and getattr(_local, "defer", False):
-            return info()  # (no_launch: the caller's thread starts the pool later)
+            _ready_layers()  # (no_launch: a later configure(), or Numba itself, starts the pool)
+            return info()
         if launched is None:
             _state["launched_by"] = threading.get_ident()
             # A layer named in TRACEJIT_THREADING_LAYER (or Numba's own variable) is used or fails loudly.
