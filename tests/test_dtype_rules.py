@@ -84,6 +84,15 @@ ELEMENTWISE = {
     "ge": lambda T, F, a, b: b >= a,
     "maximum": lambda T, F, a, b: T.maximum(a, b) if not isinstance(b, (int, float)) else T.maximum(a, a),
     "where": lambda T, F, a, b: T.where(T.tensor([True, False, True]), a, b),
+    # alpha is checked against the result's dtype (a float alpha on integers, a bool alpha on numbers raise)
+    "add_alpha_int": lambda T, F, a, b: T.add(a, b, alpha=2),
+    "add_alpha_zero": lambda T, F, a, b: T.add(a, b, alpha=0),
+    "add_alpha_float": lambda T, F, a, b: T.add(a, b, alpha=0.5),
+    "add_alpha_bool": lambda T, F, a, b: a.add(b, alpha=True),
+    "sub_alpha_int": lambda T, F, a, b: a.sub(b, alpha=3),
+    "sub_alpha_float": lambda T, F, a, b: T.sub(a, b, alpha=1.5),
+    "pow": lambda T, F, a, b: a ** b,
+    "rpow": lambda T, F, a, b: b ** a,
 }
 
 
@@ -255,3 +264,19 @@ def test_compiled_steps_refuse_float16_naming_the_op():
     with pytest.warns(UserWarning, match="runs eagerly: permute: compiled steps do not support float16"):
         out = tj.compile(fn, fallback="eager")(x)
     assert out.dtype is tj.float16 and float(out) == pytest.approx(float(fn(x)))
+
+
+def test_integer_powers_are_exact_integers_and_negative_scalar_exponents_raise_as_in_pytorch():
+    base, exp = [2, 3, -2, 7, 0], [10, 20, 3, 0, 0]
+    got = tj.tensor(base) ** tj.tensor(exp)
+    want = torch.tensor(base) ** torch.tensor(exp)
+    assert got.dtype == tj.int64 and got.tolist() == want.tolist() == [1024, 3486784401, -8, 1, 1]
+    assert (tj.tensor(base) ** 3).tolist() == [8, 27, -8, 343, 0]
+    for lib in (torch, tj):
+        with pytest.raises(RuntimeError, match="negative integer powers"):
+            lib.tensor(base) ** -1
+        with pytest.raises(RuntimeError, match="alpha must not be a floating point"):
+            lib.add(lib.tensor(base), lib.tensor(exp), alpha=0.5)
+    # alpha scales the second operand in the result's dtype
+    assert tj.tensor([1, 2]).sub(tj.tensor([1, 0]), alpha=3).tolist() == [-2, 2]
+    assert tj.tensor([True, False]).add(tj.tensor([False, False]), alpha=0).tolist() == [True, False]

@@ -522,16 +522,20 @@ class Tensor(TensorBase, MoreMethods):
         return _rounded_div("floor", o, self)
 
     def __pow__(self, o):
-        if isinstance(o, (int, float)) and not isinstance(o, bool):
+        dt = D.result_type(self, o)
+        if isinstance(o, (int, float)) and not isinstance(o, bool) and dt is self.dtype:
             if o == 2:
                 return self * self
             if o == 1:
                 return self.clone()
-            if o == 0.5 and self.dtype.is_floating_point:
+            if o == 0.5 and dt.is_floating_point:
                 return self.sqrt()
-            if isinstance(o, int) and o >= 0 and self.dtype is D.int64:
+            if isinstance(o, int) and dt.category == 1:
+                if o < 0:
+                    raise OpTypeError(f"pow: Integers to negative integer powers are not allowed ({dt.name} tensor "
+                                      f"{shape_str(self.shape)} ** {o}) (at {user_location()})")
                 return self._int_pow(o)  # int ** non-negative int stays int, as PyTorch
-        return _binary("pow", self, o, float_result=True)
+        return _pow(self, o, dt)
 
     def _int_pow(self, n):
         result, base = None, self
@@ -544,7 +548,7 @@ class Tensor(TensorBase, MoreMethods):
         return result if result is not None else ones_like(self)
 
     def __rpow__(self, o):
-        return _binary("pow", o, self, float_result=True)
+        return _pow(o, self, D.result_type(o, self))
 
     def __matmul__(self, o):
         return self.matmul(o)
@@ -602,10 +606,32 @@ class Tensor(TensorBase, MoreMethods):
         return where(self, True, _as_operand(o, D.bool_))
 
     def add(self, o, alpha=1):
-        return self + (o * alpha if alpha != 1 else o)
+        return self + self._times_alpha(o, alpha, "add")
 
     def sub(self, o, alpha=1):
-        return self - (o * alpha if alpha != 1 else o)
+        _no_bool_sub(self, o)
+        return self - self._times_alpha(o, alpha, "sub")
+
+    def _times_alpha(self, o, alpha, name):
+        """`o * alpha` for add/sub(o, alpha=), with PyTorch's checks of alpha against the result's dtype: a float
+        alpha would silently turn an integer sum into a float one, and a bool operand times an int alpha into int64."""
+        if isinstance(alpha, Tensor):
+            alpha = alpha.item()
+        out = D.result_type(self, o)
+        is_bool = isinstance(alpha, (bool, np.bool_))
+        if is_bool and out is not D.bool_:
+            raise OpTypeError(f"{name}: Boolean alpha only supported for Boolean results; the result here is "
+                              f"{out.name} (at {user_location()})")
+        if not out.is_floating_point and not (is_bool or isinstance(alpha, (int, np.integer))):
+            raise OpTypeError(f"{name}: For integral input tensors, argument alpha must not be a floating point "
+                              f"number; got alpha={alpha!r} for a {out.name} result (at {user_location()})")
+        if not is_bool and alpha == 1:
+            return o
+        if out is D.bool_:  # a + alpha * b in bool: b counts when alpha is not zero
+            return o if alpha else _as_operand(o, D.bool_) & False
+        if not isinstance(o, Tensor):
+            return o * alpha
+        return _as_operand(o, out) * alpha  # in the result's dtype (an int64 b times 0.5 is no float32 here)
 
     def mul(self, o):
         return self * o
@@ -1221,6 +1247,19 @@ class Size(tuple):
 
 
 # ----------------------------------------------------------------------------------------------- functions
+
+
+def _pow(a, b, dt):
+    """a ** b with PyTorch's result dtypes: integers stay integers (computed in float64, exact below 2**53, and
+    truncated as an integer power of a negative exponent is), bool ** Python bool stays bool, a bool exponent tensor
+    with a bool base raises as in PyTorch, and everything else is floating point."""
+    if dt.is_floating_point:
+        return _binary("pow", a, b, float_result=True)
+    if dt is D.bool_ and isinstance(b, Tensor):
+        base = shape_str(a.shape) if isinstance(a, Tensor) else repr(a)
+        raise OpTypeError(f"pow: \"pow\" not implemented for 'Bool' ({base} ** bool tensor {shape_str(b.shape)}) "
+                          f"(at {user_location()})")
+    return _binary("pow", a, b, dtype=D.float64).to(dt)
 
 
 def _no_bool_sub(a, b):
