@@ -278,8 +278,11 @@ PARENT = textwrap.dedent("""
 @pytest.mark.parametrize("how", ["ctrl-c", "killed"])
 def test_the_child_ends_with_its_parent(tmp_path, how, start):
     env = dict(os.environ, TRACEJIT_CACHE_DIR=str(tmp_path / "kernels"), TRACEJIT_TIERED="", TRACEJIT_TIER_START=start)
+    # Ctrl-C as at a terminal: a suite started in the background of a shell (`pytest ... &`) ignores SIGINT, and
+    # its children inherit that
     parent = subprocess.Popen([sys.executable, "-c", PARENT.format(sleeper=SLEEPER)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         mode, pid, started = parent.stdout.readline().split()
         assert mode == "process" and started == start
