@@ -179,6 +179,10 @@ def test_float32_loop_vectorizes(name):
     assert not re.search(rf"call[^\n]*{name}_f32", loop.inspect_llvm(sig)), f"{name}_f32 was not inlined"
     if name in ("exp", "log", "tanh", "sigmoid", "erf", "sin", "cos"):
         assert re.search(r"vfmadd\w*ps\s[^\n]*%[yz]mm", asm), f"{name}_f32: no packed FMA"
+    assert not re.search(r"call[^\n]*ldexp", asm), f"{name}_f32 calls libm's ldexp per element"
+    if name in ("exp", "sigmoid", "tanh") and HOST.get("avx512f"):
+        # 2**n as one vscalefps (llvm.ldexp) instead of building exponent bits and two multiplies
+        assert re.search(r"vscalefps\s[^\n]*%zmm", asm), f"{name}_f32: no vscalefps on this AVX-512 host"
 
 
 @functools.cache

@@ -30,6 +30,7 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -85,6 +86,27 @@ def _pow2_f32(k):
     return i32((k + 127) << 23).view(np.float32)
 
 
+# AVX-512 scales by 2**n in one instruction (vscalefps, subnormal and overflowing results correctly rounded), which
+# LLVM (20 and later) emits for a vectorized llvm.ldexp; elsewhere llvm.ldexp is a libm call per element, so the
+# exponent bits are built by hand (`_pow2_f32`). A constant: the branch not taken compiles to nothing.
+_SCALEF = ("+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+           and llvm.llvm_version_info >= (20,))
+
+
+@intrinsic
+def _ldexp_f32(typingctx, x, n):
+    """x * 2**n for float32 x and int32 n (llvm.ldexp: one rounding, as NumPy's ldexp); only where `_SCALEF`."""
+    if x != types.float32 or n != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.FloatType(), [ir.FloatType(), ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ldexp.f32.i32")
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.int32), codegen
+
+
 @_jit
 def _exp_parts(t):
     """(n, q) with e**t = (1 + q) * 2**n for a clamped t: Cephes's reduction r = t - n ln 2 (in two parts) and
@@ -108,12 +130,16 @@ def exp_f32(x):
     t = t if t < _EXP_HI else _EXP_HI
     n, q = _exp_parts(t)
     p = q + _ONE
-    # Two factors so that n in [-150, 128] works: subnormal results and the last binade below FLT_MAX.
     k = i32(n)
-    h = i32(k >> 1)
-    # p * 2**h is exact and normal (p in [0.7, 1.5], |h| <= 75): an integer add on p's exponent bits, one
-    # instruction fewer than building 2**h and multiplying; the rounding (subnormal results) is the second factor's
-    y = i32(f32(p).view(np.int32) + (h << 23)).view(np.float32) * _pow2_f32(i32(k - h))
+    if _SCALEF:
+        y = _ldexp_f32(p, k)
+    else:
+        # Two factors so that n in [-150, 128] works: subnormal results and the last binade below FLT_MAX.
+        h = i32(k >> 1)
+        # p * 2**h is exact and normal (p in [0.7, 1.5], |h| <= 75): an integer add on p's exponent bits, one
+        # instruction fewer than building 2**h and multiplying; the rounding (subnormal results) is the second
+        # factor's
+        y = i32(f32(p).view(np.int32) + (h << 23)).view(np.float32) * _pow2_f32(i32(k - h))
     return y if x == x else x
 
 
@@ -207,9 +233,13 @@ def _exp_em1_f32(t):
     t = t if t > _EXP_LO else _EXP_LO
     n, q = _exp_parts(t)
     k = i32(n)
-    h = i32(k >> 1)
-    s1 = _pow2_f32(h)  # 2**n for n = 0, -1 (h = n there, k - h = 0)
-    y = (q + _ONE) * s1 * _pow2_f32(i32(k - h))
+    if _SCALEF:
+        y = _ldexp_f32(q + _ONE, k)
+        s1 = _ONE if k == i32(0) else _HALF  # 2**n for n = 0, -1 (the only ones it is used for)
+    else:
+        h = i32(k >> 1)
+        s1 = _pow2_f32(h)  # 2**n for n = 0, -1 (h = n there, k - h = 0)
+        y = (q + _ONE) * s1 * _pow2_f32(i32(k - h))
     em = q * s1 + (s1 - _ONE) if k >= i32(-1) else y - _ONE
     return y, em
 
