@@ -154,19 +154,25 @@ def test_the_default_forks_the_compile_process_in_a_fresh_process(tmp_path):
             np.testing.assert_allclose(got["st"][k], got["sb"][k], rtol=2e-5, atol=2e-6, err_msg=k)
 
 
+def _tiered_then_blocking(width, on_start=None):
+    """The tier of a tiered MLP run (`_mlp_steps`) after checking that its losses and final state equal a blocking
+    run's: whatever happened to the compile process, the results are the foreground compile's."""
+    lt, st, cf = _mlp_steps(True, width=width, on_start=on_start)
+    lb, sb, _ = _mlp_steps(False, width=width)
+    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
+    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
+    return cf.history[-1].tier
+
+
 @pytest.mark.skipif(background.cpus() < 2, reason="a compile process needs a second CPU")
 def test_a_failing_child_means_a_foreground_compile_with_the_same_results(fresh_kernels, monkeypatch):
     monkeypatch.setenv("TRACEJIT_TIER_START", "spawn")
     monkeypatch.setattr(background, "command", lambda job, ppid: [
         sys.executable, "-c", "import sys; sys.stderr.write('no luck today\\n'); sys.exit(5)", job, str(ppid)])
-    lt, st, cf = _mlp_steps(True, width=17)  # (a width of its own: kernels no other test compiled in this process)
-    tier = cf.history[-1].tier
+    tier = _tiered_then_blocking(width=17)  # (a width of its own: kernels no other test compiled in this process)
     assert isinstance(tier.error, api.BackgroundCompileError) and tier.switched
     assert "exited with code 5: no luck today" in str(tier.error)
     assert tier.loaded is None and sum(background.loads(tier.compiled, tier.backend)) == len(tier.compiled._generated())
-    lb, sb, _ = _mlp_steps(False, width=17)
-    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
-    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(background.cpus() < 2, reason="a compile process needs a second CPU")
@@ -179,13 +185,9 @@ def test_a_killed_child_means_a_foreground_compile(fresh_kernels, monkeypatch):
         pids.append(_child_started(tier))
         os.kill(pids[0], signal.SIGKILL)
 
-    lt, st, cf = _mlp_steps(True, on_start=kill, width=13)
-    tier = cf.history[-1].tier
+    tier = _tiered_then_blocking(width=13, on_start=kill)
     assert isinstance(tier.error, api.BackgroundCompileError) and "killed by signal 9" in str(tier.error)
     assert tier.switched and _gone(pids[0])
-    lb, sb, _ = _mlp_steps(False, width=13)
-    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
-    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
 def _forked(work):
@@ -208,15 +210,11 @@ def _sleep(program, inputs):
 @pytest.mark.skipif(background.cpus() < 2 or not hasattr(os, "fork"), reason="a forked compile process")
 def test_a_failing_forked_child_means_a_foreground_compile_with_the_same_results(fresh_kernels, monkeypatch):
     _forked(_fail)(monkeypatch)
-    lt, st, cf = _mlp_steps(True, width=21)
-    tier = cf.history[-1].tier
+    tier = _tiered_then_blocking(width=21)
     assert isinstance(tier.error, api.BackgroundCompileError) and tier.switched
     assert "forked compile process" in str(tier.error) and "exited with code 1" in str(tier.error)
     assert "RuntimeError: no luck in the fork" in str(tier.error)
     assert tier.loaded is None and sum(background.loads(tier.compiled, tier.backend)) == len(tier.compiled._generated())
-    lb, sb, _ = _mlp_steps(False, width=21)
-    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
-    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(background.cpus() < 2 or not sys.platform.startswith("linux"), reason="a forked compile process")
@@ -226,13 +224,9 @@ def test_a_forked_child_that_uses_no_cpu_is_killed_as_stuck(fresh_kernels, monke
     _forked(_sleep)(monkeypatch)
     monkeypatch.setattr(background, "STUCK_S", 1.0)
     pids = []
-    lt, st, cf = _mlp_steps(True, width=25, on_start=lambda tier: pids.append(_child_started(tier)))
-    tier = cf.history[-1].tier
+    tier = _tiered_then_blocking(width=25, on_start=lambda tier: pids.append(_child_started(tier)))
     assert isinstance(tier.error, api.BackgroundCompileError) and "used no CPU for 1 s" in str(tier.error)
     assert tier.switched and _gone(pids[0])
-    lb, sb, _ = _mlp_steps(False, width=25)
-    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
-    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(background.cpus() < 2 or not hasattr(os, "fork"), reason="a forked compile process")
@@ -244,13 +238,9 @@ def test_a_killed_forked_child_means_a_foreground_compile(fresh_kernels, monkeyp
         pids.append(_child_started(tier))
         os.kill(pids[0], signal.SIGKILL)
 
-    lt, st, cf = _mlp_steps(True, on_start=kill, width=27)
-    tier = cf.history[-1].tier
+    tier = _tiered_then_blocking(width=27, on_start=kill)
     assert isinstance(tier.error, api.BackgroundCompileError) and "killed by signal 9" in str(tier.error)
     assert tier.switched and _gone(pids[0])
-    lb, sb, _ = _mlp_steps(False, width=27)
-    np.testing.assert_allclose(lt, lb, rtol=2e-5, atol=1e-6)
-    assert_same_state(st, sb, rtol=2e-5, atol=2e-6)
 
 
 PARENT = textwrap.dedent("""
