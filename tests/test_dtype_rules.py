@@ -280,3 +280,12 @@ def test_integer_powers_are_exact_integers_and_negative_scalar_exponents_raise_a
     # alpha scales the second operand in the result's dtype
     assert tj.tensor([1, 2]).sub(tj.tensor([1, 0]), alpha=3).tolist() == [-2, 2]
     assert tj.tensor([True, False]).add(tj.tensor([False, False]), alpha=0).tolist() == [True, False]
+
+
+def test_a_tensor_alpha_scales_without_being_read_back_in_a_compiled_step():
+    # PyTorch wants a number; a learning rate lifted into a compiled step is a tensor and must stay one
+    step = tj.compile(lambda p, g, lr: p.sub(g, alpha=lr))
+    p, g = tj.tensor([1.0, 2.0]), tj.tensor([2.0, 4.0])
+    assert step(p, g, tj.tensor(0.5)).tolist() == [0.0, 0.0]
+    assert step(p, g, tj.tensor(0.25)).tolist() == [0.5, 1.0]  # the same program, another lr
+    assert len(step.history) == 1

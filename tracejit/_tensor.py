@@ -615,8 +615,8 @@ class Tensor(TensorBase, MoreMethods):
     def _times_alpha(self, o, alpha, name):
         """`o * alpha` for add/sub(o, alpha=), with PyTorch's checks of alpha against the result's dtype: a float
         alpha would silently turn an integer sum into a float one, and a bool operand times an int alpha into int64."""
-        if isinstance(alpha, Tensor):
-            alpha = alpha.item()
+        if isinstance(alpha, Tensor):  # (PyTorch wants a number; a traced lr stays a tensor here, never concretized)
+            return o * alpha
         out = D.result_type(self, o)
         is_bool = isinstance(alpha, (bool, np.bool_))
         if is_bool and out is not D.bool_:
