@@ -333,12 +333,23 @@ def dtype_program(seed):
     return shape, dts, [r.randrange(1 << 30) for _ in range(r.randint(2, 7))]
 
 
-def run_dtypes(ins, steps):
+# alpha= and tensor powers, whose result dtypes follow PyTorch's (a list of their own: adding them to DTYPE_OPS
+# would change the programs of the seeds above)
+ALPHA_POW_OPS = DTYPE_OPS + [
+    lambda r, a, b: a.add(b, alpha=r.choice([2, -1, 0])),
+    lambda r, a, b: a.sub(b, alpha=r.choice([3, -2])) if _not_bool(a) and _not_bool(b) else a.add(b, alpha=True),
+    lambda r, a, b: a.add(b, alpha=0.5) if tj.float32 in (a.dtype, b.dtype) or tj.float64 in (a.dtype, b.dtype) else a,
+    lambda r, a, b: a ** (b.abs() % 4) if _not_bool(b) else a ** True,
+    lambda r, a, b: a.abs() ** b if _not_bool(a) and _not_bool(b) else a,
+]
+
+
+def run_dtypes(ins, steps, ops=DTYPE_OPS):
     pool = list(ins)
     for s in steps:
         r = random.Random(s)
         a, b = pool[r.randrange(len(pool))], pool[r.randrange(len(pool))]
-        pool.append(DTYPE_OPS[r.randrange(len(DTYPE_OPS))](r, a, b))
+        pool.append(ops[r.randrange(len(ops))](r, a, b))
     return tuple(pool[len(ins):])
 
 
@@ -358,18 +369,26 @@ def _dtype_inputs(seed, shape, dts):
 DTYPE_SEEDS = [451, 536, 1459, 1713, 1863, 3, 4] + list(range(5000, 5000 + EXTRA))
 
 
+ALPHA_POW_SEEDS = list(range(7000, 7024)) + list(range(8000, 8000 + EXTRA))
+
+
+@pytest.mark.parametrize("seed", ALPHA_POW_SEEDS)
+def test_random_dtype_programs_with_alpha_and_powers(seed):
+    test_random_dtype_mixing_programs(seed, ALPHA_POW_OPS)
+
+
 @pytest.mark.parametrize("seed", DTYPE_SEEDS)
-def test_random_dtype_mixing_programs(seed):
+def test_random_dtype_mixing_programs(seed, ops=DTYPE_OPS):
     shape, dts, steps = dtype_program(seed)
     ins = _dtype_inputs(seed, shape, dts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            want = run_dtypes(ins, steps)
+            want = run_dtypes(ins, steps, ops)
         except Exception:  # noqa: BLE001 -- eager refuses the program (e.g. a mean of integers)
             assert seed >= 1000 and seed not in (1459, 1713, 1863), "a fixed seed must make a program eager runs"
             return
-        got = tj.compile(lambda *xs: run_dtypes(xs, steps))(*ins)
+        got = tj.compile(lambda *xs: run_dtypes(xs, steps, ops))(*ins)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.dtype == w.dtype and tuple(g.shape) == tuple(w.shape), (i, g.dtype, w.dtype, g.shape, w.shape)
         if w.dtype in (tj.float32, tj.float64):
