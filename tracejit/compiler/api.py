@@ -762,7 +762,8 @@ class CompiledFunction:
             self._add(variant)
             mode = self._tier_mode(variant)
             if mode is not None:  # the first calls run on the reference backend while Numba compiles
-                variant.tier = Tier(variant, self.__name__, mode, self._compiling_for(variant))
+                after = self._compiling_for(variant) if mode == "after" else ()  # (the other modes wait for none)
+                variant.tier = Tier(variant, self.__name__, mode, after)
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())

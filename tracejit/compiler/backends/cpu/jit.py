@@ -13,8 +13,16 @@ by any later segment whatever its shapes (`python -m tracejit warmup` can fill i
 from __future__ import annotations
 
 import numba
+from llvmlite import binding as llvm
 from numba.core import types
 from numba.core.registry import CPUDispatcher
+
+
+def host_avx512() -> bool:
+    """Whether LLVM targets AVX-512 on this host: the features Numba compiles the package's kernels for (and keys
+    its cache on; tests/isa's TRACEJIT_FAKE_ISA turns them off). Kernels whose best form differs between 16- and
+    8-wide vectors freeze it into their code as a constant."""
+    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
 
 
 def _normal(t):

@@ -137,12 +137,18 @@ def _launch(layer: str) -> bool:
     return True
 
 
+def _forced_layer() -> str:
+    """The layer TRACEJIT_THREADING_LAYER (or Numba's own variable) names, lower-case; "" for none or "default"."""
+    forced = (os.environ.get(ENV_LAYER) or os.environ.get("NUMBA_THREADING_LAYER") or "").strip().lower()
+    return "" if forced == "default" else forced
+
+
 def _ready_layers() -> None:
     """What `_launch` prepares, without starting the pool: libtbb loaded by path (and the layer a user forces set),
     so that a pool Numba starts by itself -- a cached parallel function's reload hook starts it in whichever thread
     loads that function first -- gets the layer configure() would choose."""
-    forced = (os.environ.get(ENV_LAYER) or os.environ.get("NUMBA_THREADING_LAYER") or "").strip().lower()
-    if forced and forced != "default":
+    forced = _forced_layer()
+    if forced:
         if forced in _LAYERS:
             _numba_config.THREADING_LAYER = forced
         if forced != "tbb":
@@ -193,8 +199,7 @@ def configure() -> dict:
         if launched is None:
             _state["launched_by"] = threading.get_ident()
             # A layer named in TRACEJIT_THREADING_LAYER (or Numba's own variable) is used or fails loudly.
-            forced = (os.environ.get(ENV_LAYER) or os.environ.get("NUMBA_THREADING_LAYER") or "")
-            forced = "" if forced.strip().lower() == "default" else forced.strip().lower()
+            forced = _forced_layer()
             if forced and forced not in _LAYERS:
                 raise ValueError(f"{ENV_LAYER}={forced!r}: choose one of {', '.join(_LAYERS)}")
             for layer in (forced,) if forced else _LAYERS:

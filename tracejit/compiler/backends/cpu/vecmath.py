@@ -36,7 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .jit import helper
+from .jit import helper, host_avx512
 
 __all__ = [
     "FUNCS",
@@ -89,8 +89,7 @@ def _pow2_f32(k):
 # AVX-512 scales by 2**n in one instruction (vscalefps, subnormal and overflowing results correctly rounded), which
 # LLVM (20 and later) emits for a vectorized llvm.ldexp; elsewhere llvm.ldexp is a libm call per element, so the
 # exponent bits are built by hand (`_pow2_f32`). A constant: the branch not taken compiles to nothing.
-_SCALEF = ("+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
-           and llvm.llvm_version_info >= (20,))
+_SCALEF = host_avx512() and llvm.llvm_version_info >= (20,)
 
 
 @intrinsic

@@ -35,22 +35,16 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..jit import helper
-
-
-def _host_has_avx512() -> bool:
-    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
-
+from ..jit import helper, host_avx512
 
 # Register blocking: MR rows of C by NR columns, NR = 2 vectors. AVX-512: 8 x 32 (16 zmm accumulators);
 # otherwise 6 x 16 (12 of the 16 ymm registers), the classic Haswell shape.
-V = 16 if _host_has_avx512() else 8
+V = 16 if host_avx512() else 8
 MR = 8 if V == 16 else 6
 NR = 2 * V
 KC = 256  # B's micro-panel KC x NR (32 KB) stays in L1 while A's panels stream from L2

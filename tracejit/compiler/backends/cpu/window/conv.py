@@ -12,11 +12,10 @@ im2col reference in brackets; floor at 205 GFLOP/s): conv+bias+ReLU+2x2 pool+arg
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm
 import numpy as np
 from numba import prange
 
-from ..jit import helper
+from ..jit import helper, host_avx512
 
 try:  # TBB layer and thread count before the first parallel launch (see threads.py)
     from .. import threads as _threads
@@ -33,9 +32,8 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _serial = helper(cache=True, fastmath=FASTMATH, error_model="numpy")
 _parallel = helper(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 _NO_ARGMAX = np.zeros((1, 1, 1, 1), np.uint8)  # placeholder, never written, when a kernel stores no argmax
-# Whether LLVM targets AVX-512 here (the features Numba compiles for, and keys its cache on): loops whose fastest
-# form differs between 16- and 8-wide vectors read it (frozen into the compiled code as a constant)
-_WIDE_VECTORS = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+# loops whose fastest form differs between 16- and 8-wide vectors read it (frozen into the code as a constant)
+_WIDE_VECTORS = host_avx512()
 
 
 # ------------------------------------------------------------------------------------ padding / layout
