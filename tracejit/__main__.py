@@ -132,7 +132,15 @@ def cmd_warmup(ns) -> int:
     from tracejit.warmup import warmup
 
     t0 = time.perf_counter()
-    warmup(tuple(d.strip() for d in ns.dtypes.split(",") if d.strip()))
+    dtypes = tuple(d.strip() for d in ns.dtypes.split(",") if d.strip())
+    if ns.pack:
+        from tracejit.compiler.backends.cpu import kernel_pack
+
+        for target in ns.pack.split(","):
+            kernel_pack.build(target.strip(), ns.pack_dir or kernel_pack.PACK_DIR, dtypes)
+        print(f"tracejit warmup: kernel packs built ({time.perf_counter() - t0:.1f} s)")
+        return 0
+    warmup(dtypes)
     print(f"tracejit warmup: the CPU backend's kernels are in Numba's cache ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -173,6 +181,9 @@ def main(argv=None) -> int:
     c.set_defaults(fn=cmd_cache)
     w = sub.add_parser("warmup", help="compile the CPU backend's own kernels into Numba's cache (after installing)")
     w.add_argument("--dtypes", default="float32", help="comma-separated dtypes to compile for (default float32)")
+    w.add_argument("--pack", default="", help="build kernel packs instead, for these LLVM targets (x86-64-v4,"
+                   "x86-64-v3): the package's prebuilt kernels (compiler/backends/cpu/kernel_pack.py)")
+    w.add_argument("--pack-dir", default="", help="where --pack writes (default: the package's packs folder)")
     w.set_defaults(fn=cmd_warmup)
     from tracejit.bench import cli as bench_cli
 

@@ -79,12 +79,15 @@ def warmup(dtypes=("float32",), verbose: bool = True) -> dict:
     times = {}
     tmp = tempfile.mkdtemp(prefix="tracejit-warmup-")
     saved = os.environ.get("TRACEJIT_CACHE_DIR")
+    saved_eager = os.environ.get("TRACEJIT_EAGER_KERNELS")
     os.environ["TRACEJIT_CACHE_DIR"] = tmp  # the tiny steps' own kernels are not worth keeping
+    if saved_eager != "off":  # the eager steps below run (and so compile) the eager kernels at their real signatures
+        os.environ["TRACEJIT_EAGER_KERNELS"] = "sync"
     try:
         for dt in dtypes:
             for name, step, args in _steps(np.dtype(dt).type):
                 t0 = time.perf_counter()
-                step(*args)  # creates the optimizer's state (runs eagerly)
+                step(*args)  # eager (float32: on the eager kernels, loaded first), creates the optimizer's state
                 step(*args)  # traces, compiles and runs
                 times[f"{name} {dt}"] = time.perf_counter() - t0
                 if verbose:
@@ -93,9 +96,10 @@ def warmup(dtypes=("float32",), verbose: bool = True) -> dict:
 
         get_backend("cpu").warm_helpers(dtypes)  # what these steps do not reach at their sizes
     finally:
-        if saved is None:
-            os.environ.pop("TRACEJIT_CACHE_DIR", None)
-        else:
-            os.environ["TRACEJIT_CACHE_DIR"] = saved
+        for key, value in (("TRACEJIT_CACHE_DIR", saved), ("TRACEJIT_EAGER_KERNELS", saved_eager)):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         shutil.rmtree(tmp, ignore_errors=True)
     return times

@@ -10,7 +10,9 @@ load, one run) is timed, then a call with a new batch size (an epoch's partial l
 already-compiled step. The cases, in order, each one process:
 
 - fresh install: Numba's cache for the package's own kernels empty (a new NUMBA_CACHE_DIR) and the kernel
-  cache empty (a new TRACEJIT_CACHE_DIR);
+  cache empty (a new TRACEJIT_CACHE_DIR); the package's prebuilt kernels come from its kernel pack where one fits
+  this CPU (compiler/backends/cpu/kernel_pack.py; the row says which);
+- fresh install, no kernel pack: the same with TRACEJIT_KERNEL_PACK=0, every package kernel compiled here;
 - after warmup: a new NUMBA_CACHE_DIR filled by `python -m tracejit warmup` (a process of its own, timed
   apart), then an empty kernel cache;
 - package warm, kernels cold: the fresh-install case's NUMBA_CACHE_DIR again, an empty kernel cache;
@@ -50,7 +52,7 @@ STEPS, QUICK_STEPS = (1, 10, 100, 1000), (1, 3)
 MODES = ("default", "blocking", "process")  # and "thread" (TRACEJIT_TIERED=thread), when asked for
 # default: compile(tiered=None) with TRACEJIT_TIERED unset, what a user gets; thread: TRACEJIT_TIERED=thread
 TIERED = {"default": None, "blocking": False, "process": True, "tiered": True, "thread": None}
-CASES = ("fresh install", "after warmup", "package warm, kernels cold", "warm")
+CASES = ("fresh install", "fresh install, no kernel pack", "after warmup", "package warm, kernels cold", "warm")
 
 
 def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blocking", steps=STEPS,
@@ -165,6 +167,11 @@ def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blockin
         step(x, y).item()
     out["steady_ms"] = (time.perf_counter() - t0) / 3 * 1e3
     out["variants"] = len(step.history)
+    if backend == "cpu":
+        from tracejit.compiler.backends.cpu import kernel_pack
+
+        pack, _notes = kernel_pack.choose()
+        out["kernel_pack"] = pack.target if pack is not None else None
     out["to_first_step_s"] = time.perf_counter() - t_start
     return out
 
@@ -245,24 +252,31 @@ def run_first_step(
     own = root is None
     root = root or tempfile.mkdtemp(prefix="tracejit-first-step-")
     base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "TRACEJIT_CACHE_DIR",
-                                                               "TRACEJIT_TIERED", "PYTHONDONTWRITEBYTECODE")}
+                                                               "TRACEJIT_TIERED", "PYTHONDONTWRITEBYTECODE",
+                                                               "TRACEJIT_KERNEL_PACK")}
     # Python's own cache, as an installed package has it (pip writes .pyc files; an editable install's first
     # import does): with PYTHONDONTWRITEBYTECODE set, every process would compile tracejit's ~100 modules from
     # source (~0.3 s of `import tracejit`, ~50 ms of the first compiled call's preparation). The cases' processes
     # write and read it under the run's root (the first case fills it).
     base["PYTHONPYCACHEPREFIX"] = os.path.join(root, "pycache")
 
-    def env(numba_dir, kernels_dir):
+    def env(numba_dir, kernels_dir, **more):
         return dict(
-            base, NUMBA_CACHE_DIR=os.path.join(root, numba_dir), TRACEJIT_CACHE_DIR=os.path.join(root, kernels_dir)
+            base, NUMBA_CACHE_DIR=os.path.join(root, numba_dir), TRACEJIT_CACHE_DIR=os.path.join(root, kernels_dir),
+            **more,
         )
 
     def plan(mode):
         return {
-            "fresh install": (env(f"numba-{mode}", f"kernels-1-{mode}"), "new NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR"),
+            "fresh install": (env(f"numba-{mode}", f"kernels-1-{mode}"),
+                              "new NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR, the package's kernel pack"),
+            "fresh install, no kernel pack": (
+                env(f"numba-nopack-{mode}", f"kernels-0-{mode}", TRACEJIT_KERNEL_PACK="0"),
+                "new NUMBA_CACHE_DIR, new TRACEJIT_CACHE_DIR, TRACEJIT_KERNEL_PACK=0",
+            ),
             "after warmup": (
-                env(f"numba-warmup-{mode}", f"kernels-2-{mode}"),
-                "new NUMBA_CACHE_DIR filled by `python -m tracejit warmup`, new TRACEJIT_CACHE_DIR",
+                env(f"numba-warmup-{mode}", f"kernels-2-{mode}", TRACEJIT_KERNEL_PACK="0"),
+                "new NUMBA_CACHE_DIR filled by `python -m tracejit warmup` (no kernel pack), new TRACEJIT_CACHE_DIR",
             ),
             "package warm, kernels cold": (
                 env(f"numba-{mode}", f"kernels-3-{mode}"),
@@ -358,6 +372,8 @@ def format_first_step(report: dict) -> str:
             lines.append(f"| {r['case']} | {r.get('mode', '')} | | {r['error']} |" + " |" * (6 + len(steps)))
             continue
         case = r["case"] + (f" (warmup {r['warmup_s']:.1f} s)" if "warmup_s" in r else "")
+        if r.get("kernel_pack"):
+            case += f" (pack {r['kernel_pack']})"
         mode = r.get("mode", "blocking")
         if mode in ("default", "process"):  # what it did: tiered with a forked or spawned child, or blocking
             chose = r.get("tier_how") or r.get("tier") or ("blocking" if r.get("first_compiles") else "cached")

@@ -34,6 +34,9 @@ MEMORY_PREFIX = "<tracejit-memory "  # co_filename of kernels compiled without a
 
 _installed = False
 _warned: set = set()
+# Called as hook(cache, target_context) when Numba's cache misses; a hook that returns True has added entries to the
+# function's cache entry, and Numba looks again (the CPU backend's kernel packs, cpu/kernel_pack.py).
+miss_hooks: list = []
 
 
 class CacheWarning(RuntimeWarning):
@@ -137,6 +140,25 @@ def _discard(cache, error: Exception) -> None:
     warn_once(("load", cache_file._cache_path), msg)  # once per directory: a broken restore damages many
 
 
+def _after_hooks(cache, sig, target_context, orig_load):
+    for hook in miss_hooks:
+        try:
+            again = hook(cache, target_context)
+        except Exception as e:  # a broken pack must not break compiling: Numba compiles as without it
+            warn_once(("hook", hook), f"tracejit: {getattr(hook, '__module__', '')}.{hook.__name__} failed for "
+                      f"{_name(cache)} ({type(e).__name__}: {str(e)[:200]}); compiling instead.")
+            continue
+        if again:
+            try:
+                cres = orig_load(cache, sig, target_context)
+            except Exception as e:
+                _discard(cache, e)
+                return None
+            if cres is not None:
+                return cres
+    return None
+
+
 def _name(cache) -> str:
     fn = getattr(cache, "_py_func", None)
     return getattr(fn, "__qualname__", None) or getattr(cache, "_name", "?")
@@ -180,6 +202,8 @@ def install() -> None:
                 raise
             _discard(self, e)
             return None
+        if cres is None and cache_file is not None and miss_hooks:
+            cres = _after_hooks(self, sig, target_context, orig_load)
         # Numba gives a library it loads from a cache an empty set of reload hooks (they ran, from the entry);
         # a function compiled later that links this one inherits its library's hooks, so without this it would
         # be cached without them (blas.calls._NeedSgemm: the symbol its code names would be missing when it loads)

@@ -12,6 +12,8 @@
     blas/        GEMM: tracejit's own float32 kernel (gemm.py), the BLAS entry (calls.py), thread control
                  (control.py), GEMMs for generated segments (segment.py)
     eager.py     kernels for eager ops (window kernels, GEMM thread policy): `eager_kernels()`
+    kernel_pack.py  prebuilt machine code of the package's own kernels per ISA (packs/), so fresh installs skip
+                 compiling them
     window/      conv2d/pooling kernels and their backward (conv, backward, weight_grad, im2col, pool) and the
                  steps that call them for window nodes (steps.py)
 
@@ -21,12 +23,14 @@
 import threading
 
 from .. import Backend, numba_cache
+from . import kernel_pack
 from .capabilities import LOOP_FEATURES
 from .capabilities import supports as _supports
 from .spelling import SPELLING
 
 _EAGER_LOCK = threading.Lock()
 numba_cache.install()  # before any cached Numba function is compiled or loaded: damaged cache files are misses
+kernel_pack.register()  # a miss on one of the package's kernels takes its prebuilt code when a pack fits
 
 
 class CpuBackend(Backend):
@@ -147,6 +151,9 @@ class CpuBackend(Backend):
 
         lines.append(f"heap: {heap.configure()}; set {heap.ENV}=system to leave "
                      f"malloc alone")
+        pack, notes = kernel_pack.choose()
+        lines.append(f"kernel pack (the package's kernels prebuilt): {pack.target if pack else 'none'} ("
+                     + "; ".join(notes) + f"); set {kernel_pack.ENV}=0 to compile them here")
         return {"device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
                 "threads": f"{th.get('threads')} ({th.get('layer')})", "threading": th,
                 "lines": lines, "warnings": [note] if note else [],

@@ -21,8 +21,12 @@ from numba.core.registry import CPUDispatcher
 def host_avx512() -> bool:
     """Whether LLVM targets AVX-512 on this host: the features Numba compiles the package's kernels for (and keys
     its cache on; tests/isa's TRACEJIT_FAKE_ISA turns them off). Kernels whose best form differs between 16- and
-    8-wide vectors freeze it into their code as a constant."""
-    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    8-wide vectors freeze it into their code as a constant. NUMBA_CPU_FEATURES, when set, is what Numba compiles
+    for (a kernel pack's build, kernel_pack.py), so it decides."""
+    from numba.core import config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
 
 
 def _normal(t):
