@@ -134,10 +134,9 @@ def cmd_warmup(ns) -> int:
     t0 = time.perf_counter()
     dtypes = tuple(d.strip() for d in ns.dtypes.split(",") if d.strip())
     if ns.pack:
-        from tracejit.compiler.backends.cpu import kernel_pack
+        from tracejit.compiler.backends import get_backend
 
-        for target in ns.pack.split(","):
-            kernel_pack.build(target.strip(), ns.pack_dir or kernel_pack.PACK_DIR, dtypes)
+        get_backend("cpu").build_prebuilt([t.strip() for t in ns.pack.split(",")], ns.pack_dir or None, dtypes)
         print(f"tracejit warmup: kernel packs built ({time.perf_counter() - t0:.1f} s)")
         return 0
     warmup(dtypes)

@@ -23,7 +23,8 @@ __all__ = ["warmup"]
 
 
 def _steps(dtype):
-    """(name, compiled step, args) for each tiny workload, float32 or float64."""
+    """(name, compiled step, args) for each tiny workload, float32 or float64: a conv net with SGD, an MLP with
+    Adam, an LSTM language model with gradient clipping."""
     import tracejit as tj
     import tracejit.nn as nn
     import tracejit.nn.functional as F
@@ -60,6 +61,32 @@ def _steps(dtype):
         x = tj.from_numpy(rng.standard_normal(x_shape).astype(dtype))
         y = tj.from_numpy(rng.integers(0, 10, x_shape[0]).astype(np.int64))
         out.append((name, tj.compile(_train_step(net, opt, criterion), backend="cpu", tiered=False), (x, y)))
+
+    class TinyLM(nn.Module):  # a word-language-model step at a tiny size: embedding, LSTM, decoder
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 8)
+            self.rnn = nn.LSTM(8, 16)
+            self.decoder = nn.Linear(16, 20)
+
+        def forward(self, x):
+            out, _ = self.rnn(self.embed(x))
+            return self.decoder(out).view(-1, 20)
+
+    net = TinyLM().to(getattr(tj, np.dtype(dtype).name))
+    opt = tj.optim.SGD(net.parameters(), lr=0.1)
+
+    def lm_step(x, y):
+        opt.zero_grad()
+        loss = criterion(net(x), y.view(-1))
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 0.25)
+        opt.step()
+        return loss
+
+    tokens = tj.from_numpy(rng.integers(0, 20, (3, 2)).astype(np.int64))
+    targets = tj.from_numpy(rng.integers(0, 20, (3, 2)).astype(np.int64))
+    out.append(("lstm", tj.compile(lm_step, backend="cpu", tiered=False), (tokens, targets)))
     return out
 
 

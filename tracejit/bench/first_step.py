@@ -167,11 +167,9 @@ def probe(batch: int, new_batch: int, backend: str = "cpu", mode: str = "blockin
         step(x, y).item()
     out["steady_ms"] = (time.perf_counter() - t0) / 3 * 1e3
     out["variants"] = len(step.history)
-    if backend == "cpu":
-        from tracejit.compiler.backends.cpu import kernel_pack
+    from tracejit.compiler.backends import get_backend
 
-        pack, _notes = kernel_pack.choose()
-        out["kernel_pack"] = pack.target if pack is not None else None
+    out["kernel_pack"] = get_backend(backend).prebuilt()
     out["to_first_step_s"] = time.perf_counter() - t_start
     return out
 

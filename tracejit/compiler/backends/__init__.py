@@ -106,6 +106,17 @@ class Backend:
         up and checked when first asked (it may take a while: `start_eager_kernels` asks in a thread)."""
         return {}
 
+    # ---- prebuilt kernels
+    def prebuilt(self) -> str | None:
+        """The name of the prebuilt kernel set this process uses for the backend's own kernels (None: none fits,
+        they compile on first use)."""
+        return None
+
+    def build_prebuilt(self, targets, out_dir: str | None = None, dtypes=("float32",)) -> list:
+        """Build prebuilt kernel sets for `targets` (backend-specific names) into `out_dir` (default: where the
+        package keeps them); returns the files written."""
+        raise NotImplementedError(f"the {self.name} backend has no prebuilt kernels")
+
     # ---- what runs
     def describe(self) -> dict:
         """What runs, as JSON-able data: "device" (str), "threads" (str or None), "lines" (human-readable

@@ -201,8 +201,8 @@ def install() -> None:
             if cache_file is None:
                 raise
             _discard(self, e)
-            return None
-        if cres is None and cache_file is not None and miss_hooks:
+            cres = None
+        if cres is None and cache_file is not None and miss_hooks:  # (after a discard too: a kernel pack restores it)
             cres = _after_hooks(self, sig, target_context, orig_load)
         # Numba gives a library it loads from a cache an empty set of reload hooks (they ran, from the entry);
         # a function compiled later that links this one inherits its library's hooks, so without this it would

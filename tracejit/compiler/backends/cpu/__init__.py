@@ -127,6 +127,15 @@ class CpuBackend(Backend):
                 self._eager = dict(eager.KERNELS)
         return self._eager
 
+    def prebuilt(self) -> str | None:
+        """The kernel pack (kernel_pack.py) whose machine code serves the package's kernels here, or None."""
+        pack, _ = kernel_pack.choose()
+        return pack.target if pack is not None else None
+
+    def build_prebuilt(self, targets, out_dir=None, dtypes=("float32",)) -> list:
+        """Kernel packs for LLVM targets (x86-64-v3, x86-64-v4), each built in a fresh process."""
+        return [kernel_pack.build(t, out_dir or kernel_pack.PACK_DIR, tuple(dtypes)) for t in targets]
+
     def describe(self) -> dict:
         import os
         import platform
