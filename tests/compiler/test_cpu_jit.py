@@ -63,9 +63,11 @@ def test_warmup_runs_its_steps_in_a_temporary_kernel_cache(tmp_path, monkeypatch
     from tracejit.warmup import warmup
 
     monkeypatch.setenv("TRACEJIT_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.delenv("TRACEJIT_EAGER_KERNELS", raising=False)
     times = warmup(verbose=False)
-    assert set(times) == {"convnet float32", "mlp float32"} and all(t > 0 for t in times.values())
+    assert set(times) == {"convnet float32", "mlp float32", "lstm float32"} and all(t > 0 for t in times.values())
     assert os.environ["TRACEJIT_CACHE_DIR"] == str(tmp_path / "mine")  # restored
+    assert "TRACEJIT_EAGER_KERNELS" not in os.environ  # (set to sync while its eager steps ran)
     assert not (tmp_path / "mine").exists()  # the tiny steps' kernels went elsewhere
 
 
