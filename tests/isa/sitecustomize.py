@@ -3,9 +3,11 @@ TRACEJIT_FAKE_ISA=avx2 (no AVX-512) or sse4.2 (no AVX at all), LLVM -- and so ev
 GEMM shape included -- sees only that ISA's features, in this process and in every subprocess a test starts.
 
     NUMBA_CACHE_DIR=/tmp/nc-avx2 TRACEJIT_CACHE_DIR=/tmp/tj-avx2 TRACEJIT_FAKE_ISA=avx2 \\
-        PYTHONPATH=tests/isa python -m pytest -n 2 -q -p no:cacheprovider
+        PYTHONPATH=$PWD/tests/isa python -m pytest -n 2 -q -p no:cacheprovider
 
-Give such a run its own NUMBA_CACHE_DIR: Numba keys its cache on the real CPU's name."""
+Give such a run its own NUMBA_CACHE_DIR: Numba keys its cache on the real CPU's name. Give PYTHONPATH as an
+absolute path: a tiered compile's spawned child runs in another directory, and with a relative one it would compile
+for the real CPU (the parent then finds nothing of it in the cache). The x86-64-v3 kernel pack fits such a run."""
 
 import os
 
