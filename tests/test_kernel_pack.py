@@ -23,27 +23,13 @@ import json, os, sys
 import numpy as np
 import tracejit as tj
 import tracejit.nn as nn
-import tracejit.nn.functional as F
 from llvmlite import binding as llvm
 from tracejit.compiler.backends.cpu import kernel_pack
-
-class ConvNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(4, 8, 5)
-        self.fc1 = nn.Linear(8 * 5 * 5, 16)
-        self.fc2 = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        return self.fc2(F.relu(self.fc1(tj.flatten(x, 1))))
+from tracejit.warmup import tiny_convnet
 
 def setup():
     tj.manual_seed(0)
-    net = ConvNet()
+    net = tiny_convnet()
     opt = tj.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     crit = nn.CrossEntropyLoss()
     def step(x, y):

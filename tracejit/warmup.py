@@ -22,14 +22,14 @@ import numpy as np
 __all__ = ["warmup"]
 
 
-def _steps(dtype):
-    """(name, compiled step, args) for each tiny workload, float32 or float64: a conv net with SGD, an MLP with
-    Adam, an LSTM language model with gradient clipping."""
+def tiny_convnet():
+    """LeNet's layers at a tiny size (conv+relu+pool twice, then linear layers) on 3x32x32 inputs: warmup's conv
+    net, whose package kernels every conv net of these layer kinds uses (tests/test_kernel_pack.py trains it)."""
     import tracejit as tj
     import tracejit.nn as nn
     import tracejit.nn.functional as F
 
-    class ConvNet(nn.Module):  # LeNet's layers at a tiny size: conv+relu+pool twice, then linear layers
+    class ConvNet(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv1 = nn.Conv2d(3, 4, 5)
@@ -43,11 +43,20 @@ def _steps(dtype):
             x = self.pool(F.relu(self.conv2(x)))
             return self.fc2(F.relu(self.fc1(tj.flatten(x, 1))))
 
+    return ConvNet()
+
+
+def _steps(dtype):
+    """(name, compiled step, args) for each tiny workload, float32 or float64: a conv net with SGD, an MLP with
+    Adam, an LSTM language model with gradient clipping."""
+    import tracejit as tj
+    import tracejit.nn as nn
+
     rng = np.random.default_rng(0)
     criterion = nn.CrossEntropyLoss()
     out = []
     for name, net, opt_cls, x_shape in (
-        ("convnet", ConvNet(), "SGD", (4, 3, 32, 32)),
+        ("convnet", tiny_convnet(), "SGD", (4, 3, 32, 32)),
         # big enough (2*64*256*128 flops) for the GEMMs split over threads
         ("mlp", nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)), "Adam", (64, 256)),
     ):
