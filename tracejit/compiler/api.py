@@ -764,6 +764,8 @@ class CompiledFunction:
             if mode is not None:  # the first calls run on the reference backend while Numba compiles
                 after = self._compiling_for(variant) if mode == "after" else ()  # (the other modes wait for none)
                 variant.tier = Tier(variant, self.__name__, mode, after)
+            else:  # (blocking) several kernels to compile: share them out over processes first
+                variant.ahead = self._compile_ahead(variant, args)
             variant.first_out = self._run(variant, args)  # Numba compiles (or loads) the kernels on their first call
             progress.finish(self._compile_summary(variant))
         log.emit(f"{self.__name__} variant {number}: " + ", ".join(f"{k} {_ms(t)}" for k, t in variant.timings.items())
@@ -772,6 +774,35 @@ class CompiledFunction:
         variant.rss_added = None if rss0 is None or rss1 is None else rss1 - rss0
         variant.first_call_s = time.perf_counter() - progress.t0
         return variant
+
+    def _compile_ahead(self, variant, args) -> dict | None:
+        """Before a blocking first run that compiles at least two kernels: compile them in several processes
+        (compiler/background.compile_ahead; TRACEJIT_COMPILE_PROCESSES), the run then loads them. None when that
+        was not done (one CPU, no safe fork, one kernel, a backend that compiles nothing on first run)."""
+        if variant.shared or variant.device is not CPU:
+            return None
+        if any(n.body is None and n.op.kind is Kind.COLLECTIVE for n in variant.graph.nodes):
+            return None  # (the dry run would start collectives no other rank matches)
+        stats = getattr(variant.program, "cache_stats", None)
+        if stats is None:
+            return None
+        n, hits = stats()
+        if n - hits < 2:
+            return None
+        from . import background
+
+        try:
+            done = background.compile_ahead(variant.program, get_backend(variant.backend), variant.inputs(args))
+        except Exception as e:  # noqa: BLE001 -- an optimization: the run compiles the kernels as it would have
+            log.emit(f"{self.__name__}: compiling in several processes failed ({type(e).__name__}: {e}); the "
+                     f"kernels compile in this one")
+            return None
+        if done is not None:
+            log.emit(f"{self.__name__}: {done['functions']} kernels compiled in {done['processes']} processes in "
+                     f"{done['s']:.2f} s (finding their argument types {done['dry_run_s']:.2f} s, this process's "
+                     f"share {done['own_s']:.2f} s, then waiting {done['wait_s']:.2f} s)"
+                     + (f"; {'; '.join(done['failed'])}" if done["failed"] else ""), at=log.VERBOSE)
+        return done
 
     def _compiling_for(self, variant) -> list:
         """The tiers of other variants still compiling in the background every kernel `variant` needs (a new batch
@@ -834,6 +865,9 @@ class CompiledFunction:
         kernels = f": {n} kernels, {hits} from the cache" if n else ""
         if getattr(variant, "tier", None) is not None:
             kernels += "; tiered: this call ran on the reference backend, the kernels compile in the background"
+        ahead = getattr(variant, "ahead", None)
+        if ahead is not None:
+            kernels += f", compiled in {ahead['processes']} processes"
         shared = getattr(variant.program, "shared_kernels", lambda: (0, 0))()[1]
         if shared:
             kernels += f", {shared} compiled for another batch size (size templates)"

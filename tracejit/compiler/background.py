@@ -258,10 +258,10 @@ class _Forked:
         self.returncode = -signal.SIGKILL
 
 
-def _forked_child(program, backend, inputs, folder: str, ppid: int) -> None:
-    """The forked child: compile every kernel of `program` by running it once on `inputs`, write done.json, and
-    leave with os._exit -- never returning into the parent's stack, running no atexit handler of the parent's and
-    flushing none of its buffers."""
+def _forked_child(work, folder: str, ppid: int) -> None:
+    """A forked child: run `work(t0)` (the child's start on the wall clock; it returns a JSON-able dict), write
+    the dict to done.json, and leave with os._exit -- never returning into the parent's stack, running no atexit
+    handler of the parent's and flushing none of its buffers."""
     code = 1
     try:
         t0 = time.time()
@@ -277,14 +277,10 @@ def _forked_child(program, backend, inputs, folder: str, ppid: int) -> None:
         os.environ["TRACEJIT_LOGS"] = "off"
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent(ppid)
-        t1 = time.time()
-        _forked_work(program, inputs)
-        hits, misses = backend.tier_loads(program)
+        result = work(t0)
         tmp = os.path.join(folder, "done.json.tmp")
         with open(tmp, "w") as f:
-            json.dump({"kernels": hits + misses, "compiled": misses, "loaded": hits, "started_s": t0, "how": "fork",
-                       "job_s": 0.0, "rebuild_s": t1 - t0, "run_s": time.time() - t1,
-                       "cpu_s": time.process_time()}, f)
+            json.dump(result, f)
         os.replace(tmp, os.path.join(folder, "done.json"))
         code = 0
     except BaseException:  # noqa: BLE001 -- reported through stderr.txt and the exit code
@@ -297,6 +293,19 @@ def _forked_child(program, backend, inputs, folder: str, ppid: int) -> None:
             pass
     finally:
         os._exit(code)
+
+
+def _tier_work(program, backend, inputs):
+    """A tier's forked child: compile every kernel of `program` by running it once on `inputs`."""
+    def work(t0: float) -> dict:
+        t1 = time.time()
+        ahead = compile_ahead(program, backend, inputs, compile_processes() - 1)  # (the parent runs on one core)
+        _forked_work(program, inputs)
+        hits, misses = backend.tier_loads(program)
+        return {"kernels": hits + misses, "compiled": misses, "loaded": hits, "started_s": t0, "how": "fork",
+                "job_s": 0.0, "rebuild_s": t1 - t0, "run_s": time.time() - t1, "cpu_s": time.process_time(),
+                "ahead": ahead}
+    return work
 
 
 def _forked_work(program, inputs) -> None:
@@ -360,7 +369,8 @@ class Child:
                     pid = os.fork()
                 if pid == 0:
                     os.close(self._wake)
-                    _forked_child(self.program, self.backend, self.inputs, self.dir, ppid)  # (never returns)
+                    # (never returns)
+                    _forked_child(_tier_work(self.program, self.backend, self.inputs), self.dir, ppid)
             self.proc = _Forked(pid)
             self.proc.tracejit_label, self.proc.tracejit_started = self.name, time.monotonic()
             with _live_lock:
@@ -438,6 +448,124 @@ class Child:
                 self.proc.kill()
 
 
+# ------------------------------------------------------------------------------------------------ compile ahead
+PROCESSES_ENV = "TRACEJIT_COMPILE_PROCESSES"
+
+
+def compile_processes() -> int:
+    """How many processes a blocking compile may use (TRACEJIT_COMPILE_PROCESSES; default: the CPUs this process
+    may run on; 1: compile in this process only)."""
+    v = os.environ.get(PROCESSES_ENV, "").strip()
+    if not v:
+        return cpus()
+    try:
+        return max(1, int(v))
+    except ValueError:
+        raise ValueError(f"{PROCESSES_ENV}={v!r}: give a number of processes (1: compile in this one)") from None
+
+
+def compile_ahead(program, backend, inputs, processes: int | None = None) -> dict | None:
+    """Compile what `program`'s first run on `inputs` will compile (backend.compile_work: one piece per generated
+    function), shared out by cost over `processes` processes (default compile_processes()): this one and forks of
+    it, each compiling its share into the disk caches, from which the run then loads the children's shares.
+
+    Returns {"processes", "functions", "s", "failed"} (failed: why children did not finish), or None when it did
+    nothing (fewer than two processes or pieces of work, or no safe fork: start_method): the run then compiles as
+    it would have. A child that fails, hangs (STUCK_S without CPU) or is killed costs only time: the run compiles
+    what it did not leave in the cache. Numba's GIL-holding front end is most of a compile, so processes, not
+    threads; a fork starts in milliseconds with everything the work needs already in memory."""
+    limit = compile_processes() if processes is None else processes
+    if limit < 2 or start_method(backend) != "fork":
+        return None
+    t0 = time.perf_counter()
+    work = backend.compile_work(program, inputs)
+    n = min(limit, len(work))
+    if n < 2:
+        return None
+    t1 = time.perf_counter()
+    shares: list[list] = [[] for _ in range(n)]
+    totals = [0.0] * n
+    for cost, job in sorted(work, key=lambda w: -w[0]):  # longest first, each to the least loaded process
+        i = totals.index(min(totals))
+        shares[i].append(job)
+        totals[i] += cost
+    folder = tempfile.mkdtemp(prefix="tracejit-compile-")
+    children: list = []
+    failed: list[str] = []
+    try:
+        for k, share in enumerate(shares[1:]):
+            try:
+                children.append(_fork_share(share, os.path.join(folder, str(k))))
+            except OSError as e:  # (no fork: out of memory or processes) the run compiles the rest
+                failed.append(f"no fork: {e}")
+                break
+        for job in shares[0]:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 -- the run compiles it again and reports it (or falls back)
+                pass
+        t2 = time.perf_counter()
+        for proc, wake in children:
+            try:
+                rc = proc.wait(TIMEOUT_S, STUCK_S, wake)
+            finally:
+                os.close(wake)
+                with _live_lock:
+                    _live.discard(proc)
+            if rc != 0:
+                failed.append(rc if isinstance(rc, str) else f"pid {proc.pid} exited with code {rc}")
+        children = []
+    finally:
+        for proc, _ in children:  # (an exception or Ctrl-C here: no child outlives the compile it served)
+            proc.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    t3 = time.perf_counter()
+    return {"processes": n, "functions": len(work), "s": t3 - t0, "failed": failed,
+            "dry_run_s": t1 - t0, "own_s": t2 - t1, "wait_s": t3 - t2}
+
+
+def _fork_share(share: list, folder: str):
+    """Fork a child that runs the compile jobs in `share`; (its _Forked, a pipe end that reaches EOF when it
+    exits). Forked as Child.start forks: from this thread, holding Numba's compiler lock."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    os.makedirs(folder)
+    if not _exit_hook:
+        _exit_hook.append(atexit.register(_kill_live))
+    ppid = os.getpid()
+    wake, keep = os.pipe()
+    try:
+        with global_compiler_lock:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: a fork of a process with threads)
+                try:
+                    pid = os.fork()
+                except OSError:
+                    os.close(wake)
+                    raise
+            if pid == 0:
+                os.close(wake)
+                _forked_child(_share_work(share), folder, ppid)  # (never returns)
+        proc = _Forked(pid)
+        proc.tracejit_label, proc.tracejit_started = "compile share", time.monotonic()
+        with _live_lock:
+            _live.add(proc)
+        return proc, wake
+    finally:
+        os.close(keep)
+
+
+def _share_work(share: list):
+    def work(t0: float) -> dict:
+        for job in share:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 -- the parent's run compiles it and reports it
+                pass
+        return {"jobs": len(share), "cpu_s": time.process_time()}
+    return work
+
+
 # ------------------------------------------------------------------------------------------------ the child
 def _die_with_parent(ppid: int) -> None:
     """SIGKILL when the parent's thread that started this process ends (Linux); exit now if it already has."""
@@ -475,13 +603,14 @@ def main(argv: list[str]) -> int:
     backend = get_backend(job["backend"])
     prog = backend.tier_rebuild(job)
     t2 = time.time()
+    ahead = compile_ahead(prog, backend, job["inputs"], compile_processes() - 1)  # (the parent runs on one core)
     prog.run(job["inputs"])
     hits, misses = backend.tier_loads(prog)
     tmp = os.path.join(os.path.dirname(job_path), "done.json.tmp")
     with open(tmp, "w") as f:
         json.dump({"kernels": hits + misses, "compiled": misses, "loaded": hits, "started_s": t0,
                    "job_s": t1 - t0, "rebuild_s": t2 - t1, "run_s": time.time() - t2,
-                   "cpu_s": time.process_time(), "fallbacks": prog.fallbacks}, f)
+                   "cpu_s": time.process_time(), "fallbacks": prog.fallbacks, "ahead": ahead}, f)
     os.replace(tmp, os.path.join(os.path.dirname(job_path), "done.json"))
     return 0
 

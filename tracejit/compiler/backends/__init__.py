@@ -66,6 +66,12 @@ class Backend:
         does not (the fusion pass then leaves the nodes unfused and records the reason in the dump)."""
         return True
 
+    def compile_work(self, program, inputs) -> list:
+        """What `program`'s first run on `inputs` would compile, as independent pieces [(cost, compile)] that
+        compiler/background.compile_ahead shares out over forked processes (each `compile()` leaves its result
+        where the program's run finds it: a disk cache); [] when there is nothing to share out (the default)."""
+        return []
+
     # ---- memory
     def alloc(self, shape, dtype):
         """A new, uninitialized buffer of `shape` and tracejit `dtype` on this backend's device."""

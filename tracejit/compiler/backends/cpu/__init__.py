@@ -5,6 +5,7 @@
     capabilities.py  supports(pattern, attrs): the window/GEMM patterns its kernels run (the passes ask)
     segment.py   runs of nodes as ONE generated function (a step costs one dispatch)
     program.py   the Program: steps in order, loaded through the disk cache (../cache.py)
+    ahead.py     what a program's first run will compile (a dry run), so several processes can compile it
     vecmath.py   vectorizable float32/float64 exp, log, tanh, ... that generated loops call
     views.py     array headers for generated code (views, empty, address tables)
     index.py     gather/scatter/argmax/uniform helpers and the index checks
@@ -79,6 +80,15 @@ class CpuBackend(Backend):
         from . import tiering
 
         return tiering.unusable(program)
+
+    def compile_work(self, program, inputs) -> list:
+        """The generated functions the first run will compile, each with the argument types it will see (a dry
+        run with their nodes on the reference backend: ahead.py); they compile into Numba's disk cache."""
+        if getattr(program, "decisions", None) is None:
+            return []  # (not a CPU program)
+        from . import ahead
+
+        return ahead.work(program, inputs)
 
     def tier_fork_unsafe(self) -> str | None:
         """Why a compile process forked from the calling thread now would be unsafe (None: it is safe)."""

@@ -74,6 +74,16 @@ class KernelStep:
                          first_out[t] + p - len(parts[t][1].loads) for t, p in rows]
 
     def __call__(self, args, given=()):
+        call, outs, _alive = self.arguments(args, given)  # (_alive: arrays behind an address table's entries)
+        self.fn(*call)  # the first call loads (or compiles) it: a damaged Numba cache entry is a miss (numba_cache)
+        if self.first_call_s is None:
+            self.first_call_s = time.perf_counter() - self._t0
+            interrupt.check()  # a Ctrl-C held while Numba compiled this kernel
+        return [outs[i] for i in self.out_order]
+
+    def arguments(self, args, given=()) -> tuple:
+        """(the generated function's arguments for a call with `args`, the result arrays they write into, arrays
+        the arguments point into that must stay alive until the call returns)."""
         outs = [None] * len(self.outs)
         if given:
             for j, oi in enumerate(self.given_order):
@@ -90,26 +100,25 @@ class KernelStep:
         for j, (shape, dtype, _) in enumerate(self.outs):
             first = self.share[j]
             outs[j] = outs[first] if first < j else np.empty(shape, dtype) if outs[j] is None else outs[j]
-        t0 = time.perf_counter() if self.first_call_s is None else 0.0
+        if self.first_call_s is None:
+            self._t0 = time.perf_counter()
         if self.rows is not None:
             # the table needs 1-D arrays (one Numba type); any 1-D array of the right size will do
             flat = [as_c(args[src]) for src, _ in self.loads] + outs
             flat = [a if a.ndim == 1 else a.reshape(-1) for a in flat]
-            arrays = [flat[i] for i in self.rows]  # alive until the kernel returns
+            arrays = [flat[i] for i in self.rows]  # (returned: alive until the kernel returns)
             try:
                 call = [addresses(arrays)]
             except numba.core.errors.TypingError:  # a read-only or unaligned input: another Numba type
-                call = [addresses([a if a.flags.writeable and a.flags.aligned else a.copy() for a in arrays])]
+                arrays = [a if a.flags.writeable and a.flags.aligned else a.copy() for a in arrays]
+                call = [addresses(arrays)]
         else:
+            arrays = None
             call = [as_c(args[src]).reshape(shape) for src, shape in self.loads]
             call += [o.reshape(m) for o, (_, _, m) in zip(outs, self.outs)]
         if self.sz is not None:
             call.insert(0, self.sz)
-        self.fn(*call)  # the first call loads (or compiles) it: a damaged Numba cache entry is a miss (numba_cache)
-        if self.first_call_s is None:
-            self.first_call_s = time.perf_counter() - t0
-            interrupt.check()  # a Ctrl-C held while Numba compiled this kernel
-        return [outs[i] for i in self.out_order]
+        return call, outs, arrays
 
 
 def _alias_map(node: Node, parts: list) -> tuple:
@@ -206,6 +215,7 @@ class SegmentStep:
         self.first_call_s: float | None = None
         self.uses_threads = uses_threads  # the generated function takes the pool's thread count last
         self.checks = list(checks)  # the source's index checks: number -> (error, message)
+        self.reference = None  # () -> a function running its nodes on the reference backend (set by the program)
 
     def _args(self, args):
         if self.transposed:
@@ -461,5 +471,7 @@ def _segment_units(graph, make_step, fallbacks, decide) -> list:
                                item, lambda node: make_step(node, load=True), ins, outs),
                            label, fallbacks, seg.uses_threads, seg.checks, seg.aliases, offsets, transposed)
         step.label_for_dump = "segment"
+        # its nodes on the reference backend (ahead.py's dry run: the values, not the kernels)
+        step.reference = lambda item=item, ins=ins, outs=outs: _per_node(item, ref_step, ins, outs)
         units.append((step, ins, outs))
     return units

@@ -13,12 +13,12 @@ import os
 from .. import cache
 
 
-def unusable(program) -> str | None:
-    """Why a child process cannot compile `program`'s kernels for this one (None: it can): both reach them
-    through the kernel cache's files and Numba's disk cache."""
+def unusable(program, steps=None) -> str | None:
+    """Why a child process cannot compile `program`'s kernels (or those of its generated `steps`) for this one
+    (None: it can): both reach them through the kernel cache's files and Numba's disk cache."""
     if getattr(program, "decisions", None) is None or not hasattr(program, "_generated"):
         return "not a CPU program"
-    steps = program._generated()
+    steps = program._generated() if steps is None else steps
     if not steps:
         return "no generated kernels"
     home = cache.configured_dir()
