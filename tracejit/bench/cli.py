@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
                    help=f"comma-separated sections: {','.join(SECTIONS)} (default: steady). first-step times the "
                         "first compiled LeNet step in fresh processes: fresh install, after warmup, package warm "
                         "and kernels cold, warm; and a new batch size")
+    b.add_argument("--first-step-workload", choices=("lenet", "gpt"), default="lenet",
+                   help="the step the first-step section times (default lenet; gpt: issue 16's cold compile)")
+    b.add_argument("--first-step-cases", type=_csv, default=None,
+                   help="comma-separated subset of the first-step cases by number, 1-5 (default: all)")
     dp = b.add_argument_group("data-parallel mode (needs tracejit[distributed]: mpi4py and an MPI)")
     dp.add_argument("--data-parallel", action="store_true",
                     help="LeNet's compiled step at a fixed global batch on 1 and N processes of 1 thread each "
@@ -94,9 +98,18 @@ def cmd_bench(ns) -> int:
         if rc:
             return rc
     if "first-step" in sections:
-        from .first_step import format_first_step, run_first_step
+        from .first_step import CASES, format_first_step, run_first_step
 
-        report["first_step"] = run_first_step(quick=ns.quick, progress=not ns.no_progress)
+        cases = CASES
+        if getattr(ns, "first_step_cases", None):
+            try:
+                cases = tuple(CASES[int(c) - 1] for c in ns.first_step_cases if int(c) >= 1)
+            except (ValueError, IndexError):
+                print(f"tracejit bench: --first-step-cases takes numbers 1-{len(CASES)}: "
+                      + ", ".join(f"{i + 1} = {c}" for i, c in enumerate(CASES)), file=sys.stderr)
+                return 2
+        report["first_step"] = run_first_step(quick=ns.quick, progress=not ns.no_progress, cases=cases,
+                                              workload=getattr(ns, "first_step_workload", "lenet"))
         print(format_first_step(report["first_step"]))
     if ns.json:
         with open(ns.json, "w") as f:
