@@ -152,3 +152,9 @@ def test_unknown_section_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "tracejit", "bench", "--sections", "latency"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "unknown section" in res.stderr
+
+
+def test_first_step_cases_are_numbers_of_the_cases():
+    res = subprocess.run([sys.executable, "-m", "tracejit", "bench", "--sections", "first-step",
+                          "--first-step-cases", "1,9"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "1 = fresh install" in res.stderr and "5 = warm" in res.stderr
