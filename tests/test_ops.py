@@ -887,3 +887,20 @@ def test_uniform_is_counter_based():
 
 def test_uniform_float64_uses_the_same_bits():
     np.testing.assert_array_equal(_uniform(3, 5, 50, D.float64), _uniform(3, 5, 50, D.float32).astype(F64))
+
+
+def test_inf_and_nan_come_silently_as_in_pytorch():
+    """inf * 0, inf - inf, exp overflow, log(0), a float32 sum past its range: values as PyTorch computes them,
+    and no NumPy RuntimeWarning (the eager ops' NumPy references run with its floating-point warnings off)."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    x = np.array([np.inf, -np.inf, 0.0, 100.0, 3e38], np.float32)
+    cases = [lambda m, t: t * 0.0, lambda m, t: t - t, lambda m, t: m.exp(t), lambda m, t: m.log(t * 0.0),
+             lambda m, t: (t * t).sum(), lambda m, t: t / (t * 0.0)]
+    for case in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = case(tj, tj.tensor(x)).numpy()
+        want = case(torch, torch.tensor(x)).numpy()
+        np.testing.assert_array_equal(got, want)

@@ -64,9 +64,25 @@ OPS: dict[str, OpDef] = {}
 
 
 def _op(name, kind, infer, ref, grad=None, expr=None, doc=""):
-    op = OpDef(name, kind, infer, ref, grad, expr, doc)
+    op = OpDef(name, kind, infer, _quiet(ref), grad, expr, doc)
     OPS[name] = op
     return op
+
+
+def _quiet(ref):
+    """`ref` with NumPy's floating-point warnings off: PyTorch computes inf and nan silently (inf * 0, inf - inf,
+    exp overflow, a sum past float32's range), and the NumPy references are what eager ops without a backend
+    kernel, the reference backend and a tiered variant's first calls run."""
+    if ref is None:
+        return None
+
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return ref(*args, **kwargs)
+    quiet.__wrapped__ = ref
+    quiet.__name__ = getattr(ref, "__name__", "ref")
+    quiet.__doc__ = getattr(ref, "__doc__", None)
+    return quiet
 
 
 # ----------------------------------------------------------------------------------------------- helpers
