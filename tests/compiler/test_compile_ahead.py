@@ -12,7 +12,7 @@ import pytest
 
 import tracejit
 import tracejit.nn.functional as F
-from tracejit.compiler import background
+from tracejit.compiler import api, background
 
 from .conftest import assert_same_state, batches, make_train_step, snapshot
 
@@ -72,6 +72,8 @@ def test_kernels_compiled_in_two_processes_give_the_one_process_results(fresh_ke
     hits, compiled = _loaded(cf)
     assert hits >= 1 and compiled >= 1  # the child's share came from the disk cache, this process's own share not
     assert "2 kernels, 0 from the cache, compiled in 2 processes" in capfd.readouterr().err
+    told = api.explain_variant(cf, cf.history[-1])
+    assert "compiled in 2 processes (TRACEJIT_COMPILE_PROCESSES): 2 functions in" in told
     # the same step compiled in one process (its own kernel cache: the sources compile again)
     monkeypatch.setenv("TRACEJIT_CACHE_DIR", os.environ["TRACEJIT_CACHE_DIR"] + "-one")
     losses1, state1, cf1 = _steps(F.relu, 1, monkeypatch)

@@ -1116,6 +1116,13 @@ def explain_variant(cf: CompiledFunction, v: Variant) -> str:
     lines.append(v.program.describe())
     if getattr(v, "tier", None) is not None:
         lines.append(v.tier.describe())
+    ahead = getattr(v, "ahead", None)
+    if ahead is not None:
+        failed = f"; {len(ahead['failed'])} failed ({'; '.join(ahead['failed'])}), their share compiled here" \
+            if ahead["failed"] else ""
+        lines.append(f"compiled in {ahead['processes']} processes (TRACEJIT_COMPILE_PROCESSES): {ahead['functions']} "
+                     f"functions in {ahead['s']:.2f} s: finding their argument types {ahead['dry_run_s']:.2f} s, "
+                     f"this process's share {ahead['own_s']:.2f} s, then waiting {ahead['wait_s']:.2f} s" + failed)
     lines.append("memory: " + _memory_words(v))
     lines.append("time: " + ", ".join(f"{k} {_ms(t)}" for k, t in v.timings.items()) +
                  f"; total {_ms(v.total_time)}")
