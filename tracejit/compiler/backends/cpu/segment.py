@@ -17,6 +17,7 @@ from ....ops import index_message
 from ...ir import FusedKind, Graph, Node, Pattern, Value, fused
 from ..kernel import LoweringError, lower
 from .capabilities import LOOP_FEATURES, supports
+from .render import JIT_OPTIONS
 from .spelling import SPELLING
 
 MAX_BLOCKS = 8  # loop nests per generated segment function
@@ -436,7 +437,7 @@ class SegmentSource:
         head = [f"    {c} = {v}" for c, v in self.consts.items()]  # locals: see render.const_lines
         args = ", ".join([f"in{i}" for i in range(len(self.inputs))] + (["nt_"] if self.uses_threads else []))
         rets = ", ".join(self.var(v) for v in self.outputs)
-        body = [f"@numba.njit(fastmath={self.fastmath}, error_model='numpy', cache=True)",
+        body = [f"@numba.njit(fastmath={self.fastmath}, {JIT_OPTIONS})",
                 f"def segment({args}):"] + head + self.lines + \
             [f"    return ({rets}{',' if len(self.outputs) == 1 else ''})"]
         return "\n".join([""] + self.kernels + [""] + body) + "\n"
