@@ -348,38 +348,17 @@ class Child:
     def start(self) -> None:
         """Fork the child now, in the calling thread (the fork way; Numba's TBB pool survives a fork only from the
         main thread: start_method() spawns elsewhere). `run()` then waits for it."""
-        from numba.core.compiler_lock import global_compiler_lock
-
         self.dir = tempfile.mkdtemp(prefix="tracejit-compile-")
-        if not _exit_hook:
-            _exit_hook.append(atexit.register(_kill_live))
-        ppid = os.getpid()
-        self._wake, keep = os.pipe()
-        try:
-            with _live_lock:
-                if self.killed:
-                    self.failed = "killed before it started"
-                    return
-            self.spawned_s = time.time()
-            # While this thread holds Numba's compiler lock no other thread is inside Numba's compiler or LLVM;
-            # the child's one thread is this one, holding it there.
-            with global_compiler_lock:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: a fork of a process with threads)
-                    pid = os.fork()
-                if pid == 0:
-                    os.close(self._wake)
-                    # (never returns)
-                    _forked_child(_tier_work(self.program, self.backend, self.inputs), self.dir, ppid)
-            self.proc = _Forked(pid)
-            self.proc.tracejit_label, self.proc.tracejit_started = self.name, time.monotonic()
-            with _live_lock:
-                _live.add(self.proc)
-                if self.killed:
-                    self.proc.kill()
-            self.inputs = None
-        finally:
-            os.close(keep)
+        with _live_lock:
+            if self.killed:
+                self.failed = "killed before it started"
+                return
+        self.spawned_s = time.time()
+        self.proc, self._wake = _fork(_tier_work(self.program, self.backend, self.inputs), self.dir, self.name)
+        with _live_lock:
+            if self.killed:
+                self.proc.kill()
+        self.inputs = None
 
     def _wait_fork(self) -> str | None:
         try:
@@ -532,12 +511,12 @@ def compile_ahead(program, backend, inputs, processes: int | None = None) -> dic
             "dry_run_s": t1 - t0, "own_s": t2 - t1, "wait_s": t3 - t2}
 
 
-def _fork_share(share: list, folder: str):
-    """Fork a child that runs the compile jobs in `share`; (its _Forked, a pipe end that reaches EOF when it
-    exits). Forked as Child.start forks: from this thread, holding Numba's compiler lock."""
+def _fork(work, folder: str, label: str | None):
+    """Fork a child that runs `work` (_forked_child) and leaves; returns (its _Forked, registered as live; a pipe end
+    that reaches EOF when it exits: the caller closes it). While this thread holds Numba's compiler lock no other
+    thread is inside Numba's compiler or LLVM; the child's one thread is this one, holding it there."""
     from numba.core.compiler_lock import global_compiler_lock
 
-    os.makedirs(folder)
     if not _exit_hook:
         _exit_hook.append(atexit.register(_kill_live))
     ppid = os.getpid()
@@ -553,14 +532,20 @@ def _fork_share(share: list, folder: str):
                     raise
             if pid == 0:
                 os.close(wake)
-                _forked_child(_share_work(share), folder, ppid)  # (never returns)
+                _forked_child(work, folder, ppid)  # (never returns)
         proc = _Forked(pid)
-        proc.tracejit_label, proc.tracejit_started = "compile share", time.monotonic()
+        proc.tracejit_label, proc.tracejit_started = label, time.monotonic()
         with _live_lock:
             _live.add(proc)
         return proc, wake
     finally:
         os.close(keep)
+
+
+def _fork_share(share: list, folder: str):
+    """Fork a child that compiles the jobs in `share`: (its _Forked, its wake pipe end), as `_fork`."""
+    os.makedirs(folder)
+    return _fork(_share_work(share), folder, "compile share")
 
 
 def _share_work(share: list):

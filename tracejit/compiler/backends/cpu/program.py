@@ -74,10 +74,11 @@ class KernelStep:
                          first_out[t] + p - len(parts[t][1].loads) for t, p in rows]
 
     def __call__(self, args, given=()):
+        t0 = time.perf_counter() if self.first_call_s is None else 0.0
         call, outs, _alive = self.arguments(args, given)  # (_alive: arrays behind an address table's entries)
         self.fn(*call)  # the first call loads (or compiles) it: a damaged Numba cache entry is a miss (numba_cache)
         if self.first_call_s is None:
-            self.first_call_s = time.perf_counter() - self._t0
+            self.first_call_s = time.perf_counter() - t0
             interrupt.check()  # a Ctrl-C held while Numba compiled this kernel
         return [outs[i] for i in self.out_order]
 
@@ -100,8 +101,6 @@ class KernelStep:
         for j, (shape, dtype, _) in enumerate(self.outs):
             first = self.share[j]
             outs[j] = outs[first] if first < j else np.empty(shape, dtype) if outs[j] is None else outs[j]
-        if self.first_call_s is None:
-            self._t0 = time.perf_counter()
         if self.rows is not None:
             # the table needs 1-D arrays (one Numba type); any 1-D array of the right size will do
             flat = [as_c(args[src]) for src, _ in self.loads] + outs
